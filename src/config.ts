@@ -1,0 +1,176 @@
+/**
+ * The environment schema: CONTRACT sections 1 (running) and 6 (limits).
+ * A bad value stops start-up with one line naming the variable.
+ */
+import { randomBytes } from 'node:crypto';
+import { z } from 'zod';
+import { parseRate, type Rate } from './core/limits.js';
+
+export interface Limits {
+  streamMessageMaxChars: number;
+  requestMessageMaxChars: number;
+  maxFrameBytes: number;
+  streamRate: Rate;
+  requestRate: Rate;
+  floodLimit: number;
+  sendBufferMaxBytes: number;
+  historyPage: number;
+  historyMaxPage: number;
+}
+
+export interface JwtConfig {
+  secret: string | undefined;
+  publicKey: string | undefined;
+  jwksUrl: string | undefined;
+  issuer: string | undefined;
+  audience: string | undefined;
+  userIdClaim: string;
+  usernameClaim: string;
+  roleClaim: string;
+}
+
+export interface Config {
+  port: number;
+  host: string;
+  databaseUrl: string;
+  redisUrl: string | undefined;
+  redisPrefix: string;
+  jwt: JwtConfig;
+  apiKey: string;
+  production: boolean;
+  /** No JWT key was configured: charla made its own and prints demo tokens. */
+  devMode: boolean;
+  logLevel: string;
+  limits: Limits;
+}
+
+export class ConfigError extends Error {}
+
+const blankAsUnset = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
+const optionalString = z.preprocess(blankAsUnset, z.string().optional());
+const int = (def: number, min = 1, max = Number.MAX_SAFE_INTEGER) =>
+  z.preprocess(blankAsUnset, z.coerce.number().int().min(min).max(max).default(def));
+const rate = (def: string) =>
+  z.preprocess(
+    blankAsUnset,
+    z
+      .string()
+      .default(def)
+      .transform((v, ctx) => {
+        const parsed = parseRate(v);
+        if (!parsed) {
+          ctx.addIssue({
+            code: 'custom',
+            message: `expected N/<seconds>s such as ${def}, got "${v}"`,
+          });
+          return z.NEVER;
+        }
+        return parsed;
+      }),
+  );
+
+const schema = z.object({
+  PORT: int(3000, 0, 65535),
+  HOST: z.preprocess(blankAsUnset, z.string().default('127.0.0.1')),
+  DATABASE_URL: z.preprocess(
+    blankAsUnset,
+    z
+      .string()
+      .default('sqlite:./data/charla.db')
+      .refine((v) => /^sqlite:.+/.test(v) || /^postgres(ql)?:\/\/.+/.test(v), {
+        message: 'expected sqlite:<path> or postgres://…',
+      }),
+  ),
+  REDIS_URL: z.preprocess(
+    blankAsUnset,
+    z
+      .string()
+      .refine((v) => /^rediss?:\/\/.+/.test(v), { message: 'expected redis://…' })
+      .optional(),
+  ),
+  REDIS_PREFIX: z.preprocess(blankAsUnset, z.string().default('charla:')),
+  JWT_SECRET: optionalString,
+  JWT_PUBLIC_KEY: optionalString,
+  JWKS_URL: z.preprocess(blankAsUnset, z.url().optional()),
+  JWT_ISSUER: optionalString,
+  JWT_AUDIENCE: optionalString,
+  JWT_USER_ID_CLAIM: z.preprocess(blankAsUnset, z.string().default('user_id')),
+  JWT_USERNAME_CLAIM: z.preprocess(blankAsUnset, z.string().default('username')),
+  JWT_ROLE_CLAIM: z.preprocess(blankAsUnset, z.string().default('role')),
+  API_KEY: optionalString,
+  NODE_ENV: optionalString,
+  LOG_LEVEL: z.preprocess(
+    blankAsUnset,
+    z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  ),
+  STREAM_MESSAGE_MAX_CHARS: int(500),
+  REQUEST_MESSAGE_MAX_CHARS: int(5000),
+  MAX_FRAME_BYTES: int(65536, 64),
+  STREAM_RATE_LIMIT: rate('20/30s'),
+  REQUEST_RATE_LIMIT: rate('60/30s'),
+  FLOOD_LIMIT: int(200),
+  SEND_BUFFER_MAX_BYTES: int(1048576, 1024),
+  HISTORY_PAGE: int(100),
+  HISTORY_MAX_PAGE: int(500),
+});
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = schema.safeParse(env);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const name = String(issue?.path[0] ?? 'environment');
+    throw new ConfigError(`invalid ${name}: ${issue?.message ?? 'bad value'}`);
+  }
+  const e = parsed.data;
+  const production = e.NODE_ENV === 'production';
+  const keys = [e.JWT_SECRET, e.JWT_PUBLIC_KEY, e.JWKS_URL].filter(Boolean).length;
+  if (keys > 1) {
+    throw new ConfigError(
+      'invalid JWT_SECRET: set only one of JWT_SECRET, JWT_PUBLIC_KEY and JWKS_URL',
+    );
+  }
+  if (production && keys === 0) {
+    throw new ConfigError(
+      'missing JWT_SECRET: NODE_ENV=production needs JWT_SECRET, JWT_PUBLIC_KEY or JWKS_URL',
+    );
+  }
+  if (production && !e.API_KEY) {
+    throw new ConfigError('missing API_KEY: NODE_ENV=production needs an API key');
+  }
+  if (e.HISTORY_PAGE > e.HISTORY_MAX_PAGE) {
+    throw new ConfigError('invalid HISTORY_PAGE: must not exceed HISTORY_MAX_PAGE');
+  }
+  const devMode = keys === 0;
+  return {
+    port: e.PORT,
+    host: e.HOST,
+    databaseUrl: e.DATABASE_URL,
+    redisUrl: e.REDIS_URL,
+    redisPrefix: e.REDIS_PREFIX,
+    jwt: {
+      secret: devMode ? randomBytes(32).toString('base64url') : e.JWT_SECRET,
+      publicKey: e.JWT_PUBLIC_KEY,
+      jwksUrl: e.JWKS_URL,
+      issuer: e.JWT_ISSUER,
+      audience: e.JWT_AUDIENCE,
+      userIdClaim: e.JWT_USER_ID_CLAIM,
+      usernameClaim: e.JWT_USERNAME_CLAIM,
+      roleClaim: e.JWT_ROLE_CLAIM,
+    },
+    apiKey: e.API_KEY ?? randomBytes(18).toString('base64url'),
+    production,
+    devMode,
+    logLevel: e.LOG_LEVEL,
+    limits: {
+      streamMessageMaxChars: e.STREAM_MESSAGE_MAX_CHARS,
+      requestMessageMaxChars: e.REQUEST_MESSAGE_MAX_CHARS,
+      maxFrameBytes: e.MAX_FRAME_BYTES,
+      streamRate: e.STREAM_RATE_LIMIT,
+      requestRate: e.REQUEST_RATE_LIMIT,
+      floodLimit: e.FLOOD_LIMIT,
+      sendBufferMaxBytes: e.SEND_BUFFER_MAX_BYTES,
+      historyPage: e.HISTORY_PAGE,
+      historyMaxPage: e.HISTORY_MAX_PAGE,
+    },
+  };
+}

@@ -1,0 +1,103 @@
+/**
+ * Who a connection is, from the platform's JWT (CONTRACT section 1, "Identity
+ * from the JWT"). Algorithms are pinned by the kind of key configured, so an
+ * HS secret never verifies an RS/ES token and `none` is never accepted.
+ */
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { createRemoteJWKSet, errors, type JWTPayload, jwtVerify } from 'jose';
+import type { JwtConfig } from '../config.js';
+import { ChatError } from './errors.js';
+
+export type Role = 'TEACHER' | 'LAB' | (string & {});
+
+export interface Identity {
+  readonly userId: string;
+  readonly username: string;
+  /** Upper-cased role names. */
+  readonly roles: readonly Role[];
+  /** Epoch milliseconds of `exp`, when the token has one. */
+  readonly expiresAt: number | undefined;
+}
+
+export interface TokenVerifier {
+  /** Resolves to the identity, or rejects with `invalid_token` / `token_expired`. */
+  verify(token: string): Promise<Identity>;
+}
+
+export function hasRole(identity: Identity, role: Role): boolean {
+  return identity.roles.includes(role);
+}
+
+type ClaimNames = Pick<JwtConfig, 'userIdClaim' | 'usernameClaim' | 'roleClaim'>;
+
+function claimAsId(value: unknown): string | undefined {
+  if (typeof value === 'string' && value.length > 0) return value;
+  if (typeof value === 'number' && Number.isFinite(value)) return String(value);
+  return undefined;
+}
+
+function rolesOf(value: unknown): string[] {
+  if (typeof value === 'string') return [value.toUpperCase()];
+  if (Array.isArray(value)) {
+    return value.filter((r): r is string => typeof r === 'string').map((r) => r.toUpperCase());
+  }
+  return [];
+}
+
+/** Maps verified claims to an identity; throws `invalid_token` when there is no user id. */
+export function identityFromClaims(claims: JWTPayload, names: ClaimNames): Identity {
+  const userId = claimAsId(claims[names.userIdClaim]) ?? claimAsId(claims.sub);
+  if (userId === undefined) throw new ChatError('invalid_token', 'The token names no user.');
+  const username =
+    [claims[names.usernameClaim], claims.name].find(
+      (v): v is string => typeof v === 'string' && v.length > 0,
+    ) ?? userId;
+  const roles = [...new Set([...rolesOf(claims[names.roleClaim]), ...rolesOf(claims.roles)])];
+  const expiresAt = typeof claims.exp === 'number' ? claims.exp * 1000 : undefined;
+  return { userId, username, roles, expiresAt };
+}
+
+type Key = Uint8Array | KeyObject | ReturnType<typeof createRemoteJWKSet>;
+
+function keyAndAlgorithms(cfg: JwtConfig): { key: Key; algorithms: string[] } {
+  if (cfg.secret !== undefined) {
+    return { key: new TextEncoder().encode(cfg.secret), algorithms: ['HS256'] };
+  }
+  if (cfg.publicKey !== undefined) {
+    // Environment variables often carry PEM newlines as a literal "\n".
+    const key = createPublicKey(cfg.publicKey.replace(/\\n/g, '\n'));
+    if (key.asymmetricKeyType === 'rsa') return { key, algorithms: ['RS256'] };
+    if (key.asymmetricKeyType === 'ec') {
+      const curve = key.asymmetricKeyDetails?.namedCurve;
+      const alg = curve === 'secp384r1' ? 'ES384' : curve === 'secp521r1' ? 'ES512' : 'ES256';
+      return { key, algorithms: [alg] };
+    }
+    throw new Error(`JWT_PUBLIC_KEY: unsupported key type ${key.asymmetricKeyType}`);
+  }
+  if (cfg.jwksUrl !== undefined) {
+    return { key: createRemoteJWKSet(new URL(cfg.jwksUrl)), algorithms: ['RS256', 'ES256'] };
+  }
+  throw new Error('no JWT key configured');
+}
+
+export function createVerifier(cfg: JwtConfig): TokenVerifier {
+  const { key, algorithms } = keyAndAlgorithms(cfg);
+  const options = {
+    algorithms,
+    ...(cfg.issuer === undefined ? {} : { issuer: cfg.issuer }),
+    ...(cfg.audience === undefined ? {} : { audience: cfg.audience }),
+  };
+  return {
+    async verify(token: string): Promise<Identity> {
+      let payload: JWTPayload;
+      try {
+        // jose overloads differ per key kind; the union is handled at run time.
+        payload = (await jwtVerify(token, key as Uint8Array, options)).payload;
+      } catch (err) {
+        if (err instanceof errors.JWTExpired) throw new ChatError('token_expired');
+        throw new ChatError('invalid_token');
+      }
+      return identityFromClaims(payload, cfg);
+    },
+  };
+}

@@ -1,0 +1,126 @@
+/** Rate limits, flood detection and message-text rules shared by both chats. */
+import { ChatError } from './errors.js';
+
+export interface Rate {
+  count: number;
+  windowMs: number;
+}
+
+/** Parses the CONTRACT section 6 format `N/<seconds>s`, e.g. `20/30s`. */
+export function parseRate(text: string): Rate | undefined {
+  const m = /^\s*(\d+)\s*\/\s*(\d+(?:\.\d+)?)\s*s\s*$/.exec(text);
+  if (!m) return undefined;
+  const count = Number(m[1]);
+  const windowMs = Math.round(Number(m[2]) * 1000);
+  if (!Number.isSafeInteger(count) || count < 1 || windowMs < 1) return undefined;
+  return { count, windowMs };
+}
+
+interface Bucket {
+  tokens: number;
+  updatedAt: number;
+}
+
+/**
+ * A token bucket per key: `count` messages at once, refilled evenly over the
+ * window, so a steady sender gets exactly `count` per window. Full buckets are
+ * dropped on sweep, which keeps memory proportional to recently active keys.
+ * Counted per node: with several nodes a user's budget is per node they reach.
+ */
+export class RateLimiter {
+  private readonly buckets = new Map<string, Bucket>();
+  private readonly refillPerMs: number;
+  private lastSweep: number;
+
+  constructor(
+    private readonly rate: Rate,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.refillPerMs = rate.count / rate.windowMs;
+    this.lastSweep = now();
+  }
+
+  /** Takes one token for `key`, or throws `rate_limited` with the wait until the next. */
+  take(key: string): void {
+    const now = this.now();
+    if (now - this.lastSweep > this.rate.windowMs) this.sweep(now);
+    let b = this.buckets.get(key);
+    if (!b) {
+      b = { tokens: this.rate.count, updatedAt: now };
+      this.buckets.set(key, b);
+    } else {
+      b.tokens = Math.min(this.rate.count, b.tokens + (now - b.updatedAt) * this.refillPerMs);
+      b.updatedAt = now;
+    }
+    if (b.tokens < 1) {
+      const retryAfterMs = Math.max(1, Math.ceil((1 - b.tokens) / this.refillPerMs));
+      throw new ChatError('rate_limited', undefined, { retryAfterMs });
+    }
+    b.tokens -= 1;
+  }
+
+  get size(): number {
+    return this.buckets.size;
+  }
+
+  private sweep(now: number): void {
+    this.lastSweep = now;
+    for (const [key, b] of this.buckets) {
+      if (b.tokens + (now - b.updatedAt) * this.refillPerMs >= this.rate.count) {
+        this.buckets.delete(key);
+      }
+    }
+  }
+}
+
+export const FLOOD_WINDOW_MS = 10_000;
+
+/**
+ * Counts inbound frames of one connection in fixed 10 s windows (CONTRACT
+ * section 5). Two numbers per connection, nothing allocated per frame.
+ */
+export class FloodCounter {
+  private windowStart = 0;
+  private count = 0;
+
+  constructor(private readonly limit: number) {}
+
+  /** Records one frame; true when the connection passed the limit and must close. */
+  hit(now: number): boolean {
+    if (now - this.windowStart >= FLOOD_WINDOW_MS) {
+      this.windowStart = now;
+      this.count = 0;
+    }
+    this.count += 1;
+    return this.count > this.limit;
+  }
+}
+
+/** In `u` mode a surrogate pair is one code point, so this matches only unpaired halves. */
+const LONE_SURROGATE = /\p{Cs}/u;
+
+/**
+ * Validates chat text: not empty once trimmed, well-formed Unicode, at most `maxChars` characters
+ * (Unicode code points, so an emoji counts once). Returns the text unchanged.
+ */
+export function checkMessageText(text: string, maxChars: number): string {
+  if (text.trim().length === 0) throw new ChatError('empty_message');
+  // A lone surrogate cannot be stored as UTF-8: the stored text would differ from the delivered.
+  if (LONE_SURROGATE.test(text)) {
+    throw new ChatError('invalid_payload', 'The message is not valid Unicode text.');
+  }
+  // UTF-16 length bounds the code point count from above: only count when it matters.
+  if (text.length > maxChars) {
+    let chars = 0;
+    for (const _ of text) {
+      chars += 1;
+      if (chars > maxChars) {
+        throw new ChatError(
+          'message_too_long',
+          `The message is longer than ${maxChars} characters.`,
+        );
+      }
+    }
+  }
+  return text;
+}

@@ -1,0 +1,195 @@
+/**
+ * Live-stream chat (CONTRACT section 2), independent of any transport:
+ * which streams exist, who may post, and fan-out through the Broker.
+ *
+ * Ordering: a chat is published to the stream's broker topic and delivered
+ * to local viewers only when it comes back from the broker, so every viewer
+ * on every node sees the broker's one order, the sender included.
+ *
+ * Storage: chats are stored in batches, one transaction per event-loop turn,
+ * off the fan-out path; `flush()` waits for what was accepted (shutdown).
+ */
+import type { Broker, Unsubscribe } from '../broker/broker.js';
+import type { Limits } from '../config.js';
+import type { Logger } from '../observability/log.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { Page, PageQuery, Store, StreamMessage } from '../store/store.js';
+import { ChatError } from './errors.js';
+import type { Identity } from './identity.js';
+import { newId } from './ids.js';
+import { checkMessageText, RateLimiter } from './limits.js';
+
+export const STREAM_KEY = /^[A-Za-z0-9_-]{1,64}$/;
+
+export type StreamStatus = 'open' | 'ended' | 'unknown';
+
+/** What flows on a stream's broker topic. */
+export type StreamEvent = { kind: 'chat'; message: StreamMessage } | { kind: 'ended' };
+
+/**
+ * A connection watching a stream, as the transport implements it. `F` is the
+ * transport's encoded frame: built once per event, handed to every viewer.
+ */
+export interface StreamViewer<F> {
+  deliver(frame: F): void;
+  /** The stream was ended through the API: tell the client and close. */
+  streamEnded(): void;
+}
+
+interface Audience<F> {
+  viewers: Set<StreamViewer<F>>;
+  unsubscribe: Unsubscribe;
+}
+
+export interface StreamsDeps<F> {
+  store: Store;
+  broker: Broker;
+  limits: Limits;
+  metrics: Metrics;
+  log: Logger;
+  /** Encodes a chat for the wire, once per fan-out. */
+  encode: (message: StreamMessage) => F;
+}
+
+const topicOf = (key: string) => `stream:${key}`;
+
+export class Streams<F> {
+  private readonly audiences = new Map<string, Audience<F>>();
+  private readonly rate: RateLimiter;
+  private pending: StreamMessage[] = [];
+  private flushing: Promise<void> = Promise.resolve();
+  private flushScheduled = false;
+
+  constructor(private readonly deps: StreamsDeps<F>) {
+    this.rate = new RateLimiter(deps.limits.streamRate);
+  }
+
+  static isValidKey(key: string): boolean {
+    return STREAM_KEY.test(key);
+  }
+
+  async status(key: string): Promise<StreamStatus> {
+    if (!STREAM_KEY.test(key)) return 'unknown';
+    const stream = await this.deps.store.getStream(key);
+    if (!stream) return 'unknown';
+    return stream.endedAt === null ? 'open' : 'ended';
+  }
+
+  /** Creates or updates a stream (and reopens an ended one). */
+  async put(
+    key: string,
+    fields: { title?: string | null; ownerId?: string | null },
+  ): Promise<{ created: boolean }> {
+    return this.deps.store.putStream(key, fields);
+  }
+
+  /** Ends a stream: its viewers on every node are told and closed. */
+  async end(key: string): Promise<boolean> {
+    const ended = await this.deps.store.endStream(key);
+    if (ended) this.publish(key, { kind: 'ended' });
+    return ended;
+  }
+
+  join(key: string, viewer: StreamViewer<F>): void {
+    let audience = this.audiences.get(key);
+    if (!audience) {
+      const viewers = new Set<StreamViewer<F>>();
+      const unsubscribe = this.deps.broker.subscribe(topicOf(key), (payload) =>
+        this.onEvent(key, payload),
+      );
+      audience = { viewers, unsubscribe };
+      this.audiences.set(key, audience);
+    }
+    audience.viewers.add(viewer);
+  }
+
+  leave(key: string, viewer: StreamViewer<F>): void {
+    const audience = this.audiences.get(key);
+    if (!audience?.viewers.delete(viewer)) return;
+    if (audience.viewers.size === 0) {
+      audience.unsubscribe();
+      this.audiences.delete(key);
+    }
+  }
+
+  /**
+   * Accepts a chat from `identity` (null: anonymous) or throws the ChatError
+   * that refuses it. Nothing is stored or sent when it throws.
+   */
+  post(key: string, identity: Identity | null, text: string): StreamMessage {
+    if (identity === null) throw new ChatError('not_authenticated');
+    checkMessageText(text, this.deps.limits.streamMessageMaxChars);
+    this.rate.take(`${identity.userId}\u0000${key}`);
+    const message: StreamMessage = {
+      id: newId(),
+      streamKey: key,
+      userId: identity.userId,
+      username: identity.username,
+      message: text,
+      sentAt: new Date().toISOString(),
+    };
+    this.deps.metrics.messagesIn.inc({ chat: 'stream' });
+    this.enqueue(message);
+    this.publish(key, { kind: 'chat', message });
+    return message;
+  }
+
+  history(key: string, query: PageQuery): Promise<Page<StreamMessage>> {
+    return this.deps.store.streamHistory(key, query);
+  }
+
+  /** Resolves when every chat accepted so far is stored (or failed and was logged). */
+  async flush(): Promise<void> {
+    this.flushScheduled = false;
+    const batch = this.pending;
+    this.pending = [];
+    if (batch.length > 0) {
+      this.flushing = this.flushing.then(() => this.write(batch));
+    }
+    await this.flushing;
+  }
+
+  private enqueue(message: StreamMessage): void {
+    this.pending.push(message);
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(() => void this.flush());
+    }
+  }
+
+  private async write(batch: StreamMessage[]): Promise<void> {
+    try {
+      await this.deps.store.appendStreamMessages(batch);
+    } catch (err) {
+      // Already delivered: the chats stay visible to those watching but are
+      // missing from stored history. Logged once per batch, with its size.
+      this.deps.log.error({ err, count: batch.length }, 'storing stream chats failed');
+    }
+  }
+
+  private publish(key: string, event: StreamEvent): void {
+    this.deps.broker.publish(topicOf(key), JSON.stringify(event));
+  }
+
+  private onEvent(key: string, payload: string): void {
+    const audience = this.audiences.get(key);
+    if (!audience) return;
+    const event = JSON.parse(payload) as StreamEvent;
+    if (event.kind === 'ended') {
+      this.audiences.delete(key);
+      audience.unsubscribe();
+      for (const viewer of audience.viewers) viewer.streamEnded();
+      return;
+    }
+    const frame = this.deps.encode(event.message);
+    for (const viewer of audience.viewers) viewer.deliver(frame);
+    this.deps.metrics.messagesOut.inc({ chat: 'stream' }, audience.viewers.size);
+  }
+
+  /** Connections watching, on this node. */
+  get viewerCount(): number {
+    let n = 0;
+    for (const a of this.audiences.values()) n += a.viewers.size;
+    return n;
+  }
+}
