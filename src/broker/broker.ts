@@ -1,0 +1,22 @@
+/**
+ * Fan-out between the nodes of a deployment. One implementation per backend
+ * (`memory.ts` for a single node, later `redis.ts`); `app.ts` picks one.
+ *
+ * Guarantees every implementation gives:
+ * - Every subscriber of a topic, on every node, receives the publications of
+ *   that topic in one order that all of them share. The publishing node gets
+ *   its own publications through the same path, never by a shortcut, so its
+ *   local subscribers see the same order as everyone else's.
+ * - At most once: a node cut off from the broker misses what is published
+ *   meanwhile. Durable history is the Store's job, not the Broker's.
+ * - Payloads are opaque strings; the broker never parses them.
+ */
+export type Unsubscribe = () => void;
+
+export interface Broker {
+  publish(topic: string, payload: string): void;
+  subscribe(topic: string, onMessage: (payload: string) => void): Unsubscribe;
+  /** Resolves when the broker is reachable; for readiness. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,36 @@
+/**
+ * The single-node Broker: delivery is a synchronous call, so the order of
+ * `publish` calls is the order every subscriber sees.
+ */
+import type { Broker, Unsubscribe } from './broker.js';
+
+type Handler = (payload: string) => void;
+
+export class MemoryBroker implements Broker {
+  private readonly topics = new Map<string, Set<Handler>>();
+
+  publish(topic: string, payload: string): void {
+    const handlers = this.topics.get(topic);
+    if (!handlers) return;
+    for (const handler of handlers) handler(payload);
+  }
+
+  subscribe(topic: string, onMessage: Handler): Unsubscribe {
+    let handlers = this.topics.get(topic);
+    if (!handlers) {
+      handlers = new Set();
+      this.topics.set(topic, handlers);
+    }
+    handlers.add(onMessage);
+    return () => {
+      handlers.delete(onMessage);
+      if (handlers.size === 0 && this.topics.get(topic) === handlers) this.topics.delete(topic);
+    };
+  }
+
+  async ping(): Promise<void> {}
+
+  async close(): Promise<void> {
+    this.topics.clear();
+  }
+}

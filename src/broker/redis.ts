@@ -1,0 +1,159 @@
+/**
+ * The Broker across nodes, on Redis pub/sub: one connection publishes, one
+ * subscribes. Redis delivers the messages of a channel to every subscriber in
+ * the order it received the PUBLISHes, and this node hears its own
+ * publications only from Redis, so all nodes share that one order.
+ *
+ * Channels are `prefix + topic`, so deployments can share a Redis. Two
+ * deployments' prefixes must not be prefixes of one another.
+ *
+ * Losing Redis: local clients stay connected; what is published meanwhile is
+ * dropped (at most once, as the interface says), `ping()` rejects so the node
+ * reports not ready, and ioredis reconnects by itself and resubscribes. The
+ * loss and the recovery are logged once each.
+ */
+import { Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from '../observability/log.js';
+import type { Broker, Unsubscribe } from './broker.js';
+
+type Handler = (payload: string) => void;
+
+export interface RedisBrokerOptions {
+  url: string;
+  /** `REDIS_PREFIX`: the start of every channel name. */
+  prefix: string;
+  log: Logger;
+}
+
+/** How long `ping()` waits for PONG before calling Redis unreachable. */
+const PING_TIMEOUT_MS = 2_000;
+
+type Health = 'connecting' | 'up' | 'down';
+
+export class RedisBroker implements Broker {
+  private readonly pub: Redis;
+  private readonly sub: Redis;
+  private readonly prefix: string;
+  private readonly log: Logger;
+  private readonly topics = new Map<string, Set<Handler>>();
+  private health: Health = 'connecting';
+  /** Publications dropped during the current outage; reported on recovery. */
+  private dropped = 0;
+  private closed = false;
+
+  constructor(options: RedisBrokerOptions) {
+    this.prefix = options.prefix;
+    this.log = options.log;
+    const common: RedisOptions = {
+      // RESP2 works with every Redis a deployment may run (HELLO needs 6+).
+      protocol: 2,
+      // Keep trying forever, at most every 2 s: Redis coming back must be enough.
+      retryStrategy: (times) => Math.min(times * 100, 2_000),
+      // Queued commands wait for the connection rather than failing after N retries:
+      // subscriptions made while Redis is away apply when it returns.
+      maxRetriesPerRequest: null,
+    };
+    // Names let an operator (or a test) find this node's connections in CLIENT LIST.
+    const name = `${options.prefix.replace(/[^A-Za-z0-9_:.-]/g, '_')}${process.pid}`;
+    this.pub = new Redis(options.url, { ...common, connectionName: `${name}:pub` });
+    this.sub = new Redis(options.url, { ...common, connectionName: `${name}:sub` });
+    this.sub.on('message', (channel: string, payload: string) => this.onMessage(channel, payload));
+    for (const conn of [this.pub, this.sub]) {
+      conn.on('ready', () => this.onReady());
+      conn.on('error', (err: Error) => this.onLost(err));
+      conn.on('close', () => this.onLost());
+    }
+  }
+
+  publish(topic: string, payload: string): void {
+    // Before the first connection commands queue and go out once connected;
+    // after a loss they are dropped rather than delivered late, out of turn.
+    if (this.health !== 'connecting' && this.pub.status !== 'ready') {
+      this.dropped++;
+      return;
+    }
+    this.pub.publish(this.prefix + topic, payload).catch((err: unknown) => {
+      this.dropped++;
+      this.onLost(err as Error);
+    });
+  }
+
+  subscribe(topic: string, onMessage: Handler): Unsubscribe {
+    let handlers = this.topics.get(topic);
+    if (!handlers) {
+      handlers = new Set();
+      this.topics.set(topic, handlers);
+      // Commands on one connection run in order, so a SUBSCRIBE after an
+      // UNSUBSCRIBE of the same channel leaves it subscribed.
+      this.sub.subscribe(this.prefix + topic).catch((err: unknown) => this.onLost(err as Error));
+    }
+    const set = handlers;
+    set.add(onMessage);
+    return () => {
+      if (!set.delete(onMessage) || set.size > 0 || this.topics.get(topic) !== set) return;
+      this.topics.delete(topic);
+      if (!this.closed) {
+        this.sub
+          .unsubscribe(this.prefix + topic)
+          .catch((err: unknown) => this.onLost(err as Error));
+      }
+    };
+  }
+
+  async ping(): Promise<void> {
+    if (this.pub.status !== 'ready' || this.sub.status !== 'ready') {
+      throw new Error(
+        `redis is ${this.pub.status === 'ready' ? this.sub.status : this.pub.status}`,
+      );
+    }
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        this.pub.ping(),
+        new Promise((_, reject) => {
+          timer = setTimeout(() => reject(new Error('redis did not answer PING')), PING_TIMEOUT_MS);
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.topics.clear();
+    // QUIT lets queued publications go out first; disconnect if Redis is gone.
+    await Promise.all(
+      [this.pub, this.sub].map((conn) =>
+        conn.status === 'ready' ? conn.quit().catch(() => conn.disconnect()) : conn.disconnect(),
+      ),
+    );
+  }
+
+  private onMessage(channel: string, payload: string): void {
+    if (!channel.startsWith(this.prefix)) return;
+    const handlers = this.topics.get(channel.slice(this.prefix.length));
+    if (!handlers) return;
+    for (const handler of handlers) handler(payload);
+  }
+
+  private onReady(): void {
+    if (this.pub.status !== 'ready' || this.sub.status !== 'ready' || this.health === 'up') return;
+    if (this.health === 'down') {
+      this.log.info({ dropped: this.dropped }, 'redis connection recovered');
+    }
+    this.health = 'up';
+    this.dropped = 0;
+  }
+
+  private onLost(err?: Error): void {
+    if (this.closed || this.health === 'down') return;
+    if (this.health === 'up' && this.pub.status === 'ready' && this.sub.status === 'ready') return;
+    this.health = 'down';
+    this.log.warn(
+      { err: err?.message },
+      'redis connection lost; serving local clients, fan-out paused',
+    );
+  }
+}

@@ -1,0 +1,360 @@
+/**
+ * The embedded default Store: one SQLite file in WAL mode. better-sqlite3 is
+ * synchronous, so every call commits before its promise resolves.
+ *
+ * Durability: `synchronous = NORMAL` under WAL survives a crash or SIGKILL of
+ * the process (the commit is in the OS before the call returns); only a power
+ * loss can drop the last commits. PostgreSQL is the choice when that matters.
+ */
+import { mkdirSync } from 'node:fs';
+import { dirname } from 'node:path';
+import Database from 'better-sqlite3';
+import type {
+  NewRequestMessage,
+  Page,
+  PageQuery,
+  Receipt,
+  ReceiptKind,
+  RequestMessage,
+  RequestRecord,
+  Store,
+  StreamMessage,
+  StreamRecord,
+} from './store.js';
+
+/** Append-only: a released migration is never edited, a new one is added. */
+const MIGRATIONS: readonly string[] = [
+  `CREATE TABLE streams (
+     key        TEXT PRIMARY KEY,
+     title      TEXT,
+     owner_id   TEXT,
+     ended_at   TEXT,
+     created_at TEXT NOT NULL,
+     updated_at TEXT NOT NULL
+   );
+   CREATE TABLE stream_messages (
+     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+     id         TEXT NOT NULL UNIQUE,
+     stream_key TEXT NOT NULL,
+     user_id    TEXT NOT NULL,
+     username   TEXT NOT NULL,
+     message    TEXT NOT NULL,
+     sent_at    TEXT NOT NULL
+   );
+   CREATE INDEX stream_messages_by_stream ON stream_messages (stream_key, seq);`,
+  `CREATE TABLE requests (
+     id         TEXT PRIMARY KEY,
+     owner_id   TEXT NOT NULL,
+     created_at TEXT NOT NULL,
+     updated_at TEXT NOT NULL
+   );
+   CREATE TABLE request_messages (
+     seq               INTEGER PRIMARY KEY AUTOINCREMENT,
+     id                TEXT NOT NULL UNIQUE,
+     request_id        TEXT NOT NULL,
+     sender_id         TEXT NOT NULL,
+     sender_username   TEXT NOT NULL,
+     sender_role       TEXT,
+     message           TEXT NOT NULL,
+     created_at        TEXT NOT NULL,
+     client_message_id TEXT
+   );
+   CREATE INDEX request_messages_by_request ON request_messages (request_id, seq);
+   CREATE UNIQUE INDEX request_messages_client_id
+     ON request_messages (request_id, sender_id, client_message_id)
+     WHERE client_message_id IS NOT NULL;
+   CREATE TABLE receipts (
+     message_id TEXT NOT NULL,
+     kind       TEXT NOT NULL CHECK (kind IN ('delivered', 'read')),
+     user_id    TEXT NOT NULL,
+     at         TEXT NOT NULL,
+     PRIMARY KEY (message_id, kind, user_id)
+   ) WITHOUT ROWID;`,
+];
+
+interface StreamRow {
+  key: string;
+  title: string | null;
+  owner_id: string | null;
+  ended_at: string | null;
+}
+interface StreamMessageRow {
+  seq: number;
+  id: string;
+  stream_key: string;
+  user_id: string;
+  username: string;
+  message: string;
+  sent_at: string;
+}
+interface RequestMessageRow {
+  seq: number;
+  id: string;
+  request_id: string;
+  sender_id: string;
+  sender_username: string;
+  sender_role: string | null;
+  message: string;
+  created_at: string;
+}
+interface ReceiptRow {
+  message_id: string;
+  kind: ReceiptKind;
+  user_id: string;
+  at: string;
+}
+
+export function sqlitePath(databaseUrl: string): string {
+  return databaseUrl.replace(/^sqlite:/, '');
+}
+
+export function migrate(db: Database.Database): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  for (let v = current; v < MIGRATIONS.length; v++) {
+    db.transaction(() => {
+      db.exec(MIGRATIONS[v] as string);
+      db.pragma(`user_version = ${v + 1}`);
+    }).immediate();
+  }
+}
+
+export class SqliteStore implements Store {
+  private readonly db: Database.Database;
+  private readonly q;
+
+  constructor(path: string) {
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    this.db = new Database(path);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('busy_timeout = 5000');
+    this.db.pragma('foreign_keys = ON');
+    migrate(this.db);
+    const db = this.db;
+    this.q = {
+      getStream: db.prepare<[string], StreamRow>(
+        'SELECT key, title, owner_id, ended_at FROM streams WHERE key = ?',
+      ),
+      insertStream: db.prepare(
+        `INSERT INTO streams (key, title, owner_id, created_at, updated_at)
+         VALUES (@key, @title, @ownerId, @now, @now)`,
+      ),
+      updateStream: db.prepare(
+        `UPDATE streams SET title = coalesce(@title, title), owner_id = coalesce(@ownerId, owner_id),
+           ended_at = NULL, updated_at = @now WHERE key = @key`,
+      ),
+      endStream: db.prepare(
+        'UPDATE streams SET ended_at = coalesce(ended_at, @now), updated_at = @now WHERE key = @key',
+      ),
+      insertStreamMessage: db.prepare(
+        `INSERT INTO stream_messages (id, stream_key, user_id, username, message, sent_at)
+         VALUES (@id, @streamKey, @userId, @username, @message, @sentAt)`,
+      ),
+      streamSeq: db.prepare<[string, string], { seq: number }>(
+        'SELECT seq FROM stream_messages WHERE id = ? AND stream_key = ?',
+      ),
+      streamPage: db.prepare<[string, number, number], StreamMessageRow>(
+        `SELECT * FROM stream_messages WHERE stream_key = ? AND seq < ?
+         ORDER BY seq DESC LIMIT ?`,
+      ),
+      getRequest: db.prepare<[string], { id: string; owner_id: string }>(
+        'SELECT id, owner_id FROM requests WHERE id = ?',
+      ),
+      upsertRequest: db.prepare(
+        `INSERT INTO requests (id, owner_id, created_at, updated_at) VALUES (@id, @ownerId, @now, @now)
+         ON CONFLICT (id) DO UPDATE SET owner_id = excluded.owner_id, updated_at = excluded.updated_at`,
+      ),
+      // Only a repeated clientMessageId is a duplicate: any other conflict (an
+      // id already taken) must fail the call, never look stored.
+      insertRequestMessage: db.prepare(
+        `INSERT INTO request_messages
+           (id, request_id, sender_id, sender_username, sender_role, message, created_at, client_message_id)
+         VALUES (@_id, @requestId, @senderId, @senderUsername, @senderRole, @message, @createdAt, @clientMessageId)
+         ON CONFLICT (request_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL
+         DO NOTHING`,
+      ),
+      requestMessageByClientId: db.prepare<[string, string, string], RequestMessageRow>(
+        `SELECT * FROM request_messages
+         WHERE request_id = ? AND sender_id = ? AND client_message_id = ?`,
+      ),
+      requestSeq: db.prepare<[string, string], { seq: number }>(
+        'SELECT seq FROM request_messages WHERE id = ? AND request_id = ?',
+      ),
+      requestPage: db.prepare<[string, number, number], RequestMessageRow>(
+        `SELECT * FROM request_messages WHERE request_id = ? AND seq < ?
+         ORDER BY seq DESC LIMIT ?`,
+      ),
+      receiptsOf: db.prepare<[string], ReceiptRow>(
+        `SELECT message_id, kind, user_id, at FROM receipts
+         WHERE message_id IN (SELECT value FROM json_each(?)) ORDER BY at, user_id`,
+      ),
+      eligibleForReceipt: db.prepare<[string, string, string], { id: string }>(
+        `SELECT id FROM request_messages
+         WHERE request_id = ? AND sender_id <> ? AND id IN (SELECT value FROM json_each(?))
+         ORDER BY seq`,
+      ),
+      insertReceipt: db.prepare(
+        `INSERT INTO receipts (message_id, kind, user_id, at) VALUES (?, ?, ?, ?)
+         ON CONFLICT DO NOTHING`,
+      ),
+    };
+  }
+
+  async putStream(
+    key: string,
+    fields: { title?: string | null; ownerId?: string | null },
+  ): Promise<{ created: boolean }> {
+    const params = {
+      key,
+      title: fields.title ?? null,
+      ownerId: fields.ownerId ?? null,
+      now: new Date().toISOString(),
+    };
+    return this.db.transaction(() => {
+      if (this.q.getStream.get(key)) {
+        this.q.updateStream.run(params);
+        return { created: false };
+      }
+      this.q.insertStream.run(params);
+      return { created: true };
+    })();
+  }
+
+  async endStream(key: string): Promise<boolean> {
+    return this.q.endStream.run({ key, now: new Date().toISOString() }).changes > 0;
+  }
+
+  async getStream(key: string): Promise<StreamRecord | undefined> {
+    const row = this.q.getStream.get(key);
+    return row && { key: row.key, title: row.title, ownerId: row.owner_id, endedAt: row.ended_at };
+  }
+
+  private readonly insertStreamMessages = (messages: readonly StreamMessage[]) => {
+    for (const m of messages) this.q.insertStreamMessage.run(m);
+  };
+
+  async appendStreamMessages(messages: readonly StreamMessage[]): Promise<void> {
+    this.db.transaction(this.insertStreamMessages)(messages);
+  }
+
+  async streamHistory(key: string, query: PageQuery): Promise<Page<StreamMessage>> {
+    const upper = this.upperSeq(this.q.streamSeq, query.before, key);
+    if (upper === undefined) return { messages: [], hasMore: false };
+    const rows = this.q.streamPage.all(key, upper, query.limit + 1);
+    const hasMore = rows.length > query.limit;
+    const messages = rows
+      .slice(0, query.limit)
+      .reverse()
+      .map((r) => ({
+        id: r.id,
+        streamKey: r.stream_key,
+        userId: r.user_id,
+        username: r.username,
+        message: r.message,
+        sentAt: r.sent_at,
+      }));
+    return { messages, hasMore };
+  }
+
+  async putRequest(id: string, ownerId: string): Promise<{ created: boolean }> {
+    return this.db.transaction(() => {
+      const created = this.q.getRequest.get(id) === undefined;
+      this.q.upsertRequest.run({ id, ownerId, now: new Date().toISOString() });
+      return { created };
+    })();
+  }
+
+  async getRequest(id: string): Promise<RequestRecord | undefined> {
+    const row = this.q.getRequest.get(id);
+    return row && { id: row.id, ownerId: row.owner_id };
+  }
+
+  async addRequestMessage(
+    m: NewRequestMessage,
+  ): Promise<{ message: RequestMessage; duplicate: boolean }> {
+    const inserted = this.q.insertRequestMessage.run({
+      _id: m._id,
+      requestId: m.requestId,
+      senderId: m.sender.id,
+      senderUsername: m.sender.username,
+      senderRole: m.sender.role,
+      message: m.message,
+      createdAt: m.createdAt,
+      clientMessageId: m.clientMessageId,
+    });
+    if (inserted.changes > 0 || m.clientMessageId === null) {
+      const { clientMessageId: _, ...message } = m;
+      return { message: { ...message, deliveredTo: [], readBy: [] }, duplicate: false };
+    }
+    const row = this.q.requestMessageByClientId.get(m.requestId, m.sender.id, m.clientMessageId);
+    if (!row) throw new Error('request message vanished after a conflicting insert');
+    const [original] = this.withReceipts([row]);
+    return { message: original as RequestMessage, duplicate: true };
+  }
+
+  async requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage>> {
+    const upper = this.upperSeq(this.q.requestSeq, query.before, requestId);
+    if (upper === undefined) return { messages: [], hasMore: false };
+    const rows = this.q.requestPage.all(requestId, upper, query.limit + 1);
+    const hasMore = rows.length > query.limit;
+    return { messages: this.withReceipts(rows.slice(0, query.limit).reverse()), hasMore };
+  }
+
+  async addReceipts(
+    requestId: string,
+    kind: ReceiptKind,
+    userId: string,
+    messageIds: readonly string[],
+    at: string,
+  ): Promise<string[]> {
+    return this.db.transaction(() => {
+      const eligible = this.q.eligibleForReceipt.all(requestId, userId, JSON.stringify(messageIds));
+      const fresh: string[] = [];
+      for (const { id } of eligible) {
+        if (this.q.insertReceipt.run(id, kind, userId, at).changes > 0) fresh.push(id);
+        if (kind === 'read') this.q.insertReceipt.run(id, 'delivered', userId, at);
+      }
+      return fresh;
+    })();
+  }
+
+  async ping(): Promise<void> {
+    this.db.prepare('SELECT 1').get();
+  }
+
+  async close(): Promise<void> {
+    if (this.db.open) this.db.close();
+  }
+
+  /** The exclusive upper sequence for a page; undefined when `before` names no message here. */
+  private upperSeq(
+    lookup: Database.Statement<[string, string], { seq: number }>,
+    before: string | undefined,
+    scope: string,
+  ): number | undefined {
+    if (before === undefined) return Number.MAX_SAFE_INTEGER;
+    return lookup.get(before, scope)?.seq;
+  }
+
+  private withReceipts(rows: RequestMessageRow[]): RequestMessage[] {
+    const messages = rows.map(
+      (r): RequestMessage => ({
+        _id: r.id,
+        requestId: r.request_id,
+        sender: { id: r.sender_id, username: r.sender_username, role: r.sender_role },
+        message: r.message,
+        createdAt: r.created_at,
+        deliveredTo: [],
+        readBy: [],
+      }),
+    );
+    if (messages.length === 0) return messages;
+    const byId = new Map(messages.map((m) => [m._id, m]));
+    for (const r of this.q.receiptsOf.all(JSON.stringify([...byId.keys()]))) {
+      const receipt: Receipt = { userId: r.user_id, at: r.at };
+      const m = byId.get(r.message_id);
+      if (m) (r.kind === 'read' ? m.readBy : m.deliveredTo).push(receipt);
+    }
+    return messages;
+  }
+}

@@ -1,0 +1,108 @@
+/**
+ * Persistence, as the core needs it. One implementation per backend
+ * (`sqlite.ts`, later `postgres.ts`); `app.ts` picks one from DATABASE_URL.
+ *
+ * Guarantees every implementation gives:
+ * - A promise that resolves means the write is durable (committed); one that
+ *   rejects means nothing of that call was stored.
+ * - Ordering: messages of one stream or request are returned in the order
+ *   they were stored (a per-backend sequence, never the clock).
+ * - Idempotency: `addRequestMessage` with a `clientMessageId` already stored
+ *   for the same sender and request returns the original; receipts are
+ *   recorded once per (message, user, kind) and the first time wins.
+ */
+
+export interface StreamRecord {
+  key: string;
+  title: string | null;
+  ownerId: string | null;
+  /** ISO-8601 when ended through the API; null while open. */
+  endedAt: string | null;
+}
+
+export interface StreamMessage {
+  id: string;
+  streamKey: string;
+  userId: string;
+  username: string;
+  message: string;
+  sentAt: string;
+}
+
+export interface RequestRecord {
+  id: string;
+  ownerId: string;
+}
+
+export interface Receipt {
+  userId: string;
+  at: string;
+}
+
+/** CONTRACT section 3 `Message`. */
+export interface RequestMessage {
+  _id: string;
+  requestId: string;
+  sender: { id: string; username: string; role: string | null };
+  message: string;
+  createdAt: string;
+  deliveredTo: Receipt[];
+  readBy: Receipt[];
+}
+
+export type NewRequestMessage = Omit<RequestMessage, 'deliveredTo' | 'readBy'> & {
+  clientMessageId: string | null;
+};
+
+export type ReceiptKind = 'delivered' | 'read';
+
+export interface Page<T> {
+  /** Oldest first. */
+  messages: T[];
+  /** True when older messages exist before the first one returned. */
+  hasMore: boolean;
+}
+
+export interface PageQuery {
+  /** A message id: return only messages stored before it. */
+  before?: string | undefined;
+  limit: number;
+}
+
+export interface Store {
+  /** Creates the stream or updates its fields; reopens it when it had ended. */
+  putStream(
+    key: string,
+    fields: { title?: string | null; ownerId?: string | null },
+  ): Promise<{ created: boolean }>;
+  /** Marks the stream ended; false when there is no such stream. */
+  endStream(key: string): Promise<boolean>;
+  getStream(key: string): Promise<StreamRecord | undefined>;
+  /** Stores a batch in one transaction: all of it or none. */
+  appendStreamMessages(messages: readonly StreamMessage[]): Promise<void>;
+  streamHistory(key: string, query: PageQuery): Promise<Page<StreamMessage>>;
+
+  /** Registers a request and its owner; a new owner replaces the old. */
+  putRequest(id: string, ownerId: string): Promise<{ created: boolean }>;
+  getRequest(id: string): Promise<RequestRecord | undefined>;
+  addRequestMessage(
+    message: NewRequestMessage,
+  ): Promise<{ message: RequestMessage; duplicate: boolean }>;
+  requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage>>;
+  /**
+   * Records receipts of `userId` for those of `messageIds` that belong to the
+   * request and were not sent by that user; ignores the rest. A read also
+   * records delivered. Returns the ids whose `kind` receipt is new.
+   */
+  addReceipts(
+    requestId: string,
+    kind: ReceiptKind,
+    userId: string,
+    messageIds: readonly string[],
+    at: string,
+  ): Promise<string[]>;
+
+  /** Resolves when the backend answers; for readiness. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
