@@ -1,0 +1,135 @@
+/**
+ * The one composition root: picks the Store and Broker from configuration,
+ * builds the core and wires the transports onto one HTTP server.
+ */
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Broker } from './broker/broker.js';
+import { MemoryBroker } from './broker/memory.js';
+import { RedisBroker } from './broker/redis.js';
+import type { Config } from './config.js';
+import { createVerifier, type TokenVerifier } from './core/identity.js';
+import { Streams } from './core/streams.js';
+import { createLogger, type Logger } from './observability/log.js';
+import { Metrics } from './observability/metrics.js';
+import { PostgresStore } from './store/postgres.js';
+import { SqliteStore, sqlitePath } from './store/sqlite.js';
+import type { Store } from './store/store.js';
+import { createHttpHandler } from './transport/http.js';
+import { encodeStreamFrame, type StreamFrame, StreamGateway } from './transport/stream-ws.js';
+import { createWebHandler } from './transport/web.js';
+
+export interface App {
+  readonly config: Config;
+  readonly server: Server;
+  readonly store: Store;
+  readonly broker: Broker;
+  readonly streams: Streams<StreamFrame>;
+  readonly verifier: TokenVerifier;
+  readonly metrics: Metrics;
+  readonly log: Logger;
+  /** Starts listening; resolves with the base URL (`http://host:port`). */
+  listen(): Promise<string>;
+  /** Graceful stop: refuse new work, close clients with 1001, flush storage. */
+  close(): Promise<void>;
+}
+
+/** Time given to clients to finish their close handshake on shutdown. */
+const CLIENT_CLOSE_MS = 3_000;
+
+function createStore(config: Config, log: Logger): Store {
+  if (config.databaseUrl.startsWith('sqlite:'))
+    return new SqliteStore(sqlitePath(config.databaseUrl));
+  return new PostgresStore({ url: config.databaseUrl, log });
+}
+
+function createBroker(config: Config, log: Logger): Broker {
+  if (config.redisUrl === undefined) return new MemoryBroker();
+  return new RedisBroker({ url: config.redisUrl, prefix: config.redisPrefix, log });
+}
+
+export function createApp(config: Config, options: { log?: Logger } = {}): App {
+  const log = options.log ?? createLogger(config.logLevel);
+  const metrics = new Metrics();
+  const store = createStore(config, log);
+  const broker = createBroker(config, log);
+  const verifier = createVerifier(config.jwt);
+  const streams = new Streams<StreamFrame>({
+    store,
+    broker,
+    limits: config.limits,
+    metrics,
+    log,
+    encode: encodeStreamFrame,
+  });
+  const streamGateway = new StreamGateway({
+    streams,
+    verifier,
+    limits: config.limits,
+    metrics,
+    log,
+  });
+  const handler = createHttpHandler({
+    apiKey: config.apiKey,
+    limits: config.limits,
+    streams,
+    metrics,
+    log,
+    readiness: { checks: { storage: () => store.ping(), broker: () => broker.ping() } },
+  });
+
+  const serveWeb = createWebHandler();
+  const server = createServer((req, res) => {
+    if (!serveWeb(req, res)) void handler(req, res);
+  });
+  server.on('upgrade', (req, socket, head) => {
+    const key = streamGateway.match(req.url);
+    if (key !== undefined) {
+      void streamGateway.handleUpgrade(req, socket, head, key);
+    } else {
+      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
+    }
+  });
+  server.on('clientError', (_err, socket) => {
+    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+  });
+
+  let closing: Promise<void> | undefined;
+
+  return {
+    config,
+    server,
+    store,
+    broker,
+    streams,
+    verifier,
+    metrics,
+    log,
+    async listen() {
+      // Storage must answer (and PostgreSQL be migrated) before the first client:
+      // a node that cannot store fails its start instead of refusing every write.
+      await store.ping();
+      return new Promise((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(config.port, config.host, () => {
+          server.off('error', reject);
+          const { address, port } = server.address() as AddressInfo;
+          const host = address.includes(':') ? `[${address}]` : address;
+          resolve(`http://${host}:${port}`);
+        });
+      });
+    },
+    close() {
+      closing ??= (async () => {
+        server.close();
+        server.closeIdleConnections();
+        await streamGateway.closeAll(CLIENT_CLOSE_MS);
+        server.closeAllConnections();
+        await streams.flush();
+        await broker.close();
+        await store.close();
+      })();
+      return closing;
+    },
+  };
+}

@@ -1,0 +1,54 @@
+/** Entry point: read config, build the app, listen, stop gracefully on a signal. */
+import { createApp } from './app.js';
+import { ConfigError, loadConfig } from './config.js';
+import { devBanner, prepareDevMode } from './dev.js';
+
+/** CONTRACT section 1: exit within 10 s of SIGTERM/SIGINT, whatever happens. */
+const SHUTDOWN_DEADLINE_MS = 10_000;
+
+async function main(): Promise<void> {
+  let config: ReturnType<typeof loadConfig>;
+  try {
+    config = loadConfig();
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`charla: ${err.message}\n`);
+    process.exit(1);
+  }
+  const app = createApp(config);
+  const url = await app.listen();
+  app.log.info(
+    { url, store: config.databaseUrl.split(':')[0], devMode: config.devMode },
+    'listening',
+  );
+  if (config.devMode) {
+    process.stdout.write(`${devBanner(url, config.apiKey, await prepareDevMode(app))}\n`);
+  }
+
+  const stop = (signal: NodeJS.Signals) => {
+    app.log.info({ signal }, 'shutting down');
+    setTimeout(() => {
+      app.log.error('shutdown took too long; exiting');
+      process.exit(1);
+    }, SHUTDOWN_DEADLINE_MS).unref();
+    app.close().then(
+      () => {
+        app.log.info('stopped');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        app.log.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(
+    `charla: failed to start: ${err instanceof Error ? err.message : String(err)}\n`,
+  );
+  process.exit(1);
+});

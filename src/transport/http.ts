@@ -1,0 +1,263 @@
+/**
+ * The HTTP surface: the platform's server API (CONTRACT section 4, `X-API-Key`),
+ * health, readiness and metrics. Every refusal is a ChatError rendered as
+ * `{error_code, message}` with its status.
+ */
+import { timingSafeEqual } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { z } from 'zod';
+import type { Limits } from '../config.js';
+import { asChatError, ChatError } from '../core/errors.js';
+import { isObjectId, normalizeId } from '../core/ids.js';
+import type { Streams } from '../core/streams.js';
+import type { Logger } from '../observability/log.js';
+import { safePath } from '../observability/log.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { PageQuery } from '../store/store.js';
+
+export interface Readiness {
+  /** Each check resolves when its dependency answers. */
+  checks: Record<string, () => Promise<void>>;
+}
+
+export interface HttpDeps {
+  apiKey: string;
+  limits: Limits;
+  streams: Streams<unknown>;
+  readiness: Readiness;
+  metrics: Metrics;
+  log: Logger;
+  /** Further routes (e.g. the request chat's), tried before "not found". */
+  routes?: Route[];
+}
+
+export interface RouteContext {
+  req: IncomingMessage;
+  params: string[];
+  query: URLSearchParams;
+  body: () => Promise<unknown>;
+}
+
+export interface Route {
+  method: string;
+  path: RegExp;
+  /** True for the platform API: requires `X-API-Key`. */
+  apiKey: boolean;
+  handle(ctx: RouteContext): Promise<{ status: number; body: unknown }>;
+}
+
+const idLike = z.union([z.string().min(1).max(256), z.number().finite()]).transform(String);
+
+const streamBody = z.object({
+  title: z.string().max(500).nullable().optional(),
+  ownerId: idLike.nullable().optional(),
+});
+
+const READY_TIMEOUT_MS = 2_000;
+
+function withTimeout(p: Promise<void>, ms: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`no answer in ${ms} ms`)), ms);
+    p.then(
+      () => {
+        clearTimeout(t);
+        resolve();
+      },
+      (err) => {
+        clearTimeout(t);
+        reject(err);
+      },
+    );
+  });
+}
+
+/** Parses `?before=&limit=` of the history endpoints. */
+export function pageQuery(query: URLSearchParams, limits: Limits): PageQuery {
+  const before = query.get('before') ?? undefined;
+  if (before !== undefined && !isObjectId(before)) {
+    throw new ChatError('invalid_payload', '"before" must be a message id.', { httpStatus: 400 });
+  }
+  const rawLimit = query.get('limit');
+  const limit = rawLimit === null ? limits.historyPage : Number(rawLimit);
+  if (!Number.isInteger(limit) || limit < 1 || limit > limits.historyMaxPage) {
+    throw new ChatError(
+      'invalid_payload',
+      `"limit" must be an integer from 1 to ${limits.historyMaxPage}.`,
+      { httpStatus: 400 },
+    );
+  }
+  return { before: before && normalizeId(before), limit };
+}
+
+/** Validates a JSON body against `schema`, as one `invalid_payload` naming the field. */
+export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
+  const parsed = schema.safeParse(body);
+  if (parsed.success) return parsed.data;
+  const issue = parsed.error.issues[0];
+  const field = issue?.path.join('.') || 'body';
+  throw new ChatError('invalid_payload', `${field}: ${issue?.message ?? 'invalid'}`);
+}
+
+function streamRoutes(deps: HttpDeps): Route[] {
+  const key = /^\/api\/streams\/([A-Za-z0-9_-]{1,64})$/;
+  return [
+    {
+      method: 'PUT',
+      path: key,
+      apiKey: true,
+      async handle({ params, body }) {
+        const [k] = params as [string];
+        const fields = parseBody(streamBody, await body());
+        const { created } = await deps.streams.put(k, fields);
+        return { status: created ? 201 : 200, body: { key: k, created } };
+      },
+    },
+    {
+      method: 'DELETE',
+      path: key,
+      apiKey: true,
+      async handle({ params }) {
+        const [k] = params as [string];
+        if (!(await deps.streams.end(k))) throw new ChatError('stream_not_found');
+        return { status: 200, body: { key: k, ended: true } };
+      },
+    },
+    {
+      method: 'GET',
+      path: /^\/api\/streams\/([A-Za-z0-9_-]{1,64})\/messages$/,
+      apiKey: true,
+      async handle({ params, query }) {
+        const [k] = params as [string];
+        if ((await deps.streams.status(k)) === 'unknown') throw new ChatError('stream_not_found');
+        return { status: 200, body: await deps.streams.history(k, pageQuery(query, deps.limits)) };
+      },
+    },
+  ];
+}
+
+function opsRoutes(deps: HttpDeps): Route[] {
+  return [
+    {
+      method: 'GET',
+      path: /^\/healthz$/,
+      apiKey: false,
+      async handle() {
+        return { status: 200, body: { status: 'ok' } };
+      },
+    },
+    {
+      method: 'GET',
+      path: /^\/readyz$/,
+      apiKey: false,
+      async handle() {
+        const entries = Object.entries(deps.readiness.checks);
+        const results = await Promise.allSettled(
+          entries.map(([, check]) => withTimeout(check(), READY_TIMEOUT_MS)),
+        );
+        const report: Record<string, string> = {};
+        entries.forEach(([name], i) => {
+          const r = results[i];
+          report[name] = r?.status === 'fulfilled' ? 'ok' : 'unavailable';
+        });
+        const ready = results.every((r) => r.status === 'fulfilled');
+        return {
+          status: ready ? 200 : 503,
+          body: { status: ready ? 'ready' : 'not_ready', ...report },
+        };
+      },
+    },
+  ];
+}
+
+function apiKeyMatches(given: string | string[] | undefined, expected: Buffer): boolean {
+  if (typeof given !== 'string') return false;
+  const g = Buffer.from(given);
+  return g.length === expected.length && timingSafeEqual(g, expected);
+}
+
+function readBody(req: IncomingMessage, maxBytes: number): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > maxBytes) {
+        // Answer now and discard the rest; a body past 16 times the limit is cut off.
+        reject(new ChatError('invalid_payload', 'The body is too large.', { httpStatus: 413 }));
+        chunks.length = 0;
+        if (size > 16 * maxBytes) req.destroy();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on('end', () => {
+      if (size > maxBytes) return;
+      const text = Buffer.concat(chunks).toString('utf8');
+      if (text.trim() === '') return resolve({});
+      try {
+        resolve(JSON.parse(text));
+      } catch {
+        reject(new ChatError('invalid_json', 'The body is not valid JSON.'));
+      }
+    });
+    req.on('error', reject);
+  });
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+  });
+  res.end(text);
+}
+
+export function createHttpHandler(deps: HttpDeps) {
+  const expectedKey = Buffer.from(deps.apiKey);
+  const routes = [...opsRoutes(deps), ...streamRoutes(deps), ...(deps.routes ?? [])];
+
+  return async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://charla');
+    try {
+      if (req.method === 'GET' && url.pathname === '/metrics') {
+        res.writeHead(200, { 'content-type': deps.metrics.registry.contentType });
+        res.end(await deps.metrics.registry.metrics());
+        return;
+      }
+      let allowed: string[] = [];
+      for (const route of routes) {
+        const m = route.path.exec(url.pathname);
+        if (!m) continue;
+        if (route.method !== req.method) {
+          allowed.push(route.method);
+          continue;
+        }
+        allowed = [];
+        if (route.apiKey && !apiKeyMatches(req.headers['x-api-key'], expectedKey)) {
+          throw new ChatError('unauthorized', 'A valid X-API-Key header is required.');
+        }
+        const result = await route.handle({
+          req,
+          params: m.slice(1),
+          query: url.searchParams,
+          body: () => readBody(req, deps.limits.maxFrameBytes),
+        });
+        send(res, result.status, result.body);
+        return;
+      }
+      if (allowed.length > 0) {
+        res.setHeader('allow', allowed.join(', '));
+        throw new ChatError('not_found', 'Method not allowed.', { httpStatus: 405 });
+      }
+      throw new ChatError('not_found');
+    } catch (err) {
+      const e = asChatError(err);
+      if (!(err instanceof ChatError)) {
+        deps.log.error({ err, method: req.method, path: safePath(req.url) }, 'http request failed');
+      }
+      if (!res.headersSent) send(res, e.httpStatus, e.toPayload());
+      else res.destroy();
+    }
+  };
+}

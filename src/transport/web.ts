@@ -1,0 +1,121 @@
+/**
+ * The web client: the files under `web/` (and Socket.IO's own browser build),
+ * read once at start-up and served from memory. Only the names found at
+ * start-up exist, so a request path is a key in a map, never a file-system
+ * path: there is nothing to traverse.
+ */
+import { createHash } from 'node:crypto';
+import { readdirSync, readFileSync } from 'node:fs';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { createRequire } from 'node:module';
+import { dirname, extname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const CONTENT_TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+};
+
+/**
+ * Nothing inline and nothing from elsewhere: the client's own modules and
+ * styles, and sockets back to this origin ('self' covers ws: in CSP Level 3).
+ */
+const CSP = [
+  "default-src 'none'",
+  "script-src 'self'",
+  "style-src 'self'",
+  "img-src 'self' data:",
+  "connect-src 'self'",
+  "manifest-src 'self'",
+  "base-uri 'none'",
+  "form-action 'none'",
+  "frame-ancestors 'none'",
+].join('; ');
+
+const SECURITY_HEADERS = {
+  'content-security-policy': CSP,
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+  'x-frame-options': 'DENY',
+  'cross-origin-opener-policy': 'same-origin',
+};
+
+interface Asset {
+  body: Buffer;
+  type: string;
+  etag: string;
+}
+
+/** `web/` at the repository root; this module runs compiled, from `dist/src/transport/`. */
+export function defaultWebDir(): string {
+  return fileURLToPath(new URL('../../../web/', import.meta.url));
+}
+
+/**
+ * The Socket.IO browser client as an ES module. It comes from the `socket.io`
+ * package itself (the file it would serve with `serveClient`), so it is a
+ * production dependency and always the server's own version.
+ */
+function socketIoClientPath(): string {
+  const require = createRequire(import.meta.url);
+  return join(
+    dirname(require.resolve('socket.io/package.json')),
+    'client-dist',
+    'socket.io.esm.min.js',
+  );
+}
+
+function asset(body: Buffer, file: string): Asset {
+  const type = CONTENT_TYPES[extname(file)] ?? 'application/octet-stream';
+  const etag = `"${createHash('sha256').update(body).digest('base64url').slice(0, 27)}"`;
+  return { body, type, etag };
+}
+
+export function loadAssets(webDir = defaultWebDir()): Map<string, Asset> {
+  const assets = new Map<string, Asset>();
+  for (const entry of readdirSync(webDir, { withFileTypes: true })) {
+    if (!entry.isFile() || entry.name.startsWith('.') || !(extname(entry.name) in CONTENT_TYPES)) {
+      continue;
+    }
+    const file = join(webDir, entry.name);
+    assets.set(`/${entry.name}`, asset(readFileSync(file), file));
+  }
+  const index = assets.get('/index.html');
+  if (index) assets.set('/', index);
+  const io = socketIoClientPath();
+  assets.set('/vendor/socket.io.esm.min.js', asset(readFileSync(io), io));
+  return assets;
+}
+
+/**
+ * Returns a handler that answers GET/HEAD for the client's files and returns
+ * false for anything else, which then goes on to the API.
+ */
+export function createWebHandler(assets = loadAssets()) {
+  return function serveWeb(req: IncomingMessage, res: ServerResponse): boolean {
+    if (req.method !== 'GET' && req.method !== 'HEAD') return false;
+    const q = req.url?.indexOf('?') ?? -1;
+    const path = q === -1 ? (req.url ?? '/') : (req.url ?? '/').slice(0, q);
+    const found = assets.get(path);
+    if (!found) return false;
+    // No fingerprinted names without a bundler, so every file is revalidated:
+    // a deploy is seen at once, and an unchanged file costs a 304.
+    const headers = {
+      ...SECURITY_HEADERS,
+      'content-type': found.type,
+      'cache-control': 'no-cache',
+      etag: found.etag,
+    };
+    if (req.headers['if-none-match'] === found.etag) {
+      res.writeHead(304, headers);
+      res.end();
+      return true;
+    }
+    res.writeHead(200, { ...headers, 'content-length': found.body.length });
+    res.end(req.method === 'HEAD' ? undefined : found.body);
+    return true;
+  };
+}
