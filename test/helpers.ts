@@ -1,0 +1,263 @@
+/**
+ * Test helpers: a real charla on port 0 over a real SQLite file, real `ws`
+ * clients, tokens signed the way the platform signs them.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { SignJWT } from 'jose';
+import { pino } from 'pino';
+import { WebSocket } from 'ws';
+import { type App, createApp } from '../src/app.js';
+import { loadConfig } from '../src/config.js';
+
+export const SECRET = 'test-secret-that-is-long-enough-for-hs256';
+export const API_KEY = 'test-api-key';
+export const MAIN = fileURLToPath(new URL('../src/main.js', import.meta.url));
+
+export function tempDir(prefix = 'charla-test-'): string {
+  return mkdtempSync(join(tmpdir(), prefix));
+}
+
+export interface TestServer {
+  app: App;
+  url: string;
+  wsUrl: string;
+  dir: string;
+  close(): Promise<void>;
+}
+
+/** Starts charla in this process on an ephemeral port with its own SQLite file. */
+export async function startServer(env: Record<string, string> = {}): Promise<TestServer> {
+  const dir = env.DATA_DIR ?? tempDir();
+  const config = loadConfig({
+    PORT: '0',
+    HOST: '127.0.0.1',
+    DATABASE_URL: `sqlite:${join(dir, 'charla.db')}`,
+    JWT_SECRET: SECRET,
+    API_KEY,
+    LOG_LEVEL: 'silent',
+    ...env,
+  });
+  const app = createApp(config, { log: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }) });
+  const url = await app.listen();
+  return {
+    app,
+    url,
+    wsUrl: url.replace(/^http/, 'ws'),
+    dir,
+    async close() {
+      await app.close();
+      if (env.DATA_DIR === undefined) rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface TokenOptions {
+  secret?: string;
+  expiresIn?: string | number;
+  notBefore?: string | number;
+}
+
+/** Signs an HS256 token; `claims` as the platform would put them. */
+export function sign(claims: Record<string, unknown>, opts: TokenOptions = {}): Promise<string> {
+  let jwt = new SignJWT(claims).setProtectedHeader({ alg: 'HS256', typ: 'JWT' }).setIssuedAt();
+  jwt = jwt.setExpirationTime(opts.expiresIn ?? '1h');
+  if (opts.notBefore !== undefined) jwt = jwt.setNotBefore(opts.notBefore);
+  return jwt.sign(new TextEncoder().encode(opts.secret ?? SECRET));
+}
+
+export const userToken = (id: string, extra: Record<string, unknown> = {}, opts?: TokenOptions) =>
+  sign({ user_id: id, username: `user${id}`, ...extra }, opts);
+
+/** Calls the server API with the test API key (unless `key` overrides it). */
+export async function api(
+  base: string,
+  method: string,
+  path: string,
+  body?: unknown,
+  key: string | null = API_KEY,
+): Promise<{ status: number; body: any }> {
+  const headers: Record<string, string> = {};
+  if (key !== null) headers['x-api-key'] = key;
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const res = await fetch(base + path, {
+    method,
+    headers,
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  const text = await res.text();
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {}
+  return { status: res.status, body: parsed };
+}
+
+export interface Frame {
+  type: string;
+  data: any;
+}
+
+/**
+ * A `ws` client that records every frame, so a test can wait for the next
+ * one matching a predicate and see everything it was sent.
+ */
+export class StreamClient {
+  readonly frames: Frame[] = [];
+  private cursor = 0;
+  private waiters: Array<() => void> = [];
+  readonly opened: Promise<void>;
+  readonly closed: Promise<{ code: number; reason: string }>;
+
+  constructor(readonly ws: WebSocket) {
+    ws.on('message', (data) => {
+      this.frames.push(JSON.parse(String(data)) as Frame);
+      this.wake();
+    });
+    this.opened = new Promise((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+      ws.once('unexpected-response', (_req, res) =>
+        reject(new Error(`unexpected response ${res.statusCode}`)),
+      );
+    });
+    this.closed = new Promise((resolve) => {
+      ws.once('close', (code, reason) => {
+        resolve({ code, reason: String(reason) });
+        this.wake();
+      });
+    });
+    // Errors after open surface through `closed`.
+    ws.on('error', () => {});
+  }
+
+  static async connect(
+    wsUrl: string,
+    key: string,
+    opts: { token?: string; query?: string; headers?: Record<string, string> } = {},
+  ): Promise<StreamClient> {
+    const headers = { ...opts.headers };
+    if (opts.token) headers.authorization = `Bearer ${opts.token}`;
+    const client = new StreamClient(
+      new WebSocket(`${wsUrl}/ws/streams/${key}/${opts.query ?? ''}`, { headers }),
+    );
+    await client.opened;
+    return client;
+  }
+
+  send(value: unknown): void {
+    this.ws.send(typeof value === 'string' ? value : JSON.stringify(value));
+  }
+
+  chat(message: unknown): void {
+    this.send({ type: 'chat', data: { message } });
+  }
+
+  auth(token: string): void {
+    this.send({ type: 'auth', data: { token } });
+  }
+
+  /** The next frame not yet taken (optionally of `type`), or rejects after `ms`. */
+  async next(type?: string, ms = 3000): Promise<Frame> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      while (this.cursor < this.frames.length) {
+        const f = this.frames[this.cursor++] as Frame;
+        if (type === undefined || f.type === type) return f;
+      }
+      const left = deadline - Date.now();
+      if (left <= 0 || this.ws.readyState === WebSocket.CLOSED) {
+        throw new Error(
+          `no ${type ?? ''} frame within ${ms} ms; got ${JSON.stringify(this.frames)}`,
+        );
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  /** Waits until `n` frames of `type` have arrived in total and returns them. */
+  async collect(type: string, n: number, ms = 5000): Promise<Frame[]> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const got = this.frames.filter((f) => f.type === type);
+      if (got.length >= n) return got;
+      if (Date.now() > deadline || this.ws.readyState === WebSocket.CLOSED) {
+        throw new Error(`expected ${n} ${type} frames, got ${got.length}`);
+      }
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  /** Frames received so far that were not taken by `next`. */
+  rest(): Frame[] {
+    return this.frames.slice(this.cursor);
+  }
+
+  close(): void {
+    this.ws.close();
+  }
+
+  private wake(): void {
+    const w = this.waiters;
+    this.waiters = [];
+    for (const f of w) f();
+  }
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export interface ChildServer {
+  child: ChildProcess;
+  url: string;
+  output: () => string;
+  /** Sends `signal` and resolves with the exit code. */
+  stop(signal?: NodeJS.Signals): Promise<number | null>;
+}
+
+/** Starts `node dist/src/main.js` as its own process and waits for it to listen. */
+export function spawnServer(env: Record<string, string>): Promise<ChildServer> {
+  const child = spawn(process.execPath, [MAIN], {
+    env: { PATH: process.env.PATH ?? '', PORT: '0', LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => resolve(code)),
+  );
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}`)), 15_000);
+    const onData = (chunk: Buffer) => {
+      out += chunk.toString();
+      const m = /"url":"(http:\/\/[^"]+)".*"msg":"listening"/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve({
+          child,
+          url: m[1] as string,
+          output: () => out,
+          stop(signal = 'SIGTERM') {
+            if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+            return exited;
+          },
+        });
+      }
+    };
+    child.stdout.on('data', onData);
+    child.stderr.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code} before listening:\n${out}`));
+    });
+  });
+}

@@ -1,0 +1,122 @@
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { describe, it } from 'node:test';
+import { SignJWT } from 'jose';
+import type { JwtConfig } from '../src/config.js';
+import { createVerifier, identityFromClaims } from '../src/core/identity.js';
+import { SECRET, sign } from './helpers.js';
+
+const names = { userIdClaim: 'user_id', usernameClaim: 'username', roleClaim: 'role' };
+const hsConfig: JwtConfig = {
+  secret: SECRET,
+  publicKey: undefined,
+  jwksUrl: undefined,
+  issuer: undefined,
+  audience: undefined,
+  ...names,
+};
+
+describe('identityFromClaims', () => {
+  it('takes user_id, else sub, and turns numbers into strings', () => {
+    assert.equal(identityFromClaims({ user_id: 1 }, names).userId, '1');
+    assert.equal(identityFromClaims({ user_id: 'u7', sub: 'x' }, names).userId, 'u7');
+    assert.equal(identityFromClaims({ sub: '42' }, names).userId, '42');
+    assert.throws(() => identityFromClaims({ username: 'ana' }, names), { code: 'invalid_token' });
+    assert.throws(() => identityFromClaims({ user_id: {} }, names), { code: 'invalid_token' });
+  });
+  it('takes username, else name, else the user id', () => {
+    assert.equal(
+      identityFromClaims({ user_id: 1, username: 'ana', name: 'A' }, names).username,
+      'ana',
+    );
+    assert.equal(identityFromClaims({ user_id: 1, name: 'Ana M' }, names).username, 'Ana M');
+    assert.equal(identityFromClaims({ user_id: 1 }, names).username, '1');
+  });
+  it('reads role or roles, upper-cased', () => {
+    assert.deepEqual(identityFromClaims({ user_id: 1, role: 'teacher' }, names).roles, ['TEACHER']);
+    assert.deepEqual(identityFromClaims({ user_id: 1, roles: ['lab', 7, 'Admin'] }, names).roles, [
+      'LAB',
+      'ADMIN',
+    ]);
+    assert.deepEqual(identityFromClaims({ user_id: 1 }, names).roles, []);
+  });
+  it('follows renamed claims', () => {
+    const custom = { userIdClaim: 'uid', usernameClaim: 'nick', roleClaim: 'perms' };
+    const id = identityFromClaims({ uid: 9, nick: 'zoe', perms: ['lab'] }, custom);
+    assert.deepEqual(
+      { userId: id.userId, username: id.username, roles: id.roles },
+      { userId: '9', username: 'zoe', roles: ['LAB'] },
+    );
+  });
+  it('keeps exp in milliseconds', () => {
+    assert.equal(identityFromClaims({ user_id: 1, exp: 100 }, names).expiresAt, 100_000);
+  });
+});
+
+describe('createVerifier (HS256)', () => {
+  const verifier = createVerifier(hsConfig);
+
+  it('accepts a token signed with the secret', async () => {
+    const id = await verifier.verify(await sign({ user_id: 5, username: 'eva', role: 'lab' }));
+    assert.equal(id.userId, '5');
+    assert.deepEqual(id.roles, ['LAB']);
+  });
+  it('refuses a token signed with another key', async () => {
+    const token = await sign({ user_id: 5 }, { secret: 'another-secret-another-secret-123' });
+    await assert.rejects(verifier.verify(token), { code: 'invalid_token' });
+  });
+  it('refuses alg none', async () => {
+    const enc = (o: object) => Buffer.from(JSON.stringify(o)).toString('base64url');
+    const token = `${enc({ alg: 'none', typ: 'JWT' })}.${enc({ user_id: 1, exp: 9e9 })}.`;
+    await assert.rejects(verifier.verify(token), { code: 'invalid_token' });
+  });
+  it('refuses an RS256 token', async () => {
+    const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
+    const token = await new SignJWT({ user_id: 1 })
+      .setProtectedHeader({ alg: 'RS256' })
+      .setExpirationTime('1h')
+      .sign(privateKey);
+    await assert.rejects(verifier.verify(token), { code: 'invalid_token' });
+  });
+  it('tells an expired token from a bad one, and refuses one not yet valid', async () => {
+    const expired = await sign({ user_id: 1 }, { expiresIn: Math.floor(Date.now() / 1000) - 60 });
+    await assert.rejects(verifier.verify(expired), { code: 'token_expired' });
+    const early = await sign({ user_id: 1 }, { notBefore: '1h', expiresIn: '2h' });
+    await assert.rejects(verifier.verify(early), { code: 'invalid_token' });
+    await assert.rejects(verifier.verify('not.a.jwt'), { code: 'invalid_token' });
+    await assert.rejects(verifier.verify(''), { code: 'invalid_token' });
+  });
+  it('checks issuer and audience when configured', async () => {
+    const strict = createVerifier({ ...hsConfig, issuer: 'platform', audience: 'charla' });
+    const good = await new SignJWT({ user_id: 1 })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setIssuer('platform')
+      .setAudience('charla')
+      .setExpirationTime('1h')
+      .sign(new TextEncoder().encode(SECRET));
+    assert.equal((await strict.verify(good)).userId, '1');
+    await assert.rejects(strict.verify(await sign({ user_id: 1 })), { code: 'invalid_token' });
+  });
+});
+
+describe('createVerifier (public keys)', () => {
+  for (const kind of ['rsa', 'ec'] as const) {
+    it(`verifies ${kind} tokens and refuses HS256 ones signed with the PEM as secret`, async () => {
+      const { privateKey, publicKey } =
+        kind === 'rsa'
+          ? generateKeyPairSync('rsa', { modulusLength: 2048 })
+          : generateKeyPairSync('ec', { namedCurve: 'P-256' });
+      const pem = publicKey.export({ type: 'spki', format: 'pem' }).toString();
+      const verifier = createVerifier({ ...hsConfig, secret: undefined, publicKey: pem });
+      const alg = kind === 'rsa' ? 'RS256' : 'ES256';
+      const token = await new SignJWT({ user_id: 3 })
+        .setProtectedHeader({ alg })
+        .setExpirationTime('1h')
+        .sign(privateKey);
+      assert.equal((await verifier.verify(token)).userId, '3');
+      // The classic key-confusion attack: HMAC with the public key as secret.
+      const confused = await sign({ user_id: 3 }, { secret: pem });
+      await assert.rejects(verifier.verify(confused), { code: 'invalid_token' });
+    });
+  }
+});

@@ -1,0 +1,83 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { ChatError } from '../src/core/errors.js';
+import { checkMessageText, FloodCounter, parseRate, RateLimiter } from '../src/core/limits.js';
+
+describe('parseRate', () => {
+  it('reads N/<seconds>s', () => {
+    assert.deepEqual(parseRate('20/30s'), { count: 20, windowMs: 30_000 });
+    assert.deepEqual(parseRate(' 60 / 0.5s '), { count: 60, windowMs: 500 });
+  });
+  it('refuses anything else', () => {
+    for (const bad of ['', '20', '20/30', '0/30s', '20/0s', 'a/30s', '20/30m', '-1/30s']) {
+      assert.equal(parseRate(bad), undefined, bad);
+    }
+  });
+});
+
+describe('RateLimiter', () => {
+  it('allows count per window, then refuses with the wait until the next token', () => {
+    let now = 1_000_000;
+    const rl = new RateLimiter({ count: 3, windowMs: 3000 }, () => now);
+    rl.take('a');
+    rl.take('a');
+    rl.take('a');
+    try {
+      rl.take('a');
+      assert.fail('should be limited');
+    } catch (e) {
+      assert.ok(e instanceof ChatError);
+      assert.equal(e.code, 'rate_limited');
+      assert.equal(e.retryAfterMs, 1000);
+      assert.deepEqual(e.toPayload().retry_after_ms, 1000);
+    }
+    now += 999;
+    assert.throws(() => rl.take('a'), { code: 'rate_limited' });
+    now += 1;
+    rl.take('a');
+  });
+  it('keeps keys apart', () => {
+    const now = 0;
+    const rl = new RateLimiter({ count: 1, windowMs: 1000 }, () => now);
+    rl.take('a');
+    rl.take('b');
+    assert.throws(() => rl.take('a'), { code: 'rate_limited' });
+  });
+  it('forgets keys whose bucket refilled, so memory follows active users', () => {
+    let now = 0;
+    const rl = new RateLimiter({ count: 2, windowMs: 1000 }, () => now);
+    for (let i = 0; i < 100; i++) rl.take(`u${i}`);
+    assert.equal(rl.size, 100);
+    now += 5000;
+    rl.take('late');
+    assert.equal(rl.size, 1);
+  });
+});
+
+describe('FloodCounter', () => {
+  it('trips past the limit within 10 s and resets in the next window', () => {
+    const f = new FloodCounter(3);
+    assert.equal(f.hit(0), false);
+    assert.equal(f.hit(1), false);
+    assert.equal(f.hit(2), false);
+    assert.equal(f.hit(3), true);
+    assert.equal(f.hit(10_000), false);
+  });
+});
+
+describe('checkMessageText', () => {
+  it('refuses empty and whitespace-only text', () => {
+    assert.throws(() => checkMessageText('', 10), { code: 'empty_message' });
+    assert.throws(() => checkMessageText(' \n\t ', 10), { code: 'empty_message' });
+  });
+  it('refuses text with an unpaired surrogate', () => {
+    assert.throws(() => checkMessageText('a\ud800b', 10), { code: 'invalid_payload' });
+    assert.equal(checkMessageText('a\ud83d\ude00', 10), 'a😀');
+  });
+  it('counts code points, not UTF-16 units', () => {
+    assert.equal(checkMessageText('😀'.repeat(10), 10), '😀'.repeat(10));
+    assert.throws(() => checkMessageText('😀'.repeat(11), 10), { code: 'message_too_long' });
+    assert.throws(() => checkMessageText('a'.repeat(11), 10), { code: 'message_too_long' });
+    assert.equal(checkMessageText('a'.repeat(10), 10).length, 10);
+  });
+});

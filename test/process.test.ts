@@ -1,0 +1,141 @@
+/** charla as its own process: start-up, dev mode, configuration errors, logs, shutdown, restart. */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import {
+  API_KEY,
+  api,
+  MAIN,
+  SECRET,
+  StreamClient,
+  spawnServer,
+  tempDir,
+  userToken,
+} from './helpers.js';
+
+const dir = tempDir();
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+const baseEnv = (name: string) => ({
+  DATABASE_URL: `sqlite:${join(dir, `${name}.db`)}`,
+  JWT_SECRET: SECRET,
+  API_KEY,
+});
+
+describe('start-up', () => {
+  it('in dev mode prints the URL, the API key and tokens that work', async () => {
+    const server = await spawnServer({ DATABASE_URL: `sqlite:${join(dir, 'dev.db')}` });
+    try {
+      await waitForOutput(server.output, /viewer token/);
+      const out = server.output();
+      const token = (label: string) => new RegExp(`${label} token\\s+(\\S+)`).exec(out)?.[1] ?? '';
+      const apiKey = /API key\s+(\S+)/.exec(out)?.[1] ?? '';
+      assert.ok(out.includes(server.url));
+      const wsUrl = server.url.replace(/^http/, 'ws');
+      for (const [label, name] of [
+        ['TEACHER', 'ana'],
+        ['LAB', 'lab'],
+        ['viewer', 'viewer'],
+      ] as const) {
+        const c = await StreamClient.connect(wsUrl, 'demo', { query: `?token=${token(label)}` });
+        assert.deepEqual(await c.next(), { type: 'auth', data: { authenticated: true } });
+        c.chat(`hola from ${label}`);
+        const chat = await c.next('chat');
+        assert.equal(chat.data.user, name);
+        c.close();
+      }
+      assert.equal((await api(server.url, 'PUT', '/api/streams/new', {}, apiKey)).status, 201);
+    } finally {
+      assert.equal(await server.stop(), 0);
+    }
+  });
+
+  it('stops on a bad variable with one line naming it, exit code 1', () => {
+    const r = spawnSync(process.execPath, [MAIN], {
+      env: { PATH: process.env.PATH, STREAM_RATE_LIMIT: 'lots' },
+      encoding: 'utf8',
+    });
+    assert.equal(r.status, 1);
+    const lines = r.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(lines[0] as string, /STREAM_RATE_LIMIT/);
+  });
+
+  it('refuses production without a JWT key and an API key', () => {
+    for (const env of [{ API_KEY: 'k' }, { JWT_SECRET: 's' }]) {
+      const r = spawnSync(process.execPath, [MAIN], {
+        env: { PATH: process.env.PATH, NODE_ENV: 'production', ...env },
+        encoding: 'utf8',
+      });
+      assert.equal(r.status, 1);
+      assert.match(r.stderr, /JWT_SECRET|API_KEY/);
+    }
+  });
+});
+
+describe('logs', () => {
+  it('never contain a token', async () => {
+    const server = await spawnServer({ ...baseEnv('logs'), LOG_LEVEL: 'trace' });
+    const wsUrl = server.url.replace(/^http/, 'ws');
+    const good = await userToken('1');
+    const expired = await userToken('2', {}, { expiresIn: Math.floor(Date.now() / 1000) - 5 });
+    try {
+      await api(server.url, 'PUT', '/api/streams/logged', {});
+      const a = await StreamClient.connect(wsUrl, 'logged', { query: `?token=${good}` });
+      const b = await StreamClient.connect(wsUrl, 'logged', { token: expired });
+      const c = await StreamClient.connect(wsUrl, 'nope', { query: `?token=${good}` });
+      await a.next('auth');
+      a.auth('not-a-token');
+      a.auth(expired);
+      await a.collect('auth', 3);
+      await b.next('auth');
+      await c.closed;
+      a.close();
+      b.close();
+    } finally {
+      assert.equal(await server.stop(), 0);
+    }
+    const out = server.output();
+    assert.ok(out.length > 0);
+    for (const secret of [good, expired, 'not-a-token', API_KEY, SECRET]) {
+      assert.ok(!out.includes(secret), `log output contains ${secret.slice(0, 12)}…`);
+    }
+  });
+});
+
+describe('shutdown and restart', () => {
+  it('closes clients with 1001, stores every accepted chat, exits 0, and the chats survive', async () => {
+    const env = baseEnv('restart');
+    const first = await spawnServer(env);
+    const wsUrl = first.url.replace(/^http/, 'ws');
+    await api(first.url, 'PUT', '/api/streams/durable', {});
+    const c = await StreamClient.connect(wsUrl, 'durable', { token: await userToken('5') });
+    await c.next('auth');
+    for (let i = 0; i < 20; i++) c.chat(`keep ${i}`);
+    const sent = (await c.collect('chat', 20)).map((f) => f.data.id);
+    const closed = c.closed;
+    assert.equal(await first.stop('SIGTERM'), 0);
+    assert.equal((await closed).code, 1001);
+
+    const second = await spawnServer(env);
+    try {
+      const history = await api(second.url, 'GET', '/api/streams/durable/messages');
+      assert.deepEqual(
+        history.body.messages.map((m: { id: string }) => m.id),
+        sent,
+      );
+    } finally {
+      assert.equal(await second.stop('SIGINT'), 0);
+    }
+  });
+});
+
+async function waitForOutput(output: () => string, pattern: RegExp, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!pattern.test(output())) {
+    if (Date.now() > deadline) throw new Error(`no ${pattern} in output:\n${output()}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}

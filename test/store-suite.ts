@@ -1,0 +1,401 @@
+/**
+ * The Store conformance suite: every guarantee of `src/store/store.ts`,
+ * written once and run against each backend (store-sqlite.test.ts,
+ * store-postgres.test.ts). A backend passes when it is indistinguishable
+ * from the others through the interface.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { newId } from '../src/core/ids.js';
+import type { NewRequestMessage, Store, StreamMessage } from '../src/store/store.js';
+
+/** One isolated place to store things (a temp file, a fresh schema). */
+export interface StoreHarness {
+  /** Opens a Store on this place; may be called again after `close()`. */
+  open(): Promise<Store>;
+  /** Removes the place and everything in it. */
+  cleanup(): Promise<void>;
+}
+
+const iso = (ms: number) => new Date(Date.UTC(2026, 0, 1) + ms).toISOString();
+
+let clock = 0;
+const streamMessage = (streamKey: string, message: string, userId = '1'): StreamMessage => ({
+  id: newId(),
+  streamKey,
+  userId,
+  username: `user${userId}`,
+  message,
+  sentAt: iso(++clock),
+});
+
+const requestMessage = (
+  requestId: string,
+  message: string,
+  senderId = '1',
+  clientMessageId: string | null = null,
+): NewRequestMessage => ({
+  _id: newId(),
+  requestId,
+  sender: { id: senderId, username: `user${senderId}`, role: senderId === '1' ? 'TEACHER' : 'LAB' },
+  message,
+  createdAt: iso(++clock),
+  clientMessageId,
+});
+
+export function storeSuite(name: string, harness: () => Promise<StoreHarness>): void {
+  /** Runs `body` on a fresh store and always closes and removes it. */
+  const withStore = async (body: (store: Store, h: StoreHarness) => Promise<void>) => {
+    const h = await harness();
+    const store = await h.open();
+    try {
+      await body(store, h);
+    } finally {
+      await store.close();
+      await h.cleanup();
+    }
+  };
+
+  describe(`Store conformance: ${name}`, () => {
+    describe('streams', () => {
+      it('creates, updates, ends and reopens a stream', () =>
+        withStore(async (s) => {
+          assert.equal(await s.getStream('live'), undefined);
+          assert.deepEqual(await s.putStream('live', { title: 'Algebra', ownerId: '7' }), {
+            created: true,
+          });
+          assert.deepEqual(await s.getStream('live'), {
+            key: 'live',
+            title: 'Algebra',
+            ownerId: '7',
+            endedAt: null,
+          });
+          assert.deepEqual(await s.putStream('live', { title: 'Geometry' }), { created: false });
+          // Fields left out keep their value.
+          assert.deepEqual(await s.getStream('live'), {
+            key: 'live',
+            title: 'Geometry',
+            ownerId: '7',
+            endedAt: null,
+          });
+          assert.equal(await s.endStream('live'), true);
+          const ended = await s.getStream('live');
+          assert.ok(ended?.endedAt, 'an ended stream has endedAt');
+          assert.ok(!Number.isNaN(Date.parse(ended.endedAt)), 'endedAt is a date');
+          assert.deepEqual(await s.putStream('live', {}), { created: false });
+          assert.equal((await s.getStream('live'))?.endedAt, null, 'a PUT reopens it');
+          assert.equal((await s.getStream('live'))?.title, 'Geometry');
+        }));
+
+      it('ending an unknown stream is false and creates nothing', () =>
+        withStore(async (s) => {
+          assert.equal(await s.endStream('ghost'), false);
+          assert.equal(await s.getStream('ghost'), undefined);
+        }));
+
+      it('appends a batch in order and pages history with before/limit/hasMore', () =>
+        withStore(async (s) => {
+          await s.putStream('a', {});
+          await s.putStream('b', {});
+          const all = Array.from({ length: 25 }, (_, i) => streamMessage('a', `m${i}`));
+          await s.appendStreamMessages(all.slice(0, 10));
+          await s.appendStreamMessages([streamMessage('b', 'elsewhere')]);
+          await s.appendStreamMessages(all.slice(10));
+          await s.appendStreamMessages([]);
+
+          const last = await s.streamHistory('a', { limit: 10 });
+          assert.equal(last.hasMore, true);
+          assert.deepEqual(last.messages, all.slice(15), 'newest page, oldest first, as stored');
+          const middle = await s.streamHistory('a', { before: all[15]?.id, limit: 10 });
+          assert.deepEqual(middle.messages, all.slice(5, 15));
+          assert.equal(middle.hasMore, true);
+          const first = await s.streamHistory('a', { before: all[5]?.id, limit: 10 });
+          assert.deepEqual(first.messages, all.slice(0, 5));
+          assert.equal(first.hasMore, false);
+          const exact = await s.streamHistory('a', { before: all[10]?.id, limit: 10 });
+          assert.deepEqual(exact.messages, all.slice(0, 10));
+          assert.equal(exact.hasMore, false, 'no more when the page ends at the first message');
+
+          assert.deepEqual((await s.streamHistory('b', { limit: 10 })).messages.length, 1);
+          assert.deepEqual(await s.streamHistory('none', { limit: 10 }), {
+            messages: [],
+            hasMore: false,
+          });
+          // `before` naming a message of another stream, or no message, selects nothing.
+          const other = (await s.streamHistory('b', { limit: 1 })).messages[0];
+          assert.deepEqual(await s.streamHistory('a', { before: other?.id, limit: 10 }), {
+            messages: [],
+            hasMore: false,
+          });
+          assert.deepEqual(await s.streamHistory('a', { before: newId(), limit: 10 }), {
+            messages: [],
+            hasMore: false,
+          });
+        }));
+
+      it('orders by storage, not by the clock', () =>
+        withStore(async (s) => {
+          const late = { ...streamMessage('k', 'stored first'), sentAt: iso(10_000_000) };
+          const early = { ...streamMessage('k', 'stored second'), sentAt: iso(0) };
+          await s.appendStreamMessages([late, early]);
+          assert.deepEqual((await s.streamHistory('k', { limit: 5 })).messages, [late, early]);
+        }));
+
+      it('stores a batch atomically: one bad message stores none of it', () =>
+        withStore(async (s) => {
+          const kept = streamMessage('k', 'kept');
+          await s.appendStreamMessages([kept]);
+          const batch = [streamMessage('k', 'x'), { ...streamMessage('k', 'dup'), id: kept.id }];
+          await assert.rejects(s.appendStreamMessages(batch));
+          assert.deepEqual((await s.streamHistory('k', { limit: 10 })).messages, [kept]);
+        }));
+
+      it('stores text exactly (unicode, quotes, newlines, long)', () =>
+        withStore(async (s) => {
+          const texts = ['hola ñandú 🎉', 'a\nb\tc', `"'; DROP TABLE x; --`, 'x'.repeat(5000)];
+          const batch = texts.map((t) => streamMessage('k', t));
+          await s.appendStreamMessages(batch);
+          assert.deepEqual((await s.streamHistory('k', { limit: 10 })).messages, batch);
+        }));
+    });
+
+    describe('requests', () => {
+      it('registers a request; a new owner replaces the old', () =>
+        withStore(async (s) => {
+          const id = newId();
+          assert.equal(await s.getRequest(id), undefined);
+          assert.deepEqual(await s.putRequest(id, '1'), { created: true });
+          assert.deepEqual(await s.getRequest(id), { id, ownerId: '1' });
+          assert.deepEqual(await s.putRequest(id, '2'), { created: false });
+          assert.deepEqual(await s.getRequest(id), { id, ownerId: '2' });
+        }));
+
+      it('stores a message and returns it with empty receipts', () =>
+        withStore(async (s) => {
+          const r = newId();
+          await s.putRequest(r, '1');
+          const m = requestMessage(r, 'hola', '1', 'c-1');
+          const { clientMessageId: _, ...expected } = m;
+          const res = await s.addRequestMessage(m);
+          assert.deepEqual(res, {
+            message: { ...expected, deliveredTo: [], readBy: [] },
+            duplicate: false,
+          });
+          assert.deepEqual((await s.requestHistory(r, { limit: 10 })).messages, [res.message]);
+        }));
+
+      it('clientMessageId is idempotent per sender and request', () =>
+        withStore(async (s) => {
+          const r1 = newId();
+          const r2 = newId();
+          const first = await s.addRequestMessage(requestMessage(r1, 'one', '1', 'c-1'));
+          const again = await s.addRequestMessage(requestMessage(r1, 'one (retry)', '1', 'c-1'));
+          assert.equal(again.duplicate, true);
+          assert.deepEqual(again.message, first.message, 'the stored original comes back');
+          // Same client id from another sender, or in another request: new messages.
+          const otherSender = await s.addRequestMessage(requestMessage(r1, 'two', '2', 'c-1'));
+          const otherRequest = await s.addRequestMessage(requestMessage(r2, 'three', '1', 'c-1'));
+          assert.equal(otherSender.duplicate, false);
+          assert.equal(otherRequest.duplicate, false);
+          // Without a client id nothing is deduplicated.
+          await s.addRequestMessage(requestMessage(r1, 'same', '1'));
+          await s.addRequestMessage(requestMessage(r1, 'same', '1'));
+          const texts = (await s.requestHistory(r1, { limit: 10 })).messages.map((m) => m.message);
+          assert.deepEqual(texts, ['one', 'two', 'same', 'same']);
+        }));
+
+      it('the duplicate carries the receipts recorded since', () =>
+        withStore(async (s) => {
+          const r = newId();
+          const first = await s.addRequestMessage(requestMessage(r, 'one', '1', 'c-1'));
+          await s.addReceipts(r, 'read', '2', [first.message._id], iso(99));
+          const again = await s.addRequestMessage(requestMessage(r, 'one', '1', 'c-1'));
+          assert.deepEqual(again.message.readBy, [{ userId: '2', at: iso(99) }]);
+          assert.deepEqual(again.message.deliveredTo, [{ userId: '2', at: iso(99) }]);
+        }));
+
+      it('rejects a message whose id is taken, rather than claiming it stored', () =>
+        withStore(async (s) => {
+          const r = newId();
+          const first = await s.addRequestMessage(requestMessage(r, 'one'));
+          const clash = { ...requestMessage(r, 'two'), _id: first.message._id };
+          await assert.rejects(s.addRequestMessage(clash));
+          const withClientId = {
+            ...requestMessage(r, 'three', '1', 'c-9'),
+            _id: first.message._id,
+          };
+          await assert.rejects(s.addRequestMessage(withClientId));
+          const texts = (await s.requestHistory(r, { limit: 10 })).messages.map((m) => m.message);
+          assert.deepEqual(texts, ['one']);
+        }));
+
+      it('pages 150 messages of history', () =>
+        withStore(async (s) => {
+          const r = newId();
+          const other = newId();
+          const ids: string[] = [];
+          for (let i = 0; i < 150; i++) {
+            ids.push(
+              (await s.addRequestMessage(requestMessage(r, `m${i}`, i % 2 ? '2' : '1'))).message
+                ._id,
+            );
+            if (i % 50 === 0) await s.addRequestMessage(requestMessage(other, 'noise'));
+          }
+          const seen: string[] = [];
+          let before: string | undefined;
+          const pages: boolean[] = [];
+          for (;;) {
+            const page = await s.requestHistory(r, { before, limit: 40 });
+            seen.unshift(...page.messages.map((m) => m._id));
+            pages.push(page.hasMore);
+            if (!page.hasMore) break;
+            before = page.messages[0]?._id;
+          }
+          assert.deepEqual(pages, [true, true, true, false]);
+          assert.deepEqual(seen, ids, 'every message once, in stored order');
+          const newest = await s.requestHistory(r, { limit: 100 });
+          assert.equal(newest.messages.length, 100);
+          assert.equal(newest.messages[0]?.message, 'm50');
+          assert.equal(newest.hasMore, true);
+          const all = await s.requestHistory(r, { limit: 150 });
+          assert.equal(all.hasMore, false);
+          assert.deepEqual(await s.requestHistory(r, { before: newId(), limit: 10 }), {
+            messages: [],
+            hasMore: false,
+          });
+          assert.deepEqual(await s.requestHistory(newId(), { limit: 10 }), {
+            messages: [],
+            hasMore: false,
+          });
+        }));
+    });
+
+    describe('receipts', () => {
+      /** A request with messages from the teacher (1) and the lab (2). */
+      const conversation = async (s: Store) => {
+        const r = newId();
+        await s.putRequest(r, '1');
+        const ids: string[] = [];
+        for (const [sender, text] of [
+          ['1', 'a'],
+          ['1', 'b'],
+          ['2', 'c'],
+          ['1', 'd'],
+        ] as const) {
+          ids.push((await s.addRequestMessage(requestMessage(r, text, sender))).message._id);
+        }
+        return { r, ids: ids as [string, string, string, string] };
+      };
+
+      it('delivered: records the new ones and returns only them, in stored order', () =>
+        withStore(async (s) => {
+          const { r, ids } = await conversation(s);
+          const fresh = await s.addReceipts(r, 'delivered', '2', [ids[3], ids[0]], iso(1000));
+          assert.deepEqual(fresh, [ids[0], ids[3]]);
+          const again = await s.addReceipts(r, 'delivered', '2', [ids[0], ids[1]], iso(2000));
+          assert.deepEqual(again, [ids[1]], 'only the new receipts come back');
+          const byId = new Map(
+            (await s.requestHistory(r, { limit: 10 })).messages.map((m) => [m._id, m]),
+          );
+          assert.deepEqual(byId.get(ids[0])?.deliveredTo, [{ userId: '2', at: iso(1000) }]);
+          assert.deepEqual(byId.get(ids[1])?.deliveredTo, [{ userId: '2', at: iso(2000) }]);
+          assert.deepEqual(byId.get(ids[0])?.readBy, []);
+        }));
+
+      it('read implies delivered; the first time wins for each kind', () =>
+        withStore(async (s) => {
+          const { r, ids } = await conversation(s);
+          await s.addReceipts(r, 'delivered', '2', [ids[0]], iso(1000));
+          assert.deepEqual(await s.addReceipts(r, 'read', '2', [ids[0], ids[1]], iso(2000)), [
+            ids[0],
+            ids[1],
+          ]);
+          assert.deepEqual(await s.addReceipts(r, 'read', '2', [ids[0]], iso(3000)), []);
+          assert.deepEqual(await s.addReceipts(r, 'delivered', '2', [ids[1]], iso(3000)), []);
+          const [m0, m1] = (await s.requestHistory(r, { limit: 10 })).messages;
+          assert.deepEqual(m0?.deliveredTo, [{ userId: '2', at: iso(1000) }]);
+          assert.deepEqual(m0?.readBy, [{ userId: '2', at: iso(2000) }]);
+          assert.deepEqual(m1?.deliveredTo, [{ userId: '2', at: iso(2000) }]);
+          assert.deepEqual(m1?.readBy, [{ userId: '2', at: iso(2000) }]);
+        }));
+
+      it('ignores ids unknown, of another request, or sent by the acking user', () =>
+        withStore(async (s) => {
+          const { r, ids } = await conversation(s);
+          const other = await conversation(s);
+          const fresh = await s.addReceipts(
+            r,
+            'read',
+            '1',
+            [newId(), other.ids[2], ids[0], ids[2], ids[2], 'not-an-id'],
+            iso(1000),
+          );
+          assert.deepEqual(fresh, [ids[2]], 'only the lab message, once');
+          const messages = (await s.requestHistory(r, { limit: 10 })).messages;
+          assert.deepEqual(
+            messages.map((m) => m.readBy.length),
+            [0, 0, 1, 0],
+          );
+          const otherMessages = (await s.requestHistory(other.r, { limit: 10 })).messages;
+          assert.ok(
+            otherMessages.every((m) => m.readBy.length === 0 && m.deliveredTo.length === 0),
+          );
+          assert.deepEqual(await s.addReceipts(r, 'read', '2', [], iso(1000)), []);
+        }));
+
+      it('lists receipts of several users', () =>
+        withStore(async (s) => {
+          const { r, ids } = await conversation(s);
+          await s.addReceipts(r, 'read', '3', [ids[0]], iso(2000));
+          await s.addReceipts(r, 'read', '2', [ids[0]], iso(1000));
+          const [m0] = (await s.requestHistory(r, { limit: 1, before: ids[1] })).messages;
+          assert.deepEqual(m0?.readBy, [
+            { userId: '2', at: iso(1000) },
+            { userId: '3', at: iso(2000) },
+          ]);
+        }));
+    });
+
+    describe('durability', () => {
+      it('keeps everything across close and reopen', () =>
+        withStore(async (first, h) => {
+          const r = newId();
+          const chats = [streamMessage('k', 'one'), streamMessage('k', 'two')];
+          await first.putStream('k', { title: 'T' });
+          await first.endStream('k');
+          await first.appendStreamMessages(chats);
+          await first.putRequest(r, '1');
+          const m = await first.addRequestMessage(requestMessage(r, 'hola', '1', 'c-1'));
+          await first.addReceipts(r, 'read', '2', [m.message._id], iso(5));
+          await first.close();
+
+          const s = await h.open();
+          try {
+            assert.equal((await s.getStream('k'))?.title, 'T');
+            assert.ok((await s.getStream('k'))?.endedAt);
+            assert.deepEqual((await s.streamHistory('k', { limit: 10 })).messages, chats);
+            assert.deepEqual(await s.getRequest(r), { id: r, ownerId: '1' });
+            const [stored] = (await s.requestHistory(r, { limit: 10 })).messages;
+            assert.deepEqual(stored?.readBy, [{ userId: '2', at: iso(5) }]);
+            const again = await s.addRequestMessage(requestMessage(r, 'hola', '1', 'c-1'));
+            assert.equal(again.duplicate, true, 'idempotency survives a restart');
+            await s.appendStreamMessages([streamMessage('k', 'three')]);
+            const texts = (await s.streamHistory('k', { limit: 10 })).messages.map(
+              (x) => x.message,
+            );
+            assert.deepEqual(texts, ['one', 'two', 'three'], 'ordering continues after reopen');
+            await s.ping();
+          } finally {
+            await s.close();
+          }
+        }));
+
+      it('ping resolves on an open store; close is idempotent', () =>
+        withStore(async (s) => {
+          await s.ping();
+          await s.close();
+          await s.close();
+        }));
+    });
+  });
+}

@@ -1,0 +1,150 @@
+/**
+ * The web client's live-stream view in a real browser: two people chat on one
+ * stream, hostile text stays text, errors reach the person, and a dropped
+ * connection comes back by itself.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { Browser, Page } from 'playwright-core';
+import { browserSkip, launch, openPage, PHONE, screenshot } from './browser.js';
+import { api, startServer, type TestServer, userToken } from './helpers.js';
+
+const skip = browserSkip();
+const XSS = '<img src=x onerror=alert(1)>';
+
+function streamUrl(base: string, key: string, token?: string): string {
+  return `${base}/#view=stream&stream=${key}${token ? `&token=${token}` : ''}`;
+}
+
+async function post(page: Page, text: string): Promise<void> {
+  const input = page.locator('#stream-view .composer input');
+  await input.fill(text);
+  await input.press('Enter');
+}
+
+const texts = (page: Page) => page.locator('#stream-view .messages .text').allTextContents();
+
+async function live(page: Page, signedIn: boolean): Promise<void> {
+  await page.locator('#stream-view .status[data-state="live"]').waitFor();
+  if (signedIn) await page.locator('#stream-view .composer input:enabled').waitFor();
+}
+
+describe('web client: live stream', { skip }, () => {
+  let server: TestServer;
+  let browser: Browser;
+
+  before(async () => {
+    server = await startServer({ STREAM_RATE_LIMIT: '5/30s' });
+    browser = await launch();
+  });
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  test('two people see each other, hostile text stays text, errors are shown', async () => {
+    await api(server.url, 'PUT', '/api/streams/algebra', { title: 'Algebra' });
+    const ana = await openPage(
+      browser,
+      streamUrl(server.url, 'algebra', await userToken('1', { username: 'ana' })),
+    );
+    const bea = await openPage(
+      browser,
+      streamUrl(server.url, 'algebra', await userToken('2', { username: 'bea' })),
+    );
+    const watcher = await openPage(browser, streamUrl(server.url, 'algebra'), PHONE);
+    await Promise.all([live(ana.page, true), live(bea.page, true), live(watcher.page, false)]);
+    assert.equal(await watcher.page.locator('#stream-view .composer input').isDisabled(), true);
+    // The token left the address bar as soon as it was read.
+    assert.doesNotMatch(ana.page.url(), /token=/);
+
+    await post(ana.page, 'Hola! Does everyone see the board?');
+    await bea.page.getByText('Hola! Does everyone see the board?').waitFor();
+    await post(bea.page, 'Sí, perfecto: loud and clear');
+    await ana.page.getByText('Sí, perfecto: loud and clear').waitFor();
+    await post(ana.page, 'Great, starting with exercise 3.');
+    await post(bea.page, XSS);
+    for (const p of [ana.page, bea.page, watcher.page]) {
+      await p.getByText(XSS, { exact: true }).waitFor();
+      assert.equal(await p.locator('#stream-view .messages img').count(), 0);
+    }
+    assert.deepEqual(await texts(watcher.page), [
+      'Hola! Does everyone see the board?',
+      'Sí, perfecto: loud and clear',
+      'Great, starting with exercise 3.',
+      XSS,
+    ]);
+    assert.deepEqual(await watcher.page.locator('.messages .name').allTextContents(), [
+      'ana',
+      'bea',
+      'ana',
+      'bea',
+    ]);
+    await screenshot(ana.page, 'stream-desktop');
+    await screenshot(watcher.page, 'stream-phone');
+
+    // Errors reach the person: too long, then too fast with its wait.
+    await post(ana.page, 'x'.repeat(501));
+    await ana.page.getByText('The message is longer than 500 characters.').waitFor();
+    const tooFast = ana.page.getByText(/posting too fast\. You can post again in \d+ s/);
+    for (let i = 0; i < 6 && !(await tooFast.isVisible()); i++) {
+      await post(ana.page, `quick ${i}`);
+      await ana.page.getByText(`quick ${i}`).or(tooFast).first().waitFor();
+    }
+    await tooFast.waitFor();
+    assert.equal(await ana.page.locator('#stream-view .composer button').isDisabled(), true);
+    await screenshot(ana.page, 'stream-rate-limited');
+
+    // Ending the stream tells everyone, and nobody reconnects to it.
+    assert.equal((await api(server.url, 'DELETE', '/api/streams/algebra')).status, 200);
+    for (const p of [ana.page, bea.page, watcher.page]) {
+      await p.getByText('This stream has ended.').waitFor();
+      assert.equal(await p.locator('#stream-view .status').textContent(), 'Ended');
+    }
+    for (const p of [ana, bea, watcher]) {
+      assert.deepEqual(
+        p.problems.filter((x) => !x.includes('WebSocket')),
+        [],
+      );
+      await p.context.close();
+    }
+  });
+
+  test('an expiring token is explained, and a new one restores posting', async () => {
+    await api(server.url, 'PUT', '/api/streams/chemistry', {});
+    const short = await userToken('1', { username: 'ana' }, { expiresIn: '2s' });
+    const ana = await openPage(browser, streamUrl(server.url, 'chemistry', short));
+    await live(ana.page, true);
+    await ana.page.getByText('Your token expired. Paste a new one to keep posting.').waitFor();
+    await ana.page.locator('#stream-view .composer input:disabled').waitFor();
+
+    await ana.page.locator('#stream-connect input[name="token"]').fill(await userToken('1'));
+    await ana.page.locator('#stream-connect button').click();
+    await ana.page.locator('#stream-view .composer input:enabled').waitFor();
+    await post(ana.page, 'still here');
+    await ana.page.getByText('still here').waitFor();
+    assert.deepEqual(ana.problems, []);
+    await ana.context.close();
+  });
+
+  test('a dropped connection comes back by itself and says so', async () => {
+    const dir = server.dir;
+    const port = new URL(server.url).port;
+    await api(server.url, 'PUT', '/api/streams/physics', {});
+    const ana = await openPage(
+      browser,
+      streamUrl(server.url, 'physics', await userToken('1', { username: 'ana' })),
+    );
+    await live(ana.page, true);
+
+    // Restart the server on the same port and storage.
+    await server.app.close();
+    await ana.page.getByText(/Connection lost\. Reconnecting in \d+ s/).waitFor();
+    server = await startServer({ DATA_DIR: dir, PORT: port });
+    await ana.page.getByText('Reconnected.', { exact: true }).waitFor({ timeout: 10_000 });
+    await live(ana.page, true);
+    await post(ana.page, 'back again');
+    await ana.page.getByText('back again').waitFor();
+    await ana.context.close();
+  });
+});

@@ -1,0 +1,85 @@
+/** The web client's static route: types, caching, security headers, no traversal. */
+import assert from 'node:assert/strict';
+import { request } from 'node:http';
+import { after, before, test } from 'node:test';
+import { startServer, type TestServer } from './helpers.js';
+
+let server: TestServer;
+before(async () => {
+  server = await startServer();
+});
+after(() => server.close());
+
+/** A raw GET, so the path reaches the server exactly as written (fetch would normalize it). */
+function rawGet(path: string): Promise<{ status: number; body: string }> {
+  const { hostname, port } = new URL(server.url);
+  return new Promise((resolve, reject) => {
+    request({ hostname, port, path, method: 'GET' }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => {
+        body += c.toString();
+      });
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+    })
+      .on('error', reject)
+      .end();
+  });
+}
+
+test('/ is the client, with a strict CSP and revalidation', async () => {
+  const res = await fetch(`${server.url}/`);
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('content-type'), 'text/html; charset=utf-8');
+  const csp = res.headers.get('content-security-policy') ?? '';
+  assert.match(csp, /default-src 'none'/);
+  assert.match(csp, /script-src 'self'(;|$)/);
+  assert.doesNotMatch(csp, /unsafe/);
+  assert.equal(res.headers.get('x-content-type-options'), 'nosniff');
+  assert.equal(res.headers.get('cache-control'), 'no-cache');
+  assert.match(await res.text(), /<script type="module" src="\/app.js">/);
+
+  const etag = res.headers.get('etag') ?? '';
+  const again = await fetch(`${server.url}/`, { headers: { 'if-none-match': etag } });
+  assert.equal(again.status, 304);
+  assert.equal(await again.text(), '');
+});
+
+test('modules, styles, icon and the Socket.IO client have their types', async () => {
+  for (const [path, type] of [
+    ['/app.js', 'text/javascript; charset=utf-8'],
+    ['/style.css', 'text/css; charset=utf-8'],
+    ['/icon.svg', 'image/svg+xml'],
+    ['/vendor/socket.io.esm.min.js', 'text/javascript; charset=utf-8'],
+  ]) {
+    const res = await fetch(server.url + path);
+    assert.equal(res.status, 200, path);
+    assert.equal(res.headers.get('content-type'), type, path);
+  }
+  const head = await fetch(`${server.url}/app.js`, { method: 'HEAD' });
+  assert.equal(head.status, 200);
+  assert.ok(Number(head.headers.get('content-length')) > 0);
+});
+
+test('nothing outside web/ is reachable', async () => {
+  for (const path of [
+    '/../package.json',
+    '/%2e%2e/package.json',
+    '/..%2fpackage.json',
+    '/vendor/../../package.json',
+    '//etc/passwd',
+    '/app.js/',
+    '/web/app.js',
+    '/README.md',
+  ]) {
+    const res = await rawGet(path);
+    assert.equal(res.status, 404, path);
+    assert.doesNotMatch(res.body, /"name": "charla"|root:/, path);
+  }
+});
+
+test('the API is untouched: its paths still answer JSON', async () => {
+  const res = await fetch(`${server.url}/healthz`);
+  assert.deepEqual(await res.json(), { status: 'ok' });
+  const post = await fetch(`${server.url}/`, { method: 'POST' });
+  assert.equal(post.status, 404);
+});
