@@ -1,0 +1,524 @@
+/**
+ * `npm run bench`: charla against two references served by bench/ itself
+ * (naive `ws`, and the bare "frame once, cork per turn" server), each pinned to
+ * core 0 while load generators run pinned to core 1. Prints tables, writes
+ * JSON and SVG charts under bench/out/ (and with --publish, bench/RESULTS.md).
+ *
+ *   npm run bench                      every scenario, 3 runs each, medians
+ *   npm run bench -- --quick           fewer points, 1 run: a smoke test
+ *   npm run bench -- --only fanout,idle --runs 5
+ *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
+ */
+import { spawn } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { cpus, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ChurnReport, FanoutJob, FanoutReport, Job } from './loadgen.js';
+import { fmt, latencyStats, lineChart, median, type Series, table } from './report.js';
+import {
+  collectGarbage,
+  cpuMsOf,
+  LOADGEN_CORE,
+  putStreams,
+  rssOf,
+  type ServerKind,
+  startServer,
+  token,
+} from './servers.js';
+
+const here = fileURLToPath(new URL('.', import.meta.url));
+const srcBench = join(here, '../../bench');
+const args = process.argv.slice(2);
+const flag = (name: string) => args.includes(`--${name}`);
+const option = (name: string) => {
+  const i = args.indexOf(`--${name}`);
+  return i === -1 ? undefined : args[i + 1];
+};
+const quick = flag('quick');
+const runs = Number(option('runs') ?? (quick ? 1 : 3));
+const only = option('only')?.split(',');
+const KINDS = (option('servers')?.split(',') ?? ['naive', 'bare', 'charla']) as ServerKind[];
+/** Under the 20,000 open files a process may hold, with room for the rest. */
+const MAX_CONNS_PER_GENERATOR = 15_000;
+const LOCAL_ADDRESSES = Array.from({ length: 16 }, (_, i) => `127.0.0.${i + 2}`);
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+type Row = Record<string, number | string>;
+const results: Record<string, Row[]> = {};
+
+/** What the server did during the first generator's measurement window. */
+interface ServerWindow {
+  cpuPercent: number;
+}
+
+async function runGenerators(
+  jobs: Job[],
+  serverPid?: number,
+  window: ServerWindow = { cpuPercent: Number.NaN },
+  onReady: () => void = () => {},
+): Promise<Array<FanoutReport | ChurnReport>> {
+  const procs = jobs.map((job) => {
+    const child = spawn(
+      'taskset',
+      ['-c', LOADGEN_CORE, process.execPath, join(here, 'loadgen.js')],
+      {
+        stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      },
+    );
+    child.send(job);
+    return child;
+  });
+  if (serverPid !== undefined) {
+    let cpu0 = 0;
+    let t0 = 0;
+    procs[0]?.on('message', (m) => {
+      if (m === 'window-start') {
+        cpu0 = cpuMsOf(serverPid);
+        t0 = performance.now();
+      } else if (m === 'window-end') {
+        window.cpuPercent = ((cpuMsOf(serverPid) - cpu0) / (performance.now() - t0)) * 100;
+      }
+    });
+  }
+  const ready = procs.map(
+    (c) =>
+      new Promise<void>((resolve, reject) => {
+        c.on('message', (m) => m === 'ready' && resolve());
+        c.once('exit', (code) => reject(new Error(`load generator exited with ${code}`)));
+      }),
+  );
+  const reports = procs.map(
+    (c) =>
+      new Promise<FanoutReport | ChurnReport>((resolve, reject) => {
+        c.on('message', (m: unknown) => {
+          if (typeof m !== 'object' || m === null) return;
+          if ('report' in m) resolve((m as { report: FanoutReport | ChurnReport }).report);
+          if ('error' in m) reject(new Error(String((m as { error: string }).error)));
+        });
+      }),
+  );
+  await Promise.all(ready);
+  onReady();
+  for (const c of procs) c.send('start');
+  return Promise.all(reports);
+}
+
+/** Samples the server's RSS every 200 ms until `done` resolves; returns the peak. */
+async function peakRss<T>(pid: number, done: Promise<T>): Promise<{ value: T; peak: number }> {
+  let peak = 0;
+  let finished = false;
+  const value = done.finally(() => {
+    finished = true;
+  });
+  while (!finished) {
+    try {
+      peak = Math.max(peak, rssOf(pid));
+    } catch {}
+    await Promise.race([sleep(200), value.catch(() => {})]);
+  }
+  return { value: await value, peak };
+}
+
+interface FanoutSpec {
+  streams: number;
+  viewersPerStream: number;
+  posters: number;
+  rate: number;
+  window?: number;
+  messageBytes?: number;
+  slowFraction?: number;
+  durationMs?: number;
+}
+
+async function fanout(kind: ServerKind, spec: FanoutSpec) {
+  const server = await startServer(kind);
+  try {
+    const keys = Array.from({ length: spec.streams }, (_, i) => `s${i}`);
+    await putStreams(server, keys);
+    const tokens = await Promise.all(
+      Array.from({ length: spec.posters }, (_, i) => token(`p${i}`)),
+    );
+    const total = spec.streams * spec.viewersPerStream;
+    const generators = Math.ceil(total / MAX_CONNS_PER_GENERATOR);
+    const streamsPer = Math.ceil(spec.streams / generators);
+    const jobs: FanoutJob[] = [];
+    for (let g = 0; g < generators; g++) {
+      const mine = spec.streams === 1 ? keys : keys.slice(g * streamsPer, (g + 1) * streamsPer);
+      jobs.push({
+        mode: 'fanout',
+        port: server.port,
+        streams: mine,
+        viewersPerStream:
+          spec.streams === 1
+            ? Math.ceil(spec.viewersPerStream / generators)
+            : spec.viewersPerStream,
+        slowFraction: spec.slowFraction ?? 0,
+        posters:
+          g === 0
+            ? tokens.map((t, i) => ({ stream: keys[i % keys.length] as string, token: t }))
+            : [],
+        rate: spec.rate,
+        window: spec.window ?? 32,
+        messageBytes: spec.messageBytes ?? 100,
+        warmupMs: 1000,
+        durationMs: spec.durationMs ?? (quick ? 3000 : 5000),
+        sampleEvery: 50,
+        localAddresses: LOCAL_ADDRESSES,
+      });
+    }
+    const serverWindow: ServerWindow = { cpuPercent: Number.NaN };
+    const { value: reports, peak } = await peakRss(
+      server.pid,
+      runGenerators(jobs, server.pid, serverWindow) as Promise<FanoutReport[]>,
+    );
+    const windowMs = median(reports.map((r) => r.windowMs));
+    const deliveries = reports.reduce((n, r) => n + r.framesInWindow, 0) / (windowMs / 1000);
+    const lat = latencyStats(reports.flatMap((r) => r.latencies));
+    const accepted = reports[0]?.accepted ?? {};
+    let lost = 0;
+    for (const r of reports) {
+      for (const [stream, got] of Object.entries(r.received)) {
+        // Each viewer's first frame is its `auth` answer, not a chat.
+        const readers = r.readingViewers[stream] ?? 0;
+        lost += (accepted[stream] ?? 0) * readers - (got - readers);
+      }
+    }
+    return {
+      deliveries,
+      p50: lat.p50,
+      p99: lat.p99,
+      max: lat.max,
+      lost,
+      rssMB: peak / 2 ** 20,
+      genCpu: Math.max(...reports.map((r) => r.cpuPercent)),
+      serverCpu: serverWindow.cpuPercent,
+      sent: reports[0]?.sentInWindow ?? 0,
+      refused: reports[0]?.posterErrors ?? 0,
+    };
+  } finally {
+    await server.stop();
+  }
+}
+
+async function idle(kind: ServerKind, viewers: number) {
+  const server = await startServer(kind);
+  try {
+    await putStreams(server, ['idle']);
+    await sleep(500);
+    await collectGarbage(server.pid);
+    const before = rssOf(server.pid);
+    const generators = Math.ceil(viewers / MAX_CONNS_PER_GENERATOR);
+    const jobs: FanoutJob[] = Array.from({ length: generators }, () => ({
+      mode: 'fanout',
+      port: server.port,
+      streams: ['idle'],
+      viewersPerStream: Math.ceil(viewers / generators),
+      slowFraction: 0,
+      posters: [],
+      rate: 1,
+      window: 1,
+      messageBytes: 10,
+      warmupMs: 4000,
+      durationMs: 1000,
+      sampleEvery: 0,
+      localAddresses: LOCAL_ADDRESSES,
+    }));
+    // Generators answer 'ready' once every connection is open and hold them
+    // through the warm-up; memory is read in the middle of it, after a full GC.
+    let connected: () => void = () => {};
+    const allConnected = new Promise<void>((r) => {
+      connected = r;
+    });
+    const done = runGenerators(jobs, undefined, undefined, connected);
+    await allConnected;
+    await sleep(1000);
+    await collectGarbage(server.pid);
+    const after = rssOf(server.pid);
+    await done;
+    return { perConnKB: (after - before) / viewers / 1024, rssMB: after / 2 ** 20 };
+  } finally {
+    await server.stop();
+  }
+}
+
+async function churn(kind: ServerKind, concurrency: number) {
+  const server = await startServer(kind);
+  try {
+    await putStreams(server, ['churn']);
+    const tokens = await Promise.all(Array.from({ length: 200 }, (_, i) => token(`c${i}`)));
+    const serverWindow: ServerWindow = { cpuPercent: Number.NaN };
+    const [report] = (await runGenerators(
+      [
+        {
+          mode: 'churn',
+          port: server.port,
+          stream: 'churn',
+          tokens,
+          concurrency,
+          warmupMs: 1000,
+          durationMs: quick ? 3000 : 5000,
+          localAddresses: LOCAL_ADDRESSES,
+        },
+      ],
+      server.pid,
+      serverWindow,
+    )) as ChurnReport[];
+    if (!report) throw new Error('no churn report');
+    const lat = latencyStats(report.latencies);
+    return {
+      perSec: report.cyclesInWindow / (report.windowMs / 1000),
+      p50: lat.p50,
+      p99: lat.p99,
+      failures: report.failures,
+      genCpu: report.cpuPercent,
+      serverCpu: serverWindow.cpuPercent,
+    };
+  } finally {
+    await server.stop();
+  }
+}
+
+/** Runs `fn` for every server kind `runs` times, interleaved, and keeps the medians. */
+async function compare<T extends Record<string, number>>(
+  label: string,
+  fn: (kind: ServerKind) => Promise<T>,
+): Promise<Record<ServerKind, T>> {
+  const all: Record<string, T[]> = {};
+  for (let r = 0; r < runs; r++) {
+    for (const kind of KINDS) {
+      const res = await fn(kind);
+      all[kind] = [...(all[kind] ?? []), res];
+      process.stderr.write(
+        `  ${label} ${kind} run ${r + 1}: ${JSON.stringify(res, (_k, v) => (typeof v === 'number' ? Number(v.toFixed(2)) : v))}\n`,
+      );
+    }
+  }
+  const out = {} as Record<ServerKind, T>;
+  for (const kind of KINDS) {
+    const list = all[kind] as T[];
+    const keys = Object.keys(list[0] as T) as Array<keyof T>;
+    out[kind] = Object.fromEntries(
+      keys.map((k) => [k, median(list.map((x) => x[k] as number))]),
+    ) as T;
+  }
+  return out;
+}
+
+function record(scenario: string, row: Row): void {
+  results[scenario] = [...(results[scenario] ?? []), row];
+}
+
+const want = (name: string) => !only || only.includes(name);
+const ratio = (a: number, b: number) => (b > 0 ? `${(a / b).toFixed(2)}×` : '—');
+
+async function main(): Promise<void> {
+  const started = new Date().toISOString();
+  process.stderr.write(`charla bench: ${runs} run(s) per point, medians; quick=${quick}\n`);
+
+  if (want('fanout')) {
+    for (const viewers of quick ? [2000] : [500, 1000, 2000, 4000]) {
+      const m = await compare(`fanout ${viewers}`, (k) =>
+        fanout(k, { streams: 1, viewersPerStream: viewers, posters: 4, rate: 0 }),
+      );
+      for (const kind of KINDS) record('fanout', { viewers, server: kind, ...m[kind] });
+    }
+  }
+  if (want('latency')) {
+    const m = await compare('latency 1000x100/s', (k) =>
+      fanout(k, { streams: 1, viewersPerStream: 1000, posters: 2, rate: 100 }),
+    );
+    for (const kind of KINDS)
+      record('latency', { viewers: 1000, rate: 100, server: kind, ...m[kind] });
+  }
+  if (want('streams')) {
+    const m = await compare('500 streams x 20', (k) =>
+      fanout(k, { streams: 500, viewersPerStream: 20, posters: 500, rate: 2500 }),
+    );
+    for (const kind of KINDS)
+      record('streams', { streams: 500, viewers: 10_000, server: kind, ...m[kind] });
+  }
+  if (want('idle')) {
+    const n = quick ? 5000 : 15_000;
+    const m = await compare(`idle ${n}`, (k) => idle(k, n));
+    for (const kind of KINDS) record('idle', { connections: n, server: kind, ...m[kind] });
+  }
+  if (want('churn')) {
+    const m = await compare('churn', (k) => churn(k, 64));
+    for (const kind of KINDS) record('churn', { concurrency: 64, server: kind, ...m[kind] });
+  }
+  if (want('slow')) {
+    for (const slowFraction of [0, 0.1]) {
+      const m = await compare(`slow ${slowFraction}`, (k) =>
+        fanout(k, {
+          streams: 1,
+          viewersPerStream: 1000,
+          posters: 2,
+          rate: 200,
+          messageBytes: 400,
+          slowFraction,
+          durationMs: quick ? 4000 : 8000,
+        }),
+      );
+      for (const kind of KINDS) record('slow', { slowFraction, server: kind, ...m[kind] });
+    }
+  }
+
+  const outDir = join(srcBench, 'out');
+  mkdirSync(outDir, { recursive: true });
+  const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
+  const json = { started, finished: new Date().toISOString(), machine, runs, quick, results };
+  writeFileSync(join(outDir, 'results.json'), `${JSON.stringify(json, null, 2)}\n`);
+  const markdown = renderTables();
+  writeFileSync(join(outDir, 'tables.md'), markdown);
+  writeCharts(outDir);
+  process.stdout.write(`\n${machine}\n\n${markdown}\n`);
+  process.stdout.write(`\nJSON, tables and charts in ${outDir}\n`);
+}
+
+function by(
+  scenario: string,
+  kind: ServerKind,
+  match: (r: Row) => boolean = () => true,
+): Row | undefined {
+  return results[scenario]?.find((r) => r.server === kind && match(r));
+}
+
+function renderTables(): string {
+  const parts: string[] = [];
+  const n = (r: Row | undefined, k: string) => Number(r?.[k] ?? Number.NaN);
+  if (results.fanout) {
+    const rows = results.fanout
+      .filter((r) => r.server === 'charla')
+      .map((c) => {
+        const v = (r: Row) => r.viewers === c.viewers;
+        const naive = by('fanout', 'naive', v);
+        const bare = by('fanout', 'bare', v);
+        return [
+          String(c.viewers),
+          fmt(n(naive, 'deliveries')),
+          fmt(n(bare, 'deliveries')),
+          fmt(n(c, 'deliveries')),
+          ratio(n(c, 'deliveries'), n(naive, 'deliveries')),
+          ratio(n(c, 'deliveries'), n(bare, 'deliveries')),
+          `${fmt(n(c, 'p50'), 1)} / ${fmt(n(c, 'p99'), 1)}`,
+          fmt(n(c, 'lost')),
+          `${fmt(n(c, 'rssMB'))} (${fmt(n(naive, 'rssMB'))} / ${fmt(n(bare, 'rssMB'))})`,
+          `${fmt(n(c, 'serverCpu'))}% / ${fmt(n(c, 'genCpu'))}%`,
+        ];
+      });
+    parts.push(
+      '### Fan-out, one stream, 4 posters as fast as a window of 32 each allows\n',
+      table(
+        [
+          'viewers',
+          'naive ws /s',
+          'bare /s',
+          'charla /s',
+          'vs naive',
+          'vs bare',
+          'charla p50 / p99 ms',
+          'lost',
+          'peak RSS MB charla (naive / bare)',
+          'CPU server / generator',
+        ],
+        rows,
+      ),
+    );
+  }
+  const simple = (title: string, scenario: string, cols: Array<[string, string, number?]>) => {
+    if (!results[scenario]) return;
+    const rows = KINDS.map((kind) => {
+      const r = by(scenario, kind);
+      return [kind, ...cols.map(([, k, d]) => fmt(n(r, k), d ?? 0))];
+    });
+    parts.push(`\n### ${title}\n`, table(['server', ...cols.map(([h]) => h)], rows));
+  };
+  simple('Latency: 1,000 viewers, 100 chats/s', 'latency', [
+    ['deliveries/s', 'deliveries'],
+    ['p50 ms', 'p50', 2],
+    ['p99 ms', 'p99', 2],
+    ['max ms', 'max', 1],
+    ['lost', 'lost'],
+  ]);
+  simple('Many streams: 500 streams × 20 viewers, 2,500 chats/s in all', 'streams', [
+    ['deliveries/s', 'deliveries'],
+    ['p50 ms', 'p50', 2],
+    ['p99 ms', 'p99', 2],
+    ['lost', 'lost'],
+    ['peak RSS MB', 'rssMB'],
+  ]);
+  simple('Idle viewers', 'idle', [
+    ['KB of RSS per connection', 'perConnKB', 2],
+    ['RSS MB', 'rssMB'],
+  ]);
+  simple('Churn: connect + auth + first chat echoed, 64 at a time', 'churn', [
+    ['cycles/s', 'perSec'],
+    ['p50 ms', 'p50', 1],
+    ['p99 ms', 'p99', 1],
+    ['failures', 'failures'],
+  ]);
+  if (results.slow) {
+    const rows = KINDS.flatMap((kind) =>
+      [0, 0.1].map((f) => {
+        const r = by('slow', kind, (x) => x.slowFraction === f);
+        return [
+          kind,
+          `${f * 100}%`,
+          fmt(n(r, 'p50'), 2),
+          fmt(n(r, 'p99'), 2),
+          fmt(n(r, 'lost')),
+          fmt(n(r, 'rssMB')),
+        ];
+      }),
+    );
+    parts.push(
+      '\n### Slow viewers: 1,000 viewers, 200 chats/s of 400 bytes, a share never reads\n',
+      table(
+        ['server', 'slow', 'p50 ms (readers)', 'p99 ms (readers)', 'lost (readers)', 'peak RSS MB'],
+        rows,
+      ),
+    );
+  }
+  return `${parts.join('\n')}\n`;
+}
+
+function writeCharts(outDir: string): void {
+  if (!results.fanout) return;
+  const colors: Record<ServerKind, string> = {
+    naive: '#9ca3af',
+    bare: '#2563eb',
+    charla: '#db2777',
+  };
+  const series = (key: string): Series[] =>
+    KINDS.map((kind) => ({
+      name: kind === 'naive' ? 'naive ws' : kind === 'bare' ? 'bare (frame once, cork)' : 'charla',
+      color: colors[kind],
+      points: (results.fanout ?? [])
+        .filter((r) => r.server === kind)
+        .map((r) => [Number(r.viewers), Number(r[key])] as [number, number]),
+    }));
+  writeFileSync(
+    join(outDir, 'fanout-deliveries.svg'),
+    lineChart(
+      'Fan-out: deliveries per second',
+      'viewers on one stream',
+      'deliveries/s',
+      series('deliveries'),
+    ),
+  );
+  writeFileSync(
+    join(outDir, 'fanout-p99.svg'),
+    lineChart(
+      'Fan-out at max rate: p99 post → receipt',
+      'viewers on one stream',
+      'p99 latency (ms)',
+      series('p99'),
+    ),
+  );
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(1);
+});
