@@ -9,6 +9,7 @@ import { MemoryBroker } from './broker/memory.js';
 import { RedisBroker } from './broker/redis.js';
 import type { Config } from './config.js';
 import { createVerifier, type TokenVerifier } from './core/identity.js';
+import { Requests } from './core/requests.js';
 import { Streams } from './core/streams.js';
 import { createLogger, type Logger } from './observability/log.js';
 import { Metrics } from './observability/metrics.js';
@@ -16,6 +17,7 @@ import { PostgresStore } from './store/postgres.js';
 import { SqliteStore, sqlitePath } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 import { createHttpHandler } from './transport/http.js';
+import { RequestChat, SOCKET_IO_PATH } from './transport/request-io.js';
 import { encodeStreamFrame, type StreamFrame, StreamGateway } from './transport/stream-ws.js';
 import { createWebHandler } from './transport/web.js';
 
@@ -25,6 +27,7 @@ export interface App {
   readonly store: Store;
   readonly broker: Broker;
   readonly streams: Streams<StreamFrame>;
+  readonly requests: Requests;
   readonly verifier: TokenVerifier;
   readonly metrics: Metrics;
   readonly log: Logger;
@@ -69,10 +72,12 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     metrics,
     log,
   });
+  const requests = new Requests({ store, limits: config.limits, metrics, log });
   const handler = createHttpHandler({
     apiKey: config.apiKey,
     limits: config.limits,
     streams,
+    requests,
     metrics,
     log,
     readiness: { checks: { storage: () => store.ping(), broker: () => broker.ping() } },
@@ -82,10 +87,20 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
   const server = createServer((req, res) => {
     if (!serveWeb(req, res)) void handler(req, res);
   });
+  // Socket.IO answers its own requests and upgrades, ahead of these listeners.
+  const requestChat = new RequestChat(server, {
+    requests,
+    verifier,
+    limits: config.limits,
+    metrics,
+    log,
+  });
   server.on('upgrade', (req, socket, head) => {
     const key = streamGateway.match(req.url);
     if (key !== undefined) {
       void streamGateway.handleUpgrade(req, socket, head, key);
+    } else if (req.url?.startsWith(`${SOCKET_IO_PATH}/`)) {
+      // Socket.IO's own upgrade listener has it.
     } else {
       socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
     }
@@ -102,6 +117,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     store,
     broker,
     streams,
+    requests,
     verifier,
     metrics,
     log,
@@ -123,9 +139,9 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
       closing ??= (async () => {
         server.close();
         server.closeIdleConnections();
-        await streamGateway.closeAll(CLIENT_CLOSE_MS);
+        await Promise.all([streamGateway.closeAll(CLIENT_CLOSE_MS), requestChat.close()]);
         server.closeAllConnections();
-        await streams.flush();
+        await Promise.all([streams.flush(), requests.flush()]);
         await broker.close();
         await store.close();
       })();

@@ -30,7 +30,7 @@ export async function prepareDevMode(app: App): Promise<Record<DemoUser, string>
   const secret = app.config.jwt.secret;
   if (secret === undefined) throw new Error('dev mode needs the generated JWT secret');
   await app.streams.put(DEMO_STREAM, { title: 'Demo stream' });
-  await app.store.putRequest(DEMO_REQUEST, DEMO_USERS.teacher.user_id);
+  await app.requests.put(DEMO_REQUEST, DEMO_USERS.teacher.user_id);
   const [teacher, lab, viewer] = await Promise.all([
     signDevToken(secret, { ...DEMO_USERS.teacher }),
     signDevToken(secret, { ...DEMO_USERS.lab }),

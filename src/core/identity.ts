@@ -24,6 +24,12 @@ export interface TokenVerifier {
   verify(token: string): Promise<Identity>;
 }
 
+/** The token of an `Authorization: Bearer <token>` header, if it is one. */
+export function bearerToken(header: string | undefined): string | undefined {
+  if (!header) return undefined;
+  return /^Bearer\s+(\S+)\s*$/i.exec(header)?.[1];
+}
+
 export function hasRole(identity: Identity, role: Role): boolean {
   return identity.roles.includes(role);
 }

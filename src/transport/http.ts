@@ -9,6 +9,7 @@ import { z } from 'zod';
 import type { Limits } from '../config.js';
 import { asChatError, ChatError } from '../core/errors.js';
 import { isObjectId, normalizeId } from '../core/ids.js';
+import type { Requests } from '../core/requests.js';
 import type { Streams } from '../core/streams.js';
 import type { Logger } from '../observability/log.js';
 import { safePath } from '../observability/log.js';
@@ -24,21 +25,20 @@ export interface HttpDeps {
   apiKey: string;
   limits: Limits;
   streams: Streams<unknown>;
+  requests: Requests;
   readiness: Readiness;
   metrics: Metrics;
   log: Logger;
-  /** Further routes (e.g. the request chat's), tried before "not found". */
-  routes?: Route[];
 }
 
-export interface RouteContext {
+interface RouteContext {
   req: IncomingMessage;
   params: string[];
   query: URLSearchParams;
   body: () => Promise<unknown>;
 }
 
-export interface Route {
+interface Route {
   method: string;
   path: RegExp;
   /** True for the platform API: requires `X-API-Key`. */
@@ -47,6 +47,8 @@ export interface Route {
 }
 
 const idLike = z.union([z.string().min(1).max(256), z.number().finite()]).transform(String);
+
+const requestBody = z.object({ ownerId: idLike });
 
 const streamBody = z.object({
   title: z.string().max(500).nullable().optional(),
@@ -135,6 +137,43 @@ function streamRoutes(deps: HttpDeps): Route[] {
   ];
 }
 
+function requestRoutes(deps: HttpDeps): Route[] {
+  const checked = (raw: string) => {
+    if (!isObjectId(raw)) {
+      throw new ChatError('invalid_payload', 'The request id must be a 24-hex id.', {
+        httpStatus: 400,
+      });
+    }
+    return normalizeId(raw);
+  };
+  return [
+    {
+      method: 'PUT',
+      path: /^\/api\/requests\/([^/]+)$/,
+      apiKey: true,
+      async handle({ params, body }) {
+        const id = checked(params[0] as string);
+        const { ownerId } = parseBody(requestBody, await body());
+        const { created } = await deps.requests.put(id, ownerId);
+        return { status: created ? 201 : 200, body: { requestId: id, ownerId, created } };
+      },
+    },
+    {
+      method: 'GET',
+      path: /^\/api\/requests\/([^/]+)\/messages$/,
+      apiKey: true,
+      async handle({ params, query }) {
+        const id = checked(params[0] as string);
+        const page = pageQuery(query, deps.limits);
+        if (!(await deps.requests.exists(id))) {
+          throw new ChatError('not_found', 'There is no request with this id.');
+        }
+        return { status: 200, body: await deps.requests.history(id, page) };
+      },
+    },
+  ];
+}
+
 function opsRoutes(deps: HttpDeps): Route[] {
   return [
     {
@@ -215,7 +254,7 @@ function send(res: ServerResponse, status: number, body: unknown): void {
 
 export function createHttpHandler(deps: HttpDeps) {
   const expectedKey = Buffer.from(deps.apiKey);
-  const routes = [...opsRoutes(deps), ...streamRoutes(deps), ...(deps.routes ?? [])];
+  const routes = [...opsRoutes(deps), ...streamRoutes(deps), ...requestRoutes(deps)];
 
   return async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://charla');

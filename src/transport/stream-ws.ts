@@ -8,7 +8,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Limits } from '../config.js';
 import { asChatError, ChatError, CloseCode } from '../core/errors.js';
-import type { Identity, TokenVerifier } from '../core/identity.js';
+import { bearerToken, type Identity, type TokenVerifier } from '../core/identity.js';
 import { FloodCounter } from '../core/limits.js';
 import type { StreamStatus, Streams, StreamViewer } from '../core/streams.js';
 import type { Logger } from '../observability/log.js';
@@ -47,11 +47,8 @@ type ConnectAuth = { identity: Identity } | { error: ChatError } | null;
 
 /** The token of an upgrade request: `Authorization: Bearer …`, else `?token=`. */
 export function tokenOf(req: IncomingMessage): string | undefined {
-  const header = req.headers.authorization;
-  if (header) {
-    const m = /^Bearer\s+(\S+)\s*$/i.exec(header);
-    if (m) return m[1];
-  }
+  const bearer = bearerToken(req.headers.authorization);
+  if (bearer !== undefined) return bearer;
   const q = req.url?.indexOf('?') ?? -1;
   if (q === -1 || req.url === undefined) return undefined;
   return new URLSearchParams(req.url.slice(q + 1)).get('token') ?? undefined;

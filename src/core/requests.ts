@@ -1,0 +1,152 @@
+/**
+ * Request chat (CONTRACT section 3), independent of any transport: who may act
+ * in a request's room, durable messages, receipts and history. Fan-out to the
+ * room is the transport's (Socket.IO rooms, across nodes through its adapter);
+ * everything here resolves only once the store has committed.
+ */
+import type { Limits } from '../config.js';
+import type { Logger } from '../observability/log.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { Page, PageQuery, ReceiptKind, RequestMessage, Store } from '../store/store.js';
+import { ChatError } from './errors.js';
+import { hasRole, type Identity } from './identity.js';
+import { newId } from './ids.js';
+import { checkMessageText, RateLimiter } from './limits.js';
+
+export interface RequestsDeps {
+  store: Store;
+  limits: Limits;
+  metrics: Metrics;
+  log: Logger;
+}
+
+export interface Sent {
+  message: RequestMessage;
+  /** A retry of a `clientMessageId` already stored: not to be delivered again. */
+  duplicate: boolean;
+}
+
+export interface Receipts {
+  /** The ids whose receipt is new; the rest were ignored or already recorded. */
+  messages: string[];
+  at: string;
+}
+
+export class Requests {
+  private readonly rate: RateLimiter;
+  /** Writes under way, so that shutdown waits for them before closing the store. */
+  private readonly inFlight = new Set<Promise<unknown>>();
+
+  constructor(private readonly deps: RequestsDeps) {
+    this.rate = new RateLimiter(deps.limits.requestRate);
+  }
+
+  /** Registers a request and its owning teacher; a new owner replaces the old. */
+  put(requestId: string, ownerId: string): Promise<{ created: boolean }> {
+    return this.deps.store.putRequest(requestId, ownerId);
+  }
+
+  async exists(requestId: string): Promise<boolean> {
+    return (await this.deps.store.getRequest(requestId)) !== undefined;
+  }
+
+  /**
+   * The role under which `identity` acts in the request: `LAB`, or `TEACHER`
+   * when it owns it. Throws `not_found` for an unregistered request and
+   * `forbidden` for anyone else. Asked on every event, so a change of owner
+   * takes effect at once.
+   */
+  async authorize(identity: Identity, requestId: string): Promise<'LAB' | 'TEACHER'> {
+    const request = await this.deps.store.getRequest(requestId);
+    if (!request) throw new ChatError('not_found', 'There is no request with this id.');
+    if (hasRole(identity, 'LAB')) return 'LAB';
+    if (hasRole(identity, 'TEACHER') && request.ownerId === identity.userId) return 'TEACHER';
+    throw new ChatError(
+      'forbidden',
+      'Only lab staff and the teacher who owns it may use this chat.',
+    );
+  }
+
+  /**
+   * Stores a message and resolves with it once committed. Validation and the
+   * rate limit come first, so a refused message leaves nothing behind.
+   */
+  send(
+    identity: Identity,
+    requestId: string,
+    text: string,
+    clientMessageId: string | undefined,
+  ): Promise<Sent> {
+    return this.track(async () => {
+      checkMessageText(text, this.deps.limits.requestMessageMaxChars);
+      const role = await this.authorize(identity, requestId);
+      this.rate.take(`${identity.userId}\u0000${requestId}`);
+      const sent = await this.deps.store.addRequestMessage({
+        _id: newId(),
+        requestId,
+        sender: { id: identity.userId, username: identity.username, role },
+        message: text,
+        createdAt: new Date().toISOString(),
+        clientMessageId: clientMessageId ?? null,
+      });
+      if (!sent.duplicate) this.deps.metrics.messagesIn.inc({ chat: 'request' });
+      return sent;
+    });
+  }
+
+  /** Records `identity`'s delivered or read receipts; see `Store.addReceipts`. */
+  receipts(
+    identity: Identity,
+    requestId: string,
+    kind: ReceiptKind,
+    ids: readonly string[],
+  ): Promise<Receipts> {
+    return this.track(async () => {
+      if (ids.length > this.deps.limits.historyMaxPage) {
+        throw new ChatError(
+          'invalid_payload',
+          `At most ${this.deps.limits.historyMaxPage} message ids per receipt.`,
+        );
+      }
+      await this.authorize(identity, requestId);
+      const at = new Date().toISOString();
+      const messages = await this.deps.store.addReceipts(
+        requestId,
+        kind,
+        identity.userId,
+        [...new Set(ids)],
+        at,
+      );
+      return { messages, at };
+    });
+  }
+
+  history(requestId: string, query: PageQuery): Promise<Page<RequestMessage>> {
+    return this.deps.store.requestHistory(requestId, query);
+  }
+
+  /** A page size from a client: the default page, or `limit` within the maximum. */
+  pageLimit(limit: number | undefined): number {
+    if (limit === undefined) return this.deps.limits.historyPage;
+    if (limit > this.deps.limits.historyMaxPage) {
+      throw new ChatError(
+        'invalid_payload',
+        `"limit" must be at most ${this.deps.limits.historyMaxPage}.`,
+      );
+    }
+    return limit;
+  }
+
+  /** Resolves when every write accepted so far has been committed or has failed. */
+  async flush(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+  }
+
+  private track<T>(work: () => Promise<T>): Promise<T> {
+    const p = work();
+    this.inFlight.add(p);
+    const done = () => this.inFlight.delete(p);
+    p.then(done, done);
+    return p;
+  }
+}

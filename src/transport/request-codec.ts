@@ -1,0 +1,76 @@
+/**
+ * Seed 001 event payloads (CONTRACT section 3). Socket.IO hands over whatever
+ * JSON the client sent; these schemas turn it into typed values or into one
+ * `invalid_payload` naming the field. `docs/asyncapi.yaml` is checked against
+ * them.
+ */
+import { z } from 'zod';
+import { ChatError } from '../core/errors.js';
+import { isObjectId, normalizeId } from '../core/ids.js';
+
+const objectId = z
+  .string()
+  .refine(isObjectId, { message: 'must be a 24-hex id' })
+  .transform(normalizeId);
+
+/** `requestId`, or the seed's misspelling `resquestId` when `requestId` is absent. */
+const room = z
+  .object({ requestId: z.unknown().optional(), resquestId: z.unknown().optional() })
+  .transform((v, ctx) => {
+    const id = v.requestId ?? v.resquestId;
+    const parsed = objectId.safeParse(id);
+    if (!parsed.success) {
+      ctx.addIssue({ code: 'custom', path: ['requestId'], message: 'must be a 24-hex id' });
+      return z.NEVER;
+    }
+    return parsed.data;
+  });
+
+/** The schemas as they validate the fields, for the AsyncAPI comparison. */
+export const requestClientFields = {
+  joinRoom: z.object({ requestId: objectId }),
+  leaveRoom: z.object({ requestId: objectId }),
+  message: z.object({
+    requestId: objectId,
+    message: z.string(),
+    clientMessageId: z.string().min(1).max(128).optional(),
+  }),
+  ackMessages: z.object({ requestId: objectId, messages: z.array(objectId).min(1) }),
+  readMessages: z.object({ requestId: objectId, messages: z.array(objectId).min(1) }),
+  loadHistory: z.object({
+    requestId: objectId,
+    before: objectId.optional(),
+    limit: z.number().int().min(1).optional(),
+  }),
+} as const;
+
+export type RequestEvent = keyof typeof requestClientFields;
+
+export const REQUEST_EVENTS = Object.keys(requestClientFields) as RequestEvent[];
+
+export function isRequestEvent(name: unknown): name is RequestEvent {
+  return typeof name === 'string' && Object.hasOwn(requestClientFields, name);
+}
+
+export type RequestPayload<E extends RequestEvent> = z.infer<(typeof requestClientFields)[E]>;
+
+/** Validates the payload of `event`; `resquestId` is accepted for `requestId`. */
+export function decodeRequestEvent<E extends RequestEvent>(
+  event: E,
+  payload: unknown,
+): RequestPayload<E> {
+  if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) {
+    throw new ChatError('invalid_payload', `The "${event}" payload must be an object.`);
+  }
+  const requestId = room.safeParse(payload);
+  if (!requestId.success) {
+    throw new ChatError('invalid_payload', '"requestId" must be a 24-hex id.');
+  }
+  const parsed = requestClientFields[event].safeParse({ ...payload, requestId: requestId.data });
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    const field = issue?.path.join('.') || 'payload';
+    throw new ChatError('invalid_payload', `"${field}": ${issue?.message ?? 'invalid'}`);
+  }
+  return parsed.data as RequestPayload<E>;
+}

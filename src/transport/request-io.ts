@@ -1,0 +1,302 @@
+/**
+ * The request chat over Socket.IO v4 (CONTRACT section 3), on the HTTP
+ * server's port at `/socket.io/`. This file maps events to the core
+ * (`core/requests.ts`) and answers; rooms and their fan-out are Socket.IO's,
+ * spread across nodes by the adapter the Broker provides.
+ */
+import type { Server as HttpServer } from 'node:http';
+import { type ExtendedError, Server, type Socket } from 'socket.io';
+import type { Limits } from '../config.js';
+import { asChatError, ChatError } from '../core/errors.js';
+import { bearerToken, type Identity, type TokenVerifier } from '../core/identity.js';
+import { isObjectId, normalizeId } from '../core/ids.js';
+import { FloodCounter } from '../core/limits.js';
+import type { Requests } from '../core/requests.js';
+import type { Logger } from '../observability/log.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { Page, RequestMessage } from '../store/store.js';
+import { decodeRequestEvent, isRequestEvent, type RequestEvent } from './request-codec.js';
+
+export const SOCKET_IO_PATH = '/socket.io';
+/** setTimeout's ceiling; longer token lifetimes re-arm the timer. */
+const MAX_TIMER_MS = 2_147_483_647;
+/** How often send buffers are measured against SEND_BUFFER_MAX_BYTES. */
+const BUFFER_CHECK_MS = 1_000;
+
+type Ack = (response: unknown) => void;
+// biome-ignore lint/suspicious/noExplicitAny: Socket.IO's adapter constructor type is not exported.
+type AdapterConstructor = any;
+
+export interface RequestChatDeps {
+  requests: Requests;
+  verifier: TokenVerifier;
+  limits: Limits;
+  metrics: Metrics;
+  log: Logger;
+  /** Socket.IO adapter spreading rooms across nodes; the in-memory one when absent. */
+  adapter?: AdapterConstructor;
+}
+
+interface SocketData {
+  identity: Identity;
+}
+
+interface ReceiptEvent {
+  requestId: string;
+  userId: string;
+  messages: string[];
+  at: string;
+}
+
+/** Server → client events (CONTRACT section 3). */
+interface ServerEvents {
+  roomHistory(page: { requestId: string } & Page<RequestMessage>): void;
+  message(message: RequestMessage): void;
+  messagesDelivered(receipts: ReceiptEvent): void;
+  messageReads(receipts: ReceiptEvent): void;
+  exception(error: {
+    event: string;
+    error_code: string;
+    message: string;
+    requestId?: string;
+  }): void;
+}
+
+type ChatSocket = Socket<Record<string, never>, ServerEvents, Record<string, never>, SocketData>;
+
+export const roomOf = (requestId: string) => `request:${requestId}`;
+
+/** The handshake's token: `auth: {token}`, `Authorization: Bearer`, or `?token=`. */
+function handshakeToken(socket: ChatSocket): string | undefined {
+  const { auth, headers, query } = socket.handshake;
+  if (typeof auth?.token === 'string' && auth.token !== '') return auth.token;
+  const bearer = bearerToken(headers.authorization);
+  if (bearer !== undefined) return bearer;
+  const q = query.token;
+  return typeof q === 'string' && q !== '' ? q : undefined;
+}
+
+/** Socket.IO hands the client `connect_error` with `message` = our code and `data` = the payload. */
+function refusal(err: ChatError): ExtendedError {
+  const e = new Error(err.code) as ExtendedError;
+  e.data = err.toPayload();
+  return e;
+}
+
+/** Bytes waiting to be sent to one client, in Engine.IO's buffer and the WebSocket's. */
+function bufferedBytes(socket: ChatSocket): number {
+  // biome-ignore lint/suspicious/noExplicitAny: Engine.IO internals, read-only.
+  const conn = socket.conn as any;
+  let bytes = 0;
+  for (const packet of conn.writeBuffer ?? []) {
+    const data = packet.data;
+    if (typeof data === 'string') bytes += data.length;
+    else if (data?.byteLength !== undefined) bytes += data.byteLength;
+  }
+  const ws = conn.transport?.socket;
+  if (typeof ws?.bufferedAmount === 'number') bytes += ws.bufferedAmount;
+  return bytes;
+}
+
+export class RequestChat {
+  readonly io: Server<Record<string, never>, ServerEvents, Record<string, never>, SocketData>;
+  private readonly sweep: NodeJS.Timeout;
+
+  constructor(
+    server: HttpServer,
+    private readonly deps: RequestChatDeps,
+  ) {
+    this.io = new Server(server, {
+      path: SOCKET_IO_PATH,
+      serveClient: false,
+      // Other upgrade paths (the stream chat's) belong to other listeners.
+      destroyUpgrade: false,
+      perMessageDeflate: false,
+      maxHttpBufferSize: deps.limits.maxFrameBytes,
+      // Tokens, not cookies, authenticate: any origin may connect with one.
+      cors: { origin: '*' },
+      ...(deps.adapter ? { adapter: deps.adapter } : {}),
+    });
+    this.io.use((socket, next) => {
+      const token = handshakeToken(socket);
+      if (token === undefined) return next(refusal(new ChatError('unauthorized')));
+      deps.verifier.verify(token).then(
+        (identity) => {
+          socket.data.identity = identity;
+          next();
+        },
+        (err: unknown) => {
+          const e = asChatError(err);
+          deps.metrics.error(e.code);
+          next(refusal(e.code === 'token_expired' ? e : new ChatError('unauthorized')));
+        },
+      );
+    });
+    this.io.on('connection', (socket) => this.open(socket));
+    this.sweep = setInterval(() => this.dropSlowClients(), BUFFER_CHECK_MS);
+    this.sweep.unref();
+  }
+
+  /** Disconnects every local socket (clients reconnect elsewhere) and stops. */
+  async close(): Promise<void> {
+    clearInterval(this.sweep);
+    await this.io.close();
+  }
+
+  private open(socket: ChatSocket): void {
+    const { deps } = this;
+    const flood = new FloodCounter(deps.limits.floodLimit);
+    let expiry: NodeJS.Timeout | undefined;
+    const armExpiry = () => {
+      const at = socket.data.identity.expiresAt;
+      if (at === undefined) return;
+      const ms = at - Date.now();
+      if (ms > 0) {
+        expiry = setTimeout(armExpiry, Math.min(ms, MAX_TIMER_MS));
+        return;
+      }
+      this.fail(socket, 'auth', new ChatError('token_expired'), undefined, undefined);
+      deps.metrics.disconnects.inc({ reason: 'token_expired' });
+      socket.disconnect(true);
+    };
+    armExpiry();
+    deps.metrics.connections.inc({ chat: 'request' });
+    socket.on('disconnect', () => {
+      clearTimeout(expiry);
+      deps.metrics.connections.dec({ chat: 'request' });
+    });
+
+    // Every event goes through here; no per-event listeners are registered.
+    socket.use((packet, _next) => {
+      if (flood.hit(Date.now())) {
+        deps.metrics.disconnects.inc({ reason: 'flood' });
+        socket.disconnect(true);
+        return;
+      }
+      const [event, ...args] = packet as unknown[];
+      const ack = typeof args.at(-1) === 'function' ? (args.pop() as Ack) : undefined;
+      if (!isRequestEvent(event)) {
+        const name = typeof event === 'string' ? event.slice(0, 64) : String(event);
+        this.fail(socket, name, new ChatError('unknown_type', 'Unknown event.'), undefined, ack);
+        return;
+      }
+      void this.handle(socket, event, args[0], ack);
+    });
+  }
+
+  private async handle(
+    socket: ChatSocket,
+    event: RequestEvent,
+    payload: unknown,
+    ack: Ack | undefined,
+  ): Promise<void> {
+    let requestId: string | undefined = rawRequestId(payload);
+    try {
+      const p = decodeRequestEvent(event, payload);
+      requestId = p.requestId;
+      const identity = socket.data.identity;
+      if (identity.expiresAt !== undefined && identity.expiresAt <= Date.now()) {
+        throw new ChatError('token_expired');
+      }
+      const room = roomOf(p.requestId);
+      if (event !== 'joinRoom' && !socket.rooms.has(room)) throw new ChatError('not_in_room');
+      const { requests } = this.deps;
+
+      switch (event) {
+        case 'joinRoom': {
+          await requests.authorize(identity, p.requestId);
+          await socket.join(room);
+          const page = await requests.history(p.requestId, { limit: this.deps.limits.historyPage });
+          socket.emit('roomHistory', { requestId: p.requestId, ...page });
+          ack?.({ ok: true, requestId: p.requestId });
+          return;
+        }
+        case 'leaveRoom': {
+          await socket.leave(room);
+          ack?.({ ok: true, requestId: p.requestId });
+          return;
+        }
+        case 'message': {
+          const m = p as ReturnType<typeof decodeRequestEvent<'message'>>;
+          const sent = await requests.send(identity, m.requestId, m.message, m.clientMessageId);
+          if (!sent.duplicate) {
+            socket.to(room).emit('message', sent.message);
+            const local = this.io.sockets.adapter.rooms.get(room)?.size ?? 1;
+            this.deps.metrics.messagesOut.inc({ chat: 'request' }, Math.max(0, local - 1));
+          }
+          ack?.({ ok: true, message: sent.message });
+          return;
+        }
+        case 'ackMessages':
+        case 'readMessages': {
+          const r = p as ReturnType<typeof decodeRequestEvent<'ackMessages'>>;
+          const kind = event === 'ackMessages' ? 'delivered' : 'read';
+          const { messages, at } = await requests.receipts(identity, r.requestId, kind, r.messages);
+          if (messages.length > 0) {
+            const name = kind === 'delivered' ? 'messagesDelivered' : 'messageReads';
+            socket
+              .to(room)
+              .emit(name, { requestId: r.requestId, userId: identity.userId, messages, at });
+          }
+          ack?.({ ok: true, requestId: r.requestId, messages, at });
+          return;
+        }
+        case 'loadHistory': {
+          const h = p as ReturnType<typeof decodeRequestEvent<'loadHistory'>>;
+          if (!ack) {
+            throw new ChatError(
+              'invalid_payload',
+              'loadHistory answers through an acknowledgement.',
+            );
+          }
+          await requests.authorize(identity, h.requestId);
+          const page = await requests.history(h.requestId, {
+            before: h.before,
+            limit: requests.pageLimit(h.limit),
+          });
+          ack({ ok: true, requestId: h.requestId, ...page });
+          return;
+        }
+      }
+    } catch (err) {
+      this.fail(socket, event, err, requestId, ack);
+    }
+  }
+
+  /** Answers a refused event with `exception`, and through the acknowledgement when given. */
+  private fail(
+    socket: ChatSocket,
+    event: string,
+    err: unknown,
+    requestId: string | undefined,
+    ack: Ack | undefined,
+  ): void {
+    const e = asChatError(err);
+    if (!(err instanceof ChatError)) {
+      this.deps.log.error({ err, event }, 'request chat event failed');
+    }
+    this.deps.metrics.error(e.code);
+    const payload = e.toPayload();
+    socket.emit('exception', { event, ...payload, ...(requestId ? { requestId } : {}) });
+    ack?.({ ok: false, ...payload });
+  }
+
+  /** Clients that do not read what they are sent are dropped before they cost unbounded memory. */
+  private dropSlowClients(): void {
+    const max = this.deps.limits.sendBufferMaxBytes;
+    for (const socket of this.io.sockets.sockets.values()) {
+      if (bufferedBytes(socket) <= max) continue;
+      this.deps.metrics.disconnects.inc({ reason: 'slow_consumer' });
+      socket.disconnect(true);
+      socket.conn.close();
+    }
+  }
+}
+
+/** The request id a payload names, when it is well-formed; for `exception` payloads. */
+function rawRequestId(payload: unknown): string | undefined {
+  if (typeof payload !== 'object' || payload === null) return undefined;
+  const p = payload as { requestId?: unknown; resquestId?: unknown };
+  const id = p.requestId ?? p.resquestId;
+  return isObjectId(id) ? normalizeId(id) : undefined;
+}
