@@ -94,6 +94,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     limits: config.limits,
     metrics,
     log,
+    adapter: broker.roomAdapter(),
   });
   server.on('upgrade', (req, socket, head) => {
     const key = streamGateway.match(req.url);

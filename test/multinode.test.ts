@@ -1,13 +1,15 @@
 /**
  * Three charla processes behind no load balancer, one PostgreSQL schema and
- * one Redis prefix of their own: the live-stream chat works across nodes as
- * on one, and survives Redis going away without a restart of charla.
+ * one Redis prefix of their own: both chats work across nodes as on one, a
+ * node killed outright loses nothing it acknowledged, and the nodes survive
+ * Redis or PostgreSQL going away without a restart.
  *
- * Redis is reached through a TCP proxy so the test can take it away from
- * these three nodes without disturbing anything else that uses it.
+ * Redis and PostgreSQL are reached through TCP proxies so the test can take
+ * them away from these nodes without disturbing anything else that uses them.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { io, type Socket } from 'socket.io-client';
 import {
   API_KEY,
   api,
@@ -17,7 +19,7 @@ import {
   spawnServer,
   userToken,
 } from './helpers.js';
-import { REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
+import { PG_URL, REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
 import { TcpProxy } from './tcp-proxy.js';
 
 async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 10_000) {
@@ -61,10 +63,28 @@ const figures = (sorted: number[]) =>
   `p50 ${percentile(sorted, 50).toFixed(1)} ms, p99 ${percentile(sorted, 99).toFixed(1)} ms, ` +
   `max ${percentile(sorted, 100).toFixed(1)} ms`;
 
+/** A request-chat socket on `node`, connected, recording every event it receives. */
+async function requestSocket(node: ChildServer, token: string) {
+  const socket = io(node.url, { auth: { token }, transports: ['websocket'], reconnection: false });
+  const events: Array<[string, any]> = [];
+  socket.onAny((event: string, payload: unknown) => events.push([event, payload]));
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('connect_error', reject);
+  });
+  const of = (event: string) => events.filter(([e]) => e === event).map(([, p]) => p);
+  return { socket, events, of };
+}
+
+const ask = (socket: Socket, event: string, payload: unknown): Promise<any> =>
+  socket.timeout(5_000).emitWithAck(event, payload);
+
 if (await requireServices('postgres', 'redis')) {
   describe('three nodes, one PostgreSQL, one Redis', () => {
     let schema: Awaited<ReturnType<typeof tempSchema>>;
     const proxy = new TcpProxy('127.0.0.1', Number(new URL(REDIS_URL).port || 6379));
+    const pgProxy = new TcpProxy('127.0.0.1', Number(new URL(PG_URL).port || 5432));
+    let env: Record<string, string>;
     let nodes: ChildServer[] = [];
     let A: ChildServer;
     let B: ChildServer;
@@ -73,13 +93,18 @@ if (await requireServices('postgres', 'redis')) {
     before(async () => {
       schema = await tempSchema();
       await proxy.start();
-      const env = {
-        DATABASE_URL: schema.url,
+      await pgProxy.start();
+      const viaProxy = new URL(schema.url);
+      viaProxy.port = String(pgProxy.port);
+      env = {
+        DATABASE_URL: viaProxy.toString(),
         REDIS_URL: `redis://127.0.0.1:${proxy.port}`,
         REDIS_PREFIX: tempRedisPrefix(),
         JWT_SECRET: SECRET,
         API_KEY,
         STREAM_RATE_LIMIT: '10000/1s',
+        REQUEST_RATE_LIMIT: '10000/1s',
+        FLOOD_LIMIT: '100000',
       };
       // Started together: their migrations race on the advisory lock.
       nodes = await Promise.all([spawnServer(env), spawnServer(env), spawnServer(env)]);
@@ -90,6 +115,7 @@ if (await requireServices('postgres', 'redis')) {
     after(async () => {
       const codes = await Promise.all(nodes.map((n) => n.stop('SIGTERM')));
       await proxy.stop();
+      await pgProxy.stop();
       await schema.drop();
       assert.deepEqual(codes, [0, 0, 0], 'every node shut down cleanly');
     });
@@ -172,6 +198,168 @@ if (await requireServices('postgres', 'redis')) {
       // New viewers anywhere are refused the same way.
       const late = await StreamClient.connect(ws(C), 'ending');
       assert.equal((await late.closed).code, 4410);
+    });
+
+    it('request chat: a teacher on A and lab staff on B, receipts both ways', async (t) => {
+      const request = '6751b6df1ad14eaa13a0aa01';
+      assert.equal(
+        (await api(A.url, 'PUT', `/api/requests/${request}`, { ownerId: 1 })).status,
+        201,
+      );
+      const teacher = await requestSocket(A, await userToken('1', { role: 'TEACHER' }));
+      const lab = await requestSocket(B, await userToken('7', { role: 'LAB' }));
+      const labElsewhere = await requestSocket(C, await userToken('7', { role: 'LAB' }));
+      for (const s of [teacher, lab, labElsewhere]) {
+        assert.equal((await ask(s.socket, 'joinRoom', { requestId: request })).ok, true);
+      }
+
+      const started = performance.now();
+      const sent = await ask(teacher.socket, 'message', { requestId: request, message: 'hola' });
+      assert.equal(sent.ok, true);
+      const id = sent.message._id;
+      await until(() => lab.of('message').some((m) => m._id === id), 'the message on B');
+      t.diagnostic(`teacher on A to lab on B: ${(performance.now() - started).toFixed(1)} ms`);
+      await until(() => labElsewhere.of('message').some((m) => m._id === id), 'the message on C');
+
+      // Lab reads on B: the teacher on A and the lab's own socket on C hear it.
+      const read = await ask(lab.socket, 'readMessages', { requestId: request, messages: [id] });
+      assert.deepEqual(read.messages, [id]);
+      for (const s of [teacher, labElsewhere]) {
+        await until(
+          () => s.of('messageReads').some((r) => r.userId === '7' && r.messages[0] === id),
+          'the read receipt across nodes',
+        );
+      }
+      assert.equal(lab.of('messageReads').length, 0, 'not echoed to the socket that read');
+
+      // And the other way: lab on B writes, the teacher on A acknowledges.
+      const reply = await ask(lab.socket, 'message', { requestId: request, message: 'listo' });
+      await until(() => teacher.of('message').some((m) => m._id === reply.message._id), 'reply');
+      await ask(teacher.socket, 'ackMessages', {
+        requestId: request,
+        messages: [reply.message._id],
+      });
+      for (const s of [lab, labElsewhere]) {
+        await until(
+          () => s.of('messagesDelivered').some((r) => r.userId === '1'),
+          'the delivery receipt across nodes',
+        );
+      }
+      const history = await api(C.url, 'GET', `/api/requests/${request}/messages`);
+      const [first, second] = history.body.messages;
+      assert.deepEqual(
+        first.readBy.map((r: any) => r.userId),
+        ['7'],
+      );
+      assert.deepEqual(
+        first.deliveredTo.map((r: any) => r.userId),
+        ['7'],
+      );
+      assert.deepEqual(
+        second.deliveredTo.map((r: any) => r.userId),
+        ['1'],
+      );
+      const exceptions = [teacher, lab, labElsewhere].flatMap((s) => s.of('exception'));
+      assert.deepEqual(exceptions, []);
+      for (const s of [teacher, lab, labElsewhere]) s.socket.close();
+    });
+
+    it('a node killed with SIGKILL loses no acknowledged message', async (t) => {
+      const request = '6751b6df1ad14eaa13a0aa02';
+      assert.equal(
+        (await api(A.url, 'PUT', `/api/requests/${request}`, { ownerId: 1 })).status,
+        201,
+      );
+      const doomed = await spawnServer(env);
+      t.after(() => doomed.stop('SIGKILL'));
+      const teacher = await requestSocket(doomed, await userToken('1', { role: 'TEACHER' }));
+      const lab = await requestSocket(B, await userToken('7', { role: 'LAB' }));
+      t.after(() => {
+        teacher.socket.close();
+        lab.socket.close();
+      });
+      await ask(teacher.socket, 'joinRoom', { requestId: request });
+      await ask(lab.socket, 'joinRoom', { requestId: request });
+
+      // Many sends in flight when the node dies: some acknowledged, some not.
+      const acked: string[] = [];
+      let i = 0;
+      const pump = setInterval(() => {
+        for (let k = 0; k < 5; k++) {
+          teacher.socket.emit('message', { requestId: request, message: `m${i++}` }, (r: any) => {
+            if (r?.ok) acked.push(r.message._id);
+          });
+        }
+      }, 2);
+      t.after(() => clearInterval(pump));
+      await until(() => acked.length >= 100, 'a hundred acknowledgements');
+      doomed.child.kill('SIGKILL');
+      await doomed.stop();
+      clearInterval(pump);
+      const ackedBeforeDeath = [...acked];
+      teacher.socket.close();
+
+      // The teacher comes back through another node and finds every acknowledged message.
+      const back = await requestSocket(A, await userToken('1', { role: 'TEACHER' }));
+      await ask(back.socket, 'joinRoom', { requestId: request });
+      const stored = new Set<string>();
+      let before: string | undefined;
+      for (;;) {
+        const page = await ask(back.socket, 'loadHistory', {
+          requestId: request,
+          before,
+          limit: 500,
+        });
+        assert.equal(page.ok, true);
+        for (const m of page.messages) stored.add(m._id);
+        if (!page.hasMore) break;
+        before = page.messages[0]._id;
+      }
+      const missing = ackedBeforeDeath.filter((id) => !stored.has(id));
+      assert.deepEqual(missing, [], 'every acknowledged message is in history');
+      assert.ok(ackedBeforeDeath.length >= 100);
+      t.diagnostic(
+        `sent ${i}, acknowledged ${ackedBeforeDeath.length} before SIGKILL, stored ${stored.size}`,
+      );
+      back.socket.close();
+      lab.socket.close();
+    });
+
+    it('PostgreSQL going away: messages are refused, never falsely acknowledged, until it is back', async () => {
+      const request = '6751b6df1ad14eaa13a0aa03';
+      assert.equal(
+        (await api(A.url, 'PUT', `/api/requests/${request}`, { ownerId: 1 })).status,
+        201,
+      );
+      const lab = await requestSocket(B, await userToken('7', { role: 'LAB' }));
+      const teacher = await requestSocket(A, await userToken('1', { role: 'TEACHER' }));
+      await ask(lab.socket, 'joinRoom', { requestId: request });
+      await ask(teacher.socket, 'joinRoom', { requestId: request });
+
+      await pgProxy.cut();
+      const during = await ask(lab.socket, 'message', { requestId: request, message: 'lost?' });
+      assert.equal(during.ok, false);
+      assert.equal(during.error_code, 'internal_error');
+      const ready = await fetch(`${B.url}/readyz`);
+      assert.equal(ready.status, 503);
+      assert.equal(((await ready.json()) as { storage?: string }).storage, 'unavailable');
+      assert.equal(lab.socket.connected, true, 'the client stays connected');
+
+      await pgProxy.start();
+      await until(async () => {
+        const r = await ask(lab.socket, 'message', { requestId: request, message: 'back' });
+        return r.ok === true;
+      }, 'a message to be stored again');
+      const history = await api(A.url, 'GET', `/api/requests/${request}/messages`);
+      assert.deepEqual(
+        history.body.messages.map((m: any) => m.message),
+        ['back'],
+        'nothing of the outage was stored',
+      );
+      await until(() => teacher.of('message').some((m) => m.message === 'back'), 'delivery');
+      assert.equal(teacher.of('message').filter((m) => m.message === 'lost?').length, 0);
+      lab.socket.close();
+      teacher.socket.close();
     });
 
     it('Redis going away: nodes report not ready, keep their clients, and recover by themselves', async (t) => {

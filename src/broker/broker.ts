@@ -11,11 +11,18 @@
  *   meanwhile. Durable history is the Store's job, not the Broker's.
  * - Payloads are opaque strings; the broker never parses them.
  */
+import type { ServerOptions } from 'socket.io';
+
 export type Unsubscribe = () => void;
+
+/** A Socket.IO adapter: how the request chat's rooms reach the sockets of every node. */
+export type RoomAdapter = ServerOptions['adapter'];
 
 export interface Broker {
   publish(topic: string, payload: string): void;
   subscribe(topic: string, onMessage: (payload: string) => void): Unsubscribe;
+  /** Socket.IO's adapter on the same backend; undefined keeps Socket.IO's in-process rooms. */
+  roomAdapter(): RoomAdapter | undefined;
   /** Resolves when the broker is reachable; for readiness. */
   ping(): Promise<void>;
   close(): Promise<void>;

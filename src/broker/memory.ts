@@ -2,7 +2,7 @@
  * The single-node Broker: delivery is a synchronous call, so the order of
  * `publish` calls is the order every subscriber sees.
  */
-import type { Broker, Unsubscribe } from './broker.js';
+import type { Broker, RoomAdapter, Unsubscribe } from './broker.js';
 
 type Handler = (payload: string) => void;
 
@@ -26,6 +26,10 @@ export class MemoryBroker implements Broker {
       handlers.delete(onMessage);
       if (handlers.size === 0 && this.topics.get(topic) === handlers) this.topics.delete(topic);
     };
+  }
+
+  roomAdapter(): RoomAdapter | undefined {
+    return undefined;
   }
 
   async ping(): Promise<void> {}

@@ -14,7 +14,8 @@
  */
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../observability/log.js';
-import type { Broker, Unsubscribe } from './broker.js';
+import { createAdapter } from '@socket.io/redis-adapter';
+import type { Broker, RoomAdapter, Unsubscribe } from './broker.js';
 
 type Handler = (payload: string) => void;
 
@@ -98,6 +99,15 @@ export class RedisBroker implements Broker {
           .catch((err: unknown) => this.onLost(err as Error));
       }
     };
+  }
+
+  /**
+   * Socket.IO's official Redis adapter on this broker's two connections, its
+   * channels under the same prefix. Room broadcasts inherit the broker's
+   * behaviour when Redis is lost: local sockets still get them, other nodes miss them.
+   */
+  roomAdapter(): RoomAdapter {
+    return createAdapter(this.pub, this.sub, { key: `${this.prefix}socket.io` });
   }
 
   async ping(): Promise<void> {

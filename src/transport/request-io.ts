@@ -6,6 +6,7 @@
  */
 import type { Server as HttpServer } from 'node:http';
 import { type ExtendedError, Server, type Socket } from 'socket.io';
+import type { RoomAdapter } from '../broker/broker.js';
 import type { Limits } from '../config.js';
 import { asChatError, ChatError } from '../core/errors.js';
 import { bearerToken, type Identity, type TokenVerifier } from '../core/identity.js';
@@ -24,8 +25,6 @@ const MAX_TIMER_MS = 2_147_483_647;
 const BUFFER_CHECK_MS = 1_000;
 
 type Ack = (response: unknown) => void;
-// biome-ignore lint/suspicious/noExplicitAny: Socket.IO's adapter constructor type is not exported.
-type AdapterConstructor = any;
 
 export interface RequestChatDeps {
   requests: Requests;
@@ -34,7 +33,7 @@ export interface RequestChatDeps {
   metrics: Metrics;
   log: Logger;
   /** Socket.IO adapter spreading rooms across nodes; the in-memory one when absent. */
-  adapter?: AdapterConstructor;
+  adapter?: RoomAdapter | undefined;
 }
 
 interface SocketData {
