@@ -11,6 +11,7 @@ import { before, test } from 'node:test';
 import { Parser } from '@asyncapi/parser';
 import { z } from 'zod';
 import { ChatError, ERROR_CODES } from '../src/core/errors.js';
+import { requestClientFields } from '../src/transport/request-codec.js';
 import { encodeChat, encodeError, streamClientData } from '../src/transport/stream-codec.js';
 
 const DOC = new URL('../../docs/asyncapi.yaml', import.meta.url);
@@ -64,6 +65,17 @@ test('stream client payloads are the zod schemas the server validates with', () 
       .sort(),
     Object.keys(streamClientData).sort(),
   );
+});
+
+test('request chat client payloads are the zod schemas the server validates with', () => {
+  const messages = Object.values(doc.channels.requestChat.messages) as Json[];
+  const clientEvents = Object.keys(requestClientFields) as Array<keyof typeof requestClientFields>;
+  for (const event of clientEvents) {
+    const documented = messages.find((m) => m.name === event && m.title !== 'message (server)');
+    assert.ok(documented, `${event} is documented`);
+    const fromCode = z.toJSONSchema(requestClientFields[event], { io: 'input', target: 'draft-7' });
+    assert.deepEqual(structure(documented.payload), structure(fromCode), event);
+  }
 });
 
 test('error codes are the registry', () => {

@@ -6,11 +6,11 @@
  */
 import { z } from 'zod';
 import { ChatError } from '../core/errors.js';
-import { isObjectId, normalizeId } from '../core/ids.js';
+import { normalizeId } from '../core/ids.js';
 
 const objectId = z
   .string()
-  .refine(isObjectId, { message: 'must be a 24-hex id' })
+  .regex(/^[0-9a-fA-F]{24}$/, { message: 'must be a 24-hex id' })
   .transform(normalizeId);
 
 /** `requestId`, or the seed's misspelling `resquestId` when `requestId` is absent. */
