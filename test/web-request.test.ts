@@ -4,7 +4,6 @@
  * has the message on screen. Hostile text stays text.
  */
 import assert from 'node:assert/strict';
-import { existsSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
 import { clientLink } from '../src/dev.js';
@@ -14,18 +13,7 @@ import { api, startServer, type TestServer, userToken } from './helpers.js';
 const REQUEST = '6751b6df1ad14eaa13a03313';
 const XSS = '<img src=x onerror=alert(1)>';
 
-/**
- * The request chat's server is its own piece of work; until it is in the tree
- * this test says so and skips, and runs by itself once it lands.
- */
-function serverSkip(): string | false {
-  if (existsSync(new URL('../src/transport/request-io.js', import.meta.url))) return false;
-  const why = 'the request chat server (src/transport/request-io.ts) is not in this tree yet';
-  process.stderr.write(`\n*** skipping the request chat browser test: ${why} ***\n\n`);
-  return why;
-}
-
-const skip = browserSkip() || serverSkip();
+const skip = browserSkip();
 
 async function joined(page: Page): Promise<void> {
   await page.locator('#request-view .status[data-state="live"]').waitFor();
