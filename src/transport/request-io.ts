@@ -287,7 +287,8 @@ export class RequestChat {
       if (bufferedBytes(socket) <= max) continue;
       this.deps.metrics.disconnects.inc({ reason: 'slow_consumer' });
       socket.disconnect(true);
-      socket.conn.close();
+      // Discard what it never read: a polite close would wait for it to drain.
+      socket.conn.close(true);
     }
   }
 }
