@@ -97,6 +97,17 @@ describe('createVerifier (HS256)', () => {
     assert.equal((await strict.verify(good)).userId, '1');
     await assert.rejects(strict.verify(await sign({ user_id: 1 })), { code: 'invalid_token' });
   });
+  it('a token verified before is still refused once it expires', async () => {
+    let clock = Date.now();
+    const timed = createVerifier(hsConfig, () => clock);
+    const token = await sign({ user_id: 1 }, { expiresIn: '1h' });
+    assert.equal((await timed.verify(token)).userId, '1');
+    assert.equal((await timed.verify(token)).userId, '1', 'again, from the cache');
+    clock += 3_600_000;
+    await assert.rejects(timed.verify(token), { code: 'token_expired' });
+    // A tampered copy of a cached token is a different string, verified afresh.
+    await assert.rejects(timed.verify(`${token}x`), { code: 'invalid_token' });
+  });
 });
 
 describe('createVerifier (public keys)', () => {

@@ -86,24 +86,48 @@ function keyAndAlgorithms(cfg: JwtConfig): { key: Key; algorithms: string[] } {
   throw new Error('no JWT key configured');
 }
 
-export function createVerifier(cfg: JwtConfig): TokenVerifier {
+/**
+ * Tokens verified recently, so a client that reconnects with the same token
+ * (a reload, a reconnect storm after a node is lost) skips the signature
+ * check. Only successes are kept, `exp` is checked again on every hit, and
+ * the oldest entry goes first once the cache is full.
+ */
+const VERIFIED_TOKENS = 10_000;
+
+export function createVerifier(cfg: JwtConfig, now: () => number = Date.now): TokenVerifier {
   const { key, algorithms } = keyAndAlgorithms(cfg);
+  // jose imports a raw HMAC secret on every call; import it once.
+  const verifyKey =
+    key instanceof Uint8Array
+      ? crypto.subtle.importKey('raw', key, { name: 'HMAC', hash: 'SHA-256' }, false, ['verify'])
+      : Promise.resolve(key);
   const options = {
     algorithms,
     ...(cfg.issuer === undefined ? {} : { issuer: cfg.issuer }),
     ...(cfg.audience === undefined ? {} : { audience: cfg.audience }),
   };
+  const verified = new Map<string, Identity>();
   return {
     async verify(token: string): Promise<Identity> {
+      const cached = verified.get(token);
+      if (cached !== undefined) {
+        if (cached.expiresAt === undefined || cached.expiresAt > now()) return cached;
+        verified.delete(token);
+        throw new ChatError('token_expired');
+      }
       let payload: JWTPayload;
       try {
         // jose overloads differ per key kind; the union is handled at run time.
-        payload = (await jwtVerify(token, key as Uint8Array, options)).payload;
+        payload = (await jwtVerify(token, (await verifyKey) as unknown as Uint8Array, options))
+          .payload;
       } catch (err) {
         if (err instanceof errors.JWTExpired) throw new ChatError('token_expired');
         throw new ChatError('invalid_token');
       }
-      return identityFromClaims(payload, cfg);
+      const identity = identityFromClaims(payload, cfg);
+      if (verified.size >= VERIFIED_TOKENS) verified.delete(verified.keys().next().value as string);
+      verified.set(token, identity);
+      return identity;
     },
   };
 }

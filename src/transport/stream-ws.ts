@@ -213,7 +213,9 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
    * event-loop turn, so every frame of the turn leaves in one write.
    */
   deliver(frame: StreamFrame): void {
-    if (this.state !== 'open') return;
+    // A peer that hung up stays in the audience until its socket closes; writing
+    // to it would only build a write-after-end error.
+    if (this.state !== 'open' || !this.socket.writable) return;
     // What earlier turns left unsent is what this viewer failed to read; the
     // bytes of this turn are still corked and say nothing about the reader.
     if (this.socket.writableLength - this.turnBytes > this.gateway.deps.limits.sendBufferMaxBytes) {

@@ -95,8 +95,11 @@ function onSocketData(this: Owned, chunk: Buffer): void {
   this[kConnection].read(chunk);
 }
 function onSocketEnd(this: Owned): void {
-  // The HTTP server's sockets allow half-open; a peer that is done gets our end too.
-  this.end();
+  // The HTTP server's sockets allow half-open. A peer that hangs up without a
+  // close handshake is gone (1006): what is queued for it would only fail with
+  // EPIPE, so it is dropped. After a handshake our close frame still goes out.
+  if (this[kConnection].state === 'open') this.destroy();
+  else this.end();
 }
 function onSocketClose(this: Owned): void {
   this[kConnection].socketClosed();
