@@ -12,9 +12,10 @@
  * reports not ready, and ioredis reconnects by itself and resubscribes. The
  * loss and the recovery are logged once each.
  */
+
+import { createAdapter } from '@socket.io/redis-adapter';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../observability/log.js';
-import { createAdapter } from '@socket.io/redis-adapter';
 import type { Broker, RoomAdapter, Unsubscribe } from './broker.js';
 
 type Handler = (payload: string) => void;
