@@ -4,6 +4,7 @@
  * it saw: frames, latency samples, losses, and its own CPU use.
  */
 import { WebSocket } from 'ws';
+import { type RequestJob, type RequestReport, runRequest } from './request-load.js';
 import { nowMs, RawClient, stampOf } from './wsraw.js';
 
 export interface FanoutJob {
@@ -36,7 +37,8 @@ export interface ChurnJob {
   localAddresses: string[];
 }
 
-export type Job = FanoutJob | ChurnJob;
+export type Job = FanoutJob | ChurnJob | RequestJob;
+export type { RequestReport };
 
 export interface FanoutReport {
   mode: 'fanout';
@@ -318,7 +320,12 @@ process.once('message', (job: Job) => {
     process.send?.('ready');
     return start;
   };
-  const run = job.mode === 'fanout' ? runFanout(job, waitForStart) : runChurn(job, waitForStart);
+  const run =
+    job.mode === 'fanout'
+      ? runFanout(job, waitForStart)
+      : job.mode === 'churn'
+        ? runChurn(job, waitForStart)
+        : runRequest(job, waitForStart);
   run.then(
     (report) => process.send?.({ report }, () => process.exit(0)),
     (err: unknown) => process.send?.({ error: String(err) }, () => process.exit(1)),

@@ -2,7 +2,7 @@
  * `npm run bench`: charla against two references served by bench/ itself
  * (naive `ws`, and the bare "frame once, cork per turn" server), each pinned to
  * core 0 while load generators run pinned to core 1. Prints tables, writes
- * JSON and SVG charts under bench/out/ (and with --publish, bench/RESULTS.md).
+ * JSON and SVG charts under bench/out/; bench/RESULTS.md quotes a full run.
  *
  *   npm run bench                      every scenario, 3 runs each, medians
  *   npm run bench -- --quick           fewer points, 1 run: a smoke test
@@ -10,16 +10,19 @@
  *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
  */
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ChurnReport, FanoutJob, FanoutReport, Job } from './loadgen.js';
+import pg from 'pg';
+import type { ChurnReport, FanoutJob, FanoutReport, Job, RequestReport } from './loadgen.js';
 import { fmt, latencyStats, lineChart, median, type Series, table } from './report.js';
 import {
   collectGarbage,
   cpuMsOf,
   LOADGEN_CORE,
+  putRequests,
   putStreams,
   rssOf,
   type ServerKind,
@@ -57,7 +60,7 @@ async function runGenerators(
   serverPid?: number,
   window: ServerWindow = { cpuPercent: Number.NaN },
   onReady: () => void = () => {},
-): Promise<Array<FanoutReport | ChurnReport>> {
+): Promise<Array<FanoutReport | ChurnReport | RequestReport>> {
   const procs = jobs.map((job) => {
     const child = spawn(
       'taskset',
@@ -90,7 +93,7 @@ async function runGenerators(
   );
   const reports = procs.map(
     (c) =>
-      new Promise<FanoutReport | ChurnReport>((resolve, reject) => {
+      new Promise<FanoutReport | ChurnReport | RequestReport>((resolve, reject) => {
         c.on('message', (m: unknown) => {
           if (typeof m !== 'object' || m === null) return;
           if ('report' in m) resolve((m as { report: FanoutReport | ChurnReport }).report);
@@ -279,6 +282,66 @@ async function churn(kind: ServerKind, concurrency: number) {
   }
 }
 
+/** PostgreSQL for the request-chat scenario: the machine's server, a schema of the run's own. */
+const BENCH_PG_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+
+/**
+ * Scenario 5: durable request-chat messages. 50 requests, a LAB socket sending
+ * each message awaiting its acknowledgement before the next, the owning teacher receiving.
+ */
+async function requestChat(database: 'sqlite' | 'postgres') {
+  const schema = `charla_bench_${randomBytes(4).toString('hex')}`;
+  const env: Record<string, string> = {};
+  if (database === 'postgres') {
+    const url = new URL(BENCH_PG_URL);
+    url.searchParams.set('schema', schema);
+    env.DATABASE_URL = url.toString();
+  }
+  const server = await startServer('charla', env);
+  try {
+    const requests = Array.from({ length: 50 }, () => randomBytes(12).toString('hex'));
+    await putRequests(server, requests, 'bench-teacher');
+    const serverWindow: ServerWindow = { cpuPercent: Number.NaN };
+    const [report] = (await runGenerators(
+      [
+        {
+          mode: 'request',
+          port: server.port,
+          requests,
+          labToken: await token('bench-lab', { role: 'LAB' }),
+          teacherToken: await token('bench-teacher', { role: 'TEACHER' }),
+          window: 1,
+          warmupMs: 1000,
+          durationMs: quick ? 3000 : 8000,
+        },
+      ],
+      server.pid,
+      serverWindow,
+    )) as RequestReport[];
+    if (!report) throw new Error('no request-chat report');
+    const lat = latencyStats(report.latencies);
+    const seconds = report.windowMs / 1000;
+    return {
+      acksPerSec: report.acksInWindow / seconds,
+      p50: lat.p50,
+      p99: lat.p99,
+      max: lat.max,
+      errors: report.errors,
+      deliveredPerSec: report.deliveredInWindow / seconds,
+      genCpu: report.cpuPercent,
+      serverCpu: serverWindow.cpuPercent,
+    };
+  } finally {
+    await server.stop();
+    if (database === 'postgres') {
+      const client = new pg.Client({ connectionString: BENCH_PG_URL });
+      await client.connect();
+      await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+      await client.end();
+    }
+  }
+}
+
 /** Runs `fn` for every server kind `runs` times, interleaved, and keeps the medians. */
 async function compare<T extends Record<string, number>>(
   label: string,
@@ -361,6 +424,20 @@ async function main(): Promise<void> {
         }),
       );
       for (const kind of KINDS) record('slow', { slowFraction, server: kind, ...m[kind] });
+    }
+  }
+
+  if (want('request')) {
+    for (const database of ['sqlite', 'postgres'] as const) {
+      const list: Array<Record<string, number>> = [];
+      for (let r = 0; r < runs; r++) {
+        const res = await requestChat(database);
+        list.push(res);
+        process.stderr.write(`  request ${database} run ${r + 1}: ${JSON.stringify(res)}\n`);
+      }
+      const keys = Object.keys(list[0] ?? {});
+      const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
+      record('request', { database, server: 'charla', ...m });
     }
   }
 
@@ -476,6 +553,34 @@ function renderTables(): string {
       '\n### Slow viewers: 1,000 viewers, 200 chats/s of 400 bytes, a share never reads\n',
       table(
         ['server', 'slow', 'p50 ms (readers)', 'p99 ms (readers)', 'lost (readers)', 'peak RSS MB'],
+        rows,
+      ),
+    );
+  }
+  if (results.request) {
+    const rows = results.request.map((r) => [
+      String(r.database),
+      fmt(n(r, 'acksPerSec')),
+      fmt(n(r, 'p50'), 2),
+      fmt(n(r, 'p99'), 2),
+      fmt(n(r, 'max'), 1),
+      fmt(n(r, 'errors')),
+      fmt(n(r, 'deliveredPerSec')),
+      `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
+    ]);
+    parts.push(
+      '\n### Request chat: 50 requests, a LAB socket sending (each message awaits its acknowledgement) and the teacher receiving\n',
+      table(
+        [
+          'storage',
+          'acknowledged messages/s',
+          'ack p50 ms',
+          'ack p99 ms',
+          'ack max ms',
+          'errors',
+          'delivered/s',
+          'CPU server / generator',
+        ],
         rows,
       ),
     );

@@ -36,6 +36,7 @@ export function charlaEnv(dir: string, extra: Record<string, string> = {}): Reco
     API_KEY: BENCH_API_KEY,
     LOG_LEVEL: 'warn',
     STREAM_RATE_LIMIT: '100000000/1s',
+    REQUEST_RATE_LIMIT: '100000000/1s',
     FLOOD_LIMIT: '100000000',
     ...extra,
   };
@@ -113,6 +114,18 @@ export function cpuMsOf(pid: number): number {
   return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
+/** Registers request-chat requests, each owned by `ownerId`. */
+export async function putRequests(s: RunningServer, ids: string[], ownerId: string): Promise<void> {
+  for (const id of ids) {
+    const res = await fetch(`http://127.0.0.1:${s.port}/api/requests/${id}`, {
+      method: 'PUT',
+      headers: { 'x-api-key': BENCH_API_KEY, 'content-type': 'application/json' },
+      body: JSON.stringify({ ownerId }),
+    });
+    if (res.status >= 300) throw new Error(`PUT request ${id}: ${res.status}`);
+  }
+}
+
 export async function putStreams(s: RunningServer, keys: string[]): Promise<void> {
   if (s.kind !== 'charla') return;
   for (let i = 0; i < keys.length; i += 50) {
@@ -129,8 +142,8 @@ export async function putStreams(s: RunningServer, keys: string[]): Promise<void
   }
 }
 
-export function token(userId: string): Promise<string> {
-  return new SignJWT({ user_id: userId, username: `bench${userId}` })
+export function token(userId: string, claims: Record<string, unknown> = {}): Promise<string> {
+  return new SignJWT({ user_id: userId, username: `bench${userId}`, ...claims })
     .setProtectedHeader({ alg: 'HS256' })
     .setExpirationTime('2h')
     .sign(new TextEncoder().encode(BENCH_SECRET));

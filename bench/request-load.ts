@@ -1,0 +1,132 @@
+/**
+ * The request-chat load (scenario 5), run inside a load-generator process:
+ * per request one LAB socket sends with a bounded window of messages awaiting
+ * their acknowledgement, and the owning teacher's socket receives them. An
+ * acknowledgement means the message is stored, so acks/s is durable messages/s.
+ */
+import { io, type Socket } from 'socket.io-client';
+
+export interface RequestJob {
+  mode: 'request';
+  port: number;
+  requests: string[];
+  labToken: string;
+  teacherToken: string;
+  /** Messages awaiting their acknowledgement, per sending socket. */
+  window: number;
+  warmupMs: number;
+  durationMs: number;
+}
+
+export interface RequestReport {
+  mode: 'request';
+  acksInWindow: number;
+  windowMs: number;
+  /** Send → acknowledgement, ms, for messages sent inside the window. */
+  latencies: number[];
+  errors: number;
+  /** Messages the teachers received inside the window. */
+  deliveredInWindow: number;
+  cpuPercent: number;
+}
+
+const MAX_SAMPLES = 200_000;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function connect(port: number, token: string): Promise<Socket> {
+  const socket = io(`http://127.0.0.1:${port}`, {
+    auth: { token },
+    transports: ['websocket'],
+    reconnection: false,
+    forceNew: true,
+  });
+  return new Promise((resolve, reject) => {
+    socket.once('connect', () => resolve(socket));
+    socket.once('connect_error', reject);
+  });
+}
+
+async function join(socket: Socket, requestId: string): Promise<void> {
+  const ack = await socket.timeout(10_000).emitWithAck('joinRoom', { requestId });
+  if (!ack?.ok) throw new Error(`joinRoom: ${JSON.stringify(ack)}`);
+}
+
+export async function runRequest(
+  job: RequestJob,
+  waitForStart: () => Promise<void>,
+): Promise<RequestReport> {
+  const pairs = await Promise.all(
+    job.requests.map(async (requestId) => {
+      const [lab, teacher] = await Promise.all([
+        connect(job.port, job.labToken),
+        connect(job.port, job.teacherToken),
+      ]);
+      await Promise.all([join(lab, requestId), join(teacher, requestId)]);
+      return { requestId, lab, teacher };
+    }),
+  );
+  await waitForStart();
+
+  let measuring = false;
+  let stop = false;
+  let acks = 0;
+  let errors = 0;
+  let delivered = 0;
+  const latencies: number[] = [];
+  let inFlight = 0;
+  let drained: () => void = () => {};
+
+  for (const { teacher } of pairs) {
+    teacher.on('message', () => {
+      if (measuring) delivered++;
+    });
+  }
+  let seq = 0;
+  const send = (lab: Socket, requestId: string) => {
+    const start = performance.now();
+    const counted = measuring;
+    inFlight++;
+    lab.emit('message', { requestId, message: `bench ${seq++}` }, (res: { ok?: boolean }) => {
+      inFlight--;
+      if (counted && measuring) {
+        if (res?.ok) {
+          acks++;
+          if (latencies.length < MAX_SAMPLES) latencies.push(performance.now() - start);
+        } else {
+          errors++;
+        }
+      }
+      if (!stop) send(lab, requestId);
+      else if (inFlight === 0) drained();
+    });
+  };
+  for (const { lab, requestId } of pairs) {
+    for (let i = 0; i < job.window; i++) send(lab, requestId);
+  }
+
+  await sleep(job.warmupMs);
+  measuring = true;
+  const cpu0 = process.cpuUsage();
+  const t0 = performance.now();
+  process.send?.('window-start');
+  await sleep(job.durationMs);
+  process.send?.('window-end');
+  measuring = false;
+  const windowMs = performance.now() - t0;
+  const used = process.cpuUsage(cpu0);
+  stop = true;
+  await Promise.race([new Promise<void>((r) => (drained = r)), sleep(5_000)]);
+  for (const { lab, teacher } of pairs) {
+    lab.close();
+    teacher.close();
+  }
+  return {
+    mode: 'request',
+    acksInWindow: acks,
+    windowMs,
+    latencies,
+    errors,
+    deliveredInWindow: delivered,
+    cpuPercent: ((used.user + used.system) / 1000 / windowMs) * 100,
+  };
+}
