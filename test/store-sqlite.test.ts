@@ -16,7 +16,7 @@ storeSuite('sqlite', async () => {
   };
 });
 
-test('history and receipt queries are served from indexes, never a table scan', () => {
+test('history and receipt queries are served from indexes, never a table scan', async () => {
   const dir = tempDir('charla-plan-');
   const store = new SqliteStore(join(dir, 'charla.db'));
   try {
@@ -45,7 +45,7 @@ test('history and receipt queries are served from indexes, never a table scan', 
       assert.deepEqual(unindexed, [], `${name}: ${plan.join(' | ')}`);
     }
   } finally {
-    void store.close();
+    await store.close();
     rmSync(dir, { recursive: true, force: true });
   }
 });

@@ -8,6 +8,7 @@
  */
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import type {
   NewRequestMessage,
@@ -118,9 +119,13 @@ export function migrate(db: Database.Database): void {
   }
 }
 
+/** How often the checkpointer thread folds the WAL back into the database file. */
+const CHECKPOINT_INTERVAL_MS = 250;
+
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly q;
+  private readonly checkpointer: Worker | undefined;
 
   constructor(path: string) {
     if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
@@ -130,6 +135,18 @@ export class SqliteStore implements Store {
     this.db.pragma('busy_timeout = 5000');
     this.db.pragma('foreign_keys = ON');
     migrate(this.db);
+    if (path !== ':memory:') {
+      // Checkpoints (and their fsyncs) move off the event loop: see sqlite-checkpointer.ts.
+      this.db.pragma('wal_autocheckpoint = 0');
+      this.checkpointer = new Worker(new URL('./sqlite-checkpointer.js', import.meta.url), {
+        workerData: { path, intervalMs: CHECKPOINT_INTERVAL_MS },
+      });
+      this.checkpointer.unref();
+      // Without the thread, SQLite's own checkpoints take over again.
+      this.checkpointer.on('error', () => {
+        if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000');
+      });
+    }
     const db = this.db;
     this.q = {
       getStream: db.prepare<[string], StreamRow>(
@@ -323,6 +340,16 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    const worker = this.checkpointer;
+    if (worker && worker.threadId !== -1) {
+      const stopped = new Promise((resolve) => {
+        worker.once('message', resolve);
+        worker.once('exit', resolve);
+      });
+      worker.postMessage('stop');
+      await stopped;
+    }
+    // The last connection to close checkpoints what is left and removes the WAL.
     if (this.db.open) this.db.close();
   }
 
