@@ -41,27 +41,46 @@ export interface Series {
   points: Array<[number, number]>;
 }
 
-/** A small line chart as SVG text: x and y linear from zero, a legend, grid lines. */
-export function lineChart(title: string, xLabel: string, yLabel: string, series: Series[]): string {
-  const W = 640;
+/**
+ * A small line chart as SVG text: x linear from zero; y linear from zero, or
+ * logarithmic by decades (`log`) when the series differ by orders of magnitude.
+ */
+export function lineChart(
+  title: string,
+  xLabel: string,
+  yLabel: string,
+  series: Series[],
+  opts: { log?: boolean } = {},
+): string {
+  const W = 720;
   const H = 360;
-  const m = { l: 70, r: 150, t: 40, b: 50 };
+  const m = { l: 70, r: 200, t: 40, b: 50 };
   const xs = series.flatMap((s) => s.points.map((p) => p[0]));
   const ys = series.flatMap((s) => s.points.map((p) => p[1])).filter(Number.isFinite);
   const xMax = Math.max(...xs, 1);
-  const yMax = niceCeil(Math.max(...ys, 1e-9));
   const x = (v: number) => m.l + (v / xMax) * (W - m.l - m.r);
-  const y = (v: number) => H - m.b - (v / yMax) * (H - m.t - m.b);
+  const plotH = H - m.t - m.b;
+  let y: (v: number) => number;
+  let ticks: number[];
+  if (opts.log) {
+    const lo = Math.floor(Math.log10(Math.min(...ys.filter((v) => v > 0), 1)));
+    const hi = Math.ceil(Math.log10(Math.max(...ys, 10)));
+    y = (v: number) => H - m.b - ((Math.log10(Math.max(v, 10 ** lo)) - lo) / (hi - lo)) * plotH;
+    ticks = Array.from({ length: hi - lo + 1 }, (_, i) => 10 ** (lo + i));
+  } else {
+    const yMax = niceCeil(Math.max(...ys, 1e-9));
+    y = (v: number) => H - m.b - (v / yMax) * plotH;
+    ticks = Array.from({ length: 6 }, (_, i) => (yMax * i) / 5);
+  }
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${W} ${H}" font-family="system-ui, sans-serif" font-size="12">`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
     `<text x="${m.l}" y="22" font-size="15" font-weight="600">${esc(title)}</text>`,
   ];
-  for (let i = 0; i <= 5; i++) {
-    const v = (yMax * i) / 5;
+  for (const v of ticks) {
     out.push(
       `<line x1="${m.l}" x2="${W - m.r}" y1="${y(v)}" y2="${y(v)}" stroke="#e5e7eb"/>`,
-      `<text x="${m.l - 8}" y="${y(v) + 4}" text-anchor="end" fill="#4b5563">${fmt(v, v < 10 ? 1 : 0)}</text>`,
+      `<text x="${m.l - 8}" y="${y(v) + 4}" text-anchor="end" fill="#4b5563">${fmt(v, v < 10 && v !== Math.round(v) ? 1 : 0)}</text>`,
     );
   }
   for (const v of [...new Set(xs)].sort((a, b) => a - b)) {

@@ -8,10 +8,11 @@
  *   npm run bench -- --quick           fewer points, 1 run: a smoke test
  *   npm run bench -- --only fanout,idle --runs 5
  *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
+ *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -378,6 +379,17 @@ const want = (name: string) => !only || only.includes(name);
 const ratio = (a: number, b: number) => (b > 0 ? `${(a / b).toFixed(2)}×` : '—');
 
 async function main(): Promise<void> {
+  const replot = option('replot');
+  if (replot !== undefined) {
+    // Tables and charts again from a saved results.json, without running anything.
+    Object.assign(results, JSON.parse(readFileSync(replot, 'utf8')).results);
+    const outDir = join(srcBench, 'out');
+    mkdirSync(outDir, { recursive: true });
+    writeFileSync(join(outDir, 'tables.md'), renderTables());
+    writeCharts(outDir);
+    process.stdout.write(`tables and charts in ${outDir}\n`);
+    return;
+  }
   const started = new Date().toISOString();
   process.stderr.write(`charla bench: ${runs} run(s) per point, medians; quick=${quick}\n`);
 
@@ -620,8 +632,9 @@ function writeCharts(outDir: string): void {
     lineChart(
       'Fan-out at max rate: p99 post → receipt',
       'viewers on one stream',
-      'p99 latency (ms)',
+      'p99 latency (ms, log scale)',
       series('p99'),
+      { log: true },
     ),
   );
 }
