@@ -74,6 +74,7 @@ export function lineChart(
   }
   const out: string[] = [
     `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 ${W} ${H}" font-family="system-ui, sans-serif" font-size="12">`,
+    `<title>${esc(title)}</title>`,
     `<rect width="${W}" height="${H}" fill="white"/>`,
     `<text x="${m.l}" y="22" font-size="15" font-weight="600">${esc(title)}</text>`,
   ];
