@@ -25,6 +25,6 @@ parentPort?.on('message', (message) => {
   if (message !== 'stop') return;
   clearInterval(timer);
   db.close();
-  parentPort?.postMessage('stopped');
+  // Nothing is left to keep the thread alive: it exits, and the store's close() resolves.
   parentPort?.close();
 });

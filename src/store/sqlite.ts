@@ -6,6 +6,7 @@
  * the process (the commit is in the OS before the call returns); only a power
  * loss can drop the last commits. PostgreSQL is the choice when that matters.
  */
+import { once } from 'node:events';
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -342,12 +343,11 @@ export class SqliteStore implements Store {
   async close(): Promise<void> {
     const worker = this.checkpointer;
     if (worker && worker.threadId !== -1) {
-      const stopped = new Promise((resolve) => {
-        worker.once('message', resolve);
-        worker.once('exit', resolve);
-      });
+      // The thread is unref'd while it runs; waiting for it must keep the process alive.
+      worker.ref();
+      const exited = once(worker, 'exit');
       worker.postMessage('stop');
-      await stopped;
+      await exited;
     }
     // The last connection to close checkpoints what is left and removes the WAL.
     if (this.db.open) this.db.close();
