@@ -5,6 +5,7 @@
  */
 import { WebSocket } from 'ws';
 import { type RequestJob, type RequestReport, runRequest } from './request-load.js';
+import { measureWindow, sleep } from './window.js';
 import { nowMs, RawClient, stampOf } from './wsraw.js';
 
 export interface FanoutJob {
@@ -66,12 +67,6 @@ export interface ChurnReport {
 }
 
 const MAX_SAMPLES = 200_000;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function cpuPercent(start: NodeJS.CpuUsage, ms: number): number {
-  const u = process.cpuUsage(start);
-  return ((u.user + u.system) / 1000 / ms) * 100;
-}
 
 async function connectViewers(job: FanoutJob, latencies: number[]) {
   const viewers: Array<{ client: RawClient; stream: string; slow: boolean }> = [];
@@ -189,19 +184,22 @@ async function runFanout(job: FanoutJob, waitForStart: () => Promise<void>): Pro
       }
     }, 5);
   }
-  await sleep(job.warmupMs);
-  latencies.length = 0;
-  const f0 = countFrames();
-  const s0 = posters.reduce((n, p) => n + p.sent, 0);
-  const cpu0 = process.cpuUsage();
-  const t0 = performance.now();
-  process.send?.('window-start');
-  await sleep(job.durationMs);
-  process.send?.('window-end');
-  const windowMs = performance.now() - t0;
-  const framesInWindow = countFrames() - f0;
-  const sentInWindow = posters.reduce((n, p) => n + p.sent, 0) - s0;
-  const cpu = cpuPercent(cpu0, windowMs);
+  let framesInWindow = 0;
+  let sentInWindow = 0;
+  const sentSoFar = () => posters.reduce((n, p) => n + p.sent, 0);
+  const { windowMs, cpuPercent: cpu } = await measureWindow(
+    job.warmupMs,
+    job.durationMs,
+    () => {
+      latencies.length = 0;
+      framesInWindow = -countFrames();
+      sentInWindow = -sentSoFar();
+    },
+    () => {
+      framesInWindow += countFrames();
+      sentInWindow += sentSoFar();
+    },
+  );
   const measured = latencies.slice();
   for (const p of posters) p.running = false;
   clearInterval(ticker);
@@ -292,16 +290,16 @@ async function runChurn(job: ChurnJob, waitForStart: () => Promise<void>): Promi
     }
   };
   const loops = Array.from({ length: job.concurrency }, loop);
-  await sleep(job.warmupMs);
-  measuring = true;
-  const cpu0 = process.cpuUsage();
-  const t0 = performance.now();
-  process.send?.('window-start');
-  await sleep(job.durationMs);
-  process.send?.('window-end');
-  measuring = false;
-  const windowMs = performance.now() - t0;
-  const cpu = cpuPercent(cpu0, windowMs);
+  const { windowMs, cpuPercent: cpu } = await measureWindow(
+    job.warmupMs,
+    job.durationMs,
+    () => {
+      measuring = true;
+    },
+    () => {
+      measuring = false;
+    },
+  );
   stop = true;
   await Promise.all(loops);
   return { mode: 'churn', cyclesInWindow: cycles, windowMs, latencies, failures, cpuPercent: cpu };

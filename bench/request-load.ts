@@ -5,6 +5,7 @@
  * acknowledgement means the message is stored, so acks/s is durable messages/s.
  */
 import { io, type Socket } from 'socket.io-client';
+import { measureWindow, sleep } from './window.js';
 
 export interface RequestJob {
   mode: 'request';
@@ -31,7 +32,6 @@ export interface RequestReport {
 }
 
 const MAX_SAMPLES = 200_000;
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function connect(port: number, token: string): Promise<Socket> {
   const socket = io(`http://127.0.0.1:${port}`, {
@@ -104,16 +104,16 @@ export async function runRequest(
     for (let i = 0; i < job.window; i++) send(lab, requestId);
   }
 
-  await sleep(job.warmupMs);
-  measuring = true;
-  const cpu0 = process.cpuUsage();
-  const t0 = performance.now();
-  process.send?.('window-start');
-  await sleep(job.durationMs);
-  process.send?.('window-end');
-  measuring = false;
-  const windowMs = performance.now() - t0;
-  const used = process.cpuUsage(cpu0);
+  const { windowMs, cpuPercent } = await measureWindow(
+    job.warmupMs,
+    job.durationMs,
+    () => {
+      measuring = true;
+    },
+    () => {
+      measuring = false;
+    },
+  );
   stop = true;
   await Promise.race([new Promise<void>((r) => (drained = r)), sleep(5_000)]);
   for (const { lab, teacher } of pairs) {
@@ -127,6 +127,6 @@ export async function runRequest(
     latencies,
     errors,
     deliveredInWindow: delivered,
-    cpuPercent: ((used.user + used.system) / 1000 / windowMs) * 100,
+    cpuPercent,
   };
 }
