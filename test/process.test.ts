@@ -14,6 +14,7 @@ import {
   tempDir,
   userToken,
 } from './helpers.js';
+import { RequestClient } from './request-client.js';
 
 const dir = tempDir();
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -125,6 +126,49 @@ describe('shutdown and restart', () => {
       assert.deepEqual(
         history.body.messages.map((m: { id: string }) => m.id),
         sent,
+      );
+    } finally {
+      assert.equal(await second.stop('SIGINT'), 0);
+    }
+  });
+
+  it('request chat: messages in flight at SIGTERM are stored and acknowledged, or refused', async (t) => {
+    const env = {
+      ...baseEnv('restart-requests'),
+      REQUEST_RATE_LIMIT: '1000/1s',
+      FLOOD_LIMIT: '1000',
+    };
+    const first = await spawnServer(env);
+    const requestId = '6751b6df1ad14eaa13a0cc01';
+    await api(first.url, 'PUT', `/api/requests/${requestId}`, { ownerId: 1 });
+    const teacher = await RequestClient.connect(
+      first.url,
+      await userToken('1', { role: 'TEACHER' }),
+    );
+    assert.equal((await teacher.ask('joinRoom', { requestId })).ok, true);
+    // 100 sends, then SIGTERM at once: every acknowledgement must stand after the restart.
+    const answers = Array.from({ length: 100 }, (_, i) =>
+      teacher.socket
+        .timeout(5_000)
+        .emitWithAck('message', { requestId, message: `m${i}` })
+        .catch(() => ({ ok: false })),
+    );
+    const exit = first.stop('SIGTERM');
+    const acked = (await Promise.all(answers))
+      .filter((a: any) => a.ok)
+      .map((a: any) => a.message._id as string);
+    assert.equal(await exit, 0);
+    teacher.close();
+
+    const second = await spawnServer(env);
+    try {
+      const history = await api(second.url, 'GET', `/api/requests/${requestId}/messages?limit=500`);
+      const stored = new Set(history.body.messages.map((m: { _id: string }) => m._id));
+      t.diagnostic(`${acked.length} of 100 acknowledged before the exit, ${stored.size} stored`);
+      assert.deepEqual(
+        acked.filter((id) => !stored.has(id)),
+        [],
+        `every acknowledged message is stored (${acked.length} acknowledged, ${stored.size} stored)`,
       );
     } finally {
       assert.equal(await second.stop('SIGINT'), 0);
