@@ -488,6 +488,7 @@ describe('request chat limits', () => {
       REQUEST_RATE_LIMIT: '3/60s',
       REQUEST_MESSAGE_MAX_CHARS: '10',
       FLOOD_LIMIT: '30',
+      MAX_FRAME_BYTES: '4096',
     });
   });
   after(async () => {
@@ -521,6 +522,20 @@ describe('request chat limits', () => {
     assert.equal(ex.retry_after_ms, limited.retry_after_ms);
     assert.equal((await other.ask('message', { requestId, message: 'mine' })).ok, true);
     assert.equal((await stored(server, requestId)).length, 4);
+  });
+
+  test('a packet over MAX_FRAME_BYTES closes the connection and stores nothing', async () => {
+    const requestId = await register(server);
+    const c = await joined(server, await labToken('11'), requestId);
+    const other = await joined(server, await teacherToken(), requestId);
+    clients.push(c, other);
+    const gone = c.disconnected();
+    c.socket.emit('message', { requestId, message: 'x'.repeat(5_000) });
+    assert.equal(await gone, 'transport close');
+    await settle();
+    assert.deepEqual(await stored(server, requestId), []);
+    assert.equal(other.of('message').length, 0);
+    assert.equal(other.socket.connected, true);
   });
 
   test('more than FLOOD_LIMIT events in 10 s disconnects the socket', async () => {
