@@ -204,6 +204,8 @@ export class RequestChat {
       switch (event) {
         case 'joinRoom': {
           await requests.authorize(identity, p.requestId);
+          // Joining after the socket left would put it back in the room, for good.
+          if (!socket.connected) return;
           await socket.join(room);
           const page = await requests.history(p.requestId, { limit: this.deps.limits.historyPage });
           socket.emit('roomHistory', { requestId: p.requestId, ...page });
