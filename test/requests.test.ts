@@ -1,0 +1,128 @@
+/**
+ * The request-chat core (`src/core/requests.ts`) without any transport, over a
+ * real SQLite store: who may act, in which order refusals happen, and that a
+ * refusal leaves nothing behind.
+ */
+import assert from 'node:assert/strict';
+import { beforeEach, describe, it } from 'node:test';
+import { pino } from 'pino';
+import { loadConfig } from '../src/config.js';
+import type { Identity } from '../src/core/identity.js';
+import { newId } from '../src/core/ids.js';
+import { Requests } from '../src/core/requests.js';
+import { Metrics } from '../src/observability/metrics.js';
+import { SqliteStore } from '../src/store/sqlite.js';
+
+const limits = loadConfig({
+  JWT_SECRET: 'x'.repeat(32),
+  REQUEST_RATE_LIMIT: '2/60s',
+  REQUEST_MESSAGE_MAX_CHARS: '20',
+  HISTORY_PAGE: '3',
+  HISTORY_MAX_PAGE: '5',
+}).limits;
+
+const who = (userId: string, ...roles: string[]): Identity => ({
+  userId,
+  username: `u${userId}`,
+  roles,
+  expiresAt: undefined,
+});
+const owner = who('1', 'TEACHER');
+const lab = who('7', 'LAB');
+
+describe('Requests', () => {
+  let store: SqliteStore;
+  let requests: Requests;
+  let id: string;
+
+  beforeEach(async () => {
+    store = new SqliteStore(':memory:');
+    requests = new Requests({
+      store,
+      limits,
+      metrics: new Metrics(),
+      log: pino({ level: 'silent' }),
+    });
+    id = newId();
+    await requests.put(id, '1');
+  });
+
+  it('authorizes LAB and the owning TEACHER, under the role they act in', async () => {
+    assert.equal(await requests.authorize(lab, id), 'LAB');
+    assert.equal(await requests.authorize(owner, id), 'TEACHER');
+    // LAB wins when a user holds both roles and does not own the request.
+    assert.equal(await requests.authorize(who('9', 'TEACHER', 'LAB'), id), 'LAB');
+  });
+
+  it('refuses everyone else, and unknown requests', async () => {
+    for (const identity of [who('2', 'TEACHER'), who('1'), who('1', 'STUDENT')]) {
+      await assert.rejects(requests.authorize(identity, id), { code: 'forbidden' });
+    }
+    await assert.rejects(requests.authorize(lab, newId()), { code: 'not_found' });
+  });
+
+  it('stores a message with the role it was sent under', async () => {
+    const { message, duplicate } = await requests.send(owner, id, 'hola', undefined);
+    assert.equal(duplicate, false);
+    assert.deepEqual(message.sender, { id: '1', username: 'u1', role: 'TEACHER' });
+    assert.deepEqual((await requests.history(id, { limit: 10 })).messages, [message]);
+  });
+
+  it('refuses bad text before spending the rate limit, and stores nothing', async () => {
+    await assert.rejects(requests.send(lab, id, ' ', undefined), { code: 'empty_message' });
+    await assert.rejects(requests.send(lab, id, 'x'.repeat(21), undefined), {
+      code: 'message_too_long',
+    });
+    await assert.rejects(requests.send(who('2', 'TEACHER'), id, 'hi', undefined), {
+      code: 'forbidden',
+    });
+    // The two refused sends of this user cost nothing: two are still allowed.
+    await requests.send(lab, id, 'one', undefined);
+    await requests.send(lab, id, 'two', undefined);
+    const third = requests.send(lab, id, 'three', undefined);
+    await assert.rejects(third, (err: { code: string; retryAfterMs: number }) => {
+      assert.equal(err.code, 'rate_limited');
+      assert.ok(err.retryAfterMs > 0 && err.retryAfterMs <= 30_000);
+      return true;
+    });
+    const texts = (await requests.history(id, { limit: 10 })).messages.map((m) => m.message);
+    assert.deepEqual(texts, ['one', 'two']);
+  });
+
+  it('a retried clientMessageId is a duplicate, and costs no second message', async () => {
+    const first = await requests.send(lab, id, 'once', 'k');
+    const again = await requests.send(lab, id, 'once', 'k');
+    assert.equal(again.duplicate, true);
+    assert.deepEqual(again.message, first.message);
+    assert.equal((await requests.history(id, { limit: 10 })).messages.length, 1);
+  });
+
+  it('receipts: deduplicated ids, at most HISTORY_MAX_PAGE, only new ones returned', async () => {
+    const { message } = await requests.send(owner, id, 'x', undefined);
+    const r = await requests.receipts(lab, id, 'read', [message._id, message._id]);
+    assert.deepEqual(r.messages, [message._id]);
+    assert.deepEqual((await requests.receipts(lab, id, 'delivered', [message._id])).messages, []);
+    const tooMany = Array.from({ length: 6 }, () => newId());
+    await assert.rejects(requests.receipts(lab, id, 'delivered', tooMany), {
+      code: 'invalid_payload',
+    });
+    await assert.rejects(requests.receipts(who('3'), id, 'read', [message._id]), {
+      code: 'forbidden',
+    });
+  });
+
+  it('page sizes: HISTORY_PAGE by default, at most HISTORY_MAX_PAGE', () => {
+    assert.equal(requests.pageLimit(undefined), 3);
+    assert.equal(requests.pageLimit(5), 5);
+    assert.throws(() => requests.pageLimit(6), { code: 'invalid_payload' });
+  });
+
+  it('flush waits for writes under way', async () => {
+    let done = false;
+    void requests.send(lab, id, 'pending', undefined).then(() => {
+      done = true;
+    });
+    await requests.flush();
+    assert.equal(done, true);
+  });
+});
