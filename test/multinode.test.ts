@@ -259,6 +259,26 @@ if (await requireServices('postgres', 'redis')) {
         second.deliveredTo.map((r: any) => r.userId),
         ['1'],
       );
+      // One message at a time, teacher on A to lab on B: the node hop of the request chat.
+      const hops: number[] = [];
+      const acks: number[] = [];
+      for (let i = 0; i < 50; i++) {
+        const start = performance.now();
+        const arrived = new Promise<number>((resolve) =>
+          lab.socket.once('message', () => resolve(performance.now())),
+        );
+        const acked = ask(teacher.socket, 'message', { requestId: request, message: `hop ${i}` });
+        assert.equal((await acked).ok, true);
+        acks.push(performance.now() - start);
+        hops.push((await arrived) - start);
+      }
+      t.diagnostic(
+        `request chat, A to B (50 messages, one at a time): ${figures(hops.sort((a, b) => a - b))}`,
+      );
+      t.diagnostic(
+        `acknowledgement on A (stored in PostgreSQL): ${figures(acks.sort((a, b) => a - b))}`,
+      );
+
       const exceptions = [teacher, lab, labElsewhere].flatMap((s) => s.of('exception'));
       assert.deepEqual(exceptions, []);
       for (const s of [teacher, lab, labElsewhere]) s.socket.close();
