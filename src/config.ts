@@ -16,6 +16,12 @@ export interface Limits {
   sendBufferMaxBytes: number;
   historyPage: number;
   historyMaxPage: number;
+  /** Fragments of one WebSocket message before it is refused (1009). */
+  maxFragments: number;
+  /** Heartbeat period; a connection silent for two periods is dropped. */
+  pingIntervalMs: number;
+  /** An upgrade or Socket.IO handshake not completed in this time is cut. */
+  handshakeTimeoutMs: number;
 }
 
 export interface JwtConfig {
@@ -41,6 +47,8 @@ export interface Config {
   /** No JWT key was configured: charla made its own and prints demo tokens. */
   devMode: boolean;
   logLevel: string;
+  /** Bearer token that `GET /metrics` requires when set. */
+  metricsToken: string | undefined;
   limits: Limits;
 }
 
@@ -112,6 +120,10 @@ const schema = z.object({
   SEND_BUFFER_MAX_BYTES: int(1048576, 1024),
   HISTORY_PAGE: int(100),
   HISTORY_MAX_PAGE: int(500),
+  MAX_FRAGMENTS: int(128),
+  PING_INTERVAL_SECONDS: int(25, 1, 3600),
+  HANDSHAKE_TIMEOUT_SECONDS: int(10, 1, 300),
+  METRICS_TOKEN: optionalString,
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -161,6 +173,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     production,
     devMode,
     logLevel: e.LOG_LEVEL,
+    metricsToken: e.METRICS_TOKEN,
     limits: {
       streamMessageMaxChars: e.STREAM_MESSAGE_MAX_CHARS,
       requestMessageMaxChars: e.REQUEST_MESSAGE_MAX_CHARS,
@@ -171,6 +184,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       sendBufferMaxBytes: e.SEND_BUFFER_MAX_BYTES,
       historyPage: e.HISTORY_PAGE,
       historyMaxPage: e.HISTORY_MAX_PAGE,
+      maxFragments: e.MAX_FRAGMENTS,
+      pingIntervalMs: e.PING_INTERVAL_SECONDS * 1000,
+      handshakeTimeoutMs: e.HANDSHAKE_TIMEOUT_SECONDS * 1000,
     },
   };
 }

@@ -19,6 +19,9 @@ describe('loadConfig', () => {
       sendBufferMaxBytes: 1048576,
       historyPage: 100,
       historyMaxPage: 500,
+      maxFragments: 128,
+      pingIntervalMs: 25_000,
+      handshakeTimeoutMs: 10_000,
     });
   });
   it('runs in dev mode with its own secret and API key when no JWT key is set', () => {
