@@ -20,6 +20,7 @@ import { createHttpHandler } from './transport/http.js';
 import { RequestChat, SOCKET_IO_PATH } from './transport/request-io.js';
 import { encodeStreamFrame, type StreamFrame, StreamGateway } from './transport/stream-ws.js';
 import { createWebHandler } from './transport/web.js';
+import { abortHandshake, guard, httpResponse } from './transport/websocket-handshake.js';
 
 export interface App {
   readonly config: Config;
@@ -97,13 +98,18 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     adapter: broker.roomAdapter(),
   });
   server.on('upgrade', (req, socket, head) => {
+    // Before anything else: a reset from here on must not be an unhandled 'error'.
+    guard(socket);
     const key = streamGateway.match(req.url);
     if (key !== undefined) {
-      void streamGateway.handleUpgrade(req, socket, head, key);
+      streamGateway.handleUpgrade(req, socket, head, key).catch((err: unknown) => {
+        log.error({ err }, 'stream upgrade failed');
+        socket.destroy();
+      });
     } else if (req.url?.startsWith(`${SOCKET_IO_PATH}/`)) {
       // Socket.IO's own upgrade listener has it.
     } else {
-      socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
+      abortHandshake(socket, httpResponse('404 Not Found'));
     }
   });
   server.on('clientError', (_err, socket) => {

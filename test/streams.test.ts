@@ -31,8 +31,9 @@ const user = (userId: string): Identity => ({
 class Recorder implements StreamViewer<{ n: number; text: string }> {
   frames: Array<{ n: number; text: string }> = [];
   ended = false;
-  deliver(frame: { n: number; text: string }): void {
+  deliver(frame: { n: number; text: string }): boolean {
     this.frames.push(frame);
+    return true;
   }
   streamEnded(): void {
     this.ended = true;

@@ -8,14 +8,15 @@ import { createServer, type Server } from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { after, before, describe, it } from 'node:test';
-import { handshake, WebSocketConnection } from '../src/transport/websocket.js';
+import { WebSocketConnection } from '../src/transport/websocket.js';
+import { handshake } from '../src/transport/websocket-handshake.js';
 
 const MAX = 1024;
 
 class Recorder extends WebSocketConnection {
   readonly got: Array<[string, string | number]> = [];
   constructor(socket: Duplex) {
-    super(socket, MAX);
+    super(socket, { maxPayload: MAX, maxFragments: 16 });
   }
   protected onText(text: string): void {
     this.got.push(['text', text]);
@@ -23,9 +24,7 @@ class Recorder extends WebSocketConnection {
   protected onBinary(data: Buffer): void {
     this.got.push(['binary', data.length]);
   }
-  protected onFrame(): boolean {
-    return true;
-  }
+  onFrame(): void {}
   protected onClosed(): void {
     this.got.push(['closed', 0]);
   }

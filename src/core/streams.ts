@@ -31,7 +31,8 @@ export type StreamEvent = { kind: 'chat'; message: StreamMessage } | { kind: 'en
  * transport's encoded frame: built once per event, handed to every viewer.
  */
 export interface StreamViewer<F> {
-  deliver(frame: F): void;
+  /** Queues the frame; false when this viewer was skipped (closing, or dropped for being slow). */
+  deliver(frame: F): boolean;
   /** The stream was ended through the API: tell the client and close. */
   streamEnded(): void;
 }
@@ -174,7 +175,12 @@ export class Streams<F> {
   private onEvent(key: string, payload: string): void {
     const audience = this.audiences.get(key);
     if (!audience) return;
-    const event = JSON.parse(payload) as StreamEvent;
+    const event = parseEvent(payload);
+    if (event === undefined) {
+      // Another deployment's prefix, or a node of another version: never fatal here.
+      this.deps.log.warn({ key, bytes: payload.length }, 'ignored a malformed stream event');
+      return;
+    }
     if (event.kind === 'ended') {
       this.audiences.delete(key);
       audience.unsubscribe();
@@ -182,8 +188,9 @@ export class Streams<F> {
       return;
     }
     const frame = this.deps.encode(event.message);
-    for (const viewer of audience.viewers) viewer.deliver(frame);
-    this.deps.metrics.messagesOut.inc({ chat: 'stream' }, audience.viewers.size);
+    let delivered = 0;
+    for (const viewer of audience.viewers) if (viewer.deliver(frame)) delivered++;
+    this.deps.metrics.messagesOut.inc({ chat: 'stream' }, delivered);
   }
 
   /** Connections watching, on this node. */
@@ -192,4 +199,27 @@ export class Streams<F> {
     for (const a of this.audiences.values()) n += a.viewers.size;
     return n;
   }
+}
+
+const isString = (v: unknown): v is string => typeof v === 'string';
+
+/**
+ * A broker payload as a StreamEvent, or undefined when it is not one. The
+ * broker is shared infrastructure: what arrives on a topic is checked like
+ * anything else that crosses a process boundary.
+ */
+export function parseEvent(payload: string): StreamEvent | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(payload);
+  } catch {
+    return undefined;
+  }
+  if (typeof value !== 'object' || value === null) return undefined;
+  const event = value as { kind?: unknown; message?: Record<string, unknown> };
+  if (event.kind === 'ended') return { kind: 'ended' };
+  const m = event.message;
+  if (event.kind !== 'chat' || typeof m !== 'object' || m === null) return undefined;
+  const fields = [m.id, m.streamKey, m.userId, m.username, m.message, m.sentAt];
+  return fields.every(isString) ? (value as StreamEvent) : undefined;
 }

@@ -47,6 +47,16 @@ export function decodeStreamFrame(text: string): StreamClientFrame {
   return { type, data: parsed.data } as StreamClientFrame;
 }
 
+/** The `type` a frame that failed to decode claims to be, if it is an object that names one. */
+export function claimedType(text: string): string | undefined {
+  try {
+    const value: unknown = JSON.parse(text);
+    return isPlainObject(value) && typeof value.type === 'string' ? value.type : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function encodeChat(m: StreamMessage): string {
   return JSON.stringify({
     type: 'chat',

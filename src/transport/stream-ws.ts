@@ -14,14 +14,24 @@ import type { StreamStatus, Streams, StreamViewer } from '../core/streams.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { StreamMessage } from '../store/store.js';
-import { decodeStreamFrame, encodeAuth, encodeChat, encodeError } from './stream-codec.js';
-import { frameText, handshake, WebSocketConnection } from './websocket.js';
+import {
+  claimedType,
+  decodeStreamFrame,
+  encodeAuth,
+  encodeChat,
+  encodeError,
+} from './stream-codec.js';
+import { type ReceiverLimits, WebSocketConnection } from './websocket.js';
+import { abortHandshake, handshake, httpResponse, unguard } from './websocket-handshake.js';
+import { frameText } from './websocket-sender.js';
 
 const PATH = /^\/ws\/streams\/([^/?#]*)\/?$/;
 /** setTimeout's ceiling; longer token lifetimes re-arm the timer. */
 const MAX_TIMER_MS = 2_147_483_647;
 /** How long a connection closed for a full send buffer may linger before it is cut. */
 const SLOW_CLOSE_GRACE_MS = 1_000;
+/** How long a refused connection (unknown or ended stream) may take to hear why. */
+const REFUSAL_GRACE_MS = 2_000;
 
 /**
  * The transport's frame: a complete, unmasked WebSocket text frame (RFC 6455
@@ -55,12 +65,24 @@ export function tokenOf(req: IncomingMessage): string | undefined {
 }
 
 export class StreamGateway {
+  /** Every connection whose socket is not closed yet, closing ones included. */
   readonly connections = new Set<StreamConnection>();
+  /** The decoder's limits, one object shared by every connection. */
+  readonly receiverLimits: ReceiverLimits;
   private corked: StreamConnection[] = [];
   /** Resolves `closeAll` once the last connection is gone. */
   private drained: (() => void) | undefined;
+  private readonly heartbeat: NodeJS.Timeout;
+  private closing = false;
 
-  constructor(readonly deps: StreamGatewayDeps) {}
+  constructor(readonly deps: StreamGatewayDeps) {
+    this.receiverLimits = {
+      maxPayload: deps.limits.maxFrameBytes,
+      maxFragments: deps.limits.maxFragments,
+    };
+    this.heartbeat = setInterval(() => this.beat(), deps.limits.pingIntervalMs);
+    this.heartbeat.unref();
+  }
 
   /** The raw stream key when `url` is a stream endpoint, else undefined. */
   match(url: string | undefined): string | undefined {
@@ -75,6 +97,11 @@ export class StreamGateway {
     }
   }
 
+  /**
+   * Completes or refuses an upgrade to `/ws/streams/{key}/`. The socket must
+   * already be guarded (`websocket-handshake.ts`): the checks below wait on
+   * storage and on the token, and the peer may reset meanwhile.
+   */
   async handleUpgrade(
     req: IncomingMessage,
     socket: Duplex,
@@ -83,25 +110,42 @@ export class StreamGateway {
   ): Promise<void> {
     const { accept, response } = handshake(req);
     if (!accept) {
-      socket.end(response);
+      abortHandshake(socket, response);
+      return;
+    }
+    if (this.closing) {
+      abortHandshake(socket, httpResponse('503 Service Unavailable'));
       return;
     }
     const token = tokenOf(req);
-    let status: StreamStatus;
-    let auth: ConnectAuth;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<undefined>((resolve) => {
+      timer = setTimeout(() => resolve(undefined), this.deps.limits.handshakeTimeoutMs);
+    });
+    let checked: [StreamStatus, ConnectAuth] | undefined;
     try {
-      [status, auth] = await Promise.all([
-        this.deps.streams.status(key),
-        token === undefined ? null : this.verify(token),
+      checked = await Promise.race([
+        Promise.all([
+          this.deps.streams.status(key),
+          token === undefined ? null : this.verify(token),
+        ]),
+        deadline,
       ]);
     } catch (err) {
       this.deps.log.error({ err }, 'stream upgrade failed');
-      socket.end('HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\r\n');
+    } finally {
+      clearTimeout(timer);
+    }
+    if (socket.destroyed || !socket.writable) {
+      socket.destroy();
       return;
     }
-    if (socket.destroyed || !socket.writable) return;
+    if (checked === undefined || this.closing) {
+      abortHandshake(socket, httpResponse('503 Service Unavailable'));
+      return;
+    }
     socket.write(response);
-    this.open(socket, head, key, status, auth);
+    this.open(socket, head, key, checked[0], checked[1]);
   }
 
   /**
@@ -120,16 +164,36 @@ export class StreamGateway {
     for (const conn of corked) conn.uncork();
   };
 
-  /** Closes every connection with 1001 and resolves when they are gone (or cut). */
+  /**
+   * Refuses new upgrades, closes every connection with 1001 and resolves
+   * when every socket is closed (those still open after `timeoutMs` are cut).
+   */
   async closeAll(timeoutMs: number): Promise<void> {
+    this.closing = true;
+    clearInterval(this.heartbeat);
     if (this.connections.size === 0) return;
     const drained = new Promise<void>((resolve) => {
       this.drained = resolve;
     });
     for (const c of [...this.connections]) c.shutdown(timeoutMs);
-    const timer = new Promise<void>((resolve) => setTimeout(resolve, timeoutMs).unref());
-    await Promise.race([drained, timer]);
+    let timer: NodeJS.Timeout | undefined;
+    const cut = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, timeoutMs);
+    });
+    await Promise.race([drained, cut]);
+    clearTimeout(timer);
     for (const c of this.connections) c.socket.destroy();
+    await drained;
+  }
+
+  /** Pings every open connection and drops those that stopped answering. */
+  private beat(): void {
+    const now = Date.now();
+    for (const c of this.connections) {
+      if (!c.heartbeat(now, this.deps.limits.pingIntervalMs)) {
+        this.deps.metrics.disconnects.inc({ reason: 'heartbeat' });
+      }
+    }
   }
 
   private async verify(token: string): Promise<ConnectAuth> {
@@ -147,17 +211,22 @@ export class StreamGateway {
     status: StreamStatus,
     auth: ConnectAuth,
   ): void {
-    const maxPayload = this.deps.limits.maxFrameBytes;
     if (status !== 'open') {
       const ended = status === 'ended';
       const err = new ChatError(ended ? 'stream_ended' : 'stream_not_found');
       this.deps.metrics.error(err.code);
-      const refusal = new Refusal(socket, maxPayload);
+      const refusal = new Refusal(socket, this.receiverLimits);
+      unguard(socket);
       refusal.write(frameText(encodeError(err)));
-      refusal.close(ended ? CloseCode.streamEnded : CloseCode.streamNotFound, err.code);
+      refusal.close(
+        ended ? CloseCode.streamEnded : CloseCode.streamNotFound,
+        err.code,
+        REFUSAL_GRACE_MS,
+      );
       return;
     }
-    const conn = new StreamConnection(this, socket, maxPayload, key);
+    const conn = new StreamConnection(this, socket, key);
+    unguard(socket);
     this.connections.add(conn);
     this.deps.metrics.connections.inc({ chat: 'stream' });
     this.deps.streams.join(key, conn);
@@ -167,7 +236,7 @@ export class StreamGateway {
     if (head.length > 0) conn.read(head);
   }
 
-  /** Called once per connection, when it starts closing or its socket is gone. */
+  /** Called once per connection, when its socket is closed. */
   forget(conn: StreamConnection): void {
     if (!this.connections.delete(conn)) return;
     this.deps.streams.leave(conn.key, conn);
@@ -180,9 +249,7 @@ export class StreamGateway {
 class Refusal extends WebSocketConnection {
   protected onText(): void {}
   protected onBinary(): void {}
-  protected onFrame(): boolean {
-    return false;
-  }
+  onFrame(): void {}
   protected onClosed(): void {}
   protected onSocketError(): void {}
 }
@@ -192,42 +259,38 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   identity: Identity | null = null;
   private expiry: NodeJS.Timeout | undefined;
   private readonly flood: FloodCounter;
-  /** Frames that arrived while an `auth` was being verified, handled in order after it. */
+  /**
+   * Frames that arrived while an `auth` was being verified, handled in order
+   * after it. Reading pauses meanwhile, so this holds at most one read's worth.
+   */
   private backlog: string[] | null = null;
   private corked = false;
-  /** Bytes written while corked in the current turn. */
+  /** Bytes of shared frames queued while corked in the current turn. */
   private turnBytes = 0;
 
   constructor(
     private readonly gateway: StreamGateway,
     socket: Duplex,
-    maxPayload: number,
     readonly key: string,
   ) {
-    super(socket, maxPayload);
+    super(socket, gateway.receiverLimits);
     this.flood = new FloodCounter(gateway.deps.limits.floodLimit);
   }
 
   /**
-   * Writes the shared frame. The socket stays corked for the rest of this
-   * event-loop turn, so every frame of the turn leaves in one write.
+   * Writes the shared frame; false when the viewer was skipped. The socket
+   * stays corked for the rest of this event-loop turn, so every frame of the
+   * turn leaves in one write.
    */
-  deliver(frame: StreamFrame): void {
-    // A peer that hung up stays in the audience until its socket closes; writing
-    // to it would only build a write-after-end error.
-    if (this.state !== 'open' || !this.socket.writable) return;
-    // What earlier turns left unsent is what this viewer failed to read; the
-    // bytes of this turn are still corked and say nothing about the reader.
-    if (this.socket.writableLength - this.turnBytes > this.gateway.deps.limits.sendBufferMaxBytes) {
-      this.slowClose();
-      return;
-    }
+  deliver(frame: StreamFrame): boolean {
+    if (!this.fits(frame)) return false;
     if (!this.corked) {
       this.corked = true;
       this.gateway.corkForTurn(this);
     }
     this.turnBytes += frame.length;
     this.socket.write(frame);
+    return true;
   }
 
   uncork(): void {
@@ -242,7 +305,28 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   }
 
   sendText(text: string): void {
-    this.write(frameText(text));
+    const bytes = frameText(text);
+    if (this.fits(bytes)) this.socket.write(bytes);
+  }
+
+  /**
+   * Whether `frame` may be queued: the connection is open, and what earlier
+   * turns left unsent plus this frame stays within SEND_BUFFER_MAX_BYTES. A
+   * viewer that would pass the bound is closed (1013) instead.
+   *
+   * The shared frames of the current turn are not counted: they are still
+   * corked, say nothing about the reader, and cost this connection only a
+   * reference each (every viewer holds the same bytes). From the next turn
+   * on, whatever of them the reader has not taken counts.
+   */
+  private fits(frame: Buffer): boolean {
+    // A peer that hung up stays in the audience until its socket closes; writing
+    // to it would only build a write-after-end error.
+    if (this.state !== 'open' || !this.socket.writable) return false;
+    const unread = this.socket.writableLength - this.turnBytes;
+    if (unread + frame.length <= this.gateway.deps.limits.sendBufferMaxBytes) return true;
+    this.slowClose();
+    return false;
   }
 
   sendError(err: ChatError): void {
@@ -254,18 +338,19 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
     clearTimeout(this.expiry);
     this.expiry = undefined;
     this.identity = identity;
-    if (identity?.expiresAt !== undefined) this.armExpiry(identity.expiresAt);
+    if (identity?.expiresAt !== undefined && this.state === 'open') {
+      this.armExpiry(identity.expiresAt);
+    }
   }
 
   shutdown(graceMs: number): void {
     this.end(CloseCode.goingAway, 'server shutting down', graceMs);
   }
 
-  protected onFrame(): boolean {
-    if (!this.flood.hit(Date.now())) return true;
+  onFrame(): void {
+    if (!this.flood.hit(Date.now()) || this.state !== 'open') return;
     this.gateway.deps.metrics.disconnects.inc({ reason: 'flood' });
     this.end(CloseCode.policyViolation, 'flood');
-    return false;
   }
 
   protected onBinary(): void {
@@ -279,6 +364,8 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
 
   protected onClosed(): void {
     clearTimeout(this.expiry);
+    this.expiry = undefined;
+    this.backlog = null;
     this.gateway.forget(this);
   }
 
@@ -286,11 +373,15 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
     this.gateway.deps.log.debug({ err: err.message, key: this.key }, 'stream socket error');
   }
 
-  /** Leaves the stream at once and starts the close handshake. */
+  /**
+   * Leaves the stream at once and starts the close handshake; the gateway
+   * forgets the connection when its socket is closed.
+   */
   private end(code: number, reason: string, graceMs?: number): void {
     if (this.state !== 'open') return;
     clearTimeout(this.expiry);
-    this.gateway.forget(this);
+    this.expiry = undefined;
+    this.gateway.deps.streams.leave(this.key, this);
     this.close(code, reason, graceMs);
   }
 
@@ -328,21 +419,33 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
         this.gateway.deps.log.error({ err, key: this.key }, 'stream frame failed');
       }
       this.sendError(asChatError(err));
+      // Every `auth` is answered with `auth`: a malformed one leaves the connection anonymous.
+      if (claimedType(text) === 'auth') {
+        this.setIdentity(null);
+        this.sendText(encodeAuth(false));
+      }
     }
   }
 
   /** Identity is always the last token presented; frames after it wait for the answer. */
   private async authenticate(token: string): Promise<void> {
     this.backlog = [];
+    this.socket.pause();
+    let identity: Identity | null = null;
+    let error: ChatError | undefined;
     try {
-      this.setIdentity(await this.gateway.deps.verifier.verify(token));
+      identity = await this.gateway.deps.verifier.verify(token);
     } catch (err) {
-      this.setIdentity(null);
-      this.sendError(asChatError(err));
+      error = asChatError(err);
     }
-    this.sendText(encodeAuth(this.identity !== null));
-    const waiting = this.backlog;
+    // A connection that closed meanwhile keeps nothing: no identity, no timer.
+    if (this.state !== 'open') return;
+    this.setIdentity(identity);
+    if (error) this.sendError(error);
+    this.sendText(encodeAuth(identity !== null));
+    const waiting = this.backlog ?? [];
     this.backlog = null;
+    this.socket.resume();
     for (const text of waiting) {
       if (this.state !== 'open') return;
       if (this.backlog) (this.backlog as string[]).push(text);
