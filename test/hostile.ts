@@ -30,7 +30,7 @@ export async function startWatched(env: Record<string, string> = {}): Promise<Wa
     DATABASE_URL: `sqlite:${join(dir, 'charla.db')}`,
     JWT_SECRET: SECRET,
     API_KEY,
-    LOG_LEVEL: 'warn',
+    LOG_LEVEL: 'info',
     ...env,
   });
   const pid = server.child.pid as number;
@@ -92,10 +92,21 @@ export async function assertRecovered(
 
 export const mb = (bytes: number) => `${(bytes / 1048576).toFixed(1)} MB`;
 
-/** A raw TCP connection to the server, with an error listener so resets stay quiet. */
-export function rawSocket(server: { host: string; port: number }): Promise<Socket> {
+/**
+ * A raw TCP connection to the server, with an error listener so resets stay
+ * quiet. `halfOpen`: the peer keeps its side open after the server's FIN, as
+ * a careless or hostile client may.
+ */
+export function rawSocket(
+  server: { host: string; port: number },
+  opts: { halfOpen?: boolean } = {},
+): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const socket = connect(server.port, server.host);
+    const socket = connect({
+      port: server.port,
+      host: server.host,
+      allowHalfOpen: opts.halfOpen ?? false,
+    });
     socket.on('error', () => {});
     socket.once('connect', () => {
       socket.off('error', reject);
@@ -199,10 +210,12 @@ export async function rawStream(
   server: { host: string; port: number },
   key: string,
   headers: Record<string, string | null> = {},
+  opts: { halfOpen?: boolean } = {},
 ): Promise<Socket> {
-  const socket = await rawSocket(server);
+  const socket = await rawSocket(server, opts);
   socket.write(upgradeRequest(`/ws/streams/${key}/`, headers));
-  await waitFor(socket, '\r\n\r\n');
+  const head = await waitFor(socket, '\r\n\r\n');
+  if (!head.startsWith('HTTP/1.1 101')) throw new Error(`upgrade refused: ${head}`);
   return socket;
 }
 
