@@ -7,9 +7,10 @@ import assert from 'node:assert/strict';
 import { beforeEach, describe, it } from 'node:test';
 import { pino } from 'pino';
 import { loadConfig } from '../src/config.js';
+import { Gate } from '../src/core/gate.js';
 import type { Identity } from '../src/core/identity.js';
 import { newId } from '../src/core/ids.js';
-import { Requests } from '../src/core/requests.js';
+import { fitPage, Requests } from '../src/core/requests.js';
 import { Metrics } from '../src/observability/metrics.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 
@@ -124,5 +125,53 @@ describe('Requests', () => {
     });
     await requests.flush();
     assert.equal(done, true);
+  });
+});
+
+describe('bounds on what one client can cost', () => {
+  it('fitPage keeps the newest messages that fit, at least one, and says there is more', () => {
+    const messages = ['a', 'b', 'c', 'd'].map((m) => ({ m: m.repeat(10) }));
+    const one = Buffer.byteLength(JSON.stringify(messages[0]));
+    assert.deepEqual(fitPage({ messages, hasMore: false }, one * 4), { messages, hasMore: false });
+    assert.deepEqual(fitPage({ messages, hasMore: false }, one * 2 + 1), {
+      messages: messages.slice(2),
+      hasMore: true,
+    });
+    assert.deepEqual(fitPage({ messages, hasMore: false }, 1), {
+      messages: messages.slice(3),
+      hasMore: true,
+    });
+    assert.deepEqual(fitPage({ messages: [], hasMore: false }, 1), {
+      messages: [],
+      hasMore: false,
+    });
+  });
+
+  it('a Gate runs a few at once, queues a few more in order and refuses the rest', async () => {
+    const gate = new Gate(1, 1, () => new Error('refused'));
+    const order: string[] = [];
+    let release: () => void = () => {};
+    const first = gate.run(
+      () =>
+        new Promise<void>((resolve) => {
+          order.push('first');
+          release = resolve;
+        }),
+    );
+    const second = gate.run(async () => {
+      order.push('second');
+    });
+    await assert.rejects(
+      gate.run(async () => {}),
+      /refused/,
+    );
+    assert.deepEqual(order, ['first']);
+    release();
+    await Promise.all([first, second]);
+    assert.deepEqual(order, ['first', 'second']);
+    await gate.run(async () => {
+      order.push('third');
+    });
+    assert.deepEqual(order.at(-1), 'third');
   });
 });

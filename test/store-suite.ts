@@ -164,10 +164,24 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
         withStore(async (s) => {
           const id = newId();
           assert.equal(await s.getRequest(id), undefined);
-          assert.deepEqual(await s.putRequest(id, '1'), { created: true });
+          assert.deepEqual(await s.putRequest(id, '1'), { created: true, previousOwnerId: null });
           assert.deepEqual(await s.getRequest(id), { id, ownerId: '1' });
-          assert.deepEqual(await s.putRequest(id, '2'), { created: false });
+          assert.deepEqual(await s.putRequest(id, '2'), { created: false, previousOwnerId: '1' });
           assert.deepEqual(await s.getRequest(id), { id, ownerId: '2' });
+          assert.deepEqual(await s.putRequest(id, '2'), { created: false, previousOwnerId: '2' });
+        }));
+
+      it('reports each replaced owner exactly once under concurrent owner changes', () =>
+        withStore(async (s) => {
+          const id = newId();
+          const owners = Array.from({ length: 12 }, (_, i) => `owner-${i}`);
+          const results = await Promise.all(owners.map((o) => s.putRequest(id, o)));
+          const final = (await s.getRequest(id))?.ownerId as string;
+          // The calls form one chain: exactly one created the request, and every
+          // owner but the last was replaced by exactly one later call.
+          assert.equal(results.filter((r) => r.created).length, 1);
+          const previous = results.map((r) => r.previousOwnerId).filter((p) => p !== null);
+          assert.deepEqual(previous.sort(), owners.filter((o) => o !== final).sort());
         }));
 
       it('stores a message and returns it with empty receipts', () =>

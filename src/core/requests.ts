@@ -26,6 +26,13 @@ export interface Sent {
   duplicate: boolean;
 }
 
+/** A request changed hands: the previous owner may no longer act in it. */
+export interface OwnerChange {
+  requestId: string;
+  previousOwnerId: string;
+  ownerId: string;
+}
+
 export interface Receipts {
   /** The ids whose receipt is new; the rest were ignored or already recorded. */
   messages: string[];
@@ -36,14 +43,43 @@ export class Requests {
   private readonly rate: RateLimiter;
   /** Writes under way, so that shutdown waits for them before closing the store. */
   private readonly inFlight = new Set<Promise<unknown>>();
+  private readonly ownerListeners = new Set<(change: OwnerChange) => void>();
 
   constructor(private readonly deps: RequestsDeps) {
     this.rate = new RateLimiter(deps.limits.requestRate);
   }
 
-  /** Registers a request and its owning teacher; a new owner replaces the old. */
-  put(requestId: string, ownerId: string): Promise<{ created: boolean }> {
-    return this.deps.store.putRequest(requestId, ownerId);
+  /**
+   * Registers a request and its owning teacher; a new owner replaces the old,
+   * and `onOwnerChange` listeners hear of it once the change is committed.
+   */
+  async put(
+    requestId: string,
+    ownerId: string,
+  ): Promise<{ created: boolean; previousOwnerId: string | null }> {
+    const result = await this.deps.store.putRequest(requestId, ownerId);
+    const previous = result.previousOwnerId;
+    if (previous !== null && previous !== ownerId) {
+      const change = { requestId, previousOwnerId: previous, ownerId };
+      for (const listener of this.ownerListeners) {
+        try {
+          listener(change);
+        } catch (err) {
+          // The change is stored; one failing listener must not hide it from the rest.
+          this.deps.log.error({ err, requestId }, 'owner change listener failed');
+        }
+      }
+    }
+    return result;
+  }
+
+  /**
+   * Calls `listener` after each committed change of a request's owner made
+   * through this node; the transport spreads its effect to the other nodes.
+   */
+  onOwnerChange(listener: (change: OwnerChange) => void): () => void {
+    this.ownerListeners.add(listener);
+    return () => this.ownerListeners.delete(listener);
   }
 
   async exists(requestId: string): Promise<boolean> {
@@ -121,8 +157,19 @@ export class Requests {
     });
   }
 
-  history(requestId: string, query: PageQuery): Promise<Page<RequestMessage>> {
-    return this.deps.store.requestHistory(requestId, query);
+  /**
+   * A page of history, oldest first. With `maxBytes`, only the newest messages
+   * whose JSON encoding fits in it are kept (always at least one), and
+   * `hasMore` turns true when some were left out: the client pages on with
+   * `before`, and no answer costs more to send than the caller can afford.
+   */
+  async history(
+    requestId: string,
+    query: PageQuery,
+    maxBytes?: number,
+  ): Promise<Page<RequestMessage>> {
+    const page = await this.deps.store.requestHistory(requestId, query);
+    return maxBytes === undefined ? page : fitPage(page, maxBytes);
   }
 
   /** A page size from a client: the default page, or `limit` within the maximum. */
@@ -149,4 +196,18 @@ export class Requests {
     p.then(done, done);
     return p;
   }
+}
+
+/** The newest messages of `page` whose JSON adds up to at most `maxBytes`; at least one. */
+export function fitPage<T>(page: Page<T>, maxBytes: number): Page<T> {
+  const { messages } = page;
+  let bytes = 0;
+  let first = messages.length;
+  while (first > 0) {
+    const size = Buffer.byteLength(JSON.stringify(messages[first - 1]));
+    if (bytes + size > maxBytes && first < messages.length) break;
+    bytes += size;
+    first -= 1;
+  }
+  return first === 0 ? page : { messages: messages.slice(first), hasMore: true };
 }

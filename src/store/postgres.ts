@@ -17,6 +17,7 @@ import type {
   NewRequestMessage,
   Page,
   PageQuery,
+  PutRequestResult,
   ReceiptKind,
   RequestMessage,
   RequestRecord,
@@ -251,14 +252,28 @@ export class PostgresStore implements Store {
     return { messages, hasMore };
   }
 
-  async putRequest(id: string, ownerId: string): Promise<{ created: boolean }> {
-    const rows = await this.query<{ created: boolean }>(
-      `INSERT INTO requests (id, owner_id, created_at, updated_at) VALUES ($1, $2, $3, $3)
-       ON CONFLICT (id) DO UPDATE SET owner_id = excluded.owner_id, updated_at = excluded.updated_at
-       RETURNING (xmax = 0) AS created`,
-      [id, ownerId, new Date()],
-    );
-    return { created: rows[0]?.created === true };
+  async putRequest(id: string, ownerId: string): Promise<PutRequestResult> {
+    // ON CONFLICT's RETURNING sees only the new row. The row lock taken in the
+    // subquery makes "read the old owner, write the new" one step under
+    // concurrency; a request inserted by someone else between our two
+    // statements sends us round again, to replace that owner.
+    for (;;) {
+      const now = new Date();
+      const [updated] = await this.query<{ previous: string }>(
+        `UPDATE requests r SET owner_id = $2, updated_at = $3
+         FROM (SELECT id, owner_id FROM requests WHERE id = $1 FOR UPDATE) old
+         WHERE r.id = old.id
+         RETURNING old.owner_id AS previous`,
+        [id, ownerId, now],
+      );
+      if (updated) return { created: false, previousOwnerId: updated.previous };
+      const inserted = await this.query(
+        `INSERT INTO requests (id, owner_id, created_at, updated_at) VALUES ($1, $2, $3, $3)
+         ON CONFLICT (id) DO NOTHING RETURNING id`,
+        [id, ownerId, now],
+      );
+      if (inserted.length > 0) return { created: true, previousOwnerId: null };
+    }
   }
 
   async getRequest(id: string): Promise<RequestRecord | undefined> {

@@ -15,6 +15,7 @@ import type {
   NewRequestMessage,
   Page,
   PageQuery,
+  PutRequestResult,
   Receipt,
   ReceiptKind,
   RequestMessage,
@@ -274,11 +275,11 @@ export class SqliteStore implements Store {
     return { messages, hasMore };
   }
 
-  async putRequest(id: string, ownerId: string): Promise<{ created: boolean }> {
+  async putRequest(id: string, ownerId: string): Promise<PutRequestResult> {
     return this.db.transaction(() => {
-      const created = this.q.getRequest.get(id) === undefined;
+      const previous = this.q.getRequest.get(id);
       this.q.upsertRequest.run({ id, ownerId, now: new Date().toISOString() });
-      return { created };
+      return { created: previous === undefined, previousOwnerId: previous?.owner_id ?? null };
     })();
   }
 

@@ -34,6 +34,12 @@ export interface RequestRecord {
   ownerId: string;
 }
 
+export interface PutRequestResult {
+  created: boolean;
+  /** The owner before this call; null when the call created the request. */
+  previousOwnerId: string | null;
+}
+
 export interface Receipt {
   userId: string;
   at: string;
@@ -82,8 +88,13 @@ export interface Store {
   appendStreamMessages(messages: readonly StreamMessage[]): Promise<void>;
   streamHistory(key: string, query: PageQuery): Promise<Page<StreamMessage>>;
 
-  /** Registers a request and its owner; a new owner replaces the old. */
-  putRequest(id: string, ownerId: string): Promise<{ created: boolean }>;
+  /**
+   * Registers a request and its owner; a new owner replaces the old. Reports
+   * the owner this call replaced (null when it created the request), read
+   * and replaced atomically: of concurrent calls, each reports the owner the
+   * one before it set, so every owner that was replaced is reported once.
+   */
+  putRequest(id: string, ownerId: string): Promise<PutRequestResult>;
   getRequest(id: string): Promise<RequestRecord | undefined>;
   addRequestMessage(
     message: NewRequestMessage,

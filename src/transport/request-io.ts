@@ -9,20 +9,27 @@ import { type ExtendedError, Server, type Socket } from 'socket.io';
 import type { RoomAdapter } from '../broker/broker.js';
 import type { Limits } from '../config.js';
 import { asChatError, ChatError } from '../core/errors.js';
-import { bearerToken, type Identity, type TokenVerifier } from '../core/identity.js';
+import { Gate } from '../core/gate.js';
+import { bearerToken, hasRole, type Identity, type TokenVerifier } from '../core/identity.js';
 import { isObjectId, normalizeId } from '../core/ids.js';
-import { FloodCounter } from '../core/limits.js';
 import type { Requests } from '../core/requests.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Page, RequestMessage } from '../store/store.js';
 import { decodeRequestEvent, isRequestEvent, type RequestEvent } from './request-codec.js';
+import { type Conn, Wire } from './request-wire.js';
 
 export const SOCKET_IO_PATH = '/socket.io';
 /** setTimeout's ceiling; longer token lifetimes re-arm the timer. */
 const MAX_TIMER_MS = 2_147_483_647;
-/** How often send buffers are measured against SEND_BUFFER_MAX_BYTES. */
-const BUFFER_CHECK_MS = 1_000;
+/**
+ * History reads (`joinRoom`, `loadHistory`) one socket may have running at
+ * once, and queued behind those; more are refused with `rate_limited`. Reads
+ * that pile up would hold their pages in memory however the client behaves.
+ */
+const HISTORY_READS_RUNNING = 2;
+const HISTORY_READS_WAITING = 16;
+const HISTORY_RETRY_AFTER_MS = 250;
 
 type Ack = (response: unknown) => void;
 
@@ -64,6 +71,18 @@ interface ServerEvents {
 type ChatSocket = Socket<Record<string, never>, ServerEvents, Record<string, never>, SocketData>;
 
 export const roomOf = (requestId: string) => `request:${requestId}`;
+/**
+ * Every socket of a user who acts as a TEACHER only (not also LAB), so that
+ * an owner change can take all of them out of the request's room at once, on
+ * every node, through the adapter.
+ */
+export const teacherRoomOf = (userId: string) => `teacher:${userId}`;
+
+/** What the gateway keeps per socket besides Socket.IO's own state. */
+interface Session {
+  wire: Wire;
+  historyReads: Gate;
+}
 
 /** The handshake's token: `auth: {token}`, `Authorization: Bearer`, or `?token=`. */
 function handshakeToken(socket: ChatSocket): string | undefined {
@@ -82,24 +101,16 @@ function refusal(err: ChatError): ExtendedError {
   return e;
 }
 
-/** Bytes waiting to be sent to one client, in Engine.IO's buffer and the WebSocket's. */
-function bufferedBytes(socket: ChatSocket): number {
-  // biome-ignore lint/suspicious/noExplicitAny: Engine.IO internals, read-only.
-  const conn = socket.conn as any;
-  let bytes = 0;
-  for (const packet of conn.writeBuffer ?? []) {
-    const data = packet.data;
-    if (typeof data === 'string') bytes += data.length;
-    else if (data?.byteLength !== undefined) bytes += data.byteLength;
-  }
-  const ws = conn.transport?.socket;
-  if (typeof ws?.bufferedAmount === 'number') bytes += ws.bufferedAmount;
-  return bytes;
-}
-
 export class RequestChat {
   readonly io: Server<Record<string, never>, ServerEvents, Record<string, never>, SocketData>;
-  private readonly sweep: NodeJS.Timeout;
+  private readonly wires = new WeakMap<Conn, Wire>();
+  private readonly sessions = new WeakMap<ChatSocket, Session>();
+  private readonly stopOwnerChanges: () => void;
+  /**
+   * The most a history page may weigh, as JSON: half the send buffer, so a
+   * client that has read what it was sent can always take a whole page.
+   */
+  private readonly historyBytes: number;
 
   constructor(
     server: HttpServer,
@@ -112,6 +123,13 @@ export class RequestChat {
       destroyUpgrade: false,
       perMessageDeflate: false,
       maxHttpBufferSize: deps.limits.maxFrameBytes,
+      // A client silent for two intervals is gone: a ping goes out after one
+      // interval and the pong is awaited for one more.
+      pingInterval: deps.limits.pingIntervalMs,
+      pingTimeout: deps.limits.pingIntervalMs,
+      // Engine.IO open but no namespace joined, or a transport upgrade left half done.
+      connectTimeout: deps.limits.handshakeTimeoutMs,
+      upgradeTimeout: deps.limits.handshakeTimeoutMs,
       // Tokens, not cookies, authenticate: any origin may connect with one.
       cors: { origin: '*' },
       ...(deps.adapter ? { adapter: deps.adapter } : {}),
@@ -131,20 +149,49 @@ export class RequestChat {
         },
       );
     });
+    this.historyBytes = Math.floor(deps.limits.sendBufferMaxBytes / 2);
+    // Watched from the Engine.IO handshake on, before any namespace is joined.
+    this.io.engine.on('connection', (conn: Conn) => {
+      this.wires.set(
+        conn,
+        new Wire(conn, deps.limits, (reason) => deps.metrics.disconnects.inc({ reason })),
+      );
+    });
     this.io.on('connection', (socket) => this.open(socket));
-    this.sweep = setInterval(() => this.dropSlowClients(), BUFFER_CHECK_MS);
-    this.sweep.unref();
+    this.stopOwnerChanges = deps.requests.onOwnerChange(({ requestId, previousOwnerId }) => {
+      // The adapter carries this to every node. A user who is also LAB keeps
+      // access and is not in the teacher room.
+      this.io.in(teacherRoomOf(previousOwnerId)).socketsLeave(roomOf(requestId));
+    });
   }
 
   /** Disconnects every local socket (clients reconnect elsewhere) and stops. */
   async close(): Promise<void> {
-    clearInterval(this.sweep);
+    this.stopOwnerChanges();
     await this.io.close();
   }
 
   private open(socket: ChatSocket): void {
     const { deps } = this;
-    const flood = new FloodCounter(deps.limits.floodLimit);
+    const wire =
+      this.wires.get(socket.conn) ??
+      new Wire(socket.conn, deps.limits, (reason) => deps.metrics.disconnects.inc({ reason }));
+    wire.socket = socket;
+    const historyReads = new Gate(
+      HISTORY_READS_RUNNING,
+      HISTORY_READS_WAITING,
+      () =>
+        new ChatError(
+          'rate_limited',
+          `At most ${HISTORY_READS_RUNNING + HISTORY_READS_WAITING} history reads at a time per connection.`,
+          { retryAfterMs: HISTORY_RETRY_AFTER_MS },
+        ),
+    );
+    this.sessions.set(socket, { wire, historyReads });
+    const { identity } = socket.data;
+    if (hasRole(identity, 'TEACHER') && !hasRole(identity, 'LAB')) {
+      void socket.join(teacherRoomOf(identity.userId));
+    }
     let expiry: NodeJS.Timeout | undefined;
     const armExpiry = () => {
       const at = socket.data.identity.expiresAt;
@@ -166,12 +213,8 @@ export class RequestChat {
     });
 
     // Every event goes through here; no per-event listeners are registered.
+    // Flooding is counted per Engine.IO packet, below (request-wire.ts).
     socket.use((packet, _next) => {
-      if (flood.hit(Date.now())) {
-        deps.metrics.disconnects.inc({ reason: 'flood' });
-        socket.disconnect(true);
-        return;
-      }
       const [event, ...args] = packet as unknown[];
       const ack = typeof args.at(-1) === 'function' ? (args.pop() as Ack) : undefined;
       if (!isRequestEvent(event)) {
@@ -190,6 +233,10 @@ export class RequestChat {
     ack: Ack | undefined,
   ): Promise<void> {
     let requestId: string | undefined = rawRequestId(payload);
+    const session = this.sessions.get(socket);
+    const max = this.deps.limits.sendBufferMaxBytes;
+    // Nothing is read or built for a client that is not reading what it was sent.
+    if (!session?.wire.canSend(max)) return;
     try {
       const p = decodeRequestEvent(event, payload);
       requestId = p.requestId;
@@ -203,13 +250,31 @@ export class RequestChat {
 
       switch (event) {
         case 'joinRoom': {
-          await requests.authorize(identity, p.requestId);
-          // Joining after the socket left would put it back in the room, for good.
-          if (!socket.connected) return;
-          await socket.join(room);
-          const page = await requests.history(p.requestId, { limit: this.deps.limits.historyPage });
-          socket.emit('roomHistory', { requestId: p.requestId, ...page });
-          ack?.({ ok: true, requestId: p.requestId });
+          const joined = await session.historyReads.run(async () => {
+            // Joining after the socket left would put it back in the room, for good.
+            if (!socket.connected) return false;
+            await requests.authorize(identity, p.requestId);
+            if (!socket.connected) return false;
+            await socket.join(room);
+            try {
+              // An owner change committed while this join was authorized sent its
+              // leave before the socket was in the room: ask again now it is.
+              await requests.authorize(identity, p.requestId);
+              const page = await requests.history(
+                p.requestId,
+                { limit: this.deps.limits.historyPage },
+                this.historyBytes,
+              );
+              if (!session.wire.canSend(max)) return false;
+              socket.emit('roomHistory', { requestId: p.requestId, ...page });
+              return true;
+            } catch (err) {
+              // A socket whose join failed is not in the room (CONTRACT section 10).
+              await socket.leave(room);
+              throw err;
+            }
+          });
+          if (joined) ack?.({ ok: true, requestId: p.requestId });
           return;
         }
         case 'leaveRoom': {
@@ -250,12 +315,14 @@ export class RequestChat {
               'loadHistory answers through an acknowledgement.',
             );
           }
-          await requests.authorize(identity, h.requestId);
-          const page = await requests.history(h.requestId, {
-            before: h.before,
-            limit: requests.pageLimit(h.limit),
+          const limit = requests.pageLimit(h.limit);
+          const page = await session.historyReads.run(async () => {
+            if (!socket.connected) return undefined;
+            await requests.authorize(identity, h.requestId);
+            if (!socket.connected) return undefined;
+            return requests.history(h.requestId, { before: h.before, limit }, this.historyBytes);
           });
-          ack({ ok: true, requestId: h.requestId, ...page });
+          if (page && session.wire.canSend(max)) ack({ ok: true, requestId: h.requestId, ...page });
           return;
         }
       }
@@ -277,21 +344,11 @@ export class RequestChat {
       this.deps.log.error({ err, event }, 'request chat event failed');
     }
     this.deps.metrics.error(e.code);
+    const wire = this.sessions.get(socket)?.wire;
+    if (wire && !wire.canSend(this.deps.limits.sendBufferMaxBytes)) return;
     const payload = e.toPayload();
     socket.emit('exception', { event, ...payload, ...(requestId ? { requestId } : {}) });
     ack?.({ ok: false, ...payload });
-  }
-
-  /** Clients that do not read what they are sent are dropped before they cost unbounded memory. */
-  private dropSlowClients(): void {
-    const max = this.deps.limits.sendBufferMaxBytes;
-    for (const socket of this.io.sockets.sockets.values()) {
-      if (bufferedBytes(socket) <= max) continue;
-      this.deps.metrics.disconnects.inc({ reason: 'slow_consumer' });
-      socket.disconnect(true);
-      // Discard what it never read: a polite close would wait for it to drain.
-      socket.conn.close(true);
-    }
   }
 }
 

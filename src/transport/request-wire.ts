@@ -1,0 +1,133 @@
+/**
+ * One Engine.IO connection of the request chat, watched from below Socket.IO
+ * (CONTRACT section 10): every packet the client sends counts toward
+ * FLOOD_LIMIT (pings, pongs, noops and CONNECTs to other namespaces as well as
+ * events), and every packet queued for it is measured against
+ * SEND_BUFFER_MAX_BYTES before it joins the queue, whether it is a reply, a
+ * room delivery from this node or one relayed from another.
+ */
+import type { Socket } from 'socket.io';
+import { FloodCounter } from '../core/limits.js';
+
+export type Conn = Socket['conn'];
+
+export type DropReason = 'flood' | 'slow_consumer';
+
+/**
+ * How long a connection that was told to close may take to finish its close
+ * handshake before its descriptor is released anyway (the `ws` default would
+ * hold it for 30 s against a peer that never answers).
+ */
+export const CLOSE_GRACE_MS = 2_000;
+
+interface WsLike {
+  readonly bufferedAmount: number;
+  readonly readyState: number;
+  terminate(): void;
+}
+
+interface EnginePacket {
+  type: string;
+  data?: unknown;
+}
+
+/** The WebSocket under the connection, when its transport is one (not long-polling). */
+function wsOf(conn: Conn): WsLike | undefined {
+  // biome-ignore lint/suspicious/noExplicitAny: Engine.IO internals, read-only.
+  const ws = (conn.transport as any)?.socket;
+  return typeof ws?.terminate === 'function' ? (ws as WsLike) : undefined;
+}
+
+/** What a packet adds to the queue: string length stands for bytes, as one write per receiver must stay O(1). */
+function packetSize(packet: EnginePacket): number {
+  const { data } = packet;
+  if (typeof data === 'string') return data.length + 1;
+  if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) return data.byteLength + 1;
+  return 1;
+}
+
+export class Wire {
+  private readonly flood: FloodCounter;
+  /** Bytes handed to Engine.IO since its last flush to the transport. */
+  private pending = 0;
+  private dropped = false;
+  private cutTimer: NodeJS.Timeout | undefined;
+  /** The namespace socket, once joined: its disconnect tells the client not to reconnect. */
+  socket: { disconnect(close: boolean): unknown } | undefined;
+
+  constructor(
+    private readonly conn: Conn,
+    limits: { floodLimit: number; sendBufferMaxBytes: number },
+    private readonly onDrop: (reason: DropReason) => void,
+  ) {
+    this.flood = new FloodCounter(limits.floodLimit);
+    const max = limits.sendBufferMaxBytes;
+    conn.on('packet', () => {
+      if (!this.dropped && this.flood.hit(Date.now())) this.dropFlooder();
+    });
+    // Emitted before the packet is queued: a client over its bound is cut
+    // there, and the packet dies with the discarded queue.
+    conn.on('packetCreate', (packet: EnginePacket) => {
+      if (this.dropped) return;
+      const size = packetSize(packet);
+      const waiting = this.waiting();
+      // A client with nothing waiting always gets the next packet, so that one
+      // answer larger than the bound on its own (one long message under a
+      // small SEND_BUFFER_MAX_BYTES) does not cut a client that reads.
+      if (waiting > 0 && waiting + size > max) {
+        this.dropSlow();
+        return;
+      }
+      this.pending += size;
+    });
+    conn.on('flush', () => {
+      this.pending = 0;
+    });
+    conn.once('close', () => this.scheduleCut());
+  }
+
+  /** Bytes waiting for the client: Engine.IO's queue and the WebSocket's. */
+  waiting(): number {
+    return this.pending + (wsOf(this.conn)?.bufferedAmount ?? 0);
+  }
+
+  /**
+   * Whether anything more may be built for this client. When what already
+   * waits passes `max`, the client is dropped and the answer is not built.
+   */
+  canSend(max: number): boolean {
+    if (this.dropped) return false;
+    if (this.waiting() <= max) return true;
+    this.dropSlow();
+    return false;
+  }
+
+  /** Cuts a client that does not read: what waits for it is discarded, never sent. */
+  dropSlow(): void {
+    if (this.dropped) return;
+    this.dropped = true;
+    this.onDrop('slow_consumer');
+    // Terminating first releases the descriptor and the bytes the WebSocket
+    // holds now; a close frame could not get past the unread bytes anyway.
+    wsOf(this.conn)?.terminate();
+    this.conn.close(true);
+  }
+
+  private dropFlooder(): void {
+    this.dropped = true;
+    this.onDrop('flood');
+    if (this.socket) this.socket.disconnect(true);
+    else this.conn.close();
+    this.scheduleCut();
+  }
+
+  /** A polite close that is not finished within the grace period is made final. */
+  private scheduleCut(): void {
+    if (this.cutTimer !== undefined) return;
+    this.cutTimer = setTimeout(() => {
+      wsOf(this.conn)?.terminate();
+      if (this.conn.readyState !== 'closed') this.conn.close(true);
+    }, CLOSE_GRACE_MS);
+    this.cutTimer.unref();
+  }
+}
