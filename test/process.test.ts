@@ -146,25 +146,42 @@ describe('shutdown and restart', () => {
       await userToken('1', { role: 'TEACHER' }),
     );
     assert.equal((await teacher.ask('joinRoom', { requestId })).ok, true);
-    // 100 sends, then SIGTERM at once: every acknowledgement must stand after the restart.
-    const answers = Array.from({ length: 100 }, (_, i) =>
+    // 300 sends; SIGTERM as soon as the first is acknowledged, while the rest are
+    // in flight: every acknowledgement must stand after the restart.
+    const total = 300;
+    let answered = 0;
+    let firstAnswer: () => void = () => {};
+    const started = new Promise<void>((resolve) => {
+      firstAnswer = resolve;
+    });
+    const answers = Array.from({ length: total }, (_, i) =>
       teacher.socket
         .timeout(5_000)
         .emitWithAck('message', { requestId, message: `m${i}` })
-        .catch(() => ({ ok: false })),
+        .catch(() => ({ ok: false }))
+        .finally(() => {
+          answered++;
+          firstAnswer();
+        }),
     );
+    await started;
     const exit = first.stop('SIGTERM');
+    const inFlight = total - answered;
     const acked = (await Promise.all(answers))
       .filter((a: any) => a.ok)
       .map((a: any) => a.message._id as string);
     assert.equal(await exit, 0);
     teacher.close();
+    assert.ok(inFlight > 0, 'no message was in flight at SIGTERM');
+    t.diagnostic(`${inFlight} of ${total} in flight at SIGTERM`);
 
     const second = await spawnServer(env);
     try {
       const history = await api(second.url, 'GET', `/api/requests/${requestId}/messages?limit=500`);
       const stored = new Set(history.body.messages.map((m: { _id: string }) => m._id));
-      t.diagnostic(`${acked.length} of 100 acknowledged before the exit, ${stored.size} stored`);
+      t.diagnostic(
+        `${acked.length} of ${total} acknowledged before the exit, ${stored.size} stored`,
+      );
       assert.deepEqual(
         acked.filter((id) => !stored.has(id)),
         [],

@@ -164,11 +164,19 @@ describe('chat', () => {
     const bViewer = await StreamClient.connect(s.wsUrl, 'leak-b');
     await aSender.next('auth');
     await bViewer.next('auth');
+    const bSender = await StreamClient.connect(s.wsUrl, 'leak-b', { token: await userToken('2') });
+    await bSender.next('auth');
     aSender.chat('only for a');
     await aSender.next('chat');
-    await sleep(100);
+    // A later chat on leak-b is the barrier: nothing of leak-a may come before it.
+    bSender.chat('marker for b');
+    assert.equal((await bViewer.next()).data.message, 'marker for b');
     assert.deepEqual(bViewer.rest(), []);
-    assert.equal((await stored('leak-b')).length, 0);
+    bSender.close();
+    assert.deepEqual(
+      (await stored('leak-b')).map((m) => m.message),
+      ['marker for b'],
+    );
     aSender.close();
     bViewer.close();
   });
