@@ -71,7 +71,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
   const metrics = new Metrics();
   const store = createStore(config, log);
   const broker = createBroker(config, log);
-  const verifier = createVerifier(config.jwt);
+  const verifier = createVerifier(config.jwt, { log });
   const streams = new Streams<StreamFrame>({
     store,
     broker,
