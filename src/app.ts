@@ -116,11 +116,12 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
       // which would end the process for everyone.
       onRequest(req, res).catch((err: unknown) => {
         log.error({ err, method: req.method, path: safePath(req.url) }, 'http request failed');
-        if (res.headersSent) res.destroy();
-        else
-          res
-            .writeHead(500, { 'content-type': 'application/json; charset=utf-8' })
-            .end(JSON.stringify(new ChatError('internal_error').toPayload()));
+        if (res.headersSent) {
+          res.destroy();
+          return;
+        }
+        res.writeHead(500, { 'content-type': 'application/json; charset=utf-8' });
+        res.end(JSON.stringify(new ChatError('internal_error').toPayload()));
       });
     },
   );
