@@ -2,16 +2,17 @@
  * The one composition root: picks the Store and Broker from configuration,
  * builds the core and wires the transports onto one HTTP server.
  */
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo, Socket } from 'node:net';
 import type { Broker } from './broker/broker.js';
 import { MemoryBroker } from './broker/memory.js';
 import { RedisBroker } from './broker/redis.js';
 import type { Config } from './config.js';
+import { ChatError } from './core/errors.js';
 import { createVerifier, type TokenVerifier } from './core/identity.js';
 import { Requests } from './core/requests.js';
 import { Streams } from './core/streams.js';
-import { createLogger, type Logger } from './observability/log.js';
+import { createLogger, type Logger, safePath } from './observability/log.js';
 import { Metrics } from './observability/metrics.js';
 import { PostgresStore } from './store/postgres.js';
 import { SqliteStore, sqlitePath } from './store/sqlite.js';
@@ -41,6 +42,20 @@ export interface App {
 /** Time given to clients to finish their close handshake on shutdown. */
 const CLIENT_CLOSE_MS = 3_000;
 
+/** How often Node looks for requests past their header or request timeout. */
+const CONNECTIONS_CHECK_MS = 1_000;
+
+/** The answer to a request Node's parser refused, before any handler saw it. */
+function clientErrorResponse(code: string | undefined): string {
+  const status =
+    code === 'HPE_HEADER_OVERFLOW'
+      ? '431 Request Header Fields Too Large'
+      : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? '408 Request Timeout'
+        : '400 Bad Request';
+  return `HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`;
+}
+
 function createStore(config: Config, log: Logger): Store {
   if (config.databaseUrl.startsWith('sqlite:'))
     return new SqliteStore(sqlitePath(config.databaseUrl));
@@ -57,7 +72,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
   const metrics = new Metrics();
   const store = createStore(config, log);
   const broker = createBroker(config, log);
-  const verifier = createVerifier(config.jwt);
+  const verifier = createVerifier(config.jwt, { log });
   const streams = new Streams<StreamFrame>({
     store,
     broker,
@@ -76,6 +91,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
   const requests = new Requests({ store, limits: config.limits, metrics, log });
   const handler = createHttpHandler({
     apiKey: config.apiKey,
+    metricsToken: config.metricsToken,
     limits: config.limits,
     streams,
     requests,
@@ -85,9 +101,31 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
   });
 
   const serveWeb = createWebHandler();
-  const server = createServer((req, res) => {
-    if (!serveWeb(req, res)) void handler(req, res);
-  });
+  const onRequest = async (req: IncomingMessage, res: ServerResponse) => {
+    if (!serveWeb(req, res)) await handler(req, res);
+  };
+  const server = createServer(
+    {
+      // A peer that trickles its headers (an upgrade's too) or its body is cut
+      // once the handshake time is up, checked every second, not every 30 s.
+      headersTimeout: config.limits.handshakeTimeoutMs,
+      requestTimeout: config.limits.handshakeTimeoutMs,
+      connectionsCheckingInterval: CONNECTIONS_CHECK_MS,
+    },
+    (req, res) => {
+      // Whatever a request does, it must not become an unhandled rejection,
+      // which would end the process for everyone.
+      onRequest(req, res).catch((err: unknown) => {
+        log.error({ err, method: req.method, path: safePath(req.url) }, 'http request failed');
+        if (res.headersSent) {
+          res.destroy();
+          return;
+        }
+        res.writeHead(500, { 'content-type': 'application/json; charset=utf-8' });
+        res.end(JSON.stringify(new ChatError('internal_error').toPayload()));
+      });
+    },
+  );
   // Socket.IO answers its own requests and upgrades, ahead of these listeners.
   const requestChat = new RequestChat(server, {
     requests,
@@ -112,8 +150,12 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
       abortHandshake(socket, httpResponse('404 Not Found'));
     }
   });
-  server.on('clientError', (_err, socket) => {
-    if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n');
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
+    // As Node's own default: answer only if no response has started on this
+    // socket (a second status line would corrupt it), then drop the connection.
+    const inFlight = (socket as Socket & { _httpMessage?: ServerResponse | null })._httpMessage;
+    if (socket.writable && !inFlight?.headersSent) socket.write(clientErrorResponse(err.code));
+    socket.destroy();
   });
 
   let closing: Promise<void> | undefined;

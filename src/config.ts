@@ -33,6 +33,10 @@ export interface JwtConfig {
   userIdClaim: string;
   usernameClaim: string;
   roleClaim: string;
+  /** Refuse tokens without `exp` (production: a leaked one would never die). */
+  requireExp: boolean;
+  /** How long a JWKS fetch may take before the token is refused. */
+  jwksTimeoutMs: number;
 }
 
 export interface Config {
@@ -43,6 +47,8 @@ export interface Config {
   redisPrefix: string;
   jwt: JwtConfig;
   apiKey: string;
+  /** API_KEY was not set: `apiKey` is random and changes at every start. */
+  apiKeyGenerated: boolean;
   production: boolean;
   /** No JWT key was configured: charla made its own and prints demo tokens. */
   devMode: boolean;
@@ -50,9 +56,16 @@ export interface Config {
   /** Bearer token that `GET /metrics` requires when set. */
   metricsToken: string | undefined;
   limits: Limits;
+  /** Accepted but unwise settings, for start-up to log. */
+  warnings: string[];
 }
 
 export class ConfigError extends Error {}
+
+/** RFC 7518 section 3.2: an HS256 key is at least as long as the hash, 256 bits. */
+const MIN_SECRET_BYTES = 32;
+/** jose's own default; shorter when the handshake timeout is shorter. */
+const JWKS_TIMEOUT_MS = 5_000;
 
 const blankAsUnset = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
 const optionalString = z.preprocess(blankAsUnset, z.string().optional());
@@ -149,6 +162,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (production && !e.API_KEY) {
     throw new ConfigError('missing API_KEY: NODE_ENV=production needs an API key');
   }
+  const warnings: string[] = [];
+  if (e.JWT_SECRET !== undefined && Buffer.byteLength(e.JWT_SECRET) < MIN_SECRET_BYTES) {
+    const why = `JWT_SECRET is shorter than ${MIN_SECRET_BYTES} bytes, so it can be guessed offline from one token`;
+    if (production) throw new ConfigError(`invalid JWT_SECRET: ${why}`);
+    warnings.push(`${why}; production refuses it`);
+  }
   if (e.HISTORY_PAGE > e.HISTORY_MAX_PAGE) {
     throw new ConfigError('invalid HISTORY_PAGE: must not exceed HISTORY_MAX_PAGE');
   }
@@ -168,8 +187,12 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       userIdClaim: e.JWT_USER_ID_CLAIM,
       usernameClaim: e.JWT_USERNAME_CLAIM,
       roleClaim: e.JWT_ROLE_CLAIM,
+      requireExp: production,
+      // A token check has to fit in the handshake it is part of.
+      jwksTimeoutMs: Math.min(JWKS_TIMEOUT_MS, (e.HANDSHAKE_TIMEOUT_SECONDS * 1000) / 2),
     },
     apiKey: e.API_KEY ?? randomBytes(18).toString('base64url'),
+    apiKeyGenerated: e.API_KEY === undefined,
     production,
     devMode,
     logLevel: e.LOG_LEVEL,
@@ -188,5 +211,6 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       pingIntervalMs: e.PING_INTERVAL_SECONDS * 1000,
       handshakeTimeoutMs: e.HANDSHAKE_TIMEOUT_SECONDS * 1000,
     },
+    warnings,
   };
 }

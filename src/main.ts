@@ -16,6 +16,7 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   const app = createApp(config);
+  for (const warning of config.warnings) app.log.warn(warning);
   const url = await app.listen();
   app.log.info(
     { url, store: config.databaseUrl.split(':')[0], devMode: config.devMode },
@@ -23,6 +24,11 @@ async function main(): Promise<void> {
   );
   if (config.devMode) {
     process.stdout.write(`${devBanner(url, config.apiKey, await prepareDevMode(app))}\n`);
+  } else if (config.apiKeyGenerated) {
+    // On stdout for whoever started it, never in the JSON logs that get shipped elsewhere.
+    process.stdout.write(
+      `charla: API_KEY is not set; generated API key (changes at every start): ${config.apiKey}\n`,
+    );
   }
 
   const stop = (signal: NodeJS.Signals) => {

@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ConfigError, loadConfig } from '../src/config.js';
 
+const LONG = 'a-jwt-secret-of-at-least-32-bytes!';
+
 describe('loadConfig', () => {
   it('has the contract defaults', () => {
     const c = loadConfig({});
@@ -60,10 +62,50 @@ describe('loadConfig', () => {
   });
   it('refuses production without a JWT key or an API key', () => {
     assert.throws(() => loadConfig({ NODE_ENV: 'production', API_KEY: 'k' }), /JWT_SECRET/);
-    assert.throws(() => loadConfig({ NODE_ENV: 'production', JWT_SECRET: 's' }), /API_KEY/);
-    const c = loadConfig({ NODE_ENV: 'production', JWT_SECRET: 's', API_KEY: 'k' });
+    assert.throws(() => loadConfig({ NODE_ENV: 'production', JWT_SECRET: LONG }), /API_KEY/);
+    const c = loadConfig({ NODE_ENV: 'production', JWT_SECRET: LONG, API_KEY: 'k' });
     assert.equal(c.production, true);
     assert.equal(c.devMode, false);
+  });
+  it('refuses a JWT_SECRET under 32 bytes in production, in one line naming it', () => {
+    for (const secret of ['s', 'x'.repeat(31), 'ñ'.repeat(15)]) {
+      assert.throws(
+        () => loadConfig({ NODE_ENV: 'production', JWT_SECRET: secret, API_KEY: 'k' }),
+        (e: unknown) =>
+          e instanceof ConfigError &&
+          e.message.startsWith('invalid JWT_SECRET') &&
+          !e.message.includes('\n'),
+        secret,
+      );
+    }
+    // Bytes, not characters: 16 two-byte characters are enough.
+    assert.equal(
+      loadConfig({ NODE_ENV: 'production', JWT_SECRET: 'ñ'.repeat(16), API_KEY: 'k' }).production,
+      true,
+    );
+  });
+  it('accepts a short JWT_SECRET outside production, with a warning naming it', () => {
+    const c = loadConfig({ JWT_SECRET: 's', API_KEY: 'k' });
+    assert.equal(c.jwt.secret, 's');
+    assert.equal(c.warnings.length, 1);
+    assert.match(c.warnings[0] as string, /JWT_SECRET/);
+    assert.deepEqual(loadConfig({ JWT_SECRET: LONG, API_KEY: 'k' }).warnings, []);
+    assert.deepEqual(loadConfig({}).warnings, [], 'dev mode makes its own long secret');
+  });
+  it('requires exp on tokens in production only', () => {
+    assert.equal(
+      loadConfig({ NODE_ENV: 'production', JWT_SECRET: LONG, API_KEY: 'k' }).jwt.requireExp,
+      true,
+    );
+    assert.equal(loadConfig({ JWT_SECRET: LONG }).jwt.requireExp, false);
+  });
+  it('keeps a JWKS fetch inside the handshake time', () => {
+    assert.equal(loadConfig({}).jwt.jwksTimeoutMs, 5_000);
+    assert.equal(loadConfig({ HANDSHAKE_TIMEOUT_SECONDS: '2' }).jwt.jwksTimeoutMs, 1_000);
+  });
+  it('says whether the API key was generated', () => {
+    assert.equal(loadConfig({ JWT_SECRET: LONG }).apiKeyGenerated, true);
+    assert.equal(loadConfig({ JWT_SECRET: LONG, API_KEY: 'k' }).apiKeyGenerated, false);
   });
   it('takes only one kind of JWT key', () => {
     assert.throws(() => loadConfig({ JWT_SECRET: 's', JWKS_URL: 'https://x/jwks' }), ConfigError);

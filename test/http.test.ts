@@ -1,7 +1,7 @@
 /** The server API for streams (CONTRACT section 4), health, readiness and metrics. */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { api, StreamClient, startServer, type TestServer, userToken } from './helpers.js';
+import { API_KEY, api, StreamClient, startServer, type TestServer, userToken } from './helpers.js';
 
 let s: TestServer;
 before(async () => {
@@ -87,9 +87,23 @@ describe('stream API', () => {
     c.close();
   });
 
-  it('answers unknown paths 404 and wrong methods 405', async () => {
+  it('answers unknown paths 404 and wrong methods 405 method_not_allowed, with Allow', async () => {
     assert.equal((await api(s.url, 'GET', '/nothing')).status, 404);
-    assert.equal((await api(s.url, 'POST', '/api/streams/k1', {})).status, 405);
+    const res = await fetch(`${s.url}/api/streams/k1`, { method: 'POST', body: '{}' });
+    assert.equal(res.status, 405);
+    assert.equal(res.headers.get('allow'), 'PUT, DELETE');
+    assert.deepEqual(await res.json(), {
+      error_code: 'method_not_allowed',
+      message: 'This method is not allowed here.',
+    });
+  });
+
+  it('refuses a key that is a prefix, an extension or another length of the right one', async () => {
+    for (const key of [API_KEY.slice(0, -1), `${API_KEY}x`, 'ñ'.repeat(6), 'x'.repeat(4096)]) {
+      const r = await api(s.url, 'PUT', '/api/streams/k9', {}, key);
+      assert.equal(r.status, 401, key.slice(0, 20));
+    }
+    assert.equal(await s.app.streams.status('k9'), 'unknown');
   });
 });
 
@@ -116,5 +130,44 @@ describe('operations', () => {
     assert.match(text, /nodejs_eventloop_lag_seconds \d/);
     c.close();
     v.close();
+  });
+});
+
+describe('METRICS_TOKEN', () => {
+  let guarded: TestServer;
+  const token = 'metrics-token-for-the-scraper';
+  before(async () => {
+    guarded = await startServer({ METRICS_TOKEN: token });
+  });
+  after(() => guarded.close());
+
+  const scrape = (authorization?: string) =>
+    fetch(`${guarded.url}/metrics`, {
+      headers: authorization === undefined ? {} : { authorization },
+    });
+
+  it('makes /metrics need its bearer token (401 unauthorized otherwise)', async () => {
+    for (const header of [
+      undefined,
+      'Bearer wrong',
+      `Bearer ${token}x`,
+      `Bearer ${token.slice(0, -1)}`,
+      token,
+      `Basic ${token}`,
+      API_KEY,
+    ]) {
+      const res = await scrape(header);
+      assert.equal(res.status, 401, String(header));
+      assert.equal(res.headers.get('www-authenticate'), 'Bearer');
+      assert.equal(((await res.json()) as { error_code: string }).error_code, 'unauthorized');
+    }
+    const ok = await scrape(`Bearer ${token}`);
+    assert.equal(ok.status, 200);
+    assert.match(await ok.text(), /nodejs_eventloop_lag_seconds/);
+  });
+
+  it('leaves /healthz and /readyz open', async () => {
+    assert.equal((await api(guarded.url, 'GET', '/healthz', undefined, null)).status, 200);
+    assert.equal((await api(guarded.url, 'GET', '/readyz', undefined, null)).status, 200);
   });
 });

@@ -1,9 +1,18 @@
 import assert from 'node:assert/strict';
 import { generateKeyPairSync } from 'node:crypto';
-import { describe, it } from 'node:test';
-import { SignJWT } from 'jose';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Writable } from 'node:stream';
+import { after, before, describe, it } from 'node:test';
+import { exportJWK, SignJWT } from 'jose';
+import { pino } from 'pino';
 import type { JwtConfig } from '../src/config.js';
-import { createVerifier, identityFromClaims } from '../src/core/identity.js';
+import {
+  cachedUntil,
+  createVerifier,
+  identityFromClaims,
+  VERIFIED_TOKEN_TTL_MS,
+} from '../src/core/identity.js';
 import { SECRET, sign } from './helpers.js';
 
 const names = { userIdClaim: 'user_id', usernameClaim: 'username', roleClaim: 'role' };
@@ -14,6 +23,8 @@ const hsConfig: JwtConfig = {
   issuer: undefined,
   audience: undefined,
   ...names,
+  requireExp: false,
+  jwksTimeoutMs: 5_000,
 };
 
 describe('identityFromClaims', () => {
@@ -99,7 +110,7 @@ describe('createVerifier (HS256)', () => {
   });
   it('a token verified before is still refused once it expires', async () => {
     let clock = Date.now();
-    const timed = createVerifier(hsConfig, () => clock);
+    const timed = createVerifier(hsConfig, { now: () => clock });
     const token = await sign({ user_id: 1 }, { expiresIn: '1h' });
     assert.equal((await timed.verify(token)).userId, '1');
     assert.equal((await timed.verify(token)).userId, '1', 'again, from the cache');
@@ -107,6 +118,124 @@ describe('createVerifier (HS256)', () => {
     await assert.rejects(timed.verify(token), { code: 'token_expired' });
     // A tampered copy of a cached token is a different string, verified afresh.
     await assert.rejects(timed.verify(`${token}x`), { code: 'invalid_token' });
+  });
+});
+
+/** An HS256 token with no `exp` at all. */
+const forever = (claims: Record<string, unknown>) =>
+  new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).sign(new TextEncoder().encode(SECRET));
+
+describe('verified-token cache', () => {
+  it('keeps an entry at most VERIFIED_TOKEN_TTL_MS, and never past exp', () => {
+    const id = identityFromClaims({ user_id: 1 }, names);
+    assert.equal(VERIFIED_TOKEN_TTL_MS, 300_000);
+    assert.equal(cachedUntil(id, 1_000), 1_000 + VERIFIED_TOKEN_TTL_MS, 'no exp: bounded');
+    const soon = { ...id, expiresAt: 61_000 };
+    assert.equal(cachedUntil(soon, 1_000), 61_000, 'exp first');
+    const late = { ...id, expiresAt: 10 * VERIFIED_TOKEN_TTL_MS };
+    assert.equal(cachedUntil(late, 1_000), 1_000 + VERIFIED_TOKEN_TTL_MS, 'the lifetime first');
+  });
+
+  it('a token without exp is verified again once its entry is stale', async () => {
+    let clock = Date.now();
+    const timed = createVerifier(hsConfig, { now: () => clock });
+    const token = await forever({ user_id: 4 });
+    assert.equal((await timed.verify(token)).userId, '4');
+    clock += VERIFIED_TOKEN_TTL_MS + 1;
+    assert.equal((await timed.verify(token)).userId, '4', 'verified afresh, still good');
+  });
+});
+
+describe('createVerifier in production (requireExp)', () => {
+  it('refuses a token without exp as invalid_token, and accepts one with it', async () => {
+    const strict = createVerifier({ ...hsConfig, requireExp: true });
+    await assert.rejects(strict.verify(await forever({ user_id: 1 })), { code: 'invalid_token' });
+    assert.equal((await strict.verify(await sign({ user_id: 1 }))).userId, '1');
+    // Outside production the same token is accepted.
+    assert.equal(
+      (await createVerifier(hsConfig).verify(await forever({ user_id: 1 }))).userId,
+      '1',
+    );
+  });
+});
+
+/** A real pino logger whose lines a test can read. */
+function recordingLogger() {
+  const lines: Array<{ level: number; msg: string; jwksUrl?: string }> = [];
+  const sink = new Writable({
+    write(chunk, _enc, done) {
+      for (const line of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(line));
+      done();
+    },
+  });
+  return { log: pino({ level: 'info' }, sink), lines };
+}
+
+describe('createVerifier (JWKS_URL)', () => {
+  const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  type Mode = 'serve' | 'fail' | 'close' | 'hang';
+  let mode: Mode = 'fail';
+  let jwks: Server;
+  let url: string;
+  before(async () => {
+    const jwk = { ...(await exportJWK(publicKey)), kid: 'k1', alg: 'ES256', use: 'sig' };
+    jwks = createServer((req, res) => {
+      if (mode === 'serve') {
+        res.writeHead(200, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ keys: [jwk] }));
+      } else if (mode === 'fail') {
+        res.writeHead(500);
+        res.end();
+      } else if (mode === 'close') {
+        req.socket.destroy();
+      }
+      // 'hang': never answer.
+    });
+    await new Promise<void>((resolve) => jwks.listen(0, '127.0.0.1', resolve));
+    url = `http://127.0.0.1:${(jwks.address() as AddressInfo).port}/jwks.json`;
+  });
+  after(() => {
+    jwks.closeAllConnections();
+    jwks.close();
+  });
+
+  const token = () =>
+    new SignJWT({ user_id: 9 })
+      .setProtectedHeader({ alg: 'ES256', kid: 'k1' })
+      .setExpirationTime('1h')
+      .sign(privateKey);
+  const jwksConfig = (jwksTimeoutMs = 5_000): JwtConfig => ({
+    ...hsConfig,
+    secret: undefined,
+    jwksUrl: url,
+    jwksTimeoutMs,
+  });
+
+  it('logs a failing JWKS once per outage, refuses tokens meanwhile, and logs the recovery', async () => {
+    const { log, lines } = recordingLogger();
+    const verifier = createVerifier(jwksConfig(), { log });
+    mode = 'fail';
+    await assert.rejects(verifier.verify(await token()), { code: 'invalid_token' });
+    mode = 'close';
+    await assert.rejects(verifier.verify(await token()), { code: 'invalid_token' });
+    const warnings = lines.filter((l) => l.level === 40);
+    assert.equal(warnings.length, 1, JSON.stringify(lines));
+    assert.match(warnings[0]?.msg ?? '', /JWKS fetch failed/);
+    assert.equal(warnings[0]?.jwksUrl, url);
+
+    mode = 'serve';
+    assert.equal((await verifier.verify(await token())).userId, '9');
+    assert.ok(lines.some((l) => l.level === 30 && /JWKS fetched again/.test(l.msg)));
+    assert.equal(lines.filter((l) => l.level === 40).length, 1, 'no warning while it works');
+  });
+
+  it('an unanswered JWKS fetch refuses the token within jwksTimeoutMs, not later', async () => {
+    mode = 'hang';
+    const verifier = createVerifier(jwksConfig(300), { log: recordingLogger().log });
+    const started = Date.now();
+    await assert.rejects(verifier.verify(await token()), { code: 'invalid_token' });
+    const took = Date.now() - started;
+    assert.ok(took < 2_000, `took ${took} ms`);
   });
 });
 

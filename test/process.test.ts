@@ -4,6 +4,7 @@ import { spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { SignJWT } from 'jose';
 import {
   API_KEY,
   api,
@@ -65,13 +66,71 @@ describe('start-up', () => {
   });
 
   it('refuses production without a JWT key and an API key', () => {
-    for (const env of [{ API_KEY: 'k' }, { JWT_SECRET: 's' }]) {
+    for (const env of [{ API_KEY: 'k' }, { JWT_SECRET: SECRET }]) {
       const r = spawnSync(process.execPath, [MAIN], {
         env: { PATH: process.env.PATH, NODE_ENV: 'production', ...env },
         encoding: 'utf8',
       });
       assert.equal(r.status, 1);
       assert.match(r.stderr, /JWT_SECRET|API_KEY/);
+    }
+  });
+
+  it('refuses a short JWT_SECRET in production, in one line naming it', () => {
+    const r = spawnSync(process.execPath, [MAIN], {
+      env: { PATH: process.env.PATH, NODE_ENV: 'production', JWT_SECRET: 's', API_KEY: 'k' },
+      encoding: 'utf8',
+      // A server that accepts the secret would listen for ever.
+      timeout: 10_000,
+    });
+    assert.equal(r.status, 1);
+    const lines = r.stderr.trim().split('\n');
+    assert.equal(lines.length, 1, r.stderr);
+    assert.match(lines[0] as string, /JWT_SECRET/);
+  });
+
+  it('outside production, warns about a short JWT_SECRET and prints a generated API key', async () => {
+    const server = await spawnServer({
+      DATABASE_URL: `sqlite:${join(dir, 'generated-key.db')}`,
+      JWT_SECRET: 'tiny-secret',
+    });
+    try {
+      await waitForOutput(server.output, /generated API key/);
+      await waitForOutput(server.output, /"level":40.*JWT_SECRET/);
+      const out = server.output();
+      const line = out.split('\n').find((l) => l.includes('generated API key')) ?? '';
+      assert.ok(!line.startsWith('{'), 'a plain line, not a JSON log record');
+      assert.match(line, /changes at every start/);
+      const key = /: (\S+)$/.exec(line)?.[1] ?? '';
+      assert.equal((await api(server.url, 'PUT', '/api/streams/gen', {}, key)).status, 201);
+      const logs = out.split('\n').filter((l) => l.startsWith('{'));
+      assert.ok(!logs.some((l) => l.includes(key)), 'the key is not in the JSON logs');
+      assert.ok(
+        logs.some((l) => /"level":40/.test(l) && l.includes('JWT_SECRET')),
+        'a warning names JWT_SECRET',
+      );
+      assert.ok(!out.includes('tiny-secret'), 'the secret itself is never printed');
+    } finally {
+      assert.equal(await server.stop(), 0);
+    }
+  });
+
+  it('in production, a token without exp is refused as invalid_token', async () => {
+    const server = await spawnServer({ ...baseEnv('prod-exp'), NODE_ENV: 'production' });
+    const wsUrl = server.url.replace(/^http/, 'ws');
+    try {
+      await api(server.url, 'PUT', '/api/streams/prod', {});
+      const noExp = await new SignJWT({ user_id: '1' })
+        .setProtectedHeader({ alg: 'HS256' })
+        .sign(new TextEncoder().encode(SECRET));
+      const c = await StreamClient.connect(wsUrl, 'prod', { token: noExp });
+      assert.equal((await c.next()).data.error_code, 'invalid_token');
+      assert.deepEqual(await c.next(), { type: 'auth', data: { authenticated: false } });
+      c.auth(await userToken('1'));
+      assert.deepEqual(await c.next(), { type: 'auth', data: { authenticated: true } });
+      c.close();
+    } finally {
+      assert.equal(await server.stop(), 0);
     }
   });
 });

@@ -4,8 +4,9 @@
  * HS secret never verifies an RS/ES token and `none` is never accepted.
  */
 import { createPublicKey, type KeyObject } from 'node:crypto';
-import { createRemoteJWKSet, errors, type JWTPayload, jwtVerify } from 'jose';
+import { createRemoteJWKSet, errors, type JWTPayload, type JWTVerifyGetKey, jwtVerify } from 'jose';
 import type { JwtConfig } from '../config.js';
+import type { Logger } from '../observability/log.js';
 import { ChatError } from './errors.js';
 
 export type Role = 'TEACHER' | 'LAB' | (string & {});
@@ -63,9 +64,54 @@ export function identityFromClaims(claims: JWTPayload, names: ClaimNames): Ident
   return { userId, username, roles, expiresAt };
 }
 
-type Key = Uint8Array | KeyObject | ReturnType<typeof createRemoteJWKSet>;
+type Key = Uint8Array | KeyObject | JWTVerifyGetKey;
 
-function keyAndAlgorithms(cfg: JwtConfig): { key: Key; algorithms: string[] } {
+/**
+ * Errors of the key lookup that say nothing about the JWKS endpoint: the token
+ * names a key the set does not have, or an algorithm the set cannot serve.
+ */
+function isKeyChoiceError(err: unknown): boolean {
+  return (
+    err instanceof errors.JWKSNoMatchingKey ||
+    err instanceof errors.JWKSMultipleMatchingKeys ||
+    err instanceof errors.JOSENotSupported
+  );
+}
+
+/**
+ * jose's remote key set, reporting its fetch failures: a JWKS endpoint that is
+ * down refuses every token, and without a log line that looks like bad tokens.
+ * One warning per outage; the first success after it is logged too.
+ */
+function loggedRemoteKeySet(
+  cfg: JwtConfig & { jwksUrl: string },
+  log: Logger | undefined,
+): JWTVerifyGetKey {
+  const remote = createRemoteJWKSet(new URL(cfg.jwksUrl), { timeoutDuration: cfg.jwksTimeoutMs });
+  let failing = false;
+  return async (header, token) => {
+    try {
+      const key = await remote(header, token);
+      if (failing) log?.info({ jwksUrl: cfg.jwksUrl }, 'JWKS fetched again');
+      failing = false;
+      return key;
+    } catch (err) {
+      if (!isKeyChoiceError(err) && !failing) {
+        failing = true;
+        log?.warn(
+          { err, jwksUrl: cfg.jwksUrl },
+          'JWKS fetch failed; tokens are refused until it works',
+        );
+      }
+      throw err;
+    }
+  };
+}
+
+function keyAndAlgorithms(
+  cfg: JwtConfig,
+  log: Logger | undefined,
+): { key: Key; algorithms: string[] } {
   if (cfg.secret !== undefined) {
     return { key: new TextEncoder().encode(cfg.secret), algorithms: ['HS256'] };
   }
@@ -81,7 +127,10 @@ function keyAndAlgorithms(cfg: JwtConfig): { key: Key; algorithms: string[] } {
     throw new Error(`JWT_PUBLIC_KEY: unsupported key type ${key.asymmetricKeyType}`);
   }
   if (cfg.jwksUrl !== undefined) {
-    return { key: createRemoteJWKSet(new URL(cfg.jwksUrl)), algorithms: ['RS256', 'ES256'] };
+    return {
+      key: loggedRemoteKeySet({ ...cfg, jwksUrl: cfg.jwksUrl }, log),
+      algorithms: ['RS256', 'ES256'],
+    };
   }
   throw new Error('no JWT key configured');
 }
@@ -90,12 +139,27 @@ function keyAndAlgorithms(cfg: JwtConfig): { key: Key; algorithms: string[] } {
  * Tokens verified recently, so a client that reconnects with the same token
  * (a reload, a reconnect storm after a node is lost) skips the signature
  * check. Only successes are kept, `exp` is checked again on every hit, and
- * the oldest entry goes first once the cache is full.
+ * the oldest entry goes first once the cache is full. An entry lives at most
+ * VERIFIED_TOKEN_TTL_MS, so a token without `exp` is checked again now and
+ * then (against a rotated key, say) rather than trusted for the process's life.
  */
 const VERIFIED_TOKENS = 10_000;
+export const VERIFIED_TOKEN_TTL_MS = 5 * 60_000;
 
-export function createVerifier(cfg: JwtConfig, now: () => number = Date.now): TokenVerifier {
-  const { key, algorithms } = keyAndAlgorithms(cfg);
+/** When a cache entry made at `now` must be verified again: never past `exp`. */
+export function cachedUntil(identity: Identity, now: number): number {
+  return Math.min(now + VERIFIED_TOKEN_TTL_MS, identity.expiresAt ?? Number.POSITIVE_INFINITY);
+}
+
+export interface VerifierOptions {
+  /** Where JWKS fetch failures are reported. */
+  log?: Logger;
+  now?: () => number;
+}
+
+export function createVerifier(cfg: JwtConfig, opts: VerifierOptions = {}): TokenVerifier {
+  const now = opts.now ?? Date.now;
+  const { key, algorithms } = keyAndAlgorithms(cfg, opts.log);
   // jose imports a raw HMAC secret on every call; import it once.
   const verifyKey =
     key instanceof Uint8Array
@@ -105,28 +169,37 @@ export function createVerifier(cfg: JwtConfig, now: () => number = Date.now): To
     algorithms,
     ...(cfg.issuer === undefined ? {} : { issuer: cfg.issuer }),
     ...(cfg.audience === undefined ? {} : { audience: cfg.audience }),
+    ...(cfg.requireExp ? { requiredClaims: ['exp'] } : {}),
   };
-  const verified = new Map<string, Identity>();
+  const verified = new Map<string, { identity: Identity; until: number }>();
   return {
     async verify(token: string): Promise<Identity> {
       const cached = verified.get(token);
       if (cached !== undefined) {
-        if (cached.expiresAt === undefined || cached.expiresAt > now()) return cached;
+        const { identity, until } = cached;
+        if (identity.expiresAt !== undefined && identity.expiresAt <= now()) {
+          verified.delete(token);
+          throw new ChatError('token_expired');
+        }
+        if (until > now()) return identity;
         verified.delete(token);
-        throw new ChatError('token_expired');
       }
       let payload: JWTPayload;
       try {
         // jose overloads differ per key kind; the union is handled at run time.
-        payload = (await jwtVerify(token, (await verifyKey) as unknown as Uint8Array, options))
-          .payload;
+        payload = (
+          await jwtVerify(token, (await verifyKey) as unknown as Uint8Array, {
+            ...options,
+            currentDate: new Date(now()),
+          })
+        ).payload;
       } catch (err) {
         if (err instanceof errors.JWTExpired) throw new ChatError('token_expired');
         throw new ChatError('invalid_token');
       }
       const identity = identityFromClaims(payload, cfg);
       if (verified.size >= VERIFIED_TOKENS) verified.delete(verified.keys().next().value as string);
-      verified.set(token, identity);
+      verified.set(token, { identity, until: cachedUntil(identity, now()) });
       return identity;
     },
   };

@@ -3,11 +3,12 @@
  * health, readiness and metrics. Every refusal is a ChatError rendered as
  * `{error_code, message}` with its status.
  */
-import { timingSafeEqual } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import type { Limits } from '../config.js';
 import { asChatError, ChatError } from '../core/errors.js';
+import { bearerToken } from '../core/identity.js';
 import { isObjectId, normalizeId } from '../core/ids.js';
 import type { Requests } from '../core/requests.js';
 import type { Streams } from '../core/streams.js';
@@ -15,6 +16,7 @@ import type { Logger } from '../observability/log.js';
 import { safePath } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { PageQuery } from '../store/store.js';
+import { parseTarget } from './target.js';
 
 export interface Readiness {
   /** Each check resolves when its dependency answers. */
@@ -23,6 +25,8 @@ export interface Readiness {
 
 export interface HttpDeps {
   apiKey: string;
+  /** When set, `GET /metrics` needs `Authorization: Bearer <metricsToken>`. */
+  metricsToken?: string | undefined;
   limits: Limits;
   streams: Streams<unknown>;
   requests: Requests;
@@ -208,10 +212,15 @@ function opsRoutes(deps: HttpDeps): Route[] {
   ];
 }
 
-function apiKeyMatches(given: string | string[] | undefined, expected: Buffer): boolean {
+const digest = (value: string) => createHash('sha256').update(value).digest();
+
+/**
+ * Compares a presented secret with the configured one in time that depends on
+ * neither: both are hashed first, so even their lengths stay hidden.
+ */
+export function sameSecret(given: string | string[] | undefined, expectedDigest: Buffer): boolean {
   if (typeof given !== 'string') return false;
-  const g = Buffer.from(given);
-  return g.length === expected.length && timingSafeEqual(g, expected);
+  return timingSafeEqual(digest(given), expectedDigest);
 }
 
 function readBody(req: IncomingMessage, maxBytes: number): Promise<unknown> {
@@ -239,7 +248,10 @@ function readBody(req: IncomingMessage, maxBytes: number): Promise<unknown> {
         reject(new ChatError('invalid_json', 'The body is not valid JSON.'));
       }
     });
-    req.on('error', reject);
+    // A peer that resets mid-body is gone, not a server fault: no error log.
+    req.on('error', () =>
+      reject(new ChatError('invalid_payload', 'The body was cut off.', { httpStatus: 400 })),
+    );
   });
 }
 
@@ -252,34 +264,59 @@ function send(res: ServerResponse, status: number, body: unknown): void {
   res.end(text);
 }
 
+async function serveMetrics(
+  deps: HttpDeps,
+  tokenDigest: Buffer | undefined,
+  req: IncomingMessage,
+  res: ServerResponse,
+): Promise<void> {
+  if (tokenDigest !== undefined) {
+    if (!sameSecret(bearerToken(req.headers.authorization), tokenDigest)) {
+      res.setHeader('www-authenticate', 'Bearer');
+      throw new ChatError('unauthorized', 'A valid metrics bearer token is required.');
+    }
+  }
+  res.writeHead(200, { 'content-type': deps.metrics.registry.contentType });
+  res.end(await deps.metrics.registry.metrics());
+}
+
 export function createHttpHandler(deps: HttpDeps) {
-  const expectedKey = Buffer.from(deps.apiKey);
+  const expectedKey = digest(deps.apiKey);
+  const metricsToken = deps.metricsToken === undefined ? undefined : digest(deps.metricsToken);
   const routes = [...opsRoutes(deps), ...streamRoutes(deps), ...requestRoutes(deps)];
 
   return async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://charla');
     try {
-      if (req.method === 'GET' && url.pathname === '/metrics') {
-        res.writeHead(200, { 'content-type': deps.metrics.registry.contentType });
-        res.end(await deps.metrics.registry.metrics());
+      const target = parseTarget(req.url);
+      if (target.form === 'asterisk') {
+        if (req.method !== 'OPTIONS') {
+          throw new ChatError('invalid_payload', 'Only OPTIONS may use the "*" target.', {
+            httpStatus: 400,
+          });
+        }
+        res.writeHead(204);
+        res.end();
         return;
+      }
+      if (req.method === 'GET' && target.path === '/metrics') {
+        return await serveMetrics(deps, metricsToken, req, res);
       }
       let allowed: string[] = [];
       for (const route of routes) {
-        const m = route.path.exec(url.pathname);
+        const m = route.path.exec(target.path);
         if (!m) continue;
         if (route.method !== req.method) {
           allowed.push(route.method);
           continue;
         }
         allowed = [];
-        if (route.apiKey && !apiKeyMatches(req.headers['x-api-key'], expectedKey)) {
+        if (route.apiKey && !sameSecret(req.headers['x-api-key'], expectedKey)) {
           throw new ChatError('unauthorized', 'A valid X-API-Key header is required.');
         }
         const result = await route.handle({
           req,
           params: m.slice(1),
-          query: url.searchParams,
+          query: target.query,
           body: () => readBody(req, deps.limits.maxFrameBytes),
         });
         send(res, result.status, result.body);
@@ -287,7 +324,7 @@ export function createHttpHandler(deps: HttpDeps) {
       }
       if (allowed.length > 0) {
         res.setHeader('allow', allowed.join(', '));
-        throw new ChatError('not_found', 'Method not allowed.', { httpStatus: 405 });
+        throw new ChatError('method_not_allowed');
       }
       throw new ChatError('not_found');
     } catch (err) {

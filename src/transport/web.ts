@@ -10,6 +10,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createRequire } from 'node:module';
 import { dirname, extname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseTarget, type Target } from './target.js';
 
 const CONTENT_TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -97,9 +98,13 @@ export function loadAssets(webDir = defaultWebDir()): Map<string, Asset> {
 export function createWebHandler(assets = loadAssets()) {
   return function serveWeb(req: IncomingMessage, res: ServerResponse): boolean {
     if (req.method !== 'GET' && req.method !== 'HEAD') return false;
-    const q = req.url?.indexOf('?') ?? -1;
-    const path = q === -1 ? (req.url ?? '/') : (req.url ?? '/').slice(0, q);
-    const found = assets.get(path);
+    let target: Target;
+    try {
+      target = parseTarget(req.url);
+    } catch {
+      return false; // the API handler answers a malformed target with its 400
+    }
+    const found = target.form === 'path' ? assets.get(target.path) : undefined;
     if (!found) return false;
     // No fingerprinted names without a bundler, so every file is revalidated:
     // a deploy is seen at once, and an unchanged file costs a 304.
