@@ -22,6 +22,9 @@ export interface Limits {
   pingIntervalMs: number;
   /** An upgrade or Socket.IO handshake not completed in this time is cut. */
   handshakeTimeoutMs: number;
+  /** History reads one Socket.IO connection may have running, and queued behind those. */
+  historyReadsRunning: number;
+  historyReadsWaiting: number;
 }
 
 export interface JwtConfig {
@@ -137,6 +140,8 @@ const schema = z.object({
   PING_INTERVAL_SECONDS: int(25, 1, 3600),
   HANDSHAKE_TIMEOUT_SECONDS: int(10, 1, 300),
   METRICS_TOKEN: optionalString,
+  HISTORY_READS_RUNNING: int(2, 1, 100),
+  HISTORY_READS_WAITING: int(16, 0, 10_000),
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -210,6 +215,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxFragments: e.MAX_FRAGMENTS,
       pingIntervalMs: e.PING_INTERVAL_SECONDS * 1000,
       handshakeTimeoutMs: e.HANDSHAKE_TIMEOUT_SECONDS * 1000,
+      historyReadsRunning: e.HISTORY_READS_RUNNING,
+      historyReadsWaiting: e.HISTORY_READS_WAITING,
     },
     warnings,
   };

@@ -24,6 +24,8 @@ describe('loadConfig', () => {
       maxFragments: 128,
       pingIntervalMs: 25_000,
       handshakeTimeoutMs: 10_000,
+      historyReadsRunning: 2,
+      historyReadsWaiting: 16,
     });
   });
   it('runs in dev mode with its own secret and API key when no JWT key is set', () => {

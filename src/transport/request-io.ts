@@ -23,12 +23,10 @@ export const SOCKET_IO_PATH = '/socket.io';
 /** setTimeout's ceiling; longer token lifetimes re-arm the timer. */
 const MAX_TIMER_MS = 2_147_483_647;
 /**
- * History reads (`joinRoom`, `loadHistory`) one socket may have running at
- * once, and queued behind those; more are refused with `rate_limited`. Reads
- * that pile up would hold their pages in memory however the client behaves.
+ * History reads (`joinRoom`, `loadHistory`) past HISTORY_READS_RUNNING +
+ * HISTORY_READS_WAITING per socket are refused with `rate_limited`: reads that
+ * pile up would hold their pages in memory however the client behaves.
  */
-const HISTORY_READS_RUNNING = 2;
-const HISTORY_READS_WAITING = 16;
 const HISTORY_RETRY_AFTER_MS = 250;
 
 type Ack = (response: unknown) => void;
@@ -178,12 +176,12 @@ export class RequestChat {
       new Wire(socket.conn, deps.limits, (reason) => deps.metrics.disconnects.inc({ reason }));
     wire.socket = socket;
     const historyReads = new Gate(
-      HISTORY_READS_RUNNING,
-      HISTORY_READS_WAITING,
+      deps.limits.historyReadsRunning,
+      deps.limits.historyReadsWaiting,
       () =>
         new ChatError(
           'rate_limited',
-          `At most ${HISTORY_READS_RUNNING + HISTORY_READS_WAITING} history reads at a time per connection.`,
+          `At most ${deps.limits.historyReadsRunning + deps.limits.historyReadsWaiting} history reads at a time per connection.`,
           { retryAfterMs: HISTORY_RETRY_AFTER_MS },
         ),
     );
