@@ -95,6 +95,17 @@ async function assertUndisturbed(t: Target, what: string): Promise<void> {
   assert.ok(server.alive(), `${what}: the server exited:\n${server.output().slice(-2000)}`);
 }
 
+/** Runs an attack; when it fails because the process died, says so with the process's last words. */
+async function attack(t: Target, run: () => Promise<void>): Promise<void> {
+  try {
+    await run();
+  } catch (err) {
+    await sleep(200);
+    assert.ok(t.server.alive(), `the server exited:\n${t.server.output().slice(-1500)}`);
+    throw err;
+  }
+}
+
 /** A frame with every field under the caller's control, lies included (for the fuzzer). */
 function anyFrame(f: {
   fin: boolean;
@@ -125,6 +136,7 @@ describe('hostile WebSocket clients against a charla process', () => {
     t = await target({
       SEND_BUFFER_MAX_BYTES: '65536',
       HANDSHAKE_TIMEOUT_SECONDS: '1',
+      MAX_FRAME_BYTES: '4300000',
       STREAM_MESSAGE_MAX_CHARS: '16000',
       STREAM_RATE_LIMIT: '100000/1s',
     });
@@ -140,37 +152,41 @@ describe('hostile WebSocket clients against a charla process', () => {
       upgradeRequest('/ws/streams/%zz/', { 'Sec-WebSocket-Key': 'short' }),
     ];
     const delays = [0, 1, 2, 5];
-    for (let batch = 0; batch < 10; batch++) {
-      await Promise.all(
-        Array.from({ length: 20 }, async (_, j) => {
-          const i = batch * 20 + j;
-          const socket = await rawSocket(t.server);
-          socket.write(requests[i % requests.length] as string);
-          const delay = delays[Math.floor(i / requests.length) % delays.length] as number;
-          if (delay > 0) await sleep(delay);
-          reset(socket);
-        }),
-      );
-    }
+    await attack(t, async () => {
+      for (let batch = 0; batch < 10; batch++) {
+        await Promise.all(
+          Array.from({ length: 20 }, async (_, j) => {
+            const i = batch * 20 + j;
+            const socket = await rawSocket(t.server);
+            socket.write(requests[i % requests.length] as string);
+            const delay = delays[Math.floor(i / requests.length) % delays.length] as number;
+            if (delay > 0) await sleep(delay);
+            reset(socket);
+          }),
+        );
+      }
+    });
     await assertUndisturbed(t, 'refused upgrades reset');
   });
 
   it('survives 100 stream upgrades with unseen tokens reset 0–3 ms after sending', async () => {
     const tokens = await Promise.all(Array.from({ length: 100 }, (_, i) => userToken(String(i))));
-    for (let batch = 0; batch < 10; batch++) {
-      await Promise.all(
-        Array.from({ length: 10 }, async (_, j) => {
-          const i = batch * 10 + j;
-          const socket = await rawSocket(t.server);
-          socket.write(
-            upgradeRequest(`/ws/streams/${KEY}/`, { Authorization: `Bearer ${tokens[i]}` }),
-          );
-          const delay = (i * 7) % 4;
-          if (delay > 0) await sleep(delay);
-          reset(socket);
-        }),
-      );
-    }
+    await attack(t, async () => {
+      for (let batch = 0; batch < 10; batch++) {
+        await Promise.all(
+          Array.from({ length: 10 }, async (_, j) => {
+            const i = batch * 10 + j;
+            const socket = await rawSocket(t.server);
+            socket.write(
+              upgradeRequest(`/ws/streams/${KEY}/`, { Authorization: `Bearer ${tokens[i]}` }),
+            );
+            const delay = (i * 7) % 4;
+            if (delay > 0) await sleep(delay);
+            reset(socket);
+          }),
+        );
+      }
+    });
     await assertUndisturbed(t, 'stream upgrades reset during the token check');
   });
 
@@ -250,16 +266,17 @@ describe('hostile WebSocket clients against a charla process', () => {
     }
     socket.end();
     await Promise.race([closed, sleep(5_000)]);
-    assert.ok(socket.destroyed, 'the server never closed the flooding connection');
     const code = closeCodeIn(Buffer.concat(got));
-    assert.ok(code === 1008 || code === 1009, `close code ${code}`);
+    console.log(
+      `# fragment flood: ${mb(sent)} written, close ${code}, RSS ${mb(t.baseline.rss)} -> peak ${mb(peak)}`,
+    );
+    assert.ok(t.server.alive(), `the server exited:\n${t.server.output().slice(-1500)}`);
     assert.ok(
       peak <= t.baseline.rss + RSS_SLACK,
       `RSS peaked at ${mb(peak)} (baseline ${mb(t.baseline.rss)}) after ${mb(sent)} of fragments`,
     );
-    console.log(
-      `# fragment flood: ${mb(sent)} written, close ${code}, RSS ${mb(t.baseline.rss)} -> peak ${mb(peak)}`,
-    );
+    assert.ok(socket.destroyed, 'the server never closed the flooding connection');
+    assert.ok(code === 1008 || code === 1009, `close code ${code}`);
     await assertUndisturbed(t, 'fragment flood');
   });
 
@@ -307,24 +324,30 @@ describe('hostile WebSocket clients against a charla process', () => {
     await assertUndisturbed(t, 'invalid UTF-8 mid-fragment');
   });
 
-  it('reassembles a 60 KB frame sent 8 bytes at a time for little CPU', async () => {
+  // At 60 KB in 8-byte pieces the cost of each read (a syscall and an
+  // event-loop turn) hides any copying: the process spent ~100-130 ms with
+  // either decoder. So the frame is 4 MB (MAX_FRAME_BYTES on this server) in
+  // 256-byte pieces: a decoder that copies what it holds on every read
+  // copies gigabytes.
+  it('reassembles a 4 MB frame sent 256 bytes at a time for little CPU', async () => {
     const socket = await rawStream(t.server, KEY);
     socket.setNoDelay(true);
-    const message = JSON.stringify({ type: 'chat', data: { message: 'y'.repeat(60_000) } });
+    const message = JSON.stringify({ type: 'chat', data: { message: 'y'.repeat(4_000_000) } });
     const bytes = clientFrame(Op.text, message);
     // Anonymous: the whole frame is answered with not_authenticated. That answer is the barrier.
-    const answered = waitFor(socket, 'not_authenticated', 30_000);
+    const answered = waitFor(socket, /not_authenticated|message_too_long/, 60_000);
     const before = cpuMs(t.server.pid);
-    for (let off = 0; off < bytes.length; off += 8) {
-      socket.write(bytes.subarray(off, off + 8));
-      await new Promise((r) => setImmediate(r));
+    const started = Date.now();
+    for (let off = 0; off < bytes.length; off += 256) {
+      socket.write(bytes.subarray(off, off + 256));
+      if ((off / 256) % 4 === 3) await new Promise((r) => setImmediate(r));
     }
     await answered;
     const spent = cpuMs(t.server.pid) - before;
     console.log(
-      `# ${bytes.length} bytes in ${Math.ceil(bytes.length / 8)} writes: server CPU ${spent} ms`,
+      `# ${mb(bytes.length)} in ${Math.ceil(bytes.length / 256)} writes of 256 bytes: server CPU ${spent} ms, ${Date.now() - started} ms wall`,
     );
-    assert.ok(spent < 1_000, `the server spent ${spent} ms of CPU on one 60 KB frame`);
+    assert.ok(spent < 750, `the server spent ${spent} ms of CPU on one 4 MB frame`);
     socket.destroy();
     await assertUndisturbed(t, 'slow reassembly');
   });
