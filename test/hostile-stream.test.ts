@@ -128,7 +128,7 @@ describe('closing', () => {
 
   it('releases a viewer that closed but keeps its side open, within 5 s', async () => {
     const before = s.app.streams.viewerCount;
-    const socket = await rawStream(port(), 'closing', {}, { halfOpen: true });
+    const socket = await rawStream(port(), 'closing', {}, { allowHalfOpen: true });
     await eventually('the raw viewer to join', () => s.app.streams.viewerCount === before + 1);
     const gauge = () => metric(s, /charla_connections\{chat="stream"\} (\d+)/);
     assert.equal(await gauge(), before + 1);
@@ -154,7 +154,7 @@ describe('closing', () => {
       { host: '127.0.0.1', port: Number(new URL(t.url).port) },
       'shutdown',
       {},
-      { halfOpen: true },
+      { allowHalfOpen: true },
     );
     await eventually('the raw viewer to join', () => t.app.streams.viewerCount === 1);
     let peerEnded = false;

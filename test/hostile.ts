@@ -30,6 +30,7 @@ export async function startWatched(env: Record<string, string> = {}): Promise<Wa
     DATABASE_URL: `sqlite:${join(dir, 'charla.db')}`,
     JWT_SECRET: SECRET,
     API_KEY,
+    // spawnServer waits for the info-level "listening" line.
     LOG_LEVEL: 'info',
     ...env,
   });
@@ -92,20 +93,17 @@ export async function assertRecovered(
 
 export const mb = (bytes: number) => `${(bytes / 1048576).toFixed(1)} MB`;
 
-/**
- * A raw TCP connection to the server, with an error listener so resets stay
- * quiet. `halfOpen`: the peer keeps its side open after the server's FIN, as
- * a careless or hostile client may.
- */
+/** A raw TCP connection to the server, with an error listener so resets stay quiet. */
 export function rawSocket(
   server: { host: string; port: number },
-  opts: { halfOpen?: boolean } = {},
+  opts: { allowHalfOpen?: boolean } = {},
 ): Promise<Socket> {
   return new Promise((resolve, reject) => {
+    // allowHalfOpen: the peer never sends its FIN, even after the server's.
     const socket = connect({
       port: server.port,
       host: server.host,
-      allowHalfOpen: opts.halfOpen ?? false,
+      allowHalfOpen: opts.allowHalfOpen ?? false,
     });
     socket.on('error', () => {});
     socket.once('connect', () => {
@@ -210,7 +208,7 @@ export async function rawStream(
   server: { host: string; port: number },
   key: string,
   headers: Record<string, string | null> = {},
-  opts: { halfOpen?: boolean } = {},
+  opts: { allowHalfOpen?: boolean } = {},
 ): Promise<Socket> {
   const socket = await rawSocket(server, opts);
   socket.write(upgradeRequest(`/ws/streams/${key}/`, headers));
@@ -229,4 +227,130 @@ export async function baselineOf(server: WatchedServer): Promise<{ fds: number; 
     await sleep(50);
   }
   return { fds: server.fds(), rss: server.rss() };
+}
+
+/** One frame the server sent (server frames are never masked). */
+export interface ServerFrame {
+  fin: boolean;
+  opcode: number;
+  payload: Buffer;
+}
+
+/**
+ * Decodes the server's frames in `bytes` (after the HTTP response, if
+ * `bytes` starts with one). A trailing partial frame is ignored.
+ */
+export function serverFrames(bytes: Buffer): ServerFrame[] {
+  let off = 0;
+  if (bytes.subarray(0, 5).toString('latin1') === 'HTTP/') {
+    const end = bytes.indexOf('\r\n\r\n');
+    if (end === -1) return [];
+    off = end + 4;
+  }
+  const out: ServerFrame[] = [];
+  while (bytes.length - off >= 2) {
+    const b0 = bytes[off] as number;
+    let len = (bytes[off + 1] as number) & 0x7f;
+    let head = 2;
+    if (len === 126) {
+      if (bytes.length - off < 4) break;
+      len = bytes.readUInt16BE(off + 2);
+      head = 4;
+    } else if (len === 127) {
+      if (bytes.length - off < 10) break;
+      len = Number(bytes.readBigUInt64BE(off + 2));
+      head = 10;
+    }
+    if (bytes.length - off < head + len) break;
+    out.push({
+      fin: (b0 & 0x80) !== 0,
+      opcode: b0 & 0x0f,
+      payload: bytes.subarray(off + head, off + head + len),
+    });
+    off += head + len;
+  }
+  return out;
+}
+
+/** The code of the first close frame in `bytes`, 1005 for an empty one, undefined when none. */
+export function closeCodeIn(bytes: Buffer): number | undefined {
+  const close = serverFrames(bytes).find((f) => f.opcode === Op.close);
+  if (close === undefined) return undefined;
+  return close.payload.length >= 2 ? close.payload.readUInt16BE(0) : 1005;
+}
+
+/** Resolves with everything received once the server has sent a close frame (or rejects after `ms`). */
+export function waitForClose(socket: Socket, ms = 3_000): Promise<{ code: number; bytes: Buffer }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const onData = (c: Buffer) => {
+      chunks.push(c);
+      const bytes = Buffer.concat(chunks);
+      const code = closeCodeIn(bytes);
+      if (code !== undefined) {
+        cleanup();
+        resolve({ code, bytes });
+      }
+    };
+    const onClose = () => {
+      cleanup();
+      reject(
+        new Error(`socket closed with no close frame; got ${Buffer.concat(chunks).length} bytes`),
+      );
+    };
+    const timer = setTimeout(() => {
+      cleanup();
+      reject(
+        new Error(`no close frame within ${ms} ms; got ${Buffer.concat(chunks).length} bytes`),
+      );
+    }, ms);
+    const cleanup = () => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('close', onClose);
+    };
+    socket.on('data', onData);
+    socket.once('close', onClose);
+  });
+}
+
+/** Resolves once `socket` is closed (by either side). */
+export function closedOf(socket: Socket): Promise<void> {
+  if (socket.destroyed) return Promise.resolve();
+  return new Promise((resolve) => socket.once('close', () => resolve()));
+}
+
+/** Writes `chunk`, waiting for the socket to drain; false once the socket is gone. */
+export function writeDrained(socket: Socket, chunk: Buffer | string): Promise<boolean> {
+  if (socket.destroyed || !socket.writable) return Promise.resolve(false);
+  if (socket.write(chunk)) return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const done = (ok: boolean) => {
+      socket.off('drain', onDrain);
+      socket.off('close', onClose);
+      resolve(ok);
+    };
+    const onDrain = () => done(true);
+    const onClose = () => done(false);
+    socket.once('drain', onDrain);
+    socket.once('close', onClose);
+  });
+}
+
+/** CPU time (user + system) the process has used, in milliseconds, from /proc/<pid>/stat. */
+export function cpuMs(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name may hold spaces; the fields after it are fixed.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const ticks = Number(fields[11]) + Number(fields[12]);
+  return ticks * 10; // USER_HZ is 100 on Linux.
+}
+
+/** The value of the Prometheus sample `name{labels}` at `/metrics`, 0 when absent. */
+export async function metricValue(base: string, sample: string): Promise<number> {
+  const text = await (await fetch(`${base}/metrics`)).text();
+  for (const line of text.split('\n')) {
+    if (line.startsWith(`${sample} `)) return Number(line.slice(sample.length + 1));
+  }
+  return 0;
 }
