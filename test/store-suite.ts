@@ -7,7 +7,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { newId } from '../src/core/ids.js';
-import type { NewRequestMessage, Store, StreamMessage } from '../src/store/store.js';
+import type { NewRequestMessage, StreamMessage } from '../src/core/messages.js';
+import type { Store } from '../src/store/store.js';
 
 /** One isolated place to store things (a temp file, a fresh schema). */
 export interface StoreHarness {

@@ -9,10 +9,10 @@ import { pino } from 'pino';
 import { MemoryBroker } from '../src/broker/memory.js';
 import { loadConfig } from '../src/config.js';
 import type { Identity } from '../src/core/identity.js';
+import type { StreamMessage } from '../src/core/messages.js';
 import { Streams, type StreamViewer } from '../src/core/streams.js';
 import { Metrics } from '../src/observability/metrics.js';
 import { SqliteStore } from '../src/store/sqlite.js';
-import type { StreamMessage } from '../src/store/store.js';
 
 const limits = loadConfig({
   JWT_SECRET: 'x'.repeat(32),

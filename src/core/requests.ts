@@ -7,11 +7,12 @@
 import type { Limits } from '../config.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { Page, PageQuery, ReceiptKind, RequestMessage, Store } from '../store/store.js';
+import type { Store } from '../store/store.js';
 import { ChatError } from './errors.js';
 import { hasRole, type Identity } from './identity.js';
 import { newId } from './ids.js';
 import { checkMessageText, RateLimiter } from './limits.js';
+import type { Page, PageQuery, ReceiptKind, RequestMessage } from './messages.js';
 
 export interface RequestsDeps {
   store: Store;

@@ -13,11 +13,12 @@ import type { Broker, Unsubscribe } from '../broker/broker.js';
 import type { Limits } from '../config.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { Page, PageQuery, Store, StreamMessage } from '../store/store.js';
+import type { Store } from '../store/store.js';
 import { ChatError } from './errors.js';
 import type { Identity } from './identity.js';
 import { newId } from './ids.js';
 import { checkMessageText, RateLimiter } from './limits.js';
+import type { Page, PageQuery, StreamMessage } from './messages.js';
 
 export const STREAM_KEY = /^[A-Za-z0-9_-]{1,64}$/;
 

@@ -12,19 +12,16 @@
  * without it, the server's `search_path` applies (usually `public`).
  */
 import pg from 'pg';
-import type { Logger } from '../observability/log.js';
 import type {
   NewRequestMessage,
   Page,
   PageQuery,
-  PutRequestResult,
   ReceiptKind,
   RequestMessage,
-  RequestRecord,
-  Store,
   StreamMessage,
-  StreamRecord,
-} from './store.js';
+} from '../core/messages.js';
+import type { Logger } from '../observability/log.js';
+import type { PutRequestResult, RequestRecord, Store, StreamRecord } from './store.js';
 
 /** Append-only: a released migration is never edited, a new one is added. */
 const MIGRATIONS: readonly string[] = [

@@ -15,15 +15,12 @@ import type {
   NewRequestMessage,
   Page,
   PageQuery,
-  PutRequestResult,
   Receipt,
   ReceiptKind,
   RequestMessage,
-  RequestRecord,
-  Store,
   StreamMessage,
-  StreamRecord,
-} from './store.js';
+} from '../core/messages.js';
+import type { PutRequestResult, RequestRecord, Store, StreamRecord } from './store.js';
 
 /** Append-only: a released migration is never edited, a new one is added. */
 const MIGRATIONS: readonly string[] = [

@@ -11,6 +11,14 @@
  *   for the same sender and request returns the original; receipts are
  *   recorded once per (message, user, kind) and the first time wins.
  */
+import type {
+  NewRequestMessage,
+  Page,
+  PageQuery,
+  ReceiptKind,
+  RequestMessage,
+  StreamMessage,
+} from '../core/messages.js';
 
 export interface StreamRecord {
   key: string;
@@ -18,15 +26,6 @@ export interface StreamRecord {
   ownerId: string | null;
   /** ISO-8601 when ended through the API; null while open. */
   endedAt: string | null;
-}
-
-export interface StreamMessage {
-  id: string;
-  streamKey: string;
-  userId: string;
-  username: string;
-  message: string;
-  sentAt: string;
 }
 
 export interface RequestRecord {
@@ -38,41 +37,6 @@ export interface PutRequestResult {
   created: boolean;
   /** The owner before this call; null when the call created the request. */
   previousOwnerId: string | null;
-}
-
-export interface Receipt {
-  userId: string;
-  at: string;
-}
-
-/** CONTRACT section 3 `Message`. */
-export interface RequestMessage {
-  _id: string;
-  requestId: string;
-  sender: { id: string; username: string; role: string | null };
-  message: string;
-  createdAt: string;
-  deliveredTo: Receipt[];
-  readBy: Receipt[];
-}
-
-export type NewRequestMessage = Omit<RequestMessage, 'deliveredTo' | 'readBy'> & {
-  clientMessageId: string | null;
-};
-
-export type ReceiptKind = 'delivered' | 'read';
-
-export interface Page<T> {
-  /** Oldest first. */
-  messages: T[];
-  /** True when older messages exist before the first one returned. */
-  hasMore: boolean;
-}
-
-export interface PageQuery {
-  /** A message id: return only messages stored before it. */
-  before?: string | undefined;
-  limit: number;
 }
 
 export interface Store {

@@ -10,12 +10,12 @@ import type { Limits } from '../config.js';
 import { asChatError, ChatError } from '../core/errors.js';
 import { bearerToken } from '../core/identity.js';
 import { isObjectId, normalizeId } from '../core/ids.js';
+import type { PageQuery } from '../core/messages.js';
 import type { Requests } from '../core/requests.js';
 import type { Streams } from '../core/streams.js';
 import type { Logger } from '../observability/log.js';
 import { safePath } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { PageQuery } from '../store/store.js';
 import { parseTarget } from './target.js';
 
 export interface Readiness {

@@ -12,10 +12,10 @@ import { asChatError, ChatError } from '../core/errors.js';
 import { Gate } from '../core/gate.js';
 import { bearerToken, hasRole, type Identity, type TokenVerifier } from '../core/identity.js';
 import { isObjectId, normalizeId } from '../core/ids.js';
+import type { Page, RequestMessage } from '../core/messages.js';
 import type { Requests } from '../core/requests.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { Page, RequestMessage } from '../store/store.js';
 import { decodeRequestEvent, isRequestEvent, type RequestEvent } from './request-codec.js';
 import { type Conn, Wire } from './request-wire.js';
 

@@ -5,7 +5,7 @@
  */
 import { z } from 'zod';
 import { ChatError } from '../core/errors.js';
-import type { StreamMessage } from '../store/store.js';
+import type { StreamMessage } from '../core/messages.js';
 
 /** Payload schemas of the client frames, by `type`. */
 export const streamClientData = {

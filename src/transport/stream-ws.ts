@@ -10,10 +10,10 @@ import type { Limits } from '../config.js';
 import { asChatError, ChatError, CloseCode } from '../core/errors.js';
 import { bearerToken, type Identity, type TokenVerifier } from '../core/identity.js';
 import { FloodCounter } from '../core/limits.js';
+import type { StreamMessage } from '../core/messages.js';
 import type { StreamStatus, Streams, StreamViewer } from '../core/streams.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
-import type { StreamMessage } from '../store/store.js';
 import {
   claimedType,
   decodeStreamFrame,
