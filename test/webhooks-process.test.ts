@@ -148,5 +148,43 @@ if (await requireServices('postgres')) {
         await schema.drop();
       }
     });
+
+    it('a node killed mid-delivery: another sends its events once the leases run out', async (t) => {
+      // Attempts hang past the 1 s timeout until the kill; a lease is 2 × 1 s + 5 s.
+      const receiver = await WebhookReceiver.start({ faults: { hang: 1 } });
+      const schema = await tempSchema();
+      const env = { ...webhookEnv(receiver), DATABASE_URL: schema.url, WEBHOOK_TIMEOUT_MS: '1000' };
+      const [victim, survivor] = [await spawnServer(env), await spawnServer(env)];
+      try {
+        const requestId = '6751b6df1ad14eaa13a0ff03';
+        await api(victim.url, 'PUT', `/api/requests/${requestId}`, { ownerId: 1 });
+        const sent = await sendMessages(victim, requestId, 20, 'doomed node');
+        await receiver.until(() => receiver.attempts.length >= 1, 'a delivery under way', 5_000);
+        victim.child.kill('SIGKILL');
+        await victim.stop();
+        const killedAt = Date.now();
+        receiver.faults = {};
+        await receiver.until(
+          () => receiver.deliveredOf('request.message.created').length === sent.length,
+          'every event from the surviving node',
+          30_000,
+        );
+        t.diagnostic(`all delivered ${Date.now() - killedAt} ms after the kill`);
+        assert.deepEqual(
+          receiver
+            .deliveredOf('request.message.created')
+            .map((a) => a.event.data._id)
+            .sort(),
+          [...sent].sort(),
+        );
+      } finally {
+        if (victim.child.exitCode === null && victim.child.signalCode === null) {
+          victim.child.kill('SIGKILL');
+        }
+        assert.equal(await survivor.stop(), 0);
+        await receiver.close();
+        await schema.drop();
+      }
+    });
   });
 }
