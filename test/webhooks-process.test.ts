@@ -103,6 +103,40 @@ describe('webhooks across a SIGKILL', () => {
   });
 });
 
+describe('webhooks across a SIGTERM', () => {
+  it('cuts the sends under way, exits 0 well before their timeout, and sends them after the restart', async () => {
+    const receiver = await WebhookReceiver.start({ faults: { hang: 1 } });
+    const env = {
+      ...webhookEnv(receiver),
+      DATABASE_URL: `sqlite:${join(dir, 'term.db')}`,
+      WEBHOOK_TIMEOUT_MS: '8000',
+    };
+    const first = await spawnServer(env);
+    const requestId = '6751b6df1ad14eaa13a0ff04';
+    let second: ChildServer | undefined;
+    try {
+      await api(first.url, 'PUT', `/api/requests/${requestId}`, { ownerId: 1 });
+      const sent = await sendMessages(first, requestId, 5, 'before the stop');
+      await receiver.until(() => receiver.attempts.length >= 5, 'deliveries under way', 5_000);
+      const started = Date.now();
+      assert.equal(await first.stop('SIGTERM'), 0);
+      const took = Date.now() - started;
+      assert.ok(took < 4_000, `stopped in ${took} ms, not after the 8 s send timeout`);
+      receiver.faults = {};
+      second = await spawnServer(env);
+      await receiver.until(
+        () => receiver.deliveredOf('request.message.created').length === sent.length,
+        'every event after the restart',
+      );
+      const ids = new Set(receiver.attempts.map((a) => a.id));
+      assert.equal(ids.size, sent.length, 'the same webhook-ids before and after');
+    } finally {
+      if (second) assert.equal(await second.stop(), 0);
+      await receiver.close();
+    }
+  });
+});
+
 if (await requireServices('postgres')) {
   describe('webhooks from three nodes on PostgreSQL', () => {
     it('send each event once', async (t) => {

@@ -93,8 +93,10 @@ export class Streams<F> {
   async end(key: string): Promise<boolean> {
     const { webhooks } = this.deps;
     const ended = await this.deps.store.endStream(key, webhooks && [streamEvents.ended(key)]);
-    if (ended) this.publish(key, { kind: 'ended' });
-    webhooks?.nudge();
+    if (ended) {
+      this.publish(key, { kind: 'ended' });
+      webhooks?.nudge();
+    }
     return ended;
   }
 
