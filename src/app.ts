@@ -88,7 +88,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     metrics,
     log,
   });
-  const requests = new Requests({ store, limits: config.limits, metrics, log });
+  const requests = new Requests({ store, limits: config.limits, desk: config.desk, metrics, log });
   const handler = createHttpHandler({
     apiKey: config.apiKey,
     metricsToken: config.metricsToken,

@@ -178,6 +178,32 @@ function requestRoutes(deps: HttpDeps): Route[] {
   ];
 }
 
+/** The platform's view of a user's unread request messages (CONTRACT section 8). */
+function userRoutes(deps: HttpDeps): Route[] {
+  return [
+    {
+      method: 'GET',
+      path: /^\/api\/users\/([^/]{1,256})\/unread$/,
+      apiKey: true,
+      async handle({ params, query }) {
+        let userId: string;
+        try {
+          userId = decodeURIComponent(params[0] as string);
+        } catch {
+          throw new ChatError('invalid_payload', 'The user id is not valid.', { httpStatus: 400 });
+        }
+        const role = query.get('role');
+        if (role !== 'LAB' && role !== 'TEACHER') {
+          throw new ChatError('invalid_payload', '"role" must be TEACHER or LAB.', {
+            httpStatus: 400,
+          });
+        }
+        return { status: 200, body: await deps.requests.unread(userId, role) };
+      },
+    },
+  ];
+}
+
 function opsRoutes(deps: HttpDeps): Route[] {
   return [
     {
@@ -283,7 +309,12 @@ async function serveMetrics(
 export function createHttpHandler(deps: HttpDeps) {
   const expectedKey = digest(deps.apiKey);
   const metricsToken = deps.metricsToken === undefined ? undefined : digest(deps.metricsToken);
-  const routes = [...opsRoutes(deps), ...streamRoutes(deps), ...requestRoutes(deps)];
+  const routes = [
+    ...opsRoutes(deps),
+    ...streamRoutes(deps),
+    ...requestRoutes(deps),
+    ...userRoutes(deps),
+  ];
 
   return async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
