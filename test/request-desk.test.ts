@@ -5,7 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
+import { ConfigError, loadConfig } from '../src/config.js';
 import { newId } from '../src/core/ids.js';
+import { allowedUrl } from '../src/core/requests.js';
+import { TypingThrottle } from '../src/core/typing.js';
 import { api, sleep, startServer, type TestServer, userToken } from './helpers.js';
 import { RequestClient, settle } from './request-client.js';
 
@@ -438,5 +441,74 @@ describe('request chat desk', () => {
       );
       assert.equal(noKey.status, 401);
     });
+  });
+});
+
+describe('request desk settings and rules', () => {
+  test('defaults, and every setting validated', () => {
+    const { desk } = loadConfig({});
+    assert.deepEqual(desk, {
+      editWindowMs: 900_000,
+      typingIntervalMs: 2000,
+      typingTrackedMax: 100_000,
+      attachmentUrlPrefixes: [],
+      attachmentsMax: 10,
+      unreadListMax: 100,
+    });
+    const set = loadConfig({ ATTACHMENT_URL_PREFIXES: ' https://a.test/x/ ,http://b.test/' });
+    assert.deepEqual(
+      set.desk.attachmentUrlPrefixes.map((u) => u.href),
+      ['https://a.test/x/', 'http://b.test/'],
+    );
+    for (const [name, value] of [
+      ['ATTACHMENT_URL_PREFIXES', 'ftp://a.test/'],
+      ['ATTACHMENT_URL_PREFIXES', 'files'],
+      ['ATTACHMENT_URL_PREFIXES', 'https://user:pw@a.test/'],
+      ['ATTACHMENTS_MAX', '0'],
+      ['ATTACHMENTS_MAX', '101'],
+      ['TYPING_INTERVAL_MS', '0'],
+      ['TYPING_TRACKED_MAX', 'many'],
+      ['REQUEST_EDIT_WINDOW_SECONDS', '-1'],
+      ['UNREAD_LIST_MAX', '0'],
+    ] as const) {
+      assert.throws(
+        () => loadConfig({ [name]: value }),
+        (e: unknown) => e instanceof ConfigError && e.message.includes(name),
+        `${name}=${value}`,
+      );
+    }
+  });
+
+  test('attachment URLs are compared after parsing', () => {
+    const prefixes = [new URL('https://files.test/uploads/')];
+    assert.equal(allowedUrl('https://files.test/uploads/a.png', prefixes), true);
+    for (const url of [
+      'https://files.test/uploads/../secret',
+      'https://files.test/uploadsX/a',
+      'https://files.test.evil/uploads/a',
+      'https://x@files.test/uploads/a',
+      'http://files.test/uploads/a',
+      'not a url',
+    ]) {
+      assert.equal(allowedUrl(url, prefixes), false, url);
+    }
+    assert.equal(allowedUrl('https://files.test/uploads/a', []), false, 'no prefix, no URL');
+  });
+
+  test('the typing throttle forwards once per interval and stays bounded', () => {
+    let now = 0;
+    const t = new TypingThrottle(1000, 3, () => now);
+    assert.equal(t.allow('1', 'r'), true);
+    assert.equal(t.allow('1', 'r'), false);
+    assert.equal(t.allow('2', 'r'), true, 'per user');
+    assert.equal(t.allow('1', 's'), true, 'per request');
+    now = 1000;
+    assert.equal(t.allow('1', 'r'), true, 'again after the interval');
+    // Many pairs at once: never more than the bound is remembered.
+    for (let i = 0; i < 1000; i++) t.allow(String(i), 'flood');
+    assert.ok(t.size <= 3, `remembers ${t.size}`);
+    now = 5000;
+    t.allow('x', 'y');
+    assert.equal(t.size, 1, 'expired pairs are forgotten');
   });
 });
