@@ -107,7 +107,14 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     metrics,
     log,
   });
-  const requests = new Requests({ store, limits: config.limits, metrics, log, webhooks });
+  const requests = new Requests({
+    store,
+    limits: config.limits,
+    desk: config.desk,
+    metrics,
+    log,
+    webhooks,
+  });
   const handler = createHttpHandler({
     apiKey: config.apiKey,
     metricsToken: config.metricsToken,

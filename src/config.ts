@@ -42,6 +42,21 @@ export interface JwtConfig {
   jwksTimeoutMs: number;
 }
 
+/** The request chat's inbox, typing, edits and attachments (CONTRACT section 8). */
+export interface DeskConfig {
+  /** How long after `createdAt` a sender may edit or delete a message. */
+  editWindowMs: number;
+  /** `typing` is forwarded at most once per this interval per user and request. */
+  typingIntervalMs: number;
+  /** (user, request) pairs whose last `typing` a node remembers; the oldest is forgotten first. */
+  typingTrackedMax: number;
+  /** Attachment URLs must start with one of these; empty refuses every attachment. */
+  attachmentUrlPrefixes: URL[];
+  attachmentsMax: number;
+  /** Requests listed by `GET /api/users/{id}/unread`. */
+  unreadListMax: number;
+}
+
 export interface Config {
   port: number;
   host: string;
@@ -61,6 +76,7 @@ export interface Config {
   limits: Limits;
   /** Webhooks to the platform (CONTRACT section 9); undefined without WEBHOOK_URL. */
   webhooks: WebhookConfig | undefined;
+  desk: DeskConfig;
   /** Accepted but unwise settings, for start-up to log. */
   warnings: string[];
 }
@@ -194,6 +210,34 @@ const schema = z.object({
   WEBHOOK_TIMEOUT_MS: int(10_000, 100, 60_000),
   WEBHOOK_POLL_MS: int(1000, 10, 60_000),
   WEBHOOK_CONCURRENCY: int(8, 1, 256),
+  // Request chat desk: edits, typing, attachments, unread (CONTRACT section 8)
+  REQUEST_EDIT_WINDOW_SECONDS: int(900, 1, 31_536_000),
+  TYPING_INTERVAL_MS: int(2000, 1, 3_600_000),
+  TYPING_TRACKED_MAX: int(100_000, 1, 10_000_000),
+  ATTACHMENT_URL_PREFIXES: z.preprocess(
+    blankAsUnset,
+    z
+      .string()
+      .optional()
+      .transform((v, ctx) => {
+        const prefixes: URL[] = [];
+        for (const raw of (v ?? '').split(',').map((p) => p.trim())) {
+          if (raw === '') continue;
+          const url = URL.canParse(raw) ? new URL(raw) : undefined;
+          if (!url || !/^https?:$/.test(url.protocol) || url.username || url.password) {
+            ctx.addIssue({
+              code: 'custom',
+              message: `expected http(s) URL prefixes, got "${raw}"`,
+            });
+            return z.NEVER;
+          }
+          prefixes.push(url);
+        }
+        return prefixes;
+      }),
+  ),
+  ATTACHMENTS_MAX: int(10, 1, 100),
+  UNREAD_LIST_MAX: int(100, 1, 10_000),
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -287,6 +331,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
             pollMs: e.WEBHOOK_POLL_MS,
             concurrency: e.WEBHOOK_CONCURRENCY,
           },
+    desk: {
+      editWindowMs: e.REQUEST_EDIT_WINDOW_SECONDS * 1000,
+      typingIntervalMs: e.TYPING_INTERVAL_MS,
+      typingTrackedMax: e.TYPING_TRACKED_MAX,
+      attachmentUrlPrefixes: e.ATTACHMENT_URL_PREFIXES,
+      attachmentsMax: e.ATTACHMENTS_MAX,
+      unreadListMax: e.UNREAD_LIST_MAX,
+    },
     warnings,
   };
 }

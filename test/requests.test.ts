@@ -14,13 +14,13 @@ import { fitPage, Requests } from '../src/core/requests.js';
 import { Metrics } from '../src/observability/metrics.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 
-const limits = loadConfig({
+const { limits, desk } = loadConfig({
   JWT_SECRET: 'x'.repeat(32),
   REQUEST_RATE_LIMIT: '2/60s',
   REQUEST_MESSAGE_MAX_CHARS: '20',
   HISTORY_PAGE: '3',
   HISTORY_MAX_PAGE: '5',
-}).limits;
+});
 
 const who = (userId: string, ...roles: string[]): Identity => ({
   userId,
@@ -41,6 +41,7 @@ describe('Requests', () => {
     requests = new Requests({
       store,
       limits,
+      desk,
       metrics: new Metrics(),
       log: pino({ level: 'silent' }),
     });

@@ -21,6 +21,7 @@ export const ERROR_CODES = [
   'message_too_long',
   'rate_limited',
   'internal_error',
+  'edit_window_passed',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -43,6 +44,7 @@ const DEFAULT_MESSAGES: Record<ErrorCode, string> = {
   message_too_long: 'The message is too long.',
   rate_limited: 'Too many messages; slow down.',
   internal_error: 'Something went wrong on our side.',
+  edit_window_passed: 'This message can no longer be edited or deleted.',
 };
 
 const HTTP_STATUS: Record<ErrorCode, number> = {
@@ -63,6 +65,7 @@ const HTTP_STATUS: Record<ErrorCode, number> = {
   message_too_long: 422,
   rate_limited: 429,
   internal_error: 500,
+  edit_window_passed: 409,
 };
 
 /** A refusal the client caused or can act on; anything else is `internal_error`. */

@@ -13,12 +13,18 @@
  */
 import pg from 'pg';
 import type {
+  Attachment,
+  InboxQuery,
+  MessageChange,
   NewRequestMessage,
   Page,
   PageQuery,
   ReceiptKind,
+  RequestActivity,
   RequestMessage,
+  RequestSummary,
   StreamMessage,
+  UnreadTotals,
 } from '../core/messages.js';
 import type { OutboxEntry, OutboxEvent, WebhookType } from '../core/webhook-events.js';
 import type { Logger } from '../observability/log.js';
@@ -87,6 +93,45 @@ const MIGRATIONS: readonly string[] = [
    );
    CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE state = 'pending';
    CREATE INDEX webhook_outbox_failed ON webhook_outbox (last_attempt_at) WHERE state = 'failed';`,
+  // The lab desk: attachments, edits and deletions; per-request counters and
+  // per-(request, user) sent/read counters so that unread counts never count
+  // messages; the inbox paged by (activity_at, id) on an index.
+  `ALTER TABLE request_messages
+     ADD COLUMN attachments jsonb NOT NULL DEFAULT '[]',
+     ADD COLUMN edited_at timestamptz,
+     ADD COLUMN deleted_at timestamptz;
+   ALTER TABLE requests
+     ADD COLUMN message_count integer NOT NULL DEFAULT 0,
+     ADD COLUMN last_message_seq bigint,
+     ADD COLUMN last_message_id text,
+     ADD COLUMN activity_at timestamptz;
+   UPDATE requests r SET message_count = s.n, last_message_seq = s.last
+     FROM (SELECT request_id, count(*) AS n, max(seq) AS last
+           FROM request_messages GROUP BY request_id) s
+     WHERE s.request_id = r.id;
+   UPDATE requests r SET last_message_id = m.id, activity_at = m.created_at
+     FROM request_messages m WHERE m.seq = r.last_message_seq;
+   UPDATE requests SET activity_at = created_at WHERE activity_at IS NULL;
+   ALTER TABLE requests ALTER COLUMN activity_at SET NOT NULL;
+   CREATE TABLE request_readers (
+     request_id text NOT NULL,
+     user_id    text NOT NULL,
+     sent       integer NOT NULL DEFAULT 0,
+     read       integer NOT NULL DEFAULT 0,
+     PRIMARY KEY (request_id, user_id)
+   );
+   CREATE INDEX request_readers_by_user ON request_readers (user_id);
+   INSERT INTO request_readers (request_id, user_id, sent, read)
+     SELECT request_id, sender_id, count(*), 0 FROM request_messages GROUP BY request_id, sender_id;
+   INSERT INTO request_readers (request_id, user_id, sent, read)
+     SELECT m.request_id, r.user_id, 0, count(*)
+     FROM receipts r JOIN request_messages m ON m.id = r.message_id
+     WHERE r.kind = 'read' AND r.user_id <> m.sender_id
+     GROUP BY m.request_id, r.user_id
+     ON CONFLICT (request_id, user_id) DO UPDATE SET read = excluded.read;
+   CREATE INDEX requests_by_activity ON requests (activity_at, id)
+     WHERE last_message_id IS NOT NULL;
+   CREATE INDEX requests_by_owner_activity ON requests (owner_id, activity_at, id);`,
 ];
 
 /**
@@ -135,6 +180,23 @@ interface RequestMessageRow {
   sender_role: string | null;
   message: string;
   created_at: Date;
+  attachments: Attachment[];
+  edited_at: Date | null;
+  deleted_at: Date | null;
+}
+interface InboxRow {
+  id: string;
+  owner_id: string;
+  message_count: number;
+  last_message_id: string | null;
+  activity_at: Date;
+  sent: number;
+  read: number;
+}
+interface Counted {
+  owner_id: string;
+  message_count: number;
+  readers: Array<{ userId: string; sent: number; read: number }>;
 }
 interface ReceiptRow {
   message_id: string;
@@ -184,7 +246,48 @@ const outboxParams = (entries: readonly OutboxEntry[]) => [
 
 const STREAM_COLUMNS = 'id, stream_key, user_id, username, message, sent_at';
 const REQUEST_COLUMNS =
-  'id, request_id, sender_id, sender_username, sender_role, message, created_at';
+  'id, request_id, sender_id, sender_username, sender_role, message, created_at, attachments, edited_at, deleted_at';
+
+/** A reader's counters as JSON, for `readers` arrays built inside one statement. */
+const READER_JSON = "json_build_object('userId', user_id, 'sent', sent, 'read', read)";
+
+/** One line per request of a user's inbox, with `unread` from the counters; `$1` is the user. */
+export const INBOX_SELECT = `SELECT r.id, r.owner_id, r.message_count, r.last_message_id, r.activity_at,
+    coalesce(rr.sent, 0) AS sent, coalesce(rr.read, 0) AS read
+  FROM requests r
+  LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = $1`;
+
+/** The lab's inbox (every request with messages) or a teacher's (`$2`), from `before` on. */
+export const inboxQuery = (owner: boolean, before: boolean) => {
+  const n = owner ? 3 : 2;
+  const where = [owner ? 'r.owner_id = $2' : 'r.last_message_id IS NOT NULL'];
+  if (before) {
+    where.push(
+      `(r.activity_at, r.id) < (SELECT activity_at, id FROM requests WHERE id = $${n + 1})`,
+    );
+  }
+  return `${INBOX_SELECT} WHERE ${where.join(' AND ')}
+    ORDER BY r.activity_at DESC, r.id DESC LIMIT $${n}`;
+};
+
+/** `$1` the user, `$2` the owner for a teacher's total. The lab's walks `requests`, never messages. */
+export const unreadTotalQuery = (owner: boolean) =>
+  owner
+    ? `SELECT (SELECT coalesce(sum(message_count), 0) FROM requests WHERE owner_id = $2)
+         - (SELECT coalesce(sum(rr.sent + rr.read), 0) FROM request_readers rr
+            JOIN requests r ON r.id = rr.request_id
+            WHERE rr.user_id = $1 AND r.owner_id = $2) AS total`
+    : `SELECT (SELECT coalesce(sum(message_count), 0) FROM requests)
+         - (SELECT coalesce(sum(sent + read), 0) FROM request_readers WHERE user_id = $1)
+         AS total`;
+
+export const unreadListQuery = (owner: boolean) => `SELECT id, unread FROM (
+    SELECT r.id, r.activity_at, r.message_count - coalesce(rr.sent, 0) - coalesce(rr.read, 0) AS unread
+    FROM requests r
+    LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = $1
+    WHERE ${owner ? 'r.owner_id = $3' : 'r.last_message_id IS NOT NULL'}
+    ORDER BY r.activity_at DESC, r.id DESC) x
+  WHERE unread > 0 LIMIT $2`;
 
 /**
  * The newest `limit + 1` rows of one scope, before the row `before` names.
@@ -334,7 +437,8 @@ export class PostgresStore implements Store {
       );
       if (updated) return { created: false, previousOwnerId: updated.previous };
       const inserted = await this.query(
-        `INSERT INTO requests (id, owner_id, created_at, updated_at) VALUES ($1, $2, $3, $3)
+        `INSERT INTO requests (id, owner_id, created_at, updated_at, activity_at)
+         VALUES ($1, $2, $3, $3, $3)
          ON CONFLICT (id) DO NOTHING RETURNING id`,
         [id, ownerId, now],
       );
@@ -353,22 +457,44 @@ export class PostgresStore implements Store {
   async addRequestMessage(
     m: NewRequestMessage,
     outbox: readonly OutboxEntry[] = [],
-  ): Promise<{ message: RequestMessage; duplicate: boolean }> {
+  ): Promise<{ message: RequestMessage; duplicate: boolean; activity?: RequestActivity }> {
+    const attachments = m.attachments ?? [];
     // Only a repeated clientMessageId is a duplicate: a taken id must fail.
-    const insert = `INSERT INTO request_messages
-         (id, request_id, sender_id, sender_username, sender_role, message, created_at,
-          client_message_id)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-       ON CONFLICT (request_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL
-       DO NOTHING
-       RETURNING seq`;
-    // With outbox rows, one statement still: they are inserted only with the message.
-    const inserted = await this.query(
-      outbox.length === 0
-        ? insert
-        : `WITH stored AS (${insert}),
-           events AS (${insertOutbox(9, 'EXISTS (SELECT 1 FROM stored)')})
-           SELECT seq FROM stored`,
+    // One statement is one transaction: the message and every counter it
+    // moves, and the webhook events it causes. The other readers' counters are read from the statement's
+    // snapshot, the sender's from the row it updated.
+    const inserted = await this.query<{ seq: string } & Partial<Counted>>(
+      `WITH ins AS (
+         INSERT INTO request_messages
+           (id, request_id, sender_id, sender_username, sender_role, message, created_at,
+            client_message_id, attachments)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
+         ON CONFLICT (request_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL
+         DO NOTHING
+         RETURNING seq, id, request_id, sender_id, created_at
+       ), req AS (
+         UPDATE requests r SET
+           message_count = r.message_count + 1,
+           last_message_seq = greatest(r.last_message_seq, ins.seq),
+           last_message_id = CASE WHEN r.last_message_seq > ins.seq THEN r.last_message_id
+                                  ELSE ins.id END,
+           activity_at = CASE WHEN r.last_message_seq > ins.seq THEN r.activity_at
+                              ELSE ins.created_at END
+         FROM ins WHERE r.id = ins.request_id
+         RETURNING r.owner_id, r.message_count
+       ), me AS (
+         INSERT INTO request_readers (request_id, user_id, sent, read)
+         SELECT request_id, sender_id, 1, 0 FROM ins
+         ON CONFLICT (request_id, user_id) DO UPDATE SET sent = request_readers.sent + 1
+         RETURNING user_id, sent, read
+       )${outbox.length === 0 ? '' : `, events AS (${insertOutbox(10, 'EXISTS (SELECT 1 FROM ins)')})`}
+       SELECT ins.seq, req.owner_id, req.message_count,
+         (SELECT coalesce(json_agg(${READER_JSON}), '[]') FROM (
+            SELECT user_id, sent, read FROM me
+            UNION ALL
+            SELECT user_id, sent, read FROM request_readers WHERE request_id = $2 AND user_id <> $3
+          ) x) AS readers
+       FROM ins LEFT JOIN req ON true`,
       [
         m._id,
         m.requestId,
@@ -378,12 +504,20 @@ export class PostgresStore implements Store {
         m.message,
         m.createdAt,
         m.clientMessageId,
+        JSON.stringify(attachments),
         ...(outbox.length === 0 ? [] : outboxParams(outbox)),
       ],
     );
-    if (inserted.length > 0) {
-      const { clientMessageId: _, ...message } = m;
-      return { message: { ...message, deliveredTo: [], readBy: [] }, duplicate: false };
+    const [row] = inserted;
+    if (row) {
+      const { clientMessageId: _, ...fields } = m;
+      const message: RequestMessage = { ...fields, attachments, deliveredTo: [], readBy: [] };
+      if (row.owner_id == null || row.message_count == null) return { message, duplicate: false };
+      return {
+        message,
+        duplicate: false,
+        activity: activityOf(m.requestId, row as Counted, message),
+      };
     }
     // The conflicting row is committed (the insert waited for it), so this sees it.
     const rows = await this.query<RequestMessageRow>(
@@ -405,6 +539,113 @@ export class PostgresStore implements Store {
     return { messages: await this.withReceipts(rows.slice(0, query.limit).reverse()), hasMore };
   }
 
+  async getRequestMessage(
+    requestId: string,
+    messageId: string,
+  ): Promise<RequestMessage | undefined> {
+    const rows = await this.query<RequestMessageRow>(
+      `SELECT ${REQUEST_COLUMNS} FROM request_messages WHERE id = $1 AND request_id = $2`,
+      [messageId, requestId],
+    );
+    return (await this.withReceipts(rows))[0];
+  }
+
+  async changeRequestMessage(
+    requestId: string,
+    messageId: string,
+    senderId: string,
+    change: MessageChange,
+  ): Promise<{ message: RequestMessage; activity?: RequestActivity } | undefined> {
+    const mine = 'id = $1 AND request_id = $2 AND sender_id = $3 AND deleted_at IS NULL';
+    if ('message' in change) {
+      const rows = await this.query<RequestMessageRow>(
+        `UPDATE request_messages SET message = $4, edited_at = $5 WHERE ${mine}
+         RETURNING ${REQUEST_COLUMNS}`,
+        [messageId, requestId, senderId, change.message, change.editedAt],
+      );
+      const [message] = await this.withReceipts(rows);
+      return message && { message };
+    }
+    // One statement: the deletion and every counter it moves. A message's
+    // readers never include its sender, so no counter row is updated twice.
+    const rows = await this.query<RequestMessageRow & Partial<Counted> & { last: string | null }>(
+      `WITH del AS (
+         UPDATE request_messages SET message = '', attachments = '[]', deleted_at = $4
+         WHERE ${mine}
+         RETURNING ${REQUEST_COLUMNS}
+       ), req AS (
+         UPDATE requests r SET message_count = r.message_count - 1
+         FROM del WHERE r.id = del.request_id
+         RETURNING r.owner_id, r.message_count, r.last_message_id
+       ), snt AS (
+         UPDATE request_readers rr SET sent = rr.sent - 1
+         FROM del WHERE rr.request_id = del.request_id AND rr.user_id = del.sender_id
+         RETURNING rr.user_id, rr.sent, rr.read
+       ), rd AS (
+         UPDATE request_readers rr SET read = rr.read - 1
+         FROM del WHERE rr.request_id = del.request_id AND rr.user_id IN
+           (SELECT user_id FROM receipts WHERE message_id = del.id AND kind = 'read')
+         RETURNING rr.user_id, rr.sent, rr.read
+       )
+       SELECT del.*, req.owner_id, req.message_count, req.last_message_id AS last,
+         (SELECT coalesce(json_agg(${READER_JSON}), '[]') FROM (
+            SELECT user_id, sent, read FROM snt
+            UNION ALL SELECT user_id, sent, read FROM rd
+            UNION ALL SELECT user_id, sent, read FROM request_readers
+              WHERE request_id = $2
+                AND user_id NOT IN (SELECT user_id FROM snt UNION ALL SELECT user_id FROM rd)
+          ) x) AS readers
+       FROM del LEFT JOIN req ON true`,
+      [messageId, requestId, senderId, change.deletedAt],
+    );
+    const [row] = rows;
+    if (!row) return undefined;
+    const [message] = (await this.withReceipts([row])) as [RequestMessage];
+    if (row.owner_id == null || row.message_count == null) return { message };
+    const lastMessage =
+      row.last === messageId || row.last === null
+        ? message
+        : ((await this.getRequestMessage(requestId, row.last)) ?? null);
+    return { message, activity: activityOf(requestId, row as Counted, lastMessage) };
+  }
+
+  async listRequests(query: InboxQuery): Promise<{ requests: RequestSummary[]; hasMore: boolean }> {
+    const owner = query.ownerId !== undefined;
+    const before = query.before !== undefined;
+    const params: unknown[] = [query.userId];
+    if (owner) params.push(query.ownerId);
+    params.push(query.limit + 1);
+    if (before) params.push(query.before);
+    const rows = await this.query<InboxRow>(inboxQuery(owner, before), params);
+    const hasMore = rows.length > query.limit;
+    return { requests: await this.summaries(rows.slice(0, query.limit)), hasMore };
+  }
+
+  async requestSummary(requestId: string, userId: string): Promise<RequestSummary | undefined> {
+    const rows = await this.query<InboxRow>(`${INBOX_SELECT} WHERE r.id = $2`, [userId, requestId]);
+    return (await this.summaries(rows))[0];
+  }
+
+  async unreadTotals(
+    userId: string,
+    ownerId: string | undefined,
+    limit: number,
+  ): Promise<UnreadTotals> {
+    const owner = ownerId !== undefined;
+    const [totals] = await this.query<{ total: string }>(
+      unreadTotalQuery(owner),
+      owner ? [userId, ownerId] : [userId],
+    );
+    const rows = await this.query<{ id: string; unread: number }>(
+      unreadListQuery(owner),
+      owner ? [userId, limit, ownerId] : [userId, limit],
+    );
+    return {
+      total: Math.max(0, Number(totals?.total ?? 0)),
+      requests: rows.map((r) => ({ requestId: r.id, unread: r.unread })),
+    };
+  }
+
   async addReceipts(
     requestId: string,
     kind: ReceiptKind,
@@ -419,6 +660,7 @@ export class PostgresStore implements Store {
     const text = `WITH eligible AS (
          SELECT id, seq FROM request_messages
          WHERE request_id = $1 AND sender_id <> $2 AND id = ANY($3::text[])
+           AND deleted_at IS NULL
        ), fresh AS (
          INSERT INTO receipts (message_id, kind, user_id, at)
          SELECT id, $4, $2, $5 FROM eligible
@@ -427,6 +669,11 @@ export class PostgresStore implements Store {
          INSERT INTO receipts (message_id, kind, user_id, at)
          SELECT id, 'delivered', $2, $5 FROM eligible WHERE $4 = 'read'
          ON CONFLICT DO NOTHING
+       ), counted AS (
+         INSERT INTO request_readers (request_id, user_id, sent, read)
+         SELECT $1, $2, 0, count(*) FROM fresh WHERE $4 = 'read' HAVING count(*) > 0
+         ON CONFLICT (request_id, user_id)
+         DO UPDATE SET read = request_readers.read + excluded.read
        )
        SELECT e.id FROM eligible e JOIN fresh f ON f.message_id = e.id ORDER BY e.seq`;
     const values = [requestId, userId, messageIds, kind, at];
@@ -612,18 +859,43 @@ export class PostgresStore implements Store {
     }
   }
 
+  private async summaries(rows: InboxRow[]): Promise<RequestSummary[]> {
+    const ids = rows.map((r) => r.last_message_id).filter((id): id is string => id !== null);
+    const messages =
+      ids.length === 0
+        ? []
+        : await this.withReceipts(
+            await this.query<RequestMessageRow>(
+              `SELECT ${REQUEST_COLUMNS} FROM request_messages WHERE id = ANY($1::text[])`,
+              [ids],
+            ),
+          );
+    const last = new Map(messages.map((m) => [m._id, m]));
+    return rows.map((r) => ({
+      requestId: r.id,
+      ownerId: r.owner_id,
+      lastMessage: (r.last_message_id && last.get(r.last_message_id)) || null,
+      unread: Math.max(0, r.message_count - r.sent - r.read),
+      updatedAt: r.activity_at.toISOString(),
+    }));
+  }
+
   private async withReceipts(rows: RequestMessageRow[]): Promise<RequestMessage[]> {
-    const messages = rows.map(
-      (r): RequestMessage => ({
+    const messages = rows.map((r): RequestMessage => {
+      const m: RequestMessage = {
         _id: r.id,
         requestId: r.request_id,
         sender: { id: r.sender_id, username: r.sender_username, role: r.sender_role },
         message: r.message,
         createdAt: r.created_at.toISOString(),
+        attachments: r.attachments,
         deliveredTo: [],
         readBy: [],
-      }),
-    );
+      };
+      if (r.edited_at !== null) m.editedAt = r.edited_at.toISOString();
+      if (r.deleted_at !== null) m.deletedAt = r.deleted_at.toISOString();
+      return m;
+    });
     if (messages.length === 0) return messages;
     const byId = new Map(messages.map((m) => [m._id, m]));
     const receipts = await this.query<ReceiptRow>(
@@ -638,4 +910,23 @@ export class PostgresStore implements Store {
     }
     return messages;
   }
+}
+
+/** Every reader's unread count after a message was stored or deleted. */
+function activityOf(
+  requestId: string,
+  counted: Counted,
+  lastMessage: RequestMessage | null,
+): RequestActivity {
+  const count = counted.message_count;
+  return {
+    requestId,
+    ownerId: counted.owner_id,
+    messageCount: count,
+    lastMessage,
+    readers: counted.readers.map((r) => ({
+      userId: r.userId,
+      unread: Math.max(0, count - r.sent - r.read),
+    })),
+  };
 }

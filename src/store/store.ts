@@ -10,14 +10,23 @@
  * - Idempotency: `addRequestMessage` with a `clientMessageId` already stored
  *   for the same sender and request returns the original; receipts are
  *   recorded once per (message, user, kind) and the first time wins.
+ * - Unread counts: per request, the messages by others that a user has not
+ *   read are `messageCount - sent - read`, three counters kept in the same
+ *   transaction as the message, the receipt or the deletion that changes them.
+ *   Deleted messages count for nobody.
  */
 import type {
+  InboxQuery,
+  MessageChange,
   NewRequestMessage,
   Page,
   PageQuery,
   ReceiptKind,
+  RequestActivity,
   RequestMessage,
+  RequestSummary,
   StreamMessage,
+  UnreadTotals,
 } from '../core/messages.js';
 import type { OutboxEntry, OutboxEvent } from '../core/webhook-events.js';
 
@@ -64,11 +73,17 @@ export interface Store {
    */
   putRequest(id: string, ownerId: string): Promise<PutRequestResult>;
   getRequest(id: string): Promise<RequestRecord | undefined>;
-  /** `outbox` rows are committed with the message, and dropped with a duplicate. */
+  /**
+   * Stores a message and, in the same transaction, the request's counters
+   * (its message count, last message and activity time, the sender's sent
+   * count). `activity` tells what the message did to everyone's unread count;
+   * absent for a duplicate, which changed nothing. `outbox` rows are
+   * committed with the message, and dropped with a duplicate.
+   */
   addRequestMessage(
     message: NewRequestMessage,
     outbox?: readonly OutboxEntry[],
-  ): Promise<{ message: RequestMessage; duplicate: boolean }>;
+  ): Promise<{ message: RequestMessage; duplicate: boolean; activity?: RequestActivity }>;
   requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage>>;
   /**
    * Records receipts of `userId` for those of `messageIds` that belong to the
@@ -117,6 +132,35 @@ export interface Store {
   retryWebhook(id: string, now: string): Promise<boolean>;
   /** Pending rows that are due or being retried (unread checks not yet due excluded). */
   webhookQueueDepth(now: string): Promise<number>;
+  /** One message of the request, with its receipts; deleted ones too. */
+  getRequestMessage(requestId: string, messageId: string): Promise<RequestMessage | undefined>;
+  /**
+   * Edits or deletes a message of `senderId` that is not deleted; undefined
+   * when there is none. A deletion blanks the text and attachments and takes
+   * the message out of every count (with `activity` as for a new message),
+   * in one transaction.
+   */
+  changeRequestMessage(
+    requestId: string,
+    messageId: string,
+    senderId: string,
+    change: MessageChange,
+  ): Promise<{ message: RequestMessage; activity?: RequestActivity } | undefined>;
+  /**
+   * A user's inbox, most recent activity first, paged by `(activity, id)` on
+   * an index; `unread` comes from per-request counters, never from counting
+   * messages.
+   */
+  listRequests(query: InboxQuery): Promise<{ requests: RequestSummary[]; hasMore: boolean }>;
+  /** One line of `userId`'s inbox; undefined for an unknown request. */
+  requestSummary(requestId: string, userId: string): Promise<RequestSummary | undefined>;
+  /**
+   * `userId`'s unread total over the requests they may act in (theirs with
+   * `ownerId`, every request without), and the first `limit` requests with
+   * unread messages. Reads counters only: its cost grows with requests, not
+   * messages.
+   */
+  unreadTotals(userId: string, ownerId: string | undefined, limit: number): Promise<UnreadTotals>;
 
   /** Resolves when the backend answers; for readiness. */
   ping(): Promise<void>;

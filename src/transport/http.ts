@@ -220,6 +220,32 @@ function webhookRoutes(deps: HttpDeps): Route[] {
   ];
 }
 
+/** The platform's view of a user's unread request messages (CONTRACT section 8). */
+function userRoutes(deps: HttpDeps): Route[] {
+  return [
+    {
+      method: 'GET',
+      path: /^\/api\/users\/([^/]{1,256})\/unread$/,
+      apiKey: true,
+      async handle({ params, query }) {
+        let userId: string;
+        try {
+          userId = decodeURIComponent(params[0] as string);
+        } catch {
+          throw new ChatError('invalid_payload', 'The user id is not valid.', { httpStatus: 400 });
+        }
+        const role = query.get('role');
+        if (role !== 'LAB' && role !== 'TEACHER') {
+          throw new ChatError('invalid_payload', '"role" must be TEACHER or LAB.', {
+            httpStatus: 400,
+          });
+        }
+        return { status: 200, body: await deps.requests.unread(userId, role) };
+      },
+    },
+  ];
+}
+
 function opsRoutes(deps: HttpDeps): Route[] {
   return [
     {
@@ -330,6 +356,7 @@ export function createHttpHandler(deps: HttpDeps) {
     ...streamRoutes(deps),
     ...requestRoutes(deps),
     ...webhookRoutes(deps),
+    ...userRoutes(deps),
   ];
 
   return async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
