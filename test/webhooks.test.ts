@@ -98,6 +98,7 @@ describe('webhooks', () => {
         sender: { id: '1', username: 'user1', role: 'TEACHER' },
         message: 'm0',
         createdAt: undefined,
+        attachments: [],
         deliveredTo: [],
         readBy: [],
       },
