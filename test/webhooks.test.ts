@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
+import { streamEvents } from '../src/core/webhook-events.js';
 import { retryDelayMs, retryScheduleMs } from '../src/core/webhooks.js';
 import { api, sleep, startServer, type TestServer, userToken } from './helpers.js';
 import { RequestClient } from './request-client.js';
@@ -231,6 +232,31 @@ describe('webhooks', () => {
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     assert.match(metrics, /charla_webhook_deliveries_total\{result="failed"\} 2/);
     assert.match(metrics, /charla_webhook_deliveries_total\{result="delivered"\} 1/);
+  });
+
+  it('sends the moderation events committed through the typed builders and enqueue', async () => {
+    const { receiver, server } = await setup();
+    const webhooks = server.app.webhooks;
+    assert.ok(webhooks);
+    await server.app.store.enqueueWebhooks([
+      streamEvents.messageDeleted({ key: 'live', id: 'm1', by: '9' }),
+      streamEvents.userBanned({ key: 'live', userId: '5', by: '9', reason: 'spam' }),
+    ]);
+    await webhooks.enqueue('stream.user.timed_out', {
+      key: 'live',
+      userId: '6',
+      by: '9',
+      seconds: 60,
+    });
+    await receiver.until(() => receiver.delivered().size === 3, 'the three events', 5_000);
+    const byType = Object.fromEntries(
+      [...receiver.delivered().values()].map((a) => [a.event.type, a.event.data]),
+    );
+    assert.deepEqual(byType, {
+      'stream.message.deleted': { key: 'live', id: 'm1', by: '9' },
+      'stream.user.banned': { key: 'live', userId: '5', by: '9', reason: 'spam' },
+      'stream.user.timed_out': { key: 'live', userId: '6', by: '9', seconds: 60 },
+    });
   });
 
   it('without WEBHOOK_URL stores no events and the API says so', async () => {
