@@ -175,7 +175,7 @@ describe('webhooks', () => {
   it('keeps an event that ran out of attempts as failed; the API sends it again with the same id', async () => {
     const { receiver, server } = await setup(
       { error500: 1 },
-      { WEBHOOK_MAX_ATTEMPTS: '3', WEBHOOK_UNREAD_AFTER_SECONDS: '3600' },
+      { WEBHOOK_MAX_ATTEMPTS: '3', WEBHOOK_UNREAD_AFTER_SECONDS: '0' },
     );
     const chat = await conversation(server, '6751b6df1ad14eaa13a0ee03');
     const m = await chat.send('hola');
@@ -230,6 +230,11 @@ describe('webhooks', () => {
     await receiver.until(() => receiver.delivered().has(event.id), 'the delivery', 5_000);
     await sleep(100);
     assert.deepEqual((await api(server.url, 'GET', '/api/webhooks/failed')).body.events, []);
+    assert.equal(
+      await server.app.store.webhookQueueDepth(new Date(Date.now() + 1e9).toISOString()),
+      0,
+      'WEBHOOK_UNREAD_AFTER_SECONDS=0: no unread check was stored',
+    );
     const bodies = new Set(receiver.attempts.map((a) => a.body));
     assert.equal(bodies.size, 1, 'the same body on every attempt');
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
