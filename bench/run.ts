@@ -9,10 +9,13 @@
  *   npm run bench -- --only fanout,idle --runs 5
  *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
+ *   npm run bench -- --only request --webhooks   (request chat with the webhook outbox on)
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -300,6 +303,11 @@ async function requestChat(database: 'sqlite' | 'postgres') {
     url.searchParams.set('schema', schema);
     env.DATABASE_URL = url.toString();
   }
+  const hooks = flag('webhooks') ? await webhookSink() : undefined;
+  if (hooks) {
+    env.WEBHOOK_URL = hooks.url;
+    env.WEBHOOK_SECRET = `whsec_${randomBytes(32).toString('base64')}`;
+  }
   const server = await startServer('charla', env);
   try {
     const requests = Array.from({ length: 50 }, () => randomBytes(12).toString('hex'));
@@ -333,9 +341,11 @@ async function requestChat(database: 'sqlite' | 'postgres') {
       deliveredPerSec: report.deliveredInWindow / seconds,
       genCpu: report.cpuPercent,
       serverCpu: serverWindow.cpuPercent,
+      ...(hooks ? { webhooksReceived: hooks.received() } : {}),
     };
   } finally {
     await server.stop();
+    await hooks?.close();
     if (database === 'postgres') {
       const client = new pg.Client({ connectionString: BENCH_PG_URL });
       await client.connect();
@@ -343,6 +353,27 @@ async function requestChat(database: 'sqlite' | 'postgres') {
       await client.end();
     }
   }
+}
+
+/** A webhook receiver that answers 204 to everything and counts; not pinned, it runs here. */
+async function webhookSink() {
+  let received = 0;
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      received++;
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`,
+    received: () => received,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
 }
 
 /** Runs `fn` for every server kind `runs` times, interleaved, and keeps the medians. */

@@ -88,6 +88,7 @@ export interface WebhookConfig {
   maxAttempts: number;
   retryBaseMs: number;
   retryMaxMs: number;
+  /** 0: no `request.message.unread` events. */
   unreadAfterMs: number;
   timeoutMs: number;
   pollMs: number;
@@ -206,7 +207,8 @@ const schema = z.object({
   WEBHOOK_MAX_ATTEMPTS: int(12, 1, 100),
   WEBHOOK_RETRY_BASE_SECONDS: seconds(10, 0.01, 3600),
   WEBHOOK_RETRY_MAX_SECONDS: seconds(3600, 0.01, 86_400),
-  WEBHOOK_UNREAD_AFTER_SECONDS: seconds(600, 0.01, 30 * 86_400),
+  // 0 turns request.message.unread off.
+  WEBHOOK_UNREAD_AFTER_SECONDS: seconds(600, 0, 30 * 86_400),
   WEBHOOK_TIMEOUT_MS: int(10_000, 100, 60_000),
   WEBHOOK_POLL_MS: int(1000, 10, 60_000),
   WEBHOOK_CONCURRENCY: int(8, 1, 256),

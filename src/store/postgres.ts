@@ -713,9 +713,8 @@ export class PostgresStore implements Store {
        )
        UPDATE webhook_outbox o SET lease_until = $3 FROM due
        WHERE o.id = due.id AND NOT due.seen
-       RETURNING ${OUTBOX_COLUMNS.split(', ')
-         .map((c) => `o.${c}`)
-         .join(', ')}`,
+       RETURNING o.id, o.type, o.payload, o.created_at, o.attempts, o.last_error,
+         o.last_attempt_at`,
       [now, limit, leaseUntil],
     );
     return rows.map(outboxEvent);
