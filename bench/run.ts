@@ -10,6 +10,7 @@
  *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
  *   npm run bench -- --only request --webhooks   (request chat with the webhook outbox on)
+ *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -20,6 +21,7 @@ import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { inboxScenario } from './inbox.js';
 import type { ChurnReport, FanoutJob, FanoutReport, Job, RequestReport } from './loadgen.js';
 import { fmt, latencyStats, lineChart, median, type Series, table } from './report.js';
 import {
@@ -487,6 +489,21 @@ async function main(): Promise<void> {
     }
   }
 
+  if (want('inbox')) {
+    const spec = {
+      requests: Number(option('requests') ?? (quick ? 10_000 : 100_000)),
+      messages: Number(option('messages') ?? (quick ? 100_000 : 1_000_000)),
+      teachers: 1000,
+      labUsers: 20,
+      queries: quick ? 300 : 2000,
+    };
+    for (const database of ['sqlite', 'postgres'] as const) {
+      const res = await inboxScenario(database, spec, BENCH_PG_URL);
+      process.stderr.write(`  inbox ${database}: ${JSON.stringify(res)}\n`);
+      record('inbox', { database, server: 'charla', ...res });
+    }
+  }
+
   const outDir = join(srcBench, 'out');
   mkdirSync(outDir, { recursive: true });
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? 'cpu'}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB, Node ${process.version}`;
@@ -599,6 +616,38 @@ function renderTables(): string {
       '\n### Slow viewers: 1,000 viewers, 200 chats/s of 400 bytes, a share never reads\n',
       table(
         ['server', 'slow', 'p50 ms (readers)', 'p99 ms (readers)', 'lost (readers)', 'peak RSS MB'],
+        rows,
+      ),
+    );
+  }
+  if (results.inbox) {
+    const rows = results.inbox.map((r) => [
+      String(r.database),
+      fmt(n(r, 'requests')),
+      fmt(n(r, 'messages')),
+      fmt(n(r, 'labFirstP50'), 2),
+      fmt(n(r, 'labFirstP99'), 2),
+      fmt(n(r, 'labDeepP99'), 2),
+      fmt(n(r, 'teacherP99'), 2),
+      fmt(n(r, 'unreadTeacherP99'), 2),
+      `${fmt(n(r, 'unreadLabP50'), 1)} / ${fmt(n(r, 'unreadLabP99'), 1)}`,
+      `${fmt(n(r, 'storeFirstP50'), 2)} / ${fmt(n(r, 'storeFirstP99'), 2)} / ${fmt(n(r, 'storeDeepP99'), 2)}`,
+    ]);
+    parts.push(
+      '\n### Inbox: `listRequests` (50 a page) and the unread API, one at a time from outside\n',
+      table(
+        [
+          'storage',
+          'requests',
+          'messages',
+          'lab page 1 p50 ms',
+          'lab page 1 p99 ms',
+          'lab later page p99 ms',
+          'teacher p99 ms',
+          'teacher unread API p99 ms',
+          'lab unread API p50 / p99 ms',
+          'store only: page 1 p50 / p99, later page p99 ms',
+        ],
         rows,
       ),
     );

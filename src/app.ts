@@ -127,7 +127,9 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     readiness: { checks: { storage: () => store.ping(), broker: () => broker.ping() } },
   });
 
-  const serveWeb = createWebHandler();
+  const serveWeb = createWebHandler(undefined, {
+    attachmentUrlPrefixes: config.desk.attachmentUrlPrefixes.map((u) => u.href),
+  });
   const onRequest = async (req: IncomingMessage, res: ServerResponse) => {
     if (!serveWeb(req, res)) await handler(req, res);
   };

@@ -113,6 +113,19 @@ describe('Requests', () => {
     });
   });
 
+  it('edits and deletions spend the same rate limit as messages; refusals spend none', async () => {
+    const { message } = await requests.send(lab, id, 'one', undefined);
+    await assert.rejects(requests.edit(owner, id, message._id, 'x'), { code: 'forbidden' });
+    await assert.rejects(requests.edit(lab, id, message._id, ' '), { code: 'empty_message' });
+    const edited = await requests.edit(lab, id, message._id, 'two');
+    assert.equal(edited.message.message, 'two');
+    // REQUEST_RATE_LIMIT is 2/60s here: the message and the edit took both.
+    await assert.rejects(requests.remove(lab, id, message._id), { code: 'rate_limited' });
+    const [stored] = (await requests.history(id, { limit: 10 })).messages;
+    assert.equal(stored?.deletedAt, undefined);
+    assert.equal(stored?.message, 'two');
+  });
+
   it('page sizes: HISTORY_PAGE by default, at most HISTORY_MAX_PAGE', () => {
     assert.equal(requests.pageLimit(undefined), 3);
     assert.equal(requests.pageLimit(5), 5);

@@ -203,6 +203,8 @@ export class Requests {
       if (original.attachments.length === 0 || text.trim() !== '') {
         checkMessageText(text, this.deps.limits.requestMessageMaxChars);
       }
+      // A change is a write delivered to the room, as a message is: same budget.
+      this.rate.take(`${identity.userId}\u0000${requestId}`);
       const editedAt = new Date().toISOString();
       const changed = await this.deps.store.changeRequestMessage(
         requestId,
@@ -219,6 +221,7 @@ export class Requests {
   remove(identity: Identity, requestId: string, messageId: string): Promise<Changed> {
     return this.track(async () => {
       await this.ownMessage(identity, requestId, messageId);
+      this.rate.take(`${identity.userId}\u0000${requestId}`);
       const changed = await this.deps.store.changeRequestMessage(
         requestId,
         messageId,
