@@ -19,7 +19,12 @@ import { SqliteStore, sqlitePath } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 import { createHttpHandler } from './transport/http.js';
 import { RequestChat, SOCKET_IO_PATH } from './transport/request-io.js';
-import { encodeStreamFrame, type StreamFrame, StreamGateway } from './transport/stream-ws.js';
+import {
+  encodeStreamBroadcast,
+  encodeStreamFrame,
+  type StreamFrame,
+  StreamGateway,
+} from './transport/stream-ws.js';
 import { createWebHandler } from './transport/web.js';
 import { abortHandshake, guard, httpResponse } from './transport/websocket-handshake.js';
 
@@ -80,6 +85,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     metrics,
     log,
     encode: encodeStreamFrame,
+    encodeBroadcast: encodeStreamBroadcast,
   });
   const streamGateway = new StreamGateway({
     streams,
@@ -190,6 +196,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
         server.closeIdleConnections();
         await Promise.all([streamGateway.closeAll(CLIENT_CLOSE_MS), requestChat.close()]);
         server.closeAllConnections();
+        streams.close();
         await Promise.all([streams.flush(), requests.flush()]);
         await broker.close();
         await store.close();

@@ -91,6 +91,7 @@ test('server frames carry the fields the encoder writes', () => {
       username: 'ana',
       message: 'hola',
       sentAt: '2026-11-22T10:00:00.000Z',
+      badges: [],
     }),
   );
   const out = doc.components.schemas.StreamChatOut;

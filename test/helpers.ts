@@ -101,6 +101,9 @@ export interface Frame {
   data: any;
 }
 
+/** Frames a section-2 client ignores; `next()` and `rest()` pass over them. */
+const CLASSROOM_FRAMES = new Set(['stream', 'history']);
+
 /**
  * A `ws` client that records every frame, so a test can wait for the next
  * one matching a predicate and see everything it was sent.
@@ -160,13 +163,17 @@ export class StreamClient {
     this.send({ type: 'auth', data: { token } });
   }
 
-  /** The next frame not yet taken (optionally of `type`), or rejects after `ms`. */
+  /**
+   * The next frame not yet taken (optionally of `type`), or rejects after `ms`.
+   * Without `type`, the classroom's `stream` and `history` frames are passed
+   * over, as a client written for section 2 alone would.
+   */
   async next(type?: string, ms = 3000): Promise<Frame> {
     const deadline = Date.now() + ms;
     for (;;) {
       while (this.cursor < this.frames.length) {
         const f = this.frames[this.cursor++] as Frame;
-        if (type === undefined || f.type === type) return f;
+        if (type === undefined ? !CLASSROOM_FRAMES.has(f.type) : f.type === type) return f;
       }
       const left = deadline - Date.now();
       if (left <= 0 || this.ws.readyState === WebSocket.CLOSED) {
@@ -197,9 +204,9 @@ export class StreamClient {
     }
   }
 
-  /** Frames received so far that were not taken by `next`. */
+  /** Frames received so far that were not taken by `next` (`stream` and `history` left out). */
   rest(): Frame[] {
-    return this.frames.slice(this.cursor);
+    return this.frames.slice(this.cursor).filter((f) => !CLASSROOM_FRAMES.has(f.type));
   }
 
   close(): void {

@@ -28,6 +28,7 @@ const streamMessage = (streamKey: string, message: string, userId = '1'): Stream
   username: `user${userId}`,
   message,
   sentAt: iso(++clock),
+  badges: [],
 });
 
 const requestMessage = (
