@@ -567,6 +567,9 @@ export class Streams<F> {
     let gap = false;
     try {
       await this.rulesOf(key, room);
+      // Chats published before this viewer subscribed may still wait for their
+      // batch: stored first, they are in the history read below.
+      await this.flush();
       if (since !== undefined) {
         const r = await this.deps.store.streamRecent(key, {
           after: since,
