@@ -63,7 +63,7 @@ async function join(
   const history = await c.next('history');
   // The frames come in this order, right after auth.
   assert.deepEqual(
-    c.frames.slice(0, 3).map((f) => f.type),
+    c.all.slice(0, 3).map((f) => f.type),
     ['auth', 'stream', 'history'],
   );
   return { c, stream, history };
@@ -161,15 +161,16 @@ describe('joining', () => {
     const { c: a } = await join(key);
     const { c: b, stream } = await join(key);
     assert.equal(stream.data.viewers, 2);
+    await nextStream(a, (d) => d.viewers === 2);
     b.close();
     for (;;) {
       const f = await a.next('stream', 2000);
       if (f.data.viewers === 1) break;
     }
-    const before = a.frames.filter((f) => f.type === 'stream').length;
+    const before = a.all.filter((f) => f.type === 'stream').length;
     await sleep(400);
     assert.equal(
-      a.frames.filter((f) => f.type === 'stream').length,
+      a.all.filter((f) => f.type === 'stream').length,
       before,
       'not re-sent while the count stays the same',
     );

@@ -109,6 +109,9 @@ const CLASSROOM_FRAMES = new Set(['stream', 'history']);
  * one matching a predicate and see everything it was sent.
  */
 export class StreamClient {
+  /** Every frame received, in order. */
+  readonly all: Frame[] = [];
+  /** The frames a section-2 client knows: `all` without `stream` and `history`. */
   readonly frames: Frame[] = [];
   private cursor = 0;
   private waiters: Array<() => void> = [];
@@ -117,7 +120,9 @@ export class StreamClient {
 
   constructor(readonly ws: WebSocket) {
     ws.on('message', (data) => {
-      this.frames.push(JSON.parse(String(data)) as Frame);
+      const frame = JSON.parse(String(data)) as Frame;
+      this.all.push(frame);
+      if (!CLASSROOM_FRAMES.has(frame.type)) this.frames.push(frame);
       this.wake();
     });
     this.opened = new Promise((resolve, reject) => {
@@ -171,15 +176,13 @@ export class StreamClient {
   async next(type?: string, ms = 3000): Promise<Frame> {
     const deadline = Date.now() + ms;
     for (;;) {
-      while (this.cursor < this.frames.length) {
-        const f = this.frames[this.cursor++] as Frame;
+      while (this.cursor < this.all.length) {
+        const f = this.all[this.cursor++] as Frame;
         if (type === undefined ? !CLASSROOM_FRAMES.has(f.type) : f.type === type) return f;
       }
       const left = deadline - Date.now();
       if (left <= 0 || this.ws.readyState === WebSocket.CLOSED) {
-        throw new Error(
-          `no ${type ?? ''} frame within ${ms} ms; got ${JSON.stringify(this.frames)}`,
-        );
+        throw new Error(`no ${type ?? ''} frame within ${ms} ms; got ${JSON.stringify(this.all)}`);
       }
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, left);
@@ -195,7 +198,7 @@ export class StreamClient {
   async collect(type: string, n: number, ms = 5000): Promise<Frame[]> {
     const deadline = Date.now() + ms;
     for (;;) {
-      const got = this.frames.filter((f) => f.type === type);
+      const got = this.all.filter((f) => f.type === type);
       if (got.length >= n) return got;
       if (Date.now() > deadline || this.ws.readyState === WebSocket.CLOSED) {
         throw new Error(`expected ${n} ${type} frames, got ${got.length}`);
@@ -206,7 +209,7 @@ export class StreamClient {
 
   /** Frames received so far that were not taken by `next` (`stream` and `history` left out). */
   rest(): Frame[] {
-    return this.frames.slice(this.cursor).filter((f) => !CLASSROOM_FRAMES.has(f.type));
+    return this.all.slice(this.cursor).filter((f) => !CLASSROOM_FRAMES.has(f.type));
   }
 
   close(): void {

@@ -595,6 +595,8 @@ export class Streams<F> {
     if (!joining || this.rooms.get(key) !== room) return;
     room.joining.delete(viewer);
     room.viewers.add(viewer);
+    // The first viewer here hears the count in its own `stream` frame; only changes go out later.
+    if (room.sentViewers === -1) room.sentViewers = this.viewersOf(key);
     // Held chats up to the last one the history contains were stored before the read.
     const ids = new Set(history.map((m) => m.id));
     let last = -1;
