@@ -641,6 +641,12 @@ export class Streams<F> {
   }
 
   private publish(key: string, event: StreamEvent): void {
+    // A rule change holds on this node as soon as the call that made it returns;
+    // it is applied again, in the broker's order, when it comes back.
+    if (event.kind === 'moderation' || event.kind === 'members' || event.kind === 'control') {
+      const rules = this.rooms.get(key)?.rules;
+      if (rules) applyRule(rules, event);
+    }
     this.deps.broker.publish(topicOf(key), JSON.stringify(event));
   }
 
