@@ -544,3 +544,198 @@ describe('history frame size', () => {
     }
   });
 });
+
+describe('server API', () => {
+  it('GET and PATCH a stream: title, moderators and settings, broadcast as a stream frame', async () => {
+    const key = await newStream('Physics');
+    const { c: viewer } = await join(key);
+    const got = await api(s.url, 'GET', `/api/streams/${key}`);
+    assert.equal(got.status, 200);
+    assert.deepEqual(got.body, {
+      key,
+      title: 'Physics',
+      ownerId: OWNER,
+      moderators: [MOD],
+      live: true,
+      viewers: 1,
+      slowModeSeconds: 0,
+      membersOnly: false,
+      paused: false,
+      pinned: null,
+    });
+    const patched = await api(s.url, 'PATCH', `/api/streams/${key}`, {
+      title: 'Physics II',
+      moderators: ['102', 103],
+      slowModeSeconds: 10,
+      membersOnly: true,
+      paused: true,
+    });
+    assert.equal(patched.status, 200);
+    assert.deepEqual(patched.body.moderators, ['102', '103']);
+    const frame = await nextStream(viewer, (d) => d.title === 'Physics II');
+    assert.deepEqual([frame.slowModeSeconds, frame.membersOnly, frame.paused], [10, true, true]);
+    // The new list replaces the old: 101 no longer moderates, 102 does.
+    const old = (await join(key, MOD)).c;
+    old.send({ type: 'settings', data: { paused: false } });
+    assert.equal((await old.next('error')).data.error_code, 'forbidden');
+    const now = (await join(key, '102')).c;
+    now.send({ type: 'settings', data: { paused: false } });
+    await nextStream(viewer, (d) => d.paused === false);
+    for (const body of [
+      { slowModeSeconds: 3601 },
+      { slowModeSeconds: -1 },
+      { membersOnly: 'yes' },
+      { moderators: 'x' },
+      { title: 5 },
+    ]) {
+      assert.equal(
+        (await api(s.url, 'PATCH', `/api/streams/${key}`, body)).status,
+        422,
+        JSON.stringify(body),
+      );
+    }
+    assert.equal((await api(s.url, 'GET', '/api/streams/nope')).status, 404);
+    assert.equal((await api(s.url, 'PATCH', '/api/streams/nope', { paused: true })).status, 404);
+    assert.equal((await api(s.url, 'GET', `/api/streams/${key}`, undefined, null)).status, 401);
+    assert.equal((await api(s.url, 'PATCH', `/api/streams/${key}`, {}, 'wrong')).status, 401);
+    for (const c of [viewer, old, now]) c.close();
+  });
+
+  it('PUT members replaces the allowlist; bad bodies are 422 and change nothing', async () => {
+    const key = await newStream();
+    await api(s.url, 'PATCH', `/api/streams/${key}`, { membersOnly: true });
+    const put = await api(s.url, 'PUT', `/api/streams/${key}/members`, { userIds: ['5', 6, '5'] });
+    assert.equal(put.status, 200);
+    assert.deepEqual(put.body.userIds, ['5', '6']);
+    const { c: five } = await join(key, '5');
+    await post(five, ['member 5']);
+    assert.equal(
+      (await api(s.url, 'PUT', `/api/streams/${key}/members`, { userIds: ['6'] })).status,
+      200,
+    );
+    five.chat('still?');
+    assert.equal((await five.next('error')).data.error_code, 'members_only');
+    for (const body of [{}, { userIds: 'x' }, { userIds: [null] }, { userIds: [''] }]) {
+      assert.equal((await api(s.url, 'PUT', `/api/streams/${key}/members`, body)).status, 422);
+    }
+    const { c: six } = await join(key, '6');
+    await post(six, ['member 6']);
+    assert.equal(
+      (await api(s.url, 'PUT', '/api/streams/nope/members', { userIds: [] })).status,
+      404,
+    );
+    five.close();
+    six.close();
+  });
+
+  it('DELETE a message: broadcast with by "api"; unknown ids and streams are refused', async () => {
+    const key = await newStream();
+    const { c: teacher } = await join(key, OWNER);
+    const [chat] = await post(teacher, ['remove me']);
+    const del = await api(s.url, 'DELETE', `/api/streams/${key}/messages/${chat?.data.id}`);
+    assert.equal(del.status, 200);
+    assert.deepEqual((await teacher.next('delete')).data, { id: chat?.data.id, by: 'api' });
+    const row = (await stored(key)).find((m) => m.id === chat?.data.id);
+    assert.equal(row.deletedBy, 'api');
+    assert.equal((await api(s.url, 'DELETE', `/api/streams/${key}/messages/nope`)).status, 400);
+    assert.equal(
+      (await api(s.url, 'DELETE', `/api/streams/${key}/messages/${newId()}`)).status,
+      404,
+    );
+    assert.equal(
+      (await api(s.url, 'DELETE', `/api/streams/nope/messages/${chat?.data.id}`)).status,
+      404,
+    );
+    teacher.close();
+  });
+
+  it('PUT, GET and DELETE bans: timeouts with seconds, bans without', async () => {
+    const key = await newStream();
+    const { c: student } = await join(key, '5');
+    const timeout = await api(s.url, 'PUT', `/api/streams/${key}/bans/5`, {
+      seconds: 600,
+      reason: 'noise',
+    });
+    assert.equal(timeout.status, 200);
+    assert.deepEqual((await student.next('moderation')).data, {
+      action: 'timeout',
+      userId: '5',
+      seconds: 600,
+      by: 'api',
+    });
+    student.chat('hi');
+    assert.equal((await student.next('error')).data.error_code, 'timed_out');
+    assert.equal((await api(s.url, 'PUT', `/api/streams/${key}/bans/6`, {})).status, 200);
+    const { bans } = (await api(s.url, 'GET', `/api/streams/${key}/bans`)).body;
+    assert.deepEqual(
+      bans.map((b: any) => [b.userId, b.until === null, b.reason, b.by]),
+      [
+        ['5', false, 'noise', 'api'],
+        ['6', true, null, 'api'],
+      ],
+    );
+    const until = Date.parse(bans[0].until);
+    assert.ok(until > Date.now() + 590_000 && until <= Date.now() + 600_000);
+    assert.equal((await api(s.url, 'DELETE', `/api/streams/${key}/bans/5`)).status, 200);
+    await nextStream(student, () => true).catch(() => {});
+    await post(student, ['free']);
+    for (const body of [{ seconds: 0 }, { seconds: 1_209_601 }, { seconds: 'x' }, { reason: 5 }]) {
+      assert.equal((await api(s.url, 'PUT', `/api/streams/${key}/bans/7`, body)).status, 422);
+    }
+    assert.equal((await api(s.url, 'PUT', `/api/streams/${key}/bans/${OWNER}`, {})).status, 403);
+    assert.equal((await api(s.url, 'PUT', '/api/streams/nope/bans/5', {})).status, 404);
+    assert.equal((await api(s.url, 'GET', '/api/streams/nope/bans')).status, 404);
+    assert.deepEqual(
+      (await api(s.url, 'GET', `/api/streams/${key}/bans`)).body.bans.map((b: any) => b.userId),
+      ['6'],
+    );
+    student.close();
+  });
+
+  it('the moderation log lists every action, newest first, paged with before', async () => {
+    const key = await newStream();
+    const { c: teacher } = await join(key, OWNER);
+    const [chat] = await post(teacher, ['x']);
+    teacher.send({ type: 'timeout', data: { userId: '5', seconds: 60, reason: 'r1' } });
+    await teacher.next('moderation');
+    teacher.send({ type: 'ban', data: { userId: '6' } });
+    await teacher.next('moderation');
+    teacher.send({ type: 'unban', data: { userId: '6' } });
+    await teacher.next('moderation');
+    teacher.send({ type: 'delete', data: { id: chat?.data.id } });
+    await teacher.next('delete');
+    await api(s.url, 'PATCH', `/api/streams/${key}`, { paused: true });
+    const all = await api(s.url, 'GET', `/api/streams/${key}/moderation-log`);
+    assert.equal(all.status, 200);
+    assert.deepEqual(
+      all.body.actions.map((a: any) => [a.action, a.userId, a.messageId, a.by, a.reason]),
+      [
+        ['settings', null, null, 'api', null],
+        ['delete', OWNER, chat?.data.id, OWNER, null],
+        ['unban', '6', null, OWNER, null],
+        ['ban', '6', null, OWNER, null],
+        ['timeout', '5', null, OWNER, 'r1'],
+      ],
+    );
+    assert.equal(all.body.hasMore, false);
+    const page = await api(s.url, 'GET', `/api/streams/${key}/moderation-log?limit=3`);
+    assert.equal(page.body.hasMore, true);
+    const rest = await api(
+      s.url,
+      'GET',
+      `/api/streams/${key}/moderation-log?limit=2&before=${page.body.actions[2].id}`,
+    );
+    assert.deepEqual(
+      rest.body.actions.map((a: any) => a.action),
+      ['ban', 'timeout'],
+    );
+    for (const q of ['limit=0', 'limit=501', 'before=x', 'before=-1']) {
+      assert.equal(
+        (await api(s.url, 'GET', `/api/streams/${key}/moderation-log?${q}`)).status,
+        400,
+      );
+    }
+    assert.equal((await api(s.url, 'GET', '/api/streams/nope/moderation-log')).status, 404);
+    teacher.close();
+  });
+});

@@ -371,8 +371,7 @@ export class Streams<F> {
         return;
       }
       case 'settings': {
-        await this.update(key, request.settings);
-        await log('settings');
+        await this.update(key, request.settings, by);
         return;
       }
       case 'pin': {
@@ -396,9 +395,21 @@ export class Streams<F> {
   async update(
     key: string,
     patch: Partial<StreamSettings> & { title?: string | null; moderators?: string[] },
+    by = 'api',
   ): Promise<void> {
     if (!(await this.deps.store.updateStreamControl(key, patch))) {
       throw new ChatError('stream_not_found');
+    }
+    const { slowModeSeconds, membersOnly, paused } = patch;
+    if (slowModeSeconds !== undefined || membersOnly !== undefined || paused !== undefined) {
+      await this.deps.store.addModerationAction(key, {
+        action: 'settings',
+        userId: null,
+        messageId: null,
+        by,
+        at: new Date().toISOString(),
+        reason: null,
+      });
     }
     await this.publishControl(key);
   }
