@@ -4,6 +4,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { Redis } from 'ioredis';
 import type { Broker } from './broker/broker.js';
 import { MemoryBroker } from './broker/memory.js';
 import { RedisBroker } from './broker/redis.js';
@@ -67,6 +68,31 @@ function createStore(config: Config, log: Logger): Store {
   return new PostgresStore({ url: config.databaseUrl, log });
 }
 
+/**
+ * The Redis connection that counts stream rate limits and slow mode for every
+ * node. Commands never queue: while Redis is away each node counts alone.
+ */
+function createCounterClient(config: Config, log: Logger): Redis | undefined {
+  if (config.redisUrl === undefined) return undefined;
+  const client = new Redis(config.redisUrl, {
+    protocol: 2,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    retryStrategy: (times) => Math.min(times * 100, 2_000),
+    connectionName: `${config.redisPrefix.replace(/[^A-Za-z0-9_:.-]/g, '_')}${process.pid}:limits`,
+  });
+  let down = false;
+  client.on('error', (err: Error) => {
+    if (!down)
+      log.warn({ err: err.message }, 'redis for stream limits unreachable; counting per node');
+    down = true;
+  });
+  client.on('ready', () => {
+    down = false;
+  });
+  return client;
+}
+
 function createBroker(config: Config, log: Logger): Broker {
   if (config.redisUrl === undefined) return new MemoryBroker();
   return new RedisBroker({ url: config.redisUrl, prefix: config.redisPrefix, log });
@@ -77,6 +103,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
   const metrics = new Metrics();
   const store = createStore(config, log);
   const broker = createBroker(config, log);
+  const counterClient = createCounterClient(config, log);
   const verifier = createVerifier(config.jwt, { log });
   const streams = new Streams<StreamFrame>({
     store,
@@ -86,6 +113,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     log,
     encode: encodeStreamFrame,
     encodeBroadcast: encodeStreamBroadcast,
+    counters: { redis: counterClient && { client: counterClient, prefix: config.redisPrefix } },
   });
   const streamGateway = new StreamGateway({
     streams,
@@ -199,6 +227,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
         streams.close();
         await Promise.all([streams.flush(), requests.flush()]);
         await broker.close();
+        await counterClient?.quit().catch(() => counterClient.disconnect());
         await store.close();
       })();
       return closing;

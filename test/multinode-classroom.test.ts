@@ -13,6 +13,7 @@ import {
   SECRET,
   StreamClient,
   spawnServer,
+  startServer,
   userToken,
 } from './helpers.js';
 import { REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
@@ -188,6 +189,23 @@ if (await requireServices('postgres', 'redis')) {
       for (const c of [teacher, onB, onC]) c.close();
     });
 
+    it("slow mode counts a user's chats on every node together", async () => {
+      const key = await newStream();
+      const teacher = await connect(B, key, OWNER);
+      const onA = await connect(A, key, '8');
+      const onC = await connect(C, key, '8');
+      await warmUp(teacher, [teacher, onA, onC]);
+      teacher.send({ type: 'settings', data: { slowModeSeconds: 30 } });
+      for (const c of [onA, onC]) await nextWhere(c, 'stream', (d) => d.slowModeSeconds === 30);
+      onA.chat('first, on A');
+      await nextWhere(teacher, 'chat', (d) => d.message === 'first, on A');
+      onC.chat('second, on C');
+      const err = await onC.next('error');
+      assert.equal(err.data.error_code, 'slow_mode');
+      assert.ok(err.data.retry_after_ms > 25_000 && err.data.retry_after_ms <= 30_000);
+      for (const c of [teacher, onA, onC]) c.close();
+    });
+
     it('counts viewers on A, B and C in one stream frame', async () => {
       const key = await newStream();
       const first = await connect(A, key);
@@ -206,6 +224,50 @@ if (await requireServices('postgres', 'redis')) {
       for (const c of others.slice(2)) c.close();
       await nextWhere(first, 'stream', (d) => d.viewers === 3, 5000);
       for (const c of [first, ...others.slice(0, 2)]) c.close();
+    });
+  });
+}
+
+if (await requireServices('postgres', 'redis')) {
+  describe('stream rate limits shared through Redis', () => {
+    it("a user's budget is spent across nodes, not per node", async () => {
+      const schema = await tempSchema();
+      const env = {
+        DATABASE_URL: schema.url,
+        REDIS_URL,
+        REDIS_PREFIX: tempRedisPrefix(),
+        STREAM_RATE_LIMIT: '3/60s',
+      };
+      const one = await startServer(env);
+      const two = await startServer(env);
+      try {
+        await api(one.url, 'PUT', '/api/streams/limited', {});
+        const token = await userToken('9');
+        const a = await StreamClient.connect(one.wsUrl, 'limited', { token });
+        const b = await StreamClient.connect(two.wsUrl, 'limited', { token });
+        await a.next('history');
+        await b.next('history');
+        for (const [c, text] of [
+          [a, 'one'],
+          [b, 'two'],
+          [a, 'three'],
+        ] as const) {
+          c.chat(text);
+          await nextWhere(c, 'chat', (d) => d.message === text);
+        }
+        b.chat('four');
+        const err = await b.next('error');
+        assert.equal(err.data.error_code, 'rate_limited');
+        assert.ok(err.data.retry_after_ms > 50_000);
+        a.chat('five');
+        assert.equal((await a.next('error')).data.error_code, 'rate_limited');
+        a.close();
+        b.close();
+      } finally {
+        await one.close();
+        await two.close();
+        await schema.drop();
+      }
     });
   });
 }

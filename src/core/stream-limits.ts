@@ -54,7 +54,9 @@ export class StreamLimits {
     await this.take(limiter, `${key}\u0000${userId}`, 'slow_mode');
   }
 
-  private limiter(name: string, points: number, duration: number): RateLimiterAbstract {
+  private limiter(name: string, points: number, seconds: number): RateLimiterAbstract {
+    // Redis counts whole seconds (EX); a shorter window is rounded up.
+    const duration = Math.max(1, Math.ceil(seconds));
     const redis = this.options.redis;
     if (redis === undefined) return new RateLimiterMemory({ keyPrefix: name, points, duration });
     return new RateLimiterRedis({
@@ -62,8 +64,9 @@ export class StreamLimits {
       keyPrefix: `${redis.prefix}limit:${name}`,
       points,
       duration,
-      // A chat waits for Redis no longer than this; then it is refused as internal_error.
+      // While Redis is away, chats are counted on this node instead of waiting or failing.
       rejectIfRedisNotReady: true,
+      insuranceLimiter: new RateLimiterMemory({ keyPrefix: name, points, duration }),
     });
   }
 
