@@ -25,11 +25,13 @@ import { inboxScenario } from './inbox.js';
 import type { ChurnReport, FanoutJob, FanoutReport, Job, RequestReport } from './loadgen.js';
 import { fmt, latencyStats, lineChart, median, type Series, table } from './report.js';
 import {
+  BENCH_API_KEY,
   collectGarbage,
   cpuMsOf,
   LOADGEN_CORE,
   putRequests,
   putStreams,
+  type RunningServer,
   rssOf,
   type ServerKind,
   startServer,
@@ -140,15 +142,26 @@ interface FanoutSpec {
   durationMs?: number;
   /** Each viewer decodes every n-th frame for latency (default 50). */
   sampleEvery?: number;
+  /** charla's environment on top of the bench defaults. */
+  env?: Record<string, string>;
+  /** Token claims of the posters (e.g. a role). */
+  posterClaims?: Record<string, unknown>;
+  /** Called once the streams exist, before any client connects. */
+  setup?: (server: RunningServer, keys: string[]) => Promise<void>;
+  refusedPosters?: { count: number; rate: number };
 }
 
 async function fanout(kind: ServerKind, spec: FanoutSpec) {
-  const server = await startServer(kind);
+  const server = await startServer(kind, spec.env);
   try {
     const keys = Array.from({ length: spec.streams }, (_, i) => `s${i}`);
     await putStreams(server, keys);
+    await spec.setup?.(server, keys);
     const tokens = await Promise.all(
-      Array.from({ length: spec.posters }, (_, i) => token(`p${i}`)),
+      Array.from({ length: spec.posters }, (_, i) => token(`p${i}`, spec.posterClaims)),
+    );
+    const refusedTokens = await Promise.all(
+      Array.from({ length: spec.refusedPosters?.count ?? 0 }, (_, i) => token(`banned${i}`)),
     );
     const total = spec.streams * spec.viewersPerStream;
     const generators = Math.ceil(total / MAX_CONNS_PER_GENERATOR);
@@ -176,6 +189,9 @@ async function fanout(kind: ServerKind, spec: FanoutSpec) {
         durationMs: spec.durationMs ?? (quick ? 3000 : 5000),
         sampleEvery: spec.sampleEvery ?? 50,
         localAddresses: LOCAL_ADDRESSES,
+        ...(g === 0 && spec.refusedPosters
+          ? { refusedPosters: { tokens: refusedTokens, rate: spec.refusedPosters.rate } }
+          : {}),
       });
     }
     const serverWindow: ServerWindow = { cpuPercent: Number.NaN };
@@ -206,6 +222,8 @@ async function fanout(kind: ServerKind, spec: FanoutSpec) {
       serverCpu: serverWindow.cpuPercent,
       sent: reports[0]?.sentInWindow ?? 0,
       refused: reports[0]?.posterErrors ?? 0,
+      refusedSent: reports[0]?.refusedSent ?? 0,
+      refusedAnswers: reports.reduce((n, r) => n + r.refusedAnswers, 0),
     };
   } finally {
     await server.stop();
@@ -287,6 +305,26 @@ async function churn(kind: ServerKind, concurrency: number) {
     };
   } finally {
     await server.stop();
+  }
+}
+
+/** Slow mode on `key` and `banned` users banned from it, through the server API. */
+async function moderate(server: RunningServer, key: string, banned: number): Promise<void> {
+  const call = async (method: string, path: string, body: unknown) => {
+    const res = await fetch(`http://127.0.0.1:${server.port}${path}`, {
+      method,
+      headers: { 'x-api-key': BENCH_API_KEY, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    if (res.status >= 300) throw new Error(`${method} ${path}: ${res.status}`);
+  };
+  await call('PATCH', `/api/streams/${key}`, { slowModeSeconds: 30 });
+  for (let i = 0; i < banned; i += 50) {
+    await Promise.all(
+      Array.from({ length: Math.min(50, banned - i) }, (_, j) =>
+        call('PUT', `/api/streams/${key}/bans/banned${i + j}`, {}),
+      ),
+    );
   }
 }
 
@@ -475,6 +513,45 @@ async function main(): Promise<void> {
     }
   }
 
+  if (want('moderated')) {
+    // The classroom's cost: slow mode on, 1,000 banned users posting into the
+    // stream they watch, moderators posting at full speed; against charla's
+    // plain fan-out to as many viewers in the same run.
+    const viewers = 2000;
+    const plain = () =>
+      fanout('charla', { streams: 1, viewersPerStream: viewers, posters: 4, rate: 0 });
+    const moderated = (env: Record<string, string> = {}) =>
+      fanout('charla', {
+        streams: 1,
+        viewersPerStream: viewers,
+        posters: 4,
+        rate: 0,
+        env,
+        posterClaims: { role: 'MODERATOR' },
+        refusedPosters: { count: 1000, rate: 1000 },
+        setup: (server, keys) => moderate(server, keys[0] as string, 1000),
+      });
+    const variants: Array<[string, () => Promise<Record<string, number>>]> = [
+      ['plain', plain],
+      ['moderated', () => moderated()],
+    ];
+    if (process.env.BENCH_REDIS_URL) {
+      const redis = { REDIS_URL: process.env.BENCH_REDIS_URL, REDIS_PREFIX: `bench${Date.now()}:` };
+      variants.push(['moderated, Redis limits', () => moderated(redis)]);
+    }
+    for (const [variant, run] of variants) {
+      const list: Array<Record<string, number>> = [];
+      for (let r = 0; r < runs; r++) {
+        const res = await run();
+        list.push(res);
+        process.stderr.write(`  moderated ${variant} run ${r + 1}: ${JSON.stringify(res)}\n`);
+      }
+      const keys = Object.keys(list[0] ?? {});
+      const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
+      record('moderated', { variant, viewers, server: 'charla', ...m });
+    }
+  }
+
   if (want('request')) {
     for (const database of ['sqlite', 'postgres'] as const) {
       const list: Array<Record<string, number>> = [];
@@ -647,6 +724,35 @@ function renderTables(): string {
           'teacher unread API p99 ms',
           'lab unread API p50 / p99 ms',
           'store only: page 1 p50 / p99, later page p99 ms',
+        ],
+        rows,
+      ),
+    );
+  }
+  if (results.moderated) {
+    const plain = results.moderated.find((r) => r.variant === 'plain');
+    const rows = results.moderated.map((r) => [
+      String(r.variant),
+      fmt(n(r, 'deliveries')),
+      ratio(n(r, 'deliveries'), n(plain, 'deliveries')),
+      `${fmt(n(r, 'p50'), 1)} / ${fmt(n(r, 'p99'), 1)}`,
+      fmt(n(r, 'lost')),
+      fmt(n(r, 'refusedSent')),
+      fmt(n(r, 'refusedAnswers')),
+      `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
+    ]);
+    parts.push(
+      '\n### Moderated stream: 2,000 viewers, 4 moderators posting as fast as a window of 32 allows; slow mode 30 s, 1,000 of the viewers banned and posting 1,000 chats/s in all\n',
+      table(
+        [
+          'charla',
+          'deliveries/s',
+          'vs plain',
+          'p50 / p99 ms',
+          'lost',
+          'banned chats sent',
+          'refusals received',
+          'CPU server / generator',
         ],
         rows,
       ),

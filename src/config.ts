@@ -25,6 +25,10 @@ export interface Limits {
   /** History reads one Socket.IO connection may have running, and queued behind those. */
   historyReadsRunning: number;
   historyReadsWaiting: number;
+  /** Live classroom: chats in the `history` frame on join (0 = off). */
+  streamHistoryOnJoin: number;
+  /** Live classroom: how often each node shares its viewer counts. */
+  streamViewersIntervalMs: number;
 }
 
 export interface JwtConfig {
@@ -240,6 +244,9 @@ const schema = z.object({
   ),
   ATTACHMENTS_MAX: int(10, 1, 100),
   UNREAD_LIST_MAX: int(100, 1, 10_000),
+  // Live classroom (stream moderation, history on join, viewer counts)
+  STREAM_HISTORY_ON_JOIN: int(50, 0, 10_000),
+  STREAM_VIEWERS_INTERVAL_MS: int(5000, 50, 600_000),
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -270,6 +277,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const why = `JWT_SECRET is shorter than ${MIN_SECRET_BYTES} bytes, so it can be guessed offline from one token`;
     if (production) throw new ConfigError(`invalid JWT_SECRET: ${why}`);
     warnings.push(`${why}; production refuses it`);
+  }
+  if (e.STREAM_HISTORY_ON_JOIN > e.HISTORY_MAX_PAGE) {
+    throw new ConfigError('invalid STREAM_HISTORY_ON_JOIN: must not exceed HISTORY_MAX_PAGE');
   }
   if (e.HISTORY_PAGE > e.HISTORY_MAX_PAGE) {
     throw new ConfigError('invalid HISTORY_PAGE: must not exceed HISTORY_MAX_PAGE');
@@ -318,6 +328,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       handshakeTimeoutMs: e.HANDSHAKE_TIMEOUT_SECONDS * 1000,
       historyReadsRunning: e.HISTORY_READS_RUNNING,
       historyReadsWaiting: e.HISTORY_READS_WAITING,
+      streamHistoryOnJoin: e.STREAM_HISTORY_ON_JOIN,
+      streamViewersIntervalMs: e.STREAM_VIEWERS_INTERVAL_MS,
     },
     webhooks:
       e.WEBHOOK_URL === undefined || e.WEBHOOK_SECRET === undefined

@@ -29,6 +29,7 @@ const streamMessage = (streamKey: string, message: string, userId = '1'): Stream
   username: `user${userId}`,
   message,
   sentAt: iso(++clock),
+  badges: [],
 });
 
 const requestMessage = (
@@ -849,6 +850,184 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           } finally {
             await s.close();
           }
+        }));
+
+      it("keeps a stream's moderation state: settings, moderators, pin, title", () =>
+        withStore(async (s) => {
+          assert.equal(await s.getStreamControl('class'), undefined);
+          assert.equal(await s.updateStreamControl('class', { paused: true }), false);
+          await s.putStream('class', { title: 'Algebra', ownerId: '7' });
+          assert.deepEqual(await s.getStreamControl('class'), {
+            key: 'class',
+            title: 'Algebra',
+            ownerId: '7',
+            moderators: [],
+            slowModeSeconds: 0,
+            membersOnly: false,
+            paused: false,
+            pinnedId: null,
+          });
+          const chat = streamMessage('class', 'pin me');
+          await s.appendStreamMessages([chat]);
+          assert.equal(
+            await s.updateStreamControl('class', {
+              slowModeSeconds: 30,
+              membersOnly: true,
+              moderators: ['8', '9'],
+              pinnedId: chat.id,
+            }),
+            true,
+          );
+          assert.equal(
+            await s.updateStreamControl('class', { paused: true, title: 'Geometry' }),
+            true,
+          );
+          assert.deepEqual(await s.getStreamControl('class'), {
+            key: 'class',
+            title: 'Geometry',
+            ownerId: '7',
+            moderators: ['8', '9'],
+            slowModeSeconds: 30,
+            membersOnly: true,
+            paused: true,
+            pinnedId: chat.id,
+          });
+          await s.updateStreamControl('class', { pinnedId: null, membersOnly: false });
+          const after = await s.getStreamControl('class');
+          assert.equal(after?.pinnedId, null);
+          assert.equal(after?.membersOnly, false);
+          assert.equal(after?.paused, true, 'fields left out keep their value');
+          // The earlier section-4 view is unchanged.
+          assert.deepEqual(await s.getStream('class'), {
+            key: 'class',
+            title: 'Geometry',
+            ownerId: '7',
+            endedAt: null,
+          });
+        }));
+
+      it('replaces the members allowlist whole', () =>
+        withStore(async (s) => {
+          await s.putStream('class', {});
+          assert.deepEqual(await s.streamMembers('class'), []);
+          await s.setStreamMembers('class', ['3', '1', '2', '1']);
+          assert.deepEqual(await s.streamMembers('class'), ['1', '2', '3']);
+          await s.setStreamMembers('class', ['2', '4']);
+          assert.deepEqual(await s.streamMembers('class'), ['2', '4']);
+          assert.deepEqual(await s.streamMembers('other'), []);
+          await s.setStreamMembers('class', []);
+          assert.deepEqual(await s.streamMembers('class'), []);
+        }));
+
+      it('stores bans and timeouts, lists those in force, lifts them', () =>
+        withStore(async (s) => {
+          await s.putStream('class', {});
+          const ban = { userId: '5', until: null, reason: 'spam', by: '7', at: iso(1) };
+          const timeout = { userId: '6', until: iso(1_000), reason: null, by: '7', at: iso(2) };
+          const over = { userId: '9', until: iso(10), reason: null, by: 'api', at: iso(3) };
+          await s.putStreamBan('class', ban);
+          await s.putStreamBan('class', timeout);
+          await s.putStreamBan('class', over);
+          await s.putStreamBan('elsewhere', { ...ban, userId: '1' });
+          assert.deepEqual(await s.streamBans('class', iso(500)), [ban, timeout]);
+          assert.deepEqual(await s.streamBans('class', iso(5)), [ban, timeout, over]);
+          // A new ban of the same user replaces the timeout.
+          const banned = { ...timeout, until: null, reason: 'again', at: iso(4) };
+          await s.putStreamBan('class', banned);
+          assert.deepEqual(await s.streamBans('class', iso(2_000)), [ban, banned]);
+          assert.equal(await s.deleteStreamBan('class', '5'), true);
+          assert.equal(await s.deleteStreamBan('class', '5'), false);
+          assert.deepEqual(await s.streamBans('class', iso(2_000)), [banned]);
+        }));
+
+      it('deletes a chat for audit: kept with who and when, left out of recent chats', () =>
+        withStore(async (s) => {
+          await s.putStream('class', {});
+          const chats = Array.from({ length: 5 }, (_, i) => streamMessage('class', `c${i}`));
+          chats[1] = { ...(chats[1] as StreamMessage), badges: ['owner'] };
+          await s.appendStreamMessages(chats);
+          const [c0, c1, c2, c3, c4] = chats as [
+            StreamMessage,
+            StreamMessage,
+            StreamMessage,
+            StreamMessage,
+            StreamMessage,
+          ];
+          assert.deepEqual(await s.getStreamMessage('class', c1.id), c1, 'badges are stored');
+          assert.equal(await s.getStreamMessage('other', c1.id), undefined);
+          const deleted = await s.deleteStreamMessage('class', c2.id, '7', iso(100));
+          assert.deepEqual(deleted, { ...c2, deletedAt: iso(100), deletedBy: '7' });
+          const again = await s.deleteStreamMessage('class', c2.id, '8', iso(200));
+          assert.deepEqual(again, deleted, 'the first deletion is kept');
+          assert.equal(await s.deleteStreamMessage('other', c3.id, '7', iso(1)), undefined);
+          assert.equal(await s.deleteStreamMessage('class', newId(), '7', iso(1)), undefined);
+
+          const all = await s.streamHistory('class', { limit: 10 });
+          assert.deepEqual(all.messages, [c0, c1, deleted, c3, c4], 'history for the API keeps it');
+
+          assert.deepEqual(await s.streamRecent('class', { limit: 10 }), {
+            messages: [c0, c1, c3, c4],
+            more: false,
+            known: true,
+          });
+          assert.deepEqual(await s.streamRecent('class', { limit: 2 }), {
+            messages: [c3, c4],
+            more: true,
+            known: true,
+          });
+          assert.deepEqual(await s.streamRecent('class', { after: c0.id, limit: 10 }), {
+            messages: [c1, c3, c4],
+            more: false,
+            known: true,
+          });
+          assert.deepEqual(await s.streamRecent('class', { after: c0.id, limit: 2 }), {
+            messages: [c3, c4],
+            more: true,
+            known: true,
+          });
+          assert.deepEqual(await s.streamRecent('class', { after: c4.id, limit: 2 }), {
+            messages: [],
+            more: false,
+            known: true,
+          });
+          const unknown = await s.streamRecent('class', { after: newId(), limit: 3 });
+          assert.deepEqual(unknown, { messages: [c1, c3, c4], more: true, known: false });
+        }));
+
+      it('logs moderation actions with ids that page the log, newest first', () =>
+        withStore(async (s) => {
+          await s.putStream('class', {});
+          const logged = [];
+          for (let i = 0; i < 5; i++) {
+            logged.push(
+              await s.addModerationAction('class', {
+                action: i % 2 === 0 ? 'ban' : 'delete',
+                userId: `${i}`,
+                messageId: i % 2 === 0 ? null : newId(),
+                by: '7',
+                at: iso(i),
+                reason: i === 0 ? 'spam' : null,
+              }),
+            );
+          }
+          await s.addModerationAction('other', {
+            action: 'settings',
+            userId: null,
+            messageId: null,
+            by: 'api',
+            at: iso(9),
+            reason: null,
+          });
+          const newest = [...logged].reverse();
+          const page = await s.moderationLog('class', { limit: 3 });
+          assert.deepEqual(page, { actions: newest.slice(0, 3), hasMore: true });
+          const next = await s.moderationLog('class', { before: page.actions[2]?.id, limit: 3 });
+          assert.deepEqual(next, { actions: newest.slice(3), hasMore: false });
+          assert.equal((await s.moderationLog('other', { limit: 10 })).actions.length, 1);
+          assert.deepEqual(await s.moderationLog('none', { limit: 10 }), {
+            actions: [],
+            hasMore: false,
+          });
         }));
 
       it('ping resolves on an open store; close is idempotent', () =>

@@ -26,6 +26,13 @@ import type {
   StreamMessage,
   UnreadTotals,
 } from '../core/messages.js';
+import type {
+  ModerationAction,
+  NewModerationAction,
+  StreamBan,
+  StreamControl,
+  StreamSettings,
+} from '../core/stream-rules.js';
 import type { OutboxEntry, OutboxEvent, WebhookType } from '../core/webhook-events.js';
 import type { Logger } from '../observability/log.js';
 import type { PutRequestResult, RequestRecord, Store, StreamRecord } from './store.js';
@@ -132,6 +139,39 @@ const MIGRATIONS: readonly string[] = [
    CREATE INDEX requests_by_activity ON requests (activity_at, id)
      WHERE last_message_id IS NOT NULL;
    CREATE INDEX requests_by_owner_activity ON requests (owner_id, activity_at, id);`,
+  `ALTER TABLE stream_messages ADD COLUMN badges text NOT NULL DEFAULT '[]';
+   ALTER TABLE stream_messages ADD COLUMN deleted_at timestamptz;
+   ALTER TABLE stream_messages ADD COLUMN deleted_by text;
+   ALTER TABLE streams ADD COLUMN moderators text NOT NULL DEFAULT '[]';
+   ALTER TABLE streams ADD COLUMN slow_mode_seconds integer NOT NULL DEFAULT 0;
+   ALTER TABLE streams ADD COLUMN members_only boolean NOT NULL DEFAULT false;
+   ALTER TABLE streams ADD COLUMN paused boolean NOT NULL DEFAULT false;
+   ALTER TABLE streams ADD COLUMN pinned_id text;
+   CREATE TABLE stream_bans (
+     stream_key text NOT NULL,
+     user_id    text NOT NULL,
+     until      timestamptz,
+     reason     text,
+     by_user    text NOT NULL,
+     at         timestamptz NOT NULL,
+     PRIMARY KEY (stream_key, user_id)
+   );
+   CREATE TABLE stream_members (
+     stream_key text NOT NULL,
+     user_id    text NOT NULL,
+     PRIMARY KEY (stream_key, user_id)
+   );
+   CREATE TABLE stream_moderation_log (
+     id         bigserial PRIMARY KEY,
+     stream_key text NOT NULL,
+     action     text NOT NULL,
+     user_id    text,
+     message_id text,
+     by_user    text NOT NULL,
+     at         timestamptz NOT NULL,
+     reason     text
+   );
+   CREATE INDEX stream_moderation_log_by_stream ON stream_moderation_log (stream_key, id);`,
 ];
 
 /**
@@ -171,6 +211,36 @@ interface StreamMessageRow {
   username: string;
   message: string;
   sent_at: Date;
+  badges: string;
+  deleted_at: Date | null;
+  deleted_by: string | null;
+}
+
+function streamMessageOf(r: StreamMessageRow): StreamMessage {
+  const m: StreamMessage = {
+    id: r.id,
+    streamKey: r.stream_key,
+    userId: r.user_id,
+    username: r.username,
+    message: r.message,
+    sentAt: r.sent_at.toISOString(),
+    badges: JSON.parse(r.badges) as StreamMessage['badges'],
+  };
+  if (r.deleted_at !== null) {
+    m.deletedAt = r.deleted_at.toISOString();
+    m.deletedBy = r.deleted_by ?? '';
+  }
+  return m;
+}
+
+interface LogRow {
+  id: string;
+  action: ModerationAction['action'];
+  user_id: string | null;
+  message_id: string | null;
+  by_user: string;
+  at: Date;
+  reason: string | null;
 }
 interface RequestMessageRow {
   id: string;
@@ -244,7 +314,8 @@ const outboxParams = (entries: readonly OutboxEntry[]) => [
   entries.map((e) => e.unlessRead),
 ];
 
-const STREAM_COLUMNS = 'id, stream_key, user_id, username, message, sent_at';
+const STREAM_COLUMNS =
+  'id, stream_key, user_id, username, message, sent_at, badges, deleted_at, deleted_by';
 const REQUEST_COLUMNS =
   'id, request_id, sender_id, sender_username, sender_role, message, created_at, attachments, edited_at, deleted_at';
 
@@ -385,10 +456,11 @@ export class PostgresStore implements Store {
     if (messages.length === 0) return;
     // One statement is one transaction: the whole batch or none of it, in array order.
     await this.query(
-      `INSERT INTO stream_messages (id, stream_key, user_id, username, message, sent_at)
-       SELECT id, stream_key, user_id, username, message, sent_at
-       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-         WITH ORDINALITY AS m(id, stream_key, user_id, username, message, sent_at, n)
+      `INSERT INTO stream_messages (id, stream_key, user_id, username, message, sent_at, badges)
+       SELECT id, stream_key, user_id, username, message, sent_at, badges
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                   $7::text[])
+         WITH ORDINALITY AS m(id, stream_key, user_id, username, message, sent_at, badges, n)
        ORDER BY n`,
       [
         messages.map((m) => m.id),
@@ -397,6 +469,7 @@ export class PostgresStore implements Store {
         messages.map((m) => m.username),
         messages.map((m) => m.message),
         messages.map((m) => m.sentAt),
+        messages.map((m) => JSON.stringify(m.badges)),
       ],
     );
   }
@@ -407,18 +480,201 @@ export class PostgresStore implements Store {
       [key, query.before ?? null, query.limit + 1],
     );
     const hasMore = rows.length > query.limit;
-    const messages = rows
-      .slice(0, query.limit)
-      .reverse()
-      .map((r) => ({
-        id: r.id,
-        streamKey: r.stream_key,
-        userId: r.user_id,
-        username: r.username,
-        message: r.message,
-        sentAt: r.sent_at.toISOString(),
-      }));
+    const messages = rows.slice(0, query.limit).reverse().map(streamMessageOf);
     return { messages, hasMore };
+  }
+
+  async getStreamControl(key: string): Promise<StreamControl | undefined> {
+    const [r] = await this.query<{
+      key: string;
+      title: string | null;
+      owner_id: string | null;
+      moderators: string;
+      slow_mode_seconds: number;
+      members_only: boolean;
+      paused: boolean;
+      pinned_id: string | null;
+    }>(
+      `SELECT key, title, owner_id, moderators, slow_mode_seconds, members_only, paused, pinned_id
+       FROM streams WHERE key = $1`,
+      [key],
+    );
+    return (
+      r && {
+        key: r.key,
+        title: r.title,
+        ownerId: r.owner_id,
+        moderators: JSON.parse(r.moderators) as string[],
+        slowModeSeconds: r.slow_mode_seconds,
+        membersOnly: r.members_only,
+        paused: r.paused,
+        pinnedId: r.pinned_id,
+      }
+    );
+  }
+
+  async updateStreamControl(
+    key: string,
+    patch: Partial<StreamSettings> & {
+      title?: string | null;
+      moderators?: string[];
+      pinnedId?: string | null;
+    },
+  ): Promise<boolean> {
+    const values: unknown[] = [key, new Date()];
+    const sets = ['updated_at = $2'];
+    const column = (name: string, value: unknown) => {
+      values.push(value);
+      sets.push(`${name} = $${values.length}`);
+    };
+    if (patch.title !== undefined) column('title', patch.title);
+    if (patch.moderators !== undefined) column('moderators', JSON.stringify(patch.moderators));
+    if (patch.slowModeSeconds !== undefined) column('slow_mode_seconds', patch.slowModeSeconds);
+    if (patch.membersOnly !== undefined) column('members_only', patch.membersOnly);
+    if (patch.paused !== undefined) column('paused', patch.paused);
+    if (patch.pinnedId !== undefined) column('pinned_id', patch.pinnedId);
+    const rows = await this.query(
+      `UPDATE streams SET ${sets.join(', ')} WHERE key = $1 RETURNING key`,
+      values,
+    );
+    return rows.length > 0;
+  }
+
+  async setStreamMembers(key: string, userIds: readonly string[]): Promise<void> {
+    // One statement is one transaction: the old list is replaced whole or not at all.
+    await this.query(
+      `WITH gone AS (
+         DELETE FROM stream_members WHERE stream_key = $1 AND NOT (user_id = ANY($2::text[]))
+       )
+       INSERT INTO stream_members (stream_key, user_id)
+       SELECT DISTINCT $1, u FROM unnest($2::text[]) AS u
+       ON CONFLICT DO NOTHING`,
+      [key, [...userIds]],
+    );
+  }
+
+  async streamMembers(key: string): Promise<string[]> {
+    const rows = await this.query<{ user_id: string }>(
+      'SELECT user_id FROM stream_members WHERE stream_key = $1 ORDER BY user_id',
+      [key],
+    );
+    return rows.map((r) => r.user_id);
+  }
+
+  async putStreamBan(key: string, ban: StreamBan): Promise<void> {
+    await this.query(
+      `INSERT INTO stream_bans (stream_key, user_id, until, reason, by_user, at)
+       VALUES ($1, $2, $3, $4, $5, $6)
+       ON CONFLICT (stream_key, user_id) DO UPDATE SET until = excluded.until,
+         reason = excluded.reason, by_user = excluded.by_user, at = excluded.at`,
+      [key, ban.userId, ban.until, ban.reason, ban.by, ban.at],
+    );
+  }
+
+  async deleteStreamBan(key: string, userId: string): Promise<boolean> {
+    const rows = await this.query(
+      'DELETE FROM stream_bans WHERE stream_key = $1 AND user_id = $2 RETURNING user_id',
+      [key, userId],
+    );
+    return rows.length > 0;
+  }
+
+  async streamBans(key: string, now: string): Promise<StreamBan[]> {
+    const rows = await this.query<{
+      user_id: string;
+      until: Date | null;
+      reason: string | null;
+      by_user: string;
+      at: Date;
+    }>(
+      `SELECT user_id, until, reason, by_user, at FROM stream_bans
+       WHERE stream_key = $1 AND (until IS NULL OR until > $2) ORDER BY at, user_id`,
+      [key, now],
+    );
+    return rows.map((r) => ({
+      userId: r.user_id,
+      until: r.until?.toISOString() ?? null,
+      reason: r.reason,
+      by: r.by_user,
+      at: r.at.toISOString(),
+    }));
+  }
+
+  async getStreamMessage(key: string, id: string): Promise<StreamMessage | undefined> {
+    const [row] = await this.query<StreamMessageRow>(
+      `SELECT ${STREAM_COLUMNS} FROM stream_messages WHERE stream_key = $1 AND id = $2`,
+      [key, id],
+    );
+    return row && streamMessageOf(row);
+  }
+
+  async deleteStreamMessage(
+    key: string,
+    id: string,
+    by: string,
+    at: string,
+  ): Promise<StreamMessage | undefined> {
+    await this.query(
+      `UPDATE stream_messages SET deleted_at = $3, deleted_by = $4
+       WHERE stream_key = $1 AND id = $2 AND deleted_at IS NULL`,
+      [key, id, at, by],
+    );
+    return this.getStreamMessage(key, id);
+  }
+
+  async streamRecent(
+    key: string,
+    query: { after?: string | undefined; limit: number },
+  ): Promise<{ messages: StreamMessage[]; more: boolean; known: boolean }> {
+    let lower = '0';
+    let known = true;
+    if (query.after !== undefined) {
+      const [row] = await this.query<{ seq: string }>(
+        'SELECT seq FROM stream_messages WHERE id = $1 AND stream_key = $2',
+        [query.after, key],
+      );
+      if (row === undefined) known = false;
+      else lower = row.seq;
+    }
+    const rows = await this.query<StreamMessageRow>(
+      `SELECT ${STREAM_COLUMNS} FROM stream_messages
+       WHERE stream_key = $1 AND seq > $2 AND deleted_at IS NULL
+       ORDER BY seq DESC LIMIT $3`,
+      [key, lower, query.limit + 1],
+    );
+    const more = rows.length > query.limit;
+    return { messages: rows.slice(0, query.limit).reverse().map(streamMessageOf), more, known };
+  }
+
+  async addModerationAction(key: string, a: NewModerationAction): Promise<ModerationAction> {
+    const [row] = await this.query<{ id: string }>(
+      `INSERT INTO stream_moderation_log (stream_key, action, user_id, message_id, by_user, at, reason)
+       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
+      [key, a.action, a.userId, a.messageId, a.by, a.at, a.reason],
+    );
+    return { id: String(row?.id), ...a };
+  }
+
+  async moderationLog(
+    key: string,
+    query: { before?: string | undefined; limit: number },
+  ): Promise<{ actions: ModerationAction[]; hasMore: boolean }> {
+    const rows = await this.query<LogRow>(
+      `SELECT id, action, user_id, message_id, by_user, at, reason FROM stream_moderation_log
+       WHERE stream_key = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3`,
+      [key, query.before ?? null, query.limit + 1],
+    );
+    const hasMore = rows.length > query.limit;
+    const actions = rows.slice(0, query.limit).map((r) => ({
+      id: String(r.id),
+      action: r.action,
+      userId: r.user_id,
+      messageId: r.message_id,
+      by: r.by_user,
+      at: r.at.toISOString(),
+      reason: r.reason,
+    }));
+    return { actions, hasMore };
   }
 
   async putRequest(id: string, ownerId: string): Promise<PutRequestResult> {

@@ -28,6 +28,13 @@ import type {
   StreamMessage,
   UnreadTotals,
 } from '../core/messages.js';
+import type {
+  ModerationAction,
+  NewModerationAction,
+  StreamBan,
+  StreamControl,
+  StreamSettings,
+} from '../core/stream-rules.js';
 import type { OutboxEntry, OutboxEvent } from '../core/webhook-events.js';
 
 export interface StreamRecord {
@@ -161,6 +168,56 @@ export interface Store {
    * messages.
    */
   unreadTotals(userId: string, ownerId: string | undefined, limit: number): Promise<UnreadTotals>;
+  // Live classroom (CONTRACT section 7).
+
+  /** The stream's moderation state; undefined when there is no such stream. */
+  getStreamControl(key: string): Promise<StreamControl | undefined>;
+  /** Changes the given fields; false when there is no such stream. */
+  updateStreamControl(
+    key: string,
+    patch: Partial<StreamSettings> & {
+      title?: string | null;
+      moderators?: string[];
+      pinnedId?: string | null;
+    },
+  ): Promise<boolean>;
+  /** Replaces the members-only allowlist. */
+  setStreamMembers(key: string, userIds: readonly string[]): Promise<void>;
+  streamMembers(key: string): Promise<string[]>;
+  /** Creates or replaces the user's ban or timeout in this stream. */
+  putStreamBan(key: string, ban: StreamBan): Promise<void>;
+  /** Lifts a ban or timeout; false when there was none. */
+  deleteStreamBan(key: string, userId: string): Promise<boolean>;
+  /** Bans and timeouts still in force at `now` (ISO-8601), oldest first. */
+  streamBans(key: string, now: string): Promise<StreamBan[]>;
+  /** One chat of the stream, deleted or not. */
+  getStreamMessage(key: string, id: string): Promise<StreamMessage | undefined>;
+  /**
+   * Marks a chat deleted (the first deletion wins and is kept); undefined
+   * when the stream has no such chat.
+   */
+  deleteStreamMessage(
+    key: string,
+    id: string,
+    by: string,
+    at: string,
+  ): Promise<StreamMessage | undefined>;
+  /**
+   * The newest `limit` chats that are not deleted, oldest first; with
+   * `after`, only those stored after that chat. `more` says older ones (after
+   * `after`) were left out; `known` is false when `after` names no chat of
+   * this stream (then the newest `limit` are returned).
+   */
+  streamRecent(
+    key: string,
+    query: { after?: string | undefined; limit: number },
+  ): Promise<{ messages: StreamMessage[]; more: boolean; known: boolean }>;
+  addModerationAction(key: string, action: NewModerationAction): Promise<ModerationAction>;
+  /** Newest first; `before` is an action id. */
+  moderationLog(
+    key: string,
+    query: { before?: string | undefined; limit: number },
+  ): Promise<{ actions: ModerationAction[]; hasMore: boolean }>;
 
   /** Resolves when the backend answers; for readiness. */
   ping(): Promise<void>;
