@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import { streamEvents } from '../src/core/webhook-events.js';
 import { retryDelayMs, retryScheduleMs } from '../src/core/webhooks.js';
-import { api, sleep, startServer, type TestServer, userToken } from './helpers.js';
+import { api, StreamClient, sleep, startServer, type TestServer, userToken } from './helpers.js';
 import { RequestClient } from './request-client.js';
 import { type Faults, WebhookReceiver } from './webhook-receiver.js';
 
@@ -241,6 +241,38 @@ describe('webhooks', () => {
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     assert.match(metrics, /charla_webhook_deliveries_total\{result="failed"\} 2/);
     assert.match(metrics, /charla_webhook_deliveries_total\{result="delivered"\} 1/);
+  });
+
+  it('sends stream.message.deleted, stream.user.banned and stream.user.timed_out for moderation', async () => {
+    const { receiver, server } = await setup();
+    assert.equal((await api(server.url, 'PUT', '/api/streams/mod', { ownerId: '1' })).status, 201);
+    const c = await StreamClient.connect(server.wsUrl, 'mod', { token: await userToken('5') });
+    open.push({ close: () => c.close() });
+    await c.next('auth');
+    c.chat('spam');
+    const { id } = (await c.next('chat')).data;
+    assert.equal((await api(server.url, 'DELETE', `/api/streams/mod/messages/${id}`)).status, 200);
+    assert.equal(
+      (await api(server.url, 'PUT', '/api/streams/mod/bans/5', { reason: 'spam' })).status,
+      200,
+    );
+    assert.equal(
+      (await api(server.url, 'PUT', '/api/streams/mod/bans/6', { seconds: 60 })).status,
+      200,
+    );
+    // An unban is no webhook event.
+    assert.equal((await api(server.url, 'DELETE', '/api/streams/mod/bans/6')).status, 200);
+    await receiver.until(() => receiver.delivered().size >= 3, 'the moderation events', 5_000);
+    await sleep(200);
+    const events = [...receiver.delivered().values()].map((a) => [a.event.type, a.event.data]);
+    assert.deepEqual(
+      events.sort((a, b) => String(a[0]).localeCompare(String(b[0]))),
+      [
+        ['stream.message.deleted', { key: 'mod', id, by: 'api' }],
+        ['stream.user.banned', { key: 'mod', userId: '5', by: 'api', reason: 'spam' }],
+        ['stream.user.timed_out', { key: 'mod', userId: '6', by: 'api', seconds: 60 }],
+      ],
+    );
   });
 
   it('sends the moderation events committed through the typed builders and enqueue', async () => {

@@ -37,7 +37,7 @@ import {
   type StreamControl,
   type StreamSettings,
 } from './stream-rules.js';
-import { streamEvents } from './webhook-events.js';
+import { type OutboxEntry, streamEvents } from './webhook-events.js';
 import type { Webhooks } from './webhooks.js';
 
 export const STREAM_KEY = /^[A-Za-z0-9_-]{1,64}$/;
@@ -322,21 +322,38 @@ export class Streams<F> {
         throw new ChatError('forbidden', 'Only moderators may do this.');
     }
     const store = this.deps.store;
+    const { webhooks } = this.deps;
     const at = new Date().toISOString();
-    const log = (action: ModerationActionKind, fields: Partial<ModerationAction> = {}) =>
-      store.addModerationAction(key, {
-        action,
-        userId: fields.userId ?? null,
-        messageId: fields.messageId ?? null,
-        by,
-        at,
-        reason: fields.reason ?? null,
-      });
+    // The action's webhook event commits with its entry in the moderation log.
+    const log = async (
+      action: ModerationActionKind,
+      fields: Partial<ModerationAction> = {},
+      event?: OutboxEntry,
+    ) => {
+      const logged = await store.addModerationAction(
+        key,
+        {
+          action,
+          userId: fields.userId ?? null,
+          messageId: fields.messageId ?? null,
+          by,
+          at,
+          reason: fields.reason ?? null,
+        },
+        webhooks && event ? [event] : [],
+      );
+      if (webhooks && event) webhooks.nudge();
+      return logged;
+    };
     switch (request.type) {
       case 'delete': {
         const deleted = await store.deleteStreamMessage(key, request.id, by, at);
         if (!deleted) throw new ChatError('not_found', 'There is no such chat in this stream.');
-        await log('delete', { userId: deleted.userId, messageId: request.id });
+        await log(
+          'delete',
+          { userId: deleted.userId, messageId: request.id },
+          streamEvents.messageDeleted({ key, id: request.id, by }),
+        );
         this.publish(key, { kind: 'delete', id: request.id, by });
         const control = await store.getStreamControl(key);
         if (control?.pinnedId === request.id) {
@@ -361,7 +378,15 @@ export class Streams<F> {
           at,
         };
         await store.putStreamBan(key, ban);
-        await log(request.type, { userId: request.userId, reason: request.reason ?? null });
+        const reason = request.reason === undefined ? {} : { reason: request.reason };
+        const data = { key, userId: request.userId, by, ...reason };
+        await log(
+          request.type,
+          { userId: request.userId, reason: request.reason ?? null },
+          seconds === undefined
+            ? streamEvents.userBanned(data)
+            : streamEvents.userTimedOut({ ...data, seconds }),
+        );
         this.publish(key, {
           kind: 'moderation',
           action: request.type,

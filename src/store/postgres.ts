@@ -646,11 +646,28 @@ export class PostgresStore implements Store {
     return { messages: rows.slice(0, query.limit).reverse().map(streamMessageOf), more, known };
   }
 
-  async addModerationAction(key: string, a: NewModerationAction): Promise<ModerationAction> {
+  async addModerationAction(
+    key: string,
+    a: NewModerationAction,
+    outbox: readonly OutboxEntry[] = [],
+  ): Promise<ModerationAction> {
+    const insert = `INSERT INTO stream_moderation_log (stream_key, action, user_id, message_id, by_user, at, reason)
+       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`;
+    // With events, still one statement: the log row and its events commit together.
     const [row] = await this.query<{ id: string }>(
-      `INSERT INTO stream_moderation_log (stream_key, action, user_id, message_id, by_user, at, reason)
-       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
-      [key, a.action, a.userId, a.messageId, a.by, a.at, a.reason],
+      outbox.length === 0
+        ? insert
+        : `WITH logged AS (${insert}), events AS (${insertOutbox(8)}) SELECT id FROM logged`,
+      [
+        key,
+        a.action,
+        a.userId,
+        a.messageId,
+        a.by,
+        a.at,
+        a.reason,
+        ...(outbox.length === 0 ? [] : outboxParams(outbox)),
+      ],
     );
     return { id: String(row?.id), ...a };
   }

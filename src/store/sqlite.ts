@@ -748,17 +748,24 @@ export class SqliteStore implements Store {
     return { messages: rows.slice(0, query.limit).reverse().map(streamMessageOf), more, known };
   }
 
-  async addModerationAction(key: string, a: NewModerationAction): Promise<ModerationAction> {
-    const { lastInsertRowid } = this.q.addAction.run(
-      key,
-      a.action,
-      a.userId,
-      a.messageId,
-      a.by,
-      a.at,
-      a.reason,
-    );
-    return { id: String(lastInsertRowid), ...a };
+  async addModerationAction(
+    key: string,
+    a: NewModerationAction,
+    outbox: readonly OutboxEntry[] = [],
+  ): Promise<ModerationAction> {
+    return this.db.transaction(() => {
+      const { lastInsertRowid } = this.q.addAction.run(
+        key,
+        a.action,
+        a.userId,
+        a.messageId,
+        a.by,
+        a.at,
+        a.reason,
+      );
+      this.insertOutbox(outbox);
+      return { id: String(lastInsertRowid), ...a };
+    })();
   }
 
   async moderationLog(

@@ -212,7 +212,12 @@ export interface Store {
     key: string,
     query: { after?: string | undefined; limit: number },
   ): Promise<{ messages: StreamMessage[]; more: boolean; known: boolean }>;
-  addModerationAction(key: string, action: NewModerationAction): Promise<ModerationAction>;
+  /** Logs an action; `outbox` rows (its webhook events) are committed with it. */
+  addModerationAction(
+    key: string,
+    action: NewModerationAction,
+    outbox?: readonly OutboxEntry[],
+  ): Promise<ModerationAction>;
   /** Newest first; `before` is an action id. */
   moderationLog(
     key: string,
