@@ -570,6 +570,34 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           );
         }));
 
+      it('commits moderation events with the moderation log entry', () =>
+        withStore(async (s) => {
+          await s.putStream('mod', {});
+          const event = outboxEntry('stream.user.banned', { key: 'mod', userId: '5', by: '9' });
+          const logged = await s.addModerationAction(
+            'mod',
+            { action: 'ban', userId: '5', messageId: null, by: '9', at: iso(1), reason: null },
+            [event],
+          );
+          await s.addModerationAction('mod', {
+            action: 'unban',
+            userId: '5',
+            messageId: null,
+            by: '9',
+            at: iso(2),
+            reason: null,
+          });
+          assert.deepEqual(
+            (await s.moderationLog('mod', { limit: 10 })).actions.map((a) => a.action),
+            ['unban', 'ban'],
+          );
+          assert.equal(typeof logged.id, 'string');
+          assert.deepEqual(
+            (await claim(s, Date.now() + 10_000)).map((e) => e.id),
+            [event.id],
+          );
+        }));
+
       it('keeps pending and failed rows across close and reopen', () =>
         withStore(async (first, h) => {
           const pending = event(1);
