@@ -223,6 +223,8 @@ if (await requireServices('postgres', 'redis')) {
       // Every viewer on C leaves: the others stop counting C at once.
       for (const c of others.slice(2)) c.close();
       await nextWhere(first, 'stream', (d) => d.viewers === 3, 5000);
+      // C serves nobody on this stream now, and still counts the others.
+      assert.equal((await api(C.url, 'GET', `/api/streams/${key}`)).body.viewers, 3);
       for (const c of [first, ...others.slice(0, 2)]) c.close();
     });
   });

@@ -83,8 +83,13 @@ export type StreamEvent =
       by: string;
     }
   | { kind: 'control'; control: StreamControl; pinned: StreamMessage | null }
-  | { kind: 'members'; userIds: string[] }
-  | { kind: 'viewers'; node: string; count: number };
+  | { kind: 'members'; userIds: string[] };
+
+/** What each node reports on the viewers topic: its own viewer count per stream. */
+export interface ViewersReport {
+  node: string;
+  counts: Record<string, number>;
+}
 
 /** A moderator's request, from a frame or the server API. */
 export type ModerationRequest =
@@ -144,8 +149,6 @@ interface Room<F> {
   loading: Promise<RoomRules> | undefined;
   /** Rule changes heard while `loading`, applied in order once it is done. */
   queued: StreamEvent[];
-  /** Other nodes' latest viewer counts. */
-  remote: Map<string, { count: number; at: number }>;
   /** The `viewers` of the last `stream` frame sent to everyone. */
   sentViewers: number;
 }
@@ -167,6 +170,8 @@ export interface StreamsDeps<F> {
 }
 
 const topicOf = (key: string) => `stream:${key}`;
+/** Every node's viewer counts, heard by every node (also those not serving a stream). */
+const VIEWERS_TOPIC = 'streams:viewers';
 
 /** A node's viewer count is forgotten after this many missed reports. */
 const STALE_REPORTS = 3;
@@ -177,6 +182,9 @@ export class Streams<F> {
   /** This process, among the nodes that report viewer counts. */
   private readonly node = newId();
   private readonly viewersTimer: NodeJS.Timeout;
+  private readonly unsubscribeViewers: Unsubscribe;
+  /** Other nodes' latest reports, by node: when heard and the counts. */
+  private readonly remote = new Map<string, { at: number; counts: Map<string, number> }>();
   private pending: StreamMessage[] = [];
   private flushing: Promise<void> = Promise.resolve();
   private flushScheduled = false;
@@ -185,6 +193,9 @@ export class Streams<F> {
     this.counters = new StreamLimits(deps.limits.streamRate, deps.counters);
     this.viewersTimer = setInterval(() => this.shareViewers(), deps.limits.streamViewersIntervalMs);
     this.viewersTimer.unref();
+    this.unsubscribeViewers = deps.broker.subscribe(VIEWERS_TOPIC, (payload) =>
+      this.onViewers(payload),
+    );
   }
 
   static isValidKey(key: string): boolean {
@@ -239,7 +250,7 @@ export class Streams<F> {
       room.unsubscribe();
       this.rooms.delete(key);
       // The other nodes stop counting this one's viewers now, not when the report goes stale.
-      this.publish(key, { kind: 'viewers', node: this.node, count: 0 });
+      this.reportViewers();
     }
   }
 
@@ -347,6 +358,8 @@ export class Streams<F> {
     };
     switch (request.type) {
       case 'delete': {
+        // A chat seen a moment ago may still wait for its batch on this node.
+        await this.flush();
         const deleted = await store.deleteStreamMessage(key, request.id, by, at);
         if (!deleted) throw new ChatError('not_found', 'There is no such chat in this stream.');
         await log(
@@ -409,6 +422,7 @@ export class Streams<F> {
       }
       case 'pin': {
         if (request.id !== null) {
+          await this.flush();
           const m = await store.getStreamMessage(key, request.id);
           if (!m || m.deletedAt !== undefined) {
             throw new ChatError('not_found', 'There is no such chat in this stream.');
@@ -490,6 +504,7 @@ export class Streams<F> {
   /** Stops sharing viewer counts; for shutdown. */
   close(): void {
     clearInterval(this.viewersTimer);
+    this.unsubscribeViewers();
   }
 
   /** Connections watching, on this node. */
@@ -502,14 +517,33 @@ export class Streams<F> {
   /** Connections watching `key` on every node, as far as this node has heard. */
   viewersOf(key: string): number {
     const room = this.rooms.get(key);
-    if (!room) return 0;
     const fresh = Date.now() - STALE_REPORTS * this.deps.limits.streamViewersIntervalMs;
-    let n = room.viewers.size + room.joining.size;
-    for (const [node, report] of room.remote) {
-      if (report.at < fresh) room.remote.delete(node);
-      else n += report.count;
+    let n = room ? room.viewers.size + room.joining.size : 0;
+    for (const [node, report] of this.remote) {
+      if (report.at < fresh) this.remote.delete(node);
+      else n += report.counts.get(key) ?? 0;
     }
     return n;
+  }
+
+  private reportViewers(): void {
+    const counts: Record<string, number> = {};
+    for (const [key, room] of this.rooms) counts[key] = room.viewers.size + room.joining.size;
+    const report: ViewersReport = { node: this.node, counts };
+    this.deps.broker.publish(VIEWERS_TOPIC, JSON.stringify(report));
+  }
+
+  private onViewers(payload: string): void {
+    const report = parseViewersReport(payload);
+    if (report === undefined) {
+      this.deps.log.warn({ bytes: payload.length }, 'ignored a malformed viewers report');
+      return;
+    }
+    if (report.node === this.node) return;
+    this.remote.set(report.node, {
+      at: Date.now(),
+      counts: new Map(Object.entries(report.counts)),
+    });
   }
 
   private async controlOf(key: string): Promise<StreamControl> {
@@ -528,7 +562,6 @@ export class Streams<F> {
         rules: undefined,
         loading: undefined,
         queued: [],
-        remote: new Map(),
         sentViewers: -1,
       };
       room = created;
@@ -707,12 +740,8 @@ export class Streams<F> {
 
   /** Each node reports its own count; the `stream` frame goes out again when the sum changed. */
   private shareViewers(): void {
+    this.reportViewers();
     for (const [key, room] of this.rooms) {
-      this.publish(key, {
-        kind: 'viewers',
-        node: this.node,
-        count: room.viewers.size + room.joining.size,
-      });
       const viewers = this.viewersOf(key);
       if (viewers !== room.sentViewers && room.rules) {
         room.sentViewers = viewers;
@@ -746,11 +775,6 @@ export class Streams<F> {
         room.unsubscribe();
         for (const viewer of room.viewers) viewer.streamEnded();
         for (const viewer of room.joining.keys()) viewer.streamEnded();
-        return;
-      }
-      case 'viewers': {
-        if (event.node !== this.node)
-          room.remote.set(event.node, { count: event.count, at: Date.now() });
         return;
       }
       case 'delete': {
@@ -883,9 +907,20 @@ export function parseEvent(payload: string): StreamEvent | undefined {
         : undefined;
     case 'members':
       return isStringArray(e.userIds) ? (value as StreamEvent) : undefined;
-    case 'viewers':
-      return isString(e.node) && isCount(e.count) ? (value as StreamEvent) : undefined;
     default:
       return undefined;
   }
+}
+
+/** A viewers report from the broker, or undefined when it is not one. */
+export function parseViewersReport(payload: string): ViewersReport | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(payload);
+  } catch {
+    return undefined;
+  }
+  if (!isObject(value) || !isString(value.node) || !isObject(value.counts)) return undefined;
+  for (const count of Object.values(value.counts)) if (!isCount(count)) return undefined;
+  return value as unknown as ViewersReport;
 }
