@@ -1,0 +1,308 @@
+/**
+ * `RequestChat` (charla/client) with the real `socket.io-client` underneath,
+ * against a real server on a real SQLite file.
+ */
+import assert from 'node:assert/strict';
+import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
+import { after, before, describe, it } from 'node:test';
+import { io } from 'socket.io-client';
+import { ChatClientError, RequestChat, type RequestMessage } from '../src/client/index.js';
+import { newId } from '../src/core/ids.js';
+import { until } from './client-helpers.js';
+import { api, startServer, type TestServer, userToken } from './helpers.js';
+
+const teacherToken = () => userToken('1', { username: 'ana', role: 'TEACHER' });
+const labToken = (id = '7') => userToken(id, { username: `lab${id}`, role: 'LAB' });
+
+/** Records the messages a RequestChat emits. */
+export function messagesOf(chat: RequestChat): RequestMessage[] {
+  const got: RequestMessage[] = [];
+  chat.on('message', (m) => got.push(m));
+  return got;
+}
+
+export async function storedMessages(url: string, requestId: string): Promise<RequestMessage[]> {
+  const res = await api(url, 'GET', `/api/requests/${requestId}/messages?limit=500`);
+  assert.equal(res.status, 200);
+  return res.body.messages;
+}
+
+const fast = { initialDelayMs: 20, maxDelayMs: 200 };
+
+describe('RequestChat', () => {
+  let s: TestServer;
+  const chats: RequestChat[] = [];
+  const connect = async (
+    token: string,
+    opts: Partial<Parameters<typeof RequestChat.connect>[1]> = {},
+  ) => {
+    const c = await RequestChat.connect(s.url, {
+      token,
+      reconnect: fast,
+      ackTimeoutMs: 2_000,
+      ...opts,
+    });
+    chats.push(c);
+    return c;
+  };
+  const register = async () => {
+    const id = newId();
+    assert.equal((await api(s.url, 'PUT', `/api/requests/${id}`, { ownerId: 1 })).status, 201);
+    return id;
+  };
+
+  before(async () => {
+    s = await startServer({ REQUEST_RATE_LIMIT: '1000/1s' });
+  });
+  after(async () => {
+    for (const c of chats) c.close();
+    await s.close();
+  });
+
+  it('joins, sends and receives; history comes with the join; receipts flow back', async () => {
+    const requestId = await register();
+    const teacher = await connect(await teacherToken());
+    const lab = await connect(await labToken());
+    const first = await teacher.join(requestId);
+    assert.deepEqual(first.messages, []);
+    assert.equal(first.rejoined, false);
+    const delivered: unknown[] = [];
+    teacher.on('messagesDelivered', (e) => delivered.push(e));
+    await lab.join(requestId);
+    const labGot = messagesOf(lab);
+
+    const sent = await teacher.send(requestId, 'hola');
+    assert.equal(sent.message, 'hola');
+    assert.equal(sent.sender.id, '1');
+    await until(() => labGot.length === 1, 'the message at the lab');
+    assert.equal(labGot[0]?._id, sent._id);
+    // The lab's client acknowledged it as delivered by itself.
+    await until(() => delivered.length === 1, 'messagesDelivered');
+    assert.deepEqual((delivered[0] as any).messages, [sent._id]);
+    assert.equal(teacher.messages(requestId)[0]?.deliveredTo[0]?.userId, '7');
+
+    const read = await lab.markRead(requestId, [sent._id]);
+    assert.deepEqual(read.messages, [sent._id]);
+    await until(() => teacher.messages(requestId)[0]?.readBy.length === 1, 'the read receipt');
+
+    const again = await connect(await labToken('8'));
+    const history = await again.join(requestId);
+    assert.deepEqual(
+      history.messages.map((m) => m._id),
+      [sent._id],
+    );
+  });
+
+  it('a refused join rejects with the contract code and forgets the room', async () => {
+    const requestId = await register();
+    const other = await connect(await userToken('2', { role: 'TEACHER' }));
+    await assert.rejects(
+      other.join(requestId),
+      (e: ChatClientError) => e instanceof ChatClientError && e.code === 'forbidden',
+    );
+    await assert.rejects(
+      other.send(requestId, 'x'),
+      (e: ChatClientError) => e.code === 'not_joined',
+    );
+    await assert.rejects(other.join(newId()), (e: ChatClientError) => e.code === 'not_found');
+  });
+
+  it('a refused connection rejects with unauthorized or token_expired', async () => {
+    await assert.rejects(
+      RequestChat.connect(s.url, { token: 'not-a-token' }),
+      (e: ChatClientError) => e.code === 'unauthorized',
+    );
+    const expired = await userToken(
+      '1',
+      { role: 'TEACHER' },
+      { expiresIn: Math.floor(Date.now() / 1000) - 5 },
+    );
+    await assert.rejects(
+      RequestChat.connect(s.url, { token: expired }),
+      (e: ChatClientError) => e.code === 'token_expired',
+    );
+  });
+
+  it('a refused message rejects with its code and is not retried', async () => {
+    const requestId = await register();
+    const teacher = await connect(await teacherToken());
+    await teacher.join(requestId);
+    await assert.rejects(
+      teacher.send(requestId, '   '),
+      (e: ChatClientError) => e.code === 'empty_message',
+    );
+    assert.equal(teacher.pending, 0);
+    assert.deepEqual(await storedMessages(s.url, requestId), []);
+  });
+
+  it('the same clientMessageId is stored once and delivered once', async () => {
+    const requestId = await register();
+    const teacher = await connect(await teacherToken());
+    const lab = await connect(await labToken());
+    await teacher.join(requestId);
+    await lab.join(requestId);
+    const labGot = messagesOf(lab);
+    const a = await teacher.send(requestId, 'once', { clientMessageId: 'fixed-id-1' });
+    const b = await teacher.send(requestId, 'once', { clientMessageId: 'fixed-id-1' });
+    assert.equal(a._id, b._id);
+    // A barrier: a later message arrives, and the repeat never did before it.
+    const c = await teacher.send(requestId, 'after');
+    await until(() => labGot.some((m) => m._id === c._id), 'the barrier');
+    assert.deepEqual(
+      labGot.map((m) => m.message),
+      ['once', 'after'],
+    );
+    assert.deepEqual(
+      (await storedMessages(s.url, requestId)).map((m) => m.message),
+      ['once', 'after'],
+    );
+  });
+
+  it('retries a send whose acknowledgement was lost with the same clientMessageId: stored and delivered once', async () => {
+    const requestId = await register();
+    const proxy = new BlackholeProxy(Number(new URL(s.url).port));
+    await proxy.start();
+    try {
+      const teacher = await RequestChat.connect(`http://127.0.0.1:${proxy.port}`, {
+        token: await teacherToken(),
+        reconnect: fast,
+        ackTimeoutMs: 1_000,
+      });
+      chats.push(teacher);
+      const lab = await connect(await labToken());
+      await teacher.join(requestId);
+      await lab.join(requestId);
+      const labGot = messagesOf(lab);
+      const rejoined: unknown[] = [];
+      teacher.on('history', (h) => rejoined.push(h));
+      const attempts: string[] = [];
+      teacher.socket.onAnyOutgoing((event, payload) => {
+        if (event === 'message') attempts.push(payload.clientMessageId);
+      });
+
+      // The server stores the message and acknowledges it; the acknowledgement never arrives.
+      proxy.blackholeDownstream = true;
+      const sending = teacher.send(requestId, 'exactly once');
+      await until(() => labGot.length === 1, 'the message at the lab');
+      // The connection dies; the client reconnects, re-joins and sends again.
+      proxy.blackholeDownstream = false;
+      proxy.dropConnections();
+      const sent = await sending;
+      assert.equal(sent._id, labGot[0]?._id);
+      assert.equal(rejoined.length, 1, 'the room was joined again');
+      assert.equal(attempts.length, 2, 'the message was sent twice');
+      assert.equal(attempts[0], attempts[1], 'with the same clientMessageId');
+
+      const barrier = await teacher.send(requestId, 'barrier');
+      await until(() => labGot.some((m) => m._id === barrier._id), 'the barrier');
+      assert.deepEqual(
+        labGot.map((m) => m.message),
+        ['exactly once', 'barrier'],
+      );
+      assert.deepEqual(
+        (await storedMessages(s.url, requestId)).map((m) => m.message),
+        ['exactly once', 'barrier'],
+      );
+    } finally {
+      await proxy.stop();
+    }
+  });
+
+  it('messages sent before the room is joined again wait, in order; the queue is bounded', async () => {
+    const requestId = await register();
+    const teacher = await connect(await teacherToken(), { outboxSize: 3 });
+    await teacher.join(requestId);
+    // Disconnect below the client: it reconnects by itself.
+    teacher.socket.io.engine.close();
+    const sends = [
+      teacher.send(requestId, 'one'),
+      teacher.send(requestId, 'two'),
+      teacher.send(requestId, 'three'),
+    ];
+    await assert.rejects(
+      teacher.send(requestId, 'four'),
+      (e: ChatClientError) => e.code === 'queue_full',
+    );
+    const sent = await Promise.all(sends);
+    assert.deepEqual(
+      sent.map((m) => m.message),
+      ['one', 'two', 'three'],
+    );
+    assert.deepEqual(
+      (await storedMessages(s.url, requestId)).map((m) => m.message),
+      ['one', 'two', 'three'],
+    );
+  });
+
+  it('close() rejects what waits with closed', async () => {
+    const requestId = await register();
+    const teacher = await connect(await teacherToken());
+    await teacher.join(requestId);
+    teacher.socket.io.engine.close();
+    const waiting = teacher.send(requestId, 'never');
+    teacher.close();
+    await assert.rejects(waiting, (e: ChatClientError) => e.code === 'closed');
+  });
+
+  it('uses an io function passed in (for browsers without a bundler)', async () => {
+    const requestId = await register();
+    let used = 0;
+    const c = await RequestChat.connect(s.url, {
+      token: await teacherToken(),
+      io: ((...args: Parameters<typeof io>) => {
+        used++;
+        return io(...args);
+      }) as typeof io,
+    });
+    chats.push(c);
+    assert.equal(used, 1);
+    assert.equal((await c.join(requestId)).requestId, requestId);
+  });
+});
+
+/**
+ * A TCP proxy in front of charla that can swallow what the server sends
+ * (while still forwarding what the client sends) and drop every connection.
+ */
+class BlackholeProxy {
+  private server: Server | undefined;
+  private readonly sockets = new Set<Socket>();
+  blackholeDownstream = false;
+  port = 0;
+
+  constructor(private readonly targetPort: number) {}
+
+  async start(): Promise<void> {
+    const server = createServer((client) => {
+      const upstream = tcpConnect(this.targetPort, '127.0.0.1');
+      for (const sock of [client, upstream]) {
+        this.sockets.add(sock);
+        sock.on('close', () => this.sockets.delete(sock));
+        sock.on('error', () => {
+          client.destroy();
+          upstream.destroy();
+        });
+      }
+      client.on('data', (chunk: Buffer) => upstream.write(chunk));
+      upstream.on('data', (chunk: Buffer) => {
+        if (!this.blackholeDownstream) client.write(chunk);
+      });
+      client.on('end', () => upstream.end());
+      upstream.on('end', () => client.end());
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    this.server = server;
+    this.port = (server.address() as { port: number }).port;
+  }
+
+  dropConnections(): void {
+    for (const sock of this.sockets) sock.destroy();
+  }
+
+  async stop(): Promise<void> {
+    this.dropConnections();
+    const server = this.server;
+    this.server = undefined;
+    if (server) await new Promise((r) => server.close(r));
+  }
+}
