@@ -260,6 +260,72 @@ describe('RequestChat', () => {
   });
 });
 
+describe('RequestChat history merge after a long absence', () => {
+  let s: TestServer;
+  before(async () => {
+    s = await startServer({ REQUEST_RATE_LIMIT: '1000/1s', HISTORY_PAGE: '3' });
+  });
+  after(() => s.close());
+
+  it('pages back until the re-join history meets what the client held, and emits the missed ones once', async () => {
+    const requestId = newId();
+    assert.equal(
+      (await api(s.url, 'PUT', `/api/requests/${requestId}`, { ownerId: 1 })).status,
+      201,
+    );
+    const teacher = await RequestChat.connect(s.url, {
+      token: await teacherToken(),
+      reconnect: fast,
+    });
+    const proxy = new BlackholeProxy(Number(new URL(s.url).port));
+    await proxy.start();
+    const lab = await RequestChat.connect(`http://127.0.0.1:${proxy.port}`, {
+      token: await labToken(),
+      reconnect: fast,
+      ackTimeoutMs: 2_000,
+    });
+    try {
+      await teacher.join(requestId);
+      await lab.join(requestId);
+      const atLab = messagesOf(lab);
+      await teacher.send(requestId, 'seen 0');
+      await teacher.send(requestId, 'seen 1');
+      await until(() => atLab.length === 2, 'the first messages');
+
+      // The lab is away while eight messages are written: more than two history pages.
+      await proxy.stop();
+      await until(() => !lab.connected, 'the lab disconnected');
+      const missed: string[] = [];
+      for (let i = 0; i < 8; i++) {
+        missed.push((await teacher.send(requestId, `missed ${i}`))._id);
+      }
+      const histories: Array<{ added: RequestMessage[]; rejoined: boolean }> = [];
+      lab.on('history', (h) => histories.push(h));
+      await proxy.start();
+      await until(() => histories.length === 1, 'the re-join');
+
+      assert.equal(histories[0]?.rejoined, true);
+      assert.deepEqual(
+        histories[0]?.added.map((m) => m._id),
+        missed,
+      );
+      assert.deepEqual(
+        atLab.map((m) => m.message),
+        ['seen 0', 'seen 1', ...Array.from({ length: 8 }, (_, i) => `missed ${i}`)],
+      );
+      const stored = await storedMessages(s.url, requestId);
+      assert.deepEqual(
+        lab.messages(requestId).map((m) => m._id),
+        stored.map((m) => m._id),
+      );
+    } finally {
+      teacher.close();
+      lab.close();
+      await proxy.stop();
+    }
+  });
+});
+
 /**
  * A TCP proxy in front of charla that can swallow what the server sends
  * (while still forwarding what the client sends) and drop every connection.
@@ -290,7 +356,8 @@ class BlackholeProxy {
       client.on('end', () => upstream.end());
       upstream.on('end', () => client.end());
     });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    // Again on the same port after a stop, so clients come back through it.
+    await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', () => resolve()));
     this.server = server;
     this.port = (server.address() as { port: number }).port;
   }

@@ -507,10 +507,13 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     room.everJoined = true;
     const page = this.lastPage.get(room) ?? { messages: [], hasMore: false };
     this.lastPage.delete(room);
-    const known = room.messages.size > 0;
+    const held = new Set(room.messages.keys());
     let added = this.merge(room, page.messages);
-    if (rejoined && known && page.hasMore) added = added.concat(await this.catchUp(room, page));
-    else if (!rejoined || !known) room.hasMore = page.hasMore;
+    if (rejoined && held.size > 0 && page.hasMore) {
+      added = added.concat(await this.catchUp(room, page, held)).sort(byTime);
+    } else if (!rejoined || held.size === 0) {
+      room.hasMore = page.hasMore;
+    }
     const history = this.historyOf(room, added, rejoined);
     const waiters = room.waiters;
     room.waiters = [];
@@ -524,20 +527,21 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   }
 
   /**
-   * After a re-join whose newest page does not reach what the client held,
-   * pages back until it does (at most `catchUpPages` pages); what was missed
-   * in between is then merged too.
+   * After a re-join whose newest page does not reach what the client `held`
+   * before, pages back until it does (at most `catchUpPages` pages), so what
+   * was missed in between is merged too.
    */
   private async catchUp(
     room: Room,
     page: { messages: RequestMessage[]; hasMore: boolean },
+    held: Set<string>,
   ): Promise<RequestMessage[]> {
     const added: RequestMessage[] = [];
-    let oldest = page.messages[0];
+    let older = page.messages;
     let hasMore = page.hasMore;
-    for (let i = 0; i < this.catchUpPages && oldest && hasMore; i++) {
-      const overlaps = page.messages.some((m) => this.seenBefore(room, m, added));
-      if (overlaps) break;
+    for (let i = 0; i < this.catchUpPages; i++) {
+      const oldest = older[0];
+      if (!oldest || !hasMore || older.some((m) => held.has(m._id))) break;
       let a: Answer;
       try {
         a = await this.ask('loadHistory', { requestId: room.requestId, before: oldest._id });
@@ -545,18 +549,11 @@ export class RequestChat extends Emitter<RequestChatEvents> {
         break;
       }
       if (a.ok !== true || !Array.isArray(a.messages)) break;
-      const older = a.messages as RequestMessage[];
-      const fresh = older.filter((m) => !room.messages.has(m._id));
-      added.push(...this.merge(room, older));
-      if (fresh.length < older.length) break;
-      oldest = older[0];
+      older = a.messages as RequestMessage[];
       hasMore = a.hasMore === true;
+      added.push(...this.merge(room, older));
     }
     return added;
-  }
-
-  private seenBefore(room: Room, m: RequestMessage, added: RequestMessage[]): boolean {
-    return room.messages.has(m._id) && !added.some((a) => a._id === m._id);
   }
 
   private failRoom(room: Room, err: ChatClientError): void {
