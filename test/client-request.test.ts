@@ -3,12 +3,11 @@
  * against a real server on a real SQLite file.
  */
 import assert from 'node:assert/strict';
-import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { io } from 'socket.io-client';
 import { ChatClientError, RequestChat, type RequestMessage } from '../src/client/index.js';
 import { newId } from '../src/core/ids.js';
-import { until } from './client-helpers.js';
+import { BlackholeProxy, until } from './client-helpers.js';
 import { api, startServer, type TestServer, userToken } from './helpers.js';
 
 const teacherToken = () => userToken('1', { username: 'ana', role: 'TEACHER' });
@@ -326,50 +325,119 @@ describe('RequestChat history merge after a long absence', () => {
   });
 });
 
-/**
- * A TCP proxy in front of charla that can swallow what the server sends
- * (while still forwarding what the client sends) and drop every connection.
- */
-class BlackholeProxy {
-  private server: Server | undefined;
-  private readonly sockets = new Set<Socket>();
-  blackholeDownstream = false;
-  port = 0;
+describe('RequestChat desk: typing, edits, deletions, attachments, inbox (servers with CONTRACT section 8)', () => {
+  let s: TestServer;
+  let served = true;
+  const chats: RequestChat[] = [];
+  const connect = async (token: string) => {
+    const c = await RequestChat.connect(s.url, { token, reconnect: fast, ackTimeoutMs: 2_000 });
+    chats.push(c);
+    return c;
+  };
+  /** A request owned by teacher 1, with the teacher and a lab user joined. */
+  const room = async () => {
+    const requestId = newId();
+    assert.equal(
+      (await api(s.url, 'PUT', `/api/requests/${requestId}`, { ownerId: 1 })).status,
+      201,
+    );
+    const teacher = await connect(await teacherToken());
+    const lab = await connect(await labToken());
+    await teacher.join(requestId);
+    await lab.join(requestId);
+    return { requestId, teacher, lab };
+  };
 
-  constructor(private readonly targetPort: number) {}
-
-  async start(): Promise<void> {
-    const server = createServer((client) => {
-      const upstream = tcpConnect(this.targetPort, '127.0.0.1');
-      for (const sock of [client, upstream]) {
-        this.sockets.add(sock);
-        sock.on('close', () => this.sockets.delete(sock));
-        sock.on('error', () => {
-          client.destroy();
-          upstream.destroy();
-        });
-      }
-      client.on('data', (chunk: Buffer) => upstream.write(chunk));
-      upstream.on('data', (chunk: Buffer) => {
-        if (!this.blackholeDownstream) client.write(chunk);
-      });
-      client.on('end', () => upstream.end());
-      upstream.on('end', () => client.end());
+  before(async () => {
+    s = await startServer({
+      REQUEST_RATE_LIMIT: '1000/1s',
+      ATTACHMENT_URL_PREFIXES: 'https://files.example/',
     });
-    // Again on the same port after a stop, so clients come back through it.
-    await new Promise<void>((resolve) => server.listen(this.port, '127.0.0.1', () => resolve()));
-    this.server = server;
-    this.port = (server.address() as { port: number }).port;
-  }
+    const probe = await connect(await teacherToken());
+    try {
+      await probe.listRequests();
+    } catch (err) {
+      if ((err as ChatClientError).code !== 'unknown_type') throw err;
+      served = false;
+    }
+  });
+  after(async () => {
+    for (const c of chats) c.close();
+    await s.close();
+  });
 
-  dropConnections(): void {
-    for (const sock of this.sockets) sock.destroy();
-  }
+  it('typing reaches the others, at most once per 2 s from the client', async (t) => {
+    if (!served) return t.skip('listRequests is unknown to this server');
+    const { requestId, teacher, lab } = await room();
+    const typing: unknown[] = [];
+    lab.on('userTyping', (e) => typing.push(e));
+    let sent = 0;
+    teacher.socket.onAnyOutgoing((event) => {
+      if (event === 'typing') sent++;
+    });
+    teacher.typing(requestId);
+    teacher.typing(requestId);
+    await until(() => typing.length === 1, 'userTyping');
+    assert.deepEqual(typing[0], { requestId, userId: '1', username: 'ana' });
+    assert.equal(sent, 1);
+  });
 
-  async stop(): Promise<void> {
-    this.dropConnections();
-    const server = this.server;
-    this.server = undefined;
-    if (server) await new Promise((r) => server.close(r));
-  }
-}
+  it('editMessage and deleteMessage update both sides', async (t) => {
+    if (!served) return t.skip('listRequests is unknown to this server');
+    const { requestId, teacher, lab } = await room();
+    const updated: RequestMessage[] = [];
+    const deleted: unknown[] = [];
+    lab.on('messageUpdated', (m) => updated.push(m));
+    lab.on('messageDeleted', (e) => deleted.push(e));
+    const m = await teacher.send(requestId, 'first try');
+    await until(() => lab.messages(requestId).length === 1, 'the message at the lab');
+    const edited = await teacher.editMessage(requestId, m._id, 'second try');
+    assert.equal(edited.message, 'second try');
+    assert.ok(edited.editedAt);
+    await until(() => updated.length === 1, 'messageUpdated');
+    assert.equal(lab.messages(requestId)[0]?.message, 'second try');
+    assert.equal(teacher.messages(requestId)[0]?.message, 'second try');
+
+    await teacher.deleteMessage(requestId, m._id);
+    await until(() => deleted.length === 1, 'messageDeleted');
+    for (const c of [teacher, lab]) {
+      const [gone] = c.messages(requestId);
+      assert.equal(gone?.message, '');
+      assert.ok(gone?.deletedAt);
+    }
+    await assert.rejects(
+      lab.editMessage(requestId, m._id, 'not mine'),
+      (e: ChatClientError) => e.code === 'forbidden',
+    );
+  });
+
+  it('sends attachments; listRequests and requestUpdated keep the inbox', async (t) => {
+    if (!served) return t.skip('listRequests is unknown to this server');
+    const { requestId, teacher, lab } = await room();
+    const other = await connect(await labToken('9'));
+    const updates: Array<{ requestId: string; unread: number }> = [];
+    other.on('requestUpdated', (e) => updates.push(e));
+    const attachment = {
+      url: 'https://files.example/lab.pdf',
+      name: 'lab.pdf',
+      contentType: 'application/pdf',
+      size: 1234,
+    };
+    const sent = await teacher.send(requestId, '', { attachments: [attachment] });
+    assert.deepEqual(sent.attachments, [attachment]);
+    await until(() => lab.messages(requestId).length === 1, 'the attachment at the lab');
+    assert.deepEqual(lab.messages(requestId)[0]?.attachments, [attachment]);
+    // A lab user who has not joined the room hears of it through requestUpdated.
+    await until(() => updates.some((u) => u.requestId === requestId), 'requestUpdated');
+    assert.equal(updates.find((u) => u.requestId === requestId)?.unread, 1);
+    const inbox = await teacher.listRequests({ limit: 50 });
+    const entry = inbox.requests.find((r) => r.requestId === requestId);
+    assert.equal(entry?.lastMessage?._id, sent._id);
+    await assert.rejects(
+      teacher.send(requestId, 'x', {
+        attachments: [{ ...attachment, url: 'https://evil.example/x' }],
+      }),
+      (e: ChatClientError) => e.code === 'invalid_payload',
+    );
+  });
+});

@@ -362,6 +362,8 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   /** Deletes one of this user's messages (within the server's edit window). */
   async deleteMessage(requestId: string, messageId: string): Promise<void> {
     const a = await this.request('deleteMessage', { requestId, messageId });
+    if (typeof a.message === 'object' && a.message !== null)
+      this.update(a.message as RequestMessage);
     this.removed({
       requestId: requestId.toLowerCase(),
       messageId: messageId.toLowerCase(),
