@@ -12,6 +12,7 @@ import { ChatError } from './core/errors.js';
 import { createVerifier, type TokenVerifier } from './core/identity.js';
 import { Requests } from './core/requests.js';
 import { Streams } from './core/streams.js';
+import { Webhooks } from './core/webhooks.js';
 import { createLogger, type Logger, safePath } from './observability/log.js';
 import { Metrics } from './observability/metrics.js';
 import { PostgresStore } from './store/postgres.js';
@@ -21,6 +22,7 @@ import { createHttpHandler } from './transport/http.js';
 import { RequestChat, SOCKET_IO_PATH } from './transport/request-io.js';
 import { encodeStreamFrame, type StreamFrame, StreamGateway } from './transport/stream-ws.js';
 import { createWebHandler } from './transport/web.js';
+import { HttpWebhookSender } from './transport/webhook-sender.js';
 import { abortHandshake, guard, httpResponse } from './transport/websocket-handshake.js';
 
 export interface App {
@@ -30,6 +32,8 @@ export interface App {
   readonly broker: Broker;
   readonly streams: Streams<StreamFrame>;
   readonly requests: Requests;
+  /** Webhook delivery; undefined without WEBHOOK_URL. */
+  readonly webhooks: Webhooks | undefined;
   readonly verifier: TokenVerifier;
   readonly metrics: Metrics;
   readonly log: Logger;
@@ -73,6 +77,20 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
   const store = createStore(config, log);
   const broker = createBroker(config, log);
   const verifier = createVerifier(config.jwt, { log });
+  const webhooks =
+    config.webhooks &&
+    new Webhooks({
+      store,
+      sender: new HttpWebhookSender({
+        url: config.webhooks.url,
+        secret: config.webhooks.secret,
+        timeoutMs: config.webhooks.timeoutMs,
+        maxSockets: config.webhooks.concurrency,
+      }),
+      config: config.webhooks,
+      metrics,
+      log,
+    });
   const streams = new Streams<StreamFrame>({
     store,
     broker,
@@ -80,6 +98,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     metrics,
     log,
     encode: encodeStreamFrame,
+    webhooks,
   });
   const streamGateway = new StreamGateway({
     streams,
@@ -88,13 +107,14 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     metrics,
     log,
   });
-  const requests = new Requests({ store, limits: config.limits, metrics, log });
+  const requests = new Requests({ store, limits: config.limits, metrics, log, webhooks });
   const handler = createHttpHandler({
     apiKey: config.apiKey,
     metricsToken: config.metricsToken,
     limits: config.limits,
     streams,
     requests,
+    webhooks,
     metrics,
     log,
     readiness: { checks: { storage: () => store.ping(), broker: () => broker.ping() } },
@@ -167,6 +187,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     broker,
     streams,
     requests,
+    webhooks,
     verifier,
     metrics,
     log,
@@ -174,6 +195,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
       // Storage must answer (and PostgreSQL be migrated) before the first client:
       // a node that cannot store fails its start instead of refusing every write.
       await store.ping();
+      webhooks?.start();
       return new Promise((resolve, reject) => {
         server.once('error', reject);
         server.listen(config.port, config.host, () => {
@@ -191,6 +213,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
         await Promise.all([streamGateway.closeAll(CLIENT_CLOSE_MS), requestChat.close()]);
         server.closeAllConnections();
         await Promise.all([streams.flush(), requests.flush()]);
+        await webhooks?.stop();
         await broker.close();
         await store.close();
       })();

@@ -11,6 +11,7 @@ import { before, test } from 'node:test';
 import { Parser } from '@asyncapi/parser';
 import { z } from 'zod';
 import { ChatError, ERROR_CODES } from '../src/core/errors.js';
+import { WEBHOOK_TYPES } from '../src/core/webhook-events.js';
 import { requestClientFields } from '../src/transport/request-codec.js';
 import { encodeChat, encodeError, streamClientData } from '../src/transport/stream-codec.js';
 
@@ -102,4 +103,11 @@ test('server frames carry the fields the encoder writes', () => {
   );
   const payload = doc.components.schemas.ErrorPayload;
   assert.deepEqual(Object.keys(error.data).sort(), Object.keys(payload.properties).sort());
+});
+
+test('the webhook messages are the event types charla sends', () => {
+  const types = Object.values(doc.channels.webhooks.messages).map(
+    (m: any) => m.payload.properties.type.const,
+  );
+  assert.deepEqual(types.sort(), [...WEBHOOK_TYPES].sort());
 });

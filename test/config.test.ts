@@ -113,3 +113,56 @@ describe('loadConfig', () => {
     assert.throws(() => loadConfig({ JWT_SECRET: 's', JWKS_URL: 'https://x/jwks' }), ConfigError);
   });
 });
+
+describe('webhook configuration', () => {
+  const secret = `whsec_${Buffer.alloc(24, 7).toString('base64')}`;
+  it('is off without WEBHOOK_URL, with the contract defaults when set', () => {
+    assert.equal(loadConfig({}).webhooks, undefined);
+    assert.deepEqual(
+      loadConfig({ WEBHOOK_URL: 'https://platform.example/hooks', WEBHOOK_SECRET: secret })
+        .webhooks,
+      {
+        url: 'https://platform.example/hooks',
+        secret,
+        maxAttempts: 12,
+        retryBaseMs: 10_000,
+        retryMaxMs: 3_600_000,
+        unreadAfterMs: 600_000,
+        timeoutMs: 10_000,
+        pollMs: 1000,
+        concurrency: 8,
+      },
+    );
+  });
+  it('needs a secret of whsec_ and at least 24 bytes of base64 with the URL', () => {
+    const url = 'http://127.0.0.1:9/hooks';
+    assert.throws(() => loadConfig({ WEBHOOK_URL: url }), /WEBHOOK_SECRET/);
+    for (const bad of [
+      Buffer.alloc(24, 7).toString('base64'),
+      `whsec_${Buffer.alloc(23, 7).toString('base64')}`,
+      'whsec_not base64!',
+      'whsec_',
+    ]) {
+      assert.throws(
+        () => loadConfig({ WEBHOOK_URL: url, WEBHOOK_SECRET: bad }),
+        /invalid WEBHOOK_SECRET/,
+      );
+    }
+    assert.throws(
+      () => loadConfig({ WEBHOOK_URL: 'ftp://x/hooks', WEBHOOK_SECRET: secret }),
+      /invalid WEBHOOK_URL/,
+    );
+    for (const [name, value] of [
+      ['WEBHOOK_MAX_ATTEMPTS', '0'],
+      ['WEBHOOK_RETRY_BASE_SECONDS', '-1'],
+      ['WEBHOOK_UNREAD_AFTER_SECONDS', 'soon'],
+      ['WEBHOOK_TIMEOUT_MS', '10'],
+      ['WEBHOOK_CONCURRENCY', '0'],
+    ] as const) {
+      assert.throws(
+        () => loadConfig({ WEBHOOK_URL: url, WEBHOOK_SECRET: secret, [name]: value }),
+        new RegExp(`invalid ${name}`),
+      );
+    }
+  });
+});

@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { newId } from '../src/core/ids.js';
 import type { NewRequestMessage, StreamMessage } from '../src/core/messages.js';
+import { type OutboxEntry, outboxEntry } from '../src/core/webhook-events.js';
 import type { Store } from '../src/store/store.js';
 
 /** One isolated place to store things (a temp file, a fresh schema). */
@@ -368,6 +369,225 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
             { userId: '2', at: iso(1000) },
             { userId: '3', at: iso(2000) },
           ]);
+        }));
+    });
+
+    describe('webhook outbox', () => {
+      const at = (ms: number) => new Date(Date.UTC(2026, 0, 1) + ms);
+      const event = (ms: number, dueMs = ms, unlessRead?: string): OutboxEntry =>
+        outboxEntry(
+          'stream.ended',
+          { key: `k${ms}` },
+          { at: at(ms), dueAt: at(dueMs), unlessRead },
+        );
+      /** Claims at `ms` with a lease to `ms + 1000`. */
+      const claim = (s: Store, ms: number, limit = 10) =>
+        s.claimWebhooks(limit, iso(ms), iso(ms + 1000));
+
+      it('commits events with a new message and drops them with a duplicate', () =>
+        withStore(async (s) => {
+          const r = newId();
+          await s.putRequest(r, '1');
+          const first = [event(1), event(2)];
+          await s.addRequestMessage(requestMessage(r, 'hola', '1', 'c-1'), first);
+          const again = await s.addRequestMessage(requestMessage(r, 'hola', '1', 'c-1'), [
+            event(3),
+          ]);
+          assert.equal(again.duplicate, true);
+          // Without a clientMessageId every message is new.
+          const third = event(4);
+          await s.addRequestMessage(requestMessage(r, 'otra', '1'), [third]);
+          const claimed = await claim(s, 10_000);
+          assert.deepEqual(
+            claimed.map((e) => e.id),
+            [first[0]?.id, first[1]?.id, third.id],
+          );
+          assert.deepEqual(claimed[0], {
+            id: first[0]?.id,
+            type: 'stream.ended',
+            data: '{"key":"k1"}',
+            createdAt: iso(1),
+            attempts: 0,
+            lastError: null,
+            lastAttemptAt: null,
+          });
+        }));
+
+      it('a message whose insert fails stores none of its events', () =>
+        withStore(async (s) => {
+          const r = newId();
+          await s.putRequest(r, '1');
+          const m = requestMessage(r, 'hola');
+          await s.addRequestMessage(m);
+          await assert.rejects(s.addRequestMessage({ ...m, clientMessageId: 'x' }, [event(1)]));
+          assert.deepEqual(await claim(s, 10_000), []);
+        }));
+
+      it('leases a row to one claimer until the lease runs out, oldest due first', () =>
+        withStore(async (s) => {
+          const late = event(1, 50);
+          const early = event(2, 20);
+          await s.enqueueWebhooks([late, early, event(3, 5_000)]);
+          assert.deepEqual(await claim(s, 10), [], 'nothing due yet');
+          assert.deepEqual(
+            (await claim(s, 100)).map((e) => e.id),
+            [early.id, late.id],
+          );
+          assert.deepEqual(await claim(s, 500), [], 'leased until 1100');
+          assert.deepEqual(
+            (await claim(s, 1100, 1)).map((e) => e.id),
+            [early.id],
+            'an expired lease frees the row; the limit holds',
+          );
+          await s.completeWebhook(early.id);
+          assert.deepEqual(
+            (await claim(s, 2200)).map((e) => e.id),
+            [late.id],
+          );
+          await s.releaseWebhook(late.id);
+          assert.deepEqual(
+            (await claim(s, 2300)).map((e) => [e.id, e.attempts]),
+            [[late.id, 0]],
+            'a released row is due again, no attempt counted',
+          );
+        }));
+
+      it('counts failed attempts, keeps failed rows for the API, and retries them', () =>
+        withStore(async (s) => {
+          const e = event(1);
+          await s.enqueueWebhooks([e]);
+          await claim(s, 10);
+          await s.recordWebhookFailure(e.id, {
+            error: 'HTTP 500',
+            at: iso(20),
+            nextAttemptAt: iso(3_000),
+          });
+          assert.deepEqual(await claim(s, 2_000), [], 'not before its next attempt');
+          const [retried] = await claim(s, 3_000);
+          assert.equal(retried?.attempts, 1);
+          assert.equal(retried?.lastError, 'HTTP 500');
+          assert.equal(retried?.lastAttemptAt, iso(20));
+          assert.deepEqual(await s.failedWebhooks(10), []);
+          await s.recordWebhookFailure(e.id, {
+            error: 'timeout',
+            at: iso(3_100),
+            nextAttemptAt: null,
+          });
+          assert.deepEqual(await claim(s, 99_000), [], 'a failed row is not sent again');
+          assert.deepEqual(await s.webhookQueueDepth(iso(99_000)), 0);
+          const failed = await s.failedWebhooks(10);
+          assert.deepEqual(
+            failed.map((f) => [f.id, f.attempts, f.lastError, f.lastAttemptAt]),
+            [[e.id, 2, 'timeout', iso(3_100)]],
+          );
+          assert.equal(await s.retryWebhook('msg_unknown', iso(100_000)), false);
+          assert.equal(await s.retryWebhook(e.id, iso(100_000)), true);
+          assert.equal(await s.retryWebhook(e.id, iso(100_000)), false, 'no longer failed');
+          assert.deepEqual(await s.failedWebhooks(10), []);
+          const [again] = await claim(s, 100_000);
+          assert.equal(again?.id, e.id, 'the same webhook-id');
+          assert.equal(again?.attempts, 2);
+          await s.completeWebhook(e.id);
+          assert.deepEqual(await claim(s, 200_000), []);
+        }));
+
+      it('drops an unread check once its message is read, and sends it otherwise', () =>
+        withStore(async (s) => {
+          const r = newId();
+          await s.putRequest(r, '1');
+          const read = (await s.addRequestMessage(requestMessage(r, 'a', '1'))).message._id;
+          const unread = (await s.addRequestMessage(requestMessage(r, 'b', '1'))).message._id;
+          const checkRead = event(1, 100, read);
+          const checkUnread = event(2, 100, unread);
+          await s.enqueueWebhooks([checkRead, checkUnread]);
+          assert.equal(await s.webhookQueueDepth(iso(50)), 0, 'checks not yet due are not queued');
+          // Delivered is not read.
+          await s.addReceipts(r, 'delivered', '2', [unread], iso(10));
+          await s.addReceipts(r, 'read', '2', [read], iso(20));
+          assert.equal(await s.webhookQueueDepth(iso(100)), 2);
+          assert.deepEqual(
+            (await claim(s, 100)).map((e) => e.id),
+            [checkUnread.id],
+          );
+          // Once it has been attempted, the event stands even if the message is read later.
+          await s.recordWebhookFailure(checkUnread.id, {
+            error: 'HTTP 500',
+            at: iso(110),
+            nextAttemptAt: iso(200),
+          });
+          await s.addReceipts(r, 'read', '2', [unread], iso(150));
+          assert.deepEqual(
+            (await claim(s, 200)).map((e) => e.id),
+            [checkUnread.id],
+          );
+        }));
+
+      it('commits a read event with the receipts it names, and none without new ones', () =>
+        withStore(async (s) => {
+          const r = newId();
+          await s.putRequest(r, '1');
+          const a = (await s.addRequestMessage(requestMessage(r, 'a', '1'))).message._id;
+          const b = (await s.addRequestMessage(requestMessage(r, 'b', '1'))).message._id;
+          const seen: string[][] = [];
+          const outbox = (fresh: string[]) => {
+            seen.push(fresh);
+            return outboxEntry(
+              'request.message.read',
+              { requestId: r, userId: '2', messages: fresh, at: iso(5) },
+              { at: at(5) },
+            );
+          };
+          assert.deepEqual(await s.addReceipts(r, 'read', '2', [b, a], iso(5), outbox), [a, b]);
+          assert.deepEqual(await s.addReceipts(r, 'read', '2', [a], iso(6), outbox), []);
+          assert.deepEqual(seen, [[a, b]], 'called once, with the new ids');
+          const claimed = await claim(s, 10_000);
+          assert.equal(claimed.length, 1);
+          assert.deepEqual(JSON.parse(claimed[0]?.data ?? ''), {
+            requestId: r,
+            userId: '2',
+            messages: [a, b],
+            at: iso(5),
+          });
+        }));
+
+      it('commits stream.ended only with the call that ended the stream', () =>
+        withStore(async (s) => {
+          await s.putStream('live', {});
+          assert.equal(await s.endStream('nope', [event(1)]), false);
+          assert.equal(await s.endStream('live', [event(2)]), true);
+          assert.equal(await s.endStream('live', [event(3)]), true);
+          assert.deepEqual(
+            (await claim(s, 10_000)).map((e) => e.data),
+            ['{"key":"k2"}'],
+          );
+        }));
+
+      it('keeps pending and failed rows across close and reopen', () =>
+        withStore(async (first, h) => {
+          const pending = event(1);
+          const failed = event(2);
+          await first.enqueueWebhooks([pending, failed]);
+          await claim(first, 10);
+          await first.recordWebhookFailure(failed.id, {
+            error: 'x',
+            at: iso(20),
+            nextAttemptAt: null,
+          });
+          await first.close();
+          const s = await h.open();
+          try {
+            // The lease from before may stand (PostgreSQL) or be cleared (SQLite): after it, due.
+            assert.deepEqual(
+              (await claim(s, 5_000)).map((e) => e.id),
+              [pending.id],
+            );
+            assert.deepEqual(
+              (await s.failedWebhooks(10)).map((e) => e.id),
+              [failed.id],
+            );
+          } finally {
+            await s.close();
+          }
         }));
     });
 

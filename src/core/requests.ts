@@ -13,12 +13,15 @@ import { hasRole, type Identity } from './identity.js';
 import { newId } from './ids.js';
 import { checkMessageText, RateLimiter } from './limits.js';
 import type { Page, PageQuery, ReceiptKind, RequestMessage } from './messages.js';
+import type { Webhooks } from './webhooks.js';
 
 export interface RequestsDeps {
   store: Store;
   limits: Limits;
   metrics: Metrics;
   log: Logger;
+  /** When set, messages and reads commit their webhook events with them. */
+  webhooks?: Webhooks | undefined;
 }
 
 export interface Sent {
@@ -118,15 +121,22 @@ export class Requests {
       checkMessageText(text, this.deps.limits.requestMessageMaxChars);
       const role = await this.authorize(identity, requestId);
       this.rate.take(`${identity.userId}\u0000${requestId}`);
-      const sent = await this.deps.store.addRequestMessage({
+      const message = {
         _id: newId(),
         requestId,
         sender: { id: identity.userId, username: identity.username, role },
         message: text,
         createdAt: new Date().toISOString(),
-        clientMessageId: clientMessageId ?? null,
-      });
-      if (!sent.duplicate) this.deps.metrics.messagesIn.inc({ chat: 'request' });
+      };
+      const { webhooks } = this.deps;
+      const sent = await this.deps.store.addRequestMessage(
+        { ...message, clientMessageId: clientMessageId ?? null },
+        webhooks?.messageCreated({ ...message, deliveredTo: [], readBy: [] }),
+      );
+      if (!sent.duplicate) {
+        this.deps.metrics.messagesIn.inc({ chat: 'request' });
+        webhooks?.nudge();
+      }
       return sent;
     });
   }
@@ -147,13 +157,16 @@ export class Requests {
       }
       await this.authorize(identity, requestId);
       const at = new Date().toISOString();
+      const { webhooks } = this.deps;
       const messages = await this.deps.store.addReceipts(
         requestId,
         kind,
         identity.userId,
         [...new Set(ids)],
         at,
+        kind === 'read' ? webhooks?.messagesRead(requestId, identity.userId, at) : undefined,
       );
+      if (kind === 'read' && messages.length > 0) webhooks?.nudge();
       return { messages, at };
     });
   }

@@ -19,6 +19,8 @@ import type { Identity } from './identity.js';
 import { newId } from './ids.js';
 import { checkMessageText, RateLimiter } from './limits.js';
 import type { Page, PageQuery, StreamMessage } from './messages.js';
+import { streamEvents } from './webhook-events.js';
+import type { Webhooks } from './webhooks.js';
 
 export const STREAM_KEY = /^[A-Za-z0-9_-]{1,64}$/;
 
@@ -51,6 +53,8 @@ export interface StreamsDeps<F> {
   log: Logger;
   /** Encodes a chat for the wire, once per fan-out. */
   encode: (message: StreamMessage) => F;
+  /** When set, ending a stream commits its `stream.ended` event with it. */
+  webhooks?: Webhooks | undefined;
 }
 
 const topicOf = (key: string) => `stream:${key}`;
@@ -87,8 +91,12 @@ export class Streams<F> {
 
   /** Ends a stream: its viewers on every node are told and closed. */
   async end(key: string): Promise<boolean> {
-    const ended = await this.deps.store.endStream(key);
-    if (ended) this.publish(key, { kind: 'ended' });
+    const { webhooks } = this.deps;
+    const ended = await this.deps.store.endStream(key, webhooks && [streamEvents.ended(key)]);
+    if (ended) {
+      this.publish(key, { kind: 'ended' });
+      webhooks?.nudge();
+    }
     return ended;
   }
 

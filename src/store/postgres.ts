@@ -20,6 +20,7 @@ import type {
   RequestMessage,
   StreamMessage,
 } from '../core/messages.js';
+import type { OutboxEntry, OutboxEvent, WebhookType } from '../core/webhook-events.js';
 import type { Logger } from '../observability/log.js';
 import type { PutRequestResult, RequestRecord, Store, StreamRecord } from './store.js';
 
@@ -71,6 +72,21 @@ const MIGRATIONS: readonly string[] = [
      at         timestamptz NOT NULL,
      PRIMARY KEY (message_id, kind, user_id)
    );`,
+  `CREATE TABLE webhook_outbox (
+     id              text PRIMARY KEY,
+     type            text NOT NULL,
+     payload         text NOT NULL,
+     created_at      timestamptz NOT NULL,
+     next_attempt_at timestamptz NOT NULL,
+     attempts        integer NOT NULL DEFAULT 0,
+     last_error      text,
+     last_attempt_at timestamptz,
+     state           text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed')),
+     lease_until     timestamptz,
+     unless_read     text
+   );
+   CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE state = 'pending';
+   CREATE INDEX webhook_outbox_failed ON webhook_outbox (last_attempt_at) WHERE state = 'failed';`,
 ];
 
 /**
@@ -126,6 +142,45 @@ interface ReceiptRow {
   user_id: string;
   at: Date;
 }
+
+interface OutboxRow {
+  id: string;
+  type: WebhookType;
+  payload: string;
+  created_at: Date;
+  attempts: number;
+  last_error: string | null;
+  last_attempt_at: Date | null;
+}
+const OUTBOX_COLUMNS = 'id, type, payload, created_at, attempts, last_error, last_attempt_at';
+const outboxEvent = (r: OutboxRow): OutboxEvent => ({
+  id: r.id,
+  type: r.type,
+  data: r.payload,
+  createdAt: r.created_at.toISOString(),
+  attempts: r.attempts,
+  lastError: r.last_error,
+  lastAttemptAt: r.last_attempt_at?.toISOString() ?? null,
+});
+
+/**
+ * Inserts outbox rows given as arrays from parameter `$n` on (id, type,
+ * payload, created_at, due, unless_read), when `condition` holds: a CTE step
+ * that commits them with the statement's own write.
+ */
+const insertOutbox = (n: number, condition = 'true') =>
+  `INSERT INTO webhook_outbox (id, type, payload, created_at, next_attempt_at, unless_read)
+   SELECT * FROM unnest($${n}::text[], $${n + 1}::text[], $${n + 2}::text[],
+                        $${n + 3}::timestamptz[], $${n + 4}::timestamptz[], $${n + 5}::text[])
+   WHERE ${condition}`;
+const outboxParams = (entries: readonly OutboxEntry[]) => [
+  entries.map((e) => e.id),
+  entries.map((e) => e.type),
+  entries.map((e) => e.data),
+  entries.map((e) => e.createdAt),
+  entries.map((e) => e.dueAt),
+  entries.map((e) => e.unlessRead),
+];
 
 const STREAM_COLUMNS = 'id, stream_key, user_id, username, message, sent_at';
 const REQUEST_COLUMNS =
@@ -183,7 +238,21 @@ export class PostgresStore implements Store {
     return { created: rows[0]?.created === true };
   }
 
-  async endStream(key: string): Promise<boolean> {
+  async endStream(key: string, outbox: readonly OutboxEntry[] = []): Promise<boolean> {
+    if (outbox.length > 0) {
+      // The row lock makes "was it open" and "end it" one step: of concurrent
+      // calls, only the one that ended the stream commits the events.
+      const rows = await this.query(
+        `WITH old AS (SELECT key, ended_at FROM streams WHERE key = $1 FOR UPDATE),
+         ended AS (
+           UPDATE streams s SET ended_at = coalesce(s.ended_at, $2), updated_at = $2
+           FROM old WHERE s.key = old.key RETURNING s.key
+         ), events AS (${insertOutbox(3, 'EXISTS (SELECT 1 FROM old WHERE ended_at IS NULL)')})
+         SELECT key FROM ended`,
+        [key, new Date(), ...outboxParams(outbox)],
+      );
+      return rows.length > 0;
+    }
     const rows = await this.query(
       `UPDATE streams SET ended_at = coalesce(ended_at, $2), updated_at = $2 WHERE key = $1
        RETURNING key`,
@@ -283,16 +352,23 @@ export class PostgresStore implements Store {
 
   async addRequestMessage(
     m: NewRequestMessage,
+    outbox: readonly OutboxEntry[] = [],
   ): Promise<{ message: RequestMessage; duplicate: boolean }> {
     // Only a repeated clientMessageId is a duplicate: a taken id must fail.
-    const inserted = await this.query(
-      `INSERT INTO request_messages
+    const insert = `INSERT INTO request_messages
          (id, request_id, sender_id, sender_username, sender_role, message, created_at,
           client_message_id)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
        ON CONFLICT (request_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL
        DO NOTHING
-       RETURNING seq`,
+       RETURNING seq`;
+    // With outbox rows, one statement still: they are inserted only with the message.
+    const inserted = await this.query(
+      outbox.length === 0
+        ? insert
+        : `WITH stored AS (${insert}),
+           events AS (${insertOutbox(9, 'EXISTS (SELECT 1 FROM stored)')})
+           SELECT seq FROM stored`,
       [
         m._id,
         m.requestId,
@@ -302,6 +378,7 @@ export class PostgresStore implements Store {
         m.message,
         m.createdAt,
         m.clientMessageId,
+        ...(outbox.length === 0 ? [] : outboxParams(outbox)),
       ],
     );
     if (inserted.length > 0) {
@@ -334,12 +411,12 @@ export class PostgresStore implements Store {
     userId: string,
     messageIds: readonly string[],
     at: string,
+    outbox?: (fresh: string[]) => OutboxEntry,
   ): Promise<string[]> {
     if (messageIds.length === 0) return [];
     // One statement: the receipts of `kind` and, for a read, the implied
     // deliveries are stored together or not at all.
-    const rows = await this.query<{ id: string }>(
-      `WITH eligible AS (
+    const text = `WITH eligible AS (
          SELECT id, seq FROM request_messages
          WHERE request_id = $1 AND sender_id <> $2 AND id = ANY($3::text[])
        ), fresh AS (
@@ -351,10 +428,99 @@ export class PostgresStore implements Store {
          SELECT id, 'delivered', $2, $5 FROM eligible WHERE $4 = 'read'
          ON CONFLICT DO NOTHING
        )
-       SELECT e.id FROM eligible e JOIN fresh f ON f.message_id = e.id ORDER BY e.seq`,
-      [requestId, userId, messageIds, kind, at],
+       SELECT e.id FROM eligible e JOIN fresh f ON f.message_id = e.id ORDER BY e.seq`;
+    const values = [requestId, userId, messageIds, kind, at];
+    if (!outbox) return (await this.query<{ id: string }>(text, values)).map((r) => r.id);
+    // The event's data names the fresh ids, known only after the insert: a
+    // transaction of two statements.
+    return this.transaction(async (client) => {
+      const fresh = (await client.query<{ id: string }>(text, values)).rows.map((r) => r.id);
+      if (fresh.length > 0) {
+        await client.query(insertOutbox(1), outboxParams([outbox(fresh)]));
+      }
+      return fresh;
+    });
+  }
+
+  async enqueueWebhooks(entries: readonly OutboxEntry[]): Promise<void> {
+    if (entries.length === 0) return;
+    await this.query(insertOutbox(1), outboxParams(entries));
+  }
+
+  async claimWebhooks(limit: number, now: string, leaseUntil: string): Promise<OutboxEvent[]> {
+    // SKIP LOCKED: nodes claiming at the same moment take different rows
+    // instead of waiting for each other; the lease keeps a row theirs after
+    // the commit, until it is sent or the lease runs out (a node that died).
+    const rows = await this.query<OutboxRow>(
+      `WITH due AS (
+         SELECT o.id, (o.unless_read IS NOT NULL AND o.attempts = 0 AND EXISTS (
+                  SELECT 1 FROM receipts r WHERE r.message_id = o.unless_read AND r.kind = 'read'
+                )) AS seen
+         FROM webhook_outbox o
+         WHERE o.state = 'pending' AND o.next_attempt_at <= $1
+           AND (o.lease_until IS NULL OR o.lease_until <= $1)
+         ORDER BY o.next_attempt_at LIMIT $2
+         FOR UPDATE SKIP LOCKED
+       ), dropped AS (
+         DELETE FROM webhook_outbox o USING due WHERE o.id = due.id AND due.seen
+       )
+       UPDATE webhook_outbox o SET lease_until = $3 FROM due
+       WHERE o.id = due.id AND NOT due.seen
+       RETURNING ${OUTBOX_COLUMNS.split(', ')
+         .map((c) => `o.${c}`)
+         .join(', ')}`,
+      [now, limit, leaseUntil],
     );
-    return rows.map((r) => r.id);
+    return rows.map(outboxEvent);
+  }
+
+  async completeWebhook(id: string): Promise<void> {
+    await this.query('DELETE FROM webhook_outbox WHERE id = $1', [id]);
+  }
+
+  async recordWebhookFailure(
+    id: string,
+    failure: { error: string; at: string; nextAttemptAt: string | null },
+  ): Promise<void> {
+    await this.query(
+      `UPDATE webhook_outbox SET attempts = attempts + 1, last_error = $2, last_attempt_at = $3,
+         lease_until = NULL,
+         state = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'pending' END,
+         next_attempt_at = coalesce($4::timestamptz, next_attempt_at)
+       WHERE id = $1`,
+      [id, failure.error, failure.at, failure.nextAttemptAt],
+    );
+  }
+
+  async releaseWebhook(id: string): Promise<void> {
+    await this.query('UPDATE webhook_outbox SET lease_until = NULL WHERE id = $1', [id]);
+  }
+
+  async failedWebhooks(limit: number): Promise<OutboxEvent[]> {
+    const rows = await this.query<OutboxRow>(
+      `SELECT ${OUTBOX_COLUMNS} FROM webhook_outbox WHERE state = 'failed'
+       ORDER BY last_attempt_at DESC LIMIT $1`,
+      [limit],
+    );
+    return rows.map(outboxEvent);
+  }
+
+  async retryWebhook(id: string, now: string): Promise<boolean> {
+    const rows = await this.query(
+      `UPDATE webhook_outbox SET state = 'pending', next_attempt_at = $2, lease_until = NULL
+       WHERE id = $1 AND state = 'failed' RETURNING id`,
+      [id, now],
+    );
+    return rows.length > 0;
+  }
+
+  async webhookQueueDepth(now: string): Promise<number> {
+    const [row] = await this.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM webhook_outbox
+       WHERE state = 'pending' AND (unless_read IS NULL OR attempts > 0 OR next_attempt_at <= $1)`,
+      [now],
+    );
+    return row?.n ?? 0;
   }
 
   async ping(): Promise<void> {
@@ -366,6 +532,38 @@ export class PostgresStore implements Store {
     this.closed = true;
     await this.migrated?.catch(() => {});
     await this.pool.end();
+  }
+
+  /** Runs `work` in one transaction on one client, committed when it resolves. */
+  private async transaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    await this.ready();
+    const client = await this.pool.connect();
+    let broken: Error | undefined;
+    try {
+      await client.query('BEGIN');
+      const result = await work(client);
+      await client.query('COMMIT');
+      return result;
+    } catch (err) {
+      // A client whose ROLLBACK fails is not given back to the pool for reuse.
+      await client.query('ROLLBACK').catch((e: Error) => {
+        broken = e;
+      });
+      throw err;
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  private async ready(): Promise<void> {
+    if (this.closed) throw new Error('the PostgreSQL store is closed');
+    this.migrated ??= this.migrate();
+    try {
+      await this.migrated;
+    } catch (err) {
+      this.migrated = undefined;
+      throw err;
+    }
   }
 
   /** Every call waits for the migrations; a failed attempt is retried by the next call. */

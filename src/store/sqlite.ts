@@ -20,6 +20,7 @@ import type {
   RequestMessage,
   StreamMessage,
 } from '../core/messages.js';
+import type { OutboxEntry, OutboxEvent, WebhookType } from '../core/webhook-events.js';
 import type { PutRequestResult, RequestRecord, Store, StreamRecord } from './store.js';
 
 /** Append-only: a released migration is never edited, a new one is added. */
@@ -70,6 +71,21 @@ const MIGRATIONS: readonly string[] = [
      at         TEXT NOT NULL,
      PRIMARY KEY (message_id, kind, user_id)
    ) WITHOUT ROWID;`,
+  `CREATE TABLE webhook_outbox (
+     id              TEXT PRIMARY KEY,
+     type            TEXT NOT NULL,
+     payload         TEXT NOT NULL,
+     created_at      TEXT NOT NULL,
+     next_attempt_at TEXT NOT NULL,
+     attempts        INTEGER NOT NULL DEFAULT 0,
+     last_error      TEXT,
+     last_attempt_at TEXT,
+     state           TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed')),
+     lease_until     TEXT,
+     unless_read     TEXT
+   );
+   CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE state = 'pending';
+   CREATE INDEX webhook_outbox_failed ON webhook_outbox (last_attempt_at) WHERE state = 'failed';`,
 ];
 
 interface StreamRow {
@@ -97,6 +113,26 @@ interface RequestMessageRow {
   message: string;
   created_at: string;
 }
+interface OutboxRow {
+  id: string;
+  type: WebhookType;
+  payload: string;
+  created_at: string;
+  attempts: number;
+  last_error: string | null;
+  last_attempt_at: string | null;
+  unless_read: string | null;
+}
+const outboxEvent = (r: OutboxRow): OutboxEvent => ({
+  id: r.id,
+  type: r.type,
+  data: r.payload,
+  createdAt: r.created_at,
+  attempts: r.attempts,
+  lastError: r.last_error,
+  lastAttemptAt: r.last_attempt_at,
+});
+
 interface ReceiptRow {
   message_id: string;
   kind: ReceiptKind;
@@ -146,6 +182,11 @@ export class SqliteStore implements Store {
         if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000');
       });
     }
+    // One process owns a SQLite file: a lease left in it is from a process that
+    // died mid-delivery, and what it was sending is due again now.
+    this.db
+      .prepare('UPDATE webhook_outbox SET lease_until = NULL WHERE lease_until IS NOT NULL')
+      .run();
     const db = this.db;
     this.q = {
       getStream: db.prepare<[string], StreamRow>(
@@ -213,6 +254,41 @@ export class SqliteStore implements Store {
         `INSERT INTO receipts (message_id, kind, user_id, at) VALUES (?, ?, ?, ?)
          ON CONFLICT DO NOTHING`,
       ),
+      insertOutbox: db.prepare(
+        `INSERT INTO webhook_outbox (id, type, payload, created_at, next_attempt_at, unless_read)
+         VALUES (@id, @type, @data, @createdAt, @dueAt, @unlessRead)`,
+      ),
+      dueOutbox: db.prepare<[string, string, number], OutboxRow>(
+        `SELECT id, type, payload, created_at, attempts, last_error, last_attempt_at, unless_read
+         FROM webhook_outbox
+         WHERE state = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?)
+         ORDER BY next_attempt_at LIMIT ?`,
+      ),
+      isRead: db.prepare<[string], { one: number }>(
+        `SELECT 1 AS one FROM receipts WHERE message_id = ? AND kind = 'read' LIMIT 1`,
+      ),
+      leaseOutbox: db.prepare('UPDATE webhook_outbox SET lease_until = ? WHERE id = ?'),
+      deleteOutbox: db.prepare('DELETE FROM webhook_outbox WHERE id = ?'),
+      failOutbox: db.prepare(
+        `UPDATE webhook_outbox SET attempts = attempts + 1, last_error = @error,
+           last_attempt_at = @at, lease_until = NULL,
+           state = CASE WHEN @nextAttemptAt IS NULL THEN 'failed' ELSE 'pending' END,
+           next_attempt_at = coalesce(@nextAttemptAt, next_attempt_at)
+         WHERE id = @id`,
+      ),
+      releaseOutbox: db.prepare('UPDATE webhook_outbox SET lease_until = NULL WHERE id = ?'),
+      failedOutbox: db.prepare<[number], OutboxRow>(
+        `SELECT id, type, payload, created_at, attempts, last_error, last_attempt_at, unless_read
+         FROM webhook_outbox WHERE state = 'failed' ORDER BY last_attempt_at DESC LIMIT ?`,
+      ),
+      retryOutbox: db.prepare(
+        `UPDATE webhook_outbox SET state = 'pending', next_attempt_at = ?, lease_until = NULL
+         WHERE id = ? AND state = 'failed'`,
+      ),
+      outboxDepth: db.prepare<[string], { n: number }>(
+        `SELECT count(*) AS n FROM webhook_outbox
+         WHERE state = 'pending' AND (unless_read IS NULL OR attempts > 0 OR next_attempt_at <= ?)`,
+      ),
     };
   }
 
@@ -236,8 +312,13 @@ export class SqliteStore implements Store {
     })();
   }
 
-  async endStream(key: string): Promise<boolean> {
-    return this.q.endStream.run({ key, now: new Date().toISOString() }).changes > 0;
+  async endStream(key: string, outbox: readonly OutboxEntry[] = []): Promise<boolean> {
+    return this.db.transaction(() => {
+      const open = this.q.getStream.get(key)?.ended_at === null;
+      const ended = this.q.endStream.run({ key, now: new Date().toISOString() }).changes > 0;
+      if (open) this.insertOutbox(outbox);
+      return ended;
+    })();
   }
 
   async getStream(key: string): Promise<StreamRecord | undefined> {
@@ -287,7 +368,22 @@ export class SqliteStore implements Store {
 
   async addRequestMessage(
     m: NewRequestMessage,
+    outbox: readonly OutboxEntry[] = [],
   ): Promise<{ message: RequestMessage; duplicate: boolean }> {
+    if (outbox.length > 0) {
+      return this.db.transaction(() => {
+        const result = this.insertRequestMessage(m);
+        if (!result.duplicate) this.insertOutbox(outbox);
+        return result;
+      })();
+    }
+    return this.insertRequestMessage(m);
+  }
+
+  private insertRequestMessage(m: NewRequestMessage): {
+    message: RequestMessage;
+    duplicate: boolean;
+  } {
     const inserted = this.q.insertRequestMessage.run({
       _id: m._id,
       requestId: m.requestId,
@@ -322,6 +418,7 @@ export class SqliteStore implements Store {
     userId: string,
     messageIds: readonly string[],
     at: string,
+    outbox?: (fresh: string[]) => OutboxEntry,
   ): Promise<string[]> {
     return this.db.transaction(() => {
       const eligible = this.q.eligibleForReceipt.all(requestId, userId, JSON.stringify(messageIds));
@@ -330,8 +427,59 @@ export class SqliteStore implements Store {
         if (this.q.insertReceipt.run(id, kind, userId, at).changes > 0) fresh.push(id);
         if (kind === 'read') this.q.insertReceipt.run(id, 'delivered', userId, at);
       }
+      if (outbox && fresh.length > 0) this.insertOutbox([outbox(fresh)]);
       return fresh;
     })();
+  }
+
+  async enqueueWebhooks(entries: readonly OutboxEntry[]): Promise<void> {
+    this.db.transaction(() => this.insertOutbox(entries))();
+  }
+
+  async claimWebhooks(limit: number, now: string, leaseUntil: string): Promise<OutboxEvent[]> {
+    return this.db.transaction(() => {
+      const claimed: OutboxEvent[] = [];
+      for (const row of this.q.dueOutbox.all(now, now, limit)) {
+        if (row.unless_read !== null && row.attempts === 0 && this.q.isRead.get(row.unless_read)) {
+          this.q.deleteOutbox.run(row.id);
+          continue;
+        }
+        this.q.leaseOutbox.run(leaseUntil, row.id);
+        claimed.push(outboxEvent(row));
+      }
+      return claimed;
+    })();
+  }
+
+  async completeWebhook(id: string): Promise<void> {
+    this.q.deleteOutbox.run(id);
+  }
+
+  async recordWebhookFailure(
+    id: string,
+    failure: { error: string; at: string; nextAttemptAt: string | null },
+  ): Promise<void> {
+    this.q.failOutbox.run({ id, ...failure });
+  }
+
+  async releaseWebhook(id: string): Promise<void> {
+    this.q.releaseOutbox.run(id);
+  }
+
+  async failedWebhooks(limit: number): Promise<OutboxEvent[]> {
+    return this.q.failedOutbox.all(limit).map(outboxEvent);
+  }
+
+  async retryWebhook(id: string, now: string): Promise<boolean> {
+    return this.q.retryOutbox.run(now, id).changes > 0;
+  }
+
+  async webhookQueueDepth(now: string): Promise<number> {
+    return this.q.outboxDepth.get(now)?.n ?? 0;
+  }
+
+  private insertOutbox(entries: readonly OutboxEntry[]): void {
+    for (const e of entries) this.q.insertOutbox.run(e);
   }
 
   async ping(): Promise<void> {

@@ -19,6 +19,7 @@ import type {
   RequestMessage,
   StreamMessage,
 } from '../core/messages.js';
+import type { OutboxEntry, OutboxEvent } from '../core/webhook-events.js';
 
 export interface StreamRecord {
   key: string;
@@ -45,8 +46,11 @@ export interface Store {
     key: string,
     fields: { title?: string | null; ownerId?: string | null },
   ): Promise<{ created: boolean }>;
-  /** Marks the stream ended; false when there is no such stream. */
-  endStream(key: string): Promise<boolean>;
+  /**
+   * Marks the stream ended; false when there is no such stream. `outbox`
+   * rows are committed with it when this call is the one that ended it.
+   */
+  endStream(key: string, outbox?: readonly OutboxEntry[]): Promise<boolean>;
   getStream(key: string): Promise<StreamRecord | undefined>;
   /** Stores a batch in one transaction: all of it or none. */
   appendStreamMessages(messages: readonly StreamMessage[]): Promise<void>;
@@ -60,14 +64,18 @@ export interface Store {
    */
   putRequest(id: string, ownerId: string): Promise<PutRequestResult>;
   getRequest(id: string): Promise<RequestRecord | undefined>;
+  /** `outbox` rows are committed with the message, and dropped with a duplicate. */
   addRequestMessage(
     message: NewRequestMessage,
+    outbox?: readonly OutboxEntry[],
   ): Promise<{ message: RequestMessage; duplicate: boolean }>;
   requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage>>;
   /**
    * Records receipts of `userId` for those of `messageIds` that belong to the
    * request and were not sent by that user; ignores the rest. A read also
    * records delivered. Returns the ids whose `kind` receipt is new.
+   * `outbox`, given those ids when there are any, returns a row committed
+   * in the same transaction.
    */
   addReceipts(
     requestId: string,
@@ -75,7 +83,40 @@ export interface Store {
     userId: string,
     messageIds: readonly string[],
     at: string,
+    outbox?: (fresh: string[]) => OutboxEntry,
   ): Promise<string[]>;
+
+  /**
+   * The webhook outbox (CONTRACT section 9). Rows are pending until sent
+   * (then removed) or out of attempts (then failed, kept for the API).
+   */
+  enqueueWebhooks(entries: readonly OutboxEntry[]): Promise<void>;
+  /**
+   * Leases up to `limit` pending rows due at `now` and not leased by anyone
+   * until `leaseUntil` (ISO-8601), oldest due first. Concurrent callers, on
+   * any node, never get the same row while its lease runs. A first attempt
+   * of a row with `unlessRead` whose message has been read is removed
+   * instead of returned.
+   */
+  claimWebhooks(limit: number, now: string, leaseUntil: string): Promise<OutboxEvent[]>;
+  /** A row was delivered: removes it. */
+  completeWebhook(id: string): Promise<void>;
+  /**
+   * Counts a failed attempt; the row is due again at `nextAttemptAt`, or
+   * failed for good when that is null. Ends the lease.
+   */
+  recordWebhookFailure(
+    id: string,
+    failure: { error: string; at: string; nextAttemptAt: string | null },
+  ): Promise<void>;
+  /** Ends a lease without counting an attempt (a node stopping mid-send). */
+  releaseWebhook(id: string): Promise<void>;
+  /** Failed rows, most recently attempted first. */
+  failedWebhooks(limit: number): Promise<OutboxEvent[]>;
+  /** Makes a failed row due at `now` again; false when no failed row has this id. */
+  retryWebhook(id: string, now: string): Promise<boolean>;
+  /** Pending rows that are due or being retried (unread checks not yet due excluded). */
+  webhookQueueDepth(now: string): Promise<number>;
 
   /** Resolves when the backend answers; for readiness. */
   ping(): Promise<void>;

@@ -13,6 +13,7 @@ import { isObjectId, normalizeId } from '../core/ids.js';
 import type { PageQuery } from '../core/messages.js';
 import type { Requests } from '../core/requests.js';
 import type { Streams } from '../core/streams.js';
+import { FAILED_PAGE_MAX, type Webhooks } from '../core/webhooks.js';
 import type { Logger } from '../observability/log.js';
 import { safePath } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -30,6 +31,8 @@ export interface HttpDeps {
   limits: Limits;
   streams: Streams<unknown>;
   requests: Requests;
+  /** Undefined without WEBHOOK_URL: the webhook routes answer 404. */
+  webhooks?: Webhooks | undefined;
   readiness: Readiness;
   metrics: Metrics;
   log: Logger;
@@ -178,6 +181,45 @@ function requestRoutes(deps: HttpDeps): Route[] {
   ];
 }
 
+function webhookRoutes(deps: HttpDeps): Route[] {
+  const enabled = () => {
+    if (!deps.webhooks) throw new ChatError('not_found', 'Webhooks are not configured.');
+    return deps.webhooks;
+  };
+  return [
+    {
+      method: 'GET',
+      path: /^\/api\/webhooks\/failed$/,
+      apiKey: true,
+      async handle({ query }) {
+        const webhooks = enabled();
+        const raw = query.get('limit');
+        const limit = raw === null ? 100 : Number(raw);
+        if (!Number.isInteger(limit) || limit < 1 || limit > FAILED_PAGE_MAX) {
+          throw new ChatError(
+            'invalid_payload',
+            `"limit" must be an integer from 1 to ${FAILED_PAGE_MAX}.`,
+            { httpStatus: 400 },
+          );
+        }
+        return { status: 200, body: { events: await webhooks.failed(limit) } };
+      },
+    },
+    {
+      method: 'POST',
+      path: /^\/api\/webhooks\/failed\/(msg_[A-Za-z0-9_-]{1,64})\/retry$/,
+      apiKey: true,
+      async handle({ params }) {
+        const id = params[0] as string;
+        if (!(await enabled().retry(id))) {
+          throw new ChatError('not_found', 'There is no failed webhook event with this id.');
+        }
+        return { status: 202, body: { id, state: 'pending' } };
+      },
+    },
+  ];
+}
+
 function opsRoutes(deps: HttpDeps): Route[] {
   return [
     {
@@ -283,7 +325,12 @@ async function serveMetrics(
 export function createHttpHandler(deps: HttpDeps) {
   const expectedKey = digest(deps.apiKey);
   const metricsToken = deps.metricsToken === undefined ? undefined : digest(deps.metricsToken);
-  const routes = [...opsRoutes(deps), ...streamRoutes(deps), ...requestRoutes(deps)];
+  const routes = [
+    ...opsRoutes(deps),
+    ...streamRoutes(deps),
+    ...requestRoutes(deps),
+    ...webhookRoutes(deps),
+  ];
 
   return async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
