@@ -398,6 +398,11 @@ describe('RequestChat desk: typing, edits, deletions, attachments, inbox (server
     assert.equal(lab.messages(requestId)[0]?.message, 'second try');
     assert.equal(teacher.messages(requestId)[0]?.message, 'second try');
 
+    await assert.rejects(
+      lab.editMessage(requestId, m._id, 'not mine'),
+      (e: ChatClientError) => e.code === 'forbidden',
+    );
+
     await teacher.deleteMessage(requestId, m._id);
     await until(() => deleted.length === 1, 'messageDeleted');
     for (const c of [teacher, lab]) {
@@ -405,10 +410,6 @@ describe('RequestChat desk: typing, edits, deletions, attachments, inbox (server
       assert.equal(gone?.message, '');
       assert.ok(gone?.deletedAt);
     }
-    await assert.rejects(
-      lab.editMessage(requestId, m._id, 'not mine'),
-      (e: ChatClientError) => e.code === 'forbidden',
-    );
   });
 
   it('sends attachments; listRequests and requestUpdated keep the inbox', async (t) => {
