@@ -30,7 +30,7 @@ describe('StreamChat against charla', () => {
 
   before(async () => {
     s = await startServer({ STREAM_RATE_LIMIT: '1000/1s' });
-    for (const key of ['live', 'queued', 'late-auth', 'gone', 'resume']) {
+    for (const key of ['live', 'queued', 'late-auth', 'gone', 'resume', 'expiring']) {
       assert.equal((await api(s.url, 'PUT', `/api/streams/${key}`, {})).status, 201);
     }
   });
@@ -79,6 +79,34 @@ describe('StreamChat against charla', () => {
     c.chat.send('now signed in');
     await until(() => c.chats.length === 1, 'the chat');
     assert.equal(c.chats[0]?.userId, '3');
+  });
+
+  it('a token function is asked again when the token expires on an open connection', async () => {
+    let calls = 0;
+    const token = () => {
+      calls++;
+      // The first token runs out two seconds from now; later ones last.
+      return calls === 1
+        ? userToken('6', {}, { expiresIn: Math.floor(Date.now() / 1000) + 2 })
+        : userToken('6');
+    };
+    const c = new Recorder(open('expiring', { token }));
+    await c.chat.ready();
+    assert.equal(c.chat.authenticated, true);
+    await until(
+      () => c.of('error').some((e) => e.code === 'token_expired'),
+      'token_expired',
+      5_000,
+    );
+    await until(() => calls === 2 && c.chat.authenticated, 'signed in again');
+    assert.deepEqual(c.of('auth'), [false, true, false, true]);
+    c.chat.send('still here');
+    await until(() => c.chats.length === 1, 'the chat');
+    assert.equal(c.chats[0]?.userId, '6');
+    assert.deepEqual(
+      c.of('error').map((e) => e.code),
+      ['token_expired'],
+    );
   });
 
   it('an unknown stream ends the client without reconnecting', async () => {

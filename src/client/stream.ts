@@ -39,7 +39,11 @@ interface WebSocketLike {
 /** A WebSocket constructor: the browser's, or `ws`'s `WebSocket` in Node. */
 export type WebSocketConstructor = new (url: string) => object;
 
-/** A token, or a function that returns a fresh one (called on every (re)connect). */
+/**
+ * A token, or a function that returns a fresh one: called on every
+ * (re)connect, and when the server says the token expired on an open
+ * connection (the stream chat then signs in again by itself).
+ */
 export type TokenSource = string | (() => string | Promise<string>);
 
 const OPEN = 1;
@@ -111,6 +115,8 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   private resuming = false;
   /** The server refused the stream itself: no reconnect after this connection closes. */
   private terminal = false;
+  /** The next `auth` frame is the server's notice of an expired token, not an answer. */
+  private expiredNotice = false;
   private readyWaiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
 
   private constructor(url: string, key: string, opts: StreamChatOptions) {
@@ -196,6 +202,7 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   private open(): void {
     this.state = 'connecting';
     this.greeted = false;
+    this.expiredNotice = false;
     this.authPending = 0;
     this.authenticated = false;
     this.resuming = this.lastChatId !== undefined;
@@ -258,6 +265,7 @@ export class StreamChat extends Emitter<StreamChatEvents> {
       case 'auth': {
         this.authenticated = data.authenticated === true;
         if (!this.greeted) this.greeted = true;
+        else if (this.expiredNotice) this.expiredNotice = false;
         else if (this.authPending > 0) this.authPending--;
         this.emit('auth', this.authenticated);
         this.settle();
@@ -296,6 +304,13 @@ export class StreamChat extends Emitter<StreamChatEvents> {
         const err = ChatClientError.fromPayload(data);
         if (TERMINAL_ERRORS.has(err.code)) this.terminal = true;
         this.emit('error', err);
+        if (err.code === 'token_expired' && this.authPending === 0 && this.greeted) {
+          // The token ran out on an open connection: the server's `auth: false`
+          // that follows is its notice, not an answer. A token function is
+          // asked for a fresh token at once.
+          this.expiredNotice = true;
+          if (typeof this.token === 'function') void this.presentToken();
+        }
         return;
       }
     }
