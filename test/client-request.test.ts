@@ -32,7 +32,7 @@ describe('RequestChat', () => {
   let s: TestServer;
   const chats: RequestChat[] = [];
   const connect = async (
-    token: string,
+    token: string | (() => Promise<string>),
     opts: Partial<Parameters<typeof RequestChat.connect>[1]> = {},
   ) => {
     const c = await RequestChat.connect(s.url, {
@@ -120,6 +120,30 @@ describe('RequestChat', () => {
       RequestChat.connect(s.url, { token: expired }),
       (e: ChatClientError) => e.code === 'token_expired',
     );
+  });
+
+  it('a token function is asked again after the server drops an expired token; rooms come back', async () => {
+    const requestId = await register();
+    let calls = 0;
+    const token = () => {
+      calls++;
+      const claims = { username: 'ana', role: 'TEACHER' };
+      return calls === 1
+        ? userToken('1', claims, { expiresIn: Math.floor(Date.now() / 1000) + 2 })
+        : userToken('1', claims);
+    };
+    const teacher = await connect(token);
+    await teacher.join(requestId);
+    const exceptions: string[] = [];
+    teacher.on('exception', (e) => exceptions.push(e.error_code));
+    const histories: boolean[] = [];
+    teacher.on('history', (h) => histories.push(h.rejoined));
+    await until(() => histories.length === 1, 'the re-join after the expiry', 6_000);
+    assert.deepEqual(exceptions, ['token_expired']);
+    assert.deepEqual(histories, [true]);
+    assert.equal(calls, 2);
+    const sent = await teacher.send(requestId, 'signed in again');
+    assert.equal(sent.sender.id, '1');
   });
 
   it('a refused message rejects with its code and is not retried', async () => {
