@@ -3,6 +3,7 @@
  * against a real server on a real SQLite file.
  */
 import assert from 'node:assert/strict';
+import { createServer } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { io } from 'socket.io-client';
 import { ChatClientError, RequestChat, type RequestMessage } from '../src/client/index.js';
@@ -144,6 +145,20 @@ describe('RequestChat', () => {
     assert.equal(calls, 2);
     const sent = await teacher.send(requestId, 'signed in again');
     assert.equal(sent.sender.id, '1');
+  });
+
+  it('connect gives up with timeout after reconnect.maxAttempts when nobody listens', async () => {
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', () => r()));
+    const port = (probe.address() as { port: number }).port;
+    await new Promise((r) => probe.close(r));
+    await assert.rejects(
+      RequestChat.connect(`http://127.0.0.1:${port}`, {
+        token: 'x',
+        reconnect: { ...fast, maxAttempts: 2 },
+      }),
+      (e: ChatClientError) => e.code === 'timeout',
+    );
   });
 
   it('a refused message rejects with its code and is not retried', async () => {

@@ -203,16 +203,26 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     await new Promise<void>((resolve, reject) => {
       const onConnect = () => {
         socket.off('connect_error', onError);
+        socket.io.off('reconnect_failed', onGiveUp);
         resolve();
       };
       const onError = (err: Error) => {
         if (socket.active) return;
         socket.off('connect', onConnect);
         socket.off('connect_error', onError);
+        socket.io.off('reconnect_failed', onGiveUp);
+        chat.close();
         reject(new ChatClientError(err.message || 'unauthorized', err.message));
+      };
+      const onGiveUp = () => {
+        socket.off('connect', onConnect);
+        socket.off('connect_error', onError);
+        chat.close();
+        reject(new ChatClientError('timeout', 'Could not connect (reconnect.maxAttempts).'));
       };
       socket.once('connect', onConnect);
       socket.on('connect_error', onError);
+      socket.io.once('reconnect_failed', onGiveUp);
     });
     return chat;
   }
@@ -439,6 +449,12 @@ export class RequestChat extends Emitter<RequestChatEvents> {
       this.emit('error', new ChatClientError(err.message || 'unauthorized', err.message));
     });
     s.io.on('reconnect_attempt', (attempt) => this.emit('reconnecting', { attempt }));
+    s.io.on('reconnect_failed', () =>
+      this.emit(
+        'error',
+        new ChatClientError('timeout', 'Gave up reconnecting (reconnect.maxAttempts).'),
+      ),
+    );
     s.on('message', (m: RequestMessage) => this.incoming(m));
     s.on('messagesDelivered', (e: ReceiptEvent) => {
       this.applyReceipts(e, 'deliveredTo');
@@ -684,8 +700,9 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     if (!room || !Array.isArray(e.messages)) return;
     for (const id of e.messages) {
       const m = room.messages.get(id);
-      if (!m || m[field].some((r) => r.userId === e.userId)) continue;
-      room.messages.set(id, { ...m, [field]: [...m[field], { userId: e.userId, at: e.at }] });
+      const receipts = Array.isArray(m?.[field]) ? m[field] : [];
+      if (!m || receipts.some((r) => r.userId === e.userId)) continue;
+      room.messages.set(id, { ...m, [field]: [...receipts, { userId: e.userId, at: e.at }] });
     }
   }
 
