@@ -132,6 +132,8 @@ type Answer = Record<string, unknown> & { ok?: unknown };
 const RETRYABLE = new Set(['rate_limited', 'internal_error', 'not_in_room']);
 /** The server forwards `typing` at most this often (CONTRACT section 8). */
 const TYPING_EVERY_MS = 2_000;
+/** How long a server-side disconnect counts toward the next one's backoff. */
+const KICK_MEMORY_MS = 60_000;
 /** Ids per receipt event. */
 const RECEIPT_BATCH = 100;
 
@@ -150,6 +152,10 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   private readonly catchUpPages: number;
   private readonly autoDeliver: boolean;
   private readonly timers = new Set<ReturnType<typeof setTimeout>>();
+  private readonly backoff: BackoffOptions;
+  /** Server-side disconnects in a row (each within KICK_MEMORY_MS of the last). */
+  private kicks = 0;
+  private lastKickAt = 0;
   /** The `roomHistory` that precedes a `joinRoom` acknowledgement, per room. */
   private readonly lastPage = new WeakMap<Room, { messages: RequestMessage[]; hasMore: boolean }>();
 
@@ -168,6 +174,7 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     this.historySize = opts.historySize ?? 500;
     this.catchUpPages = opts.catchUpPages ?? 5;
     this.autoDeliver = opts.autoDeliver ?? true;
+    this.backoff = { initialDelayMs: 500, maxDelayMs: 10_000, ...opts.reconnect };
     this.listen();
   }
 
@@ -438,7 +445,11 @@ export class RequestChat extends Emitter<RequestChatEvents> {
       // A server-side disconnect (shutdown, flood, expired token) does not make
       // Socket.IO reconnect by itself; a client that still wants its rooms does.
       if (reason === 'io server disconnect' && !this.closed) {
-        this.later(backoffDelay(0), () => {
+        // Kicked again soon after the last time: wait longer each time.
+        const now = Date.now();
+        this.kicks = now - this.lastKickAt < KICK_MEMORY_MS ? this.kicks + 1 : 0;
+        this.lastKickAt = now;
+        this.later(backoffDelay(this.kicks, this.backoff), () => {
           if (!this.closed && !s.connected) s.connect();
         });
       }
