@@ -243,6 +243,7 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     try {
       token = typeof source === 'function' ? await source() : source;
     } catch {
+      if (this.ws !== ws) return;
       // No token now: the connection stays as it is, anonymous until a later auth().
       this.authPending--;
       this.settle();
