@@ -109,6 +109,15 @@ describe('StreamChat against charla', () => {
     );
   });
 
+  it('a token function that fails leaves the connection anonymous, and ready', async () => {
+    const c = new Recorder(
+      open('late-auth', { token: () => Promise.reject(new Error('offline')) }),
+    );
+    await c.chat.ready();
+    assert.equal(c.chat.authenticated, false);
+    assert.deepEqual(c.of('auth'), [false]);
+  });
+
   it('an unknown stream ends the client without reconnecting', async () => {
     const c = new Recorder(open('no-such-stream'));
     await assert.rejects(c.chat.ready(), (e: ChatClientError) => e.code === 'closed');
