@@ -1,6 +1,8 @@
-/** Test helpers for the client library: recorders and polling waits. */
+/** Test helpers for the client library: recorders, polling waits, a proxy and a server process. */
+import { spawn } from 'node:child_process';
 import { createServer, type Server, type Socket, connect as tcpConnect } from 'node:net';
 import type { StreamChat, StreamChatMessage } from '../src/client/index.js';
+import { type ChildServer, MAIN } from './helpers.js';
 
 /** Records every event a StreamChat emits, in order. */
 export class Recorder {
@@ -80,4 +82,48 @@ export class BlackholeProxy {
     this.server = undefined;
     if (server) await new Promise((r) => server.close(r));
   }
+}
+
+/**
+ * `node dist/src/main.js` as its own process, as `spawnServer` starts it, but
+ * with a start-up allowance for a loaded machine, and killed when it does not
+ * start in time (a restart test must not leave a server holding its port).
+ */
+export function spawnCharla(env: Record<string, string>, startMs = 60_000): Promise<ChildServer> {
+  const child = spawn(process.execPath, [MAIN], {
+    env: { PATH: process.env.PATH ?? '', PORT: '0', LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  const exited = new Promise<number | null>((resolve) =>
+    child.once('exit', (code) => resolve(code)),
+  );
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`server did not start within ${startMs} ms:\n${out}`));
+    }, startMs);
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString();
+      const m = /"url":"(http:\/\/[^"]+)".*"msg":"listening"/.exec(out);
+      if (!m) return;
+      clearTimeout(timer);
+      resolve({
+        child,
+        url: m[1] as string,
+        output: () => out,
+        stop(signal = 'SIGTERM') {
+          if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+          return exited;
+        },
+      });
+    });
+    child.stderr.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited with ${code} before listening:\n${out}`));
+    });
+  });
 }

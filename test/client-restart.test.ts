@@ -12,21 +12,15 @@ import { after, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
 import { RequestChat, type RequestMessage, StreamChat } from '../src/client/index.js';
 import { newId } from '../src/core/ids.js';
-import { Recorder, until } from './client-helpers.js';
-import {
-  API_KEY,
-  api,
-  type ChildServer,
-  SECRET,
-  spawnServer,
-  tempDir,
-  userToken,
-} from './helpers.js';
+import { Recorder, spawnCharla, until } from './client-helpers.js';
+import { API_KEY, api, type ChildServer, SECRET, tempDir, userToken } from './helpers.js';
 
 const dir = tempDir();
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 const fast = { initialDelayMs: 50, maxDelayMs: 300 };
+/** Generous waits: these tests run beside the rest of the suite on a busy machine. */
+const SLOW = 20_000;
 
 const envFor = (name: string) => ({
   DATABASE_URL: `sqlite:${join(dir, `${name}.db`)}`,
@@ -45,7 +39,7 @@ async function restart(
   const port = new URL(server.url).port;
   assert.equal(await server.stop('SIGTERM'), 0);
   await whileDown();
-  return spawnServer({ ...env, PORT: port });
+  return spawnCharla({ ...env, PORT: port });
 }
 
 const unique = <T>(xs: T[]) => new Set(xs).size === xs.length;
@@ -53,7 +47,7 @@ const unique = <T>(xs: T[]) => new Set(xs).size === xs.length;
 describe('a server restart in the middle of a conversation', () => {
   it('stream chat: every client reconnects by itself; nothing is lost or duplicated', async (t) => {
     const env = envFor('stream');
-    let server = await spawnServer(env);
+    let server = await spawnCharla(env);
     assert.equal((await api(server.url, 'PUT', '/api/streams/class', {})).status, 201);
     const ana = new Recorder(
       StreamChat.connect(server.url, 'class', {
@@ -68,12 +62,17 @@ describe('a server restart in the middle of a conversation', () => {
     try {
       await Promise.all([ana.chat.ready(), viewer.chat.ready()]);
       for (let i = 0; i < 3; i++) ana.chat.send(`before ${i}`);
-      await until(() => viewer.chats.length === 3 && ana.chats.length === 3, 'the first chats');
+      await until(
+        () => viewer.chats.length === 3 && ana.chats.length === 3,
+        'the first chats',
+        SLOW,
+      );
 
       server = await restart(server, env, async () => {
         await until(
           () => [ana, viewer].every((r) => r.of('close').some((c) => c.code === 1001)),
           'close 1001 on both clients',
+          SLOW,
         );
         assert.ok([ana, viewer].every((r) => r.of('close').every((c) => c.willReconnect)));
         // Written while the server is down: they wait in the outbox.
@@ -83,9 +82,9 @@ describe('a server restart in the middle of a conversation', () => {
       });
 
       await Promise.all([ana.chat.ready(), viewer.chat.ready()]);
-      await until(() => ana.texts().includes('while down 1'), 'the waiting chats, stored');
+      await until(() => ana.texts().includes('while down 1'), 'the waiting chats, stored', SLOW);
       ana.chat.send('after');
-      await until(() => viewer.texts().includes('after'), 'the chat after the restart');
+      await until(() => viewer.texts().includes('after'), 'the chat after the restart', SLOW);
 
       const expected = [
         'before 0',
@@ -136,7 +135,7 @@ describe('a server restart in the middle of a conversation', () => {
 
   it('request chat: rooms are joined again, waiting messages are delivered once', async () => {
     const env = envFor('request');
-    let server = await spawnServer(env);
+    let server = await spawnCharla(env);
     const requestId = newId();
     assert.equal(
       (await api(server.url, 'PUT', `/api/requests/${requestId}`, { ownerId: 1 })).status,
@@ -169,11 +168,11 @@ describe('a server restart in the middle of a conversation', () => {
       await lab.join(requestId);
       for (let i = 0; i < 3; i++) await teacher.send(requestId, `before ${i}`);
       await lab.send(requestId, 'lab before');
-      await until(() => atLab.length === 3 && atTeacher.length === 1, 'the first messages');
+      await until(() => atLab.length === 3 && atTeacher.length === 1, 'the first messages', SLOW);
 
       let whileDown: Array<Promise<RequestMessage>> = [];
       server = await restart(server, env, async () => {
-        await until(() => !teacher.connected && !lab.connected, 'both disconnected');
+        await until(() => !teacher.connected && !lab.connected, 'both disconnected', SLOW);
         whileDown = [
           teacher.send(requestId, 'while down 0'),
           teacher.send(requestId, 'while down 1'),
@@ -195,6 +194,7 @@ describe('a server restart in the middle of a conversation', () => {
         () =>
           atLab.some((m) => m._id === after1._id) && atTeacher.some((m) => m._id === after2._id),
         'the messages after the restart',
+        SLOW,
       );
       assert.deepEqual(rejoined.sort(), ['lab', 'teacher']);
 
