@@ -9,22 +9,29 @@
  *   npm run bench -- --only fanout,idle --runs 5
  *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
+ *   npm run bench -- --only request --webhooks   (request chat with the webhook outbox on)
+ *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { inboxScenario } from './inbox.js';
 import type { ChurnReport, FanoutJob, FanoutReport, Job, RequestReport } from './loadgen.js';
 import { fmt, latencyStats, lineChart, median, type Series, table } from './report.js';
 import {
+  BENCH_API_KEY,
   collectGarbage,
   cpuMsOf,
   LOADGEN_CORE,
   putRequests,
   putStreams,
+  type RunningServer,
   rssOf,
   type ServerKind,
   startServer,
@@ -135,15 +142,26 @@ interface FanoutSpec {
   durationMs?: number;
   /** Each viewer decodes every n-th frame for latency (default 50). */
   sampleEvery?: number;
+  /** charla's environment on top of the bench defaults. */
+  env?: Record<string, string>;
+  /** Token claims of the posters (e.g. a role). */
+  posterClaims?: Record<string, unknown>;
+  /** Called once the streams exist, before any client connects. */
+  setup?: (server: RunningServer, keys: string[]) => Promise<void>;
+  refusedPosters?: { count: number; rate: number };
 }
 
 async function fanout(kind: ServerKind, spec: FanoutSpec) {
-  const server = await startServer(kind);
+  const server = await startServer(kind, spec.env);
   try {
     const keys = Array.from({ length: spec.streams }, (_, i) => `s${i}`);
     await putStreams(server, keys);
+    await spec.setup?.(server, keys);
     const tokens = await Promise.all(
-      Array.from({ length: spec.posters }, (_, i) => token(`p${i}`)),
+      Array.from({ length: spec.posters }, (_, i) => token(`p${i}`, spec.posterClaims)),
+    );
+    const refusedTokens = await Promise.all(
+      Array.from({ length: spec.refusedPosters?.count ?? 0 }, (_, i) => token(`banned${i}`)),
     );
     const total = spec.streams * spec.viewersPerStream;
     const generators = Math.ceil(total / MAX_CONNS_PER_GENERATOR);
@@ -171,6 +189,9 @@ async function fanout(kind: ServerKind, spec: FanoutSpec) {
         durationMs: spec.durationMs ?? (quick ? 3000 : 5000),
         sampleEvery: spec.sampleEvery ?? 50,
         localAddresses: LOCAL_ADDRESSES,
+        ...(g === 0 && spec.refusedPosters
+          ? { refusedPosters: { tokens: refusedTokens, rate: spec.refusedPosters.rate } }
+          : {}),
       });
     }
     const serverWindow: ServerWindow = { cpuPercent: Number.NaN };
@@ -201,6 +222,8 @@ async function fanout(kind: ServerKind, spec: FanoutSpec) {
       serverCpu: serverWindow.cpuPercent,
       sent: reports[0]?.sentInWindow ?? 0,
       refused: reports[0]?.posterErrors ?? 0,
+      refusedSent: reports[0]?.refusedSent ?? 0,
+      refusedAnswers: reports.reduce((n, r) => n + r.refusedAnswers, 0),
     };
   } finally {
     await server.stop();
@@ -285,6 +308,26 @@ async function churn(kind: ServerKind, concurrency: number) {
   }
 }
 
+/** Slow mode on `key` and `banned` users banned from it, through the server API. */
+async function moderate(server: RunningServer, key: string, banned: number): Promise<void> {
+  const call = async (method: string, path: string, body: unknown) => {
+    const res = await fetch(`http://127.0.0.1:${server.port}${path}`, {
+      method,
+      headers: { 'x-api-key': BENCH_API_KEY, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    if (res.status >= 300) throw new Error(`${method} ${path}: ${res.status}`);
+  };
+  await call('PATCH', `/api/streams/${key}`, { slowModeSeconds: 30 });
+  for (let i = 0; i < banned; i += 50) {
+    await Promise.all(
+      Array.from({ length: Math.min(50, banned - i) }, (_, j) =>
+        call('PUT', `/api/streams/${key}/bans/banned${i + j}`, {}),
+      ),
+    );
+  }
+}
+
 /** PostgreSQL for the request-chat scenario: the machine's server, a schema of the run's own. */
 const BENCH_PG_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 
@@ -299,6 +342,11 @@ async function requestChat(database: 'sqlite' | 'postgres') {
     const url = new URL(BENCH_PG_URL);
     url.searchParams.set('schema', schema);
     env.DATABASE_URL = url.toString();
+  }
+  const hooks = flag('webhooks') ? await webhookSink() : undefined;
+  if (hooks) {
+    env.WEBHOOK_URL = hooks.url;
+    env.WEBHOOK_SECRET = `whsec_${randomBytes(32).toString('base64')}`;
   }
   const server = await startServer('charla', env);
   try {
@@ -333,9 +381,11 @@ async function requestChat(database: 'sqlite' | 'postgres') {
       deliveredPerSec: report.deliveredInWindow / seconds,
       genCpu: report.cpuPercent,
       serverCpu: serverWindow.cpuPercent,
+      ...(hooks ? { webhooksReceived: hooks.received() } : {}),
     };
   } finally {
     await server.stop();
+    await hooks?.close();
     if (database === 'postgres') {
       const client = new pg.Client({ connectionString: BENCH_PG_URL });
       await client.connect();
@@ -343,6 +393,27 @@ async function requestChat(database: 'sqlite' | 'postgres') {
       await client.end();
     }
   }
+}
+
+/** A webhook receiver that answers 204 to everything and counts; not pinned, it runs here. */
+async function webhookSink() {
+  let received = 0;
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      received++;
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`,
+    received: () => received,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
 }
 
 /** Runs `fn` for every server kind `runs` times, interleaved, and keeps the medians. */
@@ -442,6 +513,45 @@ async function main(): Promise<void> {
     }
   }
 
+  if (want('moderated')) {
+    // The classroom's cost: slow mode on, 1,000 banned users posting into the
+    // stream they watch, moderators posting at full speed; against charla's
+    // plain fan-out to as many viewers in the same run.
+    const viewers = 2000;
+    const plain = () =>
+      fanout('charla', { streams: 1, viewersPerStream: viewers, posters: 4, rate: 0 });
+    const moderated = (env: Record<string, string> = {}) =>
+      fanout('charla', {
+        streams: 1,
+        viewersPerStream: viewers,
+        posters: 4,
+        rate: 0,
+        env,
+        posterClaims: { role: 'MODERATOR' },
+        refusedPosters: { count: 1000, rate: 1000 },
+        setup: (server, keys) => moderate(server, keys[0] as string, 1000),
+      });
+    const variants: Array<[string, () => Promise<Record<string, number>>]> = [
+      ['plain', plain],
+      ['moderated', () => moderated()],
+    ];
+    if (process.env.BENCH_REDIS_URL) {
+      const redis = { REDIS_URL: process.env.BENCH_REDIS_URL, REDIS_PREFIX: `bench${Date.now()}:` };
+      variants.push(['moderated, Redis limits', () => moderated(redis)]);
+    }
+    for (const [variant, run] of variants) {
+      const list: Array<Record<string, number>> = [];
+      for (let r = 0; r < runs; r++) {
+        const res = await run();
+        list.push(res);
+        process.stderr.write(`  moderated ${variant} run ${r + 1}: ${JSON.stringify(res)}\n`);
+      }
+      const keys = Object.keys(list[0] ?? {});
+      const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
+      record('moderated', { variant, viewers, server: 'charla', ...m });
+    }
+  }
+
   if (want('request')) {
     for (const database of ['sqlite', 'postgres'] as const) {
       const list: Array<Record<string, number>> = [];
@@ -453,6 +563,21 @@ async function main(): Promise<void> {
       const keys = Object.keys(list[0] ?? {});
       const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
       record('request', { database, server: 'charla', ...m });
+    }
+  }
+
+  if (want('inbox')) {
+    const spec = {
+      requests: Number(option('requests') ?? (quick ? 10_000 : 100_000)),
+      messages: Number(option('messages') ?? (quick ? 100_000 : 1_000_000)),
+      teachers: 1000,
+      labUsers: 20,
+      queries: quick ? 300 : 2000,
+    };
+    for (const database of ['sqlite', 'postgres'] as const) {
+      const res = await inboxScenario(database, spec, BENCH_PG_URL);
+      process.stderr.write(`  inbox ${database}: ${JSON.stringify(res)}\n`);
+      record('inbox', { database, server: 'charla', ...res });
     }
   }
 
@@ -568,6 +693,67 @@ function renderTables(): string {
       '\n### Slow viewers: 1,000 viewers, 200 chats/s of 400 bytes, a share never reads\n',
       table(
         ['server', 'slow', 'p50 ms (readers)', 'p99 ms (readers)', 'lost (readers)', 'peak RSS MB'],
+        rows,
+      ),
+    );
+  }
+  if (results.inbox) {
+    const rows = results.inbox.map((r) => [
+      String(r.database),
+      fmt(n(r, 'requests')),
+      fmt(n(r, 'messages')),
+      fmt(n(r, 'labFirstP50'), 2),
+      fmt(n(r, 'labFirstP99'), 2),
+      fmt(n(r, 'labDeepP99'), 2),
+      fmt(n(r, 'teacherP99'), 2),
+      fmt(n(r, 'unreadTeacherP99'), 2),
+      `${fmt(n(r, 'unreadLabP50'), 1)} / ${fmt(n(r, 'unreadLabP99'), 1)}`,
+      `${fmt(n(r, 'storeFirstP50'), 2)} / ${fmt(n(r, 'storeFirstP99'), 2)} / ${fmt(n(r, 'storeDeepP99'), 2)}`,
+    ]);
+    parts.push(
+      '\n### Inbox: `listRequests` (50 a page) and the unread API, one at a time from outside\n',
+      table(
+        [
+          'storage',
+          'requests',
+          'messages',
+          'lab page 1 p50 ms',
+          'lab page 1 p99 ms',
+          'lab later page p99 ms',
+          'teacher p99 ms',
+          'teacher unread API p99 ms',
+          'lab unread API p50 / p99 ms',
+          'store only: page 1 p50 / p99, later page p99 ms',
+        ],
+        rows,
+      ),
+    );
+  }
+  if (results.moderated) {
+    const plain = results.moderated.find((r) => r.variant === 'plain');
+    const rows = results.moderated.map((r) => [
+      String(r.variant),
+      fmt(n(r, 'deliveries')),
+      ratio(n(r, 'deliveries'), n(plain, 'deliveries')),
+      `${fmt(n(r, 'p50'), 1)} / ${fmt(n(r, 'p99'), 1)}`,
+      fmt(n(r, 'lost')),
+      fmt(n(r, 'refusedSent')),
+      fmt(n(r, 'refusedAnswers')),
+      `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
+    ]);
+    parts.push(
+      '\n### Moderated stream: 2,000 viewers, 4 moderators posting as fast as a window of 32 allows; slow mode 30 s, 1,000 of the viewers banned and posting 1,000 chats/s in all\n',
+      table(
+        [
+          'charla',
+          'deliveries/s',
+          'vs plain',
+          'p50 / p99 ms',
+          'lost',
+          'banned chats sent',
+          'refusals received',
+          'CPU server / generator',
+        ],
         rows,
       ),
     );

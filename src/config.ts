@@ -25,6 +25,10 @@ export interface Limits {
   /** History reads one Socket.IO connection may have running, and queued behind those. */
   historyReadsRunning: number;
   historyReadsWaiting: number;
+  /** Live classroom: chats in the `history` frame on join (0 = off). */
+  streamHistoryOnJoin: number;
+  /** Live classroom: how often each node shares its viewer counts. */
+  streamViewersIntervalMs: number;
 }
 
 export interface JwtConfig {
@@ -40,6 +44,21 @@ export interface JwtConfig {
   requireExp: boolean;
   /** How long a JWKS fetch may take before the token is refused. */
   jwksTimeoutMs: number;
+}
+
+/** The request chat's inbox, typing, edits and attachments (CONTRACT section 8). */
+export interface DeskConfig {
+  /** How long after `createdAt` a sender may edit or delete a message. */
+  editWindowMs: number;
+  /** `typing` is forwarded at most once per this interval per user and request. */
+  typingIntervalMs: number;
+  /** (user, request) pairs whose last `typing` a node remembers; the oldest is forgotten first. */
+  typingTrackedMax: number;
+  /** Attachment URLs must start with one of these; empty refuses every attachment. */
+  attachmentUrlPrefixes: URL[];
+  attachmentsMax: number;
+  /** Requests listed by `GET /api/users/{id}/unread`. */
+  unreadListMax: number;
 }
 
 export interface Config {
@@ -61,6 +80,7 @@ export interface Config {
   limits: Limits;
   /** Webhooks to the platform (CONTRACT section 9); undefined without WEBHOOK_URL. */
   webhooks: WebhookConfig | undefined;
+  desk: DeskConfig;
   /** Accepted but unwise settings, for start-up to log. */
   warnings: string[];
 }
@@ -72,6 +92,7 @@ export interface WebhookConfig {
   maxAttempts: number;
   retryBaseMs: number;
   retryMaxMs: number;
+  /** 0: no `request.message.unread` events. */
   unreadAfterMs: number;
   timeoutMs: number;
   pollMs: number;
@@ -190,10 +211,42 @@ const schema = z.object({
   WEBHOOK_MAX_ATTEMPTS: int(12, 1, 100),
   WEBHOOK_RETRY_BASE_SECONDS: seconds(10, 0.01, 3600),
   WEBHOOK_RETRY_MAX_SECONDS: seconds(3600, 0.01, 86_400),
-  WEBHOOK_UNREAD_AFTER_SECONDS: seconds(600, 0.01, 30 * 86_400),
+  // 0 turns request.message.unread off.
+  WEBHOOK_UNREAD_AFTER_SECONDS: seconds(600, 0, 30 * 86_400),
   WEBHOOK_TIMEOUT_MS: int(10_000, 100, 60_000),
   WEBHOOK_POLL_MS: int(1000, 10, 60_000),
   WEBHOOK_CONCURRENCY: int(8, 1, 256),
+  // Request chat desk: edits, typing, attachments, unread (CONTRACT section 8)
+  REQUEST_EDIT_WINDOW_SECONDS: int(900, 1, 31_536_000),
+  TYPING_INTERVAL_MS: int(2000, 1, 3_600_000),
+  TYPING_TRACKED_MAX: int(100_000, 1, 10_000_000),
+  ATTACHMENT_URL_PREFIXES: z.preprocess(
+    blankAsUnset,
+    z
+      .string()
+      .optional()
+      .transform((v, ctx) => {
+        const prefixes: URL[] = [];
+        for (const raw of (v ?? '').split(',').map((p) => p.trim())) {
+          if (raw === '') continue;
+          const url = URL.canParse(raw) ? new URL(raw) : undefined;
+          if (!url || !/^https?:$/.test(url.protocol) || url.username || url.password) {
+            ctx.addIssue({
+              code: 'custom',
+              message: `expected http(s) URL prefixes, got "${raw}"`,
+            });
+            return z.NEVER;
+          }
+          prefixes.push(url);
+        }
+        return prefixes;
+      }),
+  ),
+  ATTACHMENTS_MAX: int(10, 1, 100),
+  UNREAD_LIST_MAX: int(100, 1, 10_000),
+  // Live classroom (stream moderation, history on join, viewer counts)
+  STREAM_HISTORY_ON_JOIN: int(50, 0, 10_000),
+  STREAM_VIEWERS_INTERVAL_MS: int(5000, 50, 600_000),
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -224,6 +277,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const why = `JWT_SECRET is shorter than ${MIN_SECRET_BYTES} bytes, so it can be guessed offline from one token`;
     if (production) throw new ConfigError(`invalid JWT_SECRET: ${why}`);
     warnings.push(`${why}; production refuses it`);
+  }
+  if (e.STREAM_HISTORY_ON_JOIN > e.HISTORY_MAX_PAGE) {
+    throw new ConfigError('invalid STREAM_HISTORY_ON_JOIN: must not exceed HISTORY_MAX_PAGE');
   }
   if (e.HISTORY_PAGE > e.HISTORY_MAX_PAGE) {
     throw new ConfigError('invalid HISTORY_PAGE: must not exceed HISTORY_MAX_PAGE');
@@ -272,6 +328,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       handshakeTimeoutMs: e.HANDSHAKE_TIMEOUT_SECONDS * 1000,
       historyReadsRunning: e.HISTORY_READS_RUNNING,
       historyReadsWaiting: e.HISTORY_READS_WAITING,
+      streamHistoryOnJoin: e.STREAM_HISTORY_ON_JOIN,
+      streamViewersIntervalMs: e.STREAM_VIEWERS_INTERVAL_MS,
     },
     webhooks:
       e.WEBHOOK_URL === undefined || e.WEBHOOK_SECRET === undefined
@@ -287,6 +345,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
             pollMs: e.WEBHOOK_POLL_MS,
             concurrency: e.WEBHOOK_CONCURRENCY,
           },
+    desk: {
+      editWindowMs: e.REQUEST_EDIT_WINDOW_SECONDS * 1000,
+      typingIntervalMs: e.TYPING_INTERVAL_MS,
+      typingTrackedMax: e.TYPING_TRACKED_MAX,
+      attachmentUrlPrefixes: e.ATTACHMENT_URL_PREFIXES,
+      attachmentsMax: e.ATTACHMENTS_MAX,
+      unreadListMax: e.UNREAD_LIST_MAX,
+    },
     warnings,
   };
 }

@@ -26,6 +26,8 @@ describe('loadConfig', () => {
       handshakeTimeoutMs: 10_000,
       historyReadsRunning: 2,
       historyReadsWaiting: 16,
+      streamHistoryOnJoin: 50,
+      streamViewersIntervalMs: 5000,
     });
   });
   it('runs in dev mode with its own secret and API key when no JWT key is set', () => {
@@ -52,6 +54,10 @@ describe('loadConfig', () => {
       [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
       [{ SEND_BUFFER_MAX_BYTES: '1.5' }, 'SEND_BUFFER_MAX_BYTES'],
       [{ JWKS_URL: 'not a url' }, 'JWKS_URL'],
+      [{ STREAM_HISTORY_ON_JOIN: '-1' }, 'STREAM_HISTORY_ON_JOIN'],
+      [{ STREAM_HISTORY_ON_JOIN: '501' }, 'STREAM_HISTORY_ON_JOIN'],
+      [{ STREAM_VIEWERS_INTERVAL_MS: '10' }, 'STREAM_VIEWERS_INTERVAL_MS'],
+      [{ STREAM_VIEWERS_INTERVAL_MS: 'soon' }, 'STREAM_VIEWERS_INTERVAL_MS'],
     ];
     for (const [env, name] of cases) {
       assert.throws(

@@ -284,6 +284,49 @@ if (await requireServices('postgres', 'redis')) {
       for (const s of [teacher, lab, labElsewhere]) s.socket.close();
     });
 
+    it('requestUpdated reaches every socket of a user on other nodes, and follows reads', async (t) => {
+      const request = '6751b6df1ad14eaa13a0aa31';
+      const owner = await userToken('21', { role: 'TEACHER' });
+      assert.equal(
+        (await api(A.url, 'PUT', `/api/requests/${request}`, { ownerId: 21 })).status,
+        201,
+      );
+      // The teacher on B and C and a lab colleague on C, none of them in the room.
+      const tabB = await requestSocket(B, owner);
+      const tabC = await requestSocket(C, owner);
+      const colleague = await requestSocket(C, await userToken('27', { role: 'LAB' }));
+      const sender = await requestSocket(A, await userToken('28', { role: 'LAB' }));
+      assert.equal((await ask(sender.socket, 'joinRoom', { requestId: request })).ok, true);
+      const started = performance.now();
+      const sent = await ask(sender.socket, 'message', { requestId: request, message: 'ready' });
+      const updated = (s: Awaited<ReturnType<typeof requestSocket>>, unread: number) =>
+        until(
+          () => s.of('requestUpdated').some((u) => u.requestId === request && u.unread === unread),
+          `requestUpdated with unread ${unread}`,
+        );
+      await updated(tabB, 1);
+      t.diagnostic(
+        `message on A to the owner's inbox on B: ${(performance.now() - started).toFixed(1)} ms`,
+      );
+      await updated(tabC, 1);
+      await updated(colleague, 1);
+      const update = tabC.of('requestUpdated').find((u) => u.requestId === request);
+      assert.equal(update.lastMessage._id, sent.message._id);
+
+      // The teacher reads on B: their socket on C hears the new count.
+      assert.equal((await ask(tabB.socket, 'joinRoom', { requestId: request })).ok, true);
+      await ask(tabB.socket, 'readMessages', { requestId: request, messages: [sent.message._id] });
+      await updated(tabC, 0);
+      const unread = await api(C.url, 'GET', '/api/users/21/unread?role=TEACHER');
+      assert.deepEqual(unread.body, { total: 0, requests: [] });
+      const lab = await api(B.url, 'GET', '/api/users/27/unread?role=LAB');
+      assert.ok(
+        lab.body.requests.some((r: any) => r.requestId === request && r.unread === 1),
+        JSON.stringify(lab.body),
+      );
+      for (const s of [tabB, tabC, colleague, sender]) s.socket.close();
+    });
+
     it('a node killed with SIGKILL loses no acknowledged message', async (t) => {
       const request = '6751b6df1ad14eaa13a0aa02';
       assert.equal(
@@ -312,7 +355,9 @@ if (await requireServices('postgres', 'redis')) {
         }
       }, 2);
       t.after(() => clearInterval(pump));
-      await until(() => acked.length >= 100, 'a hundred acknowledgements');
+      // One request's messages commit one after another (each moves the request's
+      // counters), so on a loaded machine a hundred acks may take a while.
+      await until(() => acked.length >= 100, 'a hundred acknowledgements', 60_000);
       doomed.child.kill('SIGKILL');
       await doomed.stop();
       clearInterval(pump);

@@ -179,6 +179,7 @@ describe('request chat', () => {
           sender: { id: '1', username: 'ana', role: 'TEACHER' },
           message: 'hola',
           createdAt: 'x',
+          attachments: [],
           deliveredTo: [],
           readBy: [],
         },

@@ -14,13 +14,13 @@ import { fitPage, Requests } from '../src/core/requests.js';
 import { Metrics } from '../src/observability/metrics.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 
-const limits = loadConfig({
+const { limits, desk } = loadConfig({
   JWT_SECRET: 'x'.repeat(32),
   REQUEST_RATE_LIMIT: '2/60s',
   REQUEST_MESSAGE_MAX_CHARS: '20',
   HISTORY_PAGE: '3',
   HISTORY_MAX_PAGE: '5',
-}).limits;
+});
 
 const who = (userId: string, ...roles: string[]): Identity => ({
   userId,
@@ -41,6 +41,7 @@ describe('Requests', () => {
     requests = new Requests({
       store,
       limits,
+      desk,
       metrics: new Metrics(),
       log: pino({ level: 'silent' }),
     });
@@ -110,6 +111,19 @@ describe('Requests', () => {
     await assert.rejects(requests.receipts(who('3'), id, 'read', [message._id]), {
       code: 'forbidden',
     });
+  });
+
+  it('edits and deletions spend the same rate limit as messages; refusals spend none', async () => {
+    const { message } = await requests.send(lab, id, 'one', undefined);
+    await assert.rejects(requests.edit(owner, id, message._id, 'x'), { code: 'forbidden' });
+    await assert.rejects(requests.edit(lab, id, message._id, ' '), { code: 'empty_message' });
+    const edited = await requests.edit(lab, id, message._id, 'two');
+    assert.equal(edited.message.message, 'two');
+    // REQUEST_RATE_LIMIT is 2/60s here: the message and the edit took both.
+    await assert.rejects(requests.remove(lab, id, message._id), { code: 'rate_limited' });
+    const [stored] = (await requests.history(id, { limit: 10 })).messages;
+    assert.equal(stored?.deletedAt, undefined);
+    assert.equal(stored?.message, 'two');
   });
 
   it('page sizes: HISTORY_PAGE by default, at most HISTORY_MAX_PAGE', () => {

@@ -3,7 +3,15 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import pg from 'pg';
 import { newId } from '../src/core/ids.js';
-import { PostgresStore, parsePostgresUrl } from '../src/store/postgres.js';
+import { outboxEntry } from '../src/core/webhook-events.js';
+import {
+  INBOX_SELECT,
+  inboxQuery,
+  PostgresStore,
+  parsePostgresUrl,
+  unreadListQuery,
+  unreadTotalQuery,
+} from '../src/store/postgres.js';
 import { PG_URL, requireServices, tempSchema } from './services.js';
 import { storeSuite } from './store-suite.js';
 import { TcpProxy } from './tcp-proxy.js';
@@ -30,11 +38,10 @@ if (await requireServices('postgres')) {
         await client.connect();
         const name = parsePostgresUrl(schema.url).schema;
         const { rows } = await client.query(
-          `SELECT count(*)::int AS n, max(version) AS highest FROM "${name}".schema_migrations`,
+          `SELECT count(*)::int AS n, max(version)::int AS v FROM "${name}".schema_migrations`,
         );
         await client.end();
-        // Each version applied once: as many rows as the highest version.
-        assert.equal(rows[0].n, rows[0].highest);
+        assert.equal(rows[0].n, rows[0].v, 'each migration applied once');
       } finally {
         await Promise.all(stores.map((s) => s.close()));
         await schema.drop();
@@ -81,6 +88,59 @@ if (await requireServices('postgres')) {
       }
     });
 
+    it('plans the inbox and unread counts on indexes, never scanning messages', async () => {
+      const schema = await tempSchema();
+      const store = new PostgresStore({ url: schema.url, max: 2 });
+      const client = new pg.Client({ connectionString: PG_URL });
+      try {
+        await store.ping();
+        await client.connect();
+        const name = parsePostgresUrl(schema.url).schema as string;
+        await client.query(`SET search_path = "${name}"`);
+        // Enough rows that a scan would cost more than an index, as in production.
+        await client.query(
+          `INSERT INTO requests (id, owner_id, created_at, updated_at, activity_at,
+             message_count, last_message_seq, last_message_id)
+           SELECT lpad(to_hex(g), 24, '0'), (g % 500)::text, now(), now(),
+             now() - g * interval '1 second', 3, g, 'e' || lpad(to_hex(g), 23, '0')
+           FROM generate_series(1, 30000) g;
+           INSERT INTO request_messages
+             (id, request_id, sender_id, sender_username, sender_role, message, created_at)
+           SELECT 'e' || lpad(to_hex(g), 23, '0'), lpad(to_hex(g % 30000 + 1), 24, '0'),
+             (g % 7)::text, 'u', 'LAB', 'x', now()
+           FROM generate_series(1, 90000) g;
+           INSERT INTO request_readers (request_id, user_id, sent, read)
+           SELECT lpad(to_hex(g), 24, '0'), (g % 7)::text, 1, 1 FROM generate_series(1, 30000) g;
+           ANALYZE`,
+        );
+        const before = '0000000000000000000003e8';
+        const cases: Array<[string, string, unknown[]]> = [
+          ['lab inbox', inboxQuery(false, false), ['3', 51]],
+          ['lab inbox, later page', inboxQuery(false, true), ['3', 51, before]],
+          ['teacher inbox', inboxQuery(true, false), ['3', '42', 51]],
+          ['teacher inbox, later page', inboxQuery(true, true), ['3', '42', 51, before]],
+          ['one request', `${INBOX_SELECT} WHERE r.id = $2`, ['3', before]],
+          ['teacher unread list', unreadListQuery(true), ['3', 100, '42']],
+          ['teacher unread total', unreadTotalQuery(true), ['3', '42']],
+          ['lab unread list', unreadListQuery(false), ['3', 100]],
+          ['lab unread total', unreadTotalQuery(false), ['3']],
+        ];
+        for (const [what, sql, values] of cases) {
+          const { rows } = await client.query(`EXPLAIN ${sql}`, values);
+          const plan = rows.map((r: any) => r['QUERY PLAN'] as string).join('\n');
+          assert.doesNotMatch(plan, /request_messages|receipts/, `${what}:\n${plan}`);
+          // The lab's unread total sums every request's counter: a scan of requests, by design.
+          if (what !== 'lab unread total' && what !== 'lab unread list') {
+            assert.doesNotMatch(plan, /Seq Scan/, `${what}:\n${plan}`);
+          }
+        }
+      } finally {
+        await client.end();
+        await store.close();
+        await schema.drop();
+      }
+    });
+
     it('rejects (never resolves falsely) when the server is unreachable', async () => {
       const s = new PostgresStore({ url: 'postgres://postgres@127.0.0.1:1/test' });
       await assert.rejects(s.ping());
@@ -119,6 +179,35 @@ if (await requireServices('postgres')) {
       } finally {
         await s.close();
         await proxy.stop();
+        await schema.drop();
+      }
+    });
+
+    it('concurrent webhook claims from several nodes never share an event', async () => {
+      const schema = await tempSchema();
+      const nodes = Array.from({ length: 3 }, () => new PostgresStore({ url: schema.url, max: 4 }));
+      try {
+        const entries = Array.from({ length: 120 }, (_, i) =>
+          outboxEntry(
+            'stream.ended',
+            { key: `k${i}` },
+            { at: new Date(Date.UTC(2026, 0, 1, 0, 0, i)) },
+          ),
+        );
+        await nodes[0]?.enqueueWebhooks(entries);
+        const now = new Date(Date.UTC(2026, 0, 2)).toISOString();
+        const lease = new Date(Date.UTC(2026, 0, 3)).toISOString();
+        // 30 claims of 5 at the same moment, 10 from each node: 150 wanted, 120 there.
+        const claims = await Promise.all(
+          Array.from({ length: 30 }, (_, i) =>
+            (nodes[i % 3] as PostgresStore).claimWebhooks(5, now, lease),
+          ),
+        );
+        const ids = claims.flat().map((e) => e.id);
+        assert.equal(new Set(ids).size, ids.length, 'no event claimed twice');
+        assert.deepEqual([...ids].sort(), entries.map((e) => e.id).sort(), 'every event claimed');
+      } finally {
+        await Promise.all(nodes.map((n) => n.close()));
         await schema.drop();
       }
     });

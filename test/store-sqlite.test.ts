@@ -54,3 +54,75 @@ test('history and receipt queries are served from indexes, never a table scan', 
 function params(sql: string): Array<string | number> {
   return Array.from(sql.matchAll(/\?/g), () => 'x');
 }
+
+test('the inbox and unread counts read counters on indexes, never messages', async () => {
+  const dir = tempDir('charla-plan-');
+  const store = new SqliteStore(join(dir, 'charla.db'));
+  try {
+    const statements = (store as any).q as Record<string, Database.Statement>;
+    const db = (store as any).db as Database.Database;
+    const planOf = (name: string) => {
+      const sql = statements[name]?.source;
+      assert.ok(sql, name);
+      const names = [...new Set(Array.from(sql.matchAll(/@(\w+)/g), (m) => m[1] as string))];
+      const args =
+        names.length > 0 ? [Object.fromEntries(names.map((n) => [n, 'x']))] : params(sql);
+      return db
+        .prepare(`EXPLAIN QUERY PLAN ${sql}`)
+        .all(...args)
+        .map((row: any) => row.detail as string);
+    };
+    const inbox = ['labInbox', 'teacherInbox', 'oneInbox'];
+    const unread = ['labUnreadList', 'teacherUnreadList', 'labUnreadTotal', 'teacherUnreadTotal'];
+    const counters = ['countMessage', 'uncountMessage', 'uncountRead', 'readersOf', 'messagesById'];
+    for (const name of [...inbox, ...unread, ...counters]) {
+      const plan = planOf(name);
+      const messages = plan.filter(
+        (d) =>
+          /\b(request_messages|receipts)\b/.test(d) &&
+          !/USING (COVERING )?INDEX|USING PRIMARY KEY/.test(d),
+      );
+      assert.deepEqual(messages, [], `${name} must not scan messages: ${plan.join(' | ')}`);
+      assert.ok(
+        !plan.some((d) => /\brequest_messages\b/.test(d)) || name === 'messagesById',
+        `${name} does not touch messages at all: ${plan.join(' | ')}`,
+      );
+    }
+    // A page of the inbox is a range of the (activity_at, id) index, not a scan of requests.
+    for (const name of inbox) {
+      const plan = planOf(name);
+      assert.ok(
+        plan.every((d) => /^SEARCH /.test(d)),
+        `${name} searches indexes only: ${plan.join(' | ')}`,
+      );
+    }
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('the webhook worker reads the outbox through its partial indexes', async () => {
+  const dir = tempDir('charla-plan-');
+  const store = new SqliteStore(join(dir, 'charla.db'));
+  try {
+    const statements = (store as any).q as Record<string, Database.Statement>;
+    const db = (store as any).db as Database.Database;
+    for (const [name, index] of [
+      ['dueOutbox', 'webhook_outbox_due'],
+      ['failedOutbox', 'webhook_outbox_failed'],
+      ['outboxDepth', 'webhook_outbox_due'],
+    ] as const) {
+      const sql = statements[name]?.source as string;
+      const plan = db
+        .prepare(`EXPLAIN QUERY PLAN ${sql}`)
+        .all(...params(sql))
+        .map((row: any) => row.detail as string)
+        .join(' | ');
+      assert.match(plan, new RegExp(`USING INDEX ${index}`), `${name}: ${plan}`);
+    }
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -29,6 +29,7 @@ const streamMessage = (streamKey: string, message: string, userId = '1'): Stream
   username: `user${userId}`,
   message,
   sentAt: iso(++clock),
+  badges: [],
 });
 
 const requestMessage = (
@@ -194,8 +195,15 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           const { clientMessageId: _, ...expected } = m;
           const res = await s.addRequestMessage(m);
           assert.deepEqual(res, {
-            message: { ...expected, deliveredTo: [], readBy: [] },
+            message: { ...expected, attachments: [], deliveredTo: [], readBy: [] },
             duplicate: false,
+            activity: {
+              requestId: r,
+              ownerId: '1',
+              messageCount: 1,
+              lastMessage: res.message,
+              readers: [{ userId: '1', unread: 0 }],
+            },
           });
           assert.deepEqual((await s.requestHistory(r, { limit: 10 })).messages, [res.message]);
         }));
@@ -591,6 +599,206 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
         }));
     });
 
+    describe('inbox, unread counters, edits and attachments', () => {
+      const unreadOf = async (s: Store, r: string, userId: string) =>
+        (await s.requestSummary(r, userId))?.unread;
+
+      it('counts unread per user from counters kept with messages and reads', () =>
+        withStore(async (s) => {
+          const r = newId();
+          await s.putRequest(r, '1');
+          const a = await s.addRequestMessage(requestMessage(r, 'a', '1'));
+          const b = await s.addRequestMessage(requestMessage(r, 'b', '2'));
+          const c = await s.addRequestMessage(requestMessage(r, 'c', '3'));
+          // Teacher 1 has two unread (from 2 and 3); lab 2 has a and c; lab 9 all three.
+          assert.equal(await unreadOf(s, r, '1'), 2);
+          assert.equal(await unreadOf(s, r, '2'), 2);
+          assert.equal(await unreadOf(s, r, '9'), 3);
+          // The activity of the last message names every reader with their count.
+          assert.deepEqual(
+            c.activity?.readers.sort((x, y) => x.userId.localeCompare(y.userId)),
+            [
+              { userId: '1', unread: 2 },
+              { userId: '2', unread: 2 },
+              { userId: '3', unread: 2 },
+            ],
+          );
+          assert.equal(c.activity?.messageCount, 3);
+          assert.equal(c.activity?.ownerId, '1');
+          // Reading: own messages, unknown ids and repeats change nothing.
+          await s.addReceipts(r, 'read', '1', [a.message._id, b.message._id, newId()], iso(50));
+          assert.equal(await unreadOf(s, r, '1'), 1);
+          await s.addReceipts(r, 'read', '1', [b.message._id], iso(51));
+          assert.equal(await unreadOf(s, r, '1'), 1, 'a repeated read counts once');
+          await s.addReceipts(r, 'delivered', '1', [c.message._id], iso(52));
+          assert.equal(await unreadOf(s, r, '1'), 1, 'delivered is not read');
+          await s.addReceipts(r, 'read', '1', [c.message._id], iso(53));
+          assert.equal(await unreadOf(s, r, '1'), 0);
+          const next = await s.addRequestMessage(requestMessage(r, 'd', '2'));
+          assert.deepEqual(
+            next.activity?.readers.find((x) => x.userId === '1'),
+            { userId: '1', unread: 1 },
+          );
+          const dup = await s.addRequestMessage(requestMessage(r, 'd', '2', 'c-1'));
+          const again = await s.addRequestMessage(requestMessage(r, 'd', '2', 'c-1'));
+          assert.ok(dup.activity, 'a new message reports its activity');
+          assert.equal(again.activity, undefined, 'a duplicate changed nothing');
+          assert.equal(await unreadOf(s, r, '1'), 2);
+        }));
+
+      it("stores attachments; edits and deletes only the sender's live message", () =>
+        withStore(async (s) => {
+          const r = newId();
+          await s.putRequest(r, '1');
+          const attachments = [
+            { url: 'https://files.test/a.png', name: 'a.png', contentType: 'image/png', size: 10 },
+          ];
+          const sent = await s.addRequestMessage({
+            ...requestMessage(r, '', '2'),
+            attachments,
+          });
+          assert.deepEqual(sent.message.attachments, attachments);
+          const keep = await s.addRequestMessage(requestMessage(r, 'keep', '2'));
+          const id = sent.message._id;
+          assert.deepEqual((await s.getRequestMessage(r, id))?.attachments, attachments);
+          assert.equal(await s.getRequestMessage(newId(), id), undefined, 'another request');
+
+          assert.equal(
+            await s.changeRequestMessage(r, id, '1', { message: 'x', editedAt: iso(60) }),
+            undefined,
+            'not the sender',
+          );
+          const edited = await s.changeRequestMessage(r, id, '2', {
+            message: 'see photo',
+            editedAt: iso(61),
+          });
+          assert.equal(edited?.message.message, 'see photo');
+          assert.equal(edited?.message.editedAt, iso(61));
+          assert.deepEqual(edited?.message.attachments, attachments);
+          assert.equal(edited?.activity, undefined, 'an edit moves no counter');
+
+          // Teacher 1 read it; lab 9 did not. Deleting takes it out of both counts.
+          await s.addReceipts(r, 'read', '1', [id], iso(62));
+          assert.equal(await unreadOf(s, r, '1'), 1);
+          assert.equal(await unreadOf(s, r, '9'), 2);
+          const deleted = await s.changeRequestMessage(r, id, '2', { deletedAt: iso(63) });
+          assert.equal(deleted?.message.deletedAt, iso(63));
+          assert.equal(deleted?.message.message, '');
+          assert.deepEqual(deleted?.message.attachments, []);
+          assert.equal(deleted?.activity?.messageCount, 1);
+          assert.equal(deleted?.activity?.lastMessage?._id, keep.message._id);
+          assert.equal(await unreadOf(s, r, '1'), 1);
+          assert.equal(await unreadOf(s, r, '9'), 1);
+          assert.equal(await unreadOf(s, r, '2'), 0);
+          assert.equal(
+            await s.changeRequestMessage(r, id, '2', { deletedAt: iso(64) }),
+            undefined,
+            'deleted once',
+          );
+          assert.equal(
+            await s.changeRequestMessage(r, id, '2', { message: 'y', editedAt: iso(65) }),
+            undefined,
+            'a deleted message cannot be edited',
+          );
+          assert.deepEqual(await s.addReceipts(r, 'read', '9', [id], iso(66)), []);
+          assert.equal(await unreadOf(s, r, '9'), 1, 'reading a deleted message counts nothing');
+          const [gone] = (await s.requestHistory(r, { limit: 10 })).messages;
+          assert.equal(gone?.deletedAt, iso(63));
+          assert.equal(gone?.editedAt, iso(61));
+          assert.equal(gone?.message, '');
+          assert.deepEqual(gone?.attachments, []);
+          const [plain] = (await s.requestHistory(r, { limit: 10 })).messages.slice(1);
+          assert.equal('editedAt' in (plain as object), false, 'absent until edited');
+          assert.equal('deletedAt' in (plain as object), false);
+        }));
+
+      it('lists the inbox by latest activity, paged, for lab and teacher', () =>
+        withStore(async (s) => {
+          const ids = Array.from({ length: 7 }, () => newId());
+          for (const [i, r] of ids.entries()) await s.putRequest(r, i % 2 ? '1' : '5');
+          // Activity order, oldest first: 3, 0, 5, 1, then 3 again; 2, 4, 6 stay silent.
+          for (const i of [3, 0, 5, 1, 3]) {
+            await s.addRequestMessage(requestMessage(ids[i] as string, `to ${i}`, '2'));
+          }
+          const lab = await s.listRequests({ userId: '2', limit: 3 });
+          assert.deepEqual(
+            lab.requests.map((x) => x.requestId),
+            [ids[3], ids[1], ids[5]],
+          );
+          assert.equal(lab.hasMore, true);
+          const rest = await s.listRequests({ userId: '2', before: ids[5], limit: 3 });
+          assert.deepEqual(
+            rest.requests.map((x) => x.requestId),
+            [ids[0]],
+          );
+          assert.equal(rest.hasMore, false);
+          const first = lab.requests[0];
+          assert.equal(first?.lastMessage?.message, 'to 3');
+          assert.equal(first?.ownerId, '1');
+          assert.equal(first?.unread, 0, 'lab 2 sent them all');
+          assert.equal(first?.updatedAt, first?.lastMessage?.createdAt);
+          assert.equal((await s.listRequests({ userId: '8', limit: 1 })).requests[0]?.unread, 2);
+          // Teacher 1 owns 1, 3, 5 and silent ones: their own requests, even without messages.
+          const mine = await s.listRequests({ userId: '1', ownerId: '1', limit: 10 });
+          assert.deepEqual(
+            mine.requests.slice(0, 3).map((x) => [x.requestId, x.unread]),
+            [
+              [ids[3], 2],
+              [ids[1], 1],
+              [ids[5], 1],
+            ],
+          );
+          assert.deepEqual(
+            new Set(mine.requests.map((x) => x.requestId)),
+            new Set([ids[1], ids[3], ids[5]]),
+          );
+          const teacher5 = await s.listRequests({ userId: '5', ownerId: '5', limit: 10 });
+          assert.deepEqual(
+            new Set(teacher5.requests.map((x) => x.requestId)),
+            new Set([ids[0], ids[2], ids[4], ids[6]]),
+          );
+          assert.equal(teacher5.requests.find((x) => x.requestId === ids[2])?.lastMessage, null);
+          assert.deepEqual(await s.listRequests({ userId: '2', before: newId(), limit: 3 }), {
+            requests: [],
+            hasMore: false,
+          });
+          assert.equal(await s.requestSummary(newId(), '1'), undefined);
+        }));
+
+      it('totals unread per user for the lab and for a teacher', () =>
+        withStore(async (s) => {
+          const [r1, r2, r3] = [newId(), newId(), newId()];
+          await s.putRequest(r1, '1');
+          await s.putRequest(r2, '1');
+          await s.putRequest(r3, '4');
+          const m1 = await s.addRequestMessage(requestMessage(r1, 'x', '2'));
+          await s.addRequestMessage(requestMessage(r1, 'y', '2'));
+          await s.addRequestMessage(requestMessage(r2, 'z', '1'));
+          await s.addRequestMessage(requestMessage(r3, 'w', '4'));
+          await s.addReceipts(r1, 'read', '1', [m1.message._id], iso(70));
+          assert.deepEqual(await s.unreadTotals('1', '1', 10), {
+            total: 1,
+            requests: [{ requestId: r1, unread: 1 }],
+          });
+          assert.deepEqual(await s.unreadTotals('2', undefined, 10), {
+            total: 2,
+            requests: [
+              { requestId: r3, unread: 1 },
+              { requestId: r2, unread: 1 },
+            ],
+          });
+          assert.deepEqual(await s.unreadTotals('2', undefined, 1), {
+            total: 2,
+            requests: [{ requestId: r3, unread: 1 }],
+          });
+          assert.deepEqual(await s.unreadTotals('9', '9', 10), { total: 0, requests: [] });
+          // A new owner counts the request's messages as theirs; the old one no more.
+          await s.putRequest(r1, '6');
+          assert.equal((await s.unreadTotals('1', '1', 10)).total, 0);
+          assert.equal((await s.unreadTotals('6', '6', 10)).total, 2);
+        }));
+    });
+
     describe('durability', () => {
       it('keeps everything across close and reopen', () =>
         withStore(async (first, h) => {
@@ -623,6 +831,203 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           } finally {
             await s.close();
           }
+        }));
+
+      it('keeps the inbox counters across close and reopen', () =>
+        withStore(async (first, h) => {
+          const r = newId();
+          await first.putRequest(r, '1');
+          await first.addRequestMessage(requestMessage(r, 'a', '2'));
+          await first.addRequestMessage(requestMessage(r, 'b', '2'));
+          await first.close();
+          const s = await h.open();
+          try {
+            const { requests } = await s.listRequests({ userId: '1', ownerId: '1', limit: 10 });
+            assert.deepEqual(
+              requests.map((x) => [x.requestId, x.unread, x.lastMessage?.message]),
+              [[r, 2, 'b']],
+            );
+          } finally {
+            await s.close();
+          }
+        }));
+
+      it("keeps a stream's moderation state: settings, moderators, pin, title", () =>
+        withStore(async (s) => {
+          assert.equal(await s.getStreamControl('class'), undefined);
+          assert.equal(await s.updateStreamControl('class', { paused: true }), false);
+          await s.putStream('class', { title: 'Algebra', ownerId: '7' });
+          assert.deepEqual(await s.getStreamControl('class'), {
+            key: 'class',
+            title: 'Algebra',
+            ownerId: '7',
+            moderators: [],
+            slowModeSeconds: 0,
+            membersOnly: false,
+            paused: false,
+            pinnedId: null,
+          });
+          const chat = streamMessage('class', 'pin me');
+          await s.appendStreamMessages([chat]);
+          assert.equal(
+            await s.updateStreamControl('class', {
+              slowModeSeconds: 30,
+              membersOnly: true,
+              moderators: ['8', '9'],
+              pinnedId: chat.id,
+            }),
+            true,
+          );
+          assert.equal(
+            await s.updateStreamControl('class', { paused: true, title: 'Geometry' }),
+            true,
+          );
+          assert.deepEqual(await s.getStreamControl('class'), {
+            key: 'class',
+            title: 'Geometry',
+            ownerId: '7',
+            moderators: ['8', '9'],
+            slowModeSeconds: 30,
+            membersOnly: true,
+            paused: true,
+            pinnedId: chat.id,
+          });
+          await s.updateStreamControl('class', { pinnedId: null, membersOnly: false });
+          const after = await s.getStreamControl('class');
+          assert.equal(after?.pinnedId, null);
+          assert.equal(after?.membersOnly, false);
+          assert.equal(after?.paused, true, 'fields left out keep their value');
+          // The earlier section-4 view is unchanged.
+          assert.deepEqual(await s.getStream('class'), {
+            key: 'class',
+            title: 'Geometry',
+            ownerId: '7',
+            endedAt: null,
+          });
+        }));
+
+      it('replaces the members allowlist whole', () =>
+        withStore(async (s) => {
+          await s.putStream('class', {});
+          assert.deepEqual(await s.streamMembers('class'), []);
+          await s.setStreamMembers('class', ['3', '1', '2', '1']);
+          assert.deepEqual(await s.streamMembers('class'), ['1', '2', '3']);
+          await s.setStreamMembers('class', ['2', '4']);
+          assert.deepEqual(await s.streamMembers('class'), ['2', '4']);
+          assert.deepEqual(await s.streamMembers('other'), []);
+          await s.setStreamMembers('class', []);
+          assert.deepEqual(await s.streamMembers('class'), []);
+        }));
+
+      it('stores bans and timeouts, lists those in force, lifts them', () =>
+        withStore(async (s) => {
+          await s.putStream('class', {});
+          const ban = { userId: '5', until: null, reason: 'spam', by: '7', at: iso(1) };
+          const timeout = { userId: '6', until: iso(1_000), reason: null, by: '7', at: iso(2) };
+          const over = { userId: '9', until: iso(10), reason: null, by: 'api', at: iso(3) };
+          await s.putStreamBan('class', ban);
+          await s.putStreamBan('class', timeout);
+          await s.putStreamBan('class', over);
+          await s.putStreamBan('elsewhere', { ...ban, userId: '1' });
+          assert.deepEqual(await s.streamBans('class', iso(500)), [ban, timeout]);
+          assert.deepEqual(await s.streamBans('class', iso(5)), [ban, timeout, over]);
+          // A new ban of the same user replaces the timeout.
+          const banned = { ...timeout, until: null, reason: 'again', at: iso(4) };
+          await s.putStreamBan('class', banned);
+          assert.deepEqual(await s.streamBans('class', iso(2_000)), [ban, banned]);
+          assert.equal(await s.deleteStreamBan('class', '5'), true);
+          assert.equal(await s.deleteStreamBan('class', '5'), false);
+          assert.deepEqual(await s.streamBans('class', iso(2_000)), [banned]);
+        }));
+
+      it('deletes a chat for audit: kept with who and when, left out of recent chats', () =>
+        withStore(async (s) => {
+          await s.putStream('class', {});
+          const chats = Array.from({ length: 5 }, (_, i) => streamMessage('class', `c${i}`));
+          chats[1] = { ...(chats[1] as StreamMessage), badges: ['owner'] };
+          await s.appendStreamMessages(chats);
+          const [c0, c1, c2, c3, c4] = chats as [
+            StreamMessage,
+            StreamMessage,
+            StreamMessage,
+            StreamMessage,
+            StreamMessage,
+          ];
+          assert.deepEqual(await s.getStreamMessage('class', c1.id), c1, 'badges are stored');
+          assert.equal(await s.getStreamMessage('other', c1.id), undefined);
+          const deleted = await s.deleteStreamMessage('class', c2.id, '7', iso(100));
+          assert.deepEqual(deleted, { ...c2, deletedAt: iso(100), deletedBy: '7' });
+          const again = await s.deleteStreamMessage('class', c2.id, '8', iso(200));
+          assert.deepEqual(again, deleted, 'the first deletion is kept');
+          assert.equal(await s.deleteStreamMessage('other', c3.id, '7', iso(1)), undefined);
+          assert.equal(await s.deleteStreamMessage('class', newId(), '7', iso(1)), undefined);
+
+          const all = await s.streamHistory('class', { limit: 10 });
+          assert.deepEqual(all.messages, [c0, c1, deleted, c3, c4], 'history for the API keeps it');
+
+          assert.deepEqual(await s.streamRecent('class', { limit: 10 }), {
+            messages: [c0, c1, c3, c4],
+            more: false,
+            known: true,
+          });
+          assert.deepEqual(await s.streamRecent('class', { limit: 2 }), {
+            messages: [c3, c4],
+            more: true,
+            known: true,
+          });
+          assert.deepEqual(await s.streamRecent('class', { after: c0.id, limit: 10 }), {
+            messages: [c1, c3, c4],
+            more: false,
+            known: true,
+          });
+          assert.deepEqual(await s.streamRecent('class', { after: c0.id, limit: 2 }), {
+            messages: [c3, c4],
+            more: true,
+            known: true,
+          });
+          assert.deepEqual(await s.streamRecent('class', { after: c4.id, limit: 2 }), {
+            messages: [],
+            more: false,
+            known: true,
+          });
+          const unknown = await s.streamRecent('class', { after: newId(), limit: 3 });
+          assert.deepEqual(unknown, { messages: [c1, c3, c4], more: true, known: false });
+        }));
+
+      it('logs moderation actions with ids that page the log, newest first', () =>
+        withStore(async (s) => {
+          await s.putStream('class', {});
+          const logged = [];
+          for (let i = 0; i < 5; i++) {
+            logged.push(
+              await s.addModerationAction('class', {
+                action: i % 2 === 0 ? 'ban' : 'delete',
+                userId: `${i}`,
+                messageId: i % 2 === 0 ? null : newId(),
+                by: '7',
+                at: iso(i),
+                reason: i === 0 ? 'spam' : null,
+              }),
+            );
+          }
+          await s.addModerationAction('other', {
+            action: 'settings',
+            userId: null,
+            messageId: null,
+            by: 'api',
+            at: iso(9),
+            reason: null,
+          });
+          const newest = [...logged].reverse();
+          const page = await s.moderationLog('class', { limit: 3 });
+          assert.deepEqual(page, { actions: newest.slice(0, 3), hasMore: true });
+          const next = await s.moderationLog('class', { before: page.actions[2]?.id, limit: 3 });
+          assert.deepEqual(next, { actions: newest.slice(3), hasMore: false });
+          assert.equal((await s.moderationLog('other', { limit: 10 })).actions.length, 1);
+          assert.deepEqual(await s.moderationLog('none', { limit: 10 }), {
+            actions: [],
+            hasMore: false,
+          });
         }));
 
       it('ping resolves on an open store; close is idempotent', () =>

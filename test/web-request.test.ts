@@ -26,6 +26,9 @@ async function send(page: Page, text: string): Promise<void> {
   await input.press('Enter');
 }
 
+/** The conversation only: the inbox beside it previews the same texts. */
+const messagesOf = (page: Page) => page.locator('#request-view .messages');
+
 const tick = (page: Page, text: string) =>
   page.locator('#request-view .msg.mine', { hasText: text }).locator('.tick');
 
@@ -61,17 +64,17 @@ describe('web client: request chat', { skip }, () => {
     // The lab opens the request: history arrives, is acked and, being on screen, read.
     const lab = await openPage(browser, clientLink(server.url, 'request', labToken), PHONE);
     await joined(lab.page);
-    await lab.page.getByText('¿Tienen ya los resultados de la muestra 12?').waitFor();
+    await messagesOf(lab.page).getByText('¿Tienen ya los resultados de la muestra 12?').waitFor();
     await tick(teacher.page, 'muestra 12')
       .and(teacher.page.locator('[data-state="read"]'))
       .waitFor();
 
     await send(lab.page, 'Sí, los subimos esta tarde. El pH salió en 7.2');
-    await teacher.page.getByText('El pH salió en 7.2').waitFor();
+    await messagesOf(teacher.page).getByText('El pH salió en 7.2').waitFor();
     await tick(lab.page, 'pH salió').and(lab.page.locator('[data-state="read"]')).waitFor();
 
     await send(teacher.page, XSS);
-    await lab.page.getByText(XSS, { exact: true }).waitFor();
+    await messagesOf(lab.page).getByText(XSS, { exact: true }).waitFor();
     await send(teacher.page, '¡Gracias! Los reviso en cuanto estén.');
     await tick(teacher.page, 'Gracias').and(teacher.page.locator('[data-state="read"]')).waitFor();
     for (const p of [teacher.page, lab.page]) {

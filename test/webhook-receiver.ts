@@ -45,6 +45,8 @@ export class WebhookReceiver {
   /** Requests whose signature or headers did not verify. */
   readonly rejected: string[] = [];
   faults: Faults;
+  /** Answers given before the random ones, in order: each kind of failure surely happens. */
+  script: Array<Attempt['answer']> = [];
   readonly seed: number;
   private readonly random: () => number;
   private readonly sockets = new Set<Socket>();
@@ -148,6 +150,8 @@ export class WebhookReceiver {
   }
 
   private pick(): Attempt['answer'] {
+    const scripted = this.script.shift();
+    if (scripted !== undefined) return scripted;
     const r = this.random();
     const { error500 = 0, drop = 0, hang = 0 } = this.faults;
     if (r < error500) return 'error500';

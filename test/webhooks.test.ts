@@ -6,6 +6,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
+import { streamEvents } from '../src/core/webhook-events.js';
 import { retryDelayMs, retryScheduleMs } from '../src/core/webhooks.js';
 import { api, sleep, startServer, type TestServer, userToken } from './helpers.js';
 import { RequestClient } from './request-client.js';
@@ -60,6 +61,7 @@ async function conversation(server: TestServer, requestId: string) {
 describe('webhooks', () => {
   it('every event arrives at least once through 500s, drops and timeouts, same id and body on each attempt', async (t) => {
     const { receiver, server } = await setup({ error500: 0.25, drop: 0.1, hang: 0.1 });
+    receiver.script = ['hang', 'error500', 'drop'];
     t.diagnostic(`receiver seed ${receiver.seed}`);
     const requestId = '6751b6df1ad14eaa13a0ee01';
     const chat = await conversation(server, requestId);
@@ -98,6 +100,7 @@ describe('webhooks', () => {
         sender: { id: '1', username: 'user1', role: 'TEACHER' },
         message: 'm0',
         createdAt: undefined,
+        attachments: [],
         deliveredTo: [],
         readBy: [],
       },
@@ -131,10 +134,12 @@ describe('webhooks', () => {
     );
     t.diagnostic(`${receiver.attempts.length} attempts, ${retried.length} events retried`);
     assert.ok(retried.length > 0, 'some events needed retries');
-    assert.ok(
-      receiver.attempts.some((a) => a.answer === 'hang'),
-      'some attempts timed out',
-    );
+    for (const answer of ['hang', 'error500', 'drop'] as const) {
+      assert.ok(
+        receiver.attempts.some((a) => a.answer === answer),
+        `some attempts got ${answer}`,
+      );
+    }
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     assert.match(metrics, /charla_webhook_deliveries_total\{result="delivered"\} 33/);
     assert.match(metrics, /charla_webhook_deliveries_total\{result="retry"\} [1-9]/);
@@ -142,7 +147,7 @@ describe('webhooks', () => {
   });
 
   it('sends request.message.unread for a message nobody read in time, and not for one read', async () => {
-    const { receiver, server } = await setup({}, { WEBHOOK_UNREAD_AFTER_SECONDS: '0.6' });
+    const { receiver, server } = await setup({}, { WEBHOOK_UNREAD_AFTER_SECONDS: '1.5' });
     const chat = await conversation(server, '6751b6df1ad14eaa13a0ee02');
     const read = await chat.send('read me');
     const unread = await chat.send('nobody reads me');
@@ -164,14 +169,14 @@ describe('webhooks', () => {
       true,
     );
     // The event's timestamp is when it became due: stored time plus the delay.
-    const due = Date.parse(event?.data.createdAt) + 600;
+    const due = Date.parse(event?.data.createdAt) + 1500;
     assert.equal(Date.parse(event?.timestamp), due);
   });
 
   it('keeps an event that ran out of attempts as failed; the API sends it again with the same id', async () => {
     const { receiver, server } = await setup(
       { error500: 1 },
-      { WEBHOOK_MAX_ATTEMPTS: '3', WEBHOOK_UNREAD_AFTER_SECONDS: '3600' },
+      { WEBHOOK_MAX_ATTEMPTS: '3', WEBHOOK_UNREAD_AFTER_SECONDS: '0' },
     );
     const chat = await conversation(server, '6751b6df1ad14eaa13a0ee03');
     const m = await chat.send('hola');
@@ -226,11 +231,41 @@ describe('webhooks', () => {
     await receiver.until(() => receiver.delivered().has(event.id), 'the delivery', 5_000);
     await sleep(100);
     assert.deepEqual((await api(server.url, 'GET', '/api/webhooks/failed')).body.events, []);
+    assert.equal(
+      await server.app.store.webhookQueueDepth(new Date(Date.now() + 1e9).toISOString()),
+      0,
+      'WEBHOOK_UNREAD_AFTER_SECONDS=0: no unread check was stored',
+    );
     const bodies = new Set(receiver.attempts.map((a) => a.body));
     assert.equal(bodies.size, 1, 'the same body on every attempt');
     const metrics = await (await fetch(`${server.url}/metrics`)).text();
     assert.match(metrics, /charla_webhook_deliveries_total\{result="failed"\} 2/);
     assert.match(metrics, /charla_webhook_deliveries_total\{result="delivered"\} 1/);
+  });
+
+  it('sends the moderation events committed through the typed builders and enqueue', async () => {
+    const { receiver, server } = await setup();
+    const webhooks = server.app.webhooks;
+    assert.ok(webhooks);
+    await server.app.store.enqueueWebhooks([
+      streamEvents.messageDeleted({ key: 'live', id: 'm1', by: '9' }),
+      streamEvents.userBanned({ key: 'live', userId: '5', by: '9', reason: 'spam' }),
+    ]);
+    await webhooks.enqueue('stream.user.timed_out', {
+      key: 'live',
+      userId: '6',
+      by: '9',
+      seconds: 60,
+    });
+    await receiver.until(() => receiver.delivered().size === 3, 'the three events', 5_000);
+    const byType = Object.fromEntries(
+      [...receiver.delivered().values()].map((a) => [a.event.type, a.event.data]),
+    );
+    assert.deepEqual(byType, {
+      'stream.message.deleted': { key: 'live', id: 'm1', by: '9' },
+      'stream.user.banned': { key: 'live', userId: '5', by: '9', reason: 'spam' },
+      'stream.user.timed_out': { key: 'live', userId: '6', by: '9', seconds: 60 },
+    });
   });
 
   it('without WEBHOOK_URL stores no events and the API says so', async () => {

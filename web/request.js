@@ -1,10 +1,84 @@
-// The request-chat view over Socket.IO (CONTRACT section 3): history, sending
-// with an acknowledgement, and receipts both ways. Messages that arrive are
-// acked at once (`ackMessages`); they count as read (`readMessages`) only once
-// they are on screen in a visible tab.
+// The request-chat view over Socket.IO (CONTRACT sections 3 and 8): history,
+// sending with an acknowledgement, and receipts both ways. Messages that arrive
+// are acked at once (`ackMessages`); they count as read (`readMessages`) only
+// once they are on screen in a visible tab. Beside it, the inbox with live
+// unread counts; in it, typing, edits and deletions of one's own messages,
+// and attachments as links (images as thumbnails).
 import { io } from '/vendor/socket.io.esm.min.js';
 import { atBottom, h, notice, setStatus, timeEl, whoIs } from './dom.js';
+import { mountInbox } from './inbox.js';
 import { receiptBatcher, tickState } from './receipts.js';
+
+/** How often this client says it is typing; the server forwards at most every 2 s anyway. */
+const TYPING_EVERY_MS = 2000;
+/** How long "… is typing" stays without a new `userTyping`. */
+const TYPING_SHOWN_MS = 3500;
+const OBJECT_ID = /^[0-9a-f]{24}$/;
+
+/** Attachment URL prefixes the server accepts, from `/client-config.json`. */
+let allowedPrefixes = [];
+fetch('/client-config.json')
+  .then((r) => (r.ok ? r.json() : {}))
+  .then((c) => {
+    if (Array.isArray(c.attachmentUrlPrefixes)) allowedPrefixes = c.attachmentUrlPrefixes;
+  })
+  .catch(() => {});
+
+/** An http(s) URL under an allowed prefix, compared after parsing; otherwise undefined. */
+function safeUrl(raw) {
+  let url;
+  try {
+    url = new URL(String(raw));
+  } catch {
+    return undefined;
+  }
+  if (!/^https?:$/.test(url.protocol) || url.username || url.password) return undefined;
+  const ok = allowedPrefixes.some((p) => {
+    try {
+      return (
+        url.origin === new URL(p).origin && url.href.startsWith(p) && String(raw).startsWith(p)
+      );
+    } catch {
+      return false;
+    }
+  });
+  return ok ? url.href : undefined;
+}
+
+function sizeText(bytes) {
+  const n = Number(bytes) || 0;
+  if (n >= 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MB`;
+  if (n >= 1024) return `${Math.round(n / 1024)} KB`;
+  return `${n} B`;
+}
+
+/** Links to the files; images under an allowed prefix as thumbnails, anything else as text. */
+function attachmentList(attachments) {
+  if (!Array.isArray(attachments) || attachments.length === 0) return null;
+  return h(
+    'ul',
+    { class: 'attachments' },
+    attachments.map((a) => {
+      const name = String(a?.name ?? 'file');
+      const href = safeUrl(a?.url);
+      if (!href) return h('li', { class: 'file blocked' }, name);
+      const image = /^image\/(png|jpe?g|gif|webp|avif)$/i.test(String(a.contentType));
+      const link = { href, target: '_blank', rel: 'noopener noreferrer' };
+      return image
+        ? h(
+            'li',
+            { class: 'file image' },
+            h('a', link, h('img', { class: 'thumb', src: href, alt: name, loading: 'lazy' })),
+          )
+        : h(
+            'li',
+            { class: 'file' },
+            h('a', link, name),
+            h('span', { class: 'size' }, ` ${sizeText(a.size)}`),
+          );
+    }),
+  );
+}
 
 const TICK = { pending: '◷', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' };
 const TICK_LABEL = {
@@ -22,6 +96,7 @@ const FRIENDLY = {
   not_found: 'There is no request with this id.',
   not_in_room: 'You are not in this request any more. Join it again.',
   empty_message: 'Write something first.',
+  edit_window_passed: 'This message can no longer be changed.',
 };
 
 const shortId = (id) => `${id.slice(0, 6)}…${id.slice(-4)}`;
@@ -48,11 +123,18 @@ export function mountRequestView(root) {
   const input = composer.elements.message;
   const sendButton = composer.querySelector('button');
   const say = notice(root.querySelector('.notice'));
+  const typingLine = root.querySelector('.typing');
+  const editingBar = root.querySelector('.editing');
+  const inbox = mountInbox(root.querySelector('.inbox'), { onOpen: (id) => switchTo(id) });
 
   let socket = null;
   let requestId = '';
   let me = whoIs('');
   let joined = false;
+  /** The id of my message being edited in the composer, if any. */
+  let editing = null;
+  let lastTypingSent = 0;
+  let typingTimer;
   /** Message id (or clientMessageId while pending) → {msg, li, state}. */
   const shown = new Map();
 
@@ -64,13 +146,30 @@ export function mountRequestView(root) {
   function updateComposer() {
     input.disabled = !joined;
     sendButton.disabled = !joined;
-    input.placeholder = joined ? `Message as ${me.name}` : 'Join a request to write';
+    input.placeholder = joined
+      ? `Message as ${me.name}`
+      : requestId
+        ? 'Join a request to write'
+        : 'Pick a request from your inbox';
+    sendButton.textContent = editing ? 'Save' : 'Send';
+    editingBar.hidden = !editing;
+  }
+
+  function stopEditing() {
+    if (!editing) return;
+    editing = null;
+    input.value = '';
+    updateComposer();
   }
 
   function showWho() {
     who.replaceChildren(
       h('p', { class: 'who-label' }, 'Request'),
-      h('p', { class: 'who-value mono', title: requestId }, shortId(requestId)),
+      h(
+        'p',
+        { class: 'who-value mono', title: requestId },
+        requestId ? shortId(requestId) : 'none yet',
+      ),
       h('p', { class: 'who-label' }, 'You are'),
       h('p', { class: 'who-value' }, me.role ? `${me.name} · ${me.role}` : me.name),
       h(
@@ -94,9 +193,88 @@ export function mountRequestView(root) {
     entry.li.classList.toggle('pending', entry.state === 'pending');
   }
 
-  function build(msg, mine) {
+  function startEditing(entry) {
+    if (!OBJECT_ID.test(entry.msg._id) || entry.msg.deletedAt) return;
+    editing = entry.msg._id;
+    input.value = String(entry.msg.message ?? '');
+    updateComposer();
+    input.focus();
+  }
+
+  function remove(entry) {
+    const messageId = entry.msg._id;
+    if (!OBJECT_ID.test(messageId)) return;
+    socket?.emit('deleteMessage', { requestId, messageId }, (res) => {
+      if (!res?.ok) return say.show(friendly(res ?? {}), 'error');
+      if (editing === messageId) stopEditing();
+      changed(res.message);
+    });
+  }
+
+  /** The inside of a bubble: text, attachments, time, edited mark, tick and my actions. */
+  function bubble(msg, mine) {
+    const deleted = Boolean(msg.deletedAt);
     const foot = h('div', { class: 'bubble-foot' }, timeEl(msg.createdAt));
+    if (msg.editedAt && !deleted) foot.append(h('span', { class: 'edited' }, 'edited'));
+    if (mine && !deleted) {
+      foot.append(
+        h(
+          'span',
+          { class: 'actions' },
+          h(
+            'button',
+            {
+              type: 'button',
+              class: 'act edit',
+              title: 'Edit',
+              onclick: (e) => act(e, startEditing),
+            },
+            'Edit',
+          ),
+          h(
+            'button',
+            {
+              type: 'button',
+              class: 'act delete',
+              title: 'Delete',
+              onclick: (e) => act(e, remove),
+            },
+            'Delete',
+          ),
+        ),
+      );
+    }
     if (mine) foot.append(h('span', { class: 'tick' }));
+    const text = String(msg.message ?? '');
+    return h(
+      'div',
+      { class: 'bubble' },
+      deleted
+        ? h('p', { class: 'text deleted' }, 'Message deleted')
+        : text !== '' || !msg.attachments?.length
+          ? h('p', { class: 'text' }, text)
+          : null,
+      deleted ? null : attachmentList(msg.attachments),
+      foot,
+    );
+  }
+
+  function act(event, fn) {
+    const id = event.currentTarget.closest('.msg')?.dataset.id;
+    const entry = id && shown.get(id);
+    if (entry) fn(entry);
+  }
+
+  /** A message edited or deleted (here or elsewhere): its bubble is redrawn in place. */
+  function changed(msg) {
+    const entry = shown.get(msg?._id);
+    if (!entry) return;
+    entry.msg = { ...entry.msg, ...msg };
+    entry.li.querySelector('.bubble')?.replaceWith(bubble(entry.msg, isMine(entry.msg)));
+    paintTick(entry);
+  }
+
+  function build(msg, mine) {
     const head = mine
       ? null
       : h(
@@ -112,7 +290,7 @@ export function mountRequestView(root) {
         dataset: { id: String(msg._id ?? ''), sender: String(msg.sender?.id) },
       },
       head,
-      h('div', { class: 'bubble' }, h('p', { class: 'text' }, String(msg.message)), foot),
+      bubble(msg, mine),
     );
   }
 
@@ -120,6 +298,9 @@ export function mountRequestView(root) {
   function show(msg, where = 'end') {
     const existing = shown.get(msg._id);
     if (existing) {
+      if (msg.editedAt !== existing.msg.editedAt || msg.deletedAt !== existing.msg.deletedAt) {
+        changed(msg);
+      }
       existing.msg = msg;
       if (existing.state !== 'pending') existing.state = tickState(msg, me.id);
       paintTick(existing);
@@ -156,9 +337,46 @@ export function mountRequestView(root) {
   }
 
   function join() {
+    if (!requestId) return;
     socket.emit('joinRoom', { requestId }, (res) => {
       if (res && res.ok === false) say.show(friendly(res), 'error');
     });
+  }
+
+  function showTyping(p) {
+    if (p?.requestId !== requestId || p.userId === me.id) return;
+    typingLine.textContent = `${String(p.username ?? 'Someone')} is typing…`;
+    typingLine.hidden = false;
+    clearTimeout(typingTimer);
+    typingTimer = setTimeout(() => {
+      typingLine.hidden = true;
+    }, TYPING_SHOWN_MS);
+  }
+
+  function resetConversation() {
+    receipts.reset();
+    shown.clear();
+    list.replaceChildren();
+    empty.hidden = false;
+    older.hidden = true;
+    typingLine.hidden = true;
+    editing = null;
+    joined = false;
+  }
+
+  /** Opens another request on the same connection. */
+  function switchTo(id) {
+    if (!socket || id === requestId) return;
+    if (requestId && joined) socket.emit('leaveRoom', { requestId });
+    resetConversation();
+    requestId = id.toLowerCase();
+    form.elements.request.value = requestId;
+    title.textContent = `Request ${shortId(requestId)}`;
+    subtitle.textContent = 'Teacher and lab conversation';
+    inbox.select(requestId);
+    updateComposer();
+    showWho();
+    join();
   }
 
   function onHistory(payload) {
@@ -180,11 +398,24 @@ export function mountRequestView(root) {
     setStatus(status, 'connecting', 'Connecting…');
     socket.on('connect', () => {
       say.clear();
+      if (!requestId) setStatus(status, 'live', 'Connected');
       join();
+      inbox.reload((event, payload, ack) => socket.emit(event, payload, ack));
+      inbox.select(requestId);
+    });
+    socket.on('requestUpdated', (u) => inbox.updated(u));
+    socket.on('userTyping', showTyping);
+    socket.on('messageUpdated', (msg) => {
+      if (msg?.requestId === requestId) changed(msg);
+    });
+    socket.on('messageDeleted', (d) => {
+      if (d?.requestId !== requestId) return;
+      changed({ _id: d.messageId, message: '', attachments: [], deletedAt: d.deletedAt });
     });
     socket.on('roomHistory', onHistory);
     socket.on('message', (msg) => {
       if (msg?.requestId !== requestId) return;
+      if (msg.sender?.id !== me.id) typingLine.hidden = true;
       const follow = atBottom(scroller);
       const entry = show(msg);
       if (follow || isMine(msg)) entry.li.scrollIntoView({ block: 'end' });
@@ -224,17 +455,15 @@ export function mountRequestView(root) {
 
   function start(newRequest, token) {
     socket?.disconnect();
-    receipts.reset();
-    shown.clear();
-    list.replaceChildren();
-    empty.hidden = false;
-    older.hidden = true;
+    resetConversation();
+    inbox.clear();
     requestId = newRequest.toLowerCase();
     me = whoIs(token);
-    joined = false;
     root.classList.add('joined');
-    title.textContent = `Request ${shortId(requestId)}`;
-    subtitle.textContent = 'Teacher and lab conversation';
+    title.textContent = requestId ? `Request ${shortId(requestId)}` : 'Your requests';
+    subtitle.textContent = requestId
+      ? 'Teacher and lab conversation'
+      : 'Pick a request from your inbox';
     updateComposer();
     showWho();
     connect(token);
@@ -286,11 +515,34 @@ export function mountRequestView(root) {
   composer.addEventListener('submit', (e) => {
     e.preventDefault();
     const text = input.value;
-    if (!joined || text.trim() === '') return;
+    if (!joined) return;
+    if (editing) {
+      const messageId = editing;
+      socket.emit('editMessage', { requestId, messageId, message: text }, (res) => {
+        if (!res?.ok) return say.show(friendly(res ?? {}), 'error');
+        changed(res.message);
+      });
+      stopEditing();
+      return;
+    }
+    if (text.trim() === '') return;
     input.value = '';
     input.focus();
     send(text, crypto.randomUUID());
   });
+
+  input.addEventListener('input', () => {
+    if (!joined || editing || input.value === '') return;
+    const now = Date.now();
+    if (now - lastTypingSent < TYPING_EVERY_MS) return;
+    lastTypingSent = now;
+    socket.emit('typing', { requestId });
+  });
+
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') stopEditing();
+  });
+  editingBar.querySelector('.cancel-edit').addEventListener('click', stopEditing);
 
   older.addEventListener('click', () => {
     const first = list.querySelector('.msg[data-id]')?.dataset.id;
@@ -310,7 +562,8 @@ export function mountRequestView(root) {
       if (token && !form.elements.token.value) form.elements.token.value = token;
       if (request) form.elements.request.value = request;
       const t = form.elements.token.value.trim();
-      if (request && t && request.toLowerCase() !== requestId) start(request, t);
+      if (t && !socket) start(request ?? '', t);
+      else if (request && t && request.toLowerCase() !== requestId) switchTo(request);
     },
   };
 }

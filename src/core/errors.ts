@@ -21,6 +21,12 @@ export const ERROR_CODES = [
   'message_too_long',
   'rate_limited',
   'internal_error',
+  'edit_window_passed',
+  'banned',
+  'timed_out',
+  'slow_mode',
+  'members_only',
+  'chat_paused',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -43,6 +49,12 @@ const DEFAULT_MESSAGES: Record<ErrorCode, string> = {
   message_too_long: 'The message is too long.',
   rate_limited: 'Too many messages; slow down.',
   internal_error: 'Something went wrong on our side.',
+  edit_window_passed: 'This message can no longer be edited or deleted.',
+  banned: 'You are banned from this chat.',
+  timed_out: 'You are timed out in this chat.',
+  slow_mode: 'Slow mode is on; wait before sending again.',
+  members_only: 'Only members may chat here.',
+  chat_paused: 'The chat is paused.',
 };
 
 const HTTP_STATUS: Record<ErrorCode, number> = {
@@ -63,6 +75,12 @@ const HTTP_STATUS: Record<ErrorCode, number> = {
   message_too_long: 422,
   rate_limited: 429,
   internal_error: 500,
+  edit_window_passed: 409,
+  banned: 403,
+  timed_out: 403,
+  slow_mode: 429,
+  members_only: 403,
+  chat_paused: 403,
 };
 
 /** A refusal the client caused or can act on; anything else is `internal_error`. */

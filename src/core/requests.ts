@@ -4,7 +4,7 @@
  * room is the transport's (Socket.IO rooms, across nodes through its adapter);
  * everything here resolves only once the store has committed.
  */
-import type { Limits } from '../config.js';
+import type { DeskConfig, Limits } from '../config.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Store } from '../store/store.js';
@@ -12,12 +12,23 @@ import { ChatError } from './errors.js';
 import { hasRole, type Identity } from './identity.js';
 import { newId } from './ids.js';
 import { checkMessageText, RateLimiter } from './limits.js';
-import type { Page, PageQuery, ReceiptKind, RequestMessage } from './messages.js';
+import type {
+  Attachment,
+  Page,
+  PageQuery,
+  ReceiptKind,
+  RequestActivity,
+  RequestMessage,
+  RequestSummary,
+  UnreadTotals,
+} from './messages.js';
+import { TypingThrottle } from './typing.js';
 import type { Webhooks } from './webhooks.js';
 
 export interface RequestsDeps {
   store: Store;
   limits: Limits;
+  desk: DeskConfig;
   metrics: Metrics;
   log: Logger;
   /** When set, messages and reads commit their webhook events with them. */
@@ -28,6 +39,30 @@ export interface Sent {
   message: RequestMessage;
   /** A retry of a `clientMessageId` already stored: not to be delivered again. */
   duplicate: boolean;
+  /** Who is to hear of the new message in their inbox; absent for a duplicate. */
+  updates?: InboxUpdates;
+}
+
+/**
+ * The `requestUpdated` each user who may act in a request gets after a
+ * message was stored or deleted: the named users their own count, every other
+ * lab user `labUnread` (they have neither sent nor read anything there).
+ */
+export interface InboxUpdates {
+  requestId: string;
+  lastMessage: RequestMessage | null;
+  ownerId: string;
+  /** The owner's count; the owner may be lab staff too. */
+  ownerUnread: number;
+  /** Users other than the owner with their own counters; they count only if lab staff. */
+  readers: Array<{ userId: string; unread: number }>;
+  labUnread: number;
+}
+
+/** What an edit or deletion changed, for the room and the inboxes. */
+export interface Changed {
+  message: RequestMessage;
+  updates?: InboxUpdates;
 }
 
 /** A request changed hands: the previous owner may no longer act in it. */
@@ -45,12 +80,17 @@ export interface Receipts {
 
 export class Requests {
   private readonly rate: RateLimiter;
+  private readonly typingThrottle: TypingThrottle;
   /** Writes under way, so that shutdown waits for them before closing the store. */
   private readonly inFlight = new Set<Promise<unknown>>();
   private readonly ownerListeners = new Set<(change: OwnerChange) => void>();
 
   constructor(private readonly deps: RequestsDeps) {
     this.rate = new RateLimiter(deps.limits.requestRate);
+    this.typingThrottle = new TypingThrottle(
+      deps.desk.typingIntervalMs,
+      deps.desk.typingTrackedMax,
+    );
   }
 
   /**
@@ -116,9 +156,14 @@ export class Requests {
     requestId: string,
     text: string,
     clientMessageId: string | undefined,
+    attachments: readonly Attachment[] = [],
   ): Promise<Sent> {
     return this.track(async () => {
-      checkMessageText(text, this.deps.limits.requestMessageMaxChars);
+      this.checkAttachments(attachments);
+      // With attachments the text may be empty, never too long or malformed.
+      if (attachments.length === 0 || text.trim() !== '') {
+        checkMessageText(text, this.deps.limits.requestMessageMaxChars);
+      }
       const role = await this.authorize(identity, requestId);
       this.rate.take(`${identity.userId}\u0000${requestId}`);
       const message = {
@@ -127,6 +172,12 @@ export class Requests {
         sender: { id: identity.userId, username: identity.username, role },
         message: text,
         createdAt: new Date().toISOString(),
+        attachments: attachments.map(({ url, name, contentType, size }) => ({
+          url,
+          name,
+          contentType,
+          size,
+        })),
       };
       const { webhooks } = this.deps;
       const sent = await this.deps.store.addRequestMessage(
@@ -137,8 +188,85 @@ export class Requests {
         this.deps.metrics.messagesIn.inc({ chat: 'request' });
         webhooks?.nudge();
       }
-      return sent;
+      const { activity, ...rest } = sent;
+      return activity ? { ...rest, updates: inboxUpdates(activity) } : rest;
     });
+  }
+
+  /**
+   * Edits the text of `identity`'s own message within the edit window. With
+   * attachments the new text may be empty, as when it was sent.
+   */
+  edit(identity: Identity, requestId: string, messageId: string, text: string): Promise<Changed> {
+    return this.track(async () => {
+      const original = await this.ownMessage(identity, requestId, messageId);
+      if (original.attachments.length === 0 || text.trim() !== '') {
+        checkMessageText(text, this.deps.limits.requestMessageMaxChars);
+      }
+      // A change is a write delivered to the room, as a message is: same budget.
+      this.rate.take(`${identity.userId}\u0000${requestId}`);
+      const editedAt = new Date().toISOString();
+      const changed = await this.deps.store.changeRequestMessage(
+        requestId,
+        messageId,
+        identity.userId,
+        { message: text, editedAt },
+      );
+      if (!changed) throw new ChatError('not_found', 'There is no such message.');
+      return { message: changed.message };
+    });
+  }
+
+  /** Deletes `identity`'s own message within the edit window; it leaves every unread count. */
+  remove(identity: Identity, requestId: string, messageId: string): Promise<Changed> {
+    return this.track(async () => {
+      await this.ownMessage(identity, requestId, messageId);
+      this.rate.take(`${identity.userId}\u0000${requestId}`);
+      const changed = await this.deps.store.changeRequestMessage(
+        requestId,
+        messageId,
+        identity.userId,
+        { deletedAt: new Date().toISOString() },
+      );
+      if (!changed) throw new ChatError('not_found', 'There is no such message.');
+      const { activity, message } = changed;
+      return activity ? { message, updates: inboxUpdates(activity) } : { message };
+    });
+  }
+
+  /** True when `identity`'s typing in the request is to be forwarded now; never stored. */
+  typing(identity: Identity, requestId: string): boolean {
+    return this.typingThrottle.allow(identity.userId, requestId);
+  }
+
+  /**
+   * `identity`'s inbox (CONTRACT section 8 `listRequests`): lab staff see
+   * every request with messages, a teacher their own requests.
+   */
+  inbox(
+    identity: Identity,
+    query: { before?: string | undefined; limit: number },
+  ): Promise<{ requests: RequestSummary[]; hasMore: boolean }> {
+    return this.deps.store.listRequests({
+      userId: identity.userId,
+      ownerId: inboxOwner(identity),
+      before: query.before,
+      limit: query.limit,
+    });
+  }
+
+  /** `identity`'s line of one request's inbox, e.g. after their reads changed it. */
+  summary(identity: Identity, requestId: string): Promise<RequestSummary | undefined> {
+    return this.deps.store.requestSummary(requestId, identity.userId);
+  }
+
+  /** A user's unread total and the requests with unread messages, for the platform. */
+  unread(userId: string, role: 'LAB' | 'TEACHER'): Promise<UnreadTotals> {
+    return this.deps.store.unreadTotals(
+      userId,
+      role === 'LAB' ? undefined : userId,
+      this.deps.desk.unreadListMax,
+    );
   }
 
   /** Records `identity`'s delivered or read receipts; see `Store.addReceipts`. */
@@ -198,6 +326,44 @@ export class Requests {
     return limit;
   }
 
+  /** A message of `identity`'s that may still be changed, or the reason it may not. */
+  private async ownMessage(
+    identity: Identity,
+    requestId: string,
+    messageId: string,
+  ): Promise<RequestMessage> {
+    await this.authorize(identity, requestId);
+    const message = await this.deps.store.getRequestMessage(requestId, messageId);
+    if (!message || message.deletedAt !== undefined) {
+      throw new ChatError('not_found', 'There is no such message.');
+    }
+    if (message.sender.id !== identity.userId) {
+      throw new ChatError('forbidden', 'Only its sender may change a message.');
+    }
+    if (Date.now() - Date.parse(message.createdAt) > this.deps.desk.editWindowMs) {
+      throw new ChatError('edit_window_passed');
+    }
+    return message;
+  }
+
+  private checkAttachments(attachments: readonly Attachment[]): void {
+    const { attachmentsMax, attachmentUrlPrefixes } = this.deps.desk;
+    if (attachments.length === 0) return;
+    if (attachments.length > attachmentsMax) {
+      throw new ChatError('invalid_payload', `At most ${attachmentsMax} attachments per message.`);
+    }
+    for (const a of attachments) {
+      if (!allowedUrl(a.url, attachmentUrlPrefixes)) {
+        throw new ChatError(
+          'invalid_payload',
+          attachmentUrlPrefixes.length === 0
+            ? 'Attachments are not accepted here.'
+            : '"attachments.url" must start with an allowed prefix.',
+        );
+      }
+    }
+  }
+
   /** Resolves when every write accepted so far has been committed or has failed. */
   async flush(): Promise<void> {
     while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
@@ -224,4 +390,37 @@ export function fitPage<T>(page: Page<T>, maxBytes: number): Page<T> {
     first -= 1;
   }
   return first === 0 ? page : { messages: messages.slice(first), hasMore: true };
+}
+
+/** Lab staff read every request; a teacher only their own; anyone else has no inbox. */
+export function inboxOwner(identity: Identity): string | undefined {
+  if (hasRole(identity, 'LAB')) return undefined;
+  if (hasRole(identity, 'TEACHER')) return identity.userId;
+  throw new ChatError('forbidden', 'Only lab staff and teachers have an inbox.');
+}
+
+/**
+ * A URL under one of the prefixes, compared after parsing: `..` segments,
+ * credentials (`https://cdn@evil`) and look-alike hosts cannot slip past a
+ * plain string comparison.
+ */
+export function allowedUrl(raw: string, prefixes: readonly URL[]): boolean {
+  if (!URL.canParse(raw)) return false;
+  const url = new URL(raw);
+  if (url.username !== '' || url.password !== '') return false;
+  return prefixes.some(
+    (p) => url.origin === p.origin && raw.startsWith(p.href) && url.href.startsWith(p.href),
+  );
+}
+
+function inboxUpdates(activity: RequestActivity): InboxUpdates {
+  const owner = activity.readers.find((r) => r.userId === activity.ownerId);
+  return {
+    requestId: activity.requestId,
+    lastMessage: activity.lastMessage,
+    ownerId: activity.ownerId,
+    ownerUnread: owner?.unread ?? activity.messageCount,
+    readers: activity.readers.filter((r) => r.userId !== activity.ownerId),
+    labUnread: activity.messageCount,
+  };
 }

@@ -93,13 +93,16 @@ export class Webhooks {
     deps.metrics.webhookQueueSource = () => deps.store.webhookQueueDepth(new Date().toISOString());
   }
 
-  /** The rows for a new request message: `created` now, `unread` when it is due. */
+  /** The rows for a new request message: `created` now, `unread` (unless off) when it is due. */
   messageCreated(message: RequestMessage): OutboxEntry[] {
     const at = new Date(message.createdAt);
+    const created = outboxEntry('request.message.created', message, { at });
+    const { unreadAfterMs } = this.deps.config;
+    if (unreadAfterMs === 0) return [created];
     return [
-      outboxEntry('request.message.created', message, { at }),
+      created,
       outboxEntry('request.message.unread', message, {
-        at: new Date(at.getTime() + this.deps.config.unreadAfterMs),
+        at: new Date(at.getTime() + unreadAfterMs),
         unlessRead: message._id,
       }),
     ];

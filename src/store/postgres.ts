@@ -13,13 +13,26 @@
  */
 import pg from 'pg';
 import type {
+  Attachment,
+  InboxQuery,
+  MessageChange,
   NewRequestMessage,
   Page,
   PageQuery,
   ReceiptKind,
+  RequestActivity,
   RequestMessage,
+  RequestSummary,
   StreamMessage,
+  UnreadTotals,
 } from '../core/messages.js';
+import type {
+  ModerationAction,
+  NewModerationAction,
+  StreamBan,
+  StreamControl,
+  StreamSettings,
+} from '../core/stream-rules.js';
 import type { OutboxEntry, OutboxEvent, WebhookType } from '../core/webhook-events.js';
 import type { Logger } from '../observability/log.js';
 import type { PutRequestResult, RequestRecord, Store, StreamRecord } from './store.js';
@@ -87,6 +100,78 @@ const MIGRATIONS: readonly string[] = [
    );
    CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE state = 'pending';
    CREATE INDEX webhook_outbox_failed ON webhook_outbox (last_attempt_at) WHERE state = 'failed';`,
+  // The lab desk: attachments, edits and deletions; per-request counters and
+  // per-(request, user) sent/read counters so that unread counts never count
+  // messages; the inbox paged by (activity_at, id) on an index.
+  `ALTER TABLE request_messages
+     ADD COLUMN attachments jsonb NOT NULL DEFAULT '[]',
+     ADD COLUMN edited_at timestamptz,
+     ADD COLUMN deleted_at timestamptz;
+   ALTER TABLE requests
+     ADD COLUMN message_count integer NOT NULL DEFAULT 0,
+     ADD COLUMN last_message_seq bigint,
+     ADD COLUMN last_message_id text,
+     ADD COLUMN activity_at timestamptz;
+   UPDATE requests r SET message_count = s.n, last_message_seq = s.last
+     FROM (SELECT request_id, count(*) AS n, max(seq) AS last
+           FROM request_messages GROUP BY request_id) s
+     WHERE s.request_id = r.id;
+   UPDATE requests r SET last_message_id = m.id, activity_at = m.created_at
+     FROM request_messages m WHERE m.seq = r.last_message_seq;
+   UPDATE requests SET activity_at = created_at WHERE activity_at IS NULL;
+   ALTER TABLE requests ALTER COLUMN activity_at SET NOT NULL;
+   CREATE TABLE request_readers (
+     request_id text NOT NULL,
+     user_id    text NOT NULL,
+     sent       integer NOT NULL DEFAULT 0,
+     read       integer NOT NULL DEFAULT 0,
+     PRIMARY KEY (request_id, user_id)
+   );
+   CREATE INDEX request_readers_by_user ON request_readers (user_id);
+   INSERT INTO request_readers (request_id, user_id, sent, read)
+     SELECT request_id, sender_id, count(*), 0 FROM request_messages GROUP BY request_id, sender_id;
+   INSERT INTO request_readers (request_id, user_id, sent, read)
+     SELECT m.request_id, r.user_id, 0, count(*)
+     FROM receipts r JOIN request_messages m ON m.id = r.message_id
+     WHERE r.kind = 'read' AND r.user_id <> m.sender_id
+     GROUP BY m.request_id, r.user_id
+     ON CONFLICT (request_id, user_id) DO UPDATE SET read = excluded.read;
+   CREATE INDEX requests_by_activity ON requests (activity_at, id)
+     WHERE last_message_id IS NOT NULL;
+   CREATE INDEX requests_by_owner_activity ON requests (owner_id, activity_at, id);`,
+  `ALTER TABLE stream_messages ADD COLUMN badges text NOT NULL DEFAULT '[]';
+   ALTER TABLE stream_messages ADD COLUMN deleted_at timestamptz;
+   ALTER TABLE stream_messages ADD COLUMN deleted_by text;
+   ALTER TABLE streams ADD COLUMN moderators text NOT NULL DEFAULT '[]';
+   ALTER TABLE streams ADD COLUMN slow_mode_seconds integer NOT NULL DEFAULT 0;
+   ALTER TABLE streams ADD COLUMN members_only boolean NOT NULL DEFAULT false;
+   ALTER TABLE streams ADD COLUMN paused boolean NOT NULL DEFAULT false;
+   ALTER TABLE streams ADD COLUMN pinned_id text;
+   CREATE TABLE stream_bans (
+     stream_key text NOT NULL,
+     user_id    text NOT NULL,
+     until      timestamptz,
+     reason     text,
+     by_user    text NOT NULL,
+     at         timestamptz NOT NULL,
+     PRIMARY KEY (stream_key, user_id)
+   );
+   CREATE TABLE stream_members (
+     stream_key text NOT NULL,
+     user_id    text NOT NULL,
+     PRIMARY KEY (stream_key, user_id)
+   );
+   CREATE TABLE stream_moderation_log (
+     id         bigserial PRIMARY KEY,
+     stream_key text NOT NULL,
+     action     text NOT NULL,
+     user_id    text,
+     message_id text,
+     by_user    text NOT NULL,
+     at         timestamptz NOT NULL,
+     reason     text
+   );
+   CREATE INDEX stream_moderation_log_by_stream ON stream_moderation_log (stream_key, id);`,
 ];
 
 /**
@@ -126,6 +211,36 @@ interface StreamMessageRow {
   username: string;
   message: string;
   sent_at: Date;
+  badges: string;
+  deleted_at: Date | null;
+  deleted_by: string | null;
+}
+
+function streamMessageOf(r: StreamMessageRow): StreamMessage {
+  const m: StreamMessage = {
+    id: r.id,
+    streamKey: r.stream_key,
+    userId: r.user_id,
+    username: r.username,
+    message: r.message,
+    sentAt: r.sent_at.toISOString(),
+    badges: JSON.parse(r.badges) as StreamMessage['badges'],
+  };
+  if (r.deleted_at !== null) {
+    m.deletedAt = r.deleted_at.toISOString();
+    m.deletedBy = r.deleted_by ?? '';
+  }
+  return m;
+}
+
+interface LogRow {
+  id: string;
+  action: ModerationAction['action'];
+  user_id: string | null;
+  message_id: string | null;
+  by_user: string;
+  at: Date;
+  reason: string | null;
 }
 interface RequestMessageRow {
   id: string;
@@ -135,6 +250,23 @@ interface RequestMessageRow {
   sender_role: string | null;
   message: string;
   created_at: Date;
+  attachments: Attachment[];
+  edited_at: Date | null;
+  deleted_at: Date | null;
+}
+interface InboxRow {
+  id: string;
+  owner_id: string;
+  message_count: number;
+  last_message_id: string | null;
+  activity_at: Date;
+  sent: number;
+  read: number;
+}
+interface Counted {
+  owner_id: string;
+  message_count: number;
+  readers: Array<{ userId: string; sent: number; read: number }>;
 }
 interface ReceiptRow {
   message_id: string;
@@ -182,9 +314,51 @@ const outboxParams = (entries: readonly OutboxEntry[]) => [
   entries.map((e) => e.unlessRead),
 ];
 
-const STREAM_COLUMNS = 'id, stream_key, user_id, username, message, sent_at';
+const STREAM_COLUMNS =
+  'id, stream_key, user_id, username, message, sent_at, badges, deleted_at, deleted_by';
 const REQUEST_COLUMNS =
-  'id, request_id, sender_id, sender_username, sender_role, message, created_at';
+  'id, request_id, sender_id, sender_username, sender_role, message, created_at, attachments, edited_at, deleted_at';
+
+/** A reader's counters as JSON, for `readers` arrays built inside one statement. */
+const READER_JSON = "json_build_object('userId', user_id, 'sent', sent, 'read', read)";
+
+/** One line per request of a user's inbox, with `unread` from the counters; `$1` is the user. */
+export const INBOX_SELECT = `SELECT r.id, r.owner_id, r.message_count, r.last_message_id, r.activity_at,
+    coalesce(rr.sent, 0) AS sent, coalesce(rr.read, 0) AS read
+  FROM requests r
+  LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = $1`;
+
+/** The lab's inbox (every request with messages) or a teacher's (`$2`), from `before` on. */
+export const inboxQuery = (owner: boolean, before: boolean) => {
+  const n = owner ? 3 : 2;
+  const where = [owner ? 'r.owner_id = $2' : 'r.last_message_id IS NOT NULL'];
+  if (before) {
+    where.push(
+      `(r.activity_at, r.id) < (SELECT activity_at, id FROM requests WHERE id = $${n + 1})`,
+    );
+  }
+  return `${INBOX_SELECT} WHERE ${where.join(' AND ')}
+    ORDER BY r.activity_at DESC, r.id DESC LIMIT $${n}`;
+};
+
+/** `$1` the user, `$2` the owner for a teacher's total. The lab's walks `requests`, never messages. */
+export const unreadTotalQuery = (owner: boolean) =>
+  owner
+    ? `SELECT (SELECT coalesce(sum(message_count), 0) FROM requests WHERE owner_id = $2)
+         - (SELECT coalesce(sum(rr.sent + rr.read), 0) FROM request_readers rr
+            JOIN requests r ON r.id = rr.request_id
+            WHERE rr.user_id = $1 AND r.owner_id = $2) AS total`
+    : `SELECT (SELECT coalesce(sum(message_count), 0) FROM requests)
+         - (SELECT coalesce(sum(sent + read), 0) FROM request_readers WHERE user_id = $1)
+         AS total`;
+
+export const unreadListQuery = (owner: boolean) => `SELECT id, unread FROM (
+    SELECT r.id, r.activity_at, r.message_count - coalesce(rr.sent, 0) - coalesce(rr.read, 0) AS unread
+    FROM requests r
+    LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = $1
+    WHERE ${owner ? 'r.owner_id = $3' : 'r.last_message_id IS NOT NULL'}
+    ORDER BY r.activity_at DESC, r.id DESC) x
+  WHERE unread > 0 LIMIT $2`;
 
 /**
  * The newest `limit + 1` rows of one scope, before the row `before` names.
@@ -282,10 +456,11 @@ export class PostgresStore implements Store {
     if (messages.length === 0) return;
     // One statement is one transaction: the whole batch or none of it, in array order.
     await this.query(
-      `INSERT INTO stream_messages (id, stream_key, user_id, username, message, sent_at)
-       SELECT id, stream_key, user_id, username, message, sent_at
-       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-         WITH ORDINALITY AS m(id, stream_key, user_id, username, message, sent_at, n)
+      `INSERT INTO stream_messages (id, stream_key, user_id, username, message, sent_at, badges)
+       SELECT id, stream_key, user_id, username, message, sent_at, badges
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                   $7::text[])
+         WITH ORDINALITY AS m(id, stream_key, user_id, username, message, sent_at, badges, n)
        ORDER BY n`,
       [
         messages.map((m) => m.id),
@@ -294,6 +469,7 @@ export class PostgresStore implements Store {
         messages.map((m) => m.username),
         messages.map((m) => m.message),
         messages.map((m) => m.sentAt),
+        messages.map((m) => JSON.stringify(m.badges)),
       ],
     );
   }
@@ -304,18 +480,201 @@ export class PostgresStore implements Store {
       [key, query.before ?? null, query.limit + 1],
     );
     const hasMore = rows.length > query.limit;
-    const messages = rows
-      .slice(0, query.limit)
-      .reverse()
-      .map((r) => ({
-        id: r.id,
-        streamKey: r.stream_key,
-        userId: r.user_id,
-        username: r.username,
-        message: r.message,
-        sentAt: r.sent_at.toISOString(),
-      }));
+    const messages = rows.slice(0, query.limit).reverse().map(streamMessageOf);
     return { messages, hasMore };
+  }
+
+  async getStreamControl(key: string): Promise<StreamControl | undefined> {
+    const [r] = await this.query<{
+      key: string;
+      title: string | null;
+      owner_id: string | null;
+      moderators: string;
+      slow_mode_seconds: number;
+      members_only: boolean;
+      paused: boolean;
+      pinned_id: string | null;
+    }>(
+      `SELECT key, title, owner_id, moderators, slow_mode_seconds, members_only, paused, pinned_id
+       FROM streams WHERE key = $1`,
+      [key],
+    );
+    return (
+      r && {
+        key: r.key,
+        title: r.title,
+        ownerId: r.owner_id,
+        moderators: JSON.parse(r.moderators) as string[],
+        slowModeSeconds: r.slow_mode_seconds,
+        membersOnly: r.members_only,
+        paused: r.paused,
+        pinnedId: r.pinned_id,
+      }
+    );
+  }
+
+  async updateStreamControl(
+    key: string,
+    patch: Partial<StreamSettings> & {
+      title?: string | null;
+      moderators?: string[];
+      pinnedId?: string | null;
+    },
+  ): Promise<boolean> {
+    const values: unknown[] = [key, new Date()];
+    const sets = ['updated_at = $2'];
+    const column = (name: string, value: unknown) => {
+      values.push(value);
+      sets.push(`${name} = $${values.length}`);
+    };
+    if (patch.title !== undefined) column('title', patch.title);
+    if (patch.moderators !== undefined) column('moderators', JSON.stringify(patch.moderators));
+    if (patch.slowModeSeconds !== undefined) column('slow_mode_seconds', patch.slowModeSeconds);
+    if (patch.membersOnly !== undefined) column('members_only', patch.membersOnly);
+    if (patch.paused !== undefined) column('paused', patch.paused);
+    if (patch.pinnedId !== undefined) column('pinned_id', patch.pinnedId);
+    const rows = await this.query(
+      `UPDATE streams SET ${sets.join(', ')} WHERE key = $1 RETURNING key`,
+      values,
+    );
+    return rows.length > 0;
+  }
+
+  async setStreamMembers(key: string, userIds: readonly string[]): Promise<void> {
+    // One statement is one transaction: the old list is replaced whole or not at all.
+    await this.query(
+      `WITH gone AS (
+         DELETE FROM stream_members WHERE stream_key = $1 AND NOT (user_id = ANY($2::text[]))
+       )
+       INSERT INTO stream_members (stream_key, user_id)
+       SELECT DISTINCT $1, u FROM unnest($2::text[]) AS u
+       ON CONFLICT DO NOTHING`,
+      [key, [...userIds]],
+    );
+  }
+
+  async streamMembers(key: string): Promise<string[]> {
+    const rows = await this.query<{ user_id: string }>(
+      'SELECT user_id FROM stream_members WHERE stream_key = $1 ORDER BY user_id',
+      [key],
+    );
+    return rows.map((r) => r.user_id);
+  }
+
+  async putStreamBan(key: string, ban: StreamBan): Promise<void> {
+    await this.query(
+      `INSERT INTO stream_bans (stream_key, user_id, until, reason, by_user, at)
+       VALUES ($1, $2, $3, $4, $5, $6)
+       ON CONFLICT (stream_key, user_id) DO UPDATE SET until = excluded.until,
+         reason = excluded.reason, by_user = excluded.by_user, at = excluded.at`,
+      [key, ban.userId, ban.until, ban.reason, ban.by, ban.at],
+    );
+  }
+
+  async deleteStreamBan(key: string, userId: string): Promise<boolean> {
+    const rows = await this.query(
+      'DELETE FROM stream_bans WHERE stream_key = $1 AND user_id = $2 RETURNING user_id',
+      [key, userId],
+    );
+    return rows.length > 0;
+  }
+
+  async streamBans(key: string, now: string): Promise<StreamBan[]> {
+    const rows = await this.query<{
+      user_id: string;
+      until: Date | null;
+      reason: string | null;
+      by_user: string;
+      at: Date;
+    }>(
+      `SELECT user_id, until, reason, by_user, at FROM stream_bans
+       WHERE stream_key = $1 AND (until IS NULL OR until > $2) ORDER BY at, user_id`,
+      [key, now],
+    );
+    return rows.map((r) => ({
+      userId: r.user_id,
+      until: r.until?.toISOString() ?? null,
+      reason: r.reason,
+      by: r.by_user,
+      at: r.at.toISOString(),
+    }));
+  }
+
+  async getStreamMessage(key: string, id: string): Promise<StreamMessage | undefined> {
+    const [row] = await this.query<StreamMessageRow>(
+      `SELECT ${STREAM_COLUMNS} FROM stream_messages WHERE stream_key = $1 AND id = $2`,
+      [key, id],
+    );
+    return row && streamMessageOf(row);
+  }
+
+  async deleteStreamMessage(
+    key: string,
+    id: string,
+    by: string,
+    at: string,
+  ): Promise<StreamMessage | undefined> {
+    await this.query(
+      `UPDATE stream_messages SET deleted_at = $3, deleted_by = $4
+       WHERE stream_key = $1 AND id = $2 AND deleted_at IS NULL`,
+      [key, id, at, by],
+    );
+    return this.getStreamMessage(key, id);
+  }
+
+  async streamRecent(
+    key: string,
+    query: { after?: string | undefined; limit: number },
+  ): Promise<{ messages: StreamMessage[]; more: boolean; known: boolean }> {
+    let lower = '0';
+    let known = true;
+    if (query.after !== undefined) {
+      const [row] = await this.query<{ seq: string }>(
+        'SELECT seq FROM stream_messages WHERE id = $1 AND stream_key = $2',
+        [query.after, key],
+      );
+      if (row === undefined) known = false;
+      else lower = row.seq;
+    }
+    const rows = await this.query<StreamMessageRow>(
+      `SELECT ${STREAM_COLUMNS} FROM stream_messages
+       WHERE stream_key = $1 AND seq > $2 AND deleted_at IS NULL
+       ORDER BY seq DESC LIMIT $3`,
+      [key, lower, query.limit + 1],
+    );
+    const more = rows.length > query.limit;
+    return { messages: rows.slice(0, query.limit).reverse().map(streamMessageOf), more, known };
+  }
+
+  async addModerationAction(key: string, a: NewModerationAction): Promise<ModerationAction> {
+    const [row] = await this.query<{ id: string }>(
+      `INSERT INTO stream_moderation_log (stream_key, action, user_id, message_id, by_user, at, reason)
+       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
+      [key, a.action, a.userId, a.messageId, a.by, a.at, a.reason],
+    );
+    return { id: String(row?.id), ...a };
+  }
+
+  async moderationLog(
+    key: string,
+    query: { before?: string | undefined; limit: number },
+  ): Promise<{ actions: ModerationAction[]; hasMore: boolean }> {
+    const rows = await this.query<LogRow>(
+      `SELECT id, action, user_id, message_id, by_user, at, reason FROM stream_moderation_log
+       WHERE stream_key = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3`,
+      [key, query.before ?? null, query.limit + 1],
+    );
+    const hasMore = rows.length > query.limit;
+    const actions = rows.slice(0, query.limit).map((r) => ({
+      id: String(r.id),
+      action: r.action,
+      userId: r.user_id,
+      messageId: r.message_id,
+      by: r.by_user,
+      at: r.at.toISOString(),
+      reason: r.reason,
+    }));
+    return { actions, hasMore };
   }
 
   async putRequest(id: string, ownerId: string): Promise<PutRequestResult> {
@@ -334,7 +693,8 @@ export class PostgresStore implements Store {
       );
       if (updated) return { created: false, previousOwnerId: updated.previous };
       const inserted = await this.query(
-        `INSERT INTO requests (id, owner_id, created_at, updated_at) VALUES ($1, $2, $3, $3)
+        `INSERT INTO requests (id, owner_id, created_at, updated_at, activity_at)
+         VALUES ($1, $2, $3, $3, $3)
          ON CONFLICT (id) DO NOTHING RETURNING id`,
         [id, ownerId, now],
       );
@@ -353,22 +713,44 @@ export class PostgresStore implements Store {
   async addRequestMessage(
     m: NewRequestMessage,
     outbox: readonly OutboxEntry[] = [],
-  ): Promise<{ message: RequestMessage; duplicate: boolean }> {
+  ): Promise<{ message: RequestMessage; duplicate: boolean; activity?: RequestActivity }> {
+    const attachments = m.attachments ?? [];
     // Only a repeated clientMessageId is a duplicate: a taken id must fail.
-    const insert = `INSERT INTO request_messages
-         (id, request_id, sender_id, sender_username, sender_role, message, created_at,
-          client_message_id)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-       ON CONFLICT (request_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL
-       DO NOTHING
-       RETURNING seq`;
-    // With outbox rows, one statement still: they are inserted only with the message.
-    const inserted = await this.query(
-      outbox.length === 0
-        ? insert
-        : `WITH stored AS (${insert}),
-           events AS (${insertOutbox(9, 'EXISTS (SELECT 1 FROM stored)')})
-           SELECT seq FROM stored`,
+    // One statement is one transaction: the message and every counter it
+    // moves, and the webhook events it causes. The other readers' counters are read from the statement's
+    // snapshot, the sender's from the row it updated.
+    const inserted = await this.query<{ seq: string } & Partial<Counted>>(
+      `WITH ins AS (
+         INSERT INTO request_messages
+           (id, request_id, sender_id, sender_username, sender_role, message, created_at,
+            client_message_id, attachments)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
+         ON CONFLICT (request_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL
+         DO NOTHING
+         RETURNING seq, id, request_id, sender_id, created_at
+       ), req AS (
+         UPDATE requests r SET
+           message_count = r.message_count + 1,
+           last_message_seq = greatest(r.last_message_seq, ins.seq),
+           last_message_id = CASE WHEN r.last_message_seq > ins.seq THEN r.last_message_id
+                                  ELSE ins.id END,
+           activity_at = CASE WHEN r.last_message_seq > ins.seq THEN r.activity_at
+                              ELSE ins.created_at END
+         FROM ins WHERE r.id = ins.request_id
+         RETURNING r.owner_id, r.message_count
+       ), me AS (
+         INSERT INTO request_readers (request_id, user_id, sent, read)
+         SELECT request_id, sender_id, 1, 0 FROM ins
+         ON CONFLICT (request_id, user_id) DO UPDATE SET sent = request_readers.sent + 1
+         RETURNING user_id, sent, read
+       )${outbox.length === 0 ? '' : `, events AS (${insertOutbox(10, 'EXISTS (SELECT 1 FROM ins)')})`}
+       SELECT ins.seq, req.owner_id, req.message_count,
+         (SELECT coalesce(json_agg(${READER_JSON}), '[]') FROM (
+            SELECT user_id, sent, read FROM me
+            UNION ALL
+            SELECT user_id, sent, read FROM request_readers WHERE request_id = $2 AND user_id <> $3
+          ) x) AS readers
+       FROM ins LEFT JOIN req ON true`,
       [
         m._id,
         m.requestId,
@@ -378,12 +760,20 @@ export class PostgresStore implements Store {
         m.message,
         m.createdAt,
         m.clientMessageId,
+        JSON.stringify(attachments),
         ...(outbox.length === 0 ? [] : outboxParams(outbox)),
       ],
     );
-    if (inserted.length > 0) {
-      const { clientMessageId: _, ...message } = m;
-      return { message: { ...message, deliveredTo: [], readBy: [] }, duplicate: false };
+    const [row] = inserted;
+    if (row) {
+      const { clientMessageId: _, ...fields } = m;
+      const message: RequestMessage = { ...fields, attachments, deliveredTo: [], readBy: [] };
+      if (row.owner_id == null || row.message_count == null) return { message, duplicate: false };
+      return {
+        message,
+        duplicate: false,
+        activity: activityOf(m.requestId, row as Counted, message),
+      };
     }
     // The conflicting row is committed (the insert waited for it), so this sees it.
     const rows = await this.query<RequestMessageRow>(
@@ -405,6 +795,113 @@ export class PostgresStore implements Store {
     return { messages: await this.withReceipts(rows.slice(0, query.limit).reverse()), hasMore };
   }
 
+  async getRequestMessage(
+    requestId: string,
+    messageId: string,
+  ): Promise<RequestMessage | undefined> {
+    const rows = await this.query<RequestMessageRow>(
+      `SELECT ${REQUEST_COLUMNS} FROM request_messages WHERE id = $1 AND request_id = $2`,
+      [messageId, requestId],
+    );
+    return (await this.withReceipts(rows))[0];
+  }
+
+  async changeRequestMessage(
+    requestId: string,
+    messageId: string,
+    senderId: string,
+    change: MessageChange,
+  ): Promise<{ message: RequestMessage; activity?: RequestActivity } | undefined> {
+    const mine = 'id = $1 AND request_id = $2 AND sender_id = $3 AND deleted_at IS NULL';
+    if ('message' in change) {
+      const rows = await this.query<RequestMessageRow>(
+        `UPDATE request_messages SET message = $4, edited_at = $5 WHERE ${mine}
+         RETURNING ${REQUEST_COLUMNS}`,
+        [messageId, requestId, senderId, change.message, change.editedAt],
+      );
+      const [message] = await this.withReceipts(rows);
+      return message && { message };
+    }
+    // One statement: the deletion and every counter it moves. A message's
+    // readers never include its sender, so no counter row is updated twice.
+    const rows = await this.query<RequestMessageRow & Partial<Counted> & { last: string | null }>(
+      `WITH del AS (
+         UPDATE request_messages SET message = '', attachments = '[]', deleted_at = $4
+         WHERE ${mine}
+         RETURNING ${REQUEST_COLUMNS}
+       ), req AS (
+         UPDATE requests r SET message_count = r.message_count - 1
+         FROM del WHERE r.id = del.request_id
+         RETURNING r.owner_id, r.message_count, r.last_message_id
+       ), snt AS (
+         UPDATE request_readers rr SET sent = rr.sent - 1
+         FROM del WHERE rr.request_id = del.request_id AND rr.user_id = del.sender_id
+         RETURNING rr.user_id, rr.sent, rr.read
+       ), rd AS (
+         UPDATE request_readers rr SET read = rr.read - 1
+         FROM del WHERE rr.request_id = del.request_id AND rr.user_id IN
+           (SELECT user_id FROM receipts WHERE message_id = del.id AND kind = 'read')
+         RETURNING rr.user_id, rr.sent, rr.read
+       )
+       SELECT del.*, req.owner_id, req.message_count, req.last_message_id AS last,
+         (SELECT coalesce(json_agg(${READER_JSON}), '[]') FROM (
+            SELECT user_id, sent, read FROM snt
+            UNION ALL SELECT user_id, sent, read FROM rd
+            UNION ALL SELECT user_id, sent, read FROM request_readers
+              WHERE request_id = $2
+                AND user_id NOT IN (SELECT user_id FROM snt UNION ALL SELECT user_id FROM rd)
+          ) x) AS readers
+       FROM del LEFT JOIN req ON true`,
+      [messageId, requestId, senderId, change.deletedAt],
+    );
+    const [row] = rows;
+    if (!row) return undefined;
+    const [message] = (await this.withReceipts([row])) as [RequestMessage];
+    if (row.owner_id == null || row.message_count == null) return { message };
+    const lastMessage =
+      row.last === messageId || row.last === null
+        ? message
+        : ((await this.getRequestMessage(requestId, row.last)) ?? null);
+    return { message, activity: activityOf(requestId, row as Counted, lastMessage) };
+  }
+
+  async listRequests(query: InboxQuery): Promise<{ requests: RequestSummary[]; hasMore: boolean }> {
+    const owner = query.ownerId !== undefined;
+    const before = query.before !== undefined;
+    const params: unknown[] = [query.userId];
+    if (owner) params.push(query.ownerId);
+    params.push(query.limit + 1);
+    if (before) params.push(query.before);
+    const rows = await this.query<InboxRow>(inboxQuery(owner, before), params);
+    const hasMore = rows.length > query.limit;
+    return { requests: await this.summaries(rows.slice(0, query.limit)), hasMore };
+  }
+
+  async requestSummary(requestId: string, userId: string): Promise<RequestSummary | undefined> {
+    const rows = await this.query<InboxRow>(`${INBOX_SELECT} WHERE r.id = $2`, [userId, requestId]);
+    return (await this.summaries(rows))[0];
+  }
+
+  async unreadTotals(
+    userId: string,
+    ownerId: string | undefined,
+    limit: number,
+  ): Promise<UnreadTotals> {
+    const owner = ownerId !== undefined;
+    const [totals] = await this.query<{ total: string }>(
+      unreadTotalQuery(owner),
+      owner ? [userId, ownerId] : [userId],
+    );
+    const rows = await this.query<{ id: string; unread: number }>(
+      unreadListQuery(owner),
+      owner ? [userId, limit, ownerId] : [userId, limit],
+    );
+    return {
+      total: Math.max(0, Number(totals?.total ?? 0)),
+      requests: rows.map((r) => ({ requestId: r.id, unread: r.unread })),
+    };
+  }
+
   async addReceipts(
     requestId: string,
     kind: ReceiptKind,
@@ -419,6 +916,7 @@ export class PostgresStore implements Store {
     const text = `WITH eligible AS (
          SELECT id, seq FROM request_messages
          WHERE request_id = $1 AND sender_id <> $2 AND id = ANY($3::text[])
+           AND deleted_at IS NULL
        ), fresh AS (
          INSERT INTO receipts (message_id, kind, user_id, at)
          SELECT id, $4, $2, $5 FROM eligible
@@ -427,6 +925,11 @@ export class PostgresStore implements Store {
          INSERT INTO receipts (message_id, kind, user_id, at)
          SELECT id, 'delivered', $2, $5 FROM eligible WHERE $4 = 'read'
          ON CONFLICT DO NOTHING
+       ), counted AS (
+         INSERT INTO request_readers (request_id, user_id, sent, read)
+         SELECT $1, $2, 0, count(*) FROM fresh WHERE $4 = 'read' HAVING count(*) > 0
+         ON CONFLICT (request_id, user_id)
+         DO UPDATE SET read = request_readers.read + excluded.read
        )
        SELECT e.id FROM eligible e JOIN fresh f ON f.message_id = e.id ORDER BY e.seq`;
     const values = [requestId, userId, messageIds, kind, at];
@@ -466,9 +969,8 @@ export class PostgresStore implements Store {
        )
        UPDATE webhook_outbox o SET lease_until = $3 FROM due
        WHERE o.id = due.id AND NOT due.seen
-       RETURNING ${OUTBOX_COLUMNS.split(', ')
-         .map((c) => `o.${c}`)
-         .join(', ')}`,
+       RETURNING o.id, o.type, o.payload, o.created_at, o.attempts, o.last_error,
+         o.last_attempt_at`,
       [now, limit, leaseUntil],
     );
     return rows.map(outboxEvent);
@@ -612,18 +1114,43 @@ export class PostgresStore implements Store {
     }
   }
 
+  private async summaries(rows: InboxRow[]): Promise<RequestSummary[]> {
+    const ids = rows.map((r) => r.last_message_id).filter((id): id is string => id !== null);
+    const messages =
+      ids.length === 0
+        ? []
+        : await this.withReceipts(
+            await this.query<RequestMessageRow>(
+              `SELECT ${REQUEST_COLUMNS} FROM request_messages WHERE id = ANY($1::text[])`,
+              [ids],
+            ),
+          );
+    const last = new Map(messages.map((m) => [m._id, m]));
+    return rows.map((r) => ({
+      requestId: r.id,
+      ownerId: r.owner_id,
+      lastMessage: (r.last_message_id && last.get(r.last_message_id)) || null,
+      unread: Math.max(0, r.message_count - r.sent - r.read),
+      updatedAt: r.activity_at.toISOString(),
+    }));
+  }
+
   private async withReceipts(rows: RequestMessageRow[]): Promise<RequestMessage[]> {
-    const messages = rows.map(
-      (r): RequestMessage => ({
+    const messages = rows.map((r): RequestMessage => {
+      const m: RequestMessage = {
         _id: r.id,
         requestId: r.request_id,
         sender: { id: r.sender_id, username: r.sender_username, role: r.sender_role },
         message: r.message,
         createdAt: r.created_at.toISOString(),
+        attachments: r.attachments,
         deliveredTo: [],
         readBy: [],
-      }),
-    );
+      };
+      if (r.edited_at !== null) m.editedAt = r.edited_at.toISOString();
+      if (r.deleted_at !== null) m.deletedAt = r.deleted_at.toISOString();
+      return m;
+    });
     if (messages.length === 0) return messages;
     const byId = new Map(messages.map((m) => [m._id, m]));
     const receipts = await this.query<ReceiptRow>(
@@ -638,4 +1165,23 @@ export class PostgresStore implements Store {
     }
     return messages;
   }
+}
+
+/** Every reader's unread count after a message was stored or deleted. */
+function activityOf(
+  requestId: string,
+  counted: Counted,
+  lastMessage: RequestMessage | null,
+): RequestActivity {
+  const count = counted.message_count;
+  return {
+    requestId,
+    ownerId: counted.owner_id,
+    messageCount: count,
+    lastMessage,
+    readers: counted.readers.map((r) => ({
+      userId: r.userId,
+      unread: Math.max(0, count - r.sent - r.read),
+    })),
+  };
 }

@@ -12,14 +12,26 @@ import { dirname } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import type {
+  InboxQuery,
+  MessageChange,
   NewRequestMessage,
   Page,
   PageQuery,
   Receipt,
   ReceiptKind,
+  RequestActivity,
   RequestMessage,
+  RequestSummary,
   StreamMessage,
+  UnreadTotals,
 } from '../core/messages.js';
+import type {
+  ModerationAction,
+  NewModerationAction,
+  StreamBan,
+  StreamControl,
+  StreamSettings,
+} from '../core/stream-rules.js';
 import type { OutboxEntry, OutboxEvent, WebhookType } from '../core/webhook-events.js';
 import type { PutRequestResult, RequestRecord, Store, StreamRecord } from './store.js';
 
@@ -86,7 +98,81 @@ const MIGRATIONS: readonly string[] = [
    );
    CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE state = 'pending';
    CREATE INDEX webhook_outbox_failed ON webhook_outbox (last_attempt_at) WHERE state = 'failed';`,
+  // The lab desk: attachments, edits and deletions; per-request counters and
+  // per-(request, user) sent/read counters so that unread counts never count
+  // messages; the inbox paged by (activity_at, id) on an index.
+  `ALTER TABLE request_messages ADD COLUMN attachments TEXT NOT NULL DEFAULT '[]';
+   ALTER TABLE request_messages ADD COLUMN edited_at TEXT;
+   ALTER TABLE request_messages ADD COLUMN deleted_at TEXT;
+   ALTER TABLE requests ADD COLUMN message_count INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE requests ADD COLUMN last_message_seq INTEGER;
+   ALTER TABLE requests ADD COLUMN last_message_id TEXT;
+   ALTER TABLE requests ADD COLUMN activity_at TEXT;
+   UPDATE requests SET
+     message_count = (SELECT count(*) FROM request_messages m WHERE m.request_id = requests.id),
+     last_message_seq = (SELECT max(seq) FROM request_messages m WHERE m.request_id = requests.id);
+   UPDATE requests SET
+     last_message_id = (SELECT id FROM request_messages m WHERE m.seq = requests.last_message_seq),
+     activity_at = coalesce(
+       (SELECT created_at FROM request_messages m WHERE m.seq = requests.last_message_seq),
+       created_at);
+   CREATE TABLE request_readers (
+     request_id TEXT NOT NULL,
+     user_id    TEXT NOT NULL,
+     sent       INTEGER NOT NULL DEFAULT 0,
+     read       INTEGER NOT NULL DEFAULT 0,
+     PRIMARY KEY (request_id, user_id)
+   ) WITHOUT ROWID;
+   CREATE INDEX request_readers_by_user ON request_readers (user_id);
+   INSERT INTO request_readers (request_id, user_id, sent, read)
+     SELECT request_id, sender_id, count(*), 0 FROM request_messages WHERE true
+     GROUP BY request_id, sender_id;
+   INSERT INTO request_readers (request_id, user_id, sent, read)
+     SELECT m.request_id, r.user_id, 0, count(*)
+     FROM receipts r JOIN request_messages m ON m.id = r.message_id
+     WHERE r.kind = 'read' AND r.user_id <> m.sender_id
+     GROUP BY m.request_id, r.user_id
+     ON CONFLICT (request_id, user_id) DO UPDATE SET read = excluded.read;
+   CREATE INDEX requests_by_activity ON requests (activity_at, id)
+     WHERE last_message_id IS NOT NULL;
+   CREATE INDEX requests_by_owner_activity ON requests (owner_id, activity_at, id);`,
+  `ALTER TABLE stream_messages ADD COLUMN badges TEXT NOT NULL DEFAULT '[]';
+   ALTER TABLE stream_messages ADD COLUMN deleted_at TEXT;
+   ALTER TABLE stream_messages ADD COLUMN deleted_by TEXT;
+   ALTER TABLE streams ADD COLUMN moderators TEXT NOT NULL DEFAULT '[]';
+   ALTER TABLE streams ADD COLUMN slow_mode_seconds INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE streams ADD COLUMN members_only INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE streams ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE streams ADD COLUMN pinned_id TEXT;
+   CREATE TABLE stream_bans (
+     stream_key TEXT NOT NULL,
+     user_id    TEXT NOT NULL,
+     until      TEXT,
+     reason     TEXT,
+     by_user    TEXT NOT NULL,
+     at         TEXT NOT NULL,
+     PRIMARY KEY (stream_key, user_id)
+   ) WITHOUT ROWID;
+   CREATE TABLE stream_members (
+     stream_key TEXT NOT NULL,
+     user_id    TEXT NOT NULL,
+     PRIMARY KEY (stream_key, user_id)
+   ) WITHOUT ROWID;
+   CREATE TABLE stream_moderation_log (
+     id         INTEGER PRIMARY KEY AUTOINCREMENT,
+     stream_key TEXT NOT NULL,
+     action     TEXT NOT NULL,
+     user_id    TEXT,
+     message_id TEXT,
+     by_user    TEXT NOT NULL,
+     at         TEXT NOT NULL,
+     reason     TEXT
+   );
+   CREATE INDEX stream_moderation_log_by_stream ON stream_moderation_log (stream_key, id);`,
 ];
+
+/** Above every ISO-8601 time: the inbox's first page starts below it. */
+const TOP = '~';
 
 interface StreamRow {
   key: string;
@@ -102,6 +188,52 @@ interface StreamMessageRow {
   username: string;
   message: string;
   sent_at: string;
+  badges: string;
+  deleted_at: string | null;
+  deleted_by: string | null;
+}
+interface ControlRow {
+  key: string;
+  title: string | null;
+  owner_id: string | null;
+  moderators: string;
+  slow_mode_seconds: number;
+  members_only: number;
+  paused: number;
+  pinned_id: string | null;
+}
+interface BanRow {
+  user_id: string;
+  until: string | null;
+  reason: string | null;
+  by_user: string;
+  at: string;
+}
+interface LogRow {
+  id: number;
+  action: ModerationAction['action'];
+  user_id: string | null;
+  message_id: string | null;
+  by_user: string;
+  at: string;
+  reason: string | null;
+}
+
+function streamMessageOf(r: StreamMessageRow): StreamMessage {
+  const m: StreamMessage = {
+    id: r.id,
+    streamKey: r.stream_key,
+    userId: r.user_id,
+    username: r.username,
+    message: r.message,
+    sentAt: r.sent_at,
+    badges: JSON.parse(r.badges) as StreamMessage['badges'],
+  };
+  if (r.deleted_at !== null) {
+    m.deletedAt = r.deleted_at;
+    m.deletedBy = r.deleted_by ?? '';
+  }
+  return m;
 }
 interface RequestMessageRow {
   seq: number;
@@ -112,6 +244,18 @@ interface RequestMessageRow {
   sender_role: string | null;
   message: string;
   created_at: string;
+  attachments: string;
+  edited_at: string | null;
+  deleted_at: string | null;
+}
+interface InboxRow {
+  id: string;
+  owner_id: string;
+  message_count: number;
+  last_message_id: string | null;
+  activity_at: string;
+  sent: number;
+  read: number;
 }
 interface OutboxRow {
   id: string;
@@ -204,8 +348,51 @@ export class SqliteStore implements Store {
         'UPDATE streams SET ended_at = coalesce(ended_at, @now), updated_at = @now WHERE key = @key',
       ),
       insertStreamMessage: db.prepare(
-        `INSERT INTO stream_messages (id, stream_key, user_id, username, message, sent_at)
-         VALUES (@id, @streamKey, @userId, @username, @message, @sentAt)`,
+        `INSERT INTO stream_messages (id, stream_key, user_id, username, message, sent_at, badges)
+         VALUES (@id, @streamKey, @userId, @username, @message, @sentAt, @badges)`,
+      ),
+      getControl: db.prepare<[string], ControlRow>(
+        `SELECT key, title, owner_id, moderators, slow_mode_seconds, members_only, paused, pinned_id
+         FROM streams WHERE key = ?`,
+      ),
+      members: db.prepare<[string], { user_id: string }>(
+        'SELECT user_id FROM stream_members WHERE stream_key = ? ORDER BY user_id',
+      ),
+      clearMembers: db.prepare('DELETE FROM stream_members WHERE stream_key = ?'),
+      addMember: db.prepare(
+        'INSERT INTO stream_members (stream_key, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING',
+      ),
+      putBan: db.prepare(
+        `INSERT INTO stream_bans (stream_key, user_id, until, reason, by_user, at)
+         VALUES (@key, @userId, @until, @reason, @by, @at)
+         ON CONFLICT (stream_key, user_id) DO UPDATE SET until = excluded.until,
+           reason = excluded.reason, by_user = excluded.by_user, at = excluded.at`,
+      ),
+      deleteBan: db.prepare('DELETE FROM stream_bans WHERE stream_key = ? AND user_id = ?'),
+      bans: db.prepare<[string, string], BanRow>(
+        `SELECT user_id, until, reason, by_user, at FROM stream_bans
+         WHERE stream_key = ? AND (until IS NULL OR until > ?) ORDER BY at, user_id`,
+      ),
+      getStreamMessage: db.prepare<[string, string], StreamMessageRow>(
+        'SELECT * FROM stream_messages WHERE stream_key = ? AND id = ?',
+      ),
+      deleteStreamMessage: db.prepare(
+        `UPDATE stream_messages SET deleted_at = @at, deleted_by = @by
+         WHERE stream_key = @key AND id = @id AND deleted_at IS NULL`,
+      ),
+      recent: db.prepare<[string, number, number], StreamMessageRow>(
+        `SELECT * FROM stream_messages WHERE stream_key = ? AND seq > ? AND deleted_at IS NULL
+         ORDER BY seq DESC LIMIT ?`,
+      ),
+      addAction: db.prepare<
+        [string, string, string | null, string | null, string, string, string | null]
+      >(
+        `INSERT INTO stream_moderation_log (stream_key, action, user_id, message_id, by_user, at, reason)
+         VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      ),
+      log: db.prepare<[string, number, number], LogRow>(
+        `SELECT id, action, user_id, message_id, by_user, at, reason FROM stream_moderation_log
+         WHERE stream_key = ? AND id < ? ORDER BY id DESC LIMIT ?`,
       ),
       streamSeq: db.prepare<[string, string], { seq: number }>(
         'SELECT seq FROM stream_messages WHERE id = ? AND stream_key = ?',
@@ -218,15 +405,18 @@ export class SqliteStore implements Store {
         'SELECT id, owner_id FROM requests WHERE id = ?',
       ),
       upsertRequest: db.prepare(
-        `INSERT INTO requests (id, owner_id, created_at, updated_at) VALUES (@id, @ownerId, @now, @now)
+        `INSERT INTO requests (id, owner_id, created_at, updated_at, activity_at)
+         VALUES (@id, @ownerId, @now, @now, @now)
          ON CONFLICT (id) DO UPDATE SET owner_id = excluded.owner_id, updated_at = excluded.updated_at`,
       ),
       // Only a repeated clientMessageId is a duplicate: any other conflict (an
       // id already taken) must fail the call, never look stored.
       insertRequestMessage: db.prepare(
         `INSERT INTO request_messages
-           (id, request_id, sender_id, sender_username, sender_role, message, created_at, client_message_id)
-         VALUES (@_id, @requestId, @senderId, @senderUsername, @senderRole, @message, @createdAt, @clientMessageId)
+           (id, request_id, sender_id, sender_username, sender_role, message, created_at, client_message_id,
+            attachments)
+         VALUES (@_id, @requestId, @senderId, @senderUsername, @senderRole, @message, @createdAt, @clientMessageId,
+            @attachments)
          ON CONFLICT (request_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL
          DO NOTHING`,
       ),
@@ -248,7 +438,111 @@ export class SqliteStore implements Store {
       eligibleForReceipt: db.prepare<[string, string, string], { id: string }>(
         `SELECT id FROM request_messages
          WHERE request_id = ? AND sender_id <> ? AND id IN (SELECT value FROM json_each(?))
+           AND deleted_at IS NULL
          ORDER BY seq`,
+      ),
+      countMessage: db.prepare<
+        { requestId: string; seq: number; id: string; createdAt: string },
+        { owner_id: string; message_count: number }
+      >(
+        `UPDATE requests SET message_count = message_count + 1, last_message_seq = @seq,
+           last_message_id = @id, activity_at = @createdAt
+         WHERE id = @requestId RETURNING owner_id, message_count`,
+      ),
+      uncountMessage: db.prepare<[string], { owner_id: string; message_count: number }>(
+        `UPDATE requests SET message_count = message_count - 1 WHERE id = ?
+         RETURNING owner_id, message_count`,
+      ),
+      countSent: db.prepare(
+        `INSERT INTO request_readers (request_id, user_id, sent, read) VALUES (?, ?, 1, 0)
+         ON CONFLICT (request_id, user_id) DO UPDATE SET sent = sent + 1`,
+      ),
+      uncountSent: db.prepare(
+        'UPDATE request_readers SET sent = sent - 1 WHERE request_id = ? AND user_id = ?',
+      ),
+      countRead: db.prepare(
+        `INSERT INTO request_readers (request_id, user_id, sent, read) VALUES (?, ?, 0, ?)
+         ON CONFLICT (request_id, user_id) DO UPDATE SET read = read + excluded.read`,
+      ),
+      uncountRead: db.prepare(
+        `UPDATE request_readers SET read = read - 1
+         WHERE request_id = ? AND user_id IN
+           (SELECT user_id FROM receipts WHERE message_id = ? AND kind = 'read')`,
+      ),
+      readersOf: db.prepare<[string], { user_id: string; sent: number; read: number }>(
+        'SELECT user_id, sent, read FROM request_readers WHERE request_id = ?',
+      ),
+      requestMessage: db.prepare<[string, string], RequestMessageRow>(
+        'SELECT * FROM request_messages WHERE id = ? AND request_id = ?',
+      ),
+      messagesById: db.prepare<[string], RequestMessageRow>(
+        'SELECT * FROM request_messages WHERE id IN (SELECT value FROM json_each(?))',
+      ),
+      editMessage: db.prepare(
+        `UPDATE request_messages SET message = @message, edited_at = @editedAt
+         WHERE id = @id AND request_id = @requestId AND sender_id = @senderId AND deleted_at IS NULL`,
+      ),
+      deleteMessage: db.prepare(
+        `UPDATE request_messages SET message = '', attachments = '[]', deleted_at = @deletedAt
+         WHERE id = @id AND request_id = @requestId AND sender_id = @senderId AND deleted_at IS NULL`,
+      ),
+      activityOf: db.prepare<[string], { activity_at: string }>(
+        'SELECT activity_at FROM requests WHERE id = ?',
+      ),
+      labInbox: db.prepare<{ userId: string; at: string; id: string; limit: number }, InboxRow>(
+        `SELECT r.id, r.owner_id, r.message_count, r.last_message_id, r.activity_at,
+           coalesce(rr.sent, 0) AS sent, coalesce(rr.read, 0) AS read
+         FROM requests r
+         LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = @userId
+         WHERE r.last_message_id IS NOT NULL AND (r.activity_at, r.id) < (@at, @id)
+         ORDER BY r.activity_at DESC, r.id DESC LIMIT @limit`,
+      ),
+      teacherInbox: db.prepare<
+        { userId: string; ownerId: string; at: string; id: string; limit: number },
+        InboxRow
+      >(
+        `SELECT r.id, r.owner_id, r.message_count, r.last_message_id, r.activity_at,
+           coalesce(rr.sent, 0) AS sent, coalesce(rr.read, 0) AS read
+         FROM requests r
+         LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = @userId
+         WHERE r.owner_id = @ownerId AND (r.activity_at, r.id) < (@at, @id)
+         ORDER BY r.activity_at DESC, r.id DESC LIMIT @limit`,
+      ),
+      oneInbox: db.prepare<{ userId: string; id: string }, InboxRow>(
+        `SELECT r.id, r.owner_id, r.message_count, r.last_message_id, r.activity_at,
+           coalesce(rr.sent, 0) AS sent, coalesce(rr.read, 0) AS read
+         FROM requests r
+         LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = @userId
+         WHERE r.id = @id`,
+      ),
+      labUnreadList: db.prepare<{ userId: string; limit: number }, { id: string; unread: number }>(
+        `SELECT r.id, r.message_count - coalesce(rr.sent, 0) - coalesce(rr.read, 0) AS unread
+         FROM requests r
+         LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = @userId
+         WHERE r.last_message_id IS NOT NULL AND unread > 0
+         ORDER BY r.activity_at DESC, r.id DESC LIMIT @limit`,
+      ),
+      teacherUnreadList: db.prepare<
+        { userId: string; ownerId: string; limit: number },
+        { id: string; unread: number }
+      >(
+        `SELECT r.id, r.message_count - coalesce(rr.sent, 0) - coalesce(rr.read, 0) AS unread
+         FROM requests r
+         LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = @userId
+         WHERE r.owner_id = @ownerId AND unread > 0
+         ORDER BY r.activity_at DESC, r.id DESC LIMIT @limit`,
+      ),
+      labUnreadTotal: db.prepare<{ userId: string }, { total: number }>(
+        `SELECT (SELECT coalesce(sum(message_count), 0) FROM requests)
+           - (SELECT coalesce(sum(sent + read), 0) FROM request_readers WHERE user_id = @userId)
+           AS total`,
+      ),
+      teacherUnreadTotal: db.prepare<{ userId: string; ownerId: string }, { total: number }>(
+        `SELECT (SELECT coalesce(sum(message_count), 0) FROM requests WHERE owner_id = @ownerId)
+           - (SELECT coalesce(sum(rr.sent + rr.read), 0) FROM request_readers rr
+              JOIN requests r ON r.id = rr.request_id
+              WHERE rr.user_id = @userId AND r.owner_id = @ownerId)
+           AS total`,
       ),
       insertReceipt: db.prepare(
         `INSERT INTO receipts (message_id, kind, user_id, at) VALUES (?, ?, ?, ?)
@@ -327,7 +621,17 @@ export class SqliteStore implements Store {
   }
 
   private readonly insertStreamMessages = (messages: readonly StreamMessage[]) => {
-    for (const m of messages) this.q.insertStreamMessage.run(m);
+    for (const m of messages) {
+      this.q.insertStreamMessage.run({
+        id: m.id,
+        streamKey: m.streamKey,
+        userId: m.userId,
+        username: m.username,
+        message: m.message,
+        sentAt: m.sentAt,
+        badges: JSON.stringify(m.badges),
+      });
+    }
   };
 
   async appendStreamMessages(messages: readonly StreamMessage[]): Promise<void> {
@@ -339,18 +643,141 @@ export class SqliteStore implements Store {
     if (upper === undefined) return { messages: [], hasMore: false };
     const rows = this.q.streamPage.all(key, upper, query.limit + 1);
     const hasMore = rows.length > query.limit;
-    const messages = rows
-      .slice(0, query.limit)
-      .reverse()
-      .map((r) => ({
-        id: r.id,
-        streamKey: r.stream_key,
-        userId: r.user_id,
-        username: r.username,
-        message: r.message,
-        sentAt: r.sent_at,
-      }));
+    const messages = rows.slice(0, query.limit).reverse().map(streamMessageOf);
     return { messages, hasMore };
+  }
+
+  async getStreamControl(key: string): Promise<StreamControl | undefined> {
+    const r = this.q.getControl.get(key);
+    return (
+      r && {
+        key: r.key,
+        title: r.title,
+        ownerId: r.owner_id,
+        moderators: JSON.parse(r.moderators) as string[],
+        slowModeSeconds: r.slow_mode_seconds,
+        membersOnly: r.members_only === 1,
+        paused: r.paused === 1,
+        pinnedId: r.pinned_id,
+      }
+    );
+  }
+
+  async updateStreamControl(
+    key: string,
+    patch: Partial<StreamSettings> & {
+      title?: string | null;
+      moderators?: string[];
+      pinnedId?: string | null;
+    },
+  ): Promise<boolean> {
+    const sets: string[] = [];
+    const values: Record<string, unknown> = { key, now: new Date().toISOString() };
+    const column = (name: string, value: unknown) => {
+      sets.push(`${name} = @${name}`);
+      values[name] = value;
+    };
+    if (patch.title !== undefined) column('title', patch.title);
+    if (patch.moderators !== undefined) column('moderators', JSON.stringify(patch.moderators));
+    if (patch.slowModeSeconds !== undefined) column('slow_mode_seconds', patch.slowModeSeconds);
+    if (patch.membersOnly !== undefined) column('members_only', patch.membersOnly ? 1 : 0);
+    if (patch.paused !== undefined) column('paused', patch.paused ? 1 : 0);
+    if (patch.pinnedId !== undefined) column('pinned_id', patch.pinnedId);
+    sets.push('updated_at = @now');
+    const sql = `UPDATE streams SET ${sets.join(', ')} WHERE key = @key`;
+    return this.db.prepare(sql).run(values).changes > 0;
+  }
+
+  async setStreamMembers(key: string, userIds: readonly string[]): Promise<void> {
+    this.db.transaction(() => {
+      this.q.clearMembers.run(key);
+      for (const id of userIds) this.q.addMember.run(key, id);
+    })();
+  }
+
+  async streamMembers(key: string): Promise<string[]> {
+    return this.q.members.all(key).map((r) => r.user_id);
+  }
+
+  async putStreamBan(key: string, ban: StreamBan): Promise<void> {
+    this.q.putBan.run({ key, ...ban });
+  }
+
+  async deleteStreamBan(key: string, userId: string): Promise<boolean> {
+    return this.q.deleteBan.run(key, userId).changes > 0;
+  }
+
+  async streamBans(key: string, now: string): Promise<StreamBan[]> {
+    return this.q.bans.all(key, now).map((r) => ({
+      userId: r.user_id,
+      until: r.until,
+      reason: r.reason,
+      by: r.by_user,
+      at: r.at,
+    }));
+  }
+
+  async getStreamMessage(key: string, id: string): Promise<StreamMessage | undefined> {
+    const row = this.q.getStreamMessage.get(key, id);
+    return row && streamMessageOf(row);
+  }
+
+  async deleteStreamMessage(
+    key: string,
+    id: string,
+    by: string,
+    at: string,
+  ): Promise<StreamMessage | undefined> {
+    this.q.deleteStreamMessage.run({ key, id, by, at });
+    return this.getStreamMessage(key, id);
+  }
+
+  async streamRecent(
+    key: string,
+    query: { after?: string | undefined; limit: number },
+  ): Promise<{ messages: StreamMessage[]; more: boolean; known: boolean }> {
+    let lower = 0;
+    let known = true;
+    if (query.after !== undefined) {
+      const seq = this.q.streamSeq.get(query.after, key)?.seq;
+      if (seq === undefined) known = false;
+      else lower = seq;
+    }
+    const rows = this.q.recent.all(key, lower, query.limit + 1);
+    const more = rows.length > query.limit;
+    return { messages: rows.slice(0, query.limit).reverse().map(streamMessageOf), more, known };
+  }
+
+  async addModerationAction(key: string, a: NewModerationAction): Promise<ModerationAction> {
+    const { lastInsertRowid } = this.q.addAction.run(
+      key,
+      a.action,
+      a.userId,
+      a.messageId,
+      a.by,
+      a.at,
+      a.reason,
+    );
+    return { id: String(lastInsertRowid), ...a };
+  }
+
+  async moderationLog(
+    key: string,
+    query: { before?: string | undefined; limit: number },
+  ): Promise<{ actions: ModerationAction[]; hasMore: boolean }> {
+    const upper = query.before === undefined ? Number.MAX_SAFE_INTEGER : Number(query.before);
+    const rows = this.q.log.all(key, upper, query.limit + 1);
+    const hasMore = rows.length > query.limit;
+    const actions = rows.slice(0, query.limit).map((r) => ({
+      id: String(r.id),
+      action: r.action,
+      userId: r.user_id,
+      messageId: r.message_id,
+      by: r.by_user,
+      at: r.at,
+      reason: r.reason,
+    }));
+    return { actions, hasMore };
   }
 
   async putRequest(id: string, ownerId: string): Promise<PutRequestResult> {
@@ -369,39 +796,120 @@ export class SqliteStore implements Store {
   async addRequestMessage(
     m: NewRequestMessage,
     outbox: readonly OutboxEntry[] = [],
-  ): Promise<{ message: RequestMessage; duplicate: boolean }> {
-    if (outbox.length > 0) {
-      return this.db.transaction(() => {
-        const result = this.insertRequestMessage(m);
-        if (!result.duplicate) this.insertOutbox(outbox);
-        return result;
-      })();
-    }
-    return this.insertRequestMessage(m);
+  ): Promise<{ message: RequestMessage; duplicate: boolean; activity?: RequestActivity }> {
+    return this.db.transaction(() => {
+      const attachments = m.attachments ?? [];
+      const inserted = this.q.insertRequestMessage.run({
+        _id: m._id,
+        requestId: m.requestId,
+        senderId: m.sender.id,
+        senderUsername: m.sender.username,
+        senderRole: m.sender.role,
+        message: m.message,
+        createdAt: m.createdAt,
+        clientMessageId: m.clientMessageId,
+        attachments: JSON.stringify(attachments),
+      });
+      if (inserted.changes > 0) {
+        const { clientMessageId: _, ...fields } = m;
+        const message: RequestMessage = { ...fields, attachments, deliveredTo: [], readBy: [] };
+        const counted = this.q.countMessage.get({
+          requestId: m.requestId,
+          seq: Number(inserted.lastInsertRowid),
+          id: m._id,
+          createdAt: m.createdAt,
+        });
+        this.q.countSent.run(m.requestId, m.sender.id);
+        if (outbox.length > 0) this.insertOutbox(outbox);
+        if (!counted) return { message, duplicate: false };
+        return {
+          message,
+          duplicate: false,
+          activity: this.activity(m.requestId, counted, message),
+        };
+      }
+      if (m.clientMessageId === null) throw new Error('request message insert stored nothing');
+      const row = this.q.requestMessageByClientId.get(m.requestId, m.sender.id, m.clientMessageId);
+      if (!row) throw new Error('request message vanished after a conflicting insert');
+      const [original] = this.withReceipts([row]);
+      return { message: original as RequestMessage, duplicate: true };
+    })();
   }
 
-  private insertRequestMessage(m: NewRequestMessage): {
-    message: RequestMessage;
-    duplicate: boolean;
-  } {
-    const inserted = this.q.insertRequestMessage.run({
-      _id: m._id,
-      requestId: m.requestId,
-      senderId: m.sender.id,
-      senderUsername: m.sender.username,
-      senderRole: m.sender.role,
-      message: m.message,
-      createdAt: m.createdAt,
-      clientMessageId: m.clientMessageId,
-    });
-    if (inserted.changes > 0 || m.clientMessageId === null) {
-      const { clientMessageId: _, ...message } = m;
-      return { message: { ...message, deliveredTo: [], readBy: [] }, duplicate: false };
+  async getRequestMessage(
+    requestId: string,
+    messageId: string,
+  ): Promise<RequestMessage | undefined> {
+    const row = this.q.requestMessage.get(messageId, requestId);
+    return row && this.withReceipts([row])[0];
+  }
+
+  async changeRequestMessage(
+    requestId: string,
+    messageId: string,
+    senderId: string,
+    change: MessageChange,
+  ): Promise<{ message: RequestMessage; activity?: RequestActivity } | undefined> {
+    return this.db.transaction(() => {
+      const key = { id: messageId, requestId, senderId };
+      if ('message' in change) {
+        if (this.q.editMessage.run({ ...key, ...change }).changes === 0) return undefined;
+        const row = this.q.requestMessage.get(messageId, requestId);
+        return row && { message: this.withReceipts([row])[0] as RequestMessage };
+      }
+      if (this.q.deleteMessage.run({ ...key, ...change }).changes === 0) return undefined;
+      this.q.uncountSent.run(requestId, senderId);
+      this.q.uncountRead.run(requestId, messageId);
+      const counted = this.q.uncountMessage.get(requestId);
+      const row = this.q.requestMessage.get(messageId, requestId);
+      if (!row) return undefined;
+      const message = this.withReceipts([row])[0] as RequestMessage;
+      if (!counted) return { message };
+      const last = this.q.oneInbox.get({ userId: '', id: requestId })?.last_message_id;
+      const lastMessage = last === messageId ? message : this.messagesById([last])[0];
+      return { message, activity: this.activity(requestId, counted, lastMessage ?? null) };
+    })();
+  }
+
+  async listRequests(query: InboxQuery): Promise<{ requests: RequestSummary[]; hasMore: boolean }> {
+    let at = TOP;
+    let id = '';
+    if (query.before !== undefined) {
+      const anchor = this.q.activityOf.get(query.before);
+      if (!anchor) return { requests: [], hasMore: false };
+      at = anchor.activity_at;
+      id = query.before;
     }
-    const row = this.q.requestMessageByClientId.get(m.requestId, m.sender.id, m.clientMessageId);
-    if (!row) throw new Error('request message vanished after a conflicting insert');
-    const [original] = this.withReceipts([row]);
-    return { message: original as RequestMessage, duplicate: true };
+    const limit = query.limit + 1;
+    const rows =
+      query.ownerId === undefined
+        ? this.q.labInbox.all({ userId: query.userId, at, id, limit })
+        : this.q.teacherInbox.all({ userId: query.userId, ownerId: query.ownerId, at, id, limit });
+    const hasMore = rows.length > query.limit;
+    return { requests: this.summaries(rows.slice(0, query.limit)), hasMore };
+  }
+
+  async requestSummary(requestId: string, userId: string): Promise<RequestSummary | undefined> {
+    const row = this.q.oneInbox.get({ userId, id: requestId });
+    return row && this.summaries([row])[0];
+  }
+
+  async unreadTotals(
+    userId: string,
+    ownerId: string | undefined,
+    limit: number,
+  ): Promise<UnreadTotals> {
+    const lab = ownerId === undefined;
+    const total = lab
+      ? this.q.labUnreadTotal.get({ userId })
+      : this.q.teacherUnreadTotal.get({ userId, ownerId });
+    const rows = lab
+      ? this.q.labUnreadList.all({ userId, limit })
+      : this.q.teacherUnreadList.all({ userId, ownerId, limit });
+    return {
+      total: Math.max(0, total?.total ?? 0),
+      requests: rows.map((r) => ({ requestId: r.id, unread: r.unread })),
+    };
   }
 
   async requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage>> {
@@ -428,6 +936,9 @@ export class SqliteStore implements Store {
         if (kind === 'read') this.q.insertReceipt.run(id, 'delivered', userId, at);
       }
       if (outbox && fresh.length > 0) this.insertOutbox([outbox(fresh)]);
+      if (kind === 'read' && fresh.length > 0) {
+        this.q.countRead.run(requestId, userId, fresh.length);
+      }
       return fresh;
     })();
   }
@@ -509,18 +1020,59 @@ export class SqliteStore implements Store {
     return lookup.get(before, scope)?.seq;
   }
 
+  /** The counters after a message was stored or deleted, as every reader's unread count. */
+  private activity(
+    requestId: string,
+    counted: { owner_id: string; message_count: number },
+    lastMessage: RequestMessage | null,
+  ): RequestActivity {
+    const count = counted.message_count;
+    return {
+      requestId,
+      ownerId: counted.owner_id,
+      messageCount: count,
+      lastMessage,
+      readers: this.q.readersOf
+        .all(requestId)
+        .map((r) => ({ userId: r.user_id, unread: Math.max(0, count - r.sent - r.read) })),
+    };
+  }
+
+  private messagesById(ids: Array<string | null | undefined>): RequestMessage[] {
+    const wanted = ids.filter((id): id is string => typeof id === 'string');
+    if (wanted.length === 0) return [];
+    return this.withReceipts(this.q.messagesById.all(JSON.stringify(wanted)));
+  }
+
+  private summaries(rows: InboxRow[]): RequestSummary[] {
+    const last = new Map(
+      this.messagesById(rows.map((r) => r.last_message_id)).map((m) => [m._id, m]),
+    );
+    return rows.map((r) => ({
+      requestId: r.id,
+      ownerId: r.owner_id,
+      lastMessage: (r.last_message_id && last.get(r.last_message_id)) || null,
+      unread: Math.max(0, r.message_count - r.sent - r.read),
+      updatedAt: r.activity_at,
+    }));
+  }
+
   private withReceipts(rows: RequestMessageRow[]): RequestMessage[] {
-    const messages = rows.map(
-      (r): RequestMessage => ({
+    const messages = rows.map((r): RequestMessage => {
+      const m: RequestMessage = {
         _id: r.id,
         requestId: r.request_id,
         sender: { id: r.sender_id, username: r.sender_username, role: r.sender_role },
         message: r.message,
         createdAt: r.created_at,
+        attachments: JSON.parse(r.attachments),
         deliveredTo: [],
         readBy: [],
-      }),
-    );
+      };
+      if (r.edited_at !== null) m.editedAt = r.edited_at;
+      if (r.deleted_at !== null) m.deletedAt = r.deleted_at;
+      return m;
+    });
     if (messages.length === 0) return messages;
     const byId = new Map(messages.map((m) => [m._id, m]));
     for (const r of this.q.receiptsOf.all(JSON.stringify([...byId.keys()]))) {

@@ -10,15 +10,31 @@
  * - Idempotency: `addRequestMessage` with a `clientMessageId` already stored
  *   for the same sender and request returns the original; receipts are
  *   recorded once per (message, user, kind) and the first time wins.
+ * - Unread counts: per request, the messages by others that a user has not
+ *   read are `messageCount - sent - read`, three counters kept in the same
+ *   transaction as the message, the receipt or the deletion that changes them.
+ *   Deleted messages count for nobody.
  */
 import type {
+  InboxQuery,
+  MessageChange,
   NewRequestMessage,
   Page,
   PageQuery,
   ReceiptKind,
+  RequestActivity,
   RequestMessage,
+  RequestSummary,
   StreamMessage,
+  UnreadTotals,
 } from '../core/messages.js';
+import type {
+  ModerationAction,
+  NewModerationAction,
+  StreamBan,
+  StreamControl,
+  StreamSettings,
+} from '../core/stream-rules.js';
 import type { OutboxEntry, OutboxEvent } from '../core/webhook-events.js';
 
 export interface StreamRecord {
@@ -64,11 +80,17 @@ export interface Store {
    */
   putRequest(id: string, ownerId: string): Promise<PutRequestResult>;
   getRequest(id: string): Promise<RequestRecord | undefined>;
-  /** `outbox` rows are committed with the message, and dropped with a duplicate. */
+  /**
+   * Stores a message and, in the same transaction, the request's counters
+   * (its message count, last message and activity time, the sender's sent
+   * count). `activity` tells what the message did to everyone's unread count;
+   * absent for a duplicate, which changed nothing. `outbox` rows are
+   * committed with the message, and dropped with a duplicate.
+   */
   addRequestMessage(
     message: NewRequestMessage,
     outbox?: readonly OutboxEntry[],
-  ): Promise<{ message: RequestMessage; duplicate: boolean }>;
+  ): Promise<{ message: RequestMessage; duplicate: boolean; activity?: RequestActivity }>;
   requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage>>;
   /**
    * Records receipts of `userId` for those of `messageIds` that belong to the
@@ -117,6 +139,85 @@ export interface Store {
   retryWebhook(id: string, now: string): Promise<boolean>;
   /** Pending rows that are due or being retried (unread checks not yet due excluded). */
   webhookQueueDepth(now: string): Promise<number>;
+  /** One message of the request, with its receipts; deleted ones too. */
+  getRequestMessage(requestId: string, messageId: string): Promise<RequestMessage | undefined>;
+  /**
+   * Edits or deletes a message of `senderId` that is not deleted; undefined
+   * when there is none. A deletion blanks the text and attachments and takes
+   * the message out of every count (with `activity` as for a new message),
+   * in one transaction.
+   */
+  changeRequestMessage(
+    requestId: string,
+    messageId: string,
+    senderId: string,
+    change: MessageChange,
+  ): Promise<{ message: RequestMessage; activity?: RequestActivity } | undefined>;
+  /**
+   * A user's inbox, most recent activity first, paged by `(activity, id)` on
+   * an index; `unread` comes from per-request counters, never from counting
+   * messages.
+   */
+  listRequests(query: InboxQuery): Promise<{ requests: RequestSummary[]; hasMore: boolean }>;
+  /** One line of `userId`'s inbox; undefined for an unknown request. */
+  requestSummary(requestId: string, userId: string): Promise<RequestSummary | undefined>;
+  /**
+   * `userId`'s unread total over the requests they may act in (theirs with
+   * `ownerId`, every request without), and the first `limit` requests with
+   * unread messages. Reads counters only: its cost grows with requests, not
+   * messages.
+   */
+  unreadTotals(userId: string, ownerId: string | undefined, limit: number): Promise<UnreadTotals>;
+  // Live classroom (CONTRACT section 7).
+
+  /** The stream's moderation state; undefined when there is no such stream. */
+  getStreamControl(key: string): Promise<StreamControl | undefined>;
+  /** Changes the given fields; false when there is no such stream. */
+  updateStreamControl(
+    key: string,
+    patch: Partial<StreamSettings> & {
+      title?: string | null;
+      moderators?: string[];
+      pinnedId?: string | null;
+    },
+  ): Promise<boolean>;
+  /** Replaces the members-only allowlist. */
+  setStreamMembers(key: string, userIds: readonly string[]): Promise<void>;
+  streamMembers(key: string): Promise<string[]>;
+  /** Creates or replaces the user's ban or timeout in this stream. */
+  putStreamBan(key: string, ban: StreamBan): Promise<void>;
+  /** Lifts a ban or timeout; false when there was none. */
+  deleteStreamBan(key: string, userId: string): Promise<boolean>;
+  /** Bans and timeouts still in force at `now` (ISO-8601), oldest first. */
+  streamBans(key: string, now: string): Promise<StreamBan[]>;
+  /** One chat of the stream, deleted or not. */
+  getStreamMessage(key: string, id: string): Promise<StreamMessage | undefined>;
+  /**
+   * Marks a chat deleted (the first deletion wins and is kept); undefined
+   * when the stream has no such chat.
+   */
+  deleteStreamMessage(
+    key: string,
+    id: string,
+    by: string,
+    at: string,
+  ): Promise<StreamMessage | undefined>;
+  /**
+   * The newest `limit` chats that are not deleted, oldest first; with
+   * `after`, only those stored after that chat. `more` says older ones (after
+   * `after`) were left out; `known` is false when `after` names no chat of
+   * this stream (then the newest `limit` are returned).
+   */
+  streamRecent(
+    key: string,
+    query: { after?: string | undefined; limit: number },
+  ): Promise<{ messages: StreamMessage[]; more: boolean; known: boolean }>;
+  addModerationAction(key: string, action: NewModerationAction): Promise<ModerationAction>;
+  /** Newest first; `before` is an action id. */
+  moderationLog(
+    key: string,
+    query: { before?: string | undefined; limit: number },
+  ): Promise<{ actions: ModerationAction[]; hasMore: boolean }>;
 
   /** Resolves when the backend answers; for readiness. */
   ping(): Promise<void>;

@@ -26,6 +26,22 @@ const room = z
     return parsed.data;
   });
 
+/**
+ * A file shared as a link (CONTRACT section 8). Which URLs and how many per
+ * message are configuration, checked by the core.
+ */
+const attachment = z.object({
+  url: z.string().min(1).max(2048),
+  name: z.string().min(1).max(255),
+  contentType: z
+    .string()
+    .max(127)
+    .regex(/^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*\/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$/, {
+      message: 'must be a media type such as image/png',
+    }),
+  size: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER),
+});
+
 /** The schemas as they validate the fields, for the AsyncAPI comparison. */
 export const requestClientFields = {
   joinRoom: z.object({ requestId: objectId }),
@@ -34,6 +50,7 @@ export const requestClientFields = {
     requestId: objectId,
     message: z.string(),
     clientMessageId: z.string().min(1).max(128).optional(),
+    attachments: z.array(attachment).max(100).optional(),
   }),
   ackMessages: z.object({ requestId: objectId, messages: z.array(objectId).min(1) }),
   readMessages: z.object({ requestId: objectId, messages: z.array(objectId).min(1) }),
@@ -42,7 +59,24 @@ export const requestClientFields = {
     before: objectId.optional(),
     limit: z.number().int().min(1).optional(),
   }),
+  typing: z.object({ requestId: objectId }),
+  editMessage: z.object({ requestId: objectId, messageId: objectId, message: z.string() }),
+  deleteMessage: z.object({ requestId: objectId, messageId: objectId }),
+  listRequests: z.object({
+    before: objectId.optional(),
+    limit: z.number().int().min(1).optional(),
+  }),
 } as const;
+
+/** Events about the user's requests as a whole, not one room: no `requestId`. */
+export const ROOMLESS_EVENTS = ['listRequests'] as const;
+
+export type RoomlessEvent = (typeof ROOMLESS_EVENTS)[number];
+export type RoomEvent = Exclude<keyof typeof requestClientFields, RoomlessEvent>;
+
+export function isRoomless(event: RequestEvent): event is RoomlessEvent {
+  return (ROOMLESS_EVENTS as readonly string[]).includes(event);
+}
 
 export type RequestEvent = keyof typeof requestClientFields;
 
@@ -59,14 +93,20 @@ export function decodeRequestEvent<E extends RequestEvent>(
   event: E,
   payload: unknown,
 ): RequestPayload<E> {
+  if (isRoomless(event) && payload === undefined) payload = {};
   if (typeof payload !== 'object' || payload === null || Array.isArray(payload)) {
     throw new ChatError('invalid_payload', `The "${event}" payload must be an object.`);
   }
+  if (isRoomless(event)) return parseFields(event, payload);
   const requestId = room.safeParse(payload);
   if (!requestId.success) {
     throw new ChatError('invalid_payload', '"requestId" must be a 24-hex id.');
   }
-  const parsed = requestClientFields[event].safeParse({ ...payload, requestId: requestId.data });
+  return parseFields(event, { ...payload, requestId: requestId.data });
+}
+
+function parseFields<E extends RequestEvent>(event: E, payload: object): RequestPayload<E> {
+  const parsed = requestClientFields[event].safeParse(payload);
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
     const field = issue?.path.join('.') || 'payload';

@@ -12,11 +12,17 @@ import { asChatError, ChatError } from '../core/errors.js';
 import { Gate } from '../core/gate.js';
 import { bearerToken, hasRole, type Identity, type TokenVerifier } from '../core/identity.js';
 import { isObjectId, normalizeId } from '../core/ids.js';
-import type { Page, RequestMessage } from '../core/messages.js';
-import type { Requests } from '../core/requests.js';
+import type { Page, RequestMessage, RequestSummary } from '../core/messages.js';
+import type { InboxUpdates, Requests } from '../core/requests.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
-import { decodeRequestEvent, isRequestEvent, type RequestEvent } from './request-codec.js';
+import {
+  decodeRequestEvent,
+  isRequestEvent,
+  isRoomless,
+  type RequestEvent,
+  type RoomEvent,
+} from './request-codec.js';
 import { type Conn, Wire } from './request-wire.js';
 
 export const SOCKET_IO_PATH = '/socket.io';
@@ -58,6 +64,14 @@ interface ServerEvents {
   message(message: RequestMessage): void;
   messagesDelivered(receipts: ReceiptEvent): void;
   messageReads(receipts: ReceiptEvent): void;
+  userTyping(typing: { requestId: string; userId: string; username: string }): void;
+  messageUpdated(message: RequestMessage): void;
+  messageDeleted(deleted: { requestId: string; messageId: string; deletedAt: string }): void;
+  requestUpdated(update: {
+    requestId: string;
+    lastMessage: RequestMessage | null;
+    unread: number;
+  }): void;
   exception(error: {
     event: string;
     error_code: string;
@@ -75,6 +89,12 @@ export const roomOf = (requestId: string) => `request:${requestId}`;
  * every node, through the adapter.
  */
 export const teacherRoomOf = (userId: string) => `teacher:${userId}`;
+/** Every socket of a user, whatever their role: their inbox updates reach all of them. */
+export const userRoomOf = (userId: string) => `user:${userId}`;
+/** Every socket of a lab user: the one place a count meant only for lab staff may go. */
+export const labRoomOf = (userId: string) => `lab:${userId}`;
+/** Every lab socket, on every node: a new message reaches each of their inboxes. */
+export const LAB_ROOM = 'role:LAB';
 
 /** What the gateway keeps per socket besides Socket.IO's own state. */
 interface Session {
@@ -190,6 +210,8 @@ export class RequestChat {
     if (hasRole(identity, 'TEACHER') && !hasRole(identity, 'LAB')) {
       void socket.join(teacherRoomOf(identity.userId));
     }
+    void socket.join(userRoomOf(identity.userId));
+    if (hasRole(identity, 'LAB')) void socket.join([LAB_ROOM, labRoomOf(identity.userId)]);
     let expiry: NodeJS.Timeout | undefined;
     const armExpiry = () => {
       const at = socket.data.identity.expiresAt;
@@ -235,8 +257,12 @@ export class RequestChat {
     const max = this.deps.limits.sendBufferMaxBytes;
     // Nothing is read or built for a client that is not reading what it was sent.
     if (!session?.wire.canSend(max)) return;
+    if (isRoomless(event)) {
+      await this.handleInbox(socket, session, payload, ack);
+      return;
+    }
     try {
-      const p = decodeRequestEvent(event, payload);
+      const p = decodeRequestEvent(event as RoomEvent, payload);
       requestId = p.requestId;
       const identity = socket.data.identity;
       if (identity.expiresAt !== undefined && identity.expiresAt <= Date.now()) {
@@ -282,13 +308,54 @@ export class RequestChat {
         }
         case 'message': {
           const m = p as ReturnType<typeof decodeRequestEvent<'message'>>;
-          const sent = await requests.send(identity, m.requestId, m.message, m.clientMessageId);
+          const sent = await requests.send(
+            identity,
+            m.requestId,
+            m.message,
+            m.clientMessageId,
+            m.attachments,
+          );
           if (!sent.duplicate) {
             socket.to(room).emit('message', sent.message);
             const local = this.io.sockets.adapter.rooms.get(room)?.size ?? 1;
             this.deps.metrics.messagesOut.inc({ chat: 'request' }, Math.max(0, local - 1));
           }
           ack?.({ ok: true, message: sent.message });
+          if (sent.updates) this.pushUpdates(sent.updates);
+          return;
+        }
+        case 'typing': {
+          // Room membership is the authorization: an owner change takes the
+          // previous owner's sockets out of the room on every node.
+          const forwarded = requests.typing(identity, p.requestId);
+          if (forwarded) {
+            socket.to(room).emit('userTyping', {
+              requestId: p.requestId,
+              userId: identity.userId,
+              username: identity.username,
+            });
+          }
+          ack?.({ ok: true, requestId: p.requestId, forwarded });
+          return;
+        }
+        case 'editMessage': {
+          const e = p as ReturnType<typeof decodeRequestEvent<'editMessage'>>;
+          const { message } = await requests.edit(identity, e.requestId, e.messageId, e.message);
+          socket.to(room).emit('messageUpdated', message);
+          ack?.({ ok: true, message });
+          return;
+        }
+        case 'deleteMessage': {
+          const d = p as ReturnType<typeof decodeRequestEvent<'deleteMessage'>>;
+          const { message, updates } = await requests.remove(identity, d.requestId, d.messageId);
+          const deleted = {
+            requestId: d.requestId,
+            messageId: d.messageId,
+            deletedAt: message.deletedAt as string,
+          };
+          socket.to(room).emit('messageDeleted', deleted);
+          ack?.({ ok: true, ...deleted, message });
+          if (updates) this.pushUpdates(updates);
           return;
         }
         case 'ackMessages':
@@ -303,6 +370,11 @@ export class RequestChat {
               .emit(name, { requestId: r.requestId, userId: identity.userId, messages, at });
           }
           ack?.({ ok: true, requestId: r.requestId, messages, at });
+          if (kind === 'read' && messages.length > 0) {
+            // The reader's count changed: every socket of theirs hears it.
+            const summary = await requests.summary(identity, r.requestId);
+            if (summary) this.pushSummary(identity.userId, summary);
+          }
           return;
         }
         case 'loadHistory': {
@@ -327,6 +399,63 @@ export class RequestChat {
     } catch (err) {
       this.fail(socket, event, err, requestId, ack);
     }
+  }
+
+  /** `listRequests`: the user's inbox, through the acknowledgement. */
+  private async handleInbox(
+    socket: ChatSocket,
+    session: Session,
+    payload: unknown,
+    ack: Ack | undefined,
+  ): Promise<void> {
+    const max = this.deps.limits.sendBufferMaxBytes;
+    try {
+      const q = decodeRequestEvent('listRequests', payload);
+      if (!ack) {
+        throw new ChatError('invalid_payload', 'listRequests answers through an acknowledgement.');
+      }
+      const identity = socket.data.identity;
+      if (identity.expiresAt !== undefined && identity.expiresAt <= Date.now()) {
+        throw new ChatError('token_expired');
+      }
+      const { requests } = this.deps;
+      const limit = requests.pageLimit(q.limit);
+      const page = await session.historyReads.run(async () => {
+        if (!socket.connected) return undefined;
+        return requests.inbox(identity, { before: q.before, limit });
+      });
+      if (page && session.wire.canSend(max)) ack({ ok: true, ...page });
+    } catch (err) {
+      this.fail(socket, 'listRequests', err, undefined, ack);
+    }
+  }
+
+  /**
+   * `requestUpdated` to every socket, on every node, of each user who may act
+   * in the request: the owner and the lab users with counters of their own by
+   * name, every other lab user with the count they all share. One emit per
+   * named user plus one for the rest, each encoded once.
+   */
+  private pushUpdates(u: InboxUpdates): void {
+    const update = (unread: number) => ({
+      requestId: u.requestId,
+      lastMessage: u.lastMessage,
+      unread,
+    });
+    const named = [userRoomOf(u.ownerId), ...u.readers.map((r) => labRoomOf(r.userId))];
+    this.io.to(LAB_ROOM).except(named).emit('requestUpdated', update(u.labUnread));
+    this.io.to(userRoomOf(u.ownerId)).emit('requestUpdated', update(u.ownerUnread));
+    for (const r of u.readers) {
+      this.io.to(labRoomOf(r.userId)).emit('requestUpdated', update(r.unread));
+    }
+  }
+
+  private pushSummary(userId: string, s: RequestSummary): void {
+    this.io.to(userRoomOf(userId)).emit('requestUpdated', {
+      requestId: s.requestId,
+      lastMessage: s.lastMessage,
+      unread: s.unread,
+    });
   }
 
   /** Answers a refused event with `exception`, and through the acknowledgement when given. */

@@ -24,17 +24,21 @@ const CONTENT_TYPES: Record<string, string> = {
  * Nothing inline and nothing from elsewhere: the client's own modules and
  * styles, and sockets back to this origin ('self' covers ws: in CSP Level 3).
  */
-const CSP = [
-  "default-src 'none'",
-  "script-src 'self'",
-  "style-src 'self'",
-  "img-src 'self' data:",
-  "connect-src 'self'",
-  "manifest-src 'self'",
-  "base-uri 'none'",
-  "form-action 'none'",
-  "frame-ancestors 'none'",
-].join('; ');
+const csp = (imageSources: readonly string[]) =>
+  [
+    "default-src 'none'",
+    "script-src 'self'",
+    "style-src 'self'",
+    // Attachment thumbnails: only from the prefixes attachments may use.
+    ['img-src', "'self'", 'data:', ...imageSources].join(' '),
+    "connect-src 'self'",
+    "manifest-src 'self'",
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+  ].join('; ');
+
+const CSP = csp([]);
 
 const SECURITY_HEADERS = {
   'content-security-policy': CSP,
@@ -95,7 +99,25 @@ export function loadAssets(webDir = defaultWebDir()): Map<string, Asset> {
  * Returns a handler that answers GET/HEAD for the client's files and returns
  * false for anything else, which then goes on to the API.
  */
-export function createWebHandler(assets = loadAssets()) {
+export interface WebOptions {
+  /**
+   * Attachment URL prefixes: images under them may be shown as thumbnails
+   * (the CSP allows them, and the client reads them from `/client-config.json`).
+   */
+  attachmentUrlPrefixes?: readonly string[];
+}
+
+export function createWebHandler(assets = loadAssets(), options: WebOptions = {}) {
+  // A CSP source list is split on spaces and `;`: a prefix holding either is left out.
+  const prefixes = (options.attachmentUrlPrefixes ?? []).filter((p) => !/[\s;,']/.test(p));
+  const securityHeaders = { ...SECURITY_HEADERS, 'content-security-policy': csp(prefixes) };
+  const config = JSON.stringify({ attachmentUrlPrefixes: prefixes });
+  assets = new Map(assets);
+  assets.set('/client-config.json', {
+    body: Buffer.from(config),
+    type: 'application/json; charset=utf-8',
+    etag: `"${createHash('sha256').update(config).digest('base64url').slice(0, 27)}"`,
+  });
   return function serveWeb(req: IncomingMessage, res: ServerResponse): boolean {
     if (req.method !== 'GET' && req.method !== 'HEAD') return false;
     let target: Target;
@@ -109,7 +131,7 @@ export function createWebHandler(assets = loadAssets()) {
     // No fingerprinted names without a bundler, so every file is revalidated:
     // a deploy is seen at once, and an unchanged file costs a 304.
     const headers = {
-      ...SECURITY_HEADERS,
+      ...securityHeaders,
       'content-type': found.type,
       'cache-control': 'no-cache',
       etag: found.etag,

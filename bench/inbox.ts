@@ -1,0 +1,285 @@
+/**
+ * The request chat's inbox at scale: `listRequests` and the unread API over
+ * a store seeded with many requests and messages, asked from outside through
+ * Socket.IO and HTTP, one question at a time, against charla pinned to its core.
+ *
+ * The data is written straight into the store's tables (after charla's own
+ * migrations) with the counters the store keeps, so that seeding millions of
+ * messages takes minutes, not hours of acknowledged sends: request r holds
+ * messages r, r + R, r + 2R…, alternately from its owner teacher and a lab user.
+ */
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import Database from 'better-sqlite3';
+import pg from 'pg';
+import { io, type Socket } from 'socket.io-client';
+import { PostgresStore } from '../src/store/postgres.js';
+import { SqliteStore } from '../src/store/sqlite.js';
+import { latencyStats } from './report.js';
+import { BENCH_API_KEY, startServer, token } from './servers.js';
+
+export interface InboxSpec {
+  requests: number;
+  /** Rounded down to a multiple of `requests`. */
+  messages: number;
+  teachers: number;
+  labUsers: number;
+  /** Questions per kind. */
+  queries: number;
+}
+
+const BASE = Date.UTC(2026, 0, 1);
+const requestId = (r: number) => r.toString(16).padStart(24, '0');
+const messageId = (i: number) => `f${i.toString(16).padStart(23, '0')}`;
+
+/** Per request: its message count, last message and the two senders' counters. */
+function shape(spec: InboxSpec) {
+  const k = Math.max(1, Math.floor(spec.messages / spec.requests));
+  const lastSeq = (r: number) => (k - 1) * spec.requests + r;
+  const owner = (r: number) => `t${r % spec.teachers}`;
+  const lab = (r: number) => `l${r % spec.labUsers}`;
+  return { k, lastSeq, owner, lab, total: k * spec.requests };
+}
+
+async function seedSqlite(path: string, spec: InboxSpec): Promise<void> {
+  await new SqliteStore(path).close();
+  const db = new Database(path);
+  db.pragma('journal_mode = WAL');
+  db.pragma('synchronous = OFF');
+  const { k, lastSeq, owner, lab, total } = shape(spec);
+  const insertRequest = db.prepare(
+    `INSERT INTO requests (id, owner_id, created_at, updated_at, activity_at, message_count,
+       last_message_seq, last_message_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+  );
+  const insertReader = db.prepare(
+    'INSERT INTO request_readers (request_id, user_id, sent, read) VALUES (?, ?, ?, 0)',
+  );
+  const insertMessage = db.prepare(
+    `INSERT INTO request_messages (seq, id, request_id, sender_id, sender_username, sender_role,
+       message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+  );
+  const created = new Date(BASE).toISOString();
+  db.transaction(() => {
+    for (let r = 1; r <= spec.requests; r++) {
+      const at = new Date(BASE + lastSeq(r) * 10).toISOString();
+      insertRequest.run(
+        requestId(r),
+        owner(r),
+        created,
+        created,
+        at,
+        k,
+        lastSeq(r),
+        messageId(lastSeq(r)),
+      );
+      insertReader.run(requestId(r), owner(r), Math.ceil(k / 2));
+      if (k > 1) insertReader.run(requestId(r), lab(r), Math.floor(k / 2));
+    }
+  })();
+  const chunk = 200_000;
+  for (let from = 1; from <= total; from += chunk) {
+    db.transaction(() => {
+      for (let i = from; i < Math.min(from + chunk, total + 1); i++) {
+        const r = ((i - 1) % spec.requests) + 1;
+        const fromOwner = Math.floor((i - 1) / spec.requests) % 2 === 0;
+        const sender = fromOwner ? owner(r) : lab(r);
+        insertMessage.run(
+          i,
+          messageId(i),
+          requestId(r),
+          sender,
+          sender,
+          fromOwner ? 'TEACHER' : 'LAB',
+          `message ${i}`,
+          new Date(BASE + i * 10).toISOString(),
+        );
+      }
+    })();
+  }
+  db.exec('ANALYZE');
+  db.close();
+}
+
+async function seedPostgres(url: string, schema: string, spec: InboxSpec): Promise<void> {
+  const store = new PostgresStore({ url });
+  await store.ping();
+  await store.close();
+  const client = new pg.Client({ connectionString: url.replace(/[?&]schema=[^&]*/, '') });
+  await client.connect();
+  const { k, total } = shape(spec);
+  const R = spec.requests;
+  try {
+    await client.query(`SET search_path = "${schema}"`);
+    await client.query('SET synchronous_commit = off');
+    const base = `timestamptz '${new Date(BASE).toISOString()}'`;
+    await client.query(
+      `INSERT INTO requests (id, owner_id, created_at, updated_at, activity_at, message_count,
+         last_message_seq, last_message_id)
+       SELECT lpad(to_hex(r), 24, '0'), 't' || (r % $1), ${base}, ${base},
+         ${base} + (($2::bigint - 1) * ${R} + r) * 10 * interval '1 millisecond', $2,
+         ($2::bigint - 1) * ${R} + r, 'f' || lpad(to_hex(($2::bigint - 1) * ${R} + r), 23, '0')
+       FROM generate_series(1, ${R}) r`,
+      [spec.teachers, k],
+    );
+    await client.query(
+      `INSERT INTO request_readers (request_id, user_id, sent, read)
+       SELECT lpad(to_hex(r), 24, '0'), 't' || (r % $1), ceil($3::numeric / 2), 0
+       FROM generate_series(1, ${R}) r
+       UNION ALL
+       SELECT lpad(to_hex(r), 24, '0'), 'l' || (r % $2), floor($3::numeric / 2), 0
+       FROM generate_series(1, ${R}) r WHERE $3 > 1`,
+      [spec.teachers, spec.labUsers, k],
+    );
+    const chunk = 1_000_000;
+    for (let from = 1; from <= total; from += chunk) {
+      const to = Math.min(from + chunk - 1, total);
+      await client.query(
+        `INSERT INTO request_messages (seq, id, request_id, sender_id, sender_username,
+           sender_role, message, created_at)
+         SELECT i, 'f' || lpad(to_hex(i), 23, '0'), lpad(to_hex((i - 1) % ${R} + 1), 24, '0'),
+           s, s, CASE WHEN o THEN 'TEACHER' ELSE 'LAB' END, 'message ' || i,
+           ${base} + i * 10 * interval '1 millisecond'
+         FROM (SELECT i, ((i - 1) / ${R}) % 2 = 0 AS o,
+                 CASE WHEN ((i - 1) / ${R}) % 2 = 0 THEN 't' || (((i - 1) % ${R} + 1) % $1)
+                      ELSE 'l' || (((i - 1) % ${R} + 1) % $2) END AS s
+               FROM generate_series($3::bigint, $4::bigint) i) g`,
+        [spec.teachers, spec.labUsers, from, to],
+      );
+    }
+    await client.query(
+      `SELECT setval(pg_get_serial_sequence('request_messages', 'seq'), ${total})`,
+    );
+    await client.query('ANALYZE');
+  } finally {
+    await client.end();
+  }
+}
+
+function connect(port: number, tok: string): Promise<Socket> {
+  const socket = io(`http://127.0.0.1:${port}`, {
+    auth: { token: tok },
+    transports: ['websocket'],
+    reconnection: false,
+  });
+  return new Promise((resolve, reject) => {
+    socket.once('connect', () => resolve(socket));
+    socket.once('connect_error', reject);
+  });
+}
+
+/** Latencies, in ms, of `n` sequential calls of `ask`. */
+async function measure(n: number, ask: (i: number) => Promise<void>): Promise<number[]> {
+  for (let i = 0; i < Math.min(50, n); i++) await ask(i); // warm-up
+  const out: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const t = performance.now();
+    await ask(i);
+    out.push(performance.now() - t);
+  }
+  return out;
+}
+
+export async function inboxScenario(
+  database: 'sqlite' | 'postgres',
+  spec: InboxSpec,
+  pgUrl: string,
+): Promise<Record<string, number>> {
+  const dir = mkdtempSync(join(tmpdir(), 'charla-inbox-'));
+  const schema = `charla_bench_${randomBytes(4).toString('hex')}`;
+  const pgSchemaUrl = new URL(pgUrl);
+  pgSchemaUrl.searchParams.set('schema', schema);
+  const databaseUrl =
+    database === 'sqlite' ? `sqlite:${join(dir, 'inbox.db')}` : pgSchemaUrl.toString();
+  const seeding = performance.now();
+  if (database === 'sqlite') await seedSqlite(join(dir, 'inbox.db'), spec);
+  else await seedPostgres(pgSchemaUrl.toString(), schema, spec);
+  const seedSeconds = (performance.now() - seeding) / 1000;
+  const { total } = shape(spec);
+  process.stderr.write(
+    `  inbox ${database}: seeded ${total} messages in ${seedSeconds.toFixed(0)} s\n`,
+  );
+
+  const server = await startServer('charla', { DATABASE_URL: databaseUrl, HISTORY_PAGE: '50' });
+  const sockets: Socket[] = [];
+  try {
+    const lab = await connect(server.port, await token('l7', { role: 'LAB' }));
+    const newcomer = await connect(server.port, await token('lab-new', { role: 'LAB' }));
+    const teacher = await connect(server.port, await token('t5', { role: 'TEACHER' }));
+    sockets.push(lab, newcomer, teacher);
+    const list = async (s: Socket, payload: object) => {
+      const ack = await s.timeout(10_000).emitWithAck('listRequests', payload);
+      if (!ack.ok || ack.requests.length === 0) throw new Error(JSON.stringify(ack).slice(0, 200));
+    };
+    const randomRequest = () => requestId(1 + Math.floor(Math.random() * spec.requests));
+    const unread = async (path: string) => {
+      const res = await fetch(`http://127.0.0.1:${server.port}${path}`, {
+        headers: { 'x-api-key': BENCH_API_KEY },
+      });
+      if (res.status !== 200) throw new Error(`${path}: ${res.status}`);
+      await res.text();
+    };
+    const n = spec.queries;
+    const labFirst = latencyStats(await measure(n, () => list(lab, { limit: 50 })));
+    const labDeep = latencyStats(
+      await measure(n, () => list(newcomer, { limit: 50, before: randomRequest() })),
+    );
+    const teacherFirst = latencyStats(await measure(n, () => list(teacher, { limit: 50 })));
+    const unreadTeacher = latencyStats(
+      await measure(n, () => unread('/api/users/t5/unread?role=TEACHER')),
+    );
+    const unreadLab = latencyStats(
+      await measure(Math.min(n, 100), () => unread('/api/users/l7/unread?role=LAB')),
+    );
+    for (const s of sockets) s.close();
+    await server.stop();
+    // The same questions to the store in this process: the queries' own cost,
+    // without Socket.IO, JSON and the scheduler of a shared machine.
+    const store =
+      database === 'sqlite'
+        ? new SqliteStore(join(dir, 'inbox.db'))
+        : new PostgresStore({ url: databaseUrl, max: 2 });
+    let direct: ReturnType<typeof latencyStats>;
+    let directDeep: ReturnType<typeof latencyStats>;
+    try {
+      direct = latencyStats(
+        await measure(n, async () => {
+          await store.listRequests({ userId: 'l7', limit: 50 });
+        }),
+      );
+      directDeep = latencyStats(
+        await measure(n, async () => {
+          await store.listRequests({ userId: 'lab-new', before: randomRequest(), limit: 50 });
+        }),
+      );
+    } finally {
+      await store.close();
+    }
+    return {
+      requests: spec.requests,
+      messages: total,
+      seedSeconds,
+      storeFirstP50: direct.p50,
+      storeFirstP99: direct.p99,
+      storeDeepP99: directDeep.p99,
+      labFirstP50: labFirst.p50,
+      labFirstP99: labFirst.p99,
+      labDeepP99: labDeep.p99,
+      teacherP99: teacherFirst.p99,
+      unreadTeacherP99: unreadTeacher.p99,
+      unreadLabP50: unreadLab.p50,
+      unreadLabP99: unreadLab.p99,
+    };
+  } finally {
+    for (const s of sockets) s.close();
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+    if (database === 'postgres') {
+      const client = new pg.Client({ connectionString: pgUrl });
+      await client.connect();
+      await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+      await client.end();
+    }
+  }
+}

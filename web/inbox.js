@@ -1,0 +1,116 @@
+// The inbox beside the request chat (CONTRACT section 8): the user's requests,
+// most recent activity first, each with its unread count. `listRequests` fills
+// it; `requestUpdated` keeps it live, whether or not that request is open.
+import { h, timeEl } from './dom.js';
+
+const shortId = (id) => `${id.slice(0, 6)}…${id.slice(-4)}`;
+
+function preview(msg) {
+  if (!msg) return 'No messages yet';
+  if (msg.deletedAt) return 'Message deleted';
+  const files = msg.attachments?.length ?? 0;
+  const text = String(msg.message ?? '').trim();
+  if (text) return `${msg.sender?.username ?? ''}: ${text}`;
+  return files > 0
+    ? `${msg.sender?.username ?? ''}: ${files} attachment${files > 1 ? 's' : ''}`
+    : '';
+}
+
+/**
+ * `section` holds an `<ol class="inbox-list">` and a "more" button; `onOpen`
+ * is called with a request id when the user picks one.
+ */
+export function mountInbox(section, { onOpen }) {
+  const list = section.querySelector('.inbox-list');
+  const more = section.querySelector('.inbox-more');
+  /** requestId → {summary, li}. */
+  const rows = new Map();
+  let current = '';
+  let ask = null;
+
+  function paint(row) {
+    const { summary } = row;
+    const unread = Number(summary.unread) || 0;
+    const badge = h(
+      'span',
+      { class: 'badge', hidden: unread === 0, 'aria-label': `${unread} unread` },
+      unread > 99 ? '99+' : String(unread),
+    );
+    const last = summary.lastMessage;
+    row.li.replaceChildren(
+      h(
+        'button',
+        { type: 'button', class: 'inbox-item', onclick: () => onOpen(summary.requestId) },
+        h(
+          'span',
+          { class: 'inbox-top' },
+          h('span', { class: 'inbox-id mono' }, shortId(summary.requestId)),
+          last ? timeEl(last.createdAt) : null,
+        ),
+        h(
+          'span',
+          { class: 'inbox-bottom' },
+          h('span', { class: 'inbox-preview' }, preview(last)),
+          badge,
+        ),
+      ),
+    );
+    row.li.dataset.unread = String(unread);
+    row.li.classList.toggle('current', summary.requestId === current);
+    row.li.classList.toggle('unread', unread > 0);
+  }
+
+  function put(summary, where) {
+    let row = rows.get(summary.requestId);
+    if (row) row.summary = { ...row.summary, ...summary };
+    else {
+      row = { summary, li: h('li', { dataset: { requestId: summary.requestId } }) };
+      rows.set(summary.requestId, row);
+    }
+    paint(row);
+    if (where === 'top') list.prepend(row.li);
+    else if (!row.li.isConnected) list.append(row.li);
+  }
+
+  function load(before) {
+    ask?.('listRequests', before ? { before, limit: 30 } : { limit: 30 }, (res) => {
+      if (!res?.ok) return;
+      for (const s of res.requests) put(s, 'end');
+      more.hidden = !res.hasMore;
+      section.hidden = false;
+    });
+  }
+
+  more.addEventListener('click', () => {
+    const last = list.lastElementChild?.dataset.requestId;
+    if (last) load(last);
+  });
+
+  return {
+    /** Starts over on a (re)connected socket: `emit(event, payload, ack)`. */
+    reload(emit) {
+      ask = emit;
+      rows.clear();
+      list.replaceChildren();
+      load();
+    },
+    /** A `requestUpdated`: the request moves to the top with its new count. */
+    updated(update) {
+      if (typeof update?.requestId !== 'string') return;
+      const known = rows.get(update.requestId)?.summary;
+      const moved = update.lastMessage?._id !== known?.lastMessage?._id;
+      put({ ownerId: known?.ownerId, ...update }, moved || !known ? 'top' : 'stay');
+      section.hidden = false;
+    },
+    select(requestId) {
+      current = requestId;
+      for (const row of rows.values()) paint(row);
+    },
+    clear() {
+      ask = null;
+      rows.clear();
+      list.replaceChildren();
+      section.hidden = true;
+    },
+  };
+}
