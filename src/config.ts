@@ -25,6 +25,10 @@ export interface Limits {
   /** History reads one Socket.IO connection may have running, and queued behind those. */
   historyReadsRunning: number;
   historyReadsWaiting: number;
+  /** Longest wait of a busy stream's chats before they are written together; 0: off. */
+  streamFlushMs: number;
+  /** Share of time (0–1) a stream's writes take from which it is busy. */
+  streamFlushBusyShare: number;
 }
 
 export interface JwtConfig {
@@ -142,6 +146,9 @@ const schema = z.object({
   METRICS_TOKEN: optionalString,
   HISTORY_READS_RUNNING: int(2, 1, 100),
   HISTORY_READS_WAITING: int(16, 0, 10_000),
+  // Big rooms: write coalescing of busy streams.
+  STREAM_FLUSH_MS: int(25, 0, 1000),
+  STREAM_FLUSH_BUSY_PERCENT: int(25, 0, 100),
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -217,6 +224,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       handshakeTimeoutMs: e.HANDSHAKE_TIMEOUT_SECONDS * 1000,
       historyReadsRunning: e.HISTORY_READS_RUNNING,
       historyReadsWaiting: e.HISTORY_READS_WAITING,
+      streamFlushMs: e.STREAM_FLUSH_MS,
+      streamFlushBusyShare: e.STREAM_FLUSH_BUSY_PERCENT / 100,
     },
     warnings,
   };

@@ -26,6 +26,8 @@ describe('loadConfig', () => {
       handshakeTimeoutMs: 10_000,
       historyReadsRunning: 2,
       historyReadsWaiting: 16,
+      streamFlushMs: 25,
+      streamFlushBusyShare: 0.25,
     });
   });
   it('runs in dev mode with its own secret and API key when no JWT key is set', () => {
@@ -52,6 +54,9 @@ describe('loadConfig', () => {
       [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
       [{ SEND_BUFFER_MAX_BYTES: '1.5' }, 'SEND_BUFFER_MAX_BYTES'],
       [{ JWKS_URL: 'not a url' }, 'JWKS_URL'],
+      [{ STREAM_FLUSH_MS: '-1' }, 'STREAM_FLUSH_MS'],
+      [{ STREAM_FLUSH_MS: '1001' }, 'STREAM_FLUSH_MS'],
+      [{ STREAM_FLUSH_BUSY_PERCENT: '101' }, 'STREAM_FLUSH_BUSY_PERCENT'],
     ];
     for (const [env, name] of cases) {
       assert.throws(
