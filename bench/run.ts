@@ -9,15 +9,19 @@
  *   npm run bench -- --only fanout,idle --runs 5
  *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
+ *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
+ *       (charla-off: charla with STREAM_FLUSH_MS=0; --flush-ms sets charla's STREAM_FLUSH_MS;
+ *        --cpu-prof writes a CPU profile of charla at the largest big-room point)
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import type { ChurnReport, FanoutJob, FanoutReport, Job, RequestReport } from './loadgen.js';
+import { summariseProfile } from './profile.js';
 import { fmt, latencyStats, lineChart, median, type Series, table } from './report.js';
 import {
   collectGarbage,
@@ -42,7 +46,10 @@ const option = (name: string) => {
 const quick = flag('quick');
 const runs = Number(option('runs') ?? (quick ? 1 : 3));
 const only = option('only')?.split(',');
-const KINDS = (option('servers')?.split(',') ?? ['naive', 'bare', 'charla']) as ServerKind[];
+/** The servers under test: the kinds of servers.ts, and charla with write coalescing off. */
+type BenchKind = ServerKind | 'charla-off';
+const KINDS = (option('servers')?.split(',') ?? ['naive', 'bare', 'charla']) as BenchKind[];
+const flushMs = option('flush-ms');
 /** Under the 20,000 open files a process may hold, with room for the rest. */
 const MAX_CONNS_PER_GENERATOR = 15_000;
 const LOCAL_ADDRESSES = Array.from({ length: 16 }, (_, i) => `127.0.0.${i + 2}`);
@@ -135,10 +142,19 @@ interface FanoutSpec {
   durationMs?: number;
   /** Each viewer decodes every n-th frame for latency (default 50). */
   sampleEvery?: number;
+  /** Extra flags for the server's node (a CPU profile). */
+  nodeFlags?: string[];
 }
 
-async function fanout(kind: ServerKind, spec: FanoutSpec) {
-  const server = await startServer(kind);
+function launch(kind: BenchKind, nodeFlags: string[] = []) {
+  if (kind === 'charla-off') return startServer('charla', { STREAM_FLUSH_MS: '0' }, nodeFlags);
+  const env: Record<string, string> =
+    kind === 'charla' && flushMs !== undefined ? { STREAM_FLUSH_MS: flushMs } : {};
+  return startServer(kind, env, nodeFlags);
+}
+
+async function fanout(kind: BenchKind, spec: FanoutSpec) {
+  const server = await launch(kind, spec.nodeFlags);
   try {
     const keys = Array.from({ length: spec.streams }, (_, i) => `s${i}`);
     await putStreams(server, keys);
@@ -199,6 +215,9 @@ async function fanout(kind: ServerKind, spec: FanoutSpec) {
       rssMB: peak / 2 ** 20,
       genCpu: Math.max(...reports.map((r) => r.cpuPercent)),
       serverCpu: serverWindow.cpuPercent,
+      // Server CPU time per delivery: comparable across runs on a loaded machine,
+      // where a server that is not scheduled shows as latency, not as CPU.
+      cpuUsPerDelivery: (serverWindow.cpuPercent * 10_000) / deliveries,
       sent: reports[0]?.sentInWindow ?? 0,
       refused: reports[0]?.posterErrors ?? 0,
     };
@@ -207,8 +226,8 @@ async function fanout(kind: ServerKind, spec: FanoutSpec) {
   }
 }
 
-async function idle(kind: ServerKind, viewers: number) {
-  const server = await startServer(kind);
+async function idle(kind: BenchKind, viewers: number) {
+  const server = await launch(kind);
   try {
     await putStreams(server, ['idle']);
     await sleep(500);
@@ -248,8 +267,8 @@ async function idle(kind: ServerKind, viewers: number) {
   }
 }
 
-async function churn(kind: ServerKind, concurrency: number) {
-  const server = await startServer(kind);
+async function churn(kind: BenchKind, concurrency: number) {
+  const server = await launch(kind);
   try {
     await putStreams(server, ['churn']);
     const tokens = await Promise.all(Array.from({ length: 200 }, (_, i) => token(`c${i}`)));
@@ -348,8 +367,8 @@ async function requestChat(database: 'sqlite' | 'postgres') {
 /** Runs `fn` for every server kind `runs` times, interleaved, and keeps the medians. */
 async function compare<T extends Record<string, number>>(
   label: string,
-  fn: (kind: ServerKind) => Promise<T>,
-): Promise<Record<ServerKind, T>> {
+  fn: (kind: BenchKind) => Promise<T>,
+): Promise<Record<BenchKind, T>> {
   const all: Record<string, T[]> = {};
   for (let r = 0; r < runs; r++) {
     for (const kind of KINDS) {
@@ -360,7 +379,7 @@ async function compare<T extends Record<string, number>>(
       );
     }
   }
-  const out = {} as Record<ServerKind, T>;
+  const out = {} as Record<BenchKind, T>;
   for (const kind of KINDS) {
     const list = all[kind] as T[];
     const keys = Object.keys(list[0] as T) as Array<keyof T>;
@@ -394,7 +413,8 @@ async function main(): Promise<void> {
   process.stderr.write(`charla bench: ${runs} run(s) per point, medians; quick=${quick}\n`);
 
   if (want('fanout')) {
-    for (const viewers of quick ? [2000] : [500, 1000, 2000, 4000]) {
+    const only = option('fanout-viewers')?.split(',').map(Number);
+    for (const viewers of only ?? (quick ? [2000] : [500, 1000, 2000, 4000])) {
       const m = await compare(`fanout ${viewers}`, (k) =>
         fanout(k, { streams: 1, viewersPerStream: viewers, posters: 4, rate: 0 }),
       );
@@ -442,6 +462,8 @@ async function main(): Promise<void> {
     }
   }
 
+  if (want('bigroom')) await bigroom();
+
   if (want('request')) {
     for (const database of ['sqlite', 'postgres'] as const) {
       const list: Array<Record<string, number>> = [];
@@ -468,9 +490,61 @@ async function main(): Promise<void> {
   process.stdout.write(`\nJSON, tables and charts in ${outDir}\n`);
 }
 
+/** The big-room points: [viewers on one stream, chats/s]; p99 against viewers and against rate. */
+const BIGROOM_VIEWERS = [5_000, 10_000, 15_000];
+const BIGROOM_RATES = [50, 100, 200];
+
+/**
+ * Scenario: one stream with thousands of viewers at a fixed chat rate (a class
+ * or an assembly), where each chat arrives in its own event-loop turn.
+ */
+async function bigroom(): Promise<void> {
+  const durationMs = quick ? 3000 : 5000;
+  const points: Array<[number, number]> = quick
+    ? [[10_000, 50]]
+    : [
+        ...BIGROOM_VIEWERS.map((v): [number, number] => [v, 50]),
+        ...BIGROOM_RATES.filter((r) => r !== 50).map((r): [number, number] => [10_000, r]),
+      ];
+  const spec = (viewers: number, rate: number): FanoutSpec => ({
+    streams: 1,
+    viewersPerStream: viewers,
+    posters: 4,
+    rate,
+    durationMs,
+    // About 150,000 latency samples per run, spread over the whole window.
+    sampleEvery: Math.max(1, Math.ceil((viewers * rate * durationMs) / 1000 / 150_000)),
+  });
+  for (const [viewers, rate] of points) {
+    const m = await compare(`bigroom ${viewers}x${rate}/s`, (k) => fanout(k, spec(viewers, rate)));
+    for (const kind of KINDS) record('bigroom', { viewers, rate, server: kind, ...m[kind] });
+  }
+  if (flag('cpu-prof')) {
+    // Where charla's time goes at the heaviest point: 10,000 viewers × the highest rate.
+    const rate = quick ? 50 : (BIGROOM_RATES.at(-1) as number);
+    const dir = join(srcBench, 'out', 'profile');
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    const res = await fanout('charla', {
+      ...spec(10_000, rate),
+      nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${dir}`],
+    });
+    process.stderr.write(`  bigroom profile run 10000x${rate}/s: ${JSON.stringify(res)}\n`);
+    const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+    if (file) {
+      const summary = summariseProfile(
+        JSON.parse(readFileSync(join(dir, file), 'utf8')),
+        `charla, 10,000 viewers × ${rate} chats/s (whole process life: connect, run, drain)`,
+      );
+      writeFileSync(join(srcBench, 'out', 'bigroom-profile.md'), summary);
+      process.stderr.write(`${summary}\n`);
+    }
+  }
+}
+
 function by(
   scenario: string,
-  kind: ServerKind,
+  kind: BenchKind,
   match: (r: Row) => boolean = () => true,
 ): Row | undefined {
   return results[scenario]?.find((r) => r.server === kind && match(r));
@@ -600,20 +674,105 @@ function renderTables(): string {
       ),
     );
   }
+  if (results.bigroom) {
+    const rows = (results.bigroom ?? [])
+      .filter((r) => r.server === KINDS[0])
+      .flatMap((p) =>
+        KINDS.map((kind) => {
+          const r = by('bigroom', kind, (x) => x.viewers === p.viewers && x.rate === p.rate);
+          const bare = by('bigroom', 'bare', (x) => x.viewers === p.viewers && x.rate === p.rate);
+          return [
+            String(p.viewers),
+            String(p.rate),
+            kind,
+            fmt(n(r, 'deliveries')),
+            fmt(n(r, 'p50'), 1),
+            fmt(n(r, 'p99'), 1),
+            fmt(n(r, 'max'), 1),
+            fmt(n(r, 'lost')),
+            ratio(n(r, 'p99'), n(bare, 'p99')),
+            fmt(n(r, 'cpuUsPerDelivery'), 2),
+            fmt(n(r, 'rssMB')),
+            `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
+          ];
+        }),
+      );
+    parts.push(
+      '\n### Big room: one stream, thousands of viewers, chats at a fixed rate (4 posters)\n',
+      table(
+        [
+          'viewers',
+          'chats/s',
+          'server',
+          'deliveries/s',
+          'p50 ms',
+          'p99 ms',
+          'max ms',
+          'lost',
+          'p99 vs bare',
+          'server CPU µs / delivery',
+          'peak RSS MB',
+          'CPU server / generator',
+        ],
+        rows,
+      ),
+    );
+  }
   return `${parts.join('\n')}\n`;
 }
 
+function writeBigroomCharts(outDir: string): void {
+  if (!results.bigroom) return;
+  const series = (match: (r: Row) => boolean, x: string): Series[] =>
+    KINDS.map((kind) => ({
+      name: NAMES[kind],
+      color: COLORS[kind],
+      points: (results.bigroom ?? [])
+        .filter((r) => r.server === kind && match(r))
+        .map((r) => [Number(r[x]), Number(r.p99)] as [number, number]),
+    }));
+  writeFileSync(
+    join(outDir, 'bigroom-p99-viewers.svg'),
+    lineChart(
+      'Big room at 50 chats/s: p99 post → receipt',
+      'viewers on one stream',
+      'p99 latency (ms, log scale)',
+      series((r) => r.rate === 50, 'viewers'),
+      { log: true },
+    ),
+  );
+  writeFileSync(
+    join(outDir, 'bigroom-p99-rate.svg'),
+    lineChart(
+      'Big room, 10,000 viewers: p99 post → receipt',
+      'chats per second',
+      'p99 latency (ms, log scale)',
+      series((r) => r.viewers === 10_000, 'rate'),
+      { log: true },
+    ),
+  );
+}
+
+const COLORS: Record<BenchKind, string> = {
+  naive: '#9ca3af',
+  bare: '#2563eb',
+  charla: '#db2777',
+  'charla-off': '#f59e0b',
+};
+const NAMES: Record<BenchKind, string> = {
+  naive: 'naive ws',
+  bare: 'bare (frame once, cork)',
+  charla: 'charla',
+  'charla-off': 'charla, STREAM_FLUSH_MS=0',
+};
+
 function writeCharts(outDir: string): void {
+  writeBigroomCharts(outDir);
   if (!results.fanout) return;
-  const colors: Record<ServerKind, string> = {
-    naive: '#9ca3af',
-    bare: '#2563eb',
-    charla: '#db2777',
-  };
   const series = (key: string): Series[] =>
     KINDS.map((kind) => ({
-      name: kind === 'naive' ? 'naive ws' : kind === 'bare' ? 'bare (frame once, cork)' : 'charla',
-      color: colors[kind],
+      name: NAMES[kind],
+      color: COLORS[kind],
       points: (results.fanout ?? [])
         .filter((r) => r.server === kind)
         .map((r) => [Number(r.viewers), Number(r[key])] as [number, number]),
