@@ -10,6 +10,7 @@
  *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
+ *   npm run bench -- --only bigroom --bigroom-points 10000x50,10000x200   (chosen points)
  *       (charla-off: charla with STREAM_FLUSH_MS=0; --flush-ms sets charla's STREAM_FLUSH_MS;
  *        --cpu-prof writes a CPU profile of charla at the largest big-room point)
  */
@@ -311,7 +312,7 @@ const BENCH_PG_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.
  * Scenario 5: durable request-chat messages. 50 requests, a LAB socket sending
  * each message awaiting its acknowledgement before the next, the owning teacher receiving.
  */
-async function requestChat(database: 'sqlite' | 'postgres') {
+async function requestChat(database: 'sqlite' | 'postgres', watchers = 0) {
   const schema = `charla_bench_${randomBytes(4).toString('hex')}`;
   const env: Record<string, string> = {};
   if (database === 'postgres') {
@@ -335,6 +336,7 @@ async function requestChat(database: 'sqlite' | 'postgres') {
           window: 1,
           warmupMs: 1000,
           durationMs: quick ? 3000 : 8000,
+          watchers,
         },
       ],
       server.pid,
@@ -464,6 +466,22 @@ async function main(): Promise<void> {
 
   if (want('bigroom')) await bigroom();
 
+  if (want('request-wide')) {
+    // Does a request room fan out wide enough for write coalescing to pay?
+    // Extra LAB sockets join all 50 rooms, so each message goes to 1 + N sockets.
+    for (const watchers of (option('request-watchers') ?? '0,10,40').split(',').map(Number)) {
+      const list: Array<Record<string, number>> = [];
+      for (let r = 0; r < runs; r++) {
+        const res = await requestChat('sqlite', watchers);
+        list.push(res);
+        process.stderr.write(`  request-wide ${watchers} run ${r + 1}: ${JSON.stringify(res)}\n`);
+      }
+      const keys = Object.keys(list[0] ?? {});
+      const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
+      record('request-wide', { watchers, server: 'charla', ...m });
+    }
+  }
+
   if (want('request')) {
     for (const database of ['sqlite', 'postgres'] as const) {
       const list: Array<Record<string, number>> = [];
@@ -500,12 +518,17 @@ const BIGROOM_RATES = [50, 100, 200];
  */
 async function bigroom(): Promise<void> {
   const durationMs = quick ? 3000 : 5000;
-  const points: Array<[number, number]> = quick
-    ? [[10_000, 50]]
-    : [
-        ...BIGROOM_VIEWERS.map((v): [number, number] => [v, 50]),
-        ...BIGROOM_RATES.filter((r) => r !== 50).map((r): [number, number] => [10_000, r]),
-      ];
+  const chosen = option('bigroom-points')
+    ?.split(',')
+    .map((p) => p.split('x').map(Number) as [number, number]);
+  const points: Array<[number, number]> = chosen
+    ? chosen
+    : quick
+      ? [[10_000, 50]]
+      : [
+          ...BIGROOM_VIEWERS.map((v): [number, number] => [v, 50]),
+          ...BIGROOM_RATES.filter((r) => r !== 50).map((r): [number, number] => [10_000, r]),
+        ];
   const spec = (viewers: number, rate: number): FanoutSpec => ({
     streams: 1,
     viewersPerStream: viewers,
@@ -667,6 +690,30 @@ function renderTables(): string {
           'ack p99 ms',
           'ack max ms',
           'errors',
+          'delivered/s',
+          'CPU server / generator',
+        ],
+        rows,
+      ),
+    );
+  }
+  if (results['request-wide']) {
+    const rows = results['request-wide'].map((r) => [
+      String(r.watchers),
+      fmt(n(r, 'acksPerSec')),
+      fmt(n(r, 'p50'), 2),
+      fmt(n(r, 'p99'), 2),
+      fmt(n(r, 'deliveredPerSec')),
+      `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
+    ]);
+    parts.push(
+      '\n### Request chat, wide rooms: 50 requests on SQLite, N more LAB sockets in every room\n',
+      table(
+        [
+          'extra sockets per room',
+          'acknowledged messages/s',
+          'ack p50 ms',
+          'ack p99 ms',
           'delivered/s',
           'CPU server / generator',
         ],

@@ -12,7 +12,7 @@
  *
  * - Quiet stream: the flow flushes at the end of the event-loop turn, so a
  *   lone chat is never delayed (the same as corking per turn).
- * - Busy stream (its flushes took at least `busyShare` of the wall time over
+ * - Busy stream (its flushes took at least `busyShare` of a core's time over
  *   a window): the flow flushes at most every `flushMs`. It is quiet again
  *   below half that share (hysteresis, so a room at the edge does not flap).
  */
@@ -88,7 +88,11 @@ export class StreamFlow {
   private immediate: NodeJS.Immediate | undefined;
   private lastFlush = Number.NEGATIVE_INFINITY;
   private windowStart = performance.now();
-  /** Milliseconds spent flushing since `windowStart`. */
+  /**
+   * CPU milliseconds spent flushing since `windowStart`. CPU, not wall time:
+   * on a shared machine a flush that was preempted did not cost more, and
+   * counting the wait would call a stream busy that only has slow neighbours.
+   */
   private spent = 0;
   private readonly windowMs: number;
 
@@ -162,6 +166,7 @@ export class StreamFlow {
   /** @internal Every queued viewer gets its range in one write; the window starts over. */
   flush(): void {
     const start = performance.now();
+    const cpu = process.cpuUsage();
     this.timer = undefined;
     this.immediate = undefined;
     this.lastFlush = start;
@@ -193,9 +198,9 @@ export class StreamFlow {
       slot.socket.write(bytes);
     }
     this.queued.clear();
-    const now = performance.now();
-    this.spent += now - start;
-    this.judge(now);
+    const used = process.cpuUsage(cpu);
+    this.spent += (used.user + used.system) / 1000;
+    this.judge(performance.now());
   }
 
   private schedule(): void {
