@@ -154,6 +154,17 @@ function launch(kind: BenchKind, nodeFlags: string[] = []) {
   return startServer(kind, env, nodeFlags);
 }
 
+/** Viewers charla closed for not reading (NaN for the references): tells drops from a backlog. */
+async function slowConsumers(server: { kind: ServerKind; port: number }): Promise<number> {
+  if (server.kind !== 'charla') return Number.NaN;
+  try {
+    const text = await (await fetch(`http://127.0.0.1:${server.port}/metrics`)).text();
+    return Number(/charla_disconnects_total\{reason="slow_consumer"\} (\d+)/.exec(text)?.[1] ?? 0);
+  } catch {
+    return Number.NaN;
+  }
+}
+
 async function fanout(kind: BenchKind, spec: FanoutSpec) {
   const server = await launch(kind, spec.nodeFlags);
   try {
@@ -198,6 +209,7 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
     const windowMs = median(reports.map((r) => r.windowMs));
     const deliveries = reports.reduce((n, r) => n + r.framesInWindow, 0) / (windowMs / 1000);
     const lat = latencyStats(reports.flatMap((r) => r.latencies));
+    const slowClosed = await slowConsumers(server);
     const accepted = reports[0]?.accepted ?? {};
     let lost = 0;
     for (const r of reports) {
@@ -220,6 +232,7 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
       // where a server that is not scheduled shows as latency, not as CPU.
       cpuUsPerDelivery: (serverWindow.cpuPercent * 10_000) / deliveries,
       sent: reports[0]?.sentInWindow ?? 0,
+      slowClosed,
       refused: reports[0]?.posterErrors ?? 0,
     };
   } finally {
