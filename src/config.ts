@@ -29,6 +29,10 @@ export interface Limits {
   streamHistoryOnJoin: number;
   /** Live classroom: how often each node shares its viewer counts. */
   streamViewersIntervalMs: number;
+  /** Longest wait of a busy stream's chats before they are written together; 0: off. */
+  streamFlushMs: number;
+  /** Share of time (0–1) a stream's writes take from which it is busy. */
+  streamFlushBusyShare: number;
 }
 
 export interface JwtConfig {
@@ -247,6 +251,9 @@ const schema = z.object({
   // Live classroom (stream moderation, history on join, viewer counts)
   STREAM_HISTORY_ON_JOIN: int(50, 0, 10_000),
   STREAM_VIEWERS_INTERVAL_MS: int(5000, 50, 600_000),
+  // Big rooms: write coalescing of busy streams.
+  STREAM_FLUSH_MS: int(25, 0, 1000),
+  STREAM_FLUSH_BUSY_PERCENT: int(25, 0, 100),
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -330,6 +337,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       historyReadsWaiting: e.HISTORY_READS_WAITING,
       streamHistoryOnJoin: e.STREAM_HISTORY_ON_JOIN,
       streamViewersIntervalMs: e.STREAM_VIEWERS_INTERVAL_MS,
+      streamFlushMs: e.STREAM_FLUSH_MS,
+      streamFlushBusyShare: e.STREAM_FLUSH_BUSY_PERCENT / 100,
     },
     webhooks:
       e.WEBHOOK_URL === undefined || e.WEBHOOK_SECRET === undefined

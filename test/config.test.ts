@@ -28,6 +28,8 @@ describe('loadConfig', () => {
       historyReadsWaiting: 16,
       streamHistoryOnJoin: 50,
       streamViewersIntervalMs: 5000,
+      streamFlushMs: 25,
+      streamFlushBusyShare: 0.25,
     });
   });
   it('runs in dev mode with its own secret and API key when no JWT key is set', () => {
@@ -58,6 +60,9 @@ describe('loadConfig', () => {
       [{ STREAM_HISTORY_ON_JOIN: '501' }, 'STREAM_HISTORY_ON_JOIN'],
       [{ STREAM_VIEWERS_INTERVAL_MS: '10' }, 'STREAM_VIEWERS_INTERVAL_MS'],
       [{ STREAM_VIEWERS_INTERVAL_MS: 'soon' }, 'STREAM_VIEWERS_INTERVAL_MS'],
+      [{ STREAM_FLUSH_MS: '-1' }, 'STREAM_FLUSH_MS'],
+      [{ STREAM_FLUSH_MS: '1001' }, 'STREAM_FLUSH_MS'],
+      [{ STREAM_FLUSH_BUSY_PERCENT: '101' }, 'STREAM_FLUSH_BUSY_PERCENT'],
     ];
     for (const [env, name] of cases) {
       assert.throws(

@@ -34,6 +34,7 @@ import {
   encodeStreamInfo,
   type StreamClientFrame,
 } from './stream-codec.js';
+import { type FlushSlot, type StreamFlow, StreamFlusher } from './stream-flush.js';
 import { type ReceiverLimits, WebSocketConnection } from './websocket.js';
 import { abortHandshake, handshake, httpResponse, unguard } from './websocket-handshake.js';
 import { frameText } from './websocket-sender.js';
@@ -100,6 +101,8 @@ export class StreamGateway {
   readonly connections = new Set<StreamConnection>();
   /** The decoder's limits, one object shared by every connection. */
   readonly receiverLimits: ReceiverLimits;
+  /** Write coalescing of busy streams (`stream-flush.ts`). */
+  readonly flusher: StreamFlusher;
   private corked: StreamConnection[] = [];
   /** Resolves `closeAll` once the last connection is gone. */
   private drained: (() => void) | undefined;
@@ -111,6 +114,10 @@ export class StreamGateway {
       maxPayload: deps.limits.maxFrameBytes,
       maxFragments: deps.limits.maxFragments,
     };
+    this.flusher = new StreamFlusher({
+      flushMs: deps.limits.streamFlushMs,
+      busyShare: deps.limits.streamFlushBusyShare,
+    });
     this.heartbeat = setInterval(() => this.beat(), deps.limits.pingIntervalMs);
     this.heartbeat.unref();
   }
@@ -288,8 +295,12 @@ class Refusal extends WebSocketConnection {
 }
 
 /** One viewer connection. Methods, not closures, so the per-connection cost stays small. */
-class StreamConnection extends WebSocketConnection implements StreamViewer<StreamFrame> {
+class StreamConnection extends WebSocketConnection implements StreamViewer<StreamFrame>, FlushSlot {
   identity: Identity | null = null;
+  /** The stream's write coalescing; null when it is off (STREAM_FLUSH_MS=0). */
+  private flow: StreamFlow | null;
+  flushFrom = -1;
+  flushTo = -1;
   private expiry: NodeJS.Timeout | undefined;
   private readonly flood: FloodCounter;
   /**
@@ -310,6 +321,7 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   ) {
     super(socket, gateway.receiverLimits);
     this.flood = new FloodCounter(gateway.deps.limits.floodLimit);
+    this.flow = gateway.flusher.join(key);
   }
 
   /**
@@ -319,6 +331,10 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
    */
   deliver(frame: StreamFrame): boolean {
     if (!this.fits(frame)) return false;
+    if (this.flow) {
+      this.flow.queue(this, frame);
+      return true;
+    }
     if (!this.corked) {
       this.corked = true;
       this.gateway.corkForTurn(this);
@@ -363,7 +379,10 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
 
   sendText(text: string): void {
     const bytes = frameText(text);
-    if (this.fits(bytes)) this.socket.write(bytes);
+    if (!this.fits(bytes)) return;
+    // Chats queued for this viewer go first: its frames keep their order.
+    this.flow?.take(this);
+    this.socket.write(bytes);
   }
 
   /**
@@ -371,16 +390,19 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
    * turns left unsent plus this frame stays within SEND_BUFFER_MAX_BYTES. A
    * viewer that would pass the bound is closed (1013) instead.
    *
-   * The shared frames of the current turn are not counted: they are still
-   * corked, say nothing about the reader, and cost this connection only a
-   * reference each (every viewer holds the same bytes). From the next turn
-   * on, whatever of them the reader has not taken counts.
+   * The shared frames of the current turn (or of a busy stream's flush
+   * interval, `stream-flush.ts`) are not counted: they say nothing about the
+   * reader and cost this connection only a reference each (every viewer holds
+   * the same bytes). Once written, whatever of them the reader has not taken
+   * counts.
    */
   private fits(frame: Buffer): boolean {
     // A peer that hung up stays in the audience until its socket closes; writing
     // to it would only build a write-after-end error.
     if (this.state !== 'open' || !this.socket.writable) return false;
-    const unread = this.socket.writableLength - this.turnBytes;
+    // A flow's queued chats are the same shared buffers for every viewer, and
+    // its socket is not corked: what the socket holds is what earlier writes left.
+    const unread = this.socket.writableLength - (this.flow ? 0 : this.turnBytes);
     if (unread + frame.length <= this.gateway.deps.limits.sendBufferMaxBytes) return true;
     this.slowClose();
     return false;
@@ -423,6 +445,8 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
     clearTimeout(this.expiry);
     this.expiry = undefined;
     this.backlog = null;
+    this.flow?.release(this);
+    this.flow = null;
     this.gateway.forget(this);
   }
 
@@ -439,6 +463,7 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
     clearTimeout(this.expiry);
     this.expiry = undefined;
     this.gateway.deps.streams.leave(this.key, this);
+    this.flow?.take(this);
     this.close(code, reason, graceMs);
   }
 
