@@ -118,14 +118,17 @@ export class Requests {
       checkMessageText(text, this.deps.limits.requestMessageMaxChars);
       const role = await this.authorize(identity, requestId);
       this.rate.take(`${identity.userId}\u0000${requestId}`);
-      const sent = await this.deps.store.addRequestMessage({
+      const message = {
         _id: newId(),
         requestId,
         sender: { id: identity.userId, username: identity.username, role },
         message: text,
         createdAt: new Date().toISOString(),
         clientMessageId: clientMessageId ?? null,
-      });
+      };
+      const sent = await this.deps.metrics.timeCommit('request_message', () =>
+        this.deps.store.addRequestMessage(message),
+      );
       if (!sent.duplicate) this.deps.metrics.messagesIn.inc({ chat: 'request' });
       return sent;
     });
@@ -147,12 +150,8 @@ export class Requests {
       }
       await this.authorize(identity, requestId);
       const at = new Date().toISOString();
-      const messages = await this.deps.store.addReceipts(
-        requestId,
-        kind,
-        identity.userId,
-        [...new Set(ids)],
-        at,
+      const messages = await this.deps.metrics.timeCommit('receipts', () =>
+        this.deps.store.addReceipts(requestId, kind, identity.userId, [...new Set(ids)], at),
       );
       return { messages, at };
     });

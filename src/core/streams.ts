@@ -12,7 +12,7 @@
 import type { Broker, Unsubscribe } from '../broker/broker.js';
 import type { Limits } from '../config.js';
 import type { Logger } from '../observability/log.js';
-import type { Metrics } from '../observability/metrics.js';
+import { type Metrics, preciseNow } from '../observability/metrics.js';
 import type { Store } from '../store/store.js';
 import { ChatError } from './errors.js';
 import type { Identity } from './identity.js';
@@ -24,8 +24,11 @@ export const STREAM_KEY = /^[A-Za-z0-9_-]{1,64}$/;
 
 export type StreamStatus = 'open' | 'ended' | 'unknown';
 
-/** What flows on a stream's broker topic. */
-export type StreamEvent = { kind: 'chat'; message: StreamMessage } | { kind: 'ended' };
+/**
+ * What flows on a stream's broker topic. `at` is when the chat was accepted
+ * (epoch ms, sub-millisecond), for the delivery latency metric.
+ */
+export type StreamEvent = { kind: 'chat'; message: StreamMessage; at?: number } | { kind: 'ended' };
 
 /**
  * A connection watching a stream, as the transport implements it. `F` is the
@@ -61,6 +64,8 @@ export class Streams<F> {
   private pending: StreamMessage[] = [];
   private flushing: Promise<void> = Promise.resolve();
   private flushScheduled = false;
+  /** When each chat fanned out in this event-loop turn was accepted. */
+  private deliveredThisTurn: number[] = [];
 
   constructor(private readonly deps: StreamsDeps<F>) {
     this.rate = new RateLimiter(deps.limits.streamRate);
@@ -132,7 +137,7 @@ export class Streams<F> {
     };
     this.deps.metrics.messagesIn.inc({ chat: 'stream' });
     this.enqueue(message);
-    this.publish(key, { kind: 'chat', message });
+    this.publish(key, { kind: 'chat', message, at: preciseNow() });
     return message;
   }
 
@@ -161,7 +166,9 @@ export class Streams<F> {
 
   private async write(batch: StreamMessage[]): Promise<void> {
     try {
-      await this.deps.store.appendStreamMessages(batch);
+      await this.deps.metrics.timeCommit('stream_messages', () =>
+        this.deps.store.appendStreamMessages(batch),
+      );
     } catch (err) {
       // Already delivered: the chats stay visible to those watching but are
       // missing from stored history. Logged once per batch, with its size.
@@ -192,7 +199,28 @@ export class Streams<F> {
     let delivered = 0;
     for (const viewer of audience.viewers) if (viewer.deliver(frame)) delivered++;
     this.deps.metrics.messagesOut.inc({ chat: 'stream' }, delivered);
+    const acceptedAt = event.at ?? Date.parse(event.message.sentAt);
+    if (delivered > 0 && Number.isFinite(acceptedAt)) this.observeDelivery(acceptedAt);
   }
+
+  /**
+   * Delivery latency, once per chat rather than per viewer, to keep the fan-out
+   * loop as it is. Observed at the end of the turn: the transport writes what
+   * it corked for this turn first (its callback was queued before this one).
+   */
+  private observeDelivery(acceptedAt: number): void {
+    if (this.deliveredThisTurn.length === 0) setImmediate(this.observeTurn);
+    this.deliveredThisTurn.push(acceptedAt);
+  }
+
+  private readonly observeTurn = (): void => {
+    const now = preciseNow();
+    for (const at of this.deliveredThisTurn) {
+      // Clocks of two nodes may disagree by a little: never a negative latency.
+      this.deps.metrics.deliveryLatency.observe({ chat: 'stream' }, Math.max(0, now - at) / 1000);
+    }
+    this.deliveredThisTurn = [];
+  };
 
   /** Connections watching, on this node. */
   get viewerCount(): number {
@@ -222,5 +250,9 @@ export function parseEvent(payload: string): StreamEvent | undefined {
   const m = event.message;
   if (event.kind !== 'chat' || typeof m !== 'object' || m === null) return undefined;
   const fields = [m.id, m.streamKey, m.userId, m.username, m.message, m.sentAt];
-  return fields.every(isString) ? (value as StreamEvent) : undefined;
+  if (!fields.every(isString)) return undefined;
+  // A missing or bad `at` (an older node, a foreign publisher) falls back to `sentAt`.
+  const at = (value as { at?: unknown }).at;
+  const chat = { kind: 'chat', message: m as unknown as StreamMessage } as const;
+  return typeof at === 'number' && Number.isFinite(at) ? { ...chat, at } : chat;
 }
