@@ -107,7 +107,11 @@ function checkConfig(env: NodeJS.ProcessEnv): string {
       // Dev mode's secret is made at start (or read from its file): there is none to show.
       secret: cfg.devMode ? `(dev mode: ${DEV_STATE_FILE})` : mask(cfg.jwt.secret),
     },
-    apiKey: cfg.apiKeyGenerated ? '(not set: generated at start)' : MASK,
+    apiKey: !cfg.apiKeyGenerated
+      ? MASK
+      : cfg.devMode
+        ? `(dev mode: ${DEV_STATE_FILE})`
+        : '(not set: generated at every start)',
     metricsToken: mask(cfg.metricsToken),
   };
   return JSON.stringify(effective, null, 2);

@@ -267,6 +267,15 @@ describe('charla check-config', () => {
     }
   });
 
+  it('in dev mode, says the secret and API key come from ./data/dev.json', () => {
+    const r = charla(['check-config'], {});
+    assert.equal(r.status, 0, r.stderr);
+    const cfg = JSON.parse(r.stdout);
+    assert.equal(cfg.devMode, true);
+    assert.match(cfg.jwt.secret, /dev\.json/);
+    assert.match(cfg.apiKey, /dev\.json/);
+  });
+
   it('refuses an invalid environment in one line naming the variable', () => {
     const r = charla(['check-config'], { HISTORY_PAGE: 'many' });
     assert.equal(r.status, 1);
