@@ -13,16 +13,12 @@
  * loss and the recovery are logged once each.
  */
 
-import { createRequire } from 'node:module';
-import type * as RedisAdapter from '@socket.io/redis-adapter';
-import type * as IORedis from 'ioredis';
-import type { Redis, RedisOptions } from 'ioredis';
+import { createAdapter } from '@socket.io/redis-adapter';
+import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../observability/log.js';
 import type { Broker, RoomAdapter, Unsubscribe } from './broker.js';
 
 type Handler = (payload: string) => void;
-
-const load = <T>(name: string): T => createRequire(import.meta.url)(name) as T;
 
 export interface RedisBrokerOptions {
   url: string;
@@ -61,8 +57,6 @@ export class RedisBroker implements Broker {
     };
     // Names let an operator (or a test) find this node's connections in CLIENT LIST.
     const name = `${options.prefix.replace(/[^A-Za-z0-9_:.-]/g, '_')}${process.pid}`;
-    // Loaded here, not imported: a single node without Redis starts without parsing them.
-    const { Redis } = load<typeof IORedis>('ioredis');
     this.pub = new Redis(options.url, { ...common, connectionName: `${name}:pub` });
     this.sub = new Redis(options.url, { ...common, connectionName: `${name}:sub` });
     this.sub.on('message', (channel: string, payload: string) => this.onMessage(channel, payload));
@@ -114,7 +108,6 @@ export class RedisBroker implements Broker {
    * behaviour when Redis is lost: local sockets still get them, other nodes miss them.
    */
   roomAdapter(): RoomAdapter {
-    const { createAdapter } = load<typeof RedisAdapter>('@socket.io/redis-adapter');
     return createAdapter(this.pub, this.sub, { key: `${this.prefix}socket.io` });
   }
 

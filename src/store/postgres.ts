@@ -11,8 +11,7 @@
  * (created if missing), so deployments or test runs can share a database;
  * without it, the server's `search_path` applies (usually `public`).
  */
-import { createRequire } from 'node:module';
-import type pg from 'pg';
+import pg from 'pg';
 import type {
   NewRequestMessage,
   Page,
@@ -151,9 +150,7 @@ export class PostgresStore implements Store {
   constructor(options: PostgresOptions) {
     const { connectionString, schema } = parsePostgresUrl(options.url);
     this.schema = schema;
-    // Loaded here, not imported: a node on SQLite starts without parsing the driver.
-    const { Pool } = createRequire(import.meta.url)('pg') as typeof pg;
-    this.pool = new Pool({
+    this.pool = new pg.Pool({
       connectionString,
       max: options.max ?? 10,
       // Fail a call when the server is unreachable instead of queueing it forever.
