@@ -66,7 +66,7 @@ function clientErrorResponse(code: string | undefined): string {
   return `HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`;
 }
 
-function createStore(config: Config, log: Logger): Store {
+export function createStore(config: Config, log: Logger): Store {
   if (config.databaseUrl.startsWith('sqlite:'))
     return new SqliteStore(sqlitePath(config.databaseUrl));
   return new PostgresStore({ url: config.databaseUrl, log });

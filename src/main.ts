@@ -1,7 +1,7 @@
 /** Entry point: read config, build the app, listen, stop gracefully on a signal. */
 import { createApp } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
-import { devBanner, prepareDevMode } from './dev.js';
+import { DEV_STATE_FILE, devBanner, loadDevState, prepareDevMode, withDevState } from './dev.js';
 
 /** CONTRACT section 1: exit within 10 s of SIGTERM/SIGINT, whatever happens. */
 const SHUTDOWN_DEADLINE_MS = 10_000;
@@ -14,6 +14,15 @@ async function main(): Promise<void> {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`charla: ${err.message}\n`);
     process.exit(1);
+  }
+  // Dev mode signs with the secret of its previous run, so printed tokens survive a restart.
+  if (config.devMode) {
+    try {
+      config = withDevState(config, loadDevState(DEV_STATE_FILE));
+    } catch (err) {
+      process.stderr.write(`charla: ${err instanceof Error ? err.message : String(err)}\n`);
+      process.exit(1);
+    }
   }
   const app = createApp(config);
   for (const warning of config.warnings) app.log.warn(warning);

@@ -234,10 +234,14 @@ export interface ChildServer {
 }
 
 /** Starts `node dist/src/main.js` as its own process and waits for it to listen. */
-export function spawnServer(env: Record<string, string>): Promise<ChildServer> {
+export function spawnServer(
+  env: Record<string, string>,
+  options: { cwd?: string } = {},
+): Promise<ChildServer> {
   const child = spawn(process.execPath, [MAIN], {
     env: { PATH: process.env.PATH ?? '', PORT: '0', LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
   });
   let out = '';
   const exited = new Promise<number | null>((resolve) =>

@@ -28,7 +28,11 @@ const baseEnv = (name: string) => ({
 
 describe('start-up', () => {
   it('in dev mode prints the URL, the API key and tokens that work', async () => {
-    const server = await spawnServer({ DATABASE_URL: `sqlite:${join(dir, 'dev.db')}` });
+    // In its own directory: dev mode keeps its credentials in ./data/dev.json.
+    const server = await spawnServer(
+      { DATABASE_URL: `sqlite:${join(dir, 'dev.db')}` },
+      { cwd: dir },
+    );
     try {
       await waitForOutput(server.output, /viewer token/);
       const out = server.output();

@@ -180,9 +180,11 @@ export class Requests {
         })),
       };
       const { webhooks } = this.deps;
-      const sent = await this.deps.store.addRequestMessage(
-        { ...message, clientMessageId: clientMessageId ?? null },
-        webhooks?.messageCreated({ ...message, deliveredTo: [], readBy: [] }),
+      const sent = await this.deps.metrics.timeCommit('request_message', () =>
+        this.deps.store.addRequestMessage(
+          { ...message, clientMessageId: clientMessageId ?? null },
+          webhooks?.messageCreated({ ...message, deliveredTo: [], readBy: [] }),
+        ),
       );
       if (!sent.duplicate) {
         this.deps.metrics.messagesIn.inc({ chat: 'request' });
@@ -286,13 +288,15 @@ export class Requests {
       await this.authorize(identity, requestId);
       const at = new Date().toISOString();
       const { webhooks } = this.deps;
-      const messages = await this.deps.store.addReceipts(
-        requestId,
-        kind,
-        identity.userId,
-        [...new Set(ids)],
-        at,
-        kind === 'read' ? webhooks?.messagesRead(requestId, identity.userId, at) : undefined,
+      const messages = await this.deps.metrics.timeCommit('receipts', () =>
+        this.deps.store.addReceipts(
+          requestId,
+          kind,
+          identity.userId,
+          [...new Set(ids)],
+          at,
+          kind === 'read' ? webhooks?.messagesRead(requestId, identity.userId, at) : undefined,
+        ),
       );
       if (kind === 'read' && messages.length > 0) webhooks?.nudge();
       return { messages, at };

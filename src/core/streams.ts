@@ -18,7 +18,7 @@
 import type { Broker, Unsubscribe } from '../broker/broker.js';
 import type { Limits } from '../config.js';
 import type { Logger } from '../observability/log.js';
-import type { Metrics } from '../observability/metrics.js';
+import { type Metrics, preciseNow } from '../observability/metrics.js';
 import type { Store } from '../store/store.js';
 import { ChatError } from './errors.js';
 import type { Identity } from './identity.js';
@@ -70,7 +70,8 @@ export type StreamBroadcast =
 
 /** What flows on a stream's broker topic. */
 export type StreamEvent =
-  | { kind: 'chat'; message: StreamMessage }
+  /** `at`: when the chat was accepted (epoch ms, sub-millisecond), for the delivery latency metric. */
+  | { kind: 'chat'; message: StreamMessage; at?: number }
   | { kind: 'ended' }
   | { kind: 'delete'; id: string; by: string }
   | {
@@ -188,6 +189,8 @@ export class Streams<F> {
   private pending: StreamMessage[] = [];
   private flushing: Promise<void> = Promise.resolve();
   private flushScheduled = false;
+  /** When each chat fanned out in this event-loop turn was accepted. */
+  private deliveredThisTurn: number[] = [];
 
   constructor(private readonly deps: StreamsDeps<F>) {
     this.counters = new StreamLimits(deps.limits.streamRate, deps.counters);
@@ -279,7 +282,7 @@ export class Streams<F> {
     };
     this.deps.metrics.messagesIn.inc({ chat: 'stream' });
     this.enqueue(message);
-    this.publish(key, { kind: 'chat', message });
+    this.publish(key, { kind: 'chat', message, at: preciseNow() });
     return message;
   }
 
@@ -709,7 +712,9 @@ export class Streams<F> {
 
   private async write(batch: StreamMessage[]): Promise<void> {
     try {
-      await this.deps.store.appendStreamMessages(batch);
+      await this.deps.metrics.timeCommit('stream_messages', () =>
+        this.deps.store.appendStreamMessages(batch),
+      );
     } catch (err) {
       // Already delivered: the chats stay visible to those watching but are
       // missing from stored history. Logged once per batch, with its size.
@@ -768,6 +773,8 @@ export class Streams<F> {
         for (const viewer of room.viewers) if (viewer.deliver(frame)) delivered++;
         if (room.joining.size > 0) this.hold(room, event.message.id, frame);
         this.deps.metrics.messagesOut.inc({ chat: 'stream' }, delivered);
+        const acceptedAt = event.at ?? Date.parse(event.message.sentAt);
+        if (delivered > 0 && Number.isFinite(acceptedAt)) this.observeDelivery(acceptedAt);
         return;
       }
       case 'ended': {
@@ -801,6 +808,25 @@ export class Streams<F> {
       }
     }
   }
+
+  /**
+   * Delivery latency, once per chat rather than per viewer, to keep the fan-out
+   * loop as it is. Observed at the end of the turn: the transport writes what
+   * it corked for this turn first (its callback was queued before this one).
+   */
+  private observeDelivery(acceptedAt: number): void {
+    if (this.deliveredThisTurn.length === 0) setImmediate(this.observeTurn);
+    this.deliveredThisTurn.push(acceptedAt);
+  }
+
+  private readonly observeTurn = (): void => {
+    const now = preciseNow();
+    for (const at of this.deliveredThisTurn) {
+      // Clocks of two nodes may disagree by a little: never a negative latency.
+      this.deps.metrics.deliveryLatency.observe({ chat: 'stream' }, Math.max(0, now - at) / 1000);
+    }
+    this.deliveredThisTurn = [];
+  };
 
   private send(room: Room<F>, broadcast: StreamBroadcast): void {
     const frame = this.deps.encodeBroadcast(broadcast);
@@ -888,8 +914,12 @@ export function parseEvent(payload: string): StreamEvent | undefined {
   switch (e.kind) {
     case 'ended':
       return { kind: 'ended' };
-    case 'chat':
-      return isMessage(e.message) ? (value as StreamEvent) : undefined;
+    case 'chat': {
+      if (!isMessage(e.message)) return undefined;
+      // A missing or bad `at` (an older node, a foreign publisher) falls back to `sentAt`.
+      const chat = { kind: 'chat', message: e.message } as const;
+      return typeof e.at === 'number' && Number.isFinite(e.at) ? { ...chat, at: e.at } : chat;
+    }
     case 'delete':
       return isString(e.id) && isString(e.by) ? (value as StreamEvent) : undefined;
     case 'moderation': {

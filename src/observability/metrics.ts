@@ -1,5 +1,5 @@
 /** Prometheus metrics (served at GET /metrics), one registry per app instance. */
-import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 import type { ErrorCode } from '../core/errors.js';
 
 export type Chat = 'stream' | 'request';
@@ -55,6 +55,30 @@ export class Metrics {
     },
   });
 
+  // Latency histograms, in seconds. Bucket bounds span a local sub-millisecond
+  // answer to a node that is seconds behind.
+  readonly deliveryLatency = new Histogram({
+    name: 'charla_delivery_latency_seconds',
+    help: "From a chat message being accepted to its being written to the viewers' sockets (observed once per message per node, not per viewer)",
+    labelNames: ['chat'] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+  readonly storeCommit = new Histogram({
+    name: 'charla_store_commit_seconds',
+    help: 'Time for the store to commit a write, by operation',
+    labelNames: ['op'] as const,
+    buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+    registers: [this.registry],
+  });
+  readonly ackLatency = new Histogram({
+    name: 'charla_ack_latency_seconds',
+    help: 'Request chat: from an event arriving to its acknowledgement being sent, by event',
+    labelNames: ['event'] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+    registers: [this.registry],
+  });
+
   constructor() {
     // Includes nodejs_eventloop_lag_seconds and its percentiles.
     collectDefaultMetrics({ register: this.registry, eventLoopMonitoringPrecision: 20 });
@@ -63,4 +87,24 @@ export class Metrics {
   error(code: ErrorCode): void {
     this.errors.inc({ code });
   }
+
+  /** Times `write`, a store commit of kind `op`, whether it succeeds or not. */
+  async timeCommit<T>(op: StoreOp, write: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    try {
+      return await write();
+    } finally {
+      this.storeCommit.observe({ op }, (performance.now() - started) / 1000);
+    }
+  }
+}
+
+export type StoreOp = 'stream_messages' | 'request_message' | 'receipts';
+
+/**
+ * Now, in epoch milliseconds with sub-millisecond precision. Within one process
+ * it is exact; between nodes it is as good as their clocks agree.
+ */
+export function preciseNow(): number {
+  return performance.timeOrigin + performance.now();
 }

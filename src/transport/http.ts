@@ -4,6 +4,7 @@
  * `{error_code, message}` with its status.
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { z } from 'zod';
 import type { Limits } from '../config.js';
@@ -415,6 +416,14 @@ function opsRoutes(deps: HttpDeps): Route[] {
     },
     {
       method: 'GET',
+      path: /^\/api\/openapi\.json$/,
+      apiKey: false,
+      async handle() {
+        return { status: 200, body: await openApiDocument() };
+      },
+    },
+    {
+      method: 'GET',
       path: /^\/readyz$/,
       apiKey: false,
       async handle() {
@@ -435,6 +444,23 @@ function opsRoutes(deps: HttpDeps): Route[] {
       },
     },
   ];
+}
+
+/** docs/openapi.yaml at the repository root; this module runs compiled, from `dist/src/transport/`. */
+const OPENAPI_FILE = new URL('../../../docs/openapi.yaml', import.meta.url);
+let openApi: Promise<unknown> | undefined;
+
+/** The HTTP API's description, read on first request (start-up does not pay for the YAML parser). */
+function openApiDocument(): Promise<unknown> {
+  openApi ??= (async () => {
+    const { parse } = await import('yaml');
+    return parse(await readFile(OPENAPI_FILE, 'utf8')) as unknown;
+  })();
+  // A failed read is retried by the next request rather than remembered.
+  openApi.catch(() => {
+    openApi = undefined;
+  });
+  return openApi;
 }
 
 const digest = (value: string) => createHash('sha256').update(value).digest();
@@ -516,7 +542,7 @@ export function createHttpHandler(deps: HttpDeps) {
     ...userRoutes(deps),
   ];
 
-  return async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const handle = async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     try {
       const target = parseTarget(req.url);
       if (target.form === 'asterisk') {
@@ -567,4 +593,6 @@ export function createHttpHandler(deps: HttpDeps) {
       else res.destroy();
     }
   };
+  // The routes ride along so that a test can hold docs/openapi.yaml to them.
+  return Object.assign(handle, { routes: routes.map(({ method, path }) => ({ method, path })) });
 }

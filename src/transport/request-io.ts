@@ -236,7 +236,8 @@ export class RequestChat {
     // Flooding is counted per Engine.IO packet, below (request-wire.ts).
     socket.use((packet, _next) => {
       const [event, ...args] = packet as unknown[];
-      const ack = typeof args.at(-1) === 'function' ? (args.pop() as Ack) : undefined;
+      const raw = typeof args.at(-1) === 'function' ? (args.pop() as Ack) : undefined;
+      const ack = raw && this.timedAck(isRequestEvent(event) ? event : 'unknown', raw);
       if (!isRequestEvent(event)) {
         const name = typeof event === 'string' ? event.slice(0, 64) : String(event);
         this.fail(socket, name, new ChatError('unknown_type', 'Unknown event.'), undefined, ack);
@@ -456,6 +457,15 @@ export class RequestChat {
       lastMessage: s.lastMessage,
       unread: s.unread,
     });
+  }
+
+  /** `ack`, observing the time from the event's arrival to its acknowledgement. */
+  private timedAck(event: RequestEvent | 'unknown', ack: Ack): Ack {
+    const started = performance.now();
+    return (answer) => {
+      this.deps.metrics.ackLatency.observe({ event }, (performance.now() - started) / 1000);
+      ack(answer);
+    };
   }
 
   /** Answers a refused event with `exception`, and through the acknowledgement when given. */
