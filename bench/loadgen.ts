@@ -25,6 +25,12 @@ export interface FanoutJob {
   durationMs: number;
   sampleEvery: number;
   localAddresses: string[];
+  /**
+   * Viewers that also post, with these tokens (one viewer each), `rate`
+   * chats per second in all: users the server refuses (banned), so their
+   * chats come back as errors and are never fanned out.
+   */
+  refusedPosters?: { tokens: string[]; rate: number };
 }
 
 export interface ChurnJob {
@@ -55,6 +61,9 @@ export interface FanoutReport {
   sentInWindow: number;
   cpuPercent: number;
   posterErrors: number;
+  /** Chats sent by `refusedPosters`, and the non-chat frames all viewers received. */
+  refusedSent: number;
+  refusedAnswers: number;
 }
 
 export interface ChurnReport {
@@ -79,9 +88,10 @@ async function connectViewers(job: FanoutJob, latencies: number[]) {
   for (const stream of job.streams) {
     for (let v = 0; v < job.viewersPerStream; v++, i++) {
       const slow = job.slowFraction > 0 && i % Math.round(1 / job.slowFraction) === 0;
+      const refusedToken = job.refusedPosters?.tokens[i];
       const client = new RawClient({
         port: job.port,
-        path: `/ws/streams/${stream}/`,
+        path: `/ws/streams/${stream}/${refusedToken === undefined ? '' : `?token=${refusedToken}`}`,
         localAddress: job.localAddresses[i % job.localAddresses.length] as string,
         sampleEvery: slow ? 0 : job.sampleEvery,
         onSample,
@@ -184,6 +194,24 @@ async function runFanout(job: FanoutJob, waitForStart: () => Promise<void>): Pro
       }
     }, 5);
   }
+  let refusedTicker: NodeJS.Timeout | undefined;
+  const refused = job.refusedPosters;
+  let refusedSent = 0;
+  if (refused && refused.tokens.length > 0) {
+    const senders = viewers.slice(0, refused.tokens.length);
+    let due = 0;
+    let last = performance.now();
+    refusedTicker = setInterval(() => {
+      const now = performance.now();
+      due += ((now - last) / 1000) * refused.rate;
+      last = now;
+      while (due >= 1) {
+        const v = senders[refusedSent++ % senders.length];
+        v?.client.send(`{"type":"chat","data":{"message":"refused ${refusedSent}"}}`);
+        due -= 1;
+      }
+    }, 5);
+  }
   let framesInWindow = 0;
   let sentInWindow = 0;
   const sentSoFar = () => posters.reduce((n, p) => n + p.sent, 0);
@@ -203,6 +231,7 @@ async function runFanout(job: FanoutJob, waitForStart: () => Promise<void>): Pro
   const measured = latencies.slice();
   for (const p of posters) p.running = false;
   clearInterval(ticker);
+  clearInterval(refusedTicker);
 
   // Drain: wait until every poster has its answers and every reading viewer stops receiving.
   const answered = () => posters.every((p) => p.sent === p.echoes + p.errors);
@@ -236,6 +265,8 @@ async function runFanout(job: FanoutJob, waitForStart: () => Promise<void>): Pro
     sentInWindow,
     cpuPercent: cpu,
     posterErrors: posters.reduce((n, p) => n + p.errors, 0),
+    refusedSent,
+    refusedAnswers: viewers.reduce((n, v) => n + v.client.others, 0),
   };
 }
 

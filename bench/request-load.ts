@@ -17,6 +17,8 @@ export interface RequestJob {
   window: number;
   warmupMs: number;
   durationMs: number;
+  /** Extra LAB sockets that join every room and only listen: a wide fan-out. */
+  watchers?: number;
 }
 
 export interface RequestReport {
@@ -26,7 +28,7 @@ export interface RequestReport {
   /** Send → acknowledgement, ms, for messages sent inside the window. */
   latencies: number[];
   errors: number;
-  /** Messages the teachers received inside the window. */
+  /** Messages the teachers (and watchers) received inside the window. */
   deliveredInWindow: number;
   cpuPercent: number;
 }
@@ -65,6 +67,13 @@ export async function runRequest(
       return { requestId, lab, teacher };
     }),
   );
+  const watchers = await Promise.all(
+    Array.from({ length: job.watchers ?? 0 }, async () => {
+      const w = await connect(job.port, job.labToken);
+      for (const requestId of job.requests) await join(w, requestId);
+      return w;
+    }),
+  );
   await waitForStart();
 
   let measuring = false;
@@ -76,8 +85,8 @@ export async function runRequest(
   let inFlight = 0;
   let drained: () => void = () => {};
 
-  for (const { teacher } of pairs) {
-    teacher.on('message', () => {
+  for (const receiver of [...pairs.map((p) => p.teacher), ...watchers]) {
+    receiver.on('message', () => {
       if (measuring) delivered++;
     });
   }
@@ -120,6 +129,7 @@ export async function runRequest(
     lab.close();
     teacher.close();
   }
+  for (const w of watchers) w.close();
   return {
     mode: 'request',
     acksInWindow: acks,

@@ -9,24 +9,34 @@
  *   npm run bench -- --only fanout,idle --runs 5
  *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
+ *   npm run bench -- --only request --webhooks   (request chat with the webhook outbox on)
  *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
+ *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
+ *   npm run bench -- --only bigroom --bigroom-points 10000x50,10000x200   (chosen points)
+ *       (charla-off: charla with STREAM_FLUSH_MS=0; --flush-ms sets charla's STREAM_FLUSH_MS;
+ *        --cpu-prof writes a CPU profile of charla at the largest big-room point)
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { inboxScenario } from './inbox.js';
 import type { ChurnReport, FanoutJob, FanoutReport, Job, RequestReport } from './loadgen.js';
+import { summariseProfile } from './profile.js';
 import { fmt, latencyStats, lineChart, median, type Series, table } from './report.js';
 import {
+  BENCH_API_KEY,
   collectGarbage,
   cpuMsOf,
   LOADGEN_CORE,
   putRequests,
   putStreams,
+  type RunningServer,
   rssOf,
   type ServerKind,
   startServer,
@@ -44,7 +54,10 @@ const option = (name: string) => {
 const quick = flag('quick');
 const runs = Number(option('runs') ?? (quick ? 1 : 3));
 const only = option('only')?.split(',');
-const KINDS = (option('servers')?.split(',') ?? ['naive', 'bare', 'charla']) as ServerKind[];
+/** The servers under test: the kinds of servers.ts, and charla with write coalescing off. */
+type BenchKind = ServerKind | 'charla-off';
+const KINDS = (option('servers')?.split(',') ?? ['naive', 'bare', 'charla']) as BenchKind[];
+const flushMs = option('flush-ms');
 /** Under the 20,000 open files a process may hold, with room for the rest. */
 const MAX_CONNS_PER_GENERATOR = 15_000;
 const LOCAL_ADDRESSES = Array.from({ length: 16 }, (_, i) => `127.0.0.${i + 2}`);
@@ -137,15 +150,48 @@ interface FanoutSpec {
   durationMs?: number;
   /** Each viewer decodes every n-th frame for latency (default 50). */
   sampleEvery?: number;
+  /** charla's environment on top of the bench defaults. */
+  env?: Record<string, string>;
+  /** Token claims of the posters (e.g. a role). */
+  posterClaims?: Record<string, unknown>;
+  /** Called once the streams exist, before any client connects. */
+  setup?: (server: RunningServer, keys: string[]) => Promise<void>;
+  refusedPosters?: { count: number; rate: number };
+  /** Extra flags for the server's node (a CPU profile). */
+  nodeFlags?: string[];
 }
 
-async function fanout(kind: ServerKind, spec: FanoutSpec) {
-  const server = await startServer(kind);
+function launch(kind: BenchKind, nodeFlags: string[] = [], extra: Record<string, string> = {}) {
+  if (kind === 'charla-off') {
+    return startServer('charla', { ...extra, STREAM_FLUSH_MS: '0' }, nodeFlags);
+  }
+  const env: Record<string, string> =
+    kind === 'charla' && flushMs !== undefined ? { STREAM_FLUSH_MS: flushMs } : {};
+  return startServer(kind, { ...extra, ...env }, nodeFlags);
+}
+
+/** Viewers charla closed for not reading (NaN for the references): tells drops from a backlog. */
+async function slowConsumers(server: { kind: ServerKind; port: number }): Promise<number> {
+  if (server.kind !== 'charla') return Number.NaN;
+  try {
+    const text = await (await fetch(`http://127.0.0.1:${server.port}/metrics`)).text();
+    return Number(/charla_disconnects_total\{reason="slow_consumer"\} (\d+)/.exec(text)?.[1] ?? 0);
+  } catch {
+    return Number.NaN;
+  }
+}
+
+async function fanout(kind: BenchKind, spec: FanoutSpec) {
+  const server = await launch(kind, spec.nodeFlags, spec.env);
   try {
     const keys = Array.from({ length: spec.streams }, (_, i) => `s${i}`);
     await putStreams(server, keys);
+    await spec.setup?.(server, keys);
     const tokens = await Promise.all(
-      Array.from({ length: spec.posters }, (_, i) => token(`p${i}`)),
+      Array.from({ length: spec.posters }, (_, i) => token(`p${i}`, spec.posterClaims)),
+    );
+    const refusedTokens = await Promise.all(
+      Array.from({ length: spec.refusedPosters?.count ?? 0 }, (_, i) => token(`banned${i}`)),
     );
     const total = spec.streams * spec.viewersPerStream;
     const generators = Math.ceil(total / MAX_CONNS_PER_GENERATOR);
@@ -173,6 +219,9 @@ async function fanout(kind: ServerKind, spec: FanoutSpec) {
         durationMs: spec.durationMs ?? (quick ? 3000 : 5000),
         sampleEvery: spec.sampleEvery ?? 50,
         localAddresses: LOCAL_ADDRESSES,
+        ...(g === 0 && spec.refusedPosters
+          ? { refusedPosters: { tokens: refusedTokens, rate: spec.refusedPosters.rate } }
+          : {}),
       });
     }
     const serverWindow: ServerWindow = { cpuPercent: Number.NaN };
@@ -183,6 +232,7 @@ async function fanout(kind: ServerKind, spec: FanoutSpec) {
     const windowMs = median(reports.map((r) => r.windowMs));
     const deliveries = reports.reduce((n, r) => n + r.framesInWindow, 0) / (windowMs / 1000);
     const lat = latencyStats(reports.flatMap((r) => r.latencies));
+    const slowClosed = await slowConsumers(server);
     const accepted = reports[0]?.accepted ?? {};
     let lost = 0;
     for (const r of reports) {
@@ -201,16 +251,22 @@ async function fanout(kind: ServerKind, spec: FanoutSpec) {
       rssMB: peak / 2 ** 20,
       genCpu: Math.max(...reports.map((r) => r.cpuPercent)),
       serverCpu: serverWindow.cpuPercent,
+      // Server CPU time per delivery: comparable across runs on a loaded machine,
+      // where a server that is not scheduled shows as latency, not as CPU.
+      cpuUsPerDelivery: (serverWindow.cpuPercent * 10_000) / deliveries,
       sent: reports[0]?.sentInWindow ?? 0,
+      slowClosed,
       refused: reports[0]?.posterErrors ?? 0,
+      refusedSent: reports[0]?.refusedSent ?? 0,
+      refusedAnswers: reports.reduce((n, r) => n + r.refusedAnswers, 0),
     };
   } finally {
     await server.stop();
   }
 }
 
-async function idle(kind: ServerKind, viewers: number) {
-  const server = await startServer(kind);
+async function idle(kind: BenchKind, viewers: number) {
+  const server = await launch(kind);
   try {
     await putStreams(server, ['idle']);
     await sleep(500);
@@ -250,8 +306,8 @@ async function idle(kind: ServerKind, viewers: number) {
   }
 }
 
-async function churn(kind: ServerKind, concurrency: number) {
-  const server = await startServer(kind);
+async function churn(kind: BenchKind, concurrency: number) {
+  const server = await launch(kind);
   try {
     await putStreams(server, ['churn']);
     const tokens = await Promise.all(Array.from({ length: 200 }, (_, i) => token(`c${i}`)));
@@ -287,6 +343,26 @@ async function churn(kind: ServerKind, concurrency: number) {
   }
 }
 
+/** Slow mode on `key` and `banned` users banned from it, through the server API. */
+async function moderate(server: RunningServer, key: string, banned: number): Promise<void> {
+  const call = async (method: string, path: string, body: unknown) => {
+    const res = await fetch(`http://127.0.0.1:${server.port}${path}`, {
+      method,
+      headers: { 'x-api-key': BENCH_API_KEY, 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    if (res.status >= 300) throw new Error(`${method} ${path}: ${res.status}`);
+  };
+  await call('PATCH', `/api/streams/${key}`, { slowModeSeconds: 30 });
+  for (let i = 0; i < banned; i += 50) {
+    await Promise.all(
+      Array.from({ length: Math.min(50, banned - i) }, (_, j) =>
+        call('PUT', `/api/streams/${key}/bans/banned${i + j}`, {}),
+      ),
+    );
+  }
+}
+
 /** PostgreSQL for the request-chat scenario: the machine's server, a schema of the run's own. */
 const BENCH_PG_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 
@@ -294,13 +370,18 @@ const BENCH_PG_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.
  * Scenario 5: durable request-chat messages. 50 requests, a LAB socket sending
  * each message awaiting its acknowledgement before the next, the owning teacher receiving.
  */
-async function requestChat(database: 'sqlite' | 'postgres') {
+async function requestChat(database: 'sqlite' | 'postgres', watchers = 0) {
   const schema = `charla_bench_${randomBytes(4).toString('hex')}`;
   const env: Record<string, string> = {};
   if (database === 'postgres') {
     const url = new URL(BENCH_PG_URL);
     url.searchParams.set('schema', schema);
     env.DATABASE_URL = url.toString();
+  }
+  const hooks = flag('webhooks') ? await webhookSink() : undefined;
+  if (hooks) {
+    env.WEBHOOK_URL = hooks.url;
+    env.WEBHOOK_SECRET = `whsec_${randomBytes(32).toString('base64')}`;
   }
   const server = await startServer('charla', env);
   try {
@@ -318,6 +399,7 @@ async function requestChat(database: 'sqlite' | 'postgres') {
           window: 1,
           warmupMs: 1000,
           durationMs: quick ? 3000 : 8000,
+          watchers,
         },
       ],
       server.pid,
@@ -335,9 +417,11 @@ async function requestChat(database: 'sqlite' | 'postgres') {
       deliveredPerSec: report.deliveredInWindow / seconds,
       genCpu: report.cpuPercent,
       serverCpu: serverWindow.cpuPercent,
+      ...(hooks ? { webhooksReceived: hooks.received() } : {}),
     };
   } finally {
     await server.stop();
+    await hooks?.close();
     if (database === 'postgres') {
       const client = new pg.Client({ connectionString: BENCH_PG_URL });
       await client.connect();
@@ -347,11 +431,32 @@ async function requestChat(database: 'sqlite' | 'postgres') {
   }
 }
 
+/** A webhook receiver that answers 204 to everything and counts; not pinned, it runs here. */
+async function webhookSink() {
+  let received = 0;
+  const server = createServer((req, res) => {
+    req.resume();
+    req.on('end', () => {
+      received++;
+      res.writeHead(204).end();
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/hooks`,
+    received: () => received,
+    close: () => {
+      server.closeAllConnections();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
 /** Runs `fn` for every server kind `runs` times, interleaved, and keeps the medians. */
 async function compare<T extends Record<string, number>>(
   label: string,
-  fn: (kind: ServerKind) => Promise<T>,
-): Promise<Record<ServerKind, T>> {
+  fn: (kind: BenchKind) => Promise<T>,
+): Promise<Record<BenchKind, T>> {
   const all: Record<string, T[]> = {};
   for (let r = 0; r < runs; r++) {
     for (const kind of KINDS) {
@@ -362,7 +467,7 @@ async function compare<T extends Record<string, number>>(
       );
     }
   }
-  const out = {} as Record<ServerKind, T>;
+  const out = {} as Record<BenchKind, T>;
   for (const kind of KINDS) {
     const list = all[kind] as T[];
     const keys = Object.keys(list[0] as T) as Array<keyof T>;
@@ -396,7 +501,8 @@ async function main(): Promise<void> {
   process.stderr.write(`charla bench: ${runs} run(s) per point, medians; quick=${quick}\n`);
 
   if (want('fanout')) {
-    for (const viewers of quick ? [2000] : [500, 1000, 2000, 4000]) {
+    const only = option('fanout-viewers')?.split(',').map(Number);
+    for (const viewers of only ?? (quick ? [2000] : [500, 1000, 2000, 4000])) {
       const m = await compare(`fanout ${viewers}`, (k) =>
         fanout(k, { streams: 1, viewersPerStream: viewers, posters: 4, rate: 0 }),
       );
@@ -444,6 +550,63 @@ async function main(): Promise<void> {
     }
   }
 
+  if (want('moderated')) {
+    // The classroom's cost: slow mode on, 1,000 banned users posting into the
+    // stream they watch, moderators posting at full speed; against charla's
+    // plain fan-out to as many viewers in the same run.
+    const viewers = 2000;
+    const plain = () =>
+      fanout('charla', { streams: 1, viewersPerStream: viewers, posters: 4, rate: 0 });
+    const moderated = (env: Record<string, string> = {}) =>
+      fanout('charla', {
+        streams: 1,
+        viewersPerStream: viewers,
+        posters: 4,
+        rate: 0,
+        env,
+        posterClaims: { role: 'MODERATOR' },
+        refusedPosters: { count: 1000, rate: 1000 },
+        setup: (server, keys) => moderate(server, keys[0] as string, 1000),
+      });
+    const variants: Array<[string, () => Promise<Record<string, number>>]> = [
+      ['plain', plain],
+      ['moderated', () => moderated()],
+    ];
+    if (process.env.BENCH_REDIS_URL) {
+      const redis = { REDIS_URL: process.env.BENCH_REDIS_URL, REDIS_PREFIX: `bench${Date.now()}:` };
+      variants.push(['moderated, Redis limits', () => moderated(redis)]);
+    }
+    for (const [variant, run] of variants) {
+      const list: Array<Record<string, number>> = [];
+      for (let r = 0; r < runs; r++) {
+        const res = await run();
+        list.push(res);
+        process.stderr.write(`  moderated ${variant} run ${r + 1}: ${JSON.stringify(res)}\n`);
+      }
+      const keys = Object.keys(list[0] ?? {});
+      const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
+      record('moderated', { variant, viewers, server: 'charla', ...m });
+    }
+  }
+
+  if (want('bigroom')) await bigroom();
+
+  if (want('request-wide')) {
+    // Does a request room fan out wide enough for write coalescing to pay?
+    // Extra LAB sockets join all 50 rooms, so each message goes to 1 + N sockets.
+    for (const watchers of (option('request-watchers') ?? '0,10,40').split(',').map(Number)) {
+      const list: Array<Record<string, number>> = [];
+      for (let r = 0; r < runs; r++) {
+        const res = await requestChat('sqlite', watchers);
+        list.push(res);
+        process.stderr.write(`  request-wide ${watchers} run ${r + 1}: ${JSON.stringify(res)}\n`);
+      }
+      const keys = Object.keys(list[0] ?? {});
+      const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
+      record('request-wide', { watchers, server: 'charla', ...m });
+    }
+  }
+
   if (want('request')) {
     for (const database of ['sqlite', 'postgres'] as const) {
       const list: Array<Record<string, number>> = [];
@@ -485,9 +648,66 @@ async function main(): Promise<void> {
   process.stdout.write(`\nJSON, tables and charts in ${outDir}\n`);
 }
 
+/** The big-room points: [viewers on one stream, chats/s]; p99 against viewers and against rate. */
+const BIGROOM_VIEWERS = [5_000, 10_000, 15_000];
+const BIGROOM_RATES = [50, 100, 200];
+
+/**
+ * Scenario: one stream with thousands of viewers at a fixed chat rate (a class
+ * or an assembly), where each chat arrives in its own event-loop turn.
+ */
+async function bigroom(): Promise<void> {
+  const durationMs = quick ? 3000 : 5000;
+  const chosen = option('bigroom-points')
+    ?.split(',')
+    .map((p) => p.split('x').map(Number) as [number, number]);
+  const points: Array<[number, number]> = chosen
+    ? chosen
+    : quick
+      ? [[10_000, 50]]
+      : [
+          ...BIGROOM_VIEWERS.map((v): [number, number] => [v, 50]),
+          ...BIGROOM_RATES.filter((r) => r !== 50).map((r): [number, number] => [10_000, r]),
+        ];
+  const spec = (viewers: number, rate: number): FanoutSpec => ({
+    streams: 1,
+    viewersPerStream: viewers,
+    posters: 4,
+    rate,
+    durationMs,
+    // About 150,000 latency samples per run, spread over the whole window.
+    sampleEvery: Math.max(1, Math.ceil((viewers * rate * durationMs) / 1000 / 150_000)),
+  });
+  for (const [viewers, rate] of points) {
+    const m = await compare(`bigroom ${viewers}x${rate}/s`, (k) => fanout(k, spec(viewers, rate)));
+    for (const kind of KINDS) record('bigroom', { viewers, rate, server: kind, ...m[kind] });
+  }
+  if (flag('cpu-prof')) {
+    // Where charla's time goes at the heaviest point: 10,000 viewers × the highest rate.
+    const rate = quick ? 50 : (BIGROOM_RATES.at(-1) as number);
+    const dir = join(srcBench, 'out', 'profile');
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    const res = await fanout('charla', {
+      ...spec(10_000, rate),
+      nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${dir}`],
+    });
+    process.stderr.write(`  bigroom profile run 10000x${rate}/s: ${JSON.stringify(res)}\n`);
+    const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+    if (file) {
+      const summary = summariseProfile(
+        JSON.parse(readFileSync(join(dir, file), 'utf8')),
+        `charla, 10,000 viewers × ${rate} chats/s (whole process life: connect, run, drain)`,
+      );
+      writeFileSync(join(srcBench, 'out', 'bigroom-profile.md'), summary);
+      process.stderr.write(`${summary}\n`);
+    }
+  }
+}
+
 function by(
   scenario: string,
-  kind: ServerKind,
+  kind: BenchKind,
   match: (r: Row) => boolean = () => true,
 ): Row | undefined {
   return results[scenario]?.find((r) => r.server === kind && match(r));
@@ -621,6 +841,35 @@ function renderTables(): string {
       ),
     );
   }
+  if (results.moderated) {
+    const plain = results.moderated.find((r) => r.variant === 'plain');
+    const rows = results.moderated.map((r) => [
+      String(r.variant),
+      fmt(n(r, 'deliveries')),
+      ratio(n(r, 'deliveries'), n(plain, 'deliveries')),
+      `${fmt(n(r, 'p50'), 1)} / ${fmt(n(r, 'p99'), 1)}`,
+      fmt(n(r, 'lost')),
+      fmt(n(r, 'refusedSent')),
+      fmt(n(r, 'refusedAnswers')),
+      `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
+    ]);
+    parts.push(
+      '\n### Moderated stream: 2,000 viewers, 4 moderators posting as fast as a window of 32 allows; slow mode 30 s, 1,000 of the viewers banned and posting 1,000 chats/s in all\n',
+      table(
+        [
+          'charla',
+          'deliveries/s',
+          'vs plain',
+          'p50 / p99 ms',
+          'lost',
+          'banned chats sent',
+          'refusals received',
+          'CPU server / generator',
+        ],
+        rows,
+      ),
+    );
+  }
   if (results.request) {
     const rows = results.request.map((r) => [
       String(r.database),
@@ -649,20 +898,129 @@ function renderTables(): string {
       ),
     );
   }
+  if (results['request-wide']) {
+    const rows = results['request-wide'].map((r) => [
+      String(r.watchers),
+      fmt(n(r, 'acksPerSec')),
+      fmt(n(r, 'p50'), 2),
+      fmt(n(r, 'p99'), 2),
+      fmt(n(r, 'deliveredPerSec')),
+      `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
+    ]);
+    parts.push(
+      '\n### Request chat, wide rooms: 50 requests on SQLite, N more LAB sockets in every room\n',
+      table(
+        [
+          'extra sockets per room',
+          'acknowledged messages/s',
+          'ack p50 ms',
+          'ack p99 ms',
+          'delivered/s',
+          'CPU server / generator',
+        ],
+        rows,
+      ),
+    );
+  }
+  if (results.bigroom) {
+    const rows = (results.bigroom ?? [])
+      .filter((r) => r.server === KINDS[0])
+      .flatMap((p) =>
+        KINDS.map((kind) => {
+          const r = by('bigroom', kind, (x) => x.viewers === p.viewers && x.rate === p.rate);
+          const bare = by('bigroom', 'bare', (x) => x.viewers === p.viewers && x.rate === p.rate);
+          return [
+            String(p.viewers),
+            String(p.rate),
+            kind,
+            fmt(n(r, 'deliveries')),
+            fmt(n(r, 'p50'), 1),
+            fmt(n(r, 'p99'), 1),
+            fmt(n(r, 'max'), 1),
+            fmt(n(r, 'lost')),
+            ratio(n(r, 'p99'), n(bare, 'p99')),
+            fmt(n(r, 'cpuUsPerDelivery'), 2),
+            fmt(n(r, 'rssMB')),
+            `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
+          ];
+        }),
+      );
+    parts.push(
+      '\n### Big room: one stream, thousands of viewers, chats at a fixed rate (4 posters)\n',
+      table(
+        [
+          'viewers',
+          'chats/s',
+          'server',
+          'deliveries/s',
+          'p50 ms',
+          'p99 ms',
+          'max ms',
+          'lost',
+          'p99 vs bare',
+          'server CPU µs / delivery',
+          'peak RSS MB',
+          'CPU server / generator',
+        ],
+        rows,
+      ),
+    );
+  }
   return `${parts.join('\n')}\n`;
 }
 
+function writeBigroomCharts(outDir: string): void {
+  if (!results.bigroom) return;
+  const series = (match: (r: Row) => boolean, x: string): Series[] =>
+    KINDS.map((kind) => ({
+      name: NAMES[kind],
+      color: COLORS[kind],
+      points: (results.bigroom ?? [])
+        .filter((r) => r.server === kind && match(r))
+        .map((r) => [Number(r[x]), Number(r.p99)] as [number, number]),
+    }));
+  writeFileSync(
+    join(outDir, 'bigroom-p99-viewers.svg'),
+    lineChart(
+      'Big room at 50 chats/s: p99 post → receipt',
+      'viewers on one stream',
+      'p99 latency (ms, log scale)',
+      series((r) => r.rate === 50, 'viewers'),
+      { log: true },
+    ),
+  );
+  writeFileSync(
+    join(outDir, 'bigroom-p99-rate.svg'),
+    lineChart(
+      'Big room, 10,000 viewers: p99 post → receipt',
+      'chats per second',
+      'p99 latency (ms, log scale)',
+      series((r) => r.viewers === 10_000, 'rate'),
+      { log: true },
+    ),
+  );
+}
+
+const COLORS: Record<BenchKind, string> = {
+  naive: '#9ca3af',
+  bare: '#2563eb',
+  charla: '#db2777',
+  'charla-off': '#f59e0b',
+};
+const NAMES: Record<BenchKind, string> = {
+  naive: 'naive ws',
+  bare: 'bare (frame once, cork)',
+  charla: 'charla',
+  'charla-off': 'charla, STREAM_FLUSH_MS=0',
+};
+
 function writeCharts(outDir: string): void {
+  writeBigroomCharts(outDir);
   if (!results.fanout) return;
-  const colors: Record<ServerKind, string> = {
-    naive: '#9ca3af',
-    bare: '#2563eb',
-    charla: '#db2777',
-  };
   const series = (key: string): Series[] =>
     KINDS.map((kind) => ({
-      name: kind === 'naive' ? 'naive ws' : kind === 'bare' ? 'bare (frame once, cork)' : 'charla',
-      color: colors[kind],
+      name: NAMES[kind],
+      color: COLORS[kind],
       points: (results.fanout ?? [])
         .filter((r) => r.server === kind)
         .map((r) => [Number(r.viewers), Number(r[key])] as [number, number]),

@@ -45,6 +45,8 @@ export function charlaEnv(dir: string, extra: Record<string, string> = {}): Reco
 export async function startServer(
   kind: ServerKind,
   extraEnv: Record<string, string> = {},
+  /** Extra flags for node, e.g. `--cpu-prof`. */
+  nodeFlags: string[] = [],
 ): Promise<RunningServer> {
   const dir = mkdtempSync(join(tmpdir(), 'charla-bench-'));
   const env: Record<string, string> = {
@@ -55,7 +57,7 @@ export async function startServer(
   // LOG_LEVEL=warn would hide the listening line; charla's is read at info.
   if (kind === 'charla') env.LOG_LEVEL = 'info';
   const preload = join(root, 'bench/gc-on-signal.js');
-  const node = [process.execPath, '--expose-gc', '--import', preload, scripts[kind]];
+  const node = [process.execPath, ...nodeFlags, '--expose-gc', '--import', preload, scripts[kind]];
   const child = spawn('taskset', ['-c', SERVER_CORE, ...node], {
     env,
     stdio: ['ignore', 'pipe', 'inherit'],

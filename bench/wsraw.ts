@@ -40,7 +40,10 @@ export function clientTextFrame(text: string): Buffer {
 
 export class RawClient {
   readonly socket: net.Socket;
+  /** `chat` and `auth` frames received. */
   frames = 0;
+  /** Any other text frame (charla's classroom frames, errors). */
+  others = 0;
   private upgraded = false;
   private pending: Buffer | null = null;
   private readonly sampleEvery: number;
@@ -120,7 +123,12 @@ export class RawClient {
       }
       if (off + head + size > len) break;
       const opcode = (buf[off] as number) & 0x0f;
-      if (opcode === 1) {
+      // `{"type":"` is 9 bytes: the next one tells `chat` and `auth` (counted)
+      // from charla's other frames (`stream`, `history`, `error`, …, counted apart).
+      const kind = buf[off + head + 9];
+      if (opcode === 1 && kind !== 0x63 && kind !== 0x61) {
+        this.others++;
+      } else if (opcode === 1) {
         this.frames++;
         this.opts.onFrame?.();
         if (this.sampleEvery > 0 && this.frames % this.sampleEvery === 0) {

@@ -4,6 +4,7 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
+import { Redis } from 'ioredis';
 import type { Broker } from './broker/broker.js';
 import { MemoryBroker } from './broker/memory.js';
 import { RedisBroker } from './broker/redis.js';
@@ -12,6 +13,7 @@ import { ChatError } from './core/errors.js';
 import { createVerifier, type TokenVerifier } from './core/identity.js';
 import { Requests } from './core/requests.js';
 import { Streams } from './core/streams.js';
+import { Webhooks } from './core/webhooks.js';
 import { createLogger, type Logger, safePath } from './observability/log.js';
 import { Metrics } from './observability/metrics.js';
 import { PostgresStore } from './store/postgres.js';
@@ -19,8 +21,14 @@ import { SqliteStore, sqlitePath } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 import { createHttpHandler } from './transport/http.js';
 import { RequestChat, SOCKET_IO_PATH } from './transport/request-io.js';
-import { encodeStreamFrame, type StreamFrame, StreamGateway } from './transport/stream-ws.js';
+import {
+  encodeStreamBroadcast,
+  encodeStreamFrame,
+  type StreamFrame,
+  StreamGateway,
+} from './transport/stream-ws.js';
 import { createWebHandler } from './transport/web.js';
+import { HttpWebhookSender } from './transport/webhook-sender.js';
 import { abortHandshake, guard, httpResponse } from './transport/websocket-handshake.js';
 
 export interface App {
@@ -30,6 +38,8 @@ export interface App {
   readonly broker: Broker;
   readonly streams: Streams<StreamFrame>;
   readonly requests: Requests;
+  /** Webhook delivery; undefined without WEBHOOK_URL. */
+  readonly webhooks: Webhooks | undefined;
   readonly verifier: TokenVerifier;
   readonly metrics: Metrics;
   readonly log: Logger;
@@ -62,6 +72,31 @@ function createStore(config: Config, log: Logger): Store {
   return new PostgresStore({ url: config.databaseUrl, log });
 }
 
+/**
+ * The Redis connection that counts stream rate limits and slow mode for every
+ * node. Commands never queue: while Redis is away each node counts alone.
+ */
+function createCounterClient(config: Config, log: Logger): Redis | undefined {
+  if (config.redisUrl === undefined) return undefined;
+  const client = new Redis(config.redisUrl, {
+    protocol: 2,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    retryStrategy: (times) => Math.min(times * 100, 2_000),
+    connectionName: `${config.redisPrefix.replace(/[^A-Za-z0-9_:.-]/g, '_')}${process.pid}:limits`,
+  });
+  let down = false;
+  client.on('error', (err: Error) => {
+    if (!down)
+      log.warn({ err: err.message }, 'redis for stream limits unreachable; counting per node');
+    down = true;
+  });
+  client.on('ready', () => {
+    down = false;
+  });
+  return client;
+}
+
 function createBroker(config: Config, log: Logger): Broker {
   if (config.redisUrl === undefined) return new MemoryBroker();
   return new RedisBroker({ url: config.redisUrl, prefix: config.redisPrefix, log });
@@ -72,7 +107,22 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
   const metrics = new Metrics();
   const store = createStore(config, log);
   const broker = createBroker(config, log);
+  const counterClient = createCounterClient(config, log);
   const verifier = createVerifier(config.jwt, { log });
+  const webhooks =
+    config.webhooks &&
+    new Webhooks({
+      store,
+      sender: new HttpWebhookSender({
+        url: config.webhooks.url,
+        secret: config.webhooks.secret,
+        timeoutMs: config.webhooks.timeoutMs,
+        maxSockets: config.webhooks.concurrency,
+      }),
+      config: config.webhooks,
+      metrics,
+      log,
+    });
   const streams = new Streams<StreamFrame>({
     store,
     broker,
@@ -80,6 +130,9 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     metrics,
     log,
     encode: encodeStreamFrame,
+    webhooks,
+    encodeBroadcast: encodeStreamBroadcast,
+    counters: { redis: counterClient && { client: counterClient, prefix: config.redisPrefix } },
   });
   const streamGateway = new StreamGateway({
     streams,
@@ -88,13 +141,21 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     metrics,
     log,
   });
-  const requests = new Requests({ store, limits: config.limits, desk: config.desk, metrics, log });
+  const requests = new Requests({
+    store,
+    limits: config.limits,
+    desk: config.desk,
+    metrics,
+    log,
+    webhooks,
+  });
   const handler = createHttpHandler({
     apiKey: config.apiKey,
     metricsToken: config.metricsToken,
     limits: config.limits,
     streams,
     requests,
+    webhooks,
     metrics,
     log,
     readiness: { checks: { storage: () => store.ping(), broker: () => broker.ping() } },
@@ -169,6 +230,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
     broker,
     streams,
     requests,
+    webhooks,
     verifier,
     metrics,
     log,
@@ -176,6 +238,7 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
       // Storage must answer (and PostgreSQL be migrated) before the first client:
       // a node that cannot store fails its start instead of refusing every write.
       await store.ping();
+      webhooks?.start();
       return new Promise((resolve, reject) => {
         server.once('error', reject);
         server.listen(config.port, config.host, () => {
@@ -192,8 +255,11 @@ export function createApp(config: Config, options: { log?: Logger } = {}): App {
         server.closeIdleConnections();
         await Promise.all([streamGateway.closeAll(CLIENT_CLOSE_MS), requestChat.close()]);
         server.closeAllConnections();
+        streams.close();
         await Promise.all([streams.flush(), requests.flush()]);
+        await webhooks?.stop();
         await broker.close();
+        await counterClient?.quit().catch(() => counterClient.disconnect());
         await store.close();
       })();
       return closing;

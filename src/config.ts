@@ -25,6 +25,14 @@ export interface Limits {
   /** History reads one Socket.IO connection may have running, and queued behind those. */
   historyReadsRunning: number;
   historyReadsWaiting: number;
+  /** Live classroom: chats in the `history` frame on join (0 = off). */
+  streamHistoryOnJoin: number;
+  /** Live classroom: how often each node shares its viewer counts. */
+  streamViewersIntervalMs: number;
+  /** Longest wait of a busy stream's chats before they are written together; 0: off. */
+  streamFlushMs: number;
+  /** Share of time (0–1) a stream's writes take from which it is busy. */
+  streamFlushBusyShare: number;
 }
 
 export interface JwtConfig {
@@ -74,9 +82,25 @@ export interface Config {
   /** Bearer token that `GET /metrics` requires when set. */
   metricsToken: string | undefined;
   limits: Limits;
+  /** Webhooks to the platform (CONTRACT section 9); undefined without WEBHOOK_URL. */
+  webhooks: WebhookConfig | undefined;
   desk: DeskConfig;
   /** Accepted but unwise settings, for start-up to log. */
   warnings: string[];
+}
+
+export interface WebhookConfig {
+  url: string;
+  /** `whsec_` + base64, as Standard Webhooks prints it. */
+  secret: string;
+  maxAttempts: number;
+  retryBaseMs: number;
+  retryMaxMs: number;
+  /** 0: no `request.message.unread` events. */
+  unreadAfterMs: number;
+  timeoutMs: number;
+  pollMs: number;
+  concurrency: number;
 }
 
 export class ConfigError extends Error {}
@@ -86,10 +110,21 @@ const MIN_SECRET_BYTES = 32;
 /** jose's own default; shorter when the handshake timeout is shorter. */
 const JWKS_TIMEOUT_MS = 5_000;
 
+/** Standard Webhooks: a secret of 24 to 64 random bytes. */
+const MIN_WEBHOOK_SECRET_BYTES = 24;
+
+function isWebhookSecret(v: string): boolean {
+  const m = /^whsec_([A-Za-z0-9+/]+={0,2})$/.exec(v);
+  return m !== null && Buffer.from(m[1] as string, 'base64').length >= MIN_WEBHOOK_SECRET_BYTES;
+}
+
 const blankAsUnset = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
 const optionalString = z.preprocess(blankAsUnset, z.string().optional());
 const int = (def: number, min = 1, max = Number.MAX_SAFE_INTEGER) =>
   z.preprocess(blankAsUnset, z.coerce.number().int().min(min).max(max).default(def));
+/** A duration in seconds; fractions allowed, so tests can run a schedule in milliseconds. */
+const seconds = (def: number, min: number, max: number) =>
+  z.preprocess(blankAsUnset, z.coerce.number().finite().min(min).max(max).default(def));
 const rate = (def: string) =>
   z.preprocess(
     blankAsUnset,
@@ -158,6 +193,33 @@ const schema = z.object({
   METRICS_TOKEN: optionalString,
   HISTORY_READS_RUNNING: int(2, 1, 100),
   HISTORY_READS_WAITING: int(16, 0, 10_000),
+  // Webhooks to the platform (CONTRACT section 9).
+  WEBHOOK_URL: z.preprocess(
+    blankAsUnset,
+    z
+      .string()
+      .refine((v) => /^https?:\/\/.+/.test(v) && URL.canParse(v), {
+        message: 'expected an http:// or https:// URL',
+      })
+      .optional(),
+  ),
+  WEBHOOK_SECRET: z.preprocess(
+    blankAsUnset,
+    z
+      .string()
+      .refine(isWebhookSecret, {
+        message: `expected whsec_ followed by the base64 of at least ${MIN_WEBHOOK_SECRET_BYTES} bytes`,
+      })
+      .optional(),
+  ),
+  WEBHOOK_MAX_ATTEMPTS: int(12, 1, 100),
+  WEBHOOK_RETRY_BASE_SECONDS: seconds(10, 0.01, 3600),
+  WEBHOOK_RETRY_MAX_SECONDS: seconds(3600, 0.01, 86_400),
+  // 0 turns request.message.unread off.
+  WEBHOOK_UNREAD_AFTER_SECONDS: seconds(600, 0, 30 * 86_400),
+  WEBHOOK_TIMEOUT_MS: int(10_000, 100, 60_000),
+  WEBHOOK_POLL_MS: int(1000, 10, 60_000),
+  WEBHOOK_CONCURRENCY: int(8, 1, 256),
   // Request chat desk: edits, typing, attachments, unread (CONTRACT section 8)
   REQUEST_EDIT_WINDOW_SECONDS: int(900, 1, 31_536_000),
   TYPING_INTERVAL_MS: int(2000, 1, 3_600_000),
@@ -186,6 +248,12 @@ const schema = z.object({
   ),
   ATTACHMENTS_MAX: int(10, 1, 100),
   UNREAD_LIST_MAX: int(100, 1, 10_000),
+  // Live classroom (stream moderation, history on join, viewer counts)
+  STREAM_HISTORY_ON_JOIN: int(50, 0, 10_000),
+  STREAM_VIEWERS_INTERVAL_MS: int(5000, 50, 600_000),
+  // Big rooms: write coalescing of busy streams.
+  STREAM_FLUSH_MS: int(25, 0, 1000),
+  STREAM_FLUSH_BUSY_PERCENT: int(25, 0, 100),
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -217,8 +285,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     if (production) throw new ConfigError(`invalid JWT_SECRET: ${why}`);
     warnings.push(`${why}; production refuses it`);
   }
+  if (e.STREAM_HISTORY_ON_JOIN > e.HISTORY_MAX_PAGE) {
+    throw new ConfigError('invalid STREAM_HISTORY_ON_JOIN: must not exceed HISTORY_MAX_PAGE');
+  }
   if (e.HISTORY_PAGE > e.HISTORY_MAX_PAGE) {
     throw new ConfigError('invalid HISTORY_PAGE: must not exceed HISTORY_MAX_PAGE');
+  }
+  if (e.WEBHOOK_URL !== undefined && e.WEBHOOK_SECRET === undefined) {
+    throw new ConfigError('missing WEBHOOK_SECRET: WEBHOOK_URL needs a signing secret');
   }
   const devMode = keys === 0;
   return {
@@ -261,7 +335,25 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       handshakeTimeoutMs: e.HANDSHAKE_TIMEOUT_SECONDS * 1000,
       historyReadsRunning: e.HISTORY_READS_RUNNING,
       historyReadsWaiting: e.HISTORY_READS_WAITING,
+      streamHistoryOnJoin: e.STREAM_HISTORY_ON_JOIN,
+      streamViewersIntervalMs: e.STREAM_VIEWERS_INTERVAL_MS,
+      streamFlushMs: e.STREAM_FLUSH_MS,
+      streamFlushBusyShare: e.STREAM_FLUSH_BUSY_PERCENT / 100,
     },
+    webhooks:
+      e.WEBHOOK_URL === undefined || e.WEBHOOK_SECRET === undefined
+        ? undefined
+        : {
+            url: e.WEBHOOK_URL,
+            secret: e.WEBHOOK_SECRET,
+            maxAttempts: e.WEBHOOK_MAX_ATTEMPTS,
+            retryBaseMs: e.WEBHOOK_RETRY_BASE_SECONDS * 1000,
+            retryMaxMs: e.WEBHOOK_RETRY_MAX_SECONDS * 1000,
+            unreadAfterMs: e.WEBHOOK_UNREAD_AFTER_SECONDS * 1000,
+            timeoutMs: e.WEBHOOK_TIMEOUT_MS,
+            pollMs: e.WEBHOOK_POLL_MS,
+            concurrency: e.WEBHOOK_CONCURRENCY,
+          },
     desk: {
       editWindowMs: e.REQUEST_EDIT_WINDOW_SECONDS * 1000,
       typingIntervalMs: e.TYPING_INTERVAL_MS,

@@ -11,8 +11,15 @@ import { before, test } from 'node:test';
 import { Parser } from '@asyncapi/parser';
 import { z } from 'zod';
 import { ChatError, ERROR_CODES } from '../src/core/errors.js';
+import { WEBHOOK_TYPES } from '../src/core/webhook-events.js';
 import { requestClientFields } from '../src/transport/request-codec.js';
-import { encodeChat, encodeError, streamClientData } from '../src/transport/stream-codec.js';
+import {
+  encodeBroadcast,
+  encodeChat,
+  encodeError,
+  encodeHistory,
+  streamClientData,
+} from '../src/transport/stream-codec.js';
 
 const DOC = new URL('../../docs/asyncapi.yaml', import.meta.url);
 
@@ -53,6 +60,12 @@ test('stream client payloads are the zod schemas the server validates with', () 
   for (const [type, name] of [
     ['auth', 'StreamAuthData'],
     ['chat', 'StreamChatData'],
+    ['delete', 'StreamDeleteData'],
+    ['timeout', 'StreamTimeoutData'],
+    ['ban', 'StreamBanData'],
+    ['unban', 'StreamUnbanData'],
+    ['settings', 'StreamSettingsData'],
+    ['pin', 'StreamPinData'],
   ] as const) {
     const fromCode = z.toJSONSchema(streamClientData[type], { io: 'input', target: 'draft-7' });
     assert.deepEqual(structure(doc.components.schemas[name]), structure(fromCode), name);
@@ -91,6 +104,7 @@ test('server frames carry the fields the encoder writes', () => {
       username: 'ana',
       message: 'hola',
       sentAt: '2026-11-22T10:00:00.000Z',
+      badges: [],
     }),
   );
   const out = doc.components.schemas.StreamChatOut;
@@ -102,4 +116,68 @@ test('server frames carry the fields the encoder writes', () => {
   );
   const payload = doc.components.schemas.ErrorPayload;
   assert.deepEqual(Object.keys(error.data).sort(), Object.keys(payload.properties).sort());
+});
+
+test('the webhook messages are the event types charla sends', () => {
+  const types = Object.values(doc.channels.webhooks.messages).map(
+    (m: any) => m.payload.properties.type.const,
+  );
+  assert.deepEqual(types.sort(), [...WEBHOOK_TYPES].sort());
+});
+
+test('classroom server frames carry the fields the encoder writes', () => {
+  const chat = {
+    id: '6751b6df1ad14eaa13a03313',
+    streamKey: 'demo',
+    userId: '1',
+    username: 'ana',
+    message: 'hola',
+    sentAt: '2026-11-22T10:00:00.000Z',
+    badges: ['owner' as const],
+  };
+  const fields = (name: string) => {
+    const schema = doc.components.schemas[name];
+    assert.deepEqual(Object.keys(schema.properties).sort(), [...schema.required].sort(), name);
+    return [...schema.required].sort();
+  };
+  const stream = JSON.parse(
+    encodeBroadcast({
+      type: 'stream',
+      data: {
+        key: 'demo',
+        title: null,
+        viewers: 3,
+        slowModeSeconds: 0,
+        membersOnly: false,
+        paused: false,
+        pinned: chat,
+      },
+    }),
+  );
+  assert.equal(stream.type, 'stream');
+  assert.deepEqual(Object.keys(stream.data).sort(), fields('StreamStateOut'));
+  assert.deepEqual(Object.keys(stream.data.pinned).sort(), fields('StreamChatOut'));
+  const history = JSON.parse(
+    encodeHistory([JSON.stringify(JSON.parse(encodeChat(chat)).data)], true),
+  );
+  assert.equal(history.type, 'history');
+  assert.deepEqual(Object.keys(history.data).sort(), fields('StreamHistoryOut'));
+  const deleted = JSON.parse(encodeBroadcast({ type: 'delete', data: { id: chat.id, by: '7' } }));
+  assert.deepEqual(Object.keys(deleted.data).sort(), fields('StreamDeletedOut'));
+  const moderation = JSON.parse(
+    encodeBroadcast({
+      type: 'moderation',
+      data: { action: 'timeout', userId: '5', seconds: 60, by: '7' },
+    }),
+  );
+  const out = doc.components.schemas.StreamModerationOut;
+  assert.deepEqual(Object.keys(moderation.data).sort(), Object.keys(out.properties).sort());
+  for (const [type, name] of [
+    ['stream', 'StreamState'],
+    ['history', 'StreamHistory'],
+    ['delete', 'StreamDeleted'],
+    ['moderation', 'StreamModeration'],
+  ] as const) {
+    assert.equal(doc.components.messages[name].payload.properties.type.const, type, name);
+  }
 });

@@ -26,6 +26,10 @@ describe('loadConfig', () => {
       handshakeTimeoutMs: 10_000,
       historyReadsRunning: 2,
       historyReadsWaiting: 16,
+      streamHistoryOnJoin: 50,
+      streamViewersIntervalMs: 5000,
+      streamFlushMs: 25,
+      streamFlushBusyShare: 0.25,
     });
   });
   it('runs in dev mode with its own secret and API key when no JWT key is set', () => {
@@ -52,6 +56,13 @@ describe('loadConfig', () => {
       [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
       [{ SEND_BUFFER_MAX_BYTES: '1.5' }, 'SEND_BUFFER_MAX_BYTES'],
       [{ JWKS_URL: 'not a url' }, 'JWKS_URL'],
+      [{ STREAM_HISTORY_ON_JOIN: '-1' }, 'STREAM_HISTORY_ON_JOIN'],
+      [{ STREAM_HISTORY_ON_JOIN: '501' }, 'STREAM_HISTORY_ON_JOIN'],
+      [{ STREAM_VIEWERS_INTERVAL_MS: '10' }, 'STREAM_VIEWERS_INTERVAL_MS'],
+      [{ STREAM_VIEWERS_INTERVAL_MS: 'soon' }, 'STREAM_VIEWERS_INTERVAL_MS'],
+      [{ STREAM_FLUSH_MS: '-1' }, 'STREAM_FLUSH_MS'],
+      [{ STREAM_FLUSH_MS: '1001' }, 'STREAM_FLUSH_MS'],
+      [{ STREAM_FLUSH_BUSY_PERCENT: '101' }, 'STREAM_FLUSH_BUSY_PERCENT'],
     ];
     for (const [env, name] of cases) {
       assert.throws(
@@ -111,5 +122,58 @@ describe('loadConfig', () => {
   });
   it('takes only one kind of JWT key', () => {
     assert.throws(() => loadConfig({ JWT_SECRET: 's', JWKS_URL: 'https://x/jwks' }), ConfigError);
+  });
+});
+
+describe('webhook configuration', () => {
+  const secret = `whsec_${Buffer.alloc(24, 7).toString('base64')}`;
+  it('is off without WEBHOOK_URL, with the contract defaults when set', () => {
+    assert.equal(loadConfig({}).webhooks, undefined);
+    assert.deepEqual(
+      loadConfig({ WEBHOOK_URL: 'https://platform.example/hooks', WEBHOOK_SECRET: secret })
+        .webhooks,
+      {
+        url: 'https://platform.example/hooks',
+        secret,
+        maxAttempts: 12,
+        retryBaseMs: 10_000,
+        retryMaxMs: 3_600_000,
+        unreadAfterMs: 600_000,
+        timeoutMs: 10_000,
+        pollMs: 1000,
+        concurrency: 8,
+      },
+    );
+  });
+  it('needs a secret of whsec_ and at least 24 bytes of base64 with the URL', () => {
+    const url = 'http://127.0.0.1:9/hooks';
+    assert.throws(() => loadConfig({ WEBHOOK_URL: url }), /WEBHOOK_SECRET/);
+    for (const bad of [
+      Buffer.alloc(24, 7).toString('base64'),
+      `whsec_${Buffer.alloc(23, 7).toString('base64')}`,
+      'whsec_not base64!',
+      'whsec_',
+    ]) {
+      assert.throws(
+        () => loadConfig({ WEBHOOK_URL: url, WEBHOOK_SECRET: bad }),
+        /invalid WEBHOOK_SECRET/,
+      );
+    }
+    assert.throws(
+      () => loadConfig({ WEBHOOK_URL: 'ftp://x/hooks', WEBHOOK_SECRET: secret }),
+      /invalid WEBHOOK_URL/,
+    );
+    for (const [name, value] of [
+      ['WEBHOOK_MAX_ATTEMPTS', '0'],
+      ['WEBHOOK_RETRY_BASE_SECONDS', '-1'],
+      ['WEBHOOK_UNREAD_AFTER_SECONDS', 'soon'],
+      ['WEBHOOK_TIMEOUT_MS', '10'],
+      ['WEBHOOK_CONCURRENCY', '0'],
+    ] as const) {
+      assert.throws(
+        () => loadConfig({ WEBHOOK_URL: url, WEBHOOK_SECRET: secret, [name]: value }),
+        new RegExp(`invalid ${name}`),
+      );
+    }
   });
 });

@@ -101,11 +101,17 @@ export interface Frame {
   data: any;
 }
 
+/** Frames a section-2 client ignores; `next()` and `rest()` pass over them. */
+const CLASSROOM_FRAMES = new Set(['stream', 'history']);
+
 /**
  * A `ws` client that records every frame, so a test can wait for the next
  * one matching a predicate and see everything it was sent.
  */
 export class StreamClient {
+  /** Every frame received, in order. */
+  readonly all: Frame[] = [];
+  /** The frames a section-2 client knows: `all` without `stream` and `history`. */
   readonly frames: Frame[] = [];
   private cursor = 0;
   private waiters: Array<() => void> = [];
@@ -114,7 +120,9 @@ export class StreamClient {
 
   constructor(readonly ws: WebSocket) {
     ws.on('message', (data) => {
-      this.frames.push(JSON.parse(String(data)) as Frame);
+      const frame = JSON.parse(String(data)) as Frame;
+      this.all.push(frame);
+      if (!CLASSROOM_FRAMES.has(frame.type)) this.frames.push(frame);
       this.wake();
     });
     this.opened = new Promise((resolve, reject) => {
@@ -160,19 +168,21 @@ export class StreamClient {
     this.send({ type: 'auth', data: { token } });
   }
 
-  /** The next frame not yet taken (optionally of `type`), or rejects after `ms`. */
+  /**
+   * The next frame not yet taken (optionally of `type`), or rejects after `ms`.
+   * Without `type`, the classroom's `stream` and `history` frames are passed
+   * over, as a client written for section 2 alone would.
+   */
   async next(type?: string, ms = 3000): Promise<Frame> {
     const deadline = Date.now() + ms;
     for (;;) {
-      while (this.cursor < this.frames.length) {
-        const f = this.frames[this.cursor++] as Frame;
-        if (type === undefined || f.type === type) return f;
+      while (this.cursor < this.all.length) {
+        const f = this.all[this.cursor++] as Frame;
+        if (type === undefined ? !CLASSROOM_FRAMES.has(f.type) : f.type === type) return f;
       }
       const left = deadline - Date.now();
       if (left <= 0 || this.ws.readyState === WebSocket.CLOSED) {
-        throw new Error(
-          `no ${type ?? ''} frame within ${ms} ms; got ${JSON.stringify(this.frames)}`,
-        );
+        throw new Error(`no ${type ?? ''} frame within ${ms} ms; got ${JSON.stringify(this.all)}`);
       }
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, left);
@@ -188,7 +198,7 @@ export class StreamClient {
   async collect(type: string, n: number, ms = 5000): Promise<Frame[]> {
     const deadline = Date.now() + ms;
     for (;;) {
-      const got = this.frames.filter((f) => f.type === type);
+      const got = this.all.filter((f) => f.type === type);
       if (got.length >= n) return got;
       if (Date.now() > deadline || this.ws.readyState === WebSocket.CLOSED) {
         throw new Error(`expected ${n} ${type} frames, got ${got.length}`);
@@ -197,9 +207,9 @@ export class StreamClient {
     }
   }
 
-  /** Frames received so far that were not taken by `next`. */
+  /** Frames received so far that were not taken by `next` (`stream` and `history` left out). */
   rest(): Frame[] {
-    return this.frames.slice(this.cursor);
+    return this.all.slice(this.cursor).filter((f) => !CLASSROOM_FRAMES.has(f.type));
   }
 
   close(): void {

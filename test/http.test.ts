@@ -91,7 +91,7 @@ describe('stream API', () => {
     assert.equal((await api(s.url, 'GET', '/nothing')).status, 404);
     const res = await fetch(`${s.url}/api/streams/k1`, { method: 'POST', body: '{}' });
     assert.equal(res.status, 405);
-    assert.equal(res.headers.get('allow'), 'PUT, DELETE');
+    assert.equal(res.headers.get('allow'), 'PUT, DELETE, GET, PATCH');
     assert.deepEqual(await res.json(), {
       error_code: 'method_not_allowed',
       message: 'This method is not allowed here.',

@@ -20,6 +20,7 @@ const { limits, desk } = loadConfig({
   REQUEST_MESSAGE_MAX_CHARS: '20',
   HISTORY_PAGE: '3',
   HISTORY_MAX_PAGE: '5',
+  STREAM_HISTORY_ON_JOIN: '5',
 });
 
 const who = (userId: string, ...roles: string[]): Identity => ({

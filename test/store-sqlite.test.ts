@@ -101,3 +101,28 @@ test('the inbox and unread counts read counters on indexes, never messages', asy
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('the webhook worker reads the outbox through its partial indexes', async () => {
+  const dir = tempDir('charla-plan-');
+  const store = new SqliteStore(join(dir, 'charla.db'));
+  try {
+    const statements = (store as any).q as Record<string, Database.Statement>;
+    const db = (store as any).db as Database.Database;
+    for (const [name, index] of [
+      ['dueOutbox', 'webhook_outbox_due'],
+      ['failedOutbox', 'webhook_outbox_failed'],
+      ['outboxDepth', 'webhook_outbox_due'],
+    ] as const) {
+      const sql = statements[name]?.source as string;
+      const plan = db
+        .prepare(`EXPLAIN QUERY PLAN ${sql}`)
+        .all(...params(sql))
+        .map((row: any) => row.detail as string)
+        .join(' | ');
+      assert.match(plan, new RegExp(`USING INDEX ${index}`), `${name}: ${plan}`);
+    }
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

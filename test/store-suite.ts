@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { newId } from '../src/core/ids.js';
 import type { NewRequestMessage, StreamMessage } from '../src/core/messages.js';
+import { type OutboxEntry, outboxEntry } from '../src/core/webhook-events.js';
 import type { Store } from '../src/store/store.js';
 
 /** One isolated place to store things (a temp file, a fresh schema). */
@@ -28,6 +29,7 @@ const streamMessage = (streamKey: string, message: string, userId = '1'): Stream
   username: `user${userId}`,
   message,
   sentAt: iso(++clock),
+  badges: [],
 });
 
 const requestMessage = (
@@ -378,6 +380,253 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
         }));
     });
 
+    describe('webhook outbox', () => {
+      const at = (ms: number) => new Date(Date.UTC(2026, 0, 1) + ms);
+      const event = (ms: number, dueMs = ms, unlessRead?: string): OutboxEntry =>
+        outboxEntry(
+          'stream.ended',
+          { key: `k${ms}` },
+          { at: at(ms), dueAt: at(dueMs), unlessRead },
+        );
+      /** Claims at `ms` with a lease to `ms + 1000`. */
+      const claim = (s: Store, ms: number, limit = 10) =>
+        s.claimWebhooks(limit, iso(ms), iso(ms + 1000));
+
+      it('commits events with a new message and drops them with a duplicate', () =>
+        withStore(async (s) => {
+          const r = newId();
+          await s.putRequest(r, '1');
+          const first = [event(1), event(2)];
+          await s.addRequestMessage(requestMessage(r, 'hola', '1', 'c-1'), first);
+          const again = await s.addRequestMessage(requestMessage(r, 'hola', '1', 'c-1'), [
+            event(3),
+          ]);
+          assert.equal(again.duplicate, true);
+          // Without a clientMessageId every message is new.
+          const third = event(4);
+          await s.addRequestMessage(requestMessage(r, 'otra', '1'), [third]);
+          const claimed = await claim(s, 10_000);
+          assert.deepEqual(
+            claimed.map((e) => e.id),
+            [first[0]?.id, first[1]?.id, third.id],
+          );
+          assert.deepEqual(claimed[0], {
+            id: first[0]?.id,
+            type: 'stream.ended',
+            data: '{"key":"k1"}',
+            createdAt: iso(1),
+            attempts: 0,
+            lastError: null,
+            lastAttemptAt: null,
+          });
+        }));
+
+      it('a message whose insert fails stores none of its events', () =>
+        withStore(async (s) => {
+          const r = newId();
+          await s.putRequest(r, '1');
+          const m = requestMessage(r, 'hola');
+          await s.addRequestMessage(m);
+          await assert.rejects(s.addRequestMessage({ ...m, clientMessageId: 'x' }, [event(1)]));
+          assert.deepEqual(await claim(s, 10_000), []);
+        }));
+
+      it('leases a row to one claimer until the lease runs out, oldest due first', () =>
+        withStore(async (s) => {
+          const late = event(1, 50);
+          const early = event(2, 20);
+          await s.enqueueWebhooks([late, early, event(3, 5_000)]);
+          assert.deepEqual(await claim(s, 10), [], 'nothing due yet');
+          assert.deepEqual(
+            (await claim(s, 100)).map((e) => e.id),
+            [early.id, late.id],
+          );
+          assert.deepEqual(await claim(s, 500), [], 'leased until 1100');
+          assert.deepEqual(
+            (await claim(s, 1100, 1)).map((e) => e.id),
+            [early.id],
+            'an expired lease frees the row; the limit holds',
+          );
+          await s.completeWebhook(early.id);
+          assert.deepEqual(
+            (await claim(s, 2200)).map((e) => e.id),
+            [late.id],
+          );
+          await s.releaseWebhook(late.id);
+          assert.deepEqual(
+            (await claim(s, 2300)).map((e) => [e.id, e.attempts]),
+            [[late.id, 0]],
+            'a released row is due again, no attempt counted',
+          );
+        }));
+
+      it('counts failed attempts, keeps failed rows for the API, and retries them', () =>
+        withStore(async (s) => {
+          const e = event(1);
+          await s.enqueueWebhooks([e]);
+          await claim(s, 10);
+          await s.recordWebhookFailure(e.id, {
+            error: 'HTTP 500',
+            at: iso(20),
+            nextAttemptAt: iso(3_000),
+          });
+          assert.deepEqual(await claim(s, 2_000), [], 'not before its next attempt');
+          const [retried] = await claim(s, 3_000);
+          assert.equal(retried?.attempts, 1);
+          assert.equal(retried?.lastError, 'HTTP 500');
+          assert.equal(retried?.lastAttemptAt, iso(20));
+          assert.deepEqual(await s.failedWebhooks(10), []);
+          await s.recordWebhookFailure(e.id, {
+            error: 'timeout',
+            at: iso(3_100),
+            nextAttemptAt: null,
+          });
+          assert.deepEqual(await claim(s, 99_000), [], 'a failed row is not sent again');
+          assert.deepEqual(await s.webhookQueueDepth(iso(99_000)), 0);
+          const failed = await s.failedWebhooks(10);
+          assert.deepEqual(
+            failed.map((f) => [f.id, f.attempts, f.lastError, f.lastAttemptAt]),
+            [[e.id, 2, 'timeout', iso(3_100)]],
+          );
+          assert.equal(await s.retryWebhook('msg_unknown', iso(100_000)), false);
+          assert.equal(await s.retryWebhook(e.id, iso(100_000)), true);
+          assert.equal(await s.retryWebhook(e.id, iso(100_000)), false, 'no longer failed');
+          assert.deepEqual(await s.failedWebhooks(10), []);
+          const [again] = await claim(s, 100_000);
+          assert.equal(again?.id, e.id, 'the same webhook-id');
+          assert.equal(again?.attempts, 2);
+          await s.completeWebhook(e.id);
+          assert.deepEqual(await claim(s, 200_000), []);
+        }));
+
+      it('drops an unread check once its message is read, and sends it otherwise', () =>
+        withStore(async (s) => {
+          const r = newId();
+          await s.putRequest(r, '1');
+          const read = (await s.addRequestMessage(requestMessage(r, 'a', '1'))).message._id;
+          const unread = (await s.addRequestMessage(requestMessage(r, 'b', '1'))).message._id;
+          const checkRead = event(1, 100, read);
+          const checkUnread = event(2, 100, unread);
+          await s.enqueueWebhooks([checkRead, checkUnread]);
+          assert.equal(await s.webhookQueueDepth(iso(50)), 0, 'checks not yet due are not queued');
+          // Delivered is not read.
+          await s.addReceipts(r, 'delivered', '2', [unread], iso(10));
+          await s.addReceipts(r, 'read', '2', [read], iso(20));
+          assert.equal(await s.webhookQueueDepth(iso(100)), 2);
+          assert.deepEqual(
+            (await claim(s, 100)).map((e) => e.id),
+            [checkUnread.id],
+          );
+          // Once it has been attempted, the event stands even if the message is read later.
+          await s.recordWebhookFailure(checkUnread.id, {
+            error: 'HTTP 500',
+            at: iso(110),
+            nextAttemptAt: iso(200),
+          });
+          await s.addReceipts(r, 'read', '2', [unread], iso(150));
+          assert.deepEqual(
+            (await claim(s, 200)).map((e) => e.id),
+            [checkUnread.id],
+          );
+        }));
+
+      it('commits a read event with the receipts it names, and none without new ones', () =>
+        withStore(async (s) => {
+          const r = newId();
+          await s.putRequest(r, '1');
+          const a = (await s.addRequestMessage(requestMessage(r, 'a', '1'))).message._id;
+          const b = (await s.addRequestMessage(requestMessage(r, 'b', '1'))).message._id;
+          const seen: string[][] = [];
+          const outbox = (fresh: string[]) => {
+            seen.push(fresh);
+            return outboxEntry(
+              'request.message.read',
+              { requestId: r, userId: '2', messages: fresh, at: iso(5) },
+              { at: at(5) },
+            );
+          };
+          assert.deepEqual(await s.addReceipts(r, 'read', '2', [b, a], iso(5), outbox), [a, b]);
+          assert.deepEqual(await s.addReceipts(r, 'read', '2', [a], iso(6), outbox), []);
+          assert.deepEqual(seen, [[a, b]], 'called once, with the new ids');
+          const claimed = await claim(s, 10_000);
+          assert.equal(claimed.length, 1);
+          assert.deepEqual(JSON.parse(claimed[0]?.data ?? ''), {
+            requestId: r,
+            userId: '2',
+            messages: [a, b],
+            at: iso(5),
+          });
+        }));
+
+      it('commits stream.ended only with the call that ended the stream', () =>
+        withStore(async (s) => {
+          await s.putStream('live', {});
+          assert.equal(await s.endStream('nope', [event(1)]), false);
+          assert.equal(await s.endStream('live', [event(2)]), true);
+          assert.equal(await s.endStream('live', [event(3)]), true);
+          assert.deepEqual(
+            (await claim(s, 10_000)).map((e) => e.data),
+            ['{"key":"k2"}'],
+          );
+        }));
+
+      it('commits moderation events with the moderation log entry', () =>
+        withStore(async (s) => {
+          await s.putStream('mod', {});
+          const event = outboxEntry('stream.user.banned', { key: 'mod', userId: '5', by: '9' });
+          const logged = await s.addModerationAction(
+            'mod',
+            { action: 'ban', userId: '5', messageId: null, by: '9', at: iso(1), reason: null },
+            [event],
+          );
+          await s.addModerationAction('mod', {
+            action: 'unban',
+            userId: '5',
+            messageId: null,
+            by: '9',
+            at: iso(2),
+            reason: null,
+          });
+          assert.deepEqual(
+            (await s.moderationLog('mod', { limit: 10 })).actions.map((a) => a.action),
+            ['unban', 'ban'],
+          );
+          assert.equal(typeof logged.id, 'string');
+          assert.deepEqual(
+            (await claim(s, Date.now() + 10_000)).map((e) => e.id),
+            [event.id],
+          );
+        }));
+
+      it('keeps pending and failed rows across close and reopen', () =>
+        withStore(async (first, h) => {
+          const pending = event(1);
+          const failed = event(2);
+          await first.enqueueWebhooks([pending, failed]);
+          await claim(first, 10);
+          await first.recordWebhookFailure(failed.id, {
+            error: 'x',
+            at: iso(20),
+            nextAttemptAt: null,
+          });
+          await first.close();
+          const s = await h.open();
+          try {
+            // The lease from before may stand (PostgreSQL) or be cleared (SQLite): after it, due.
+            assert.deepEqual(
+              (await claim(s, 5_000)).map((e) => e.id),
+              [pending.id],
+            );
+            assert.deepEqual(
+              (await s.failedWebhooks(10)).map((e) => e.id),
+              [failed.id],
+            );
+          } finally {
+            await s.close();
+          }
+        }));
+    });
+
     describe('inbox, unread counters, edits and attachments', () => {
       const unreadOf = async (s: Store, r: string, userId: string) =>
         (await s.requestSummary(r, userId))?.unread;
@@ -629,6 +878,184 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           } finally {
             await s.close();
           }
+        }));
+
+      it("keeps a stream's moderation state: settings, moderators, pin, title", () =>
+        withStore(async (s) => {
+          assert.equal(await s.getStreamControl('class'), undefined);
+          assert.equal(await s.updateStreamControl('class', { paused: true }), false);
+          await s.putStream('class', { title: 'Algebra', ownerId: '7' });
+          assert.deepEqual(await s.getStreamControl('class'), {
+            key: 'class',
+            title: 'Algebra',
+            ownerId: '7',
+            moderators: [],
+            slowModeSeconds: 0,
+            membersOnly: false,
+            paused: false,
+            pinnedId: null,
+          });
+          const chat = streamMessage('class', 'pin me');
+          await s.appendStreamMessages([chat]);
+          assert.equal(
+            await s.updateStreamControl('class', {
+              slowModeSeconds: 30,
+              membersOnly: true,
+              moderators: ['8', '9'],
+              pinnedId: chat.id,
+            }),
+            true,
+          );
+          assert.equal(
+            await s.updateStreamControl('class', { paused: true, title: 'Geometry' }),
+            true,
+          );
+          assert.deepEqual(await s.getStreamControl('class'), {
+            key: 'class',
+            title: 'Geometry',
+            ownerId: '7',
+            moderators: ['8', '9'],
+            slowModeSeconds: 30,
+            membersOnly: true,
+            paused: true,
+            pinnedId: chat.id,
+          });
+          await s.updateStreamControl('class', { pinnedId: null, membersOnly: false });
+          const after = await s.getStreamControl('class');
+          assert.equal(after?.pinnedId, null);
+          assert.equal(after?.membersOnly, false);
+          assert.equal(after?.paused, true, 'fields left out keep their value');
+          // The earlier section-4 view is unchanged.
+          assert.deepEqual(await s.getStream('class'), {
+            key: 'class',
+            title: 'Geometry',
+            ownerId: '7',
+            endedAt: null,
+          });
+        }));
+
+      it('replaces the members allowlist whole', () =>
+        withStore(async (s) => {
+          await s.putStream('class', {});
+          assert.deepEqual(await s.streamMembers('class'), []);
+          await s.setStreamMembers('class', ['3', '1', '2', '1']);
+          assert.deepEqual(await s.streamMembers('class'), ['1', '2', '3']);
+          await s.setStreamMembers('class', ['2', '4']);
+          assert.deepEqual(await s.streamMembers('class'), ['2', '4']);
+          assert.deepEqual(await s.streamMembers('other'), []);
+          await s.setStreamMembers('class', []);
+          assert.deepEqual(await s.streamMembers('class'), []);
+        }));
+
+      it('stores bans and timeouts, lists those in force, lifts them', () =>
+        withStore(async (s) => {
+          await s.putStream('class', {});
+          const ban = { userId: '5', until: null, reason: 'spam', by: '7', at: iso(1) };
+          const timeout = { userId: '6', until: iso(1_000), reason: null, by: '7', at: iso(2) };
+          const over = { userId: '9', until: iso(10), reason: null, by: 'api', at: iso(3) };
+          await s.putStreamBan('class', ban);
+          await s.putStreamBan('class', timeout);
+          await s.putStreamBan('class', over);
+          await s.putStreamBan('elsewhere', { ...ban, userId: '1' });
+          assert.deepEqual(await s.streamBans('class', iso(500)), [ban, timeout]);
+          assert.deepEqual(await s.streamBans('class', iso(5)), [ban, timeout, over]);
+          // A new ban of the same user replaces the timeout.
+          const banned = { ...timeout, until: null, reason: 'again', at: iso(4) };
+          await s.putStreamBan('class', banned);
+          assert.deepEqual(await s.streamBans('class', iso(2_000)), [ban, banned]);
+          assert.equal(await s.deleteStreamBan('class', '5'), true);
+          assert.equal(await s.deleteStreamBan('class', '5'), false);
+          assert.deepEqual(await s.streamBans('class', iso(2_000)), [banned]);
+        }));
+
+      it('deletes a chat for audit: kept with who and when, left out of recent chats', () =>
+        withStore(async (s) => {
+          await s.putStream('class', {});
+          const chats = Array.from({ length: 5 }, (_, i) => streamMessage('class', `c${i}`));
+          chats[1] = { ...(chats[1] as StreamMessage), badges: ['owner'] };
+          await s.appendStreamMessages(chats);
+          const [c0, c1, c2, c3, c4] = chats as [
+            StreamMessage,
+            StreamMessage,
+            StreamMessage,
+            StreamMessage,
+            StreamMessage,
+          ];
+          assert.deepEqual(await s.getStreamMessage('class', c1.id), c1, 'badges are stored');
+          assert.equal(await s.getStreamMessage('other', c1.id), undefined);
+          const deleted = await s.deleteStreamMessage('class', c2.id, '7', iso(100));
+          assert.deepEqual(deleted, { ...c2, deletedAt: iso(100), deletedBy: '7' });
+          const again = await s.deleteStreamMessage('class', c2.id, '8', iso(200));
+          assert.deepEqual(again, deleted, 'the first deletion is kept');
+          assert.equal(await s.deleteStreamMessage('other', c3.id, '7', iso(1)), undefined);
+          assert.equal(await s.deleteStreamMessage('class', newId(), '7', iso(1)), undefined);
+
+          const all = await s.streamHistory('class', { limit: 10 });
+          assert.deepEqual(all.messages, [c0, c1, deleted, c3, c4], 'history for the API keeps it');
+
+          assert.deepEqual(await s.streamRecent('class', { limit: 10 }), {
+            messages: [c0, c1, c3, c4],
+            more: false,
+            known: true,
+          });
+          assert.deepEqual(await s.streamRecent('class', { limit: 2 }), {
+            messages: [c3, c4],
+            more: true,
+            known: true,
+          });
+          assert.deepEqual(await s.streamRecent('class', { after: c0.id, limit: 10 }), {
+            messages: [c1, c3, c4],
+            more: false,
+            known: true,
+          });
+          assert.deepEqual(await s.streamRecent('class', { after: c0.id, limit: 2 }), {
+            messages: [c3, c4],
+            more: true,
+            known: true,
+          });
+          assert.deepEqual(await s.streamRecent('class', { after: c4.id, limit: 2 }), {
+            messages: [],
+            more: false,
+            known: true,
+          });
+          const unknown = await s.streamRecent('class', { after: newId(), limit: 3 });
+          assert.deepEqual(unknown, { messages: [c1, c3, c4], more: true, known: false });
+        }));
+
+      it('logs moderation actions with ids that page the log, newest first', () =>
+        withStore(async (s) => {
+          await s.putStream('class', {});
+          const logged = [];
+          for (let i = 0; i < 5; i++) {
+            logged.push(
+              await s.addModerationAction('class', {
+                action: i % 2 === 0 ? 'ban' : 'delete',
+                userId: `${i}`,
+                messageId: i % 2 === 0 ? null : newId(),
+                by: '7',
+                at: iso(i),
+                reason: i === 0 ? 'spam' : null,
+              }),
+            );
+          }
+          await s.addModerationAction('other', {
+            action: 'settings',
+            userId: null,
+            messageId: null,
+            by: 'api',
+            at: iso(9),
+            reason: null,
+          });
+          const newest = [...logged].reverse();
+          const page = await s.moderationLog('class', { limit: 3 });
+          assert.deepEqual(page, { actions: newest.slice(0, 3), hasMore: true });
+          const next = await s.moderationLog('class', { before: page.actions[2]?.id, limit: 3 });
+          assert.deepEqual(next, { actions: newest.slice(3), hasMore: false });
+          assert.equal((await s.moderationLog('other', { limit: 10 })).actions.length, 1);
+          assert.deepEqual(await s.moderationLog('none', { limit: 10 }), {
+            actions: [],
+            hasMore: false,
+          });
         }));
 
       it('ping resolves on an open store; close is idempotent', () =>

@@ -68,6 +68,7 @@ describe('encoders', () => {
         username: 'ana',
         message: 'hola',
         sentAt: '2026-11-22T10:00:00.000Z',
+        badges: ['owner'],
       }),
     );
     assert.deepEqual(chat, {
@@ -78,6 +79,7 @@ describe('encoders', () => {
         id: '6751b6df1ad14eaa13a03313',
         userId: '1',
         sentAt: '2026-11-22T10:00:00.000Z',
+        badges: ['owner'],
       },
     });
     assert.deepEqual(JSON.parse(encodeAuth(true)), { type: 'auth', data: { authenticated: true } });

@@ -1,7 +1,7 @@
 /** Bad input and limits on the stream endpoint (CONTRACT sections 2, 5 and 6). */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { api, StreamClient, sleep, startServer, type TestServer, userToken } from './helpers.js';
+import { api, StreamClient, startServer, type TestServer, userToken } from './helpers.js';
 
 const stored = async (s: TestServer, key: string) => {
   await s.app.streams.flush();

@@ -2,15 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { SignJWT } from 'jose';
-import {
-  api,
-  StreamClient,
-  sign,
-  sleep,
-  startServer,
-  type TestServer,
-  userToken,
-} from './helpers.js';
+import { api, StreamClient, sign, startServer, type TestServer, userToken } from './helpers.js';
 
 let s: TestServer;
 

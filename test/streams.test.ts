@@ -10,7 +10,7 @@ import { MemoryBroker } from '../src/broker/memory.js';
 import { loadConfig } from '../src/config.js';
 import type { Identity } from '../src/core/identity.js';
 import type { StreamMessage } from '../src/core/messages.js';
-import { Streams, type StreamViewer } from '../src/core/streams.js';
+import { type StreamInfo, Streams, type StreamViewer } from '../src/core/streams.js';
 import { Metrics } from '../src/observability/metrics.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 
@@ -27,23 +27,40 @@ const user = (userId: string): Identity => ({
   expiresAt: undefined,
 });
 
+type Frame = { n: number; text: string };
+
 /** A viewer that records the frames it is handed and whether the stream ended. */
-class Recorder implements StreamViewer<{ n: number; text: string }> {
-  frames: Array<{ n: number; text: string }> = [];
+class Recorder implements StreamViewer<Frame> {
+  frames: Frame[] = [];
   ended = false;
-  deliver(frame: { n: number; text: string }): boolean {
+  history: StreamMessage[] | undefined;
+  private welcomed!: () => void;
+  readonly joined = new Promise<void>((resolve) => {
+    this.welcomed = resolve;
+  });
+  deliver(frame: Frame): boolean {
     this.frames.push(frame);
     return true;
   }
   streamEnded(): void {
     this.ended = true;
   }
+  welcome(_info: StreamInfo, history: StreamMessage[]): void {
+    this.history = history;
+    this.welcomed();
+  }
+}
+
+/** Joins and waits for the viewer's history. */
+async function joined(streams: Streams<Frame>, key: string, v: Recorder): Promise<void> {
+  streams.join(key, v);
+  await v.joined;
 }
 
 describe('Streams', () => {
   let store: SqliteStore;
   let encoded: number;
-  let streams: Streams<{ n: number; text: string }>;
+  let streams: Streams<Frame>;
 
   beforeEach(async () => {
     store = new SqliteStore(':memory:');
@@ -55,15 +72,16 @@ describe('Streams', () => {
       metrics: new Metrics(),
       log: pino({ level: 'silent' }),
       encode: (m: StreamMessage) => ({ n: ++encoded, text: m.message }),
+      encodeBroadcast: (b) => ({ n: 0, text: b.type }),
     });
     await streams.put('live', { title: 'Live' });
   });
 
-  it('encodes each chat once and hands the same frame to every viewer, in one order', () => {
+  it('encodes each chat once and hands the same frame to every viewer, in one order', async () => {
     const viewers = [new Recorder(), new Recorder(), new Recorder()];
-    for (const v of viewers) streams.join('live', v);
-    streams.post('live', user('1'), 'a');
-    streams.post('live', user('2'), 'b');
+    for (const v of viewers) await joined(streams, 'live', v);
+    await streams.post('live', user('1'), 'a');
+    await streams.post('live', user('2'), 'b');
     assert.equal(encoded, 2, 'one encoding per chat, not per viewer');
     for (const v of viewers)
       assert.deepEqual(
@@ -73,21 +91,21 @@ describe('Streams', () => {
     assert.equal(viewers[0]?.frames[0], viewers[2]?.frames[0], 'the very same frame object');
   });
 
-  it('keeps streams apart', () => {
+  it('keeps streams apart', async () => {
     const here = new Recorder();
     const there = new Recorder();
-    streams.join('live', here);
-    streams.join('other', there);
-    streams.post('live', user('1'), 'only here');
+    await joined(streams, 'live', here);
+    await joined(streams, 'other', there);
+    await streams.post('live', user('1'), 'only here');
     assert.equal(there.frames.length, 0);
   });
 
   it('refuses anonymous, empty and too-long chats: nothing sent, nothing stored', async () => {
     const v = new Recorder();
-    streams.join('live', v);
-    assert.throws(() => streams.post('live', null, 'hi'), { code: 'not_authenticated' });
-    assert.throws(() => streams.post('live', user('1'), '  '), { code: 'empty_message' });
-    assert.throws(() => streams.post('live', user('1'), 'x'.repeat(11)), {
+    await joined(streams, 'live', v);
+    await assert.rejects(streams.post('live', null, 'hi'), { code: 'not_authenticated' });
+    await assert.rejects(streams.post('live', user('1'), '  '), { code: 'empty_message' });
+    await assert.rejects(streams.post('live', user('1'), 'x'.repeat(11)), {
       code: 'message_too_long',
     });
     await streams.flush();
@@ -95,17 +113,18 @@ describe('Streams', () => {
     assert.deepEqual((await streams.history('live', { limit: 10 })).messages, []);
   });
 
-  it('rate limits per user and stream, after validation', () => {
-    for (let i = 0; i < 3; i++) streams.post('live', user('1'), `${i}`);
-    assert.throws(() => streams.post('live', user('1'), 'more'), { code: 'rate_limited' });
+  it('rate limits per user and stream, after validation', async () => {
+    for (let i = 0; i < 3; i++) await streams.post('live', user('1'), `${i}`);
+    await assert.rejects(streams.post('live', user('1'), 'more'), { code: 'rate_limited' });
     // Bad input is named as such even with the budget spent.
-    assert.throws(() => streams.post('live', user('1'), ' '), { code: 'empty_message' });
-    streams.post('live', user('2'), 'user 2');
-    streams.post('other', user('1'), 'stream 2');
+    await assert.rejects(streams.post('live', user('1'), ' '), { code: 'empty_message' });
+    await streams.post('live', user('2'), 'user 2');
+    await streams.post('other', user('1'), 'stream 2');
   });
 
   it('stores what it delivered, in the same order, once flushed', async () => {
-    const posted = ['a', 'b', 'c'].map((t) => streams.post('live', user('1'), t));
+    const posted = [];
+    for (const t of ['a', 'b', 'c']) posted.push(await streams.post('live', user('1'), t));
     await streams.flush();
     const { messages } = await streams.history('live', { limit: 10 });
     assert.deepEqual(messages, posted);
@@ -113,7 +132,7 @@ describe('Streams', () => {
 
   it('ending a stream tells its viewers and forgets them', async () => {
     const v = new Recorder();
-    streams.join('live', v);
+    await joined(streams, 'live', v);
     assert.equal(await streams.end('live'), true);
     assert.equal(v.ended, true);
     assert.equal(streams.viewerCount, 0);
@@ -121,11 +140,11 @@ describe('Streams', () => {
     assert.equal(await streams.end('nope'), false);
   });
 
-  it('a viewer that leaves receives nothing more', () => {
+  it('a viewer that leaves receives nothing more', async () => {
     const v = new Recorder();
-    streams.join('live', v);
+    await joined(streams, 'live', v);
     streams.leave('live', v);
-    streams.post('live', user('1'), 'gone');
+    await streams.post('live', user('1'), 'gone');
     assert.equal(v.frames.length, 0);
     assert.equal(streams.viewerCount, 0);
   });

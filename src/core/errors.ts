@@ -22,6 +22,11 @@ export const ERROR_CODES = [
   'rate_limited',
   'internal_error',
   'edit_window_passed',
+  'banned',
+  'timed_out',
+  'slow_mode',
+  'members_only',
+  'chat_paused',
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
@@ -45,6 +50,11 @@ const DEFAULT_MESSAGES: Record<ErrorCode, string> = {
   rate_limited: 'Too many messages; slow down.',
   internal_error: 'Something went wrong on our side.',
   edit_window_passed: 'This message can no longer be edited or deleted.',
+  banned: 'You are banned from this chat.',
+  timed_out: 'You are timed out in this chat.',
+  slow_mode: 'Slow mode is on; wait before sending again.',
+  members_only: 'Only members may chat here.',
+  chat_paused: 'The chat is paused.',
 };
 
 const HTTP_STATUS: Record<ErrorCode, number> = {
@@ -66,6 +76,11 @@ const HTTP_STATUS: Record<ErrorCode, number> = {
   rate_limited: 429,
   internal_error: 500,
   edit_window_passed: 409,
+  banned: 403,
+  timed_out: 403,
+  slow_mode: 429,
+  members_only: 403,
+  chat_paused: 403,
 };
 
 /** A refusal the client caused or can act on; anything else is `internal_error`. */

@@ -11,7 +11,14 @@ export interface StreamMessage {
   username: string;
   message: string;
   sentAt: string;
+  /** The poster's role in the stream when they posted: `owner`, `moderator`, or none. */
+  badges: StreamBadge[];
+  /** Set once a moderator deleted the chat; deleted chats are kept for audit. */
+  deletedAt?: string;
+  deletedBy?: string;
 }
+
+export type StreamBadge = 'owner' | 'moderator';
 
 export interface Receipt {
   userId: string;

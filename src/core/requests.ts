@@ -23,6 +23,7 @@ import type {
   UnreadTotals,
 } from './messages.js';
 import { TypingThrottle } from './typing.js';
+import type { Webhooks } from './webhooks.js';
 
 export interface RequestsDeps {
   store: Store;
@@ -30,6 +31,8 @@ export interface RequestsDeps {
   desk: DeskConfig;
   metrics: Metrics;
   log: Logger;
+  /** When set, messages and reads commit their webhook events with them. */
+  webhooks?: Webhooks | undefined;
 }
 
 export interface Sent {
@@ -163,7 +166,7 @@ export class Requests {
       }
       const role = await this.authorize(identity, requestId);
       this.rate.take(`${identity.userId}\u0000${requestId}`);
-      const sent = await this.deps.store.addRequestMessage({
+      const message = {
         _id: newId(),
         requestId,
         sender: { id: identity.userId, username: identity.username, role },
@@ -175,9 +178,16 @@ export class Requests {
           contentType,
           size,
         })),
-        clientMessageId: clientMessageId ?? null,
-      });
-      if (!sent.duplicate) this.deps.metrics.messagesIn.inc({ chat: 'request' });
+      };
+      const { webhooks } = this.deps;
+      const sent = await this.deps.store.addRequestMessage(
+        { ...message, clientMessageId: clientMessageId ?? null },
+        webhooks?.messageCreated({ ...message, deliveredTo: [], readBy: [] }),
+      );
+      if (!sent.duplicate) {
+        this.deps.metrics.messagesIn.inc({ chat: 'request' });
+        webhooks?.nudge();
+      }
       const { activity, ...rest } = sent;
       return activity ? { ...rest, updates: inboxUpdates(activity) } : rest;
     });
@@ -275,13 +285,16 @@ export class Requests {
       }
       await this.authorize(identity, requestId);
       const at = new Date().toISOString();
+      const { webhooks } = this.deps;
       const messages = await this.deps.store.addReceipts(
         requestId,
         kind,
         identity.userId,
         [...new Set(ids)],
         at,
+        kind === 'read' ? webhooks?.messagesRead(requestId, identity.userId, at) : undefined,
       );
+      if (kind === 'read' && messages.length > 0) webhooks?.nudge();
       return { messages, at };
     });
   }

@@ -1,10 +1,16 @@
 /**
- * Live-stream chat (CONTRACT section 2), independent of any transport:
- * which streams exist, who may post, and fan-out through the Broker.
+ * Live-stream chat (CONTRACT sections 2 and 7), independent of any transport:
+ * which streams exist, who may post and moderate, and fan-out through the Broker.
  *
  * Ordering: a chat is published to the stream's broker topic and delivered
  * to local viewers only when it comes back from the broker, so every viewer
- * on every node sees the broker's one order, the sender included.
+ * on every node sees the broker's one order, the sender included. Moderation
+ * (deletions, bans, settings) travels on the same topic, so it is ordered
+ * with the chats and reaches every node's cache of the stream's rules.
+ *
+ * Joining: a viewer is subscribed first and its live frames are held while
+ * the history is read; then the history goes out and the held chats it
+ * already contains are dropped, so no chat is missed or seen twice.
  *
  * Storage: chats are stored in batches, one transaction per event-loop turn,
  * off the fan-out path; `flush()` waits for what was accepted (shutdown).
@@ -17,15 +23,85 @@ import type { Store } from '../store/store.js';
 import { ChatError } from './errors.js';
 import type { Identity } from './identity.js';
 import { newId } from './ids.js';
-import { checkMessageText, RateLimiter } from './limits.js';
+import { checkMessageText } from './limits.js';
 import type { Page, PageQuery, StreamMessage } from './messages.js';
+import { type SharedCounterOptions, StreamLimits } from './stream-limits.js';
+import {
+  badgesOf,
+  checkPosting,
+  isModerator,
+  type ModerationAction,
+  type ModerationActionKind,
+  type PostingRules,
+  type StreamBan,
+  type StreamControl,
+  type StreamSettings,
+} from './stream-rules.js';
+import { type OutboxEntry, streamEvents } from './webhook-events.js';
+import type { Webhooks } from './webhooks.js';
 
 export const STREAM_KEY = /^[A-Za-z0-9_-]{1,64}$/;
 
+/** The longest timeout a moderator may give (14 days, as Twitch). */
+export const MAX_TIMEOUT_SECONDS = 1_209_600;
+export const MAX_SLOW_MODE_SECONDS = 3_600;
+
 export type StreamStatus = 'open' | 'ended' | 'unknown';
 
+/** The `stream` frame's data. */
+export interface StreamInfo {
+  key: string;
+  title: string | null;
+  viewers: number;
+  slowModeSeconds: number;
+  membersOnly: boolean;
+  paused: boolean;
+  pinned: StreamMessage | null;
+}
+
+/** What the core asks a transport to encode, besides chats. */
+export type StreamBroadcast =
+  | { type: 'stream'; data: StreamInfo }
+  | { type: 'delete'; data: { id: string; by: string } }
+  | {
+      type: 'moderation';
+      data: { action: 'timeout' | 'ban' | 'unban'; userId: string; seconds?: number; by: string };
+    };
+
 /** What flows on a stream's broker topic. */
-export type StreamEvent = { kind: 'chat'; message: StreamMessage } | { kind: 'ended' };
+export type StreamEvent =
+  | { kind: 'chat'; message: StreamMessage }
+  | { kind: 'ended' }
+  | { kind: 'delete'; id: string; by: string }
+  | {
+      kind: 'moderation';
+      action: 'timeout' | 'ban' | 'unban';
+      userId: string;
+      /** Epoch ms when a timeout ends. */
+      until?: number;
+      seconds?: number;
+      by: string;
+    }
+  | { kind: 'control'; control: StreamControl; pinned: StreamMessage | null }
+  | { kind: 'members'; userIds: string[] };
+
+/** What each node reports on the viewers topic: its own viewer count per stream. */
+export interface ViewersReport {
+  node: string;
+  counts: Record<string, number>;
+}
+
+/** A moderator's request, from a frame or the server API. */
+export type ModerationRequest =
+  | { type: 'delete'; id: string }
+  | { type: 'timeout'; userId: string; seconds: number; reason?: string | undefined }
+  | { type: 'ban'; userId: string; reason?: string | undefined }
+  | { type: 'unban'; userId: string }
+  | { type: 'settings'; settings: Partial<StreamSettings> }
+  | { type: 'pin'; id: string | null };
+
+/** Who asks for a moderation: a user (checked), or the platform's API key. */
+export type Moderator = Identity | 'api';
 
 /**
  * A connection watching a stream, as the transport implements it. `F` is the
@@ -36,11 +112,45 @@ export interface StreamViewer<F> {
   deliver(frame: F): boolean;
   /** The stream was ended through the API: tell the client and close. */
   streamEnded(): void;
+  /**
+   * The viewer has joined: its `stream` and `history` frames. Live frames
+   * follow through `deliver`, each newer than the history.
+   */
+  welcome(info: StreamInfo, history: StreamMessage[], gap: boolean): void;
 }
 
-interface Audience<F> {
+/** A stream's posting rules plus what its `stream` frame shows, cached per node. */
+interface RoomRules extends PostingRules {
+  title: string | null;
+  moderators: Set<string>;
+  members: Set<string>;
+  bans: Map<string, number | null>;
+  pinned: StreamMessage | null;
+}
+
+interface Held<F> {
+  /** The chat's id; null for other frames (deletions, moderation, settings). */
+  id: string | null;
+  frame: F;
+}
+
+interface Joining<F> {
+  held: Held<F>[];
+  /** More live frames arrived than may be held: the oldest were dropped. */
+  overflow: boolean;
+}
+
+interface Room<F> {
   viewers: Set<StreamViewer<F>>;
+  /** Viewers whose history is being read; their live frames are held. */
+  joining: Map<StreamViewer<F>, Joining<F>>;
   unsubscribe: Unsubscribe;
+  rules: RoomRules | undefined;
+  loading: Promise<RoomRules> | undefined;
+  /** Rule changes heard while `loading`, applied in order once it is done. */
+  queued: StreamEvent[];
+  /** The `viewers` of the last `stream` frame sent to everyone. */
+  sentViewers: number;
 }
 
 export interface StreamsDeps<F> {
@@ -51,19 +161,41 @@ export interface StreamsDeps<F> {
   log: Logger;
   /** Encodes a chat for the wire, once per fan-out. */
   encode: (message: StreamMessage) => F;
+  /** When set, ending a stream commits its `stream.ended` event with it. */
+  webhooks?: Webhooks | undefined;
+  /** Encodes any other broadcast, once per fan-out. */
+  encodeBroadcast: (broadcast: StreamBroadcast) => F;
+  /** Where rate limits and slow mode are counted (Redis for several nodes). */
+  counters?: SharedCounterOptions;
 }
 
 const topicOf = (key: string) => `stream:${key}`;
+/** Every node's viewer counts, heard by every node (also those not serving a stream). */
+const VIEWERS_TOPIC = 'streams:viewers';
+
+/** A node's viewer count is forgotten after this many missed reports. */
+const STALE_REPORTS = 3;
 
 export class Streams<F> {
-  private readonly audiences = new Map<string, Audience<F>>();
-  private readonly rate: RateLimiter;
+  private readonly rooms = new Map<string, Room<F>>();
+  private readonly counters: StreamLimits;
+  /** This process, among the nodes that report viewer counts. */
+  private readonly node = newId();
+  private readonly viewersTimer: NodeJS.Timeout;
+  private readonly unsubscribeViewers: Unsubscribe;
+  /** Other nodes' latest reports, by node: when heard and the counts. */
+  private readonly remote = new Map<string, { at: number; counts: Map<string, number> }>();
   private pending: StreamMessage[] = [];
   private flushing: Promise<void> = Promise.resolve();
   private flushScheduled = false;
 
   constructor(private readonly deps: StreamsDeps<F>) {
-    this.rate = new RateLimiter(deps.limits.streamRate);
+    this.counters = new StreamLimits(deps.limits.streamRate, deps.counters);
+    this.viewersTimer = setInterval(() => this.shareViewers(), deps.limits.streamViewersIntervalMs);
+    this.viewersTimer.unref();
+    this.unsubscribeViewers = deps.broker.subscribe(VIEWERS_TOPIC, (payload) =>
+      this.onViewers(payload),
+    );
   }
 
   static isValidKey(key: string): boolean {
@@ -82,46 +214,60 @@ export class Streams<F> {
     key: string,
     fields: { title?: string | null; ownerId?: string | null },
   ): Promise<{ created: boolean }> {
-    return this.deps.store.putStream(key, fields);
+    const result = await this.deps.store.putStream(key, fields);
+    // A new owner or title changes badges, who moderates and the `stream` frame.
+    if (!result.created) await this.publishControl(key);
+    return result;
   }
 
   /** Ends a stream: its viewers on every node are told and closed. */
   async end(key: string): Promise<boolean> {
-    const ended = await this.deps.store.endStream(key);
-    if (ended) this.publish(key, { kind: 'ended' });
+    const { webhooks } = this.deps;
+    const ended = await this.deps.store.endStream(key, webhooks && [streamEvents.ended(key)]);
+    if (ended) {
+      this.publish(key, { kind: 'ended' });
+      webhooks?.nudge();
+    }
     return ended;
   }
 
-  join(key: string, viewer: StreamViewer<F>): void {
-    let audience = this.audiences.get(key);
-    if (!audience) {
-      const viewers = new Set<StreamViewer<F>>();
-      const unsubscribe = this.deps.broker.subscribe(topicOf(key), (payload) =>
-        this.onEvent(key, payload),
-      );
-      audience = { viewers, unsubscribe };
-      this.audiences.set(key, audience);
-    }
-    audience.viewers.add(viewer);
+  /**
+   * Adds a viewer: it receives live frames at once (held back until its
+   * history is out), then `welcome`. With `since` (a chat id), the history is
+   * the chats after it instead of the newest ones.
+   */
+  join(key: string, viewer: StreamViewer<F>, since?: string): void {
+    const room = this.roomOf(key);
+    room.joining.set(viewer, { held: [], overflow: false });
+    void this.welcome(key, room, viewer, since);
   }
 
   leave(key: string, viewer: StreamViewer<F>): void {
-    const audience = this.audiences.get(key);
-    if (!audience?.viewers.delete(viewer)) return;
-    if (audience.viewers.size === 0) {
-      audience.unsubscribe();
-      this.audiences.delete(key);
+    const room = this.rooms.get(key);
+    if (!room) return;
+    if (!room.viewers.delete(viewer) && !room.joining.delete(viewer)) return;
+    if (room.viewers.size === 0 && room.joining.size === 0) {
+      room.unsubscribe();
+      this.rooms.delete(key);
+      // The other nodes stop counting this one's viewers now, not when the report goes stale.
+      this.reportViewers();
     }
   }
 
   /**
-   * Accepts a chat from `identity` (null: anonymous) or throws the ChatError
-   * that refuses it. Nothing is stored or sent when it throws.
+   * Accepts a chat from `identity` (null: anonymous) or rejects with the
+   * ChatError that refuses it. Nothing is stored or sent when it rejects.
    */
-  post(key: string, identity: Identity | null, text: string): StreamMessage {
+  async post(key: string, identity: Identity | null, text: string): Promise<StreamMessage> {
     if (identity === null) throw new ChatError('not_authenticated');
     checkMessageText(text, this.deps.limits.streamMessageMaxChars);
-    this.rate.take(`${identity.userId}\u0000${key}`);
+    const rules = await this.rulesFor(key);
+    const { slowed } = checkPosting(rules, identity, Date.now());
+    const badges = badgesOf(rules, identity);
+    if (badges.length === 0) {
+      await this.counters.takeRate(key, identity.userId);
+      if (slowed) await this.counters.takeSlow(key, identity.userId, rules.slowModeSeconds);
+    }
     const message: StreamMessage = {
       id: newId(),
       streamKey: key,
@@ -129,6 +275,7 @@ export class Streams<F> {
       username: identity.username,
       message: text,
       sentAt: new Date().toISOString(),
+      badges,
     };
     this.deps.metrics.messagesIn.inc({ chat: 'stream' });
     this.enqueue(message);
@@ -136,8 +283,211 @@ export class Streams<F> {
     return message;
   }
 
+  /** Every stored chat, deleted ones included (the server API's view). */
   history(key: string, query: PageQuery): Promise<Page<StreamMessage>> {
     return this.deps.store.streamHistory(key, query);
+  }
+
+  /** The `GET /api/streams/{key}` view; undefined for an unknown stream. */
+  async describe(key: string): Promise<
+    | (StreamInfo & {
+        ownerId: string | null;
+        moderators: string[];
+        live: boolean;
+      })
+    | undefined
+  > {
+    const [stream, control] = await Promise.all([
+      this.deps.store.getStream(key),
+      this.deps.store.getStreamControl(key),
+    ]);
+    if (!stream || !control) return undefined;
+    const pinned =
+      control.pinnedId === null
+        ? null
+        : ((await this.deps.store.getStreamMessage(key, control.pinnedId)) ?? null);
+    return {
+      key,
+      title: control.title,
+      ownerId: control.ownerId,
+      moderators: control.moderators,
+      live: stream.endedAt === null,
+      viewers: this.viewersOf(key),
+      slowModeSeconds: control.slowModeSeconds,
+      membersOnly: control.membersOnly,
+      paused: control.paused,
+      pinned,
+    };
+  }
+
+  /**
+   * Carries out a moderator's request, or rejects (`forbidden` for anyone who
+   * is not a moderator of the stream). Its effect reaches every node's viewers
+   * through the broker; the moderator hears it that way too.
+   */
+  async moderate(key: string, who: Moderator, request: ModerationRequest): Promise<void> {
+    const by = who === 'api' ? 'api' : who.userId;
+    if (who !== 'api') {
+      const rules = await this.rulesFor(key);
+      if (!isModerator(rules, who))
+        throw new ChatError('forbidden', 'Only moderators may do this.');
+    }
+    const store = this.deps.store;
+    const { webhooks } = this.deps;
+    const at = new Date().toISOString();
+    // The action's webhook event commits with its entry in the moderation log.
+    const log = async (
+      action: ModerationActionKind,
+      fields: Partial<ModerationAction> = {},
+      event?: OutboxEntry,
+    ) => {
+      const logged = await store.addModerationAction(
+        key,
+        {
+          action,
+          userId: fields.userId ?? null,
+          messageId: fields.messageId ?? null,
+          by,
+          at,
+          reason: fields.reason ?? null,
+        },
+        webhooks && event ? [event] : [],
+      );
+      if (webhooks && event) webhooks.nudge();
+      return logged;
+    };
+    switch (request.type) {
+      case 'delete': {
+        // A chat seen a moment ago may still wait for its batch on this node.
+        await this.flush();
+        const deleted = await store.deleteStreamMessage(key, request.id, by, at);
+        if (!deleted) throw new ChatError('not_found', 'There is no such chat in this stream.');
+        await log(
+          'delete',
+          { userId: deleted.userId, messageId: request.id },
+          streamEvents.messageDeleted({ key, id: request.id, by }),
+        );
+        this.publish(key, { kind: 'delete', id: request.id, by });
+        const control = await store.getStreamControl(key);
+        if (control?.pinnedId === request.id) {
+          await store.updateStreamControl(key, { pinnedId: null });
+          await this.publishControl(key);
+        }
+        return;
+      }
+      case 'timeout':
+      case 'ban': {
+        const control = await this.controlOf(key);
+        if (control.ownerId === request.userId) {
+          throw new ChatError('forbidden', "The stream's owner cannot be banned.");
+        }
+        const seconds = request.type === 'timeout' ? request.seconds : undefined;
+        const until = seconds === undefined ? undefined : Date.now() + seconds * 1000;
+        const ban: StreamBan = {
+          userId: request.userId,
+          until: until === undefined ? null : new Date(until).toISOString(),
+          reason: request.reason ?? null,
+          by,
+          at,
+        };
+        await store.putStreamBan(key, ban);
+        const reason = request.reason === undefined ? {} : { reason: request.reason };
+        const data = { key, userId: request.userId, by, ...reason };
+        await log(
+          request.type,
+          { userId: request.userId, reason: request.reason ?? null },
+          seconds === undefined
+            ? streamEvents.userBanned(data)
+            : streamEvents.userTimedOut({ ...data, seconds }),
+        );
+        this.publish(key, {
+          kind: 'moderation',
+          action: request.type,
+          userId: request.userId,
+          by,
+          ...(seconds === undefined ? {} : { seconds, until }),
+        });
+        return;
+      }
+      case 'unban': {
+        await this.controlOf(key);
+        await store.deleteStreamBan(key, request.userId);
+        await log('unban', { userId: request.userId });
+        this.publish(key, { kind: 'moderation', action: 'unban', userId: request.userId, by });
+        return;
+      }
+      case 'settings': {
+        await this.update(key, request.settings, by);
+        return;
+      }
+      case 'pin': {
+        if (request.id !== null) {
+          await this.flush();
+          const m = await store.getStreamMessage(key, request.id);
+          if (!m || m.deletedAt !== undefined) {
+            throw new ChatError('not_found', 'There is no such chat in this stream.');
+          }
+        }
+        if (!(await store.updateStreamControl(key, { pinnedId: request.id }))) {
+          throw new ChatError('stream_not_found');
+        }
+        await log(request.id === null ? 'unpin' : 'pin', { messageId: request.id });
+        await this.publishControl(key);
+        return;
+      }
+    }
+  }
+
+  /** `PATCH /api/streams/{key}`: title, moderators and settings at once. */
+  async update(
+    key: string,
+    patch: Partial<StreamSettings> & { title?: string | null; moderators?: string[] },
+    by = 'api',
+  ): Promise<void> {
+    if (!(await this.deps.store.updateStreamControl(key, patch))) {
+      throw new ChatError('stream_not_found');
+    }
+    const { slowModeSeconds, membersOnly, paused } = patch;
+    if (slowModeSeconds !== undefined || membersOnly !== undefined || paused !== undefined) {
+      await this.deps.store.addModerationAction(key, {
+        action: 'settings',
+        userId: null,
+        messageId: null,
+        by,
+        at: new Date().toISOString(),
+        reason: null,
+      });
+    }
+    await this.publishControl(key);
+  }
+
+  /** Replaces the members-only allowlist. */
+  async setMembers(key: string, userIds: string[]): Promise<void> {
+    await this.controlOf(key);
+    const unique = [...new Set(userIds)];
+    await this.deps.store.setStreamMembers(key, unique);
+    await this.deps.store.addModerationAction(key, {
+      action: 'members',
+      userId: null,
+      messageId: null,
+      by: 'api',
+      at: new Date().toISOString(),
+      reason: null,
+    });
+    this.publish(key, { kind: 'members', userIds: unique });
+  }
+
+  async bans(key: string): Promise<StreamBan[]> {
+    await this.controlOf(key);
+    return this.deps.store.streamBans(key, new Date().toISOString());
+  }
+
+  async moderationLog(
+    key: string,
+    query: { before?: string | undefined; limit: number },
+  ): Promise<{ actions: ModerationAction[]; hasMore: boolean }> {
+    await this.controlOf(key);
+    return this.deps.store.moderationLog(key, query);
   }
 
   /** Resolves when every chat accepted so far is stored (or failed and was logged). */
@@ -149,6 +499,204 @@ export class Streams<F> {
       this.flushing = this.flushing.then(() => this.write(batch));
     }
     await this.flushing;
+  }
+
+  /** Stops sharing viewer counts; for shutdown. */
+  close(): void {
+    clearInterval(this.viewersTimer);
+    this.unsubscribeViewers();
+  }
+
+  /** Connections watching, on this node. */
+  get viewerCount(): number {
+    let n = 0;
+    for (const r of this.rooms.values()) n += r.viewers.size + r.joining.size;
+    return n;
+  }
+
+  /** Connections watching `key` on every node, as far as this node has heard. */
+  viewersOf(key: string): number {
+    const room = this.rooms.get(key);
+    const fresh = Date.now() - STALE_REPORTS * this.deps.limits.streamViewersIntervalMs;
+    let n = room ? room.viewers.size + room.joining.size : 0;
+    for (const [node, report] of this.remote) {
+      if (report.at < fresh) this.remote.delete(node);
+      else n += report.counts.get(key) ?? 0;
+    }
+    return n;
+  }
+
+  private reportViewers(): void {
+    const counts: Record<string, number> = {};
+    for (const [key, room] of this.rooms) counts[key] = room.viewers.size + room.joining.size;
+    const report: ViewersReport = { node: this.node, counts };
+    this.deps.broker.publish(VIEWERS_TOPIC, JSON.stringify(report));
+  }
+
+  private onViewers(payload: string): void {
+    const report = parseViewersReport(payload);
+    if (report === undefined) {
+      this.deps.log.warn({ bytes: payload.length }, 'ignored a malformed viewers report');
+      return;
+    }
+    if (report.node === this.node) return;
+    this.remote.set(report.node, {
+      at: Date.now(),
+      counts: new Map(Object.entries(report.counts)),
+    });
+  }
+
+  private async controlOf(key: string): Promise<StreamControl> {
+    const control = await this.deps.store.getStreamControl(key);
+    if (!control) throw new ChatError('stream_not_found');
+    return control;
+  }
+
+  private roomOf(key: string): Room<F> {
+    let room = this.rooms.get(key);
+    if (!room) {
+      const created: Room<F> = {
+        viewers: new Set(),
+        joining: new Map(),
+        unsubscribe: () => {},
+        rules: undefined,
+        loading: undefined,
+        queued: [],
+        sentViewers: -1,
+      };
+      room = created;
+      this.rooms.set(key, room);
+      // Subscribed before the rules are read: a change made meanwhile is heard, then applied.
+      room.unsubscribe = this.deps.broker.subscribe(topicOf(key), (payload) =>
+        this.onEvent(key, created, payload),
+      );
+      this.rulesOf(key, room).catch(() => {});
+    }
+    return room;
+  }
+
+  /** The rules of `key`: the cached ones while someone watches here, else read now. */
+  private rulesFor(key: string): Promise<RoomRules> {
+    const room = this.rooms.get(key);
+    if (room?.rules) return Promise.resolve(room.rules);
+    return room ? this.rulesOf(key, room) : this.loadRules(key);
+  }
+
+  private rulesOf(key: string, room: Room<F>): Promise<RoomRules> {
+    if (room.rules) return Promise.resolve(room.rules);
+    if (room.loading) return room.loading;
+    const loading = this.loadRules(key).then(
+      (rules) => {
+        if (room.loading === loading) {
+          room.loading = undefined;
+          for (const event of room.queued) applyRule(rules, event);
+          room.queued = [];
+          room.rules = rules;
+        }
+        return rules;
+      },
+      (err: unknown) => {
+        // The next chat or join reads again; changes queued meanwhile are in what it reads.
+        if (room.loading === loading) {
+          room.loading = undefined;
+          room.queued = [];
+        }
+        this.deps.log.error({ err, key }, 'reading stream rules failed');
+        throw new ChatError('internal_error');
+      },
+    );
+    room.loading = loading;
+    return loading;
+  }
+
+  private async loadRules(key: string): Promise<RoomRules> {
+    const store = this.deps.store;
+    const [control, members, bans] = await Promise.all([
+      store.getStreamControl(key),
+      store.streamMembers(key),
+      store.streamBans(key, new Date().toISOString()),
+    ]);
+    const pinned =
+      control?.pinnedId == null
+        ? null
+        : ((await store.getStreamMessage(key, control.pinnedId)) ?? null);
+    return {
+      title: control?.title ?? null,
+      ownerId: control?.ownerId ?? null,
+      moderators: new Set(control?.moderators ?? []),
+      slowModeSeconds: control?.slowModeSeconds ?? 0,
+      membersOnly: control?.membersOnly ?? false,
+      paused: control?.paused ?? false,
+      members: new Set(members),
+      bans: new Map(bans.map((b) => [b.userId, b.until === null ? null : Date.parse(b.until)])),
+      pinned,
+    };
+  }
+
+  private async welcome(
+    key: string,
+    room: Room<F>,
+    viewer: StreamViewer<F>,
+    since: string | undefined,
+  ): Promise<void> {
+    const limits = this.deps.limits;
+    let history: StreamMessage[] = [];
+    let gap = false;
+    try {
+      await this.rulesOf(key, room);
+      // Chats published before this viewer subscribed may still wait for their
+      // batch: stored first, they are in the history read below.
+      await this.flush();
+      if (since !== undefined) {
+        const r = await this.deps.store.streamRecent(key, {
+          after: since,
+          limit: limits.historyMaxPage,
+        });
+        // An id this stream never had: the usual join history, flagged as a gap.
+        if (r.known) history = r.messages;
+        else if (limits.streamHistoryOnJoin > 0) {
+          history = r.messages.slice(-limits.streamHistoryOnJoin);
+        }
+        gap = r.more || !r.known;
+      } else if (limits.streamHistoryOnJoin > 0) {
+        const r = await this.deps.store.streamRecent(key, { limit: limits.streamHistoryOnJoin });
+        history = r.messages;
+      }
+    } catch (err) {
+      if (!(err instanceof ChatError))
+        this.deps.log.error({ err, key }, 'reading stream history failed');
+      gap = true;
+    }
+    const joining = room.joining.get(viewer);
+    // It left meanwhile, or the stream ended.
+    if (!joining || this.rooms.get(key) !== room) return;
+    room.joining.delete(viewer);
+    room.viewers.add(viewer);
+    // The first viewer here hears the count in its own `stream` frame; only changes go out later.
+    if (room.sentViewers === -1) room.sentViewers = this.viewersOf(key);
+    // Held chats up to the last one the history contains were stored before the read.
+    const ids = new Set(history.map((m) => m.id));
+    let last = -1;
+    joining.held.forEach((h, i) => {
+      if (h.id !== null && ids.has(h.id)) last = i;
+    });
+    viewer.welcome(this.infoOf(key, room), history, gap || joining.overflow);
+    joining.held.forEach((h, i) => {
+      if (i > last || h.id === null) viewer.deliver(h.frame);
+    });
+  }
+
+  private infoOf(key: string, room: Room<F>): StreamInfo {
+    const rules = room.rules;
+    return {
+      key,
+      title: rules?.title ?? null,
+      viewers: this.viewersOf(key),
+      slowModeSeconds: rules?.slowModeSeconds ?? 0,
+      membersOnly: rules?.membersOnly ?? false,
+      paused: rules?.paused ?? false,
+      pinned: rules?.pinned ?? null,
+    };
   }
 
   private enqueue(message: StreamMessage): void {
@@ -170,39 +718,158 @@ export class Streams<F> {
   }
 
   private publish(key: string, event: StreamEvent): void {
+    // A rule change holds on this node as soon as the call that made it returns;
+    // it is applied again, in the broker's order, when it comes back.
+    if (event.kind === 'moderation' || event.kind === 'members' || event.kind === 'control') {
+      const rules = this.rooms.get(key)?.rules;
+      if (rules) applyRule(rules, event);
+    }
     this.deps.broker.publish(topicOf(key), JSON.stringify(event));
   }
 
-  private onEvent(key: string, payload: string): void {
-    const audience = this.audiences.get(key);
-    if (!audience) return;
+  /** Tells every node the stream's current settings, title, owner and pin. */
+  private async publishControl(key: string): Promise<void> {
+    const control = await this.deps.store.getStreamControl(key);
+    if (!control) return;
+    const pinned =
+      control.pinnedId === null
+        ? null
+        : ((await this.deps.store.getStreamMessage(key, control.pinnedId)) ?? null);
+    this.publish(key, { kind: 'control', control, pinned });
+  }
+
+  /** Each node reports its own count; the `stream` frame goes out again when the sum changed. */
+  private shareViewers(): void {
+    this.reportViewers();
+    for (const [key, room] of this.rooms) {
+      const viewers = this.viewersOf(key);
+      if (viewers !== room.sentViewers && room.rules) {
+        room.sentViewers = viewers;
+        this.broadcast(
+          room,
+          this.deps.encodeBroadcast({ type: 'stream', data: this.infoOf(key, room) }),
+        );
+      }
+    }
+  }
+
+  private onEvent(key: string, room: Room<F>, payload: string): void {
+    if (this.rooms.get(key) !== room) return;
     const event = parseEvent(payload);
     if (event === undefined) {
       // Another deployment's prefix, or a node of another version: never fatal here.
       this.deps.log.warn({ key, bytes: payload.length }, 'ignored a malformed stream event');
       return;
     }
-    if (event.kind === 'ended') {
-      this.audiences.delete(key);
-      audience.unsubscribe();
-      for (const viewer of audience.viewers) viewer.streamEnded();
-      return;
+    switch (event.kind) {
+      case 'chat': {
+        const frame = this.deps.encode(event.message);
+        let delivered = 0;
+        for (const viewer of room.viewers) if (viewer.deliver(frame)) delivered++;
+        if (room.joining.size > 0) this.hold(room, event.message.id, frame);
+        this.deps.metrics.messagesOut.inc({ chat: 'stream' }, delivered);
+        return;
+      }
+      case 'ended': {
+        this.rooms.delete(key);
+        room.unsubscribe();
+        for (const viewer of room.viewers) viewer.streamEnded();
+        for (const viewer of room.joining.keys()) viewer.streamEnded();
+        return;
+      }
+      case 'delete': {
+        if (room.rules?.pinned?.id === event.id) room.rules.pinned = null;
+        this.send(room, { type: 'delete', data: { id: event.id, by: event.by } });
+        return;
+      }
+      case 'moderation':
+      case 'control':
+      case 'members': {
+        if (room.rules) applyRule(room.rules, event);
+        else if (room.loading) room.queued.push(event);
+        if (event.kind === 'moderation') {
+          const { action, userId, seconds, by } = event;
+          this.send(room, {
+            type: 'moderation',
+            data: seconds === undefined ? { action, userId, by } : { action, userId, seconds, by },
+          });
+        } else if (event.kind === 'control') {
+          room.sentViewers = this.viewersOf(key);
+          this.send(room, { type: 'stream', data: this.infoOf(key, room) });
+        }
+        return;
+      }
     }
-    const frame = this.deps.encode(event.message);
-    let delivered = 0;
-    for (const viewer of audience.viewers) if (viewer.deliver(frame)) delivered++;
-    this.deps.metrics.messagesOut.inc({ chat: 'stream' }, delivered);
   }
 
-  /** Connections watching, on this node. */
-  get viewerCount(): number {
-    let n = 0;
-    for (const a of this.audiences.values()) n += a.viewers.size;
-    return n;
+  private send(room: Room<F>, broadcast: StreamBroadcast): void {
+    const frame = this.deps.encodeBroadcast(broadcast);
+    this.broadcast(room, frame);
+    if (room.joining.size > 0) this.hold(room, null, frame);
+  }
+
+  private broadcast(room: Room<F>, frame: F): void {
+    for (const viewer of room.viewers) viewer.deliver(frame);
+  }
+
+  /** Holds a live frame for each joining viewer; the oldest go once HISTORY_MAX_PAGE are held. */
+  private hold(room: Room<F>, id: string | null, frame: F): void {
+    const max = this.deps.limits.historyMaxPage;
+    for (const joining of room.joining.values()) {
+      if (joining.held.length >= max) {
+        joining.held.shift();
+        joining.overflow = true;
+      }
+      joining.held.push({ id, frame });
+    }
+  }
+}
+
+/** Applies a rule change heard on the broker to a node's cached rules. */
+function applyRule(rules: RoomRules, event: StreamEvent): void {
+  if (event.kind === 'moderation') {
+    if (event.action === 'unban') rules.bans.delete(event.userId);
+    else rules.bans.set(event.userId, event.until ?? null);
+  } else if (event.kind === 'members') {
+    rules.members = new Set(event.userIds);
+  } else if (event.kind === 'control') {
+    const c = event.control;
+    rules.title = c.title;
+    rules.ownerId = c.ownerId;
+    rules.moderators = new Set(c.moderators);
+    rules.slowModeSeconds = c.slowModeSeconds;
+    rules.membersOnly = c.membersOnly;
+    rules.paused = c.paused;
+    rules.pinned = event.pinned;
   }
 }
 
 const isString = (v: unknown): v is string => typeof v === 'string';
+const isObject = (v: unknown): v is Record<string, unknown> =>
+  typeof v === 'object' && v !== null && !Array.isArray(v);
+const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every(isString);
+const isCount = (v: unknown): v is number =>
+  typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+
+function isMessage(m: unknown): m is StreamMessage {
+  if (!isObject(m)) return false;
+  const fields = [m.id, m.streamKey, m.userId, m.username, m.message, m.sentAt];
+  return fields.every(isString) && isStringArray(m.badges);
+}
+
+function isControl(c: unknown): c is StreamControl {
+  return (
+    isObject(c) &&
+    isString(c.key) &&
+    (c.title === null || isString(c.title)) &&
+    (c.ownerId === null || isString(c.ownerId)) &&
+    isStringArray(c.moderators) &&
+    isCount(c.slowModeSeconds) &&
+    typeof c.membersOnly === 'boolean' &&
+    typeof c.paused === 'boolean' &&
+    (c.pinnedId === null || isString(c.pinnedId))
+  );
+}
 
 /**
  * A broker payload as a StreamEvent, or undefined when it is not one. The
@@ -216,11 +883,44 @@ export function parseEvent(payload: string): StreamEvent | undefined {
   } catch {
     return undefined;
   }
-  if (typeof value !== 'object' || value === null) return undefined;
-  const event = value as { kind?: unknown; message?: Record<string, unknown> };
-  if (event.kind === 'ended') return { kind: 'ended' };
-  const m = event.message;
-  if (event.kind !== 'chat' || typeof m !== 'object' || m === null) return undefined;
-  const fields = [m.id, m.streamKey, m.userId, m.username, m.message, m.sentAt];
-  return fields.every(isString) ? (value as StreamEvent) : undefined;
+  if (!isObject(value)) return undefined;
+  const e = value;
+  switch (e.kind) {
+    case 'ended':
+      return { kind: 'ended' };
+    case 'chat':
+      return isMessage(e.message) ? (value as StreamEvent) : undefined;
+    case 'delete':
+      return isString(e.id) && isString(e.by) ? (value as StreamEvent) : undefined;
+    case 'moderation': {
+      const ok =
+        (e.action === 'timeout' || e.action === 'ban' || e.action === 'unban') &&
+        isString(e.userId) &&
+        isString(e.by) &&
+        (e.until === undefined || isCount(e.until)) &&
+        (e.seconds === undefined || isCount(e.seconds));
+      return ok ? (value as StreamEvent) : undefined;
+    }
+    case 'control':
+      return isControl(e.control) && (e.pinned === null || isMessage(e.pinned))
+        ? (value as StreamEvent)
+        : undefined;
+    case 'members':
+      return isStringArray(e.userIds) ? (value as StreamEvent) : undefined;
+    default:
+      return undefined;
+  }
+}
+
+/** A viewers report from the broker, or undefined when it is not one. */
+export function parseViewersReport(payload: string): ViewersReport | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(payload);
+  } catch {
+    return undefined;
+  }
+  if (!isObject(value) || !isString(value.node) || !isObject(value.counts)) return undefined;
+  for (const count of Object.values(value.counts)) if (!isCount(count)) return undefined;
+  return value as unknown as ViewersReport;
 }

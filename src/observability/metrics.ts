@@ -36,6 +36,24 @@ export class Metrics {
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });
+  readonly webhookDeliveries = new Counter({
+    name: 'charla_webhook_deliveries_total',
+    help: 'Webhook delivery attempts, by result: delivered, retry (failed, tried again later), failed (out of attempts)',
+    labelNames: ['result'] as const,
+    registers: [this.registry],
+  });
+  /** Where the queue depth is read from at scrape time; set by the webhook worker. */
+  webhookQueueSource: (() => Promise<number>) | undefined;
+  readonly webhookQueueDepth: Gauge = new Gauge({
+    name: 'charla_webhook_queue_depth',
+    help: 'Webhook events waiting to be sent (due or being retried), across all nodes sharing the store',
+    registers: [this.registry],
+    collect: async () => {
+      // A store that does not answer keeps the last value rather than failing the scrape.
+      const value = await this.webhookQueueSource?.().catch(() => undefined);
+      if (value !== undefined) this.webhookQueueDepth.set(value);
+    },
+  });
 
   constructor() {
     // Includes nodejs_eventloop_lag_seconds and its percentiles.

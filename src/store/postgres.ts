@@ -26,6 +26,14 @@ import type {
   StreamMessage,
   UnreadTotals,
 } from '../core/messages.js';
+import type {
+  ModerationAction,
+  NewModerationAction,
+  StreamBan,
+  StreamControl,
+  StreamSettings,
+} from '../core/stream-rules.js';
+import type { OutboxEntry, OutboxEvent, WebhookType } from '../core/webhook-events.js';
 import type { Logger } from '../observability/log.js';
 import type { PutRequestResult, RequestRecord, Store, StreamRecord } from './store.js';
 
@@ -77,6 +85,21 @@ const MIGRATIONS: readonly string[] = [
      at         timestamptz NOT NULL,
      PRIMARY KEY (message_id, kind, user_id)
    );`,
+  `CREATE TABLE webhook_outbox (
+     id              text PRIMARY KEY,
+     type            text NOT NULL,
+     payload         text NOT NULL,
+     created_at      timestamptz NOT NULL,
+     next_attempt_at timestamptz NOT NULL,
+     attempts        integer NOT NULL DEFAULT 0,
+     last_error      text,
+     last_attempt_at timestamptz,
+     state           text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed')),
+     lease_until     timestamptz,
+     unless_read     text
+   );
+   CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE state = 'pending';
+   CREATE INDEX webhook_outbox_failed ON webhook_outbox (last_attempt_at) WHERE state = 'failed';`,
   // The lab desk: attachments, edits and deletions; per-request counters and
   // per-(request, user) sent/read counters so that unread counts never count
   // messages; the inbox paged by (activity_at, id) on an index.
@@ -116,6 +139,39 @@ const MIGRATIONS: readonly string[] = [
    CREATE INDEX requests_by_activity ON requests (activity_at, id)
      WHERE last_message_id IS NOT NULL;
    CREATE INDEX requests_by_owner_activity ON requests (owner_id, activity_at, id);`,
+  `ALTER TABLE stream_messages ADD COLUMN badges text NOT NULL DEFAULT '[]';
+   ALTER TABLE stream_messages ADD COLUMN deleted_at timestamptz;
+   ALTER TABLE stream_messages ADD COLUMN deleted_by text;
+   ALTER TABLE streams ADD COLUMN moderators text NOT NULL DEFAULT '[]';
+   ALTER TABLE streams ADD COLUMN slow_mode_seconds integer NOT NULL DEFAULT 0;
+   ALTER TABLE streams ADD COLUMN members_only boolean NOT NULL DEFAULT false;
+   ALTER TABLE streams ADD COLUMN paused boolean NOT NULL DEFAULT false;
+   ALTER TABLE streams ADD COLUMN pinned_id text;
+   CREATE TABLE stream_bans (
+     stream_key text NOT NULL,
+     user_id    text NOT NULL,
+     until      timestamptz,
+     reason     text,
+     by_user    text NOT NULL,
+     at         timestamptz NOT NULL,
+     PRIMARY KEY (stream_key, user_id)
+   );
+   CREATE TABLE stream_members (
+     stream_key text NOT NULL,
+     user_id    text NOT NULL,
+     PRIMARY KEY (stream_key, user_id)
+   );
+   CREATE TABLE stream_moderation_log (
+     id         bigserial PRIMARY KEY,
+     stream_key text NOT NULL,
+     action     text NOT NULL,
+     user_id    text,
+     message_id text,
+     by_user    text NOT NULL,
+     at         timestamptz NOT NULL,
+     reason     text
+   );
+   CREATE INDEX stream_moderation_log_by_stream ON stream_moderation_log (stream_key, id);`,
 ];
 
 /**
@@ -155,6 +211,36 @@ interface StreamMessageRow {
   username: string;
   message: string;
   sent_at: Date;
+  badges: string;
+  deleted_at: Date | null;
+  deleted_by: string | null;
+}
+
+function streamMessageOf(r: StreamMessageRow): StreamMessage {
+  const m: StreamMessage = {
+    id: r.id,
+    streamKey: r.stream_key,
+    userId: r.user_id,
+    username: r.username,
+    message: r.message,
+    sentAt: r.sent_at.toISOString(),
+    badges: JSON.parse(r.badges) as StreamMessage['badges'],
+  };
+  if (r.deleted_at !== null) {
+    m.deletedAt = r.deleted_at.toISOString();
+    m.deletedBy = r.deleted_by ?? '';
+  }
+  return m;
+}
+
+interface LogRow {
+  id: string;
+  action: ModerationAction['action'];
+  user_id: string | null;
+  message_id: string | null;
+  by_user: string;
+  at: Date;
+  reason: string | null;
 }
 interface RequestMessageRow {
   id: string;
@@ -189,7 +275,47 @@ interface ReceiptRow {
   at: Date;
 }
 
-const STREAM_COLUMNS = 'id, stream_key, user_id, username, message, sent_at';
+interface OutboxRow {
+  id: string;
+  type: WebhookType;
+  payload: string;
+  created_at: Date;
+  attempts: number;
+  last_error: string | null;
+  last_attempt_at: Date | null;
+}
+const OUTBOX_COLUMNS = 'id, type, payload, created_at, attempts, last_error, last_attempt_at';
+const outboxEvent = (r: OutboxRow): OutboxEvent => ({
+  id: r.id,
+  type: r.type,
+  data: r.payload,
+  createdAt: r.created_at.toISOString(),
+  attempts: r.attempts,
+  lastError: r.last_error,
+  lastAttemptAt: r.last_attempt_at?.toISOString() ?? null,
+});
+
+/**
+ * Inserts outbox rows given as arrays from parameter `$n` on (id, type,
+ * payload, created_at, due, unless_read), when `condition` holds: a CTE step
+ * that commits them with the statement's own write.
+ */
+const insertOutbox = (n: number, condition = 'true') =>
+  `INSERT INTO webhook_outbox (id, type, payload, created_at, next_attempt_at, unless_read)
+   SELECT * FROM unnest($${n}::text[], $${n + 1}::text[], $${n + 2}::text[],
+                        $${n + 3}::timestamptz[], $${n + 4}::timestamptz[], $${n + 5}::text[])
+   WHERE ${condition}`;
+const outboxParams = (entries: readonly OutboxEntry[]) => [
+  entries.map((e) => e.id),
+  entries.map((e) => e.type),
+  entries.map((e) => e.data),
+  entries.map((e) => e.createdAt),
+  entries.map((e) => e.dueAt),
+  entries.map((e) => e.unlessRead),
+];
+
+const STREAM_COLUMNS =
+  'id, stream_key, user_id, username, message, sent_at, badges, deleted_at, deleted_by';
 const REQUEST_COLUMNS =
   'id, request_id, sender_id, sender_username, sender_role, message, created_at, attachments, edited_at, deleted_at';
 
@@ -286,7 +412,21 @@ export class PostgresStore implements Store {
     return { created: rows[0]?.created === true };
   }
 
-  async endStream(key: string): Promise<boolean> {
+  async endStream(key: string, outbox: readonly OutboxEntry[] = []): Promise<boolean> {
+    if (outbox.length > 0) {
+      // The row lock makes "was it open" and "end it" one step: of concurrent
+      // calls, only the one that ended the stream commits the events.
+      const rows = await this.query(
+        `WITH old AS (SELECT key, ended_at FROM streams WHERE key = $1 FOR UPDATE),
+         ended AS (
+           UPDATE streams s SET ended_at = coalesce(s.ended_at, $2), updated_at = $2
+           FROM old WHERE s.key = old.key RETURNING s.key
+         ), events AS (${insertOutbox(3, 'EXISTS (SELECT 1 FROM old WHERE ended_at IS NULL)')})
+         SELECT key FROM ended`,
+        [key, new Date(), ...outboxParams(outbox)],
+      );
+      return rows.length > 0;
+    }
     const rows = await this.query(
       `UPDATE streams SET ended_at = coalesce(ended_at, $2), updated_at = $2 WHERE key = $1
        RETURNING key`,
@@ -316,10 +456,11 @@ export class PostgresStore implements Store {
     if (messages.length === 0) return;
     // One statement is one transaction: the whole batch or none of it, in array order.
     await this.query(
-      `INSERT INTO stream_messages (id, stream_key, user_id, username, message, sent_at)
-       SELECT id, stream_key, user_id, username, message, sent_at
-       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-         WITH ORDINALITY AS m(id, stream_key, user_id, username, message, sent_at, n)
+      `INSERT INTO stream_messages (id, stream_key, user_id, username, message, sent_at, badges)
+       SELECT id, stream_key, user_id, username, message, sent_at, badges
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                   $7::text[])
+         WITH ORDINALITY AS m(id, stream_key, user_id, username, message, sent_at, badges, n)
        ORDER BY n`,
       [
         messages.map((m) => m.id),
@@ -328,6 +469,7 @@ export class PostgresStore implements Store {
         messages.map((m) => m.username),
         messages.map((m) => m.message),
         messages.map((m) => m.sentAt),
+        messages.map((m) => JSON.stringify(m.badges)),
       ],
     );
   }
@@ -338,18 +480,218 @@ export class PostgresStore implements Store {
       [key, query.before ?? null, query.limit + 1],
     );
     const hasMore = rows.length > query.limit;
-    const messages = rows
-      .slice(0, query.limit)
-      .reverse()
-      .map((r) => ({
-        id: r.id,
-        streamKey: r.stream_key,
-        userId: r.user_id,
-        username: r.username,
-        message: r.message,
-        sentAt: r.sent_at.toISOString(),
-      }));
+    const messages = rows.slice(0, query.limit).reverse().map(streamMessageOf);
     return { messages, hasMore };
+  }
+
+  async getStreamControl(key: string): Promise<StreamControl | undefined> {
+    const [r] = await this.query<{
+      key: string;
+      title: string | null;
+      owner_id: string | null;
+      moderators: string;
+      slow_mode_seconds: number;
+      members_only: boolean;
+      paused: boolean;
+      pinned_id: string | null;
+    }>(
+      `SELECT key, title, owner_id, moderators, slow_mode_seconds, members_only, paused, pinned_id
+       FROM streams WHERE key = $1`,
+      [key],
+    );
+    return (
+      r && {
+        key: r.key,
+        title: r.title,
+        ownerId: r.owner_id,
+        moderators: JSON.parse(r.moderators) as string[],
+        slowModeSeconds: r.slow_mode_seconds,
+        membersOnly: r.members_only,
+        paused: r.paused,
+        pinnedId: r.pinned_id,
+      }
+    );
+  }
+
+  async updateStreamControl(
+    key: string,
+    patch: Partial<StreamSettings> & {
+      title?: string | null;
+      moderators?: string[];
+      pinnedId?: string | null;
+    },
+  ): Promise<boolean> {
+    const values: unknown[] = [key, new Date()];
+    const sets = ['updated_at = $2'];
+    const column = (name: string, value: unknown) => {
+      values.push(value);
+      sets.push(`${name} = $${values.length}`);
+    };
+    if (patch.title !== undefined) column('title', patch.title);
+    if (patch.moderators !== undefined) column('moderators', JSON.stringify(patch.moderators));
+    if (patch.slowModeSeconds !== undefined) column('slow_mode_seconds', patch.slowModeSeconds);
+    if (patch.membersOnly !== undefined) column('members_only', patch.membersOnly);
+    if (patch.paused !== undefined) column('paused', patch.paused);
+    if (patch.pinnedId !== undefined) column('pinned_id', patch.pinnedId);
+    const rows = await this.query(
+      `UPDATE streams SET ${sets.join(', ')} WHERE key = $1 RETURNING key`,
+      values,
+    );
+    return rows.length > 0;
+  }
+
+  async setStreamMembers(key: string, userIds: readonly string[]): Promise<void> {
+    // One statement is one transaction: the old list is replaced whole or not at all.
+    await this.query(
+      `WITH gone AS (
+         DELETE FROM stream_members WHERE stream_key = $1 AND NOT (user_id = ANY($2::text[]))
+       )
+       INSERT INTO stream_members (stream_key, user_id)
+       SELECT DISTINCT $1, u FROM unnest($2::text[]) AS u
+       ON CONFLICT DO NOTHING`,
+      [key, [...userIds]],
+    );
+  }
+
+  async streamMembers(key: string): Promise<string[]> {
+    const rows = await this.query<{ user_id: string }>(
+      'SELECT user_id FROM stream_members WHERE stream_key = $1 ORDER BY user_id',
+      [key],
+    );
+    return rows.map((r) => r.user_id);
+  }
+
+  async putStreamBan(key: string, ban: StreamBan): Promise<void> {
+    await this.query(
+      `INSERT INTO stream_bans (stream_key, user_id, until, reason, by_user, at)
+       VALUES ($1, $2, $3, $4, $5, $6)
+       ON CONFLICT (stream_key, user_id) DO UPDATE SET until = excluded.until,
+         reason = excluded.reason, by_user = excluded.by_user, at = excluded.at`,
+      [key, ban.userId, ban.until, ban.reason, ban.by, ban.at],
+    );
+  }
+
+  async deleteStreamBan(key: string, userId: string): Promise<boolean> {
+    const rows = await this.query(
+      'DELETE FROM stream_bans WHERE stream_key = $1 AND user_id = $2 RETURNING user_id',
+      [key, userId],
+    );
+    return rows.length > 0;
+  }
+
+  async streamBans(key: string, now: string): Promise<StreamBan[]> {
+    const rows = await this.query<{
+      user_id: string;
+      until: Date | null;
+      reason: string | null;
+      by_user: string;
+      at: Date;
+    }>(
+      `SELECT user_id, until, reason, by_user, at FROM stream_bans
+       WHERE stream_key = $1 AND (until IS NULL OR until > $2) ORDER BY at, user_id`,
+      [key, now],
+    );
+    return rows.map((r) => ({
+      userId: r.user_id,
+      until: r.until?.toISOString() ?? null,
+      reason: r.reason,
+      by: r.by_user,
+      at: r.at.toISOString(),
+    }));
+  }
+
+  async getStreamMessage(key: string, id: string): Promise<StreamMessage | undefined> {
+    const [row] = await this.query<StreamMessageRow>(
+      `SELECT ${STREAM_COLUMNS} FROM stream_messages WHERE stream_key = $1 AND id = $2`,
+      [key, id],
+    );
+    return row && streamMessageOf(row);
+  }
+
+  async deleteStreamMessage(
+    key: string,
+    id: string,
+    by: string,
+    at: string,
+  ): Promise<StreamMessage | undefined> {
+    await this.query(
+      `UPDATE stream_messages SET deleted_at = $3, deleted_by = $4
+       WHERE stream_key = $1 AND id = $2 AND deleted_at IS NULL`,
+      [key, id, at, by],
+    );
+    return this.getStreamMessage(key, id);
+  }
+
+  async streamRecent(
+    key: string,
+    query: { after?: string | undefined; limit: number },
+  ): Promise<{ messages: StreamMessage[]; more: boolean; known: boolean }> {
+    let lower = '0';
+    let known = true;
+    if (query.after !== undefined) {
+      const [row] = await this.query<{ seq: string }>(
+        'SELECT seq FROM stream_messages WHERE id = $1 AND stream_key = $2',
+        [query.after, key],
+      );
+      if (row === undefined) known = false;
+      else lower = row.seq;
+    }
+    const rows = await this.query<StreamMessageRow>(
+      `SELECT ${STREAM_COLUMNS} FROM stream_messages
+       WHERE stream_key = $1 AND seq > $2 AND deleted_at IS NULL
+       ORDER BY seq DESC LIMIT $3`,
+      [key, lower, query.limit + 1],
+    );
+    const more = rows.length > query.limit;
+    return { messages: rows.slice(0, query.limit).reverse().map(streamMessageOf), more, known };
+  }
+
+  async addModerationAction(
+    key: string,
+    a: NewModerationAction,
+    outbox: readonly OutboxEntry[] = [],
+  ): Promise<ModerationAction> {
+    const insert = `INSERT INTO stream_moderation_log (stream_key, action, user_id, message_id, by_user, at, reason)
+       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`;
+    // With events, still one statement: the log row and its events commit together.
+    const [row] = await this.query<{ id: string }>(
+      outbox.length === 0
+        ? insert
+        : `WITH logged AS (${insert}), events AS (${insertOutbox(8)}) SELECT id FROM logged`,
+      [
+        key,
+        a.action,
+        a.userId,
+        a.messageId,
+        a.by,
+        a.at,
+        a.reason,
+        ...(outbox.length === 0 ? [] : outboxParams(outbox)),
+      ],
+    );
+    return { id: String(row?.id), ...a };
+  }
+
+  async moderationLog(
+    key: string,
+    query: { before?: string | undefined; limit: number },
+  ): Promise<{ actions: ModerationAction[]; hasMore: boolean }> {
+    const rows = await this.query<LogRow>(
+      `SELECT id, action, user_id, message_id, by_user, at, reason FROM stream_moderation_log
+       WHERE stream_key = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3`,
+      [key, query.before ?? null, query.limit + 1],
+    );
+    const hasMore = rows.length > query.limit;
+    const actions = rows.slice(0, query.limit).map((r) => ({
+      id: String(r.id),
+      action: r.action,
+      userId: r.user_id,
+      messageId: r.message_id,
+      by: r.by_user,
+      at: r.at.toISOString(),
+      reason: r.reason,
+    }));
+    return { actions, hasMore };
   }
 
   async putRequest(id: string, ownerId: string): Promise<PutRequestResult> {
@@ -387,11 +729,12 @@ export class PostgresStore implements Store {
 
   async addRequestMessage(
     m: NewRequestMessage,
+    outbox: readonly OutboxEntry[] = [],
   ): Promise<{ message: RequestMessage; duplicate: boolean; activity?: RequestActivity }> {
     const attachments = m.attachments ?? [];
     // Only a repeated clientMessageId is a duplicate: a taken id must fail.
     // One statement is one transaction: the message and every counter it
-    // moves. The other readers' counters are read from the statement's
+    // moves, and the webhook events it causes. The other readers' counters are read from the statement's
     // snapshot, the sender's from the row it updated.
     const inserted = await this.query<{ seq: string } & Partial<Counted>>(
       `WITH ins AS (
@@ -417,7 +760,7 @@ export class PostgresStore implements Store {
          SELECT request_id, sender_id, 1, 0 FROM ins
          ON CONFLICT (request_id, user_id) DO UPDATE SET sent = request_readers.sent + 1
          RETURNING user_id, sent, read
-       )
+       )${outbox.length === 0 ? '' : `, events AS (${insertOutbox(10, 'EXISTS (SELECT 1 FROM ins)')})`}
        SELECT ins.seq, req.owner_id, req.message_count,
          (SELECT coalesce(json_agg(${READER_JSON}), '[]') FROM (
             SELECT user_id, sent, read FROM me
@@ -435,6 +778,7 @@ export class PostgresStore implements Store {
         m.createdAt,
         m.clientMessageId,
         JSON.stringify(attachments),
+        ...(outbox.length === 0 ? [] : outboxParams(outbox)),
       ],
     );
     const [row] = inserted;
@@ -591,12 +935,12 @@ export class PostgresStore implements Store {
     userId: string,
     messageIds: readonly string[],
     at: string,
+    outbox?: (fresh: string[]) => OutboxEntry,
   ): Promise<string[]> {
     if (messageIds.length === 0) return [];
     // One statement: the receipts of `kind` and, for a read, the implied
     // deliveries are stored together or not at all.
-    const rows = await this.query<{ id: string }>(
-      `WITH eligible AS (
+    const text = `WITH eligible AS (
          SELECT id, seq FROM request_messages
          WHERE request_id = $1 AND sender_id <> $2 AND id = ANY($3::text[])
            AND deleted_at IS NULL
@@ -617,10 +961,98 @@ export class PostgresStore implements Store {
          ON CONFLICT (request_id, user_id)
          DO UPDATE SET read = request_readers.read + excluded.read
        )
-       SELECT e.id FROM eligible e JOIN fresh f ON f.message_id = e.id ORDER BY e.seq`,
-      [requestId, userId, messageIds, kind, at],
+       SELECT e.id FROM eligible e JOIN fresh f ON f.message_id = e.id ORDER BY e.seq`;
+    const values = [requestId, userId, messageIds, kind, at];
+    if (!outbox) return (await this.query<{ id: string }>(text, values)).map((r) => r.id);
+    // The event's data names the fresh ids, known only after the insert: a
+    // transaction of two statements.
+    return this.transaction(async (client) => {
+      const fresh = (await client.query<{ id: string }>(text, values)).rows.map((r) => r.id);
+      if (fresh.length > 0) {
+        await client.query(insertOutbox(1), outboxParams([outbox(fresh)]));
+      }
+      return fresh;
+    });
+  }
+
+  async enqueueWebhooks(entries: readonly OutboxEntry[]): Promise<void> {
+    if (entries.length === 0) return;
+    await this.query(insertOutbox(1), outboxParams(entries));
+  }
+
+  async claimWebhooks(limit: number, now: string, leaseUntil: string): Promise<OutboxEvent[]> {
+    // SKIP LOCKED: nodes claiming at the same moment take different rows
+    // instead of waiting for each other; the lease keeps a row theirs after
+    // the commit, until it is sent or the lease runs out (a node that died).
+    const rows = await this.query<OutboxRow>(
+      `WITH due AS (
+         SELECT o.id, (o.unless_read IS NOT NULL AND o.attempts = 0 AND EXISTS (
+                  SELECT 1 FROM receipts r WHERE r.message_id = o.unless_read AND r.kind = 'read'
+                )) AS seen
+         FROM webhook_outbox o
+         WHERE o.state = 'pending' AND o.next_attempt_at <= $1
+           AND (o.lease_until IS NULL OR o.lease_until <= $1)
+         ORDER BY o.next_attempt_at LIMIT $2
+         FOR UPDATE SKIP LOCKED
+       ), dropped AS (
+         DELETE FROM webhook_outbox o USING due WHERE o.id = due.id AND due.seen
+       )
+       UPDATE webhook_outbox o SET lease_until = $3 FROM due
+       WHERE o.id = due.id AND NOT due.seen
+       RETURNING o.id, o.type, o.payload, o.created_at, o.attempts, o.last_error,
+         o.last_attempt_at`,
+      [now, limit, leaseUntil],
     );
-    return rows.map((r) => r.id);
+    return rows.map(outboxEvent);
+  }
+
+  async completeWebhook(id: string): Promise<void> {
+    await this.query('DELETE FROM webhook_outbox WHERE id = $1', [id]);
+  }
+
+  async recordWebhookFailure(
+    id: string,
+    failure: { error: string; at: string; nextAttemptAt: string | null },
+  ): Promise<void> {
+    await this.query(
+      `UPDATE webhook_outbox SET attempts = attempts + 1, last_error = $2, last_attempt_at = $3,
+         lease_until = NULL,
+         state = CASE WHEN $4::timestamptz IS NULL THEN 'failed' ELSE 'pending' END,
+         next_attempt_at = coalesce($4::timestamptz, next_attempt_at)
+       WHERE id = $1`,
+      [id, failure.error, failure.at, failure.nextAttemptAt],
+    );
+  }
+
+  async releaseWebhook(id: string): Promise<void> {
+    await this.query('UPDATE webhook_outbox SET lease_until = NULL WHERE id = $1', [id]);
+  }
+
+  async failedWebhooks(limit: number): Promise<OutboxEvent[]> {
+    const rows = await this.query<OutboxRow>(
+      `SELECT ${OUTBOX_COLUMNS} FROM webhook_outbox WHERE state = 'failed'
+       ORDER BY last_attempt_at DESC LIMIT $1`,
+      [limit],
+    );
+    return rows.map(outboxEvent);
+  }
+
+  async retryWebhook(id: string, now: string): Promise<boolean> {
+    const rows = await this.query(
+      `UPDATE webhook_outbox SET state = 'pending', next_attempt_at = $2, lease_until = NULL
+       WHERE id = $1 AND state = 'failed' RETURNING id`,
+      [id, now],
+    );
+    return rows.length > 0;
+  }
+
+  async webhookQueueDepth(now: string): Promise<number> {
+    const [row] = await this.query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM webhook_outbox
+       WHERE state = 'pending' AND (unless_read IS NULL OR attempts > 0 OR next_attempt_at <= $1)`,
+      [now],
+    );
+    return row?.n ?? 0;
   }
 
   async ping(): Promise<void> {
@@ -634,20 +1066,35 @@ export class PostgresStore implements Store {
     await this.pool.end();
   }
 
-  /** Runs `work` in one transaction on one connection, once the migrations are done. */
+  /** Runs `work` in one transaction on one client, committed when it resolves. */
   private async transaction<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    await this.query('SELECT 1');
+    await this.ready();
     const client = await this.pool.connect();
+    let broken: Error | undefined;
     try {
       await client.query('BEGIN');
       const result = await work(client);
       await client.query('COMMIT');
       return result;
     } catch (err) {
-      await client.query('ROLLBACK').catch(() => {});
+      // A client whose ROLLBACK fails is not given back to the pool for reuse.
+      await client.query('ROLLBACK').catch((e: Error) => {
+        broken = e;
+      });
       throw err;
     } finally {
-      client.release();
+      client.release(broken);
+    }
+  }
+
+  private async ready(): Promise<void> {
+    if (this.closed) throw new Error('the PostgreSQL store is closed');
+    this.migrated ??= this.migrate();
+    try {
+      await this.migrated;
+    } catch (err) {
+      this.migrated = undefined;
+      throw err;
     }
   }
 

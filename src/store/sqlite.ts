@@ -25,6 +25,14 @@ import type {
   StreamMessage,
   UnreadTotals,
 } from '../core/messages.js';
+import type {
+  ModerationAction,
+  NewModerationAction,
+  StreamBan,
+  StreamControl,
+  StreamSettings,
+} from '../core/stream-rules.js';
+import type { OutboxEntry, OutboxEvent, WebhookType } from '../core/webhook-events.js';
 import type { PutRequestResult, RequestRecord, Store, StreamRecord } from './store.js';
 
 /** Append-only: a released migration is never edited, a new one is added. */
@@ -75,6 +83,21 @@ const MIGRATIONS: readonly string[] = [
      at         TEXT NOT NULL,
      PRIMARY KEY (message_id, kind, user_id)
    ) WITHOUT ROWID;`,
+  `CREATE TABLE webhook_outbox (
+     id              TEXT PRIMARY KEY,
+     type            TEXT NOT NULL,
+     payload         TEXT NOT NULL,
+     created_at      TEXT NOT NULL,
+     next_attempt_at TEXT NOT NULL,
+     attempts        INTEGER NOT NULL DEFAULT 0,
+     last_error      TEXT,
+     last_attempt_at TEXT,
+     state           TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'failed')),
+     lease_until     TEXT,
+     unless_read     TEXT
+   );
+   CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at) WHERE state = 'pending';
+   CREATE INDEX webhook_outbox_failed ON webhook_outbox (last_attempt_at) WHERE state = 'failed';`,
   // The lab desk: attachments, edits and deletions; per-request counters and
   // per-(request, user) sent/read counters so that unread counts never count
   // messages; the inbox paged by (activity_at, id) on an index.
@@ -113,6 +136,39 @@ const MIGRATIONS: readonly string[] = [
    CREATE INDEX requests_by_activity ON requests (activity_at, id)
      WHERE last_message_id IS NOT NULL;
    CREATE INDEX requests_by_owner_activity ON requests (owner_id, activity_at, id);`,
+  `ALTER TABLE stream_messages ADD COLUMN badges TEXT NOT NULL DEFAULT '[]';
+   ALTER TABLE stream_messages ADD COLUMN deleted_at TEXT;
+   ALTER TABLE stream_messages ADD COLUMN deleted_by TEXT;
+   ALTER TABLE streams ADD COLUMN moderators TEXT NOT NULL DEFAULT '[]';
+   ALTER TABLE streams ADD COLUMN slow_mode_seconds INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE streams ADD COLUMN members_only INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE streams ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+   ALTER TABLE streams ADD COLUMN pinned_id TEXT;
+   CREATE TABLE stream_bans (
+     stream_key TEXT NOT NULL,
+     user_id    TEXT NOT NULL,
+     until      TEXT,
+     reason     TEXT,
+     by_user    TEXT NOT NULL,
+     at         TEXT NOT NULL,
+     PRIMARY KEY (stream_key, user_id)
+   ) WITHOUT ROWID;
+   CREATE TABLE stream_members (
+     stream_key TEXT NOT NULL,
+     user_id    TEXT NOT NULL,
+     PRIMARY KEY (stream_key, user_id)
+   ) WITHOUT ROWID;
+   CREATE TABLE stream_moderation_log (
+     id         INTEGER PRIMARY KEY AUTOINCREMENT,
+     stream_key TEXT NOT NULL,
+     action     TEXT NOT NULL,
+     user_id    TEXT,
+     message_id TEXT,
+     by_user    TEXT NOT NULL,
+     at         TEXT NOT NULL,
+     reason     TEXT
+   );
+   CREATE INDEX stream_moderation_log_by_stream ON stream_moderation_log (stream_key, id);`,
 ];
 
 /** Above every ISO-8601 time: the inbox's first page starts below it. */
@@ -132,6 +188,52 @@ interface StreamMessageRow {
   username: string;
   message: string;
   sent_at: string;
+  badges: string;
+  deleted_at: string | null;
+  deleted_by: string | null;
+}
+interface ControlRow {
+  key: string;
+  title: string | null;
+  owner_id: string | null;
+  moderators: string;
+  slow_mode_seconds: number;
+  members_only: number;
+  paused: number;
+  pinned_id: string | null;
+}
+interface BanRow {
+  user_id: string;
+  until: string | null;
+  reason: string | null;
+  by_user: string;
+  at: string;
+}
+interface LogRow {
+  id: number;
+  action: ModerationAction['action'];
+  user_id: string | null;
+  message_id: string | null;
+  by_user: string;
+  at: string;
+  reason: string | null;
+}
+
+function streamMessageOf(r: StreamMessageRow): StreamMessage {
+  const m: StreamMessage = {
+    id: r.id,
+    streamKey: r.stream_key,
+    userId: r.user_id,
+    username: r.username,
+    message: r.message,
+    sentAt: r.sent_at,
+    badges: JSON.parse(r.badges) as StreamMessage['badges'],
+  };
+  if (r.deleted_at !== null) {
+    m.deletedAt = r.deleted_at;
+    m.deletedBy = r.deleted_by ?? '';
+  }
+  return m;
 }
 interface RequestMessageRow {
   seq: number;
@@ -155,6 +257,26 @@ interface InboxRow {
   sent: number;
   read: number;
 }
+interface OutboxRow {
+  id: string;
+  type: WebhookType;
+  payload: string;
+  created_at: string;
+  attempts: number;
+  last_error: string | null;
+  last_attempt_at: string | null;
+  unless_read: string | null;
+}
+const outboxEvent = (r: OutboxRow): OutboxEvent => ({
+  id: r.id,
+  type: r.type,
+  data: r.payload,
+  createdAt: r.created_at,
+  attempts: r.attempts,
+  lastError: r.last_error,
+  lastAttemptAt: r.last_attempt_at,
+});
+
 interface ReceiptRow {
   message_id: string;
   kind: ReceiptKind;
@@ -204,6 +326,11 @@ export class SqliteStore implements Store {
         if (this.db.open) this.db.pragma('wal_autocheckpoint = 1000');
       });
     }
+    // One process owns a SQLite file: a lease left in it is from a process that
+    // died mid-delivery, and what it was sending is due again now.
+    this.db
+      .prepare('UPDATE webhook_outbox SET lease_until = NULL WHERE lease_until IS NOT NULL')
+      .run();
     const db = this.db;
     this.q = {
       getStream: db.prepare<[string], StreamRow>(
@@ -221,8 +348,51 @@ export class SqliteStore implements Store {
         'UPDATE streams SET ended_at = coalesce(ended_at, @now), updated_at = @now WHERE key = @key',
       ),
       insertStreamMessage: db.prepare(
-        `INSERT INTO stream_messages (id, stream_key, user_id, username, message, sent_at)
-         VALUES (@id, @streamKey, @userId, @username, @message, @sentAt)`,
+        `INSERT INTO stream_messages (id, stream_key, user_id, username, message, sent_at, badges)
+         VALUES (@id, @streamKey, @userId, @username, @message, @sentAt, @badges)`,
+      ),
+      getControl: db.prepare<[string], ControlRow>(
+        `SELECT key, title, owner_id, moderators, slow_mode_seconds, members_only, paused, pinned_id
+         FROM streams WHERE key = ?`,
+      ),
+      members: db.prepare<[string], { user_id: string }>(
+        'SELECT user_id FROM stream_members WHERE stream_key = ? ORDER BY user_id',
+      ),
+      clearMembers: db.prepare('DELETE FROM stream_members WHERE stream_key = ?'),
+      addMember: db.prepare(
+        'INSERT INTO stream_members (stream_key, user_id) VALUES (?, ?) ON CONFLICT DO NOTHING',
+      ),
+      putBan: db.prepare(
+        `INSERT INTO stream_bans (stream_key, user_id, until, reason, by_user, at)
+         VALUES (@key, @userId, @until, @reason, @by, @at)
+         ON CONFLICT (stream_key, user_id) DO UPDATE SET until = excluded.until,
+           reason = excluded.reason, by_user = excluded.by_user, at = excluded.at`,
+      ),
+      deleteBan: db.prepare('DELETE FROM stream_bans WHERE stream_key = ? AND user_id = ?'),
+      bans: db.prepare<[string, string], BanRow>(
+        `SELECT user_id, until, reason, by_user, at FROM stream_bans
+         WHERE stream_key = ? AND (until IS NULL OR until > ?) ORDER BY at, user_id`,
+      ),
+      getStreamMessage: db.prepare<[string, string], StreamMessageRow>(
+        'SELECT * FROM stream_messages WHERE stream_key = ? AND id = ?',
+      ),
+      deleteStreamMessage: db.prepare(
+        `UPDATE stream_messages SET deleted_at = @at, deleted_by = @by
+         WHERE stream_key = @key AND id = @id AND deleted_at IS NULL`,
+      ),
+      recent: db.prepare<[string, number, number], StreamMessageRow>(
+        `SELECT * FROM stream_messages WHERE stream_key = ? AND seq > ? AND deleted_at IS NULL
+         ORDER BY seq DESC LIMIT ?`,
+      ),
+      addAction: db.prepare<
+        [string, string, string | null, string | null, string, string, string | null]
+      >(
+        `INSERT INTO stream_moderation_log (stream_key, action, user_id, message_id, by_user, at, reason)
+         VALUES (?, ?, ?, ?, ?, ?, ?)`,
+      ),
+      log: db.prepare<[string, number, number], LogRow>(
+        `SELECT id, action, user_id, message_id, by_user, at, reason FROM stream_moderation_log
+         WHERE stream_key = ? AND id < ? ORDER BY id DESC LIMIT ?`,
       ),
       streamSeq: db.prepare<[string, string], { seq: number }>(
         'SELECT seq FROM stream_messages WHERE id = ? AND stream_key = ?',
@@ -378,6 +548,41 @@ export class SqliteStore implements Store {
         `INSERT INTO receipts (message_id, kind, user_id, at) VALUES (?, ?, ?, ?)
          ON CONFLICT DO NOTHING`,
       ),
+      insertOutbox: db.prepare(
+        `INSERT INTO webhook_outbox (id, type, payload, created_at, next_attempt_at, unless_read)
+         VALUES (@id, @type, @data, @createdAt, @dueAt, @unlessRead)`,
+      ),
+      dueOutbox: db.prepare<[string, string, number], OutboxRow>(
+        `SELECT id, type, payload, created_at, attempts, last_error, last_attempt_at, unless_read
+         FROM webhook_outbox
+         WHERE state = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?)
+         ORDER BY next_attempt_at LIMIT ?`,
+      ),
+      isRead: db.prepare<[string], { one: number }>(
+        `SELECT 1 AS one FROM receipts WHERE message_id = ? AND kind = 'read' LIMIT 1`,
+      ),
+      leaseOutbox: db.prepare('UPDATE webhook_outbox SET lease_until = ? WHERE id = ?'),
+      deleteOutbox: db.prepare('DELETE FROM webhook_outbox WHERE id = ?'),
+      failOutbox: db.prepare(
+        `UPDATE webhook_outbox SET attempts = attempts + 1, last_error = @error,
+           last_attempt_at = @at, lease_until = NULL,
+           state = CASE WHEN @nextAttemptAt IS NULL THEN 'failed' ELSE 'pending' END,
+           next_attempt_at = coalesce(@nextAttemptAt, next_attempt_at)
+         WHERE id = @id`,
+      ),
+      releaseOutbox: db.prepare('UPDATE webhook_outbox SET lease_until = NULL WHERE id = ?'),
+      failedOutbox: db.prepare<[number], OutboxRow>(
+        `SELECT id, type, payload, created_at, attempts, last_error, last_attempt_at, unless_read
+         FROM webhook_outbox WHERE state = 'failed' ORDER BY last_attempt_at DESC LIMIT ?`,
+      ),
+      retryOutbox: db.prepare(
+        `UPDATE webhook_outbox SET state = 'pending', next_attempt_at = ?, lease_until = NULL
+         WHERE id = ? AND state = 'failed'`,
+      ),
+      outboxDepth: db.prepare<[string], { n: number }>(
+        `SELECT count(*) AS n FROM webhook_outbox
+         WHERE state = 'pending' AND (unless_read IS NULL OR attempts > 0 OR next_attempt_at <= ?)`,
+      ),
     };
   }
 
@@ -401,8 +606,13 @@ export class SqliteStore implements Store {
     })();
   }
 
-  async endStream(key: string): Promise<boolean> {
-    return this.q.endStream.run({ key, now: new Date().toISOString() }).changes > 0;
+  async endStream(key: string, outbox: readonly OutboxEntry[] = []): Promise<boolean> {
+    return this.db.transaction(() => {
+      const open = this.q.getStream.get(key)?.ended_at === null;
+      const ended = this.q.endStream.run({ key, now: new Date().toISOString() }).changes > 0;
+      if (open) this.insertOutbox(outbox);
+      return ended;
+    })();
   }
 
   async getStream(key: string): Promise<StreamRecord | undefined> {
@@ -411,7 +621,17 @@ export class SqliteStore implements Store {
   }
 
   private readonly insertStreamMessages = (messages: readonly StreamMessage[]) => {
-    for (const m of messages) this.q.insertStreamMessage.run(m);
+    for (const m of messages) {
+      this.q.insertStreamMessage.run({
+        id: m.id,
+        streamKey: m.streamKey,
+        userId: m.userId,
+        username: m.username,
+        message: m.message,
+        sentAt: m.sentAt,
+        badges: JSON.stringify(m.badges),
+      });
+    }
   };
 
   async appendStreamMessages(messages: readonly StreamMessage[]): Promise<void> {
@@ -423,18 +643,148 @@ export class SqliteStore implements Store {
     if (upper === undefined) return { messages: [], hasMore: false };
     const rows = this.q.streamPage.all(key, upper, query.limit + 1);
     const hasMore = rows.length > query.limit;
-    const messages = rows
-      .slice(0, query.limit)
-      .reverse()
-      .map((r) => ({
-        id: r.id,
-        streamKey: r.stream_key,
-        userId: r.user_id,
-        username: r.username,
-        message: r.message,
-        sentAt: r.sent_at,
-      }));
+    const messages = rows.slice(0, query.limit).reverse().map(streamMessageOf);
     return { messages, hasMore };
+  }
+
+  async getStreamControl(key: string): Promise<StreamControl | undefined> {
+    const r = this.q.getControl.get(key);
+    return (
+      r && {
+        key: r.key,
+        title: r.title,
+        ownerId: r.owner_id,
+        moderators: JSON.parse(r.moderators) as string[],
+        slowModeSeconds: r.slow_mode_seconds,
+        membersOnly: r.members_only === 1,
+        paused: r.paused === 1,
+        pinnedId: r.pinned_id,
+      }
+    );
+  }
+
+  async updateStreamControl(
+    key: string,
+    patch: Partial<StreamSettings> & {
+      title?: string | null;
+      moderators?: string[];
+      pinnedId?: string | null;
+    },
+  ): Promise<boolean> {
+    const sets: string[] = [];
+    const values: Record<string, unknown> = { key, now: new Date().toISOString() };
+    const column = (name: string, value: unknown) => {
+      sets.push(`${name} = @${name}`);
+      values[name] = value;
+    };
+    if (patch.title !== undefined) column('title', patch.title);
+    if (patch.moderators !== undefined) column('moderators', JSON.stringify(patch.moderators));
+    if (patch.slowModeSeconds !== undefined) column('slow_mode_seconds', patch.slowModeSeconds);
+    if (patch.membersOnly !== undefined) column('members_only', patch.membersOnly ? 1 : 0);
+    if (patch.paused !== undefined) column('paused', patch.paused ? 1 : 0);
+    if (patch.pinnedId !== undefined) column('pinned_id', patch.pinnedId);
+    sets.push('updated_at = @now');
+    const sql = `UPDATE streams SET ${sets.join(', ')} WHERE key = @key`;
+    return this.db.prepare(sql).run(values).changes > 0;
+  }
+
+  async setStreamMembers(key: string, userIds: readonly string[]): Promise<void> {
+    this.db.transaction(() => {
+      this.q.clearMembers.run(key);
+      for (const id of userIds) this.q.addMember.run(key, id);
+    })();
+  }
+
+  async streamMembers(key: string): Promise<string[]> {
+    return this.q.members.all(key).map((r) => r.user_id);
+  }
+
+  async putStreamBan(key: string, ban: StreamBan): Promise<void> {
+    this.q.putBan.run({ key, ...ban });
+  }
+
+  async deleteStreamBan(key: string, userId: string): Promise<boolean> {
+    return this.q.deleteBan.run(key, userId).changes > 0;
+  }
+
+  async streamBans(key: string, now: string): Promise<StreamBan[]> {
+    return this.q.bans.all(key, now).map((r) => ({
+      userId: r.user_id,
+      until: r.until,
+      reason: r.reason,
+      by: r.by_user,
+      at: r.at,
+    }));
+  }
+
+  async getStreamMessage(key: string, id: string): Promise<StreamMessage | undefined> {
+    const row = this.q.getStreamMessage.get(key, id);
+    return row && streamMessageOf(row);
+  }
+
+  async deleteStreamMessage(
+    key: string,
+    id: string,
+    by: string,
+    at: string,
+  ): Promise<StreamMessage | undefined> {
+    this.q.deleteStreamMessage.run({ key, id, by, at });
+    return this.getStreamMessage(key, id);
+  }
+
+  async streamRecent(
+    key: string,
+    query: { after?: string | undefined; limit: number },
+  ): Promise<{ messages: StreamMessage[]; more: boolean; known: boolean }> {
+    let lower = 0;
+    let known = true;
+    if (query.after !== undefined) {
+      const seq = this.q.streamSeq.get(query.after, key)?.seq;
+      if (seq === undefined) known = false;
+      else lower = seq;
+    }
+    const rows = this.q.recent.all(key, lower, query.limit + 1);
+    const more = rows.length > query.limit;
+    return { messages: rows.slice(0, query.limit).reverse().map(streamMessageOf), more, known };
+  }
+
+  async addModerationAction(
+    key: string,
+    a: NewModerationAction,
+    outbox: readonly OutboxEntry[] = [],
+  ): Promise<ModerationAction> {
+    return this.db.transaction(() => {
+      const { lastInsertRowid } = this.q.addAction.run(
+        key,
+        a.action,
+        a.userId,
+        a.messageId,
+        a.by,
+        a.at,
+        a.reason,
+      );
+      this.insertOutbox(outbox);
+      return { id: String(lastInsertRowid), ...a };
+    })();
+  }
+
+  async moderationLog(
+    key: string,
+    query: { before?: string | undefined; limit: number },
+  ): Promise<{ actions: ModerationAction[]; hasMore: boolean }> {
+    const upper = query.before === undefined ? Number.MAX_SAFE_INTEGER : Number(query.before);
+    const rows = this.q.log.all(key, upper, query.limit + 1);
+    const hasMore = rows.length > query.limit;
+    const actions = rows.slice(0, query.limit).map((r) => ({
+      id: String(r.id),
+      action: r.action,
+      userId: r.user_id,
+      messageId: r.message_id,
+      by: r.by_user,
+      at: r.at,
+      reason: r.reason,
+    }));
+    return { actions, hasMore };
   }
 
   async putRequest(id: string, ownerId: string): Promise<PutRequestResult> {
@@ -452,6 +802,7 @@ export class SqliteStore implements Store {
 
   async addRequestMessage(
     m: NewRequestMessage,
+    outbox: readonly OutboxEntry[] = [],
   ): Promise<{ message: RequestMessage; duplicate: boolean; activity?: RequestActivity }> {
     return this.db.transaction(() => {
       const attachments = m.attachments ?? [];
@@ -476,6 +827,7 @@ export class SqliteStore implements Store {
           createdAt: m.createdAt,
         });
         this.q.countSent.run(m.requestId, m.sender.id);
+        if (outbox.length > 0) this.insertOutbox(outbox);
         if (!counted) return { message, duplicate: false };
         return {
           message,
@@ -581,6 +933,7 @@ export class SqliteStore implements Store {
     userId: string,
     messageIds: readonly string[],
     at: string,
+    outbox?: (fresh: string[]) => OutboxEntry,
   ): Promise<string[]> {
     return this.db.transaction(() => {
       const eligible = this.q.eligibleForReceipt.all(requestId, userId, JSON.stringify(messageIds));
@@ -589,11 +942,62 @@ export class SqliteStore implements Store {
         if (this.q.insertReceipt.run(id, kind, userId, at).changes > 0) fresh.push(id);
         if (kind === 'read') this.q.insertReceipt.run(id, 'delivered', userId, at);
       }
+      if (outbox && fresh.length > 0) this.insertOutbox([outbox(fresh)]);
       if (kind === 'read' && fresh.length > 0) {
         this.q.countRead.run(requestId, userId, fresh.length);
       }
       return fresh;
     })();
+  }
+
+  async enqueueWebhooks(entries: readonly OutboxEntry[]): Promise<void> {
+    this.db.transaction(() => this.insertOutbox(entries))();
+  }
+
+  async claimWebhooks(limit: number, now: string, leaseUntil: string): Promise<OutboxEvent[]> {
+    return this.db.transaction(() => {
+      const claimed: OutboxEvent[] = [];
+      for (const row of this.q.dueOutbox.all(now, now, limit)) {
+        if (row.unless_read !== null && row.attempts === 0 && this.q.isRead.get(row.unless_read)) {
+          this.q.deleteOutbox.run(row.id);
+          continue;
+        }
+        this.q.leaseOutbox.run(leaseUntil, row.id);
+        claimed.push(outboxEvent(row));
+      }
+      return claimed;
+    })();
+  }
+
+  async completeWebhook(id: string): Promise<void> {
+    this.q.deleteOutbox.run(id);
+  }
+
+  async recordWebhookFailure(
+    id: string,
+    failure: { error: string; at: string; nextAttemptAt: string | null },
+  ): Promise<void> {
+    this.q.failOutbox.run({ id, ...failure });
+  }
+
+  async releaseWebhook(id: string): Promise<void> {
+    this.q.releaseOutbox.run(id);
+  }
+
+  async failedWebhooks(limit: number): Promise<OutboxEvent[]> {
+    return this.q.failedOutbox.all(limit).map(outboxEvent);
+  }
+
+  async retryWebhook(id: string, now: string): Promise<boolean> {
+    return this.q.retryOutbox.run(now, id).changes > 0;
+  }
+
+  async webhookQueueDepth(now: string): Promise<number> {
+    return this.q.outboxDepth.get(now)?.n ?? 0;
+  }
+
+  private insertOutbox(entries: readonly OutboxEntry[]): void {
+    for (const e of entries) this.q.insertOutbox.run(e);
   }
 
   async ping(): Promise<void> {

@@ -28,6 +28,14 @@ import type {
   StreamMessage,
   UnreadTotals,
 } from '../core/messages.js';
+import type {
+  ModerationAction,
+  NewModerationAction,
+  StreamBan,
+  StreamControl,
+  StreamSettings,
+} from '../core/stream-rules.js';
+import type { OutboxEntry, OutboxEvent } from '../core/webhook-events.js';
 
 export interface StreamRecord {
   key: string;
@@ -54,8 +62,11 @@ export interface Store {
     key: string,
     fields: { title?: string | null; ownerId?: string | null },
   ): Promise<{ created: boolean }>;
-  /** Marks the stream ended; false when there is no such stream. */
-  endStream(key: string): Promise<boolean>;
+  /**
+   * Marks the stream ended; false when there is no such stream. `outbox`
+   * rows are committed with it when this call is the one that ended it.
+   */
+  endStream(key: string, outbox?: readonly OutboxEntry[]): Promise<boolean>;
   getStream(key: string): Promise<StreamRecord | undefined>;
   /** Stores a batch in one transaction: all of it or none. */
   appendStreamMessages(messages: readonly StreamMessage[]): Promise<void>;
@@ -73,16 +84,20 @@ export interface Store {
    * Stores a message and, in the same transaction, the request's counters
    * (its message count, last message and activity time, the sender's sent
    * count). `activity` tells what the message did to everyone's unread count;
-   * absent for a duplicate, which changed nothing.
+   * absent for a duplicate, which changed nothing. `outbox` rows are
+   * committed with the message, and dropped with a duplicate.
    */
   addRequestMessage(
     message: NewRequestMessage,
+    outbox?: readonly OutboxEntry[],
   ): Promise<{ message: RequestMessage; duplicate: boolean; activity?: RequestActivity }>;
   requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage>>;
   /**
    * Records receipts of `userId` for those of `messageIds` that belong to the
    * request and were not sent by that user; ignores the rest. A read also
    * records delivered. Returns the ids whose `kind` receipt is new.
+   * `outbox`, given those ids when there are any, returns a row committed
+   * in the same transaction.
    */
   addReceipts(
     requestId: string,
@@ -90,8 +105,40 @@ export interface Store {
     userId: string,
     messageIds: readonly string[],
     at: string,
+    outbox?: (fresh: string[]) => OutboxEntry,
   ): Promise<string[]>;
 
+  /**
+   * The webhook outbox (CONTRACT section 9). Rows are pending until sent
+   * (then removed) or out of attempts (then failed, kept for the API).
+   */
+  enqueueWebhooks(entries: readonly OutboxEntry[]): Promise<void>;
+  /**
+   * Leases up to `limit` pending rows due at `now` and not leased by anyone
+   * until `leaseUntil` (ISO-8601), oldest due first. Concurrent callers, on
+   * any node, never get the same row while its lease runs. A first attempt
+   * of a row with `unlessRead` whose message has been read is removed
+   * instead of returned.
+   */
+  claimWebhooks(limit: number, now: string, leaseUntil: string): Promise<OutboxEvent[]>;
+  /** A row was delivered: removes it. */
+  completeWebhook(id: string): Promise<void>;
+  /**
+   * Counts a failed attempt; the row is due again at `nextAttemptAt`, or
+   * failed for good when that is null. Ends the lease.
+   */
+  recordWebhookFailure(
+    id: string,
+    failure: { error: string; at: string; nextAttemptAt: string | null },
+  ): Promise<void>;
+  /** Ends a lease without counting an attempt (a node stopping mid-send). */
+  releaseWebhook(id: string): Promise<void>;
+  /** Failed rows, most recently attempted first. */
+  failedWebhooks(limit: number): Promise<OutboxEvent[]>;
+  /** Makes a failed row due at `now` again; false when no failed row has this id. */
+  retryWebhook(id: string, now: string): Promise<boolean>;
+  /** Pending rows that are due or being retried (unread checks not yet due excluded). */
+  webhookQueueDepth(now: string): Promise<number>;
   /** One message of the request, with its receipts; deleted ones too. */
   getRequestMessage(requestId: string, messageId: string): Promise<RequestMessage | undefined>;
   /**
@@ -121,6 +168,61 @@ export interface Store {
    * messages.
    */
   unreadTotals(userId: string, ownerId: string | undefined, limit: number): Promise<UnreadTotals>;
+  // Live classroom (CONTRACT section 7).
+
+  /** The stream's moderation state; undefined when there is no such stream. */
+  getStreamControl(key: string): Promise<StreamControl | undefined>;
+  /** Changes the given fields; false when there is no such stream. */
+  updateStreamControl(
+    key: string,
+    patch: Partial<StreamSettings> & {
+      title?: string | null;
+      moderators?: string[];
+      pinnedId?: string | null;
+    },
+  ): Promise<boolean>;
+  /** Replaces the members-only allowlist. */
+  setStreamMembers(key: string, userIds: readonly string[]): Promise<void>;
+  streamMembers(key: string): Promise<string[]>;
+  /** Creates or replaces the user's ban or timeout in this stream. */
+  putStreamBan(key: string, ban: StreamBan): Promise<void>;
+  /** Lifts a ban or timeout; false when there was none. */
+  deleteStreamBan(key: string, userId: string): Promise<boolean>;
+  /** Bans and timeouts still in force at `now` (ISO-8601), oldest first. */
+  streamBans(key: string, now: string): Promise<StreamBan[]>;
+  /** One chat of the stream, deleted or not. */
+  getStreamMessage(key: string, id: string): Promise<StreamMessage | undefined>;
+  /**
+   * Marks a chat deleted (the first deletion wins and is kept); undefined
+   * when the stream has no such chat.
+   */
+  deleteStreamMessage(
+    key: string,
+    id: string,
+    by: string,
+    at: string,
+  ): Promise<StreamMessage | undefined>;
+  /**
+   * The newest `limit` chats that are not deleted, oldest first; with
+   * `after`, only those stored after that chat. `more` says older ones (after
+   * `after`) were left out; `known` is false when `after` names no chat of
+   * this stream (then the newest `limit` are returned).
+   */
+  streamRecent(
+    key: string,
+    query: { after?: string | undefined; limit: number },
+  ): Promise<{ messages: StreamMessage[]; more: boolean; known: boolean }>;
+  /** Logs an action; `outbox` rows (its webhook events) are committed with it. */
+  addModerationAction(
+    key: string,
+    action: NewModerationAction,
+    outbox?: readonly OutboxEntry[],
+  ): Promise<ModerationAction>;
+  /** Newest first; `before` is an action id. */
+  moderationLog(
+    key: string,
+    query: { before?: string | undefined; limit: number },
+  ): Promise<{ actions: ModerationAction[]; hasMore: boolean }>;
 
   /** Resolves when the backend answers; for readiness. */
   ping(): Promise<void>;

@@ -10,9 +10,10 @@ import type { Limits } from '../config.js';
 import { asChatError, ChatError } from '../core/errors.js';
 import { bearerToken } from '../core/identity.js';
 import { isObjectId, normalizeId } from '../core/ids.js';
-import type { PageQuery } from '../core/messages.js';
+import type { PageQuery, StreamMessage } from '../core/messages.js';
 import type { Requests } from '../core/requests.js';
-import type { Streams } from '../core/streams.js';
+import { MAX_SLOW_MODE_SECONDS, MAX_TIMEOUT_SECONDS, type Streams } from '../core/streams.js';
+import { FAILED_PAGE_MAX, type Webhooks } from '../core/webhooks.js';
 import type { Logger } from '../observability/log.js';
 import { safePath } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -30,6 +31,8 @@ export interface HttpDeps {
   limits: Limits;
   streams: Streams<unknown>;
   requests: Requests;
+  /** Undefined without WEBHOOK_URL: the webhook routes answer 404. */
+  webhooks?: Webhooks | undefined;
   readiness: Readiness;
   metrics: Metrics;
   log: Logger;
@@ -57,6 +60,28 @@ const requestBody = z.object({ ownerId: idLike });
 const streamBody = z.object({
   title: z.string().max(500).nullable().optional(),
   ownerId: idLike.nullable().optional(),
+});
+
+const streamPatchBody = z.object({
+  title: z.string().max(500).nullable().optional(),
+  moderators: z.array(idLike).max(1000).optional(),
+  slowModeSeconds: z.number().int().min(0).max(MAX_SLOW_MODE_SECONDS).optional(),
+  membersOnly: z.boolean().optional(),
+  paused: z.boolean().optional(),
+});
+
+const membersBody = z.object({ userIds: z.array(idLike) });
+
+const banBody = z.object({
+  seconds: z.number().int().min(1).max(MAX_TIMEOUT_SECONDS).optional(),
+  reason: z.string().max(500).optional(),
+});
+
+/** A stored chat for the server API: deleted ones say so. */
+const apiChat = (m: StreamMessage) => ({
+  ...m,
+  deletedAt: m.deletedAt ?? null,
+  deletedBy: m.deletedBy ?? null,
 });
 
 const READY_TIMEOUT_MS = 2_000;
@@ -135,7 +160,142 @@ function streamRoutes(deps: HttpDeps): Route[] {
       async handle({ params, query }) {
         const [k] = params as [string];
         if ((await deps.streams.status(k)) === 'unknown') throw new ChatError('stream_not_found');
-        return { status: 200, body: await deps.streams.history(k, pageQuery(query, deps.limits)) };
+        const page = await deps.streams.history(k, pageQuery(query, deps.limits));
+        return { status: 200, body: { ...page, messages: page.messages.map(apiChat) } };
+      },
+    },
+    ...classroomRoutes(deps),
+  ];
+}
+
+/** CONTRACT section 7: the server API of the live classroom. */
+function classroomRoutes(deps: HttpDeps): Route[] {
+  const base = '^\\/api\\/streams\\/([A-Za-z0-9_-]{1,64})';
+  const path = (rest: string) => new RegExp(`${base}${rest}$`);
+  const userId = (raw: string) => {
+    let id = '';
+    try {
+      id = decodeURIComponent(raw);
+    } catch {}
+    if (id.length === 0 || id.length > 256) {
+      throw new ChatError('invalid_payload', 'The user id must be 1 to 256 characters.', {
+        httpStatus: 400,
+      });
+    }
+    return id;
+  };
+  return [
+    {
+      method: 'GET',
+      path: path(''),
+      apiKey: true,
+      async handle({ params }) {
+        const info = await deps.streams.describe(params[0] as string);
+        if (!info) throw new ChatError('stream_not_found');
+        return { status: 200, body: { ...info, pinned: info.pinned && apiChat(info.pinned) } };
+      },
+    },
+    {
+      method: 'PATCH',
+      path: path(''),
+      apiKey: true,
+      async handle({ params, body }) {
+        const k = params[0] as string;
+        const { title, moderators, ...settings } = parseBody(streamPatchBody, await body());
+        await deps.streams.update(k, {
+          ...settings,
+          ...(title === undefined ? {} : { title }),
+          ...(moderators === undefined ? {} : { moderators: [...new Set(moderators)] }),
+        });
+        const info = await deps.streams.describe(k);
+        return {
+          status: 200,
+          body: info && { ...info, pinned: info.pinned && apiChat(info.pinned) },
+        };
+      },
+    },
+    {
+      method: 'PUT',
+      path: path('\\/members'),
+      apiKey: true,
+      async handle({ params, body }) {
+        const { userIds } = parseBody(membersBody, await body());
+        await deps.streams.setMembers(params[0] as string, userIds);
+        return { status: 200, body: { userIds: [...new Set(userIds)] } };
+      },
+    },
+    {
+      method: 'DELETE',
+      path: path('\\/messages\\/([^/]+)'),
+      apiKey: true,
+      async handle({ params }) {
+        const [k, raw] = params as [string, string];
+        if (!isObjectId(raw)) {
+          throw new ChatError('invalid_payload', 'The message id must be a 24-hex id.', {
+            httpStatus: 400,
+          });
+        }
+        if ((await deps.streams.status(k)) === 'unknown') throw new ChatError('stream_not_found');
+        const id = normalizeId(raw);
+        await deps.streams.moderate(k, 'api', { type: 'delete', id });
+        return { status: 200, body: { id, deleted: true } };
+      },
+    },
+    {
+      method: 'PUT',
+      path: path('\\/bans\\/([^/]+)'),
+      apiKey: true,
+      async handle({ params, body }) {
+        const [k, raw] = params as [string, string];
+        const target = userId(raw);
+        const { seconds, reason } = parseBody(banBody, await body());
+        await deps.streams.moderate(
+          k,
+          'api',
+          seconds === undefined
+            ? { type: 'ban', userId: target, reason }
+            : { type: 'timeout', userId: target, seconds, reason },
+        );
+        const ban = (await deps.streams.bans(k)).find((b) => b.userId === target);
+        return { status: 200, body: ban ?? { userId: target } };
+      },
+    },
+    {
+      method: 'DELETE',
+      path: path('\\/bans\\/([^/]+)'),
+      apiKey: true,
+      async handle({ params }) {
+        const [k, raw] = params as [string, string];
+        const target = userId(raw);
+        await deps.streams.moderate(k, 'api', { type: 'unban', userId: target });
+        return { status: 200, body: { userId: target, banned: false } };
+      },
+    },
+    {
+      method: 'GET',
+      path: path('\\/bans'),
+      apiKey: true,
+      async handle({ params }) {
+        return { status: 200, body: { bans: await deps.streams.bans(params[0] as string) } };
+      },
+    },
+    {
+      method: 'GET',
+      path: path('\\/moderation-log'),
+      apiKey: true,
+      async handle({ params, query }) {
+        const before = query.get('before') ?? undefined;
+        if (before !== undefined && !/^[1-9][0-9]{0,17}$/.test(before)) {
+          throw new ChatError('invalid_payload', '"before" must be a moderation action id.', {
+            httpStatus: 400,
+          });
+        }
+        const { limit } = pageQuery(
+          new URLSearchParams({ limit: query.get('limit') ?? String(deps.limits.historyPage) }),
+          deps.limits,
+        );
+        const page = await deps.streams.moderationLog(params[0] as string, { before, limit });
+        return { status: 200, body: page };
       },
     },
   ];
@@ -173,6 +333,45 @@ function requestRoutes(deps: HttpDeps): Route[] {
           throw new ChatError('not_found', 'There is no request with this id.');
         }
         return { status: 200, body: await deps.requests.history(id, page) };
+      },
+    },
+  ];
+}
+
+function webhookRoutes(deps: HttpDeps): Route[] {
+  const enabled = () => {
+    if (!deps.webhooks) throw new ChatError('not_found', 'Webhooks are not configured.');
+    return deps.webhooks;
+  };
+  return [
+    {
+      method: 'GET',
+      path: /^\/api\/webhooks\/failed$/,
+      apiKey: true,
+      async handle({ query }) {
+        const webhooks = enabled();
+        const raw = query.get('limit');
+        const limit = raw === null ? 100 : Number(raw);
+        if (!Number.isInteger(limit) || limit < 1 || limit > FAILED_PAGE_MAX) {
+          throw new ChatError(
+            'invalid_payload',
+            `"limit" must be an integer from 1 to ${FAILED_PAGE_MAX}.`,
+            { httpStatus: 400 },
+          );
+        }
+        return { status: 200, body: { events: await webhooks.failed(limit) } };
+      },
+    },
+    {
+      method: 'POST',
+      path: /^\/api\/webhooks\/failed\/(msg_[A-Za-z0-9_-]{1,64})\/retry$/,
+      apiKey: true,
+      async handle({ params }) {
+        const id = params[0] as string;
+        if (!(await enabled().retry(id))) {
+          throw new ChatError('not_found', 'There is no failed webhook event with this id.');
+        }
+        return { status: 202, body: { id, state: 'pending' } };
       },
     },
   ];
@@ -313,6 +512,7 @@ export function createHttpHandler(deps: HttpDeps) {
     ...opsRoutes(deps),
     ...streamRoutes(deps),
     ...requestRoutes(deps),
+    ...webhookRoutes(deps),
     ...userRoutes(deps),
   ];
 

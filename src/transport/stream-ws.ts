@@ -9,18 +9,32 @@ import type { Duplex } from 'node:stream';
 import type { Limits } from '../config.js';
 import { asChatError, ChatError, CloseCode } from '../core/errors.js';
 import { bearerToken, type Identity, type TokenVerifier } from '../core/identity.js';
+import { isObjectId, normalizeId } from '../core/ids.js';
 import { FloodCounter } from '../core/limits.js';
 import type { StreamMessage } from '../core/messages.js';
-import type { StreamStatus, Streams, StreamViewer } from '../core/streams.js';
+import type {
+  ModerationRequest,
+  StreamBroadcast,
+  StreamInfo,
+  StreamStatus,
+  Streams,
+  StreamViewer,
+} from '../core/streams.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import {
+  chatData,
   claimedType,
   decodeStreamFrame,
   encodeAuth,
+  encodeBroadcast,
   encodeChat,
   encodeError,
+  encodeHistory,
+  encodeStreamInfo,
+  type StreamClientFrame,
 } from './stream-codec.js';
+import { type FlushSlot, type StreamFlow, StreamFlusher } from './stream-flush.js';
 import { type ReceiverLimits, WebSocketConnection } from './websocket.js';
 import { abortHandshake, handshake, httpResponse, unguard } from './websocket-handshake.js';
 import { frameText } from './websocket-sender.js';
@@ -45,6 +59,13 @@ export function encodeStreamFrame(message: StreamMessage): StreamFrame {
   return frameText(encodeChat(message));
 }
 
+export function encodeStreamBroadcast(broadcast: StreamBroadcast): StreamFrame {
+  return frameText(encodeBroadcast(broadcast));
+}
+
+/** Room left in the send buffer next to a `history` frame (the frames around it). */
+const HISTORY_HEADROOM_BYTES = 4096;
+
 export interface StreamGatewayDeps {
   streams: Streams<StreamFrame>;
   verifier: TokenVerifier;
@@ -64,11 +85,24 @@ export function tokenOf(req: IncomingMessage): string | undefined {
   return new URLSearchParams(req.url.slice(q + 1)).get('token') ?? undefined;
 }
 
+/**
+ * `?since=<chat id>` of a resuming viewer. A malformed value is passed on as
+ * it is: it names no chat, so the viewer gets the usual history with a gap.
+ */
+export function sinceOf(req: IncomingMessage): string | undefined {
+  const q = req.url?.indexOf('?') ?? -1;
+  if (q === -1 || req.url === undefined) return undefined;
+  const since = new URLSearchParams(req.url.slice(q + 1)).get('since') ?? undefined;
+  return since !== undefined && isObjectId(since) ? normalizeId(since) : since;
+}
+
 export class StreamGateway {
   /** Every connection whose socket is not closed yet, closing ones included. */
   readonly connections = new Set<StreamConnection>();
   /** The decoder's limits, one object shared by every connection. */
   readonly receiverLimits: ReceiverLimits;
+  /** Write coalescing of busy streams (`stream-flush.ts`). */
+  readonly flusher: StreamFlusher;
   private corked: StreamConnection[] = [];
   /** Resolves `closeAll` once the last connection is gone. */
   private drained: (() => void) | undefined;
@@ -80,6 +114,10 @@ export class StreamGateway {
       maxPayload: deps.limits.maxFrameBytes,
       maxFragments: deps.limits.maxFragments,
     };
+    this.flusher = new StreamFlusher({
+      flushMs: deps.limits.streamFlushMs,
+      busyShare: deps.limits.streamFlushBusyShare,
+    });
     this.heartbeat = setInterval(() => this.beat(), deps.limits.pingIntervalMs);
     this.heartbeat.unref();
   }
@@ -145,7 +183,7 @@ export class StreamGateway {
       return;
     }
     socket.write(response);
-    this.open(socket, head, key, checked[0], checked[1]);
+    this.open(socket, head, key, checked[0], checked[1], sinceOf(req));
   }
 
   /**
@@ -210,6 +248,7 @@ export class StreamGateway {
     key: string,
     status: StreamStatus,
     auth: ConnectAuth,
+    since: string | undefined,
   ): void {
     if (status !== 'open') {
       const ended = status === 'ended';
@@ -229,10 +268,11 @@ export class StreamGateway {
     unguard(socket);
     this.connections.add(conn);
     this.deps.metrics.connections.inc({ chat: 'stream' });
-    this.deps.streams.join(key, conn);
     if (auth && 'error' in auth) conn.sendError(auth.error);
     conn.setIdentity(auth && 'identity' in auth ? auth.identity : null);
     conn.sendText(encodeAuth(conn.identity !== null));
+    // The `stream` and `history` frames follow, once the history is read.
+    this.deps.streams.join(key, conn, since);
     if (head.length > 0) conn.read(head);
   }
 
@@ -255,8 +295,12 @@ class Refusal extends WebSocketConnection {
 }
 
 /** One viewer connection. Methods, not closures, so the per-connection cost stays small. */
-class StreamConnection extends WebSocketConnection implements StreamViewer<StreamFrame> {
+class StreamConnection extends WebSocketConnection implements StreamViewer<StreamFrame>, FlushSlot {
   identity: Identity | null = null;
+  /** The stream's write coalescing; null when it is off (STREAM_FLUSH_MS=0). */
+  private flow: StreamFlow | null;
+  flushFrom = -1;
+  flushTo = -1;
   private expiry: NodeJS.Timeout | undefined;
   private readonly flood: FloodCounter;
   /**
@@ -265,6 +309,8 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
    */
   private backlog: string[] | null = null;
   private corked = false;
+  /** The chat or moderation being handled; the next waits for it. */
+  private work: Promise<void> = Promise.resolve();
   /** Bytes of shared frames queued while corked in the current turn. */
   private turnBytes = 0;
 
@@ -275,6 +321,7 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   ) {
     super(socket, gateway.receiverLimits);
     this.flood = new FloodCounter(gateway.deps.limits.floodLimit);
+    this.flow = gateway.flusher.join(key);
   }
 
   /**
@@ -284,6 +331,10 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
    */
   deliver(frame: StreamFrame): boolean {
     if (!this.fits(frame)) return false;
+    if (this.flow) {
+      this.flow.queue(this, frame);
+      return true;
+    }
     if (!this.corked) {
       this.corked = true;
       this.gateway.corkForTurn(this);
@@ -304,9 +355,34 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
     this.end(CloseCode.streamEnded, 'stream_ended');
   }
 
+  /**
+   * The `stream` and `history` frames. The history is cut to what fits the
+   * send buffer, oldest chats first, with `gap` set: a joiner is never closed
+   * for the size of its own history.
+   */
+  welcome(info: StreamInfo, history: StreamMessage[], gap: boolean): void {
+    if (this.state !== 'open') return;
+    this.sendText(encodeStreamInfo(info));
+    const chats = history.map((m) => JSON.stringify(chatData(m)));
+    const budget =
+      this.gateway.deps.limits.sendBufferMaxBytes -
+      this.socket.writableLength -
+      HISTORY_HEADROOM_BYTES;
+    let bytes = 0;
+    let first = chats.length;
+    while (first > 0 && bytes + Buffer.byteLength(chats[first - 1] as string) + 1 <= budget) {
+      first -= 1;
+      bytes += Buffer.byteLength(chats[first] as string) + 1;
+    }
+    this.sendText(encodeHistory(first === 0 ? chats : chats.slice(first), gap || first > 0));
+  }
+
   sendText(text: string): void {
     const bytes = frameText(text);
-    if (this.fits(bytes)) this.socket.write(bytes);
+    if (!this.fits(bytes)) return;
+    // Chats queued for this viewer go first: its frames keep their order.
+    this.flow?.take(this);
+    this.socket.write(bytes);
   }
 
   /**
@@ -314,16 +390,19 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
    * turns left unsent plus this frame stays within SEND_BUFFER_MAX_BYTES. A
    * viewer that would pass the bound is closed (1013) instead.
    *
-   * The shared frames of the current turn are not counted: they are still
-   * corked, say nothing about the reader, and cost this connection only a
-   * reference each (every viewer holds the same bytes). From the next turn
-   * on, whatever of them the reader has not taken counts.
+   * The shared frames of the current turn (or of a busy stream's flush
+   * interval, `stream-flush.ts`) are not counted: they say nothing about the
+   * reader and cost this connection only a reference each (every viewer holds
+   * the same bytes). Once written, whatever of them the reader has not taken
+   * counts.
    */
   private fits(frame: Buffer): boolean {
     // A peer that hung up stays in the audience until its socket closes; writing
     // to it would only build a write-after-end error.
     if (this.state !== 'open' || !this.socket.writable) return false;
-    const unread = this.socket.writableLength - this.turnBytes;
+    // A flow's queued chats are the same shared buffers for every viewer, and
+    // its socket is not corked: what the socket holds is what earlier writes left.
+    const unread = this.socket.writableLength - (this.flow ? 0 : this.turnBytes);
     if (unread + frame.length <= this.gateway.deps.limits.sendBufferMaxBytes) return true;
     this.slowClose();
     return false;
@@ -366,6 +445,8 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
     clearTimeout(this.expiry);
     this.expiry = undefined;
     this.backlog = null;
+    this.flow?.release(this);
+    this.flow = null;
     this.gateway.forget(this);
   }
 
@@ -382,6 +463,7 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
     clearTimeout(this.expiry);
     this.expiry = undefined;
     this.gateway.deps.streams.leave(this.key, this);
+    this.flow?.take(this);
     this.close(code, reason, graceMs);
   }
 
@@ -404,27 +486,43 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   }
 
   private handle(text: string): void {
+    let frame: StreamClientFrame;
     try {
-      const frame = decodeStreamFrame(text);
-      if (frame.type === 'auth') {
-        void this.authenticate(frame.data.token);
-        return;
-      }
-      if (this.identity?.expiresAt !== undefined && this.identity.expiresAt <= Date.now()) {
-        this.expire();
-      }
-      this.gateway.deps.streams.post(this.key, this.identity, frame.data.message);
+      frame = decodeStreamFrame(text);
     } catch (err) {
-      if (!(err instanceof ChatError)) {
-        this.gateway.deps.log.error({ err, key: this.key }, 'stream frame failed');
-      }
       this.sendError(asChatError(err));
       // Every `auth` is answered with `auth`: a malformed one leaves the connection anonymous.
       if (claimedType(text) === 'auth') {
         this.setIdentity(null);
         this.sendText(encodeAuth(false));
       }
+      return;
     }
+    if (frame.type === 'auth') {
+      void this.authenticate(frame.data.token);
+      return;
+    }
+    if (this.identity?.expiresAt !== undefined && this.identity.expiresAt <= Date.now()) {
+      this.expire();
+    }
+    const identity = this.identity;
+    const streams = this.gateway.deps.streams;
+    // Frames of one connection are handled in the order they came (the flood limit bounds the chain).
+    this.work = this.work.then(() =>
+      (frame.type === 'chat'
+        ? streams.post(this.key, identity, frame.data.message)
+        : identity === null
+          ? Promise.reject(new ChatError('forbidden', 'Only moderators may do this.'))
+          : streams.moderate(this.key, identity, moderationOf(frame))
+      ).then(noop, (err: unknown) => this.refused(err)),
+    );
+  }
+
+  private refused(err: unknown): void {
+    if (!(err instanceof ChatError)) {
+      this.gateway.deps.log.error({ err, key: this.key }, 'stream frame failed');
+    }
+    if (this.state === 'open') this.sendError(asChatError(err));
   }
 
   /** Identity is always the last token presented; frames after it wait for the answer. */
@@ -456,6 +554,27 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   private slowClose(): void {
     this.gateway.deps.metrics.disconnects.inc({ reason: 'slow_consumer' });
     this.end(CloseCode.tryAgainLater, 'send buffer full', SLOW_CLOSE_GRACE_MS);
+  }
+}
+
+const noop = () => {};
+
+function moderationOf(
+  frame: Exclude<StreamClientFrame, { type: 'auth' | 'chat' }>,
+): ModerationRequest {
+  switch (frame.type) {
+    case 'delete':
+      return { type: 'delete', id: frame.data.id.toLowerCase() };
+    case 'timeout':
+      return { type: 'timeout', ...frame.data };
+    case 'ban':
+      return { type: 'ban', ...frame.data };
+    case 'unban':
+      return { type: 'unban', userId: frame.data.userId };
+    case 'settings':
+      return { type: 'settings', settings: frame.data };
+    case 'pin':
+      return { type: 'pin', id: frame.data.id?.toLowerCase() ?? null };
   }
 }
 

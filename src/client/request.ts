@@ -1,0 +1,808 @@
+/**
+ * `RequestChat`: the request chat (CONTRACT sections 3 and 8) over
+ * `socket.io-client` v4.
+ *
+ * What it adds to a bare socket: every `send` carries a `clientMessageId` and
+ * is retried, with the same id, until the server acknowledges it (the server
+ * stores a repeat once and returns the original), in order per room; sends
+ * made while disconnected wait in a bounded queue. After a reconnect every
+ * joined room is joined again, the history is merged into what the client
+ * holds (de-duplicated by `_id`, ordered by `createdAt`), and messages the
+ * client had missed are emitted as `message`. Live messages are
+ * de-duplicated by `_id` and acknowledged as delivered.
+ */
+import type { io as ioFunction, ManagerOptions, Socket, SocketOptions } from 'socket.io-client';
+import { type BackoffOptions, BoundedSet, backoffDelay, randomId } from './bounded.js';
+import { Emitter } from './emitter.js';
+import { ChatClientError, isErrorPayload } from './errors.js';
+import type { TokenSource } from './stream.js';
+import type {
+  Attachment,
+  Inbox,
+  MessageDeletedEvent,
+  ReceiptEvent,
+  RequestException,
+  RequestMessage,
+  RequestUpdatedEvent,
+  RoomHistory,
+  TypingEvent,
+} from './types.js';
+
+export interface RequestChatOptions {
+  token: TokenSource;
+  /** `socket.io-client`'s `io`; imported on demand when absent (pass it in browsers without a bundler). */
+  io?: typeof ioFunction;
+  /** Reconnect backoff of the Socket.IO manager; `maxAttempts` default: never give up. */
+  reconnect?: BackoffOptions & { maxAttempts?: number };
+  /** How long one acknowledgement may take before the event is retried, in ms. Default 5000. */
+  ackTimeoutMs?: number;
+  /** Attempts per message (or join) that reach the server before `send` gives up. Default 10. */
+  maxSendAttempts?: number;
+  /** The longest a message may wait in all, offline time included, in ms. Default 120 000. */
+  sendTimeoutMs?: number;
+  /** Messages that may wait to be sent, over every room. Default 100. */
+  outboxSize?: number;
+  /** Rooms that may be joined at once. Default 100. */
+  maxRooms?: number;
+  /** Messages kept per room (the newest). Default 500. */
+  historySize?: number;
+  /** Message ids remembered for de-duplication. Default 5000. */
+  dedupeSize?: number;
+  /** Pages of older history fetched after a re-join to close a gap. Default 5. */
+  catchUpPages?: number;
+  /** Acknowledge incoming messages as delivered. Default true. */
+  autoDeliver?: boolean;
+  /** Extra Socket.IO options (the transport defaults to WebSocket only). */
+  socket?: Partial<ManagerOptions & SocketOptions>;
+}
+
+export interface RequestChatEvents {
+  /** Connected (again): rooms are being re-joined. */
+  connect: () => void;
+  disconnect: (reason: string) => void;
+  reconnecting: (info: { attempt: number }) => void;
+  /** A room's history after a join or re-join, merged with what the client held. */
+  history: (history: RoomHistory) => void;
+  /** A message from someone else (live, or found missing after a re-join), never twice. */
+  message: (message: RequestMessage) => void;
+  messagesDelivered: (event: ReceiptEvent) => void;
+  messageReads: (event: ReceiptEvent) => void;
+  messageUpdated: (message: RequestMessage) => void;
+  messageDeleted: (event: MessageDeletedEvent) => void;
+  userTyping: (event: TypingEvent) => void;
+  requestUpdated: (event: RequestUpdatedEvent) => void;
+  /** Every `exception` the server sends, as it is. */
+  exception: (event: RequestException) => void;
+  /** The connection was refused (`unauthorized`, `token_expired`), or a re-join failed. */
+  error: (error: ChatClientError) => void;
+}
+
+export interface SendOptions {
+  attachments?: Attachment[];
+  /** Defaults to a random UUID; pass your own to make a send idempotent across page reloads. */
+  clientMessageId?: string;
+}
+
+/** What a receipt recorded: the ids that were new for this user (the others are ignored). */
+export interface ReceiptResult {
+  requestId: string;
+  messages: string[];
+  at: string;
+}
+
+interface Pending {
+  requestId: string;
+  payload: {
+    requestId: string;
+    message: string;
+    clientMessageId: string;
+    attachments?: Attachment[];
+  };
+  attempts: number;
+  inFlight: boolean;
+  expired: boolean;
+  timer: ReturnType<typeof setTimeout>;
+  resolve: (m: RequestMessage) => void;
+  reject: (e: ChatClientError) => void;
+}
+
+interface Room {
+  requestId: string;
+  /** Joined on the current connection. */
+  joined: boolean;
+  /** A join is under way on the current connection. */
+  joining: boolean;
+  /** Joined at least once: a later join is a re-join. */
+  everJoined: boolean;
+  messages: Map<string, RequestMessage>;
+  hasMore: boolean;
+  outbox: Pending[];
+  sending: boolean;
+  /** `join()` callers waiting for the first history. */
+  waiters: Array<{ resolve: (h: RoomHistory) => void; reject: (e: ChatClientError) => void }>;
+  /** Ids waiting to be acknowledged as delivered. */
+  deliver: Set<string>;
+  typingAt: number;
+}
+
+/** `emitWithAck`'s answer: `{ok: true, …}` or `{ok: false, error_code, message}`. */
+type Answer = Record<string, unknown> & { ok?: unknown };
+
+/** Refusals that a later attempt may get past. */
+const RETRYABLE = new Set(['rate_limited', 'internal_error', 'not_in_room']);
+/** The server forwards `typing` at most this often (CONTRACT section 8). */
+const TYPING_EVERY_MS = 2_000;
+/** How long a server-side disconnect counts toward the next one's backoff. */
+const KICK_MEMORY_MS = 60_000;
+/** Ids per receipt event. */
+const RECEIPT_BATCH = 100;
+
+export class RequestChat extends Emitter<RequestChatEvents> {
+  private readonly rooms = new Map<string, Room>();
+  private readonly seen: BoundedSet<string>;
+  private token: TokenSource;
+  private closed = false;
+  private queued = 0;
+  private readonly ackTimeoutMs: number;
+  private readonly maxSendAttempts: number;
+  private readonly sendTimeoutMs: number;
+  private readonly outboxSize: number;
+  private readonly maxRooms: number;
+  private readonly historySize: number;
+  private readonly catchUpPages: number;
+  private readonly autoDeliver: boolean;
+  private readonly timers = new Set<ReturnType<typeof setTimeout>>();
+  private readonly backoff: BackoffOptions;
+  /** Server-side disconnects in a row (each within KICK_MEMORY_MS of the last). */
+  private kicks = 0;
+  private lastKickAt = 0;
+  /** The `roomHistory` that precedes a `joinRoom` acknowledgement, per room. */
+  private readonly lastPage = new WeakMap<Room, { messages: RequestMessage[]; hasMore: boolean }>();
+
+  private constructor(
+    readonly socket: Socket,
+    opts: RequestChatOptions,
+  ) {
+    super();
+    this.token = opts.token;
+    this.seen = new BoundedSet(opts.dedupeSize ?? 5000);
+    this.ackTimeoutMs = opts.ackTimeoutMs ?? 5_000;
+    this.maxSendAttempts = opts.maxSendAttempts ?? 10;
+    this.sendTimeoutMs = opts.sendTimeoutMs ?? 120_000;
+    this.outboxSize = opts.outboxSize ?? 100;
+    this.maxRooms = opts.maxRooms ?? 100;
+    this.historySize = opts.historySize ?? 500;
+    this.catchUpPages = opts.catchUpPages ?? 5;
+    this.autoDeliver = opts.autoDeliver ?? true;
+    this.backoff = { initialDelayMs: 500, maxDelayMs: 10_000, ...opts.reconnect };
+    this.listen();
+  }
+
+  /**
+   * Connects to the charla at `url` and resolves once connected. Rejects with
+   * the server's refusal (`unauthorized`, `token_expired`); a server that is
+   * not up yet is retried with backoff.
+   */
+  static async connect(url: string, opts: RequestChatOptions): Promise<RequestChat> {
+    const io = opts.io ?? (await import('socket.io-client')).io;
+    const r = opts.reconnect ?? {};
+    const holder: { chat?: RequestChat } = {};
+    const socket = io(url, {
+      transports: ['websocket'],
+      forceNew: true,
+      reconnection: true,
+      reconnectionDelay: r.initialDelayMs ?? 500,
+      reconnectionDelayMax: r.maxDelayMs ?? 10_000,
+      randomizationFactor: r.jitter ?? 0.5,
+      reconnectionAttempts: r.maxAttempts ?? Number.POSITIVE_INFINITY,
+      ...opts.socket,
+      // Called on every (re)connect: a token function gives a fresh token each time.
+      auth: (cb: (data: object) => void) => {
+        const source = holder.chat?.token ?? opts.token;
+        Promise.resolve(typeof source === 'function' ? source() : source).then(
+          (token) => cb({ token }),
+          () => cb({}),
+        );
+      },
+    });
+    const chat = new RequestChat(socket, opts);
+    holder.chat = chat;
+    await new Promise<void>((resolve, reject) => {
+      const onConnect = () => {
+        socket.off('connect_error', onError);
+        socket.io.off('reconnect_failed', onGiveUp);
+        resolve();
+      };
+      const onError = (err: Error) => {
+        if (socket.active) return;
+        socket.off('connect', onConnect);
+        socket.off('connect_error', onError);
+        socket.io.off('reconnect_failed', onGiveUp);
+        chat.close();
+        reject(new ChatClientError(err.message || 'unauthorized', err.message));
+      };
+      const onGiveUp = () => {
+        socket.off('connect', onConnect);
+        socket.off('connect_error', onError);
+        chat.close();
+        reject(new ChatClientError('timeout', 'Could not connect (reconnect.maxAttempts).'));
+      };
+      socket.once('connect', onConnect);
+      socket.on('connect_error', onError);
+      socket.io.once('reconnect_failed', onGiveUp);
+    });
+    return chat;
+  }
+
+  get connected(): boolean {
+    return this.socket.connected;
+  }
+
+  /** Uses `token` from now on; reconnects at once when the last token was refused. */
+  auth(token: TokenSource): void {
+    this.token = token;
+    if (!this.closed && !this.socket.active) this.socket.connect();
+  }
+
+  /**
+   * Joins the room of `requestId` (now, and again after every reconnect) and
+   * resolves with its history. Rejects with the server's refusal
+   * (`forbidden`, `not_found`) and then forgets the room.
+   */
+  join(requestId: string): Promise<RoomHistory> {
+    if (this.closed) return Promise.reject(new ChatClientError('closed'));
+    const id = requestId.toLowerCase();
+    let room = this.rooms.get(id);
+    if (!room) {
+      if (this.rooms.size >= this.maxRooms) {
+        return Promise.reject(
+          new ChatClientError('queue_full', `At most ${this.maxRooms} rooms at once.`),
+        );
+      }
+      room = {
+        requestId: id,
+        joined: false,
+        joining: false,
+        everJoined: false,
+        messages: new Map(),
+        hasMore: false,
+        outbox: [],
+        sending: false,
+        waiters: [],
+        deliver: new Set(),
+        typingAt: 0,
+      };
+      this.rooms.set(id, room);
+    } else if (room.joined) {
+      return Promise.resolve(this.historyOf(room, [], false));
+    }
+    const r = room;
+    const joined = new Promise<RoomHistory>((resolve, reject) =>
+      r.waiters.push({ resolve, reject }),
+    );
+    void this.joinRoom(r);
+    return joined;
+  }
+
+  /** Leaves the room; messages still waiting for it are rejected with `not_joined`. */
+  async leave(requestId: string): Promise<void> {
+    const room = this.rooms.get(requestId.toLowerCase());
+    if (!room) return;
+    this.forget(room, new ChatClientError('not_joined', 'The room was left.'));
+    if (this.socket.connected) {
+      await this.ask('leaveRoom', { requestId: room.requestId }).catch(() => undefined);
+    }
+  }
+
+  /** The messages this client holds for a joined room, oldest first. */
+  messages(requestId: string): RequestMessage[] {
+    const room = this.rooms.get(requestId.toLowerCase());
+    return room ? sorted(room.messages) : [];
+  }
+
+  /**
+   * Sends a message and resolves with it as stored once the server
+   * acknowledges it. Retried with the same `clientMessageId` across timeouts
+   * and reconnects; messages of one room leave in the order they were sent.
+   */
+  send(requestId: string, text: string, opts: SendOptions = {}): Promise<RequestMessage> {
+    if (this.closed) return Promise.reject(new ChatClientError('closed'));
+    const room = this.rooms.get(requestId.toLowerCase());
+    if (!room) {
+      return Promise.reject(new ChatClientError('not_joined', 'Join the room before sending.'));
+    }
+    if (this.queued >= this.outboxSize) {
+      return Promise.reject(
+        new ChatClientError('queue_full', `At most ${this.outboxSize} messages may wait.`),
+      );
+    }
+    return new Promise<RequestMessage>((resolve, reject) => {
+      const payload: Pending['payload'] = {
+        requestId: room.requestId,
+        message: text,
+        clientMessageId: opts.clientMessageId ?? randomId(),
+      };
+      if (opts.attachments) payload.attachments = opts.attachments;
+      const p: Pending = {
+        requestId: room.requestId,
+        payload,
+        attempts: 0,
+        inFlight: false,
+        expired: false,
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          p.expired = true;
+          if (!p.inFlight)
+            this.settle(room, p, new ChatClientError('timeout', 'Not acknowledged in time.'));
+        }, this.sendTimeoutMs),
+      };
+      room.outbox.push(p);
+      this.queued++;
+      this.pump(room);
+    });
+  }
+
+  /** Messages waiting for an acknowledgement, over every room. */
+  get pending(): number {
+    return this.queued;
+  }
+
+  /** Records "delivered" for messages of others (done automatically unless `autoDeliver: false`). */
+  markDelivered(requestId: string, messageIds: string[]): Promise<ReceiptResult> {
+    return this.receipt('ackMessages', requestId, messageIds);
+  }
+
+  /** Records "read" (and delivered) for messages of others. */
+  markRead(requestId: string, messageIds: string[]): Promise<ReceiptResult> {
+    return this.receipt('readMessages', requestId, messageIds);
+  }
+
+  /** Tells the room this user is typing; sent at most once per 2 s per room. */
+  typing(requestId: string): void {
+    const room = this.rooms.get(requestId.toLowerCase());
+    if (!room?.joined || !this.socket.connected) return;
+    const now = Date.now();
+    if (now - room.typingAt < TYPING_EVERY_MS) return;
+    room.typingAt = now;
+    this.socket.emit('typing', { requestId: room.requestId });
+  }
+
+  /** Edits one of this user's messages (within the server's edit window). */
+  async editMessage(requestId: string, messageId: string, text: string): Promise<RequestMessage> {
+    const a = await this.request('editMessage', { requestId, messageId, message: text });
+    const message = a.message as RequestMessage;
+    this.update(message);
+    return message;
+  }
+
+  /** Deletes one of this user's messages (within the server's edit window). */
+  async deleteMessage(requestId: string, messageId: string): Promise<void> {
+    const a = await this.request('deleteMessage', { requestId, messageId });
+    if (typeof a.message === 'object' && a.message !== null)
+      this.update(a.message as RequestMessage);
+    this.removed({
+      requestId: requestId.toLowerCase(),
+      messageId: messageId.toLowerCase(),
+      deletedAt: typeof a.deletedAt === 'string' ? a.deletedAt : new Date().toISOString(),
+    });
+  }
+
+  /** The inbox: this user's requests, most recent activity first. */
+  async listRequests(opts: { before?: string; limit?: number } = {}): Promise<Inbox> {
+    const a = await this.request('listRequests', opts);
+    return {
+      requests: Array.isArray(a.requests) ? (a.requests as Inbox['requests']) : [],
+      hasMore: a.hasMore === true,
+    };
+  }
+
+  /** Older messages of a joined room, merged into what the client holds; oldest first. */
+  async loadHistory(
+    requestId: string,
+    opts: { before?: string; limit?: number } = {},
+  ): Promise<{ messages: RequestMessage[]; hasMore: boolean }> {
+    const room = this.rooms.get(requestId.toLowerCase());
+    const before = opts.before ?? (room ? sorted(room.messages)[0]?._id : undefined);
+    const a = await this.request('loadHistory', {
+      requestId,
+      ...(before ? { before } : {}),
+      ...(opts.limit ? { limit: opts.limit } : {}),
+    });
+    const messages = Array.isArray(a.messages) ? (a.messages as RequestMessage[]) : [];
+    const hasMore = a.hasMore === true;
+    if (room) {
+      this.merge(room, messages);
+      if (before === undefined || before === sorted(room.messages)[0]?._id) room.hasMore = hasMore;
+    }
+    return { messages, hasMore };
+  }
+
+  /** Disconnects for good; waiting sends and joins are rejected with `closed`. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const room of [...this.rooms.values()]) {
+      this.forget(room, new ChatClientError('closed', 'The client was closed.'));
+    }
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    this.socket.close();
+  }
+
+  private listen(): void {
+    const s = this.socket;
+    s.on('connect', () => {
+      this.emit('connect');
+      for (const room of this.rooms.values()) void this.joinRoom(room);
+    });
+    s.on('disconnect', (reason) => {
+      for (const room of this.rooms.values()) {
+        room.joined = false;
+        room.joining = false;
+      }
+      this.emit('disconnect', reason);
+      // A server-side disconnect (shutdown, flood, expired token) does not make
+      // Socket.IO reconnect by itself; a client that still wants its rooms does.
+      if (reason === 'io server disconnect' && !this.closed) {
+        // Kicked again soon after the last time: wait longer each time.
+        const now = Date.now();
+        this.kicks = now - this.lastKickAt < KICK_MEMORY_MS ? this.kicks + 1 : 0;
+        this.lastKickAt = now;
+        this.later(backoffDelay(this.kicks, this.backoff), () => {
+          if (!this.closed && !s.connected) s.connect();
+        });
+      }
+    });
+    s.on('connect_error', (err) => {
+      // `active` is false when the server refused the handshake: retrying the same token cannot help.
+      if (s.active) return;
+      this.emit('error', new ChatClientError(err.message || 'unauthorized', err.message));
+    });
+    s.io.on('reconnect_attempt', (attempt) => this.emit('reconnecting', { attempt }));
+    s.io.on('reconnect_failed', () =>
+      this.emit(
+        'error',
+        new ChatClientError('timeout', 'Gave up reconnecting (reconnect.maxAttempts).'),
+      ),
+    );
+    s.on('message', (m: RequestMessage) => this.incoming(m));
+    s.on('messagesDelivered', (e: ReceiptEvent) => {
+      this.applyReceipts(e, 'deliveredTo');
+      this.emit('messagesDelivered', e);
+    });
+    s.on('messageReads', (e: ReceiptEvent) => {
+      this.applyReceipts(e, 'readBy');
+      this.applyReceipts(e, 'deliveredTo');
+      this.emit('messageReads', e);
+    });
+    s.on('messageUpdated', (m: RequestMessage) => {
+      this.update(m);
+      this.emit('messageUpdated', m);
+    });
+    s.on('messageDeleted', (e: MessageDeletedEvent) => {
+      this.removed(e);
+      this.emit('messageDeleted', e);
+    });
+    s.on('userTyping', (e: TypingEvent) => this.emit('userTyping', e));
+    s.on('requestUpdated', (e: RequestUpdatedEvent) => this.emit('requestUpdated', e));
+    s.on('exception', (e: RequestException) => this.emit('exception', e));
+    s.on(
+      'roomHistory',
+      (page: { requestId: string; messages: RequestMessage[]; hasMore: boolean }) => {
+        const room = this.rooms.get(String(page?.requestId));
+        if (room) this.lastPage.set(room, page);
+      },
+    );
+  }
+
+  /** Joins (or re-joins) `room` on the current connection, then sends what waits for it. */
+  private async joinRoom(room: Room): Promise<void> {
+    if (room.joined || room.joining || !this.socket.connected || this.closed) return;
+    room.joining = true;
+    const socket = this.socket;
+    for (let attempt = 0; ; attempt++) {
+      let answer: Answer;
+      try {
+        answer = await this.ask('joinRoom', { requestId: room.requestId });
+      } catch {
+        // No answer: the connection dropped (the next `connect` joins again) or the server is slow.
+        if (!socket.connected || this.rooms.get(room.requestId) !== room) {
+          room.joining = false;
+          return;
+        }
+        if (attempt + 1 < this.maxSendAttempts) continue;
+        room.joining = false;
+        this.failRoom(room, new ChatClientError('timeout', 'joinRoom was not acknowledged.'));
+        return;
+      }
+      if (this.rooms.get(room.requestId) !== room || !socket.connected) {
+        room.joining = false;
+        return;
+      }
+      if (answer.ok === true) break;
+      const err = answerError(answer, 'joinRoom');
+      if (err.code === 'rate_limited' && attempt + 1 < this.maxSendAttempts) {
+        await this.wait(err.retryAfterMs ?? backoffDelay(attempt));
+        continue;
+      }
+      room.joining = false;
+      this.failRoom(room, err);
+      return;
+    }
+    room.joining = false;
+    room.joined = true;
+    const rejoined = room.everJoined;
+    room.everJoined = true;
+    const page = this.lastPage.get(room) ?? { messages: [], hasMore: false };
+    this.lastPage.delete(room);
+    const held = new Set(room.messages.keys());
+    let added = this.merge(room, page.messages);
+    if (rejoined && held.size > 0 && page.hasMore) {
+      added = added.concat(await this.catchUp(room, page, held)).sort(byTime);
+    } else if (!rejoined || held.size === 0) {
+      room.hasMore = page.hasMore;
+    }
+    const history = this.historyOf(room, added, rejoined);
+    const waiters = room.waiters;
+    room.waiters = [];
+    for (const w of waiters) w.resolve(history);
+    this.emit('history', history);
+    if (rejoined) {
+      for (const m of added) this.emit('message', m);
+      this.queueDelivered(room, added);
+    }
+    this.pump(room);
+  }
+
+  /**
+   * After a re-join whose newest page does not reach what the client `held`
+   * before, pages back until it does (at most `catchUpPages` pages), so what
+   * was missed in between is merged too.
+   */
+  private async catchUp(
+    room: Room,
+    page: { messages: RequestMessage[]; hasMore: boolean },
+    held: Set<string>,
+  ): Promise<RequestMessage[]> {
+    const added: RequestMessage[] = [];
+    let older = page.messages;
+    let hasMore = page.hasMore;
+    for (let i = 0; i < this.catchUpPages; i++) {
+      const oldest = older[0];
+      if (!oldest || !hasMore || older.some((m) => held.has(m._id))) break;
+      let a: Answer;
+      try {
+        a = await this.ask('loadHistory', { requestId: room.requestId, before: oldest._id });
+      } catch {
+        break;
+      }
+      if (a.ok !== true || !Array.isArray(a.messages)) break;
+      older = a.messages as RequestMessage[];
+      hasMore = a.hasMore === true;
+      added.push(...this.merge(room, older));
+    }
+    return added;
+  }
+
+  private failRoom(room: Room, err: ChatClientError): void {
+    const rejoin = room.everJoined;
+    this.forget(room, err);
+    if (rejoin) this.emit('error', err);
+  }
+
+  /** Drops a room: its joins and sends are rejected with `err`. */
+  private forget(room: Room, err: ChatClientError): void {
+    if (this.rooms.get(room.requestId) === room) this.rooms.delete(room.requestId);
+    room.joined = false;
+    for (const w of room.waiters) w.reject(err);
+    room.waiters = [];
+    for (const p of [...room.outbox]) this.settle(room, p, err);
+  }
+
+  /** Sends the room's oldest waiting message, one at a time, until none waits. */
+  private pump(room: Room): void {
+    if (room.sending || !room.joined || !this.socket.connected || this.closed) return;
+    const p = room.outbox[0];
+    if (!p) return;
+    room.sending = true;
+    p.inFlight = true;
+    p.attempts++;
+    this.ask('message', p.payload).then(
+      (answer) => this.sent(room, p, answer),
+      () => this.sent(room, p, undefined),
+    );
+  }
+
+  private sent(room: Room, p: Pending, answer: Answer | undefined): void {
+    room.sending = false;
+    p.inFlight = false;
+    if (room.outbox[0] !== p) {
+      this.pump(room);
+      return;
+    }
+    if (answer?.ok === true && typeof answer.message === 'object' && answer.message !== null) {
+      const message = answer.message as RequestMessage;
+      this.seen.add(message._id);
+      this.merge(room, [message]);
+      this.settle(room, p, message);
+      this.pump(room);
+      return;
+    }
+    const err =
+      answer === undefined
+        ? new ChatClientError('timeout', 'The message was not acknowledged in time.')
+        : answerError(answer, 'message');
+    const retryable = answer === undefined || RETRYABLE.has(err.code);
+    if (p.expired || !retryable || p.attempts >= this.maxSendAttempts) {
+      this.settle(room, p, err);
+      this.pump(room);
+      return;
+    }
+    if (err.code === 'not_in_room') {
+      // The server lost the join (an owner change, or a node that restarted): join again, then send.
+      room.joined = false;
+      void this.joinRoom(room);
+      return;
+    }
+    // Lost with the connection: it goes again after the re-join, without using up an attempt.
+    if (answer === undefined && !this.socket.connected) {
+      p.attempts--;
+      return;
+    }
+    this.later(err.retryAfterMs ?? backoffDelay(p.attempts - 1, { initialDelayMs: 250 }), () =>
+      this.pump(room),
+    );
+  }
+
+  private settle(room: Room, p: Pending, result: RequestMessage | ChatClientError): void {
+    const i = room.outbox.indexOf(p);
+    if (i === -1) return;
+    room.outbox.splice(i, 1);
+    this.queued--;
+    clearTimeout(p.timer);
+    if (result instanceof ChatClientError) p.reject(result);
+    else p.resolve(result);
+  }
+
+  private incoming(m: RequestMessage): void {
+    if (typeof m?._id !== 'string' || !this.seen.add(m._id)) return;
+    const room = this.rooms.get(m.requestId);
+    if (room) {
+      this.merge(room, [m]);
+      this.queueDelivered(room, [m]);
+    }
+    this.emit('message', m);
+  }
+
+  /** Merges `messages` into the room; returns those it did not hold, oldest first. */
+  private merge(room: Room, messages: RequestMessage[]): RequestMessage[] {
+    const added: RequestMessage[] = [];
+    for (const m of messages) {
+      if (typeof m?._id !== 'string') continue;
+      if (!room.messages.has(m._id)) added.push(m);
+      room.messages.set(m._id, m);
+      this.seen.add(m._id);
+    }
+    if (room.messages.size > this.historySize) {
+      const keep = sorted(room.messages).slice(-this.historySize);
+      room.messages.clear();
+      for (const m of keep) room.messages.set(m._id, m);
+      room.hasMore = true;
+    }
+    return added.sort(byTime);
+  }
+
+  private update(m: RequestMessage): void {
+    const room = this.rooms.get(m?.requestId);
+    if (room?.messages.has(m._id)) room.messages.set(m._id, m);
+  }
+
+  private removed(e: MessageDeletedEvent): void {
+    const room = this.rooms.get(e?.requestId);
+    const m = room?.messages.get(e.messageId);
+    if (room && m) {
+      room.messages.set(m._id, { ...m, message: '', attachments: [], deletedAt: e.deletedAt });
+    }
+  }
+
+  private applyReceipts(e: ReceiptEvent, field: 'deliveredTo' | 'readBy'): void {
+    const room = this.rooms.get(e?.requestId);
+    if (!room || !Array.isArray(e.messages)) return;
+    for (const id of e.messages) {
+      const m = room.messages.get(id);
+      const receipts = Array.isArray(m?.[field]) ? m[field] : [];
+      if (!m || receipts.some((r) => r.userId === e.userId)) continue;
+      room.messages.set(id, { ...m, [field]: [...receipts, { userId: e.userId, at: e.at }] });
+    }
+  }
+
+  private queueDelivered(room: Room, messages: RequestMessage[]): void {
+    if (!this.autoDeliver || messages.length === 0) return;
+    const first = room.deliver.size === 0;
+    for (const m of messages) room.deliver.add(m._id);
+    if (!first) return;
+    // One receipt event for whatever arrives in the same turn.
+    this.later(0, () => {
+      const ids = [...room.deliver];
+      room.deliver.clear();
+      if (!room.joined || !this.socket.connected) return;
+      for (let i = 0; i < ids.length; i += RECEIPT_BATCH) {
+        this.receipt('ackMessages', room.requestId, ids.slice(i, i + RECEIPT_BATCH)).catch(
+          () => undefined,
+        );
+      }
+    });
+  }
+
+  private async receipt(
+    event: 'ackMessages' | 'readMessages',
+    requestId: string,
+    messageIds: string[],
+  ): Promise<ReceiptResult> {
+    const a = await this.request(event, { requestId, messages: messageIds });
+    return {
+      requestId: requestId.toLowerCase(),
+      messages: Array.isArray(a.messages) ? (a.messages as string[]) : [],
+      at: typeof a.at === 'string' ? a.at : '',
+    };
+  }
+
+  /** One event with an acknowledgement; the refusal becomes a ChatClientError. */
+  private async request(event: string, payload: object): Promise<Answer> {
+    if (this.closed) throw new ChatClientError('closed');
+    let answer: Answer;
+    try {
+      answer = await this.ask(event, payload);
+    } catch {
+      throw new ChatClientError('timeout', `"${event}" was not acknowledged in time.`, { event });
+    }
+    if (answer.ok !== true) throw answerError(answer, event);
+    return answer;
+  }
+
+  private ask(event: string, payload: object): Promise<Answer> {
+    if (!this.socket.connected) {
+      return Promise.reject(new ChatClientError('timeout', 'Not connected.', { event }));
+    }
+    return this.socket.timeout(this.ackTimeoutMs).emitWithAck(event, payload) as Promise<Answer>;
+  }
+
+  private historyOf(room: Room, added: RequestMessage[], rejoined: boolean): RoomHistory {
+    return {
+      requestId: room.requestId,
+      messages: sorted(room.messages),
+      hasMore: room.hasMore,
+      added,
+      rejoined,
+    };
+  }
+
+  private later(ms: number, fn: () => void): void {
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      if (!this.closed) fn();
+    }, ms);
+    this.timers.add(t);
+  }
+
+  private wait(ms: number): Promise<void> {
+    return new Promise((resolve) => this.later(ms, resolve));
+  }
+}
+
+function answerError(answer: Answer, event: string): ChatClientError {
+  return isErrorPayload(answer)
+    ? ChatClientError.fromPayload(answer, event)
+    : new ChatClientError('internal_error', `Unexpected answer to "${event}".`, { event });
+}
+
+/** Server order: by `createdAt`, ties by `_id` (ObjectIds start with their creation second). */
+function byTime(a: RequestMessage, b: RequestMessage): number {
+  if (a.createdAt !== b.createdAt) return a.createdAt < b.createdAt ? -1 : 1;
+  return a._id < b._id ? -1 : a._id > b._id ? 1 : 0;
+}
+
+function sorted(messages: Map<string, RequestMessage>): RequestMessage[] {
+  return [...messages.values()].sort(byTime);
+}

@@ -1,0 +1,132 @@
+/**
+ * What the server sends, as the client sees it (CONTRACT sections 2, 3, 7 and
+ * 8). Extra fields a newer server adds pass through untouched.
+ */
+
+/** A live-stream chat (`chat` frame data, and the entries of a `history` frame). */
+export interface StreamChatMessage {
+  id: string;
+  user: string;
+  message: string;
+  userId: string;
+  sentAt: string;
+  /** `["owner"]`, `["moderator"]` or `[]` on servers with moderation. */
+  badges?: string[];
+}
+
+/** The `stream` frame: the stream's state, sent on join and whenever it changes. */
+export interface StreamState {
+  key: string;
+  title: string;
+  viewers: number;
+  slowModeSeconds: number;
+  membersOnly: boolean;
+  paused: boolean;
+  pinned: StreamChatMessage | null;
+}
+
+export interface StreamHistory {
+  /** Chats not seen before on this client, oldest first. */
+  messages: StreamChatMessage[];
+  /** More chats were missed than the server returns: some are lost to this client. */
+  gap: boolean;
+  /** True when this history follows a reconnect (`?since=` resume), false on the first join. */
+  resumed: boolean;
+}
+
+export interface StreamDelete {
+  id: string;
+  by: string;
+}
+
+export interface StreamModeration {
+  action: 'timeout' | 'ban' | 'unban';
+  userId: string;
+  seconds?: number;
+  by: string;
+}
+
+export interface Receipt {
+  userId: string;
+  at: string;
+}
+
+export interface Attachment {
+  url: string;
+  name: string;
+  contentType: string;
+  size: number;
+}
+
+/** CONTRACT section 3 `Message`, with the section 8 additions. */
+export interface RequestMessage {
+  _id: string;
+  requestId: string;
+  sender: { id: string; username: string; role: string | null };
+  message: string;
+  createdAt: string;
+  deliveredTo: Receipt[];
+  readBy: Receipt[];
+  attachments?: Attachment[];
+  editedAt?: string;
+  deletedAt?: string;
+}
+
+export interface ReceiptEvent {
+  requestId: string;
+  userId: string;
+  messages: string[];
+  at: string;
+}
+
+export interface RoomHistory {
+  requestId: string;
+  /** Every message this client holds for the room, oldest first, de-duplicated. */
+  messages: RequestMessage[];
+  /** Older messages exist before the first one. */
+  hasMore: boolean;
+  /** Messages this history added that the client had not seen. */
+  added: RequestMessage[];
+  /** True when the room was joined again after a reconnect. */
+  rejoined: boolean;
+}
+
+export interface TypingEvent {
+  requestId: string;
+  userId: string;
+  username: string;
+}
+
+export interface MessageDeletedEvent {
+  requestId: string;
+  messageId: string;
+  deletedAt: string;
+}
+
+export interface InboxEntry {
+  requestId: string;
+  ownerId: string;
+  lastMessage: RequestMessage | null;
+  unread: number;
+  updatedAt: string;
+}
+
+export interface Inbox {
+  requests: InboxEntry[];
+  hasMore: boolean;
+}
+
+export interface RequestUpdatedEvent {
+  requestId: string;
+  lastMessage: RequestMessage | null;
+  unread: number;
+}
+
+/** The `exception` event: a refused Socket.IO event. */
+export interface RequestException {
+  event: string;
+  error_code: string;
+  message: string;
+  requestId?: string;
+  retry_after_ms?: number;
+}

@@ -1,0 +1,102 @@
+/**
+ * Who may post in a stream, and when (CONTRACT section 7): the classroom's
+ * domain types and one pure decision over them, so every node and every
+ * transport refuses a chat for the same reason.
+ */
+import { ChatError } from './errors.js';
+import type { Identity } from './identity.js';
+import type { StreamBadge } from './messages.js';
+
+/** Platform staff: a moderator of every stream. */
+export const MODERATOR_ROLE = 'MODERATOR';
+
+/** What a moderator can change with a `settings` frame or `PATCH /api/streams/{key}`. */
+export interface StreamSettings {
+  slowModeSeconds: number;
+  membersOnly: boolean;
+  paused: boolean;
+}
+
+/** A stream's moderation state, as stored. */
+export interface StreamControl extends StreamSettings {
+  key: string;
+  title: string | null;
+  ownerId: string | null;
+  moderators: string[];
+  pinnedId: string | null;
+}
+
+/** A ban (`until` null) or a timeout (`until` when it ends). */
+export interface StreamBan {
+  userId: string;
+  until: string | null;
+  reason: string | null;
+  by: string;
+  at: string;
+}
+
+export type ModerationActionKind =
+  | 'delete'
+  | 'timeout'
+  | 'ban'
+  | 'unban'
+  | 'settings'
+  | 'pin'
+  | 'unpin'
+  | 'members';
+
+/** One entry of a stream's moderation log; `id` orders the log and pages it. */
+export interface ModerationAction {
+  id: string;
+  action: ModerationActionKind;
+  userId: string | null;
+  messageId: string | null;
+  by: string;
+  at: string;
+  reason: string | null;
+}
+
+export type NewModerationAction = Omit<ModerationAction, 'id'>;
+
+/** The posting rules of one stream, as a node holds them in memory. */
+export interface PostingRules extends StreamSettings {
+  ownerId: string | null;
+  moderators: ReadonlySet<string>;
+  members: ReadonlySet<string>;
+  /** User id → epoch ms when the timeout ends, or null for a ban. */
+  bans: ReadonlyMap<string, number | null>;
+}
+
+export function badgesOf(
+  rules: Pick<PostingRules, 'ownerId' | 'moderators'>,
+  who: Identity,
+): StreamBadge[] {
+  if (rules.ownerId !== null && who.userId === rules.ownerId) return ['owner'];
+  if (rules.moderators.has(who.userId) || who.roles.includes(MODERATOR_ROLE)) return ['moderator'];
+  return [];
+}
+
+export function isModerator(
+  rules: Pick<PostingRules, 'ownerId' | 'moderators'>,
+  who: Identity,
+): boolean {
+  return badgesOf(rules, who).length > 0;
+}
+
+/**
+ * Throws the ChatError that refuses a chat from `who` at `now`, or returns
+ * whether slow mode applies to it. Moderators pass everything. Slow mode
+ * itself is counted elsewhere (it is shared across nodes); this only says
+ * whether it applies.
+ */
+export function checkPosting(rules: PostingRules, who: Identity, now: number): { slowed: boolean } {
+  if (isModerator(rules, who)) return { slowed: false };
+  const ban = rules.bans.get(who.userId);
+  if (ban === null) throw new ChatError('banned');
+  if (ban !== undefined && ban > now) {
+    throw new ChatError('timed_out', undefined, { retryAfterMs: ban - now });
+  }
+  if (rules.paused) throw new ChatError('chat_paused');
+  if (rules.membersOnly && !rules.members.has(who.userId)) throw new ChatError('members_only');
+  return { slowed: rules.slowModeSeconds > 0 };
+}

@@ -1,0 +1,260 @@
+/**
+ * Webhook delivery (CONTRACT section 9): events wait in the store's durable
+ * outbox, committed with what caused them, and this worker sends them.
+ *
+ * Guarantees:
+ * - At least once: a row leaves the outbox only after a 2xx answer. A node
+ *   that dies mid-send leaves its lease to run out (PostgreSQL) or to be
+ *   cleared at the next start (SQLite, one process), and the row is sent
+ *   again, with the same `webhook-id`.
+ * - One node per event in the normal case: rows are leased by one claim
+ *   (`FOR UPDATE SKIP LOCKED` on PostgreSQL); a second send happens only
+ *   when a lease runs out, i.e. a node died or stalled past it.
+ * - Bounded: at most `concurrency` sends at a time per node, each cut at
+ *   `timeoutMs`; nothing is held in memory beyond the rows being sent.
+ */
+import type { WebhookConfig } from '../config.js';
+import type { Logger } from '../observability/log.js';
+import type { Metrics } from '../observability/metrics.js';
+import type { Store } from '../store/store.js';
+import type { RequestMessage } from './messages.js';
+import {
+  type OutboxEntry,
+  type OutboxEvent,
+  outboxEntry,
+  type WebhookData,
+  type WebhookType,
+  webhookBody,
+} from './webhook-events.js';
+
+/** Sends one event; resolves on a 2xx answer, rejects with the reason otherwise. */
+export interface WebhookSender {
+  send(id: string, body: string, signal: AbortSignal): Promise<void>;
+  close(): void;
+}
+
+export interface WebhooksDeps {
+  store: Store;
+  sender: WebhookSender;
+  config: WebhookConfig;
+  metrics: Metrics;
+  log: Logger;
+}
+
+/** Extra lease time beyond a send's own timeout, for the store writes around it. */
+const LEASE_MARGIN_MS = 5_000;
+
+/** Most failed events one `GET /api/webhooks/failed` lists. */
+export const FAILED_PAGE_MAX = 500;
+
+/**
+ * Delay before the attempt after `attempts` failed ones: base·2^(attempts-1),
+ * times a jitter in [0.8, 1.2) so that events failed together spread out,
+ * never more than `maxMs`.
+ */
+export function retryDelayMs(
+  attempts: number,
+  baseMs: number,
+  maxMs: number,
+  random = Math.random,
+): number {
+  const exponential = baseMs * 2 ** Math.min(attempts - 1, 40);
+  return Math.min(maxMs, exponential * (0.8 + 0.4 * random()));
+}
+
+/** The sum of the delays without jitter: how long an event is retried before it fails. */
+export function retryScheduleMs(maxAttempts: number, baseMs: number, maxMs: number): number {
+  let total = 0;
+  for (let n = 1; n < maxAttempts; n++) total += Math.min(maxMs, baseMs * 2 ** Math.min(n - 1, 40));
+  return total;
+}
+
+export interface FailedWebhook {
+  id: string;
+  type: WebhookType;
+  attempts: number;
+  lastError: string | null;
+  lastAttemptAt: string | null;
+  /** The body as sent: `{type, timestamp, data}`. */
+  payload: unknown;
+}
+
+export class Webhooks {
+  private readonly inFlight = new Set<Promise<void>>();
+  private readonly abort = new AbortController();
+  private timer: NodeJS.Timeout | undefined;
+  private polling = false;
+  /** Another poll was asked for while one ran. */
+  private again = false;
+  private started = false;
+  private stopping = false;
+
+  constructor(private readonly deps: WebhooksDeps) {
+    deps.metrics.webhookQueueSource = () => deps.store.webhookQueueDepth(new Date().toISOString());
+  }
+
+  /** The rows for a new request message: `created` now, `unread` (unless off) when it is due. */
+  messageCreated(message: RequestMessage): OutboxEntry[] {
+    const at = new Date(message.createdAt);
+    const created = outboxEntry('request.message.created', message, { at });
+    const { unreadAfterMs } = this.deps.config;
+    if (unreadAfterMs === 0) return [created];
+    return [
+      created,
+      outboxEntry('request.message.unread', message, {
+        at: new Date(at.getTime() + unreadAfterMs),
+        unlessRead: message._id,
+      }),
+    ];
+  }
+
+  /** The row for read receipts, given the ids they newly marked read. */
+  messagesRead(requestId: string, userId: string, at: string) {
+    return (messages: string[]): OutboxEntry =>
+      outboxEntry('request.message.read', { requestId, userId, messages, at });
+  }
+
+  /**
+   * Commits one event with no write of its own to go with; prefer passing
+   * the row to the store call that records the action, so both commit together.
+   */
+  async enqueue<T extends WebhookType>(type: T, data: WebhookData[T]): Promise<void> {
+    await this.deps.store.enqueueWebhooks([outboxEntry(type, data)]);
+    this.nudge();
+  }
+
+  start(): void {
+    if (this.started) return;
+    this.started = true;
+    this.schedule(0);
+  }
+
+  /** Looks for due events now rather than at the next poll: one was just committed here. */
+  nudge(): void {
+    if (!this.started || this.stopping) return;
+    this.schedule(0);
+  }
+
+  /**
+   * Stops claiming, cuts the sends under way and gives their rows back
+   * (without counting an attempt), so another node or the next start sends them.
+   */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.timer);
+    this.abort.abort();
+    while (this.inFlight.size > 0 || this.polling) {
+      await Promise.allSettled([...this.inFlight]);
+      if (this.polling) await new Promise((r) => setTimeout(r, 5));
+    }
+    this.deps.sender.close();
+  }
+
+  async failed(limit: number): Promise<FailedWebhook[]> {
+    const events = await this.deps.store.failedWebhooks(limit);
+    return events.map((e) => ({
+      id: e.id,
+      type: e.type,
+      attempts: e.attempts,
+      lastError: e.lastError,
+      lastAttemptAt: e.lastAttemptAt,
+      payload: JSON.parse(webhookBody(e)),
+    }));
+  }
+
+  /**
+   * Makes a failed event due now; it keeps its attempts, so one more failure
+   * returns it to the failed list. False when no failed event has this id.
+   */
+  async retry(id: string): Promise<boolean> {
+    const queued = await this.deps.store.retryWebhook(id, new Date().toISOString());
+    if (queued) this.nudge();
+    return queued;
+  }
+
+  private schedule(ms: number): void {
+    if (this.stopping) return;
+    if (this.polling) {
+      this.again = true;
+      return;
+    }
+    clearTimeout(this.timer);
+    this.timer = setTimeout(() => void this.poll(), ms);
+    this.timer.unref();
+  }
+
+  private async poll(): Promise<void> {
+    this.polling = true;
+    this.again = false;
+    let full = false;
+    try {
+      const free = this.deps.config.concurrency - this.inFlight.size;
+      if (free > 0) {
+        const now = Date.now();
+        const lease = 2 * this.deps.config.timeoutMs + LEASE_MARGIN_MS;
+        const batch = await this.deps.store.claimWebhooks(
+          free,
+          new Date(now).toISOString(),
+          new Date(now + lease).toISOString(),
+        );
+        for (const event of batch) this.dispatch(event);
+        full = batch.length === free;
+      }
+    } catch (err) {
+      this.deps.log.warn({ err }, 'webhook claim failed');
+    } finally {
+      this.polling = false;
+    }
+    // More may be due when the batch was full; otherwise wait for the poll or a nudge.
+    if (this.again) this.schedule(0);
+    else if (!full) this.schedule(this.deps.config.pollMs);
+    else if (this.inFlight.size < this.deps.config.concurrency) this.schedule(0);
+    else this.schedule(this.deps.config.pollMs);
+  }
+
+  private dispatch(event: OutboxEvent): void {
+    const p = this.deliver(event).finally(() => {
+      this.inFlight.delete(p);
+      // A slot is free: pick up what the last full batch left behind.
+      if (!this.stopping) this.schedule(0);
+    });
+    this.inFlight.add(p);
+  }
+
+  private async deliver(event: OutboxEvent): Promise<void> {
+    const { store, sender, metrics, log, config } = this.deps;
+    let error: string;
+    try {
+      await sender.send(event.id, webhookBody(event), this.abort.signal);
+      await store.completeWebhook(event.id);
+      metrics.webhookDeliveries.inc({ result: 'delivered' });
+      return;
+    } catch (err) {
+      error = err instanceof Error ? err.message : String(err);
+    }
+    try {
+      if (this.abort.signal.aborted) {
+        await store.releaseWebhook(event.id);
+        return;
+      }
+      const attempts = event.attempts + 1;
+      const now = Date.now();
+      const failed = attempts >= config.maxAttempts;
+      const nextAttemptAt = failed
+        ? null
+        : new Date(
+            now + retryDelayMs(attempts, config.retryBaseMs, config.retryMaxMs),
+          ).toISOString();
+      await store.recordWebhookFailure(event.id, {
+        error: error.slice(0, 500),
+        at: new Date(now).toISOString(),
+        nextAttemptAt,
+      });
+      metrics.webhookDeliveries.inc({ result: failed ? 'failed' : 'retry' });
+      if (failed) log.warn({ id: event.id, type: event.type, attempts, error }, 'webhook failed');
+    } catch (err) {
+      // The lease runs out and the event is tried again: at least once still holds.
+      log.warn({ err, id: event.id }, 'webhook state not recorded');
+    }
+  }
+}
