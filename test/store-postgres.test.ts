@@ -88,6 +88,56 @@ if (await requireServices('postgres')) {
       }
     });
 
+    it('keeps unread counters equal to a recount under concurrent reads, sends and deletions', async () => {
+      const schema = await tempSchema();
+      const a = new PostgresStore({ url: schema.url, max: 4 });
+      const b = new PostgresStore({ url: schema.url, max: 4 });
+      try {
+        const r = newId();
+        await a.putRequest(r, '1');
+        const message = (sender: string, i: number) => ({
+          _id: newId(),
+          requestId: r,
+          sender: { id: sender, username: `u${sender}`, role: sender === '1' ? 'TEACHER' : 'LAB' },
+          message: `m${i}`,
+          createdAt: new Date().toISOString(),
+          clientMessageId: null,
+        });
+        const first = await Promise.all(
+          Array.from({ length: 40 }, (_, i) => (i % 2 ? a : b).addRequestMessage(message('2', i))),
+        );
+        const ids = first.map((x) => x.message._id);
+        const at = new Date().toISOString();
+        await Promise.all([
+          ...Array.from({ length: 4 }, (_, k) =>
+            a.addReceipts(r, 'read', '1', ids.slice(k * 10, k * 10 + 10), at),
+          ),
+          ...ids
+            .filter((_, i) => i % 2 === 0)
+            .map((id, i) => (i % 2 ? a : b).changeRequestMessage(r, id, '2', { deletedAt: at })),
+          ...Array.from({ length: 10 }, (_, i) =>
+            (i % 2 ? a : b).addRequestMessage(message('1', i)),
+          ),
+          ...Array.from({ length: 10 }, (_, i) =>
+            (i % 2 ? b : a).addRequestMessage(message('2', i)),
+          ),
+        ]);
+        const history = (await a.requestHistory(r, { limit: 500 })).messages;
+        const live = history.filter((m) => m.deletedAt === undefined);
+        const unreadBy = (user: string) =>
+          live.filter((m) => m.sender.id !== user && !m.readBy.some((x) => x.userId === user))
+            .length;
+        for (const user of ['1', '2', '3']) {
+          assert.equal((await b.requestSummary(r, user))?.unread, unreadBy(user), `user ${user}`);
+        }
+        assert.equal((await a.unreadTotals('1', '1', 10)).total, unreadBy('1'));
+      } finally {
+        await a.close();
+        await b.close();
+        await schema.drop();
+      }
+    });
+
     it('plans the inbox and unread counts on indexes, never scanning messages', async () => {
       const schema = await tempSchema();
       const store = new PostgresStore({ url: schema.url, max: 2 });

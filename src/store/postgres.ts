@@ -839,44 +839,54 @@ export class PostgresStore implements Store {
       const [message] = await this.withReceipts(rows);
       return message && { message };
     }
-    // One statement: the deletion and every counter it moves. A message's
-    // readers never include its sender, so no counter row is updated twice.
-    const rows = await this.query<RequestMessageRow & Partial<Counted> & { last: string | null }>(
-      `WITH del AS (
-         UPDATE request_messages SET message = '', attachments = '[]', deleted_at = $4
+    // Two statements in one transaction. The first locks the message: a read
+    // receipt under way (which holds it FOR SHARE) finishes first, and later
+    // ones wait and then see it deleted. The second, with a snapshot taken
+    // after that, sees every receipt that counted the message, and uncounts it
+    // for exactly those readers. A message's readers never include its sender,
+    // so no counter row is updated twice.
+    const rows = await this.transaction(async (client) => {
+      const deleted = await client.query<RequestMessageRow>(
+        `UPDATE request_messages SET message = '', attachments = '[]', deleted_at = $4
          WHERE ${mine}
-         RETURNING ${REQUEST_COLUMNS}
-       ), req AS (
-         UPDATE requests r SET message_count = r.message_count - 1
-         FROM del WHERE r.id = del.request_id
-         RETURNING r.owner_id, r.message_count, r.last_message_id
-       ), snt AS (
-         UPDATE request_readers rr SET sent = rr.sent - 1
-         FROM del WHERE rr.request_id = del.request_id AND rr.user_id = del.sender_id
-         RETURNING rr.user_id, rr.sent, rr.read
-       ), rd AS (
-         UPDATE request_readers rr SET read = rr.read - 1
-         FROM del WHERE rr.request_id = del.request_id AND rr.user_id IN
-           (SELECT user_id FROM receipts WHERE message_id = del.id AND kind = 'read')
-         RETURNING rr.user_id, rr.sent, rr.read
-       )
-       SELECT del.*, req.owner_id, req.message_count, req.last_message_id AS last,
-         (SELECT coalesce(json_agg(${READER_JSON}), '[]') FROM (
-            SELECT user_id, sent, read FROM snt
-            UNION ALL SELECT user_id, sent, read FROM rd
-            UNION ALL SELECT user_id, sent, read FROM request_readers
-              WHERE request_id = $2
-                AND user_id NOT IN (SELECT user_id FROM snt UNION ALL SELECT user_id FROM rd)
-          ) x) AS readers
-       FROM del LEFT JOIN req ON true`,
-      [messageId, requestId, senderId, change.deletedAt],
-    );
+         RETURNING ${REQUEST_COLUMNS}`,
+        [messageId, requestId, senderId, change.deletedAt],
+      );
+      const [row] = deleted.rows;
+      if (!row) return [];
+      const counted = await client.query<Partial<Counted> & { last: string | null }>(
+        `WITH req AS (
+           UPDATE requests r SET message_count = r.message_count - 1 WHERE r.id = $2
+           RETURNING r.owner_id, r.message_count, r.last_message_id
+         ), snt AS (
+           UPDATE request_readers rr SET sent = rr.sent - 1
+           WHERE rr.request_id = $2 AND rr.user_id = $3
+           RETURNING rr.user_id, rr.sent, rr.read
+         ), rd AS (
+           UPDATE request_readers rr SET read = rr.read - 1
+           WHERE rr.request_id = $2 AND rr.user_id IN
+             (SELECT user_id FROM receipts WHERE message_id = $1 AND kind = 'read')
+           RETURNING rr.user_id, rr.sent, rr.read
+         )
+         SELECT req.owner_id, req.message_count, req.last_message_id AS last,
+           (SELECT coalesce(json_agg(${READER_JSON}), '[]') FROM (
+              SELECT user_id, sent, read FROM snt
+              UNION ALL SELECT user_id, sent, read FROM rd
+              UNION ALL SELECT user_id, sent, read FROM request_readers
+                WHERE request_id = $2
+                  AND user_id NOT IN (SELECT user_id FROM snt UNION ALL SELECT user_id FROM rd)
+            ) x) AS readers
+         FROM (SELECT 1) one LEFT JOIN req ON true`,
+        [messageId, requestId, senderId],
+      );
+      return [{ ...row, ...counted.rows[0] }];
+    });
     const [row] = rows;
     if (!row) return undefined;
     const [message] = (await this.withReceipts([row])) as [RequestMessage];
     if (row.owner_id == null || row.message_count == null) return { message };
     const lastMessage =
-      row.last === messageId || row.last === null
+      row.last === messageId || row.last == null
         ? message
         : ((await this.getRequestMessage(requestId, row.last)) ?? null);
     return { message, activity: activityOf(requestId, row as Counted, lastMessage) };
@@ -934,6 +944,9 @@ export class PostgresStore implements Store {
          SELECT id, seq FROM request_messages
          WHERE request_id = $1 AND sender_id <> $2 AND id = ANY($3::text[])
            AND deleted_at IS NULL
+         -- A deletion under way is waited for and then seen: a read never
+         -- counts a message its deletion has already taken out of the counters.
+         FOR SHARE
        ), fresh AS (
          INSERT INTO receipts (message_id, kind, user_id, at)
          SELECT id, $4, $2, $5 FROM eligible
