@@ -28,7 +28,8 @@ function charla(args: string[], env: Record<string, string> = {}, cwd = dir) {
     env: { PATH: process.env.PATH, ...env },
     cwd,
     encoding: 'utf8',
-    timeout: 15_000,
+    // Generous: a loaded CI machine may take seconds to start node.
+    timeout: 60_000,
   });
   return { status: r.status, stdout: r.stdout.trim(), stderr: r.stderr.trim() };
 }

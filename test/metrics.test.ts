@@ -100,6 +100,7 @@ describe('latency histograms', () => {
       username: 'ana',
       message: 'hola',
       sentAt: new Date().toISOString(),
+      badges: [],
     };
     const ok = parseEvent(JSON.stringify({ kind: 'chat', message, at: 1.5 }));
     assert.deepEqual(ok, { kind: 'chat', message, at: 1.5 });
