@@ -26,12 +26,19 @@ const doc = parse(readFileSync(DOC_FILE, 'utf8'));
 
 const REQUEST = '6751b6df1ad14eaa13a0a001';
 const METRICS_TOKEN = 'metrics-token-for-the-openapi-test';
+/** The classroom's stream, owned by user 9. */
+const CLASS = '/api/streams/oc';
+const SOME_ID = '6751b6df1ad14eaa13a0b001';
+const BIG = 'x'.repeat(2_000);
+/** Set in `before`: a chat of the classroom stream and a failed webhook event. */
+let chatId = '';
+let failedId = '';
 
 interface Case {
   /** The documented operation: method and path template, as in the document. */
-  op: `${'GET' | 'PUT' | 'DELETE'} ${string}`;
-  /** What is sent. */
-  url: string;
+  op: `${'GET' | 'PUT' | 'PATCH' | 'POST' | 'DELETE'} ${string}`;
+  /** What is sent; a function for an id known only once the server has run. */
+  url: string | (() => string);
   body?: string | object;
   key?: string | null;
   headers?: Record<string, string>;
@@ -135,6 +142,162 @@ const CASES: Case[] = [
     key: null,
     status: 200,
   },
+  { op: 'GET /api/streams/{key}', url: CLASS, status: 200 },
+  { op: 'GET /api/streams/{key}', url: CLASS, key: null, status: 401 },
+  { op: 'GET /api/streams/{key}', url: '/api/streams/none', status: 404 },
+  {
+    op: 'PATCH /api/streams/{key}',
+    url: CLASS,
+    body: { slowModeSeconds: 5, moderators: ['4', 4] },
+    status: 200,
+  },
+  { op: 'PATCH /api/streams/{key}', url: CLASS, body: '{', status: 400 },
+  { op: 'PATCH /api/streams/{key}', url: CLASS, body: {}, key: null, status: 401 },
+  { op: 'PATCH /api/streams/{key}', url: '/api/streams/none', body: {}, status: 404 },
+  { op: 'PATCH /api/streams/{key}', url: CLASS, body: { title: BIG }, status: 413 },
+  { op: 'PATCH /api/streams/{key}', url: CLASS, body: { slowModeSeconds: -1 }, status: 422 },
+  {
+    op: 'PUT /api/streams/{key}/members',
+    url: `${CLASS}/members`,
+    body: { userIds: ['3', 3] },
+    status: 200,
+  },
+  { op: 'PUT /api/streams/{key}/members', url: `${CLASS}/members`, body: '{', status: 400 },
+  {
+    op: 'PUT /api/streams/{key}/members',
+    url: `${CLASS}/members`,
+    body: { userIds: [] },
+    key: null,
+    status: 401,
+  },
+  {
+    op: 'PUT /api/streams/{key}/members',
+    url: '/api/streams/none/members',
+    body: { userIds: [] },
+    status: 404,
+  },
+  {
+    op: 'PUT /api/streams/{key}/members',
+    url: `${CLASS}/members`,
+    body: { userIds: [BIG] },
+    status: 413,
+  },
+  { op: 'PUT /api/streams/{key}/members', url: `${CLASS}/members`, body: {}, status: 422 },
+  {
+    op: 'DELETE /api/streams/{key}/messages/{messageId}',
+    url: () => `${CLASS}/messages/${chatId}`,
+    status: 200,
+  },
+  {
+    op: 'DELETE /api/streams/{key}/messages/{messageId}',
+    url: `${CLASS}/messages/zz`,
+    status: 400,
+  },
+  {
+    op: 'DELETE /api/streams/{key}/messages/{messageId}',
+    url: `${CLASS}/messages/${SOME_ID}`,
+    key: null,
+    status: 401,
+  },
+  {
+    op: 'DELETE /api/streams/{key}/messages/{messageId}',
+    url: `/api/streams/none/messages/${SOME_ID}`,
+    status: 404,
+  },
+  {
+    op: 'PUT /api/streams/{key}/bans/{userId}',
+    url: `${CLASS}/bans/6`,
+    body: { seconds: 60, reason: 'spam' },
+    status: 200,
+  },
+  { op: 'PUT /api/streams/{key}/bans/{userId}', url: `${CLASS}/bans/6`, body: '{', status: 400 },
+  {
+    op: 'PUT /api/streams/{key}/bans/{userId}',
+    url: `${CLASS}/bans/6`,
+    body: {},
+    key: null,
+    status: 401,
+  },
+  { op: 'PUT /api/streams/{key}/bans/{userId}', url: `${CLASS}/bans/9`, body: {}, status: 403 },
+  {
+    op: 'PUT /api/streams/{key}/bans/{userId}',
+    url: '/api/streams/none/bans/6',
+    body: {},
+    status: 404,
+  },
+  {
+    op: 'PUT /api/streams/{key}/bans/{userId}',
+    url: `${CLASS}/bans/6`,
+    body: { reason: BIG },
+    status: 413,
+  },
+  {
+    op: 'PUT /api/streams/{key}/bans/{userId}',
+    url: `${CLASS}/bans/6`,
+    body: { seconds: 0 },
+    status: 422,
+  },
+  { op: 'GET /api/streams/{key}/bans', url: `${CLASS}/bans`, status: 200 },
+  { op: 'GET /api/streams/{key}/bans', url: `${CLASS}/bans`, key: null, status: 401 },
+  { op: 'GET /api/streams/{key}/bans', url: '/api/streams/none/bans', status: 404 },
+  { op: 'DELETE /api/streams/{key}/bans/{userId}', url: `${CLASS}/bans/6`, status: 200 },
+  {
+    op: 'DELETE /api/streams/{key}/bans/{userId}',
+    url: `${CLASS}/bans/6`,
+    key: null,
+    status: 401,
+  },
+  { op: 'DELETE /api/streams/{key}/bans/{userId}', url: '/api/streams/none/bans/6', status: 404 },
+  { op: 'GET /api/streams/{key}/moderation-log', url: `${CLASS}/moderation-log`, status: 200 },
+  {
+    op: 'GET /api/streams/{key}/moderation-log',
+    url: `${CLASS}/moderation-log?before=0`,
+    status: 400,
+  },
+  {
+    op: 'GET /api/streams/{key}/moderation-log',
+    url: `${CLASS}/moderation-log`,
+    key: null,
+    status: 401,
+  },
+  {
+    op: 'GET /api/streams/{key}/moderation-log',
+    url: '/api/streams/none/moderation-log',
+    status: 404,
+  },
+  { op: 'GET /api/users/{userId}/unread', url: '/api/users/2/unread?role=LAB', status: 200 },
+  { op: 'GET /api/users/{userId}/unread', url: '/api/users/2/unread', status: 400 },
+  {
+    op: 'GET /api/users/{userId}/unread',
+    url: '/api/users/2/unread?role=LAB',
+    key: null,
+    status: 401,
+  },
+  { op: 'GET /api/webhooks/failed', url: '/api/webhooks/failed', status: 200 },
+  { op: 'GET /api/webhooks/failed', url: '/api/webhooks/failed?limit=0', status: 400 },
+  { op: 'GET /api/webhooks/failed', url: '/api/webhooks/failed', key: null, status: 401 },
+  {
+    op: 'GET /api/webhooks/failed',
+    url: '/api/webhooks/failed',
+    status: 404,
+    server: 'noBroker',
+  },
+  {
+    op: 'POST /api/webhooks/failed/{eventId}/retry',
+    url: () => `/api/webhooks/failed/${failedId}/retry`,
+    status: 202,
+  },
+  {
+    op: 'POST /api/webhooks/failed/{eventId}/retry',
+    url: '/api/webhooks/failed/msg_none/retry',
+    key: null,
+    status: 401,
+  },
+  {
+    op: 'POST /api/webhooks/failed/{eventId}/retry',
+    url: '/api/webhooks/failed/msg_none/retry',
+    status: 404,
+  },
 ];
 
 type Json = Record<string, any>;
@@ -176,7 +339,16 @@ before(async () => {
   assert.ok(result.valid, compileErrors(result));
   assert.deepEqual(result.warnings, []);
   deref = (await dereference(structuredClone(doc))) as unknown as Json;
-  main = await startServer({ METRICS_TOKEN, MAX_FRAME_BYTES: '1024' });
+  // Webhooks to a port where nobody listens, given up after one attempt: the failed-event API has content.
+  main = await startServer({
+    METRICS_TOKEN,
+    MAX_FRAME_BYTES: '1024',
+    WEBHOOK_URL: 'http://127.0.0.1:1/hooks',
+    WEBHOOK_SECRET: `whsec_${Buffer.alloc(24, 7).toString('base64')}`,
+    WEBHOOK_MAX_ATTEMPTS: '1',
+    WEBHOOK_POLL_MS: '50',
+    WEBHOOK_TIMEOUT_MS: '500',
+  });
   // A broker that never answers: readiness must say so.
   noBroker = await startServer({ REDIS_URL: 'redis://127.0.0.1:1' });
 
@@ -198,6 +370,21 @@ before(async () => {
   await lab.ask('readMessages', { requestId: REQUEST, messages: [sent.message._id] });
   teacher.close();
   lab.close();
+
+  // The classroom: a stream with an owner, a chat to delete and a ban whose webhook fails.
+  await send('PUT', CLASS, { ownerId: '9' }, API_KEY);
+  const student = await StreamClient.connect(wsUrl, 'oc', { token: await userToken('3') });
+  await student.next('auth');
+  student.chat('¿y la tarea?');
+  chatId = (await student.next('chat')).data.id;
+  student.close();
+  assert.equal((await send('PUT', `${CLASS}/bans/7`, {}, API_KEY)).status, 200);
+  for (let i = 0; i < 100 && failedId === ''; i++) {
+    const { text } = await send('GET', '/api/webhooks/failed', undefined, API_KEY);
+    failedId = JSON.parse(text).events[0]?.id ?? '';
+    if (failedId === '') await new Promise((r) => setTimeout(r, 50));
+  }
+  assert.notEqual(failedId, '', 'the ban webhook failed');
 });
 
 after(async () => {
@@ -271,12 +458,12 @@ describe('docs/openapi.yaml', () => {
   });
 
   for (const c of CASES) {
-    it(`${c.op} answers ${c.status} as documented (${c.url})`, async () => {
+    it(`${c.op} answers ${c.status} as documented (${typeof c.url === 'function' ? c.url.toString() : c.url})`, async () => {
       const [method, path] = c.op.split(' ') as [string, string];
       const base = c.server === 'noBroker' ? noBroker.url : main.url;
       const res = await send(
         method,
-        c.url,
+        typeof c.url === 'function' ? c.url() : c.url,
         c.body,
         c.key === undefined ? API_KEY : c.key,
         c.headers,
