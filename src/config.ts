@@ -1,5 +1,5 @@
 /**
- * The environment schema: CONTRACT sections 1 (running) and 6 (limits).
+ * The environment schema: README "Configuration", and the limits of protocol section 6.
  * A bad value stops start-up with one line naming the variable.
  */
 import { randomBytes } from 'node:crypto';
@@ -50,7 +50,7 @@ export interface JwtConfig {
   jwksTimeoutMs: number;
 }
 
-/** The request chat's inbox, typing, edits and attachments (CONTRACT section 8). */
+/** The request chat's inbox, typing, edits and attachments (protocol section 8). */
 export interface DeskConfig {
   /** How long after `createdAt` a sender may edit or delete a message. */
   editWindowMs: number;
@@ -82,7 +82,7 @@ export interface Config {
   /** Bearer token that `GET /metrics` requires when set. */
   metricsToken: string | undefined;
   limits: Limits;
-  /** Webhooks to the platform (CONTRACT section 9); undefined without WEBHOOK_URL. */
+  /** Webhooks to the platform (protocol section 9); undefined without WEBHOOK_URL. */
   webhooks: WebhookConfig | undefined;
   desk: DeskConfig;
   /** Accepted but unwise settings, for start-up to log. */
@@ -193,7 +193,7 @@ const schema = z.object({
   METRICS_TOKEN: optionalString,
   HISTORY_READS_RUNNING: int(2, 1, 100),
   HISTORY_READS_WAITING: int(16, 0, 10_000),
-  // Webhooks to the platform (CONTRACT section 9).
+  // Webhooks to the platform (protocol section 9).
   WEBHOOK_URL: z.preprocess(
     blankAsUnset,
     z
@@ -220,7 +220,7 @@ const schema = z.object({
   WEBHOOK_TIMEOUT_MS: int(10_000, 100, 60_000),
   WEBHOOK_POLL_MS: int(1000, 10, 60_000),
   WEBHOOK_CONCURRENCY: int(8, 1, 256),
-  // Request chat desk: edits, typing, attachments, unread (CONTRACT section 8)
+  // Request chat desk: edits, typing, attachments, unread (protocol section 8)
   REQUEST_EDIT_WINDOW_SECONDS: int(900, 1, 31_536_000),
   TYPING_INTERVAL_MS: int(2000, 1, 3_600_000),
   TYPING_TRACKED_MAX: int(100_000, 1, 10_000_000),

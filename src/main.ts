@@ -3,7 +3,7 @@ import { createApp } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
 import { DEV_STATE_FILE, devBanner, loadDevState, prepareDevMode, withDevState } from './dev.js';
 
-/** CONTRACT section 1: exit within 10 s of SIGTERM/SIGINT, whatever happens. */
+/** protocol section 1: exit within 10 s of SIGTERM/SIGINT, whatever happens. */
 const SHUTDOWN_DEADLINE_MS = 10_000;
 
 async function main(): Promise<void> {

@@ -1,5 +1,5 @@
 /**
- * The live classroom (CONTRACT section 7) on one node, with real `ws`
+ * The live classroom (protocol section 7) on one node, with real `ws`
  * clients against a real server: the `stream` and `history` frames, resume
  * with `since`, every moderator frame and its broadcast, every refusal.
  */

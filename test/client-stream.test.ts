@@ -182,7 +182,7 @@ describe('StreamChat against charla', () => {
   });
 });
 
-/** A scripted stream server on `ws`, speaking the frames of CONTRACT sections 2 and 7. */
+/** A scripted stream server on `ws`, speaking the frames of protocol sections 2 and 7. */
 class ScriptedServer {
   readonly wss: WebSocketServer;
   readonly urls: string[] = [];

@@ -1,5 +1,5 @@
 /**
- * Hostile HTTP peers against a real charla process (CONTRACT section 10):
+ * Hostile HTTP peers against a real charla process (README "Security"):
  * malformed request targets and headers, slowloris on headers, upgrades and
  * bodies, and resets. After each attack the process must be alive, answer
  * `/healthz`, and give its file descriptors back.

@@ -1,5 +1,5 @@
 /**
- * The request chat against hostile and dead peers (CONTRACT section 10): a
+ * The request chat against hostile and dead peers (README "Security"): a
  * socket that asks for history and never reads it, packet floods that are not
  * events, silent clients, handshakes never finished, an owner change that
  * must take the old owner out of the room on every node, and a join that

@@ -6,7 +6,7 @@
  * handshakes. After every attack the process must be alive, answer
  * `/healthz`, give its descriptors back, keep its memory bounded, and a
  * normal viewer on the same stream must still get the next chat and nothing
- * it should not have (CONTRACT sections 5, 6 and 10).
+ * it should not have (protocol sections 5 and 6, README "Security").
  */
 import assert from 'node:assert/strict';
 import { createServer, type Server, type Socket } from 'node:net';

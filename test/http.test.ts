@@ -1,4 +1,4 @@
-/** The server API for streams (CONTRACT section 4), health, readiness and metrics. */
+/** The server API for streams (protocol section 4), health, readiness and metrics. */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { API_KEY, api, StreamClient, startServer, type TestServer, userToken } from './helpers.js';

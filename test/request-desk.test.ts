@@ -1,5 +1,5 @@
 /**
- * The request chat's desk (CONTRACT section 8) with real socket.io-client v4
+ * The request chat's desk (protocol section 8) with real socket.io-client v4
  * sockets against a real server on a real SQLite file: typing, edits,
  * deletions, attachments, the inbox and its live unread counts.
  */

@@ -1,5 +1,5 @@
 /**
- * The request chat (CONTRACT section 3) with real socket.io-client v4 sockets
+ * The request chat (protocol section 3) with real socket.io-client v4 sockets
  * against a real server and a real SQLite file: one test per promise.
  */
 import assert from 'node:assert/strict';

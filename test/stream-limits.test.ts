@@ -1,4 +1,4 @@
-/** Bad input and limits on the stream endpoint (CONTRACT sections 2, 5 and 6). */
+/** Bad input and limits on the stream endpoint (protocol sections 2, 5 and 6). */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { api, StreamClient, startServer, type TestServer, userToken } from './helpers.js';

@@ -1,4 +1,4 @@
-/** The live-stream chat (CONTRACT section 2) with real `ws` clients against a real server. */
+/** The live-stream chat (protocol section 2) with real `ws` clients against a real server. */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { SignJWT } from 'jose';

@@ -1,5 +1,5 @@
 /**
- * Webhooks (CONTRACT section 9) from a real charla on SQLite to a real
+ * Webhooks (protocol section 9) from a real charla on SQLite to a real
  * receiver that verifies every signature with `standardwebhooks` and fails,
  * drops or times out at random: what must arrive, once or more, with the same
  * `webhook-id` and body on every attempt; unread events; the failed-event API.

@@ -1,4 +1,4 @@
-// The inbox beside the request chat (CONTRACT section 8): the user's requests,
+// The inbox beside the request chat (protocol section 8): the user's requests,
 // most recent activity first, each with its unread count. `listRequests` fills
 // it; `requestUpdated` keeps it live, whether or not that request is open.
 import { h, timeEl } from './dom.js';

@@ -1,4 +1,4 @@
-// The request-chat view over Socket.IO (CONTRACT sections 3 and 8): history,
+// The request-chat view over Socket.IO (protocol sections 3 and 8): history,
 // sending with an acknowledgement, and receipts both ways. Messages that arrive
 // are acked at once (`ackMessages`); they count as read (`readMessages`) only
 // once they are on screen in a visible tab. Beside it, the inbox with live

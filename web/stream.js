@@ -1,4 +1,4 @@
-// The live-stream view: a plain WebSocket to /ws/streams/{key}/ (CONTRACT
+// The live-stream view: a plain WebSocket to /ws/streams/{key}/ (protocol
 // section 2). The token goes in an `auth` frame, never in the URL, so it stays
 // out of logs; a dropped connection comes back with capped exponential backoff.
 import { atBottom, avatar, h, notice, setStatus, timeEl, whoIs } from './dom.js';

@@ -1,6 +1,6 @@
 /**
  * The one error type of the client library. `code` is the server's
- * `error_code` (CONTRACT section 5 and the round-2 additions) when the server
+ * `error_code` (protocol section 5 and the round-2 additions) when the server
  * refused something, or one of the client's own codes when the client gave up.
  */
 

@@ -1,5 +1,5 @@
 /**
- * `RequestChat`: the request chat (CONTRACT sections 3 and 8) over
+ * `RequestChat`: the request chat (protocol sections 3 and 8) over
  * `socket.io-client` v4.
  *
  * What it adds to a bare socket: every `send` carries a `clientMessageId` and
@@ -130,7 +130,7 @@ type Answer = Record<string, unknown> & { ok?: unknown };
 
 /** Refusals that a later attempt may get past. */
 const RETRYABLE = new Set(['rate_limited', 'internal_error', 'not_in_room']);
-/** The server forwards `typing` at most this often (CONTRACT section 8). */
+/** The server forwards `typing` at most this often (protocol section 8). */
 const TYPING_EVERY_MS = 2_000;
 /** How long a server-side disconnect counts toward the next one's backoff. */
 const KICK_MEMORY_MS = 60_000;

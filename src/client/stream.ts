@@ -1,5 +1,5 @@
 /**
- * `StreamChat`: the live-stream chat (CONTRACT sections 2 and 7) over a plain
+ * `StreamChat`: the live-stream chat (protocol sections 2 and 7) over a plain
  * WebSocket. Runs in browsers (the global `WebSocket`) and in Node (pass the
  * `ws` package's constructor as `WebSocket`); it imports nothing from Node.
  *

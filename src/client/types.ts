@@ -1,5 +1,5 @@
 /**
- * What the server sends, as the client sees it (CONTRACT sections 2, 3, 7 and
+ * What the server sends, as the client sees it (protocol sections 2, 3, 7 and
  * 8). Extra fields a newer server adds pass through untouched.
  */
 
@@ -58,7 +58,7 @@ export interface Attachment {
   size: number;
 }
 
-/** CONTRACT section 3 `Message`, with the section 8 additions. */
+/** protocol section 3 `Message`, with the section 8 additions. */
 export interface RequestMessage {
   _id: string;
   requestId: string;

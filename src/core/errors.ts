@@ -1,5 +1,5 @@
 /**
- * The one registry of error codes (CONTRACT section 5) and how each reaches a
+ * The one registry of error codes (protocol section 5) and how each reaches a
  * client: as an error frame / `exception`, an HTTP status, or a close code.
  */
 

@@ -1,5 +1,5 @@
 /**
- * Who a connection is, from the platform's JWT (CONTRACT section 1, "Identity
+ * Who a connection is, from the platform's JWT (protocol section 1, "Identity
  * from the JWT"). Algorithms are pinned by the kind of key configured, so an
  * HS secret never verifies an RS/ES token and `none` is never accepted.
  */

@@ -6,7 +6,7 @@ export interface Rate {
   windowMs: number;
 }
 
-/** Parses the CONTRACT section 6 format `N/<seconds>s`, e.g. `20/30s`. */
+/** Parses the protocol section 6 format `N/<seconds>s`, e.g. `20/30s`. */
 export function parseRate(text: string): Rate | undefined {
   const m = /^\s*(\d+)\s*\/\s*(\d+(?:\.\d+)?)\s*s\s*$/.exec(text);
   if (!m) return undefined;
@@ -76,7 +76,7 @@ export class RateLimiter {
 export const FLOOD_WINDOW_MS = 10_000;
 
 /**
- * Counts inbound frames of one connection in fixed 10 s windows (CONTRACT
+ * Counts inbound frames of one connection in fixed 10 s windows (protocol
  * section 5). Two numbers per connection, nothing allocated per frame.
  */
 export class FloodCounter {

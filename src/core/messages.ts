@@ -25,7 +25,7 @@ export interface Receipt {
   at: string;
 }
 
-/** A file shared in a request chat: a link, never the bytes (CONTRACT section 8). */
+/** A file shared in a request chat: a link, never the bytes (protocol section 8). */
 export interface Attachment {
   url: string;
   name: string;
@@ -33,7 +33,7 @@ export interface Attachment {
   size: number;
 }
 
-/** CONTRACT section 3 `Message`, with section 8's attachments, edits and deletions. */
+/** protocol section 3 `Message`, with section 8's attachments, edits and deletions. */
 export interface RequestMessage {
   _id: string;
   requestId: string;
@@ -76,7 +76,7 @@ export interface RequestActivity {
   readers: Array<{ userId: string; unread: number }>;
 }
 
-/** One line of a user's inbox (CONTRACT section 8 `listRequests`). */
+/** One line of a user's inbox (protocol section 8 `listRequests`). */
 export interface RequestSummary {
   requestId: string;
   ownerId: string;

@@ -1,5 +1,5 @@
 /**
- * Request chat (CONTRACT section 3), independent of any transport: who may act
+ * Request chat (protocol section 3), independent of any transport: who may act
  * in a request's room, durable messages, receipts and history. Fan-out to the
  * room is the transport's (Socket.IO rooms, across nodes through its adapter);
  * everything here resolves only once the store has committed.
@@ -242,7 +242,7 @@ export class Requests {
   }
 
   /**
-   * `identity`'s inbox (CONTRACT section 8 `listRequests`): lab staff see
+   * `identity`'s inbox (protocol section 8 `listRequests`): lab staff see
    * every request with messages, a teacher their own requests.
    */
   inbox(

@@ -1,6 +1,6 @@
 /**
  * Stream rate limits and slow mode, counted where every node sees the same
- * count (CONTRACT section 7: "everything here holds across nodes").
+ * count (protocol section 7: "everything here holds across nodes").
  *
  * With Redis configured the counters live there (`rate-limiter-flexible`'s
  * RateLimiterRedis: one atomic INCR+PEXPIRE script per chat, a fixed window

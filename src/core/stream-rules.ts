@@ -1,5 +1,5 @@
 /**
- * Who may post in a stream, and when (CONTRACT section 7): the classroom's
+ * Who may post in a stream, and when (protocol section 7): the classroom's
  * domain types and one pure decision over them, so every node and every
  * transport refuses a chat for the same reason.
  */

@@ -1,5 +1,5 @@
 /**
- * Live-stream chat (CONTRACT sections 2 and 7), independent of any transport:
+ * Live-stream chat (protocol sections 2 and 7), independent of any transport:
  * which streams exist, who may post and moderate, and fan-out through the Broker.
  *
  * Ordering: a chat is published to the stream's broker topic and delivered

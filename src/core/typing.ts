@@ -1,5 +1,5 @@
 /**
- * The `typing` throttle (CONTRACT section 8): a user's typing in a request is
+ * The `typing` throttle (protocol section 8): a user's typing in a request is
  * forwarded at most once per interval. Nothing is stored; what a node
  * remembers is bounded, and forgetting a pair early only lets one more
  * `userTyping` through.

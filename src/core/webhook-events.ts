@@ -1,5 +1,5 @@
 /**
- * Webhook events to the platform (CONTRACT section 9): their types, their
+ * Webhook events to the platform (protocol section 9): their types, their
  * `data`, and the outbox rows that carry them. A row is built here, before
  * the write that causes it, and the store commits both in one transaction.
  */

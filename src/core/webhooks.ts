@@ -1,5 +1,5 @@
 /**
- * Webhook delivery (CONTRACT section 9): events wait in the store's durable
+ * Webhook delivery (protocol section 9): events wait in the store's durable
  * outbox, committed with what caused them, and this worker sends them.
  *
  * Guarantees:

@@ -109,7 +109,7 @@ export interface Store {
   ): Promise<string[]>;
 
   /**
-   * The webhook outbox (CONTRACT section 9). Rows are pending until sent
+   * The webhook outbox (protocol section 9). Rows are pending until sent
    * (then removed) or out of attempts (then failed, kept for the API).
    */
   enqueueWebhooks(entries: readonly OutboxEntry[]): Promise<void>;
@@ -168,7 +168,7 @@ export interface Store {
    * messages.
    */
   unreadTotals(userId: string, ownerId: string | undefined, limit: number): Promise<UnreadTotals>;
-  // Live classroom (CONTRACT section 7).
+  // Live classroom (protocol section 7).
 
   /** The stream's moderation state; undefined when there is no such stream. */
   getStreamControl(key: string): Promise<StreamControl | undefined>;

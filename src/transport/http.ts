@@ -1,5 +1,5 @@
 /**
- * The HTTP surface: the platform's server API (CONTRACT section 4, `X-API-Key`),
+ * The HTTP surface: the platform's server API (protocol section 4, `X-API-Key`),
  * health, readiness and metrics. Every refusal is a ChatError rendered as
  * `{error_code, message}` with its status.
  */
@@ -169,7 +169,7 @@ function streamRoutes(deps: HttpDeps): Route[] {
   ];
 }
 
-/** CONTRACT section 7: the server API of the live classroom. */
+/** protocol section 7: the server API of the live classroom. */
 function classroomRoutes(deps: HttpDeps): Route[] {
   const base = '^\\/api\\/streams\\/([A-Za-z0-9_-]{1,64})';
   const path = (rest: string) => new RegExp(`${base}${rest}$`);
@@ -378,7 +378,7 @@ function webhookRoutes(deps: HttpDeps): Route[] {
   ];
 }
 
-/** The platform's view of a user's unread request messages (CONTRACT section 8). */
+/** The platform's view of a user's unread request messages (protocol section 8). */
 function userRoutes(deps: HttpDeps): Route[] {
   return [
     {

@@ -1,5 +1,5 @@
 /**
- * Seed 001 event payloads (CONTRACT section 3). Socket.IO hands over whatever
+ * Seed 001 event payloads (protocol section 3). Socket.IO hands over whatever
  * JSON the client sent; these schemas turn it into typed values or into one
  * `invalid_payload` naming the field. `docs/asyncapi.yaml` is checked against
  * them.
@@ -27,7 +27,7 @@ const room = z
   });
 
 /**
- * A file shared as a link (CONTRACT section 8). Which URLs and how many per
+ * A file shared as a link (protocol section 8). Which URLs and how many per
  * message are configuration, checked by the core.
  */
 const attachment = z.object({

@@ -1,5 +1,5 @@
 /**
- * The request chat over Socket.IO v4 (CONTRACT section 3), on the HTTP
+ * The request chat over Socket.IO v4 (protocol section 3), on the HTTP
  * server's port at `/socket.io/`. This file maps events to the core
  * (`core/requests.ts`) and answers; rooms and their fan-out are Socket.IO's,
  * spread across nodes by the adapter the Broker provides.
@@ -58,7 +58,7 @@ interface ReceiptEvent {
   at: string;
 }
 
-/** Server → client events (CONTRACT section 3). */
+/** Server → client events (protocol section 3). */
 interface ServerEvents {
   roomHistory(page: { requestId: string } & Page<RequestMessage>): void;
   message(message: RequestMessage): void;
@@ -294,7 +294,7 @@ export class RequestChat {
               socket.emit('roomHistory', { requestId: p.requestId, ...page });
               return true;
             } catch (err) {
-              // A socket whose join failed is not in the room (CONTRACT section 10).
+              // A socket whose join failed is not in the room (README "Security").
               await socket.leave(room);
               throw err;
             }

@@ -1,6 +1,6 @@
 /**
  * One Engine.IO connection of the request chat, watched from below Socket.IO
- * (CONTRACT section 10): every packet the client sends counts toward
+ * (README "Security"): every packet the client sends counts toward
  * FLOOD_LIMIT (pings, pongs, noops and CONNECTs to other namespaces as well as
  * events), and every packet queued for it is measured against
  * SEND_BUFFER_MAX_BYTES before it joins the queue, whether it is a reply, a

@@ -1,5 +1,5 @@
 /**
- * Seed 000 frames: JSON text `{type, data}` in both directions (CONTRACT
+ * Seed 000 frames: JSON text `{type, data}` in both directions (protocol
  * sections 2 and 7). Decoding never trusts the input: anything that is not exactly a
  * known frame becomes a ChatError naming what is wrong.
  */

@@ -1,5 +1,5 @@
 /**
- * The live-stream WebSocket endpoint `/ws/streams/{key}/` (CONTRACT section 2):
+ * The live-stream WebSocket endpoint `/ws/streams/{key}/` (protocol section 2):
  * connection state, auth, flood and backpressure, on the lean RFC 6455 layer
  * of `websocket.ts`. What a chat means and who receives it is the core's
  * (`core/streams.ts`).

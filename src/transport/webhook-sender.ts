@@ -1,6 +1,6 @@
 /**
  * Webhooks over HTTP: one signed POST per attempt (Standard Webhooks headers,
- * CONTRACT section 9). Success is a 2xx status within the timeout; the
+ * protocol section 9). Success is a 2xx status within the timeout; the
  * answer's body is drained up to a bound and never kept.
  */
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
