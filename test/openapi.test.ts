@@ -243,6 +243,11 @@ const CASES: Case[] = [
   { op: 'DELETE /api/streams/{key}/bans/{userId}', url: `${CLASS}/bans/6`, status: 200 },
   {
     op: 'DELETE /api/streams/{key}/bans/{userId}',
+    url: `${CLASS}/bans/${'u'.repeat(300)}`,
+    status: 400,
+  },
+  {
+    op: 'DELETE /api/streams/{key}/bans/{userId}',
     url: `${CLASS}/bans/6`,
     key: null,
     status: 401,
