@@ -10,6 +10,7 @@ import { pino } from 'pino';
 import type { Broker } from '../src/broker/broker.js';
 import { RedisBroker } from '../src/broker/redis.js';
 import { brokerSuite } from './broker-suite.js';
+import { until } from './helpers.js';
 import { REDIS_URL, requireServices, tempRedisPrefix } from './services.js';
 import { TcpProxy } from './tcp-proxy.js';
 
@@ -28,14 +29,6 @@ function recordingLogger() {
     }),
   );
   return { log, count: (msg: string) => lines.filter((l) => l.msg.startsWith(msg)).length };
-}
-
-async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 10_000) {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 const pingOk = (b: Broker) =>

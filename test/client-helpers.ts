@@ -28,13 +28,7 @@ export class Recorder {
   }
 }
 
-export async function until(pred: () => boolean, what: string, ms = 5_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+export { until } from './helpers.js';
 
 /**
  * A TCP proxy in front of charla that can swallow what the server sends

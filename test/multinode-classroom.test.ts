@@ -14,17 +14,10 @@ import {
   StreamClient,
   spawnServer,
   startServer,
+  until,
   userToken,
 } from './helpers.js';
 import { REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
-
-async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 10_000) {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 const ws = (node: ChildServer) => node.url.replace(/^http/, 'ws');
 const ready = async (node: ChildServer) => (await fetch(`${node.url}/readyz`)).status === 200;

@@ -17,18 +17,11 @@ import {
   SECRET,
   StreamClient,
   spawnServer,
+  until,
   userToken,
 } from './helpers.js';
 import { PG_URL, REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
 import { TcpProxy } from './tcp-proxy.js';
-
-async function until(cond: () => boolean | Promise<boolean>, what: string, ms = 10_000) {
-  const deadline = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 const ws = (node: ChildServer) => node.url.replace(/^http/, 'ws');
 const chats = (c: StreamClient) => c.frames.filter((f) => f.type === 'chat').map((f) => f.data);
