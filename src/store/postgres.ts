@@ -1087,6 +1087,7 @@ export class PostgresStore implements Store {
     }
   }
 
+  /** Every call waits for the migrations; a failed attempt is retried by the next call. */
   private async ready(): Promise<void> {
     if (this.closed) throw new Error('the PostgreSQL store is closed');
     this.migrated ??= this.migrate();
@@ -1098,19 +1099,11 @@ export class PostgresStore implements Store {
     }
   }
 
-  /** Every call waits for the migrations; a failed attempt is retried by the next call. */
   private async query<R extends pg.QueryResultRow = pg.QueryResultRow>(
     text: string,
     values: unknown[] = [],
   ): Promise<R[]> {
-    if (this.closed) throw new Error('the PostgreSQL store is closed');
-    this.migrated ??= this.migrate();
-    try {
-      await this.migrated;
-    } catch (err) {
-      this.migrated = undefined;
-      throw err;
-    }
+    await this.ready();
     return (await this.pool.query<R>(text, values)).rows;
   }
 
