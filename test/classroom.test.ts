@@ -69,9 +69,17 @@ async function join(
   return { c, stream, history };
 }
 
+/** Every stored chat of the stream, oldest first (paged: a busy test posts more than a page). */
 const stored = async (key: string) => {
   await s.app.streams.flush();
-  return (await api(s.url, 'GET', `/api/streams/${key}/messages?limit=500`)).body.messages as any[];
+  const all: any[] = [];
+  let before = '';
+  for (;;) {
+    const page = (await api(s.url, 'GET', `/api/streams/${key}/messages?limit=500${before}`)).body;
+    all.unshift(...page.messages);
+    if (!page.hasMore) return all;
+    before = `&before=${page.messages[0].id}`;
+  }
 };
 
 /** Sends chats one by one, each once the sender has seen it: they are in the stream's order. */
