@@ -83,3 +83,15 @@ test('the API is untouched: its paths still answer JSON', async () => {
   const post = await fetch(`${server.url}/`, { method: 'POST' });
   assert.equal(post.status, 404);
 });
+
+test('charla/client is served as the browser loads it: /client/index.js and its modules', async () => {
+  const res = await fetch(`${server.url}/client/index.js`);
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('content-type'), 'text/javascript; charset=utf-8');
+  const body = await res.text();
+  assert.match(body, /export \{[^}]*StreamChat/);
+  for (const m of body.matchAll(/from '\.\/([a-z-]+\.js)'/g)) {
+    assert.equal((await fetch(`${server.url}/client/${m[1]}`)).status, 200, m[1]);
+  }
+  assert.equal((await fetch(`${server.url}/client/index.d.ts`)).status, 404);
+});

@@ -59,6 +59,11 @@ export function defaultWebDir(): string {
   return fileURLToPath(new URL('../../../web/', import.meta.url));
 }
 
+/** charla/client's compiled modules: `dist/src/client/`, beside this module's directory. */
+export function defaultClientDir(): string {
+  return fileURLToPath(new URL('../client/', import.meta.url));
+}
+
 /**
  * The Socket.IO browser client as an ES module. It comes from the `socket.io`
  * package itself (the file it would serve with `serveClient`), so it is a
@@ -92,6 +97,14 @@ export function loadAssets(webDir = defaultWebDir()): Map<string, Asset> {
   if (index) assets.set('/', index);
   const io = socketIoClientPath();
   assets.set('/vendor/socket.io.esm.min.js', asset(readFileSync(io), io));
+  // The web client is built on charla/client: its ES modules as compiled, under /client/.
+  const clientDir = defaultClientDir();
+  for (const entry of readdirSync(clientDir, { withFileTypes: true })) {
+    if (entry.isFile() && entry.name.endsWith('.js')) {
+      const file = join(clientDir, entry.name);
+      assets.set(`/client/${entry.name}`, asset(readFileSync(file), file));
+    }
+  }
   return assets;
 }
 
