@@ -4,10 +4,9 @@
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
-import { Redis } from 'ioredis';
+import type { Redis } from 'ioredis';
 import type { Broker } from './broker/broker.js';
 import { MemoryBroker } from './broker/memory.js';
-import { RedisBroker } from './broker/redis.js';
 import type { Config } from './config.js';
 import { ChatError } from './core/errors.js';
 import { createVerifier, type TokenVerifier } from './core/identity.js';
@@ -16,7 +15,6 @@ import { Streams } from './core/streams.js';
 import { Webhooks } from './core/webhooks.js';
 import { createLogger, type Logger, safePath } from './observability/log.js';
 import { Metrics } from './observability/metrics.js';
-import { PostgresStore } from './store/postgres.js';
 import { SqliteStore, sqlitePath } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 import { createHttpHandler } from './transport/http.js';
@@ -66,9 +64,13 @@ function clientErrorResponse(code: string | undefined): string {
   return `HTTP/1.1 ${status}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`;
 }
 
-export function createStore(config: Config, log: Logger): Store {
+// PostgreSQL's and Redis's clients are loaded only when configured: on SQLite
+// alone they would be a quarter of the start-up time, for nothing.
+
+export async function createStore(config: Config, log: Logger): Promise<Store> {
   if (config.databaseUrl.startsWith('sqlite:'))
     return new SqliteStore(sqlitePath(config.databaseUrl));
+  const { PostgresStore } = await import('./store/postgres.js');
   return new PostgresStore({ url: config.databaseUrl, log });
 }
 
@@ -76,8 +78,9 @@ export function createStore(config: Config, log: Logger): Store {
  * The Redis connection that counts stream rate limits and slow mode for every
  * node. Commands never queue: while Redis is away each node counts alone.
  */
-function createCounterClient(config: Config, log: Logger): Redis | undefined {
+async function createCounterClient(config: Config, log: Logger): Promise<Redis | undefined> {
   if (config.redisUrl === undefined) return undefined;
+  const { Redis } = await import('ioredis');
   const client = new Redis(config.redisUrl, {
     protocol: 2,
     enableOfflineQueue: false,
@@ -97,17 +100,18 @@ function createCounterClient(config: Config, log: Logger): Redis | undefined {
   return client;
 }
 
-function createBroker(config: Config, log: Logger): Broker {
+async function createBroker(config: Config, log: Logger): Promise<Broker> {
   if (config.redisUrl === undefined) return new MemoryBroker();
+  const { RedisBroker } = await import('./broker/redis.js');
   return new RedisBroker({ url: config.redisUrl, prefix: config.redisPrefix, log });
 }
 
-export function createApp(config: Config, options: { log?: Logger } = {}): App {
+export async function createApp(config: Config, options: { log?: Logger } = {}): Promise<App> {
   const log = options.log ?? createLogger(config.logLevel);
   const metrics = new Metrics();
-  const store = createStore(config, log);
-  const broker = createBroker(config, log);
-  const counterClient = createCounterClient(config, log);
+  const store = await createStore(config, log);
+  const broker = await createBroker(config, log);
+  const counterClient = await createCounterClient(config, log);
   const verifier = createVerifier(config.jwt, { log });
   const webhooks =
     config.webhooks &&

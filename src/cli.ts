@@ -77,7 +77,7 @@ async function migrate(env: NodeJS.ProcessEnv): Promise<string> {
   const log = pino({ level: cfg.logLevel });
   // Loaded here only: the other commands need none of the server.
   const { createStore } = await import('./app.js');
-  const store = createStore(cfg, log);
+  const store = await createStore(cfg, log);
   try {
     // SQLite migrates as it opens; PostgreSQL before its first query answers.
     await store.ping();

@@ -24,7 +24,7 @@ async function main(): Promise<void> {
       process.exit(1);
     }
   }
-  const app = createApp(config);
+  const app = await createApp(config);
   for (const warning of config.warnings) app.log.warn(warning);
   const url = await app.listen();
   app.log.info(

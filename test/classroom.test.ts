@@ -354,7 +354,7 @@ describe('moderator frames', () => {
       { type: 'timeout', data: { userId: '6', seconds: 1.5 } },
       { type: 'timeout', data: { userId: '6' } },
       { type: 'ban', data: { userId: '' } },
-      { type: 'ban', data: { userId: 6 } },
+      { type: 'ban', data: { userId: 1.5 } },
       { type: 'settings', data: { slowModeSeconds: 3601 } },
       { type: 'settings', data: { slowModeSeconds: -1 } },
       { type: 'settings', data: { paused: 'yes' } },
@@ -636,6 +636,50 @@ describe('server API', () => {
     six.close();
   });
 
+  it('a banned or timed-out moderator is refused like anyone; numeric user ids are taken as strings', async () => {
+    const key = await newStream();
+    const { c: teacher } = await join(key, OWNER);
+    const listed = await join(key, MOD);
+    const staff = await join(key, '102', { roles: ['MODERATOR'] });
+    teacher.send({ type: 'ban', data: { userId: Number(MOD) } });
+    assert.deepEqual((await listed.c.next('moderation')).data, {
+      action: 'ban',
+      userId: MOD,
+      by: OWNER,
+    });
+    listed.c.chat('still here?');
+    assert.equal((await listed.c.next('error')).data.error_code, 'banned');
+    teacher.send({ type: 'timeout', data: { userId: 102, seconds: 60 } });
+    await staff.c.next('moderation');
+    staff.c.chat('and me?');
+    const err = (await staff.c.next('error')).data;
+    assert.equal(err.error_code, 'timed_out');
+    assert.ok(err.retry_after_ms > 50_000);
+    await post(teacher, ['barrier']);
+    assert.deepEqual(
+      (await stored(key)).map((m) => m.message),
+      ['barrier'],
+    );
+    for (const c of [teacher, listed.c, staff.c]) c.close();
+  });
+
+  it('answers a connection’s frames in the order they came, errors found at once included', async () => {
+    const key = await newStream();
+    const { c } = await join(key, '5');
+    c.chat('');
+    c.chat('x'.repeat(501));
+    c.ws.send(Buffer.from('binary'));
+    c.send({ type: 'zzz', data: {} });
+    const codes = (await c.collect('error', 4)).map((f) => f.data.error_code);
+    assert.deepEqual(codes, [
+      'empty_message',
+      'message_too_long',
+      'invalid_payload',
+      'unknown_type',
+    ]);
+    c.close();
+  });
+
   it('DELETE a message: broadcast with by "api"; unknown ids and streams are refused', async () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);
@@ -645,6 +689,17 @@ describe('server API', () => {
     assert.deepEqual((await teacher.next('delete')).data, { id: chat?.data.id, by: 'api' });
     const row = (await stored(key)).find((m) => m.id === chat?.data.id);
     assert.equal(row.deletedBy, 'api');
+    assert.equal(row.user, row.username, 'a chat for the API carries `user` as frames do');
+    // Deleting it again answers success and changes nothing: no second broadcast or log entry.
+    const again = await api(s.url, 'DELETE', `/api/streams/${key}/messages/${chat?.data.id}`);
+    assert.equal(again.status, 200);
+    await post(teacher, ['barrier']);
+    assert.equal(teacher.all.filter((f) => f.type === 'delete').length, 1);
+    const log = (await api(s.url, 'GET', `/api/streams/${key}/moderation-log`)).body.actions;
+    assert.deepEqual(
+      log.map((a: any) => a.action),
+      ['delete'],
+    );
     assert.equal((await api(s.url, 'DELETE', `/api/streams/${key}/messages/nope`)).status, 400);
     assert.equal(
       (await api(s.url, 'DELETE', `/api/streams/${key}/messages/${newId()}`)).status,
@@ -718,13 +773,14 @@ describe('server API', () => {
     assert.deepEqual(
       all.body.actions.map((a: any) => [a.action, a.userId, a.messageId, a.by, a.reason]),
       [
-        ['settings', null, null, 'api', null],
-        ['delete', OWNER, chat?.data.id, OWNER, null],
-        ['unban', '6', null, OWNER, null],
-        ['ban', '6', null, OWNER, null],
-        ['timeout', '5', null, OWNER, 'r1'],
+        ['settings', undefined, undefined, 'api', undefined],
+        ['delete', OWNER, chat?.data.id, OWNER, undefined],
+        ['unban', '6', undefined, OWNER, undefined],
+        ['ban', '6', undefined, OWNER, undefined],
+        ['timeout', '5', undefined, OWNER, 'r1'],
       ],
     );
+    assert.deepEqual(Object.keys(all.body.actions[0]).sort(), ['action', 'at', 'by', 'id']);
     assert.equal(all.body.hasMore, false);
     const page = await api(s.url, 'GET', `/api/streams/${key}/moderation-log?limit=3`);
     assert.equal(page.body.hasMore, true);

@@ -41,7 +41,9 @@ export async function startServer(env: Record<string, string> = {}): Promise<Tes
     LOG_LEVEL: 'silent',
     ...env,
   });
-  const app = createApp(config, { log: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }) });
+  const app = await createApp(config, {
+    log: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
+  });
   const url = await app.listen();
   return {
     app,

@@ -130,7 +130,8 @@ describe('request chat desk', () => {
       const [inHistory] = await stored(requestId);
       assert.equal(inHistory.message, 'results ready');
       assert.equal(inHistory.editedAt, ack.message.editedAt);
-      assert.equal(lab.of('messageUpdated').length, 0, 'not echoed to the editor');
+      // The whole room, the editor's own sockets too: its other tabs show the edit.
+      assert.deepEqual(await lab.next('messageUpdated'), ack.message);
     });
 
     test("someone else's message is forbidden; unknown ids not_found; bad text refused", async () => {
@@ -168,6 +169,7 @@ describe('request chat desk', () => {
       assert.equal(ack.ok, true);
       const deleted = await teacher.next('messageDeleted');
       assert.deepEqual(deleted, { requestId, messageId: sent._id, deletedAt: ack.deletedAt });
+      assert.deepEqual(await lab.next('messageDeleted'), deleted);
       const [gone] = await stored(requestId);
       assert.equal(gone._id, sent._id);
       assert.equal(gone.message, '');

@@ -591,10 +591,67 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
             (await s.moderationLog('mod', { limit: 10 })).actions.map((a) => a.action),
             ['unban', 'ban'],
           );
-          assert.equal(typeof logged.id, 'string');
+          assert.equal(typeof logged?.id, 'string');
           assert.deepEqual(
             (await claim(s, Date.now() + 10_000)).map((e) => e.id),
             [event.id],
+          );
+        }));
+
+      it('stores a moderation effect with its log entry and events, and nothing when it changes nothing', () =>
+        withStore(async (s) => {
+          await s.putStream('fx', {});
+          const chat: StreamMessage = {
+            id: newId(),
+            streamKey: 'fx',
+            userId: '5',
+            username: 'five',
+            message: 'hola',
+            sentAt: iso(0),
+            badges: [],
+          };
+          await s.appendStreamMessages([chat]);
+          const entry = (action: 'delete' | 'ban' | 'unban', at: number) => ({
+            action,
+            userId: '5',
+            messageId: action === 'delete' ? chat.id : null,
+            by: '9',
+            at: iso(at),
+            reason: null,
+          });
+          const del = { kind: 'delete', id: chat.id, by: '9', at: iso(1) } as const;
+          const first = outboxEntry('stream.message.deleted', { key: 'fx', id: chat.id, by: '9' });
+          assert.ok(await s.addModerationAction('fx', entry('delete', 1), [first], del));
+          assert.equal((await s.getStreamMessage('fx', chat.id))?.deletedAt, iso(1));
+          const again = outboxEntry('stream.message.deleted', { key: 'fx', id: chat.id, by: '8' });
+          const second = { ...del, by: '8', at: iso(2) };
+          assert.equal(
+            await s.addModerationAction('fx', entry('delete', 2), [again], second),
+            undefined,
+          );
+          assert.equal((await s.getStreamMessage('fx', chat.id))?.deletedBy, '9', 'the first wins');
+          const missing = { ...del, id: newId() };
+          assert.equal(
+            await s.addModerationAction('fx', entry('delete', 3), [], missing),
+            undefined,
+          );
+
+          const ban = { userId: '5', until: null, reason: null, by: '9', at: iso(4) };
+          assert.ok(await s.addModerationAction('fx', entry('ban', 4), [], { kind: 'ban', ban }));
+          assert.deepEqual(await s.streamBans('fx', iso(5)), [ban]);
+          const lift = { kind: 'unban', userId: '5' } as const;
+          assert.ok(await s.addModerationAction('fx', entry('unban', 6), [], lift));
+          assert.deepEqual(await s.streamBans('fx', iso(7)), []);
+          assert.equal(await s.addModerationAction('fx', entry('unban', 8), [], lift), undefined);
+
+          assert.deepEqual(
+            (await s.moderationLog('fx', { limit: 10 })).actions.map((a) => a.action),
+            ['unban', 'ban', 'delete'],
+          );
+          assert.deepEqual(
+            (await claim(s, Date.now() + 10_000)).map((e) => e.id),
+            [first.id],
+            'an action that changed nothing queues no event',
           );
         }));
 

@@ -316,6 +316,46 @@ describe('StreamFlow', () => {
     b.close();
   });
 
+  it('waits twice as long as a big room’s last flush took, so its writes keep half the core free', async () => {
+    // Every flush costs 40 ms of CPU on this clock: the clock is read at each flush's start and end.
+    let reads = 0;
+    const cpuMs = () => 40 * Math.ceil(reads++ / 2);
+    const flusher = new StreamFlusher({ flushMs: 10, busyShare: 0, cpuMs });
+    const a = await socketPair();
+    const flow = flusher.join('k');
+    assert.ok(flow);
+    assert.equal(flow.gapMs, 10, 'before any flush the wait is STREAM_FLUSH_MS');
+    flow.queue(a.slot, f('1;'));
+    await sleep(5);
+    assert.equal(
+      a.read().toString(),
+      '1;',
+      'the first chat after a still moment waits for nothing',
+    );
+    assert.equal(flow.gapMs, 80);
+    flow.queue(a.slot, f('2;'));
+    await sleep(40);
+    assert.equal(a.read().toString(), '1;', 'written before twice the last flush’s cost');
+    await sleep(80);
+    assert.equal(a.read().toString(), '1;2;');
+    flow.release(a.slot);
+    a.close();
+  });
+
+  it('never waits longer than a second, however long a flush took', async () => {
+    let reads = 0;
+    const cpuMs = () => 5_000 * Math.ceil(reads++ / 2);
+    const flusher = new StreamFlusher({ flushMs: 10, busyShare: 0, cpuMs });
+    const a = await socketPair();
+    const flow = flusher.join('k');
+    assert.ok(flow);
+    flow.queue(a.slot, f('1;'));
+    await sleep(5);
+    assert.equal(flow.gapMs, 1_000);
+    flow.release(a.slot);
+    a.close();
+  });
+
   it('is off with flushMs 0', () => {
     assert.equal(new StreamFlusher({ flushMs: 0, busyShare: 0.25 }).join('k'), null);
   });

@@ -152,6 +152,12 @@ describe('webhooks', () => {
     const read = await chat.send('read me');
     const unread = await chat.send('nobody reads me');
     const late = await chat.send('read too late');
+    const deleted = await chat.send('deleted before anyone read it');
+    const removed = await chat.teacher.ask('deleteMessage', {
+      requestId: '6751b6df1ad14eaa13a0ee02',
+      messageId: deleted._id,
+    });
+    assert.equal(removed.ok, true);
     await chat.read([read._id]);
     await receiver.until(
       () => receiver.deliveredOf('request.message.unread').length >= 2,
@@ -161,7 +167,7 @@ describe('webhooks', () => {
     await chat.read([late._id]);
     await sleep(500);
     const unreadIds = receiver.deliveredOf('request.message.unread').map((a) => a.event.data._id);
-    assert.deepEqual(unreadIds.sort(), [unread._id, late._id].sort());
+    assert.deepEqual(unreadIds.sort(), [unread._id, late._id].sort(), 'none for the deleted one');
     const event = receiver.deliveredOf('request.message.unread')[0]?.event;
     assert.equal(event?.data.requestId, '6751b6df1ad14eaa13a0ee02');
     assert.equal(
@@ -252,6 +258,8 @@ describe('webhooks', () => {
     c.chat('spam');
     const { id } = (await c.next('chat')).data;
     assert.equal((await api(server.url, 'DELETE', `/api/streams/mod/messages/${id}`)).status, 200);
+    // Deleting it again changes nothing: success, and no second event.
+    assert.equal((await api(server.url, 'DELETE', `/api/streams/mod/messages/${id}`)).status, 200);
     assert.equal(
       (await api(server.url, 'PUT', '/api/streams/mod/bans/5', { reason: 'spam' })).status,
       200,
@@ -300,13 +308,37 @@ describe('webhooks', () => {
     });
   });
 
+  it('retries after WEBHOOK_RETRY_BASE_SECONDS, not at the next poll', async () => {
+    const { receiver, server } = await setup(
+      {},
+      {
+        WEBHOOK_RETRY_BASE_SECONDS: '0.3',
+        WEBHOOK_RETRY_MAX_SECONDS: '10',
+        WEBHOOK_POLL_MS: '5000',
+      },
+    );
+    receiver.script = ['error500'];
+    const chat = await conversation(server, '6751b6df1ad14eaa13a0ee05');
+    await chat.send('hola');
+    await receiver.until(() => receiver.delivered().size === 1, 'the retried event', 4_000);
+    const [first, second] = receiver.attempts;
+    assert.equal(first?.answer, 'error500');
+    assert.equal(second?.id, first?.id);
+    const waited = (second?.at ?? 0) - (first?.at ?? 0);
+    assert.ok(waited >= 300, `retried after ${waited} ms, before the base`);
+    assert.ok(waited < 1_500, `retried after ${waited} ms, with the next poll 5 s away`);
+  });
+
   it('without WEBHOOK_URL stores no events and the API says so', async () => {
     const server = await startServer();
     open.push(server);
     const chat = await conversation(server, '6751b6df1ad14eaa13a0ee04');
     await chat.send('hola');
     const res = await api(server.url, 'GET', '/api/webhooks/failed');
-    assert.equal(res.status, 404);
+    assert.equal(res.status, 200);
+    assert.deepEqual(res.body, { events: [] });
+    const retry = await api(server.url, 'POST', '/api/webhooks/failed/msg_none/retry');
+    assert.equal(retry.status, 404);
     assert.equal(
       await server.app.store.webhookQueueDepth(new Date(Date.now() + 1e9).toISOString()),
       0,
@@ -317,16 +349,21 @@ describe('webhooks', () => {
 describe('retry schedule', () => {
   it('doubles from the base with jitter, capped, and with the defaults lasts a few hours', () => {
     assert.equal(
-      retryDelayMs(1, 10_000, 3_600_000, () => 0.5),
+      retryDelayMs(1, 10_000, 3_600_000, () => 0),
       10_000,
+      'never before the base',
     );
     assert.equal(
-      retryDelayMs(2, 10_000, 3_600_000, () => 0.5),
+      retryDelayMs(1, 10_000, 3_600_000, () => 0.5),
+      11_250,
+    );
+    assert.equal(
+      retryDelayMs(2, 10_000, 3_600_000, () => 0),
       20_000,
     );
     assert.equal(
-      retryDelayMs(4, 10_000, 3_600_000, () => 0),
-      64_000,
+      retryDelayMs(4, 10_000, 3_600_000, () => 0.99),
+      99_800,
     );
     assert.equal(
       retryDelayMs(30, 10_000, 3_600_000, () => 0.99),

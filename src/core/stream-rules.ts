@@ -58,6 +58,12 @@ export interface ModerationAction {
 
 export type NewModerationAction = Omit<ModerationAction, 'id'>;
 
+/** What a logged moderation action changes, stored in the same transaction as its log entry. */
+export type ModerationEffect =
+  | { kind: 'delete'; id: string; by: string; at: string }
+  | { kind: 'ban'; ban: StreamBan }
+  | { kind: 'unban'; userId: string };
+
 /** The posting rules of one stream, as a node holds them in memory. */
 export interface PostingRules extends StreamSettings {
   ownerId: string | null;
@@ -85,17 +91,18 @@ export function isModerator(
 
 /**
  * Throws the ChatError that refuses a chat from `who` at `now`, or returns
- * whether slow mode applies to it. Moderators pass everything. Slow mode
- * itself is counted elsewhere (it is shared across nodes); this only says
- * whether it applies.
+ * whether slow mode applies to it. A ban or timeout refuses anyone it names,
+ * moderators too (protocol section 7); moderators pass pause, members-only
+ * and slow mode. Slow mode itself is counted elsewhere (it is shared across
+ * nodes); this only says whether it applies.
  */
 export function checkPosting(rules: PostingRules, who: Identity, now: number): { slowed: boolean } {
-  if (isModerator(rules, who)) return { slowed: false };
   const ban = rules.bans.get(who.userId);
   if (ban === null) throw new ChatError('banned');
   if (ban !== undefined && ban > now) {
     throw new ChatError('timed_out', undefined, { retryAfterMs: ban - now });
   }
+  if (isModerator(rules, who)) return { slowed: false };
   if (rules.paused) throw new ChatError('chat_paused');
   if (rules.membersOnly && !rules.members.has(who.userId)) throw new ChatError('members_only');
   return { slowed: rules.slowModeSeconds > 0 };

@@ -32,6 +32,7 @@ import {
   isModerator,
   type ModerationAction,
   type ModerationActionKind,
+  type ModerationEffect,
   type PostingRules,
   type StreamBan,
   type StreamControl,
@@ -268,8 +269,9 @@ export class Streams<F> {
     const { slowed } = checkPosting(rules, identity, Date.now());
     const badges = badgesOf(rules, identity);
     if (badges.length === 0) {
-      await this.counters.takeRate(key, identity.userId);
+      // Slow mode first: a chat it refuses does not spend the user's rate allowance.
       if (slowed) await this.counters.takeSlow(key, identity.userId, rules.slowModeSeconds);
+      await this.counters.takeRate(key, identity.userId);
     }
     const message: StreamMessage = {
       id: newId(),
@@ -338,11 +340,12 @@ export class Streams<F> {
     const store = this.deps.store;
     const { webhooks } = this.deps;
     const at = new Date().toISOString();
-    // The action's webhook event commits with its entry in the moderation log.
+    // The action's effect and webhook event commit with its entry in the moderation log.
     const log = async (
       action: ModerationActionKind,
       fields: Partial<ModerationAction> = {},
       event?: OutboxEntry,
+      effect?: ModerationEffect,
     ) => {
       const logged = await store.addModerationAction(
         key,
@@ -355,21 +358,25 @@ export class Streams<F> {
           reason: fields.reason ?? null,
         },
         webhooks && event ? [event] : [],
+        effect,
       );
-      if (webhooks && event) webhooks.nudge();
+      if (logged && webhooks && event) webhooks.nudge();
       return logged;
     };
     switch (request.type) {
       case 'delete': {
         // A chat seen a moment ago may still wait for its batch on this node.
         await this.flush();
-        const deleted = await store.deleteStreamMessage(key, request.id, by, at);
-        if (!deleted) throw new ChatError('not_found', 'There is no such chat in this stream.');
-        await log(
+        const chat = await store.getStreamMessage(key, request.id);
+        if (!chat) throw new ChatError('not_found', 'There is no such chat in this stream.');
+        // Deleting a deleted chat again changes nothing: no second broadcast, log entry or event.
+        const logged = await log(
           'delete',
-          { userId: deleted.userId, messageId: request.id },
+          { userId: chat.userId, messageId: request.id },
           streamEvents.messageDeleted({ key, id: request.id, by }),
+          { kind: 'delete', id: request.id, by, at },
         );
+        if (!logged) return;
         this.publish(key, { kind: 'delete', id: request.id, by });
         const control = await store.getStreamControl(key);
         if (control?.pinnedId === request.id) {
@@ -393,7 +400,6 @@ export class Streams<F> {
           by,
           at,
         };
-        await store.putStreamBan(key, ban);
         const reason = request.reason === undefined ? {} : { reason: request.reason };
         const data = { key, userId: request.userId, by, ...reason };
         await log(
@@ -402,6 +408,7 @@ export class Streams<F> {
           seconds === undefined
             ? streamEvents.userBanned(data)
             : streamEvents.userTimedOut({ ...data, seconds }),
+          { kind: 'ban', ban },
         );
         this.publish(key, {
           kind: 'moderation',
@@ -414,9 +421,14 @@ export class Streams<F> {
       }
       case 'unban': {
         await this.controlOf(key);
-        await store.deleteStreamBan(key, request.userId);
-        await log('unban', { userId: request.userId });
-        this.publish(key, { kind: 'moderation', action: 'unban', userId: request.userId, by });
+        // Lifting a ban that is not there changes nothing, and says so to nobody.
+        const logged = await log('unban', { userId: request.userId }, undefined, {
+          kind: 'unban',
+          userId: request.userId,
+        });
+        if (logged) {
+          this.publish(key, { kind: 'moderation', action: 'unban', userId: request.userId, by });
+        }
         return;
       }
       case 'settings': {

@@ -49,8 +49,8 @@ export const FAILED_PAGE_MAX = 500;
 
 /**
  * Delay before the attempt after `attempts` failed ones: base·2^(attempts-1),
- * times a jitter in [0.8, 1.2) so that events failed together spread out,
- * never more than `maxMs`.
+ * times a jitter in [1, 1.25) so that events failed together spread out
+ * (never earlier than the schedule promises), never more than `maxMs`.
  */
 export function retryDelayMs(
   attempts: number,
@@ -59,7 +59,7 @@ export function retryDelayMs(
   random = Math.random,
 ): number {
   const exponential = baseMs * 2 ** Math.min(attempts - 1, 40);
-  return Math.min(maxMs, exponential * (0.8 + 0.4 * random()));
+  return Math.min(maxMs, exponential * (1 + 0.25 * random()));
 }
 
 /** The sum of the delays without jitter: how long an event is retried before it fails. */
@@ -172,6 +172,11 @@ export class Webhooks {
     return queued;
   }
 
+  /** The soonest retry this node recorded, so that it is not left for the next poll. */
+  private nextRetryAt = Number.POSITIVE_INFINITY;
+  /** The time the last claim asked for due events at. */
+  private lastClaimAt = 0;
+
   private schedule(ms: number): void {
     if (this.stopping) return;
     if (this.polling) {
@@ -191,6 +196,7 @@ export class Webhooks {
       const free = this.deps.config.concurrency - this.inFlight.size;
       if (free > 0) {
         const now = Date.now();
+        this.lastClaimAt = now;
         const lease = 2 * this.deps.config.timeoutMs + LEASE_MARGIN_MS;
         const batch = await this.deps.store.claimWebhooks(
           free,
@@ -205,11 +211,17 @@ export class Webhooks {
     } finally {
       this.polling = false;
     }
-    // More may be due when the batch was full; otherwise wait for the poll or a nudge.
+    // More may be due when the batch was full; otherwise wait for the poll, a
+    // nudge, or this node's next retry if that comes sooner than the poll.
     if (this.again) this.schedule(0);
-    else if (!full) this.schedule(this.deps.config.pollMs);
-    else if (this.inFlight.size < this.deps.config.concurrency) this.schedule(0);
-    else this.schedule(this.deps.config.pollMs);
+    else if (full && this.inFlight.size < this.deps.config.concurrency) this.schedule(0);
+    else this.schedule(this.untilNextPoll());
+  }
+
+  private untilNextPoll(): number {
+    // Forgotten only once a claim has looked at or after it: a timer may fire a little early.
+    if (this.nextRetryAt <= this.lastClaimAt) this.nextRetryAt = Number.POSITIVE_INFINITY;
+    return Math.min(this.deps.config.pollMs, Math.max(1, this.nextRetryAt - Date.now()));
   }
 
   private dispatch(event: OutboxEvent): void {
@@ -250,6 +262,9 @@ export class Webhooks {
         at: new Date(now).toISOString(),
         nextAttemptAt,
       });
+      if (nextAttemptAt !== null) {
+        this.nextRetryAt = Math.min(this.nextRetryAt, Date.parse(nextAttemptAt));
+      }
       metrics.webhookDeliveries.inc({ result: failed ? 'failed' : 'retry' });
       if (failed) log.warn({ id: event.id, type: event.type, attempts, error }, 'webhook failed');
     } catch (err) {

@@ -28,6 +28,7 @@ import type {
 } from '../core/messages.js';
 import type {
   ModerationAction,
+  ModerationEffect,
   NewModerationAction,
   StreamBan,
   StreamControl,
@@ -650,26 +651,42 @@ export class PostgresStore implements Store {
     key: string,
     a: NewModerationAction,
     outbox: readonly OutboxEntry[] = [],
-  ): Promise<ModerationAction> {
-    const insert = `INSERT INTO stream_moderation_log (stream_key, action, user_id, message_id, by_user, at, reason)
-       VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`;
-    // With events, still one statement: the log row and its events commit together.
-    const [row] = await this.query<{ id: string }>(
-      outbox.length === 0
-        ? insert
-        : `WITH logged AS (${insert}), events AS (${insertOutbox(8)}) SELECT id FROM logged`,
-      [
-        key,
-        a.action,
-        a.userId,
-        a.messageId,
-        a.by,
-        a.at,
-        a.reason,
-        ...(outbox.length === 0 ? [] : outboxParams(outbox)),
-      ],
-    );
-    return { id: String(row?.id), ...a };
+    effect?: ModerationEffect,
+  ): Promise<ModerationAction | undefined> {
+    return this.transaction(async (client) => {
+      if (effect?.kind === 'delete') {
+        const { rowCount } = await client.query(
+          `UPDATE stream_messages SET deleted_at = $3, deleted_by = $4
+           WHERE stream_key = $1 AND id = $2 AND deleted_at IS NULL`,
+          [key, effect.id, effect.at, effect.by],
+        );
+        if (!rowCount) return undefined;
+      } else if (effect?.kind === 'ban') {
+        const { ban } = effect;
+        await client.query(
+          `INSERT INTO stream_bans (stream_key, user_id, until, reason, by_user, at)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (stream_key, user_id) DO UPDATE SET until = excluded.until,
+             reason = excluded.reason, by_user = excluded.by_user, at = excluded.at`,
+          [key, ban.userId, ban.until, ban.reason, ban.by, ban.at],
+        );
+      } else if (effect?.kind === 'unban') {
+        const { rowCount } = await client.query(
+          'DELETE FROM stream_bans WHERE stream_key = $1 AND user_id = $2',
+          [key, effect.userId],
+        );
+        if (!rowCount) return undefined;
+      }
+      const { rows } = await client.query<{ id: string }>(
+        `INSERT INTO stream_moderation_log (stream_key, action, user_id, message_id, by_user, at, reason)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id`,
+        [key, a.action, a.userId, a.messageId, a.by, a.at, a.reason],
+      );
+      if (outbox.length > 0) {
+        await client.query(insertOutbox(1), outboxParams(outbox));
+      }
+      return { id: String(rows[0]?.id), ...a };
+    });
   }
 
   async moderationLog(
@@ -986,9 +1003,12 @@ export class PostgresStore implements Store {
     // the commit, until it is sent or the lease runs out (a node that died).
     const rows = await this.query<OutboxRow>(
       `WITH due AS (
-         SELECT o.id, (o.unless_read IS NOT NULL AND o.attempts = 0 AND EXISTS (
+         SELECT o.id, (o.unless_read IS NOT NULL AND o.attempts = 0 AND (EXISTS (
                   SELECT 1 FROM receipts r WHERE r.message_id = o.unless_read AND r.kind = 'read'
-                )) AS seen
+                ) OR EXISTS (
+                  SELECT 1 FROM request_messages m
+                  WHERE m.id = o.unless_read AND m.deleted_at IS NOT NULL
+                ))) AS seen
          FROM webhook_outbox o
          WHERE o.state = 'pending' AND o.next_attempt_at <= $1
            AND (o.lease_until IS NULL OR o.lease_until <= $1)

@@ -27,6 +27,7 @@ import type {
 } from '../core/messages.js';
 import type {
   ModerationAction,
+  ModerationEffect,
   NewModerationAction,
   StreamBan,
   StreamControl,
@@ -558,8 +559,11 @@ export class SqliteStore implements Store {
          WHERE state = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?)
          ORDER BY next_attempt_at LIMIT ?`,
       ),
-      isRead: db.prepare<[string], { one: number }>(
-        `SELECT 1 AS one FROM receipts WHERE message_id = ? AND kind = 'read' LIMIT 1`,
+      // An unread reminder is dropped once the message was read, or deleted.
+      isSettled: db.prepare<[string, string], { one: number }>(
+        `SELECT 1 AS one FROM receipts WHERE message_id = ? AND kind = 'read'
+         UNION ALL SELECT 1 FROM request_messages WHERE id = ? AND deleted_at IS NOT NULL
+         LIMIT 1`,
       ),
       leaseOutbox: db.prepare('UPDATE webhook_outbox SET lease_until = ? WHERE id = ?'),
       deleteOutbox: db.prepare('DELETE FROM webhook_outbox WHERE id = ?'),
@@ -752,8 +756,17 @@ export class SqliteStore implements Store {
     key: string,
     a: NewModerationAction,
     outbox: readonly OutboxEntry[] = [],
-  ): Promise<ModerationAction> {
+    effect?: ModerationEffect,
+  ): Promise<ModerationAction | undefined> {
     return this.db.transaction(() => {
+      if (effect?.kind === 'delete') {
+        const { id, by, at } = effect;
+        if (this.q.deleteStreamMessage.run({ key, id, by, at }).changes === 0) return undefined;
+      } else if (effect?.kind === 'ban') {
+        this.q.putBan.run({ key, ...effect.ban });
+      } else if (effect?.kind === 'unban') {
+        if (this.q.deleteBan.run(key, effect.userId).changes === 0) return undefined;
+      }
       const { lastInsertRowid } = this.q.addAction.run(
         key,
         a.action,
@@ -958,7 +971,11 @@ export class SqliteStore implements Store {
     return this.db.transaction(() => {
       const claimed: OutboxEvent[] = [];
       for (const row of this.q.dueOutbox.all(now, now, limit)) {
-        if (row.unless_read !== null && row.attempts === 0 && this.q.isRead.get(row.unless_read)) {
+        if (
+          row.unless_read !== null &&
+          row.attempts === 0 &&
+          this.q.isSettled.get(row.unless_read, row.unless_read)
+        ) {
           this.q.deleteOutbox.run(row.id);
           continue;
         }

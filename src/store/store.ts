@@ -30,6 +30,7 @@ import type {
 } from '../core/messages.js';
 import type {
   ModerationAction,
+  ModerationEffect,
   NewModerationAction,
   StreamBan,
   StreamControl,
@@ -212,12 +213,18 @@ export interface Store {
     key: string,
     query: { after?: string | undefined; limit: number },
   ): Promise<{ messages: StreamMessage[]; more: boolean; known: boolean }>;
-  /** Logs an action; `outbox` rows (its webhook events) are committed with it. */
+  /**
+   * Logs an action; `effect` (a chat deleted, a ban put or lifted) and
+   * `outbox` rows (its webhook events) are committed with it. Undefined, and
+   * nothing stored, when the effect changes nothing: a chat already deleted
+   * or not in the stream, a ban that was not there to lift.
+   */
   addModerationAction(
     key: string,
     action: NewModerationAction,
     outbox?: readonly OutboxEntry[],
-  ): Promise<ModerationAction>;
+    effect?: ModerationEffect,
+  ): Promise<ModerationAction | undefined>;
   /** Newest first; `before` is an action id. */
   moderationLog(
     key: string,

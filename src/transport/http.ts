@@ -13,6 +13,7 @@ import { bearerToken } from '../core/identity.js';
 import { isObjectId, normalizeId } from '../core/ids.js';
 import type { PageQuery, StreamMessage } from '../core/messages.js';
 import type { Requests } from '../core/requests.js';
+import type { ModerationAction } from '../core/stream-rules.js';
 import { MAX_SLOW_MODE_SECONDS, MAX_TIMEOUT_SECONDS, type Streams } from '../core/streams.js';
 import { FAILED_PAGE_MAX, type Webhooks } from '../core/webhooks.js';
 import type { Logger } from '../observability/log.js';
@@ -78,12 +79,17 @@ const banBody = z.object({
   reason: z.string().max(500).optional(),
 });
 
-/** A stored chat for the server API: deleted ones say so. */
+/** A stored chat for the server API: a chat's data (`user` as in frames), and deleted ones say so. */
 const apiChat = (m: StreamMessage) => ({
+  user: m.username,
   ...m,
   deletedAt: m.deletedAt ?? null,
   deletedBy: m.deletedBy ?? null,
 });
+
+/** A moderation log entry for the server API: `userId`, `messageId` and `reason` only where they apply. */
+const apiAction = (a: ModerationAction) =>
+  Object.fromEntries(Object.entries(a).filter(([, v]) => v !== null));
 
 const READY_TIMEOUT_MS = 2_000;
 
@@ -296,7 +302,7 @@ function classroomRoutes(deps: HttpDeps): Route[] {
           deps.limits,
         );
         const page = await deps.streams.moderationLog(params[0] as string, { before, limit });
-        return { status: 200, body: page };
+        return { status: 200, body: { ...page, actions: page.actions.map(apiAction) } };
       },
     },
   ];
@@ -350,7 +356,6 @@ function webhookRoutes(deps: HttpDeps): Route[] {
       path: /^\/api\/webhooks\/failed$/,
       apiKey: true,
       async handle({ query }) {
-        const webhooks = enabled();
         const raw = query.get('limit');
         const limit = raw === null ? 100 : Number(raw);
         if (!Number.isInteger(limit) || limit < 1 || limit > FAILED_PAGE_MAX) {
@@ -360,7 +365,9 @@ function webhookRoutes(deps: HttpDeps): Route[] {
             { httpStatus: 400 },
           );
         }
-        return { status: 200, body: { events: await webhooks.failed(limit) } };
+        // Without webhooks configured nothing can have failed: the list is empty, not missing.
+        const events = deps.webhooks ? await deps.webhooks.failed(limit) : [];
+        return { status: 200, body: { events } };
       },
     },
     {

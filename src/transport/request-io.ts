@@ -342,7 +342,7 @@ export class RequestChat {
         case 'editMessage': {
           const e = p as ReturnType<typeof decodeRequestEvent<'editMessage'>>;
           const { message } = await requests.edit(identity, e.requestId, e.messageId, e.message);
-          socket.to(room).emit('messageUpdated', message);
+          this.io.to(room).emit('messageUpdated', message);
           ack?.({ ok: true, message });
           return;
         }
@@ -354,7 +354,7 @@ export class RequestChat {
             messageId: d.messageId,
             deletedAt: message.deletedAt as string,
           };
-          socket.to(room).emit('messageDeleted', deleted);
+          this.io.to(room).emit('messageDeleted', deleted);
           ack?.({ ok: true, ...deleted, message });
           if (updates) this.pushUpdates(updates);
           return;

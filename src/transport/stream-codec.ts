@@ -14,7 +14,10 @@ import {
 } from '../core/streams.js';
 
 const chatId = z.string().regex(/^[0-9a-fA-F]{24}$/);
-const userId = z.string().min(1).max(256);
+/** A user id; a number is taken as its decimal string, as in tokens (protocol section 1). */
+const userId = z
+  .union([z.string().min(1).max(256), z.number().int().safe()])
+  .transform((v) => String(v));
 const reason = z.string().max(500).optional();
 
 /** Payload schemas of the client frames, by `type`. */

@@ -15,6 +15,11 @@
  * - Busy stream (its flushes took at least `busyShare` of a core's time over
  *   a window): the flow flushes at most every `flushMs`. It is quiet again
  *   below half that share (hysteresis, so a room at the edge does not flap).
+ * - A room so big that one flush costs more than half of `flushMs` (10,000
+ *   viewers take about 15 ms of CPU) waits twice as long as its last flush
+ *   took: its writes then never take more than half of the core, where a
+ *   fixed window would let them take all of it and every chat would queue
+ *   behind the last. The wait grows with the room, not with the load.
  */
 import type { Socket } from 'node:net';
 
@@ -32,6 +37,18 @@ export interface FlushOptions {
   flushMs: number;
   /** Share of wall time spent flushing (0–1) from which a stream is busy. */
   busyShare: number;
+  /** CPU milliseconds used by this process so far (a clock a test can drive). */
+  cpuMs?: () => number;
+}
+
+/** The most of the time that one busy stream's flushes may take. */
+const MAX_FLUSH_SHARE = 0.5;
+/** The longest a big room's chats wait, however long its flushes take. */
+const MAX_GAP_MS = 1_000;
+
+function processCpuMs(): number {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000;
 }
 
 /** The shortest window over which a stream's share of time is judged. */
@@ -94,7 +111,10 @@ export class StreamFlow {
    * counting the wait would call a stream busy that only has slow neighbours.
    */
   private spent = 0;
+  /** CPU milliseconds of the last flush. */
+  private lastCost = 0;
   private readonly windowMs: number;
+  private readonly cpuMs: () => number;
 
   constructor(
     private readonly options: FlushOptions,
@@ -102,6 +122,12 @@ export class StreamFlow {
   ) {
     this.busy = options.busyShare <= 0;
     this.windowMs = Math.max(MIN_WINDOW_MS, 4 * options.flushMs);
+    this.cpuMs = options.cpuMs ?? processCpuMs;
+  }
+
+  /** How long a busy stream waits after a flush before the next. */
+  get gapMs(): number {
+    return Math.max(this.options.flushMs, Math.min(MAX_GAP_MS, this.lastCost / MAX_FLUSH_SHARE));
   }
 
   /** Bytes queued for `slot` and not yet handed to its socket. */
@@ -166,7 +192,7 @@ export class StreamFlow {
   /** @internal Every queued viewer gets its range in one write; the window starts over. */
   flush(): void {
     const start = performance.now();
-    const cpu = process.cpuUsage();
+    const cpu = this.cpuMs();
     this.timer = undefined;
     this.immediate = undefined;
     this.lastFlush = start;
@@ -198,8 +224,8 @@ export class StreamFlow {
       slot.socket.write(bytes);
     }
     this.queued.clear();
-    const used = process.cpuUsage(cpu);
-    this.spent += (used.user + used.system) / 1000;
+    this.lastCost = this.cpuMs() - cpu;
+    this.spent += this.lastCost;
     this.judge(performance.now());
   }
 
@@ -207,7 +233,7 @@ export class StreamFlow {
     const now = performance.now();
     // A stream that went still is judged before its next chat waits on it.
     this.judge(now);
-    const wait = this.busy ? this.lastFlush + this.options.flushMs - now : 0;
+    const wait = this.busy ? this.lastFlush + this.gapMs - now : 0;
     if (wait >= 1) this.timer = setTimeout(flushFlow, wait, this);
     else this.immediate = setImmediate(flushFlow, this);
   }

@@ -311,6 +311,8 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   private corked = false;
   /** The chat or moderation being handled; the next waits for it. */
   private work: Promise<void> = Promise.resolve();
+  /** Frames in `work` not yet answered: an error found at once waits behind them. */
+  private pending = 0;
   /** Bytes of shared frames queued while corked in the current turn. */
   private turnBytes = 0;
 
@@ -433,7 +435,13 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   }
 
   protected onBinary(): void {
-    this.sendError(new ChatError('invalid_payload', 'Frames must be JSON text.'));
+    this.answerInOrder(new ChatError('invalid_payload', 'Frames must be JSON text.'));
+  }
+
+  /** Sends `err` after the answers of the frames that came before it. */
+  private answerInOrder(err: ChatError): void {
+    if (this.pending === 0) this.sendError(err);
+    else this.work = this.work.then(() => this.refused(err));
   }
 
   protected onText(text: string): void {
@@ -490,7 +498,7 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
     try {
       frame = decodeStreamFrame(text);
     } catch (err) {
-      this.sendError(asChatError(err));
+      this.answerInOrder(asChatError(err));
       // Every `auth` is answered with `auth`: a malformed one leaves the connection anonymous.
       if (claimedType(text) === 'auth') {
         this.setIdentity(null);
@@ -508,15 +516,23 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
     const identity = this.identity;
     const streams = this.gateway.deps.streams;
     // Frames of one connection are handled in the order they came (the flood limit bounds the chain).
+    this.pending++;
     this.work = this.work.then(() =>
       (frame.type === 'chat'
         ? streams.post(this.key, identity, frame.data.message)
         : identity === null
           ? Promise.reject(new ChatError('forbidden', 'Only moderators may do this.'))
           : streams.moderate(this.key, identity, moderationOf(frame))
-      ).then(noop, (err: unknown) => this.refused(err)),
+      ).then(this.answered, (err: unknown) => {
+        this.answered();
+        this.refused(err);
+      }),
     );
   }
+
+  private readonly answered = () => {
+    this.pending--;
+  };
 
   private refused(err: unknown): void {
     if (!(err instanceof ChatError)) {
@@ -556,8 +572,6 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
     this.end(CloseCode.tryAgainLater, 'send buffer full', SLOW_CLOSE_GRACE_MS);
   }
 }
-
-const noop = () => {};
 
 function moderationOf(
   frame: Exclude<StreamClientFrame, { type: 'auth' | 'chat' }>,
