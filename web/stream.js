@@ -135,8 +135,12 @@ export function mountStreamView(root) {
       h('p', { class: 'who-value' }, key),
       h('p', { class: 'who-label' }, t('stream.postingAs')),
       h('p', { class: 'who-value' }, authenticated ? me.name : t('stream.anonymous')),
-      moderator && h('p', { class: 'who-label' }, t('stream.role')),
-      moderator && h('p', { class: 'who-value' }, t('stream.roleModerator')),
+      ...(moderator
+        ? [
+            h('p', { class: 'who-label' }, t('stream.role')),
+            h('p', { class: 'who-value' }, t('stream.roleModerator')),
+          ]
+        : []),
       h(
         'button',
         { type: 'button', class: 'change', onclick: () => root.classList.remove('joined') },
@@ -216,6 +220,7 @@ export function mountStreamView(root) {
       chat?.moderate(action);
     } catch (err) {
       say.show(t(FRIENDLY[err.code] ?? 'stream.notConnected'), 'error');
+      showState();
     }
   }
 
@@ -321,13 +326,16 @@ export function mountStreamView(root) {
       h('span', { class: 'pinned-label' }, t('stream.pinned')),
       h('span', { class: 'name' }, String(pin.user)),
       h('span', { class: 'pinned-text' }, String(pin.message)),
-      moderator &&
+    );
+    if (moderator) {
+      pinnedBox.append(
         h(
           'button',
           { type: 'button', class: 'unpin', onclick: () => act({ type: 'pin', id: null }) },
           t('stream.unpin'),
         ),
-    );
+      );
+    }
   }
 
   /** Counts down a refusal that says how long to wait, with the send button off meanwhile. */
@@ -356,6 +364,8 @@ export function mountStreamView(root) {
       setModerator(code === 'not_found');
       return;
     }
+    // A refused setting: the controls go back to what the server last said.
+    if (code === 'forbidden' || code === 'invalid_payload') showState();
     if (REFUSED.has(code) && input.value === '') input.value = lastSent;
     if (code in WAIT) return wait(code, Number(err.retryAfterMs) || 1000);
     if (code === 'message_too_long') {
@@ -392,7 +402,13 @@ export function mountStreamView(root) {
     const mine = userId === me.id;
     if (event.action === 'unban') {
       line(t('stream.unbannedLine', { name }));
-      if (mine) say.show(t('stream.canPostAgain'), 'ok', 4000);
+      if (mine) {
+        // The wait a refusal started is over too.
+        clearInterval(waitTimer);
+        waitUntil = 0;
+        updateComposer();
+        say.show(t('stream.canPostAgain'), 'ok', 4000);
+      }
       return;
     }
     // As on most live chats, a timed-out or banned user's chats leave the screen.
@@ -514,13 +530,22 @@ export function mountStreamView(root) {
     start(form.elements.key.value, newToken);
   });
 
+  // An open menu closes when a click lands anywhere else, as menus do.
+  document.addEventListener('click', (e) => {
+    for (const d of root.querySelectorAll('details[open]')) {
+      if (!d.contains(e.target)) d.open = false;
+    }
+  });
+  root.addEventListener('keydown', (e) => {
+    if (e.key !== 'Escape') return;
+    for (const d of root.querySelectorAll('details[open]')) d.open = false;
+  });
+
   tools.addEventListener('change', (e) => {
     const el = e.target;
     if (el.name === 'slowModeSeconds') act({ type: 'settings', slowModeSeconds: Number(el.value) });
     else if (el.name === 'membersOnly') act({ type: 'settings', membersOnly: el.checked });
     else if (el.name === 'paused') act({ type: 'settings', paused: el.checked });
-    // The controls show what the server says, not what was clicked: its `stream` frame resets them.
-    showState();
   });
 
   composer.addEventListener('submit', (e) => {

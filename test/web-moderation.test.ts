@@ -1,0 +1,176 @@
+/**
+ * The live-stream view's moderation in a real browser: a teacher owns the
+ * stream and a student watches it, each in a page of their own, against a
+ * real charla. What one moderates, both see.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { Browser, Locator, Page } from 'playwright-core';
+import { browserSkip, launch, openPage, screenshot } from './browser.js';
+import { api, StreamClient, startServer, type TestServer, userToken } from './helpers.js';
+
+const skip = browserSkip();
+
+function streamUrl(base: string, key: string, token: string): string {
+  return `${base}/#view=stream&stream=${key}&token=${token}`;
+}
+
+async function post(page: Page, text: string): Promise<void> {
+  const input = page.locator('#stream-view .composer input');
+  await input.fill(text);
+  await input.press('Enter');
+}
+
+const chatItem = (page: Page, text: string): Locator =>
+  page.locator('#stream-view .messages li.msg', { hasText: text });
+
+/** Opens the moderator's menu on the chat that says `text` and picks `action`. */
+async function moderate(page: Page, text: string, action: string): Promise<void> {
+  const item = chatItem(page, text);
+  await item.locator('.mod-menu summary').click();
+  await item.locator('.mod-menu .menu button', { hasText: action }).click();
+}
+
+describe('web client: moderating a live stream', { skip }, () => {
+  let server: TestServer;
+  let browser: Browser;
+
+  before(async () => {
+    server = await startServer({ STREAM_VIEWERS_INTERVAL_MS: '100' });
+    browser = await launch();
+  });
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  test('the teacher deletes, times out, pins and slows; the student sees it all', async () => {
+    const key = 'biology';
+    await api(server.url, 'PUT', `/api/streams/${key}`, { title: 'Biology 101', ownerId: '10' });
+    // A chat from before anyone opened the page: it comes with the history on join.
+    const early = await StreamClient.connect(server.wsUrl, key, {
+      token: await userToken('30', { username: 'early' }),
+    });
+    await early.next('auth');
+    early.chat('Is the class starting soon?');
+    await early.next('chat');
+    early.close();
+    await early.closed;
+
+    const teacher = await openPage(
+      browser,
+      streamUrl(server.url, key, await userToken('10', { username: 'profe', role: 'TEACHER' })),
+    );
+    const student = await openPage(
+      browser,
+      streamUrl(server.url, key, await userToken('20', { username: 'sam' })),
+    );
+    const [tp, sp] = [teacher.page, student.page];
+    for (const p of [tp, sp]) {
+      await p.locator('#stream-view .composer input:enabled').waitFor();
+      await chatItem(p, 'Is the class starting soon?').waitFor();
+      assert.equal(await p.locator('#stream-view .title').textContent(), 'Biology 101');
+      // Both pages count, and nobody else is watching.
+      await p.locator('#stream-view .viewers', { hasText: '2 viewers' }).waitFor();
+    }
+
+    // The owner moderates; the student does not, and sees no menu.
+    await tp.locator('#stream-view.moderating').waitFor();
+    await tp.locator('#stream-view .mod-tools').waitFor();
+    await post(sp, 'the mitochondria is the brain of the cell');
+    await chatItem(tp, 'the mitochondria is the brain').waitFor();
+    await chatItem(sp, 'the mitochondria is the brain').waitFor();
+    assert.equal(await sp.locator('#stream-view.moderating').count(), 0);
+    assert.equal(await chatItem(sp, 'the mitochondria').locator('summary').isVisible(), false);
+    assert.equal(await sp.locator('#stream-view .mod-tools').isVisible(), false);
+
+    // Deleting a chat takes it off both screens, live.
+    await moderate(tp, 'the mitochondria is the brain', 'Delete');
+    for (const p of [tp, sp]) {
+      await chatItem(p, 'the mitochondria is the brain').waitFor({ state: 'detached' });
+    }
+    const stored = await api(server.url, 'GET', `/api/streams/${key}/messages`);
+    const deleted = (stored.body as { messages: { message: string; deletedBy: string }[] })
+      .messages;
+    assert.equal(deleted.find((m) => m.message.startsWith('the mitochondria'))?.deletedBy, '10');
+
+    // A teacher's chat carries the host badge, and a pinned chat shows on top for everyone.
+    await post(tp, 'Read chapter 3 before Friday');
+    await chatItem(sp, 'Read chapter 3').locator('.badge-owner', { hasText: 'Host' }).waitFor();
+    await moderate(tp, 'Read chapter 3', 'Pin');
+    for (const p of [tp, sp]) {
+      await p
+        .locator('#stream-view .pinned', { hasText: 'Read chapter 3 before Friday' })
+        .waitFor();
+    }
+    assert.equal(await sp.locator('#stream-view .pinned .unpin').count(), 0);
+    assert.equal(
+      await sp.locator('#stream-view .pinned').textContent(),
+      'Pinnedprofe' + 'Read chapter 3 before Friday',
+    );
+    assert.deepEqual(await sp.locator('#stream-view .who .who-value').allTextContents(), [
+      key,
+      'sam',
+    ]);
+    assert.match(
+      (await tp.locator('#stream-view .who').textContent()) ?? '',
+      /You moderate this chat/,
+    );
+
+    // A timeout: both see it, and the student's next chat is refused with the wait.
+    await post(sp, 'ok ok');
+    await chatItem(tp, 'ok ok').waitFor();
+    await moderate(tp, 'ok ok', 'Time out 1 min');
+    for (const p of [tp, sp]) {
+      await p.getByText('sam was timed out for 1 min.').waitFor();
+      await chatItem(p, 'ok ok').waitFor({ state: 'detached' });
+    }
+    await sp.getByText('A moderator timed you out for 1 min.').waitFor();
+    await post(sp, 'can I still talk?');
+    await sp.getByText(/You are timed out\. You can post again in (1 min|\d+ s)\./).waitFor();
+    assert.equal(await sp.locator('#stream-view .composer button').isDisabled(), true);
+    // The refused text is back in the box, and nobody else saw it.
+    assert.equal(
+      await sp.locator('#stream-view .composer input').inputValue(),
+      'can I still talk?',
+    );
+    await post(tp, 'barrier after the refused chat');
+    await chatItem(tp, 'barrier after the refused chat').waitFor();
+    assert.equal(await chatItem(tp, 'can I still talk?').count(), 0);
+    await screenshot(sp, 'stream-timed-out');
+
+    // Slow mode and pause, set from the teacher's tools, show on the student's page.
+    await tp.locator('#stream-view .mod-tools summary').click();
+    await tp.locator('#stream-view .mod-tools select').selectOption('30');
+    await sp.locator('#stream-view .mode-slow', { hasText: 'one message every 30 s' }).waitFor();
+    await tp.locator('#stream-view .mod-tools input[name="paused"]').check();
+    await sp.locator('#stream-view .mode-paused', { hasText: 'Chat paused' }).waitFor();
+    await tp.locator('#stream-view .mod-tools input[name="membersOnly"]').check();
+    await sp.locator('#stream-view .mode-members', { hasText: 'Members only' }).waitFor();
+    assert.equal(await tp.locator('#stream-view .mod-tools select').inputValue(), '30');
+    await screenshot(tp, 'stream-moderator');
+    await screenshot(sp, 'stream-moderated');
+
+    // Lifting the timeout through the API: the paused chat now refuses the student instead.
+    assert.equal((await api(server.url, 'DELETE', `/api/streams/${key}/bans/20`)).status, 200);
+    await sp.getByText('sam was unbanned.').waitFor();
+    await tp.locator('#stream-view .mod-tools input[name="membersOnly"]').uncheck();
+    await sp.locator('#stream-view .mode-members').waitFor({ state: 'detached' });
+    await post(sp, 'hello?');
+    await sp.getByText('The chat is paused. You can post once it opens again.').waitFor();
+
+    // Unpausing and unpinning reach the student too.
+    await tp.locator('#stream-view .mod-tools input[name="paused"]').uncheck();
+    await sp.locator('#stream-view .mode-paused').waitFor({ state: 'detached' });
+    // A click elsewhere closes the tools, which cover the pinned chat.
+    await tp.locator('#stream-view .title').click();
+    await tp.locator('#stream-view .mod-tools[open]').waitFor({ state: 'detached' });
+    await tp.locator('#stream-view .pinned .unpin').click();
+    await sp.locator('#stream-view .pinned').waitFor({ state: 'hidden' });
+
+    for (const p of [teacher, student]) {
+      assert.deepEqual(p.problems, []);
+      await p.context.close();
+    }
+  });
+});
