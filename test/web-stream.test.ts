@@ -224,7 +224,7 @@ describe('web client: the live stream in the browser language', { skip }, () => 
 
     // Nothing of the Spanish view is left in English.
     for (const p of [tp, sp]) {
-      const text = await p.locator('#stream-view').innerText();
+      const text = (await p.locator('#stream-view').textContent()) ?? '';
       assert.doesNotMatch(
         text,
         /\b(Watch|Send|Live|viewers?|Moderation|Pinned|Delete|Slow mode|Posting as|Not connected|Pause the chat)\b/,
