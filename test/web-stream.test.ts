@@ -4,10 +4,11 @@
  * connection comes back by itself.
  */
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
 import { browserSkip, DESKTOP, launch, openPage, PHONE, screenshot } from './browser.js';
-import { api, startServer, type TestServer, userToken } from './helpers.js';
+import { api, StreamClient, startServer, type TestServer, userToken } from './helpers.js';
 
 const skip = browserSkip();
 const XSS = '<img src=x onerror=alert(1)>';
@@ -40,6 +41,8 @@ describe('web client: live stream', { skip }, () => {
   after(async () => {
     await browser?.close();
     await server?.close();
+    // A server restarted on the same storage keeps its directory: it goes here.
+    if (server) rmSync(server.dir, { recursive: true, force: true });
   });
 
   test('two people see each other, hostile text stays text, errors are shown', async () => {
@@ -138,15 +141,32 @@ describe('web client: live stream', { skip }, () => {
       streamUrl(server.url, 'physics', await userToken('1', { username: 'ana' })),
     );
     await live(ana.page, true);
+    await post(ana.page, 'before the drop');
+    await ana.page.getByText('before the drop').waitFor();
 
     // Restart the server on the same port and storage.
     await server.app.close();
     await ana.page.getByText(/Connection lost\. Reconnecting in \d+ s/).waitFor();
     server = await startServer({ DATA_DIR: dir, PORT: port });
+    // A chat from someone else, most likely while the page still waits to reconnect:
+    // the resume (`?since=`) brings it, or it arrives live; either way once.
+    const bea = await StreamClient.connect(server.wsUrl, 'physics', {
+      token: await userToken('2', { username: 'bea' }),
+    });
+    await bea.next('auth');
+    bea.chat('while you were away');
+    await bea.next('chat');
+    bea.close();
     await ana.page.getByText('Reconnected.', { exact: true }).waitFor({ timeout: 10_000 });
     await live(ana.page, true);
     await post(ana.page, 'back again');
     await ana.page.getByText('back again').waitFor();
+    // The join history repeats nothing already on screen.
+    assert.deepEqual(await texts(ana.page), [
+      'before the drop',
+      'while you were away',
+      'back again',
+    ]);
     await ana.context.close();
   });
 });
