@@ -120,6 +120,9 @@ describe('web client: moderating a live stream', { skip }, () => {
     // A timeout: both see it, and the student's next chat is refused with the wait.
     await post(sp, 'ok ok');
     await chatItem(tp, 'ok ok').waitFor();
+    await chatItem(tp, 'ok ok').locator('.mod-menu summary').click();
+    await screenshot(tp, 'stream-moderator-menu');
+    await chatItem(tp, 'ok ok').locator('.mod-menu summary').click();
     await moderate(tp, 'ok ok', 'Time out 1 min');
     for (const p of [tp, sp]) {
       await p.getByText('sam was timed out for 1 min.').waitFor();

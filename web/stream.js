@@ -183,12 +183,13 @@ export function mountStreamView(root) {
     const userId = String(data.userId);
     const own = userId === me.id;
     const owner = Array.isArray(data.badges) && data.badges.includes('owner');
-    const item = (label, action) =>
+    const item = (label, action, danger = false) =>
       h(
         'button',
         {
           type: 'button',
           role: 'menuitem',
+          class: danger ? 'danger' : undefined,
           onclick: (e) => {
             e.currentTarget.closest('details').open = false;
             act(action);
@@ -198,18 +199,27 @@ export function mountStreamView(root) {
       );
     return h(
       'details',
-      { class: 'mod-menu' },
+      {
+        class: 'mod-menu',
+        // Near the bottom of the list the menu opens upwards, so it is not cut off.
+        ontoggle: (e) => {
+          const d = e.currentTarget;
+          if (!d.open) return;
+          const room = scroller.getBoundingClientRect().bottom - d.getBoundingClientRect().bottom;
+          d.classList.toggle('up', room < 240);
+        },
+      },
       h('summary', { 'aria-label': t('stream.moderate'), title: t('stream.moderate') }, '⋯'),
       h(
         'div',
         { class: 'menu', role: 'menu' },
         item(t('stream.pin'), { type: 'pin', id }),
-        item(t('stream.delete'), { type: 'delete', id }),
+        item(t('stream.delete'), { type: 'delete', id }, true),
         !own &&
           !owner && [
             item(t('stream.timeout1'), { type: 'timeout', userId, seconds: 60 }),
             item(t('stream.timeout10'), { type: 'timeout', userId, seconds: 600 }),
-            item(t('stream.ban'), { type: 'ban', userId }),
+            item(t('stream.ban'), { type: 'ban', userId }, true),
           ],
       ),
     );
