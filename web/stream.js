@@ -201,12 +201,16 @@ export function mountStreamView(root) {
       'details',
       {
         class: 'mod-menu',
-        // Near the bottom of the list the menu opens upwards, so it is not cut off.
+        // Near the bottom of the list the menu opens upwards when it fits there: the
+        // list scrolls to what hangs below its end, never to what sticks out above.
         ontoggle: (e) => {
           const d = e.currentTarget;
           if (!d.open) return;
-          const room = scroller.getBoundingClientRect().bottom - d.getBoundingClientRect().bottom;
-          d.classList.toggle('up', room < 240);
+          d.classList.remove('up');
+          const box = scroller.getBoundingClientRect();
+          const at = d.getBoundingClientRect();
+          const need = d.querySelector('.menu').offsetHeight;
+          d.classList.toggle('up', box.bottom - at.bottom < need && at.top - box.top >= need);
         },
       },
       h('summary', { 'aria-label': t('stream.moderate'), title: t('stream.moderate') }, '⋯'),
