@@ -151,6 +151,17 @@ describe('web client: moderating a live stream', { skip }, () => {
     await tp.locator('#stream-view .mod-tools input[name="membersOnly"]').check();
     await sp.locator('#stream-view .mode-members', { hasText: 'Members only' }).waitFor();
     assert.equal(await tp.locator('#stream-view .mod-tools select').inputValue(), '30');
+    // A value set through the server API, which the tools do not offer, shows as it is.
+    const patched = await api(server.url, 'PATCH', `/api/streams/${key}`, { slowModeSeconds: 90 });
+    assert.equal(patched.status, 200);
+    await sp
+      .locator('#stream-view .mode-slow', { hasText: 'one message every 1 min 30 s' })
+      .waitFor();
+    await tp
+      .locator('#stream-view .mode-slow', { hasText: 'one message every 1 min 30 s' })
+      .waitFor();
+    assert.equal(await tp.locator('#stream-view .mod-tools select').inputValue(), '90');
+    assert.equal(await tp.locator('#stream-view .mod-tools option[value="90"]').count(), 1);
     await screenshot(tp, 'stream-moderator');
     await screenshot(sp, 'stream-moderated');
 
@@ -170,6 +181,8 @@ describe('web client: moderating a live stream', { skip }, () => {
     await tp.locator('#stream-view .mod-tools[open]').waitFor({ state: 'detached' });
     await tp.locator('#stream-view .pinned .unpin').click();
     await sp.locator('#stream-view .pinned').waitFor({ state: 'hidden' });
+    // Those `stream` frames left the tools' choices as they were.
+    assert.equal(await tp.locator('#stream-view .mod-tools option[value="90"]').count(), 1);
 
     for (const p of [teacher, student]) {
       assert.deepEqual(p.problems, []);

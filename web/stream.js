@@ -58,12 +58,17 @@ const SLOW_MODE_CHOICES = [0, 5, 30, 60, 300];
  */
 const PROBE_ID = '000000000000000000000000';
 
-/** "45 s", "10 min", "2 h": a wait rounded up to the unit that reads best. */
+/** "45 s", "1 min 30 s", "2 h 5 min": a wait, rounded up to the second (to the minute past an hour). */
 export function duration(ms) {
   const s = Math.max(1, Math.ceil(ms / 1000));
   if (s < 60) return t('stream.seconds', { n: s });
-  if (s < 3600) return t('stream.minutes', { n: Math.ceil(s / 60) });
-  return t('stream.hours', { n: Math.ceil(s / 3600) });
+  if (s < 3600) {
+    const [m, r] = [Math.floor(s / 60), s % 60];
+    return r === 0 ? t('stream.minutes', { n: m }) : t('stream.minutesSeconds', { m, s: r });
+  }
+  const [hours, m] = [Math.floor(s / 3600), Math.ceil((s % 3600) / 60)];
+  if (m === 60) return t('stream.hours', { n: hours + 1 });
+  return m === 0 ? t('stream.hours', { n: hours }) : t('stream.hoursMinutes', { h: hours, m });
 }
 
 export function mountStreamView(root) {
@@ -322,7 +327,8 @@ export function mountStreamView(root) {
     );
     bar.hidden = on.length === 0 && !moderator;
 
-    if (!SLOW_MODE_CHOICES.includes(slow)) {
+    // A value set elsewhere (the server API) gets its own choice, once.
+    if (![...slowSelect.options].some((o) => o.value === String(slow))) {
       slowSelect.append(h('option', { value: String(slow) }, duration(slow * 1000)));
     }
     slowSelect.value = String(slow);

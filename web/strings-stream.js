@@ -46,6 +46,8 @@ export default {
     'stream.seconds': '{n} s',
     'stream.minutes': '{n} min',
     'stream.hours': '{n} h',
+    'stream.minutesSeconds': '{m} min {s} s',
+    'stream.hoursMinutes': '{h} h {m} min',
 
     'stream.viewers': { one: '{count} viewer', other: '{count} viewers' },
     'stream.slowModeOn': 'Slow mode: one message every {wait}',
@@ -141,6 +143,8 @@ export default {
     'stream.seconds': '{n} s',
     'stream.minutes': '{n} min',
     'stream.hours': '{n} h',
+    'stream.minutesSeconds': '{m} min {s} s',
+    'stream.hoursMinutes': '{h} h {m} min',
 
     'stream.viewers': { one: '{count} espectador', other: '{count} espectadores' },
     'stream.slowModeOn': 'Modo lento: un mensaje cada {wait}',
