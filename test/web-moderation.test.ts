@@ -165,9 +165,17 @@ describe('web client: moderating a live stream', { skip }, () => {
     await screenshot(tp, 'stream-moderator');
     await screenshot(sp, 'stream-moderated');
 
-    // Lifting the timeout through the API: the paused chat now refuses the student instead.
-    assert.equal((await api(server.url, 'DELETE', `/api/streams/${key}/bans/20`)).status, 200);
-    await sp.getByText('sam was unbanned.').waitFor();
+    // The student does not see the teacher's button that ends the timeout.
+    const timedOut = (p: Page) =>
+      p.locator('#stream-view .divider', { hasText: 'sam was timed out for 1 min.' });
+    assert.equal(await timedOut(sp).locator('.line-action').isVisible(), false);
+    // Ending it: the paused chat now refuses the student instead.
+    await timedOut(tp).locator('.line-action', { hasText: 'End timeout' }).click();
+    await sp.getByText('sam can post again.').waitFor();
+    const bans = await api(server.url, 'GET', `/api/streams/${key}/bans`);
+    assert.deepEqual((bans.body as { bans: unknown[] }).bans, []);
+    // That click closed the tools; they open again.
+    await tp.locator('#stream-view .mod-tools summary').click();
     await tp.locator('#stream-view .mod-tools input[name="membersOnly"]').uncheck();
     await sp.locator('#stream-view .mode-members').waitFor({ state: 'detached' });
     await post(sp, 'hello?');

@@ -295,8 +295,25 @@ export function mountStreamView(root) {
     append(nodes, mine);
   }
 
-  function line(text, kind = 'info') {
-    append([h('li', { class: `divider ${kind}` }, h('span', {}, text))]);
+  /** A line between chats; `undo`, when given, is a button only moderators see. */
+  function line(text, kind = 'info', undo = undefined) {
+    append([
+      h(
+        'li',
+        { class: `divider ${kind}` },
+        h(
+          'span',
+          {},
+          text,
+          undo &&
+            h(
+              'button',
+              { type: 'button', class: 'line-action', onclick: () => act(undo.action) },
+              undo.label,
+            ),
+        ),
+      ),
+    ]);
   }
 
   function removeWhere(test) {
@@ -435,10 +452,16 @@ export function mountStreamView(root) {
     removeWhere((li) => li.dataset.userId === userId);
     if (event.action === 'timeout') {
       const wait = duration((Number(event.seconds) || 0) * 1000);
-      line(t('stream.timedOutLine', { name, wait }), 'warn');
+      line(t('stream.timedOutLine', { name, wait }), 'warn', {
+        label: t('stream.endTimeout'),
+        action: { type: 'unban', userId },
+      });
       if (mine) say.show(t('stream.youTimedOut', { wait }), 'warn');
     } else if (event.action === 'ban') {
-      line(t('stream.bannedLine', { name }), 'warn');
+      line(t('stream.bannedLine', { name }), 'warn', {
+        label: t('stream.unban'),
+        action: { type: 'unban', userId },
+      });
       if (mine) say.show(t('stream.youBanned'), 'error');
     }
   }

@@ -66,6 +66,7 @@ export default {
     'stream.timeout10': 'Time out 10 min',
     'stream.ban': 'Ban',
     'stream.unban': 'Unban',
+    'stream.endTimeout': 'End timeout',
     'stream.modTools': 'Moderation',
     'stream.slowMode': 'Slow mode',
     'stream.off': 'Off',
@@ -74,7 +75,7 @@ export default {
 
     'stream.timedOutLine': '{name} was timed out for {wait}.',
     'stream.bannedLine': '{name} was banned.',
-    'stream.unbannedLine': '{name} was unbanned.',
+    'stream.unbannedLine': '{name} can post again.',
     'stream.youTimedOut': 'A moderator timed you out for {wait}.',
     'stream.youBanned': 'A moderator banned you from this chat. You can still watch.',
 
@@ -163,6 +164,7 @@ export default {
     'stream.timeout10': 'Silenciar 10 min',
     'stream.ban': 'Bloquear',
     'stream.unban': 'Desbloquear',
+    'stream.endTimeout': 'Quitar el silencio',
     'stream.modTools': 'Moderación',
     'stream.slowMode': 'Modo lento',
     'stream.off': 'Desactivado',
@@ -171,7 +173,7 @@ export default {
 
     'stream.timedOutLine': 'Se silenció a {name} por {wait}.',
     'stream.bannedLine': 'Se bloqueó a {name}.',
-    'stream.unbannedLine': 'Se desbloqueó a {name}.',
+    'stream.unbannedLine': '{name} ya puede volver a escribir.',
     'stream.youTimedOut': 'Un moderador te silenció por {wait}.',
     'stream.youBanned': 'Un moderador te bloqueó en este chat. Aún puedes mirar.',
 
