@@ -197,4 +197,82 @@ describe('web client: moderating a live stream', { skip }, () => {
       await p.context.close();
     }
   });
+  test('platform staff moderate by role; slow mode, members-only and a ban refuse the student', async () => {
+    const key = 'chemistry';
+    await api(server.url, 'PUT', `/api/streams/${key}`, { title: 'Chemistry', ownerId: '10' });
+    const staff = await openPage(
+      browser,
+      streamUrl(server.url, key, await userToken('50', { username: 'staff', role: 'MODERATOR' })),
+    );
+    const student = await openPage(
+      browser,
+      streamUrl(server.url, key, await userToken('21', { username: 'rita' })),
+    );
+    const [mp, sp] = [staff.page, student.page];
+    await sp.locator('#stream-view .composer input:enabled').waitFor();
+    await mp.locator('#stream-view.moderating').waitFor();
+
+    // Staff chats carry the moderator badge.
+    await post(mp, 'Welcome, I moderate this chat');
+    await chatItem(sp, 'Welcome').locator('.badge-moderator', { hasText: 'Mod' }).waitFor();
+
+    // Slow mode: a second chat within 30 s is refused with its wait.
+    await post(sp, 'first');
+    await chatItem(mp, 'first').waitFor();
+    await mp.locator('#stream-view .mod-tools summary').click();
+    await mp.locator('#stream-view .mod-tools select').selectOption('30');
+    await sp.locator('#stream-view .mode-slow').waitFor();
+    const slow = sp.getByText(/Slow mode is on\. You can post again in \d+ s\./);
+    for (let i = 0; i < 2 && !(await slow.isVisible()); i++) {
+      await post(sp, `again ${i}`);
+      await chatItem(sp, `again ${i}`).or(slow).first().waitFor();
+    }
+    await slow.waitFor();
+    assert.equal(await sp.locator('#stream-view .composer button').isDisabled(), true);
+    await mp.locator('#stream-view .mod-tools select').selectOption('0');
+    await sp.locator('#stream-view .mode-slow').waitFor({ state: 'detached' });
+    // Slow mode off ends the wait at once.
+    await sp.getByText('You can post again.').waitFor();
+    assert.equal(await sp.locator('#stream-view .composer button').isDisabled(), false);
+
+    // Members-only, with rita not on the list.
+    const members = await api(server.url, 'PUT', `/api/streams/${key}/members`, {
+      userIds: ['99'],
+    });
+    assert.equal(members.status, 200);
+    await mp.locator('#stream-view .mod-tools input[name="membersOnly"]').check();
+    await sp.locator('#stream-view .mode-members').waitFor();
+    await sp.locator('#stream-view .composer input').fill('may I?');
+    await sp.locator('#stream-view .composer input').press('Enter');
+    await sp.getByText('Only members can post in this chat right now.').waitFor();
+    await mp.locator('#stream-view .mod-tools input[name="membersOnly"]').uncheck();
+    await sp.locator('#stream-view .mode-members').waitFor({ state: 'detached' });
+    await mp.locator('#stream-view .title').click();
+
+    // A ban from the menu: rita's chats go, her next one is refused, and she still reads.
+    await moderate(mp, 'first', 'Ban');
+    for (const p of [mp, sp]) {
+      await p.getByText('rita was banned.').waitFor();
+      await chatItem(p, 'first').waitFor({ state: 'detached' });
+    }
+    await sp.getByText('A moderator banned you from this chat. You can still watch.').waitFor();
+    await sp.locator('#stream-view .composer input').fill('am I banned?');
+    await sp.locator('#stream-view .composer input').press('Enter');
+    await sp.getByText('You are banned from this chat. You can still watch.').waitFor();
+    await post(mp, 'still watching?');
+    await chatItem(sp, 'still watching?').waitFor();
+    assert.equal(await chatItem(mp, 'am I banned?').count(), 0);
+    const bans = await api(server.url, 'GET', `/api/streams/${key}/bans`);
+    assert.deepEqual(
+      (bans.body as { bans: { userId: string; until: string | null; by: string }[] }).bans.map(
+        (b) => [b.userId, b.until, b.by],
+      ),
+      [['21', null, '50']],
+    );
+
+    for (const p of [staff, student]) {
+      assert.deepEqual(p.problems, []);
+      await p.context.close();
+    }
+  });
 });

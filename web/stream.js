@@ -109,6 +109,8 @@ export function mountStreamView(root) {
   let wasConnected = false;
   let lastSent = '';
   let waitUntil = 0;
+  /** The refusal whose wait holds the send button. */
+  let waitCode = '';
   let waitTimer;
   let countdown;
   /** The latest `stream` frame. */
@@ -334,6 +336,7 @@ export function mountStreamView(root) {
     viewers.textContent = t('stream.viewers', { count });
 
     const slow = Number(state.slowModeSeconds) || 0;
+    if (slow === 0 && waitCode === 'slow_mode' && Date.now() < waitUntil) endWait();
     const on = [
       slow > 0 && ['slow', t('stream.slowModeOn', { wait: duration(slow * 1000) })],
       state.membersOnly === true && ['members', t('stream.membersOnlyOn')],
@@ -375,8 +378,17 @@ export function mountStreamView(root) {
     }
   }
 
+  function endWait() {
+    clearInterval(waitTimer);
+    waitUntil = 0;
+    waitCode = '';
+    updateComposer();
+    say.show(t('stream.canPostAgain'), 'ok', 4000);
+  }
+
   /** Counts down a refusal that says how long to wait, with the send button off meanwhile. */
   function wait(code, ms) {
+    waitCode = code;
     waitUntil = Date.now() + ms;
     clearInterval(waitTimer);
     const tick = () => {
@@ -439,13 +451,8 @@ export function mountStreamView(root) {
     const mine = userId === me.id;
     if (event.action === 'unban') {
       line(t('stream.unbannedLine', { name }));
-      if (mine) {
-        // The wait a refusal started is over too.
-        clearInterval(waitTimer);
-        waitUntil = 0;
-        updateComposer();
-        say.show(t('stream.canPostAgain'), 'ok', 4000);
-      }
+      // The wait a timeout's refusal started is over too.
+      if (mine) endWait();
       return;
     }
     // As on most live chats, a timed-out or banned user's chats leave the screen.
