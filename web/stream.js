@@ -3,12 +3,14 @@
 // de-duplicating chats come from the library. The token goes in an `auth`
 // frame, never in the URL, so it stays out of logs.
 //
-// Beside the chat: the viewer count, the pinned chat, the slow-mode,
-// members-only and paused indicators, and for the stream's moderators a menu
-// on each chat (pin, delete, time out, ban) and the stream's settings.
+// Beside the chat (stream-moderation.js): the viewer count, the pinned chat,
+// the slow-mode, members-only and paused indicators, and for the stream's
+// moderators a menu on each chat (pin, delete, time out, ban) and the
+// stream's settings.
 import { StreamChat } from '/client/index.js';
 import { atBottom, avatar, h, notice, setStatus, timeEl, whoIs } from './dom.js';
 import { t, translate } from './i18n.js';
+import { duration, modMenu, mountStreamState } from './stream-moderation.js';
 
 /** A browser tab keeps this many messages; older ones scroll away for good. */
 const KEEP_MESSAGES = 500;
@@ -49,7 +51,6 @@ const FRIENDLY = {
   not_connected: 'stream.notConnected',
   queue_full: 'stream.queueFull',
 };
-const SLOW_MODE_CHOICES = [0, 5, 30, 60, 300];
 /**
  * An id no chat has. Deleting it asks the server, without changing anything,
  * whether this connection may moderate: a moderator hears `not_found`, anyone
@@ -57,19 +58,6 @@ const SLOW_MODE_CHOICES = [0, 5, 30, 60, 300];
  * cannot say.
  */
 const PROBE_ID = '000000000000000000000000';
-
-/** "45 s", "1 min 30 s", "2 h 5 min": a wait, rounded up to the second (to the minute past an hour). */
-export function duration(ms) {
-  const s = Math.max(1, Math.ceil(ms / 1000));
-  if (s < 60) return t('stream.seconds', { n: s });
-  if (s < 3600) {
-    const [m, r] = [Math.floor(s / 60), s % 60];
-    return r === 0 ? t('stream.minutes', { n: m }) : t('stream.minutesSeconds', { m, s: r });
-  }
-  const [hours, m] = [Math.floor(s / 3600), Math.ceil((s % 3600) / 60)];
-  if (m === 60) return t('stream.hours', { n: hours + 1 });
-  return m === 0 ? t('stream.hours', { n: hours }) : t('stream.hoursMinutes', { h: hours, m });
-}
 
 export function mountStreamView(root) {
   translate(root);
@@ -79,24 +67,12 @@ export function mountStreamView(root) {
   const scroller = root.querySelector('.scroller');
   const empty = root.querySelector('.empty');
   const status = root.querySelector('.status');
-  const viewers = root.querySelector('.viewers');
   const title = root.querySelector('.title');
   const subtitle = root.querySelector('.subtitle');
-  const bar = root.querySelector('.stream-bar');
-  const modes = root.querySelector('.modes');
-  const tools = root.querySelector('.mod-tools');
-  const pinnedBox = root.querySelector('.pinned');
   const composer = root.querySelector('.composer');
   const input = composer.elements.message;
   const sendButton = composer.querySelector('button');
   const say = notice(root.querySelector('.notice'));
-
-  const slowSelect = tools.querySelector('select[name="slowModeSeconds"]');
-  slowSelect.replaceChildren(
-    ...SLOW_MODE_CHOICES.map((s) =>
-      h('option', { value: String(s) }, s === 0 ? t('stream.off') : duration(s * 1000)),
-    ),
-  );
 
   /** @type {StreamChat | null} */
   let chat = null;
@@ -160,7 +136,6 @@ export function mountStreamView(root) {
     if (moderator === value) return;
     moderator = value;
     root.classList.toggle('moderating', moderator);
-    tools.hidden = !moderator;
     showWho();
     showState();
   }
@@ -182,58 +157,6 @@ export function mountStreamView(root) {
           t(b === 'owner' ? 'stream.badgeOwner' : 'stream.badgeModerator'),
         ),
       );
-  }
-
-  /** The moderator's menu on one chat: a native <details>, so it needs no script to open. */
-  function modMenu(data) {
-    const id = String(data.id);
-    const userId = String(data.userId);
-    const own = userId === me.id;
-    const owner = Array.isArray(data.badges) && data.badges.includes('owner');
-    const item = (label, action, danger = false) =>
-      h(
-        'button',
-        {
-          type: 'button',
-          role: 'menuitem',
-          class: danger ? 'danger' : undefined,
-          onclick: (e) => {
-            e.currentTarget.closest('details').open = false;
-            act(action);
-          },
-        },
-        label,
-      );
-    return h(
-      'details',
-      {
-        class: 'mod-menu',
-        // Near the bottom of the list the menu opens upwards when it fits there: the
-        // list scrolls to what hangs below its end, never to what sticks out above.
-        ontoggle: (e) => {
-          const d = e.currentTarget;
-          if (!d.open) return;
-          d.classList.remove('up');
-          const box = scroller.getBoundingClientRect();
-          const at = d.getBoundingClientRect();
-          const need = d.querySelector('.menu').offsetHeight;
-          d.classList.toggle('up', box.bottom - at.bottom < need && at.top - box.top >= need);
-        },
-      },
-      h('summary', { 'aria-label': t('stream.moderate'), title: t('stream.moderate') }, '⋯'),
-      h(
-        'div',
-        { class: 'menu', role: 'menu' },
-        item(t('stream.pin'), { type: 'pin', id }),
-        item(t('stream.delete'), { type: 'delete', id }, true),
-        !own &&
-          !owner && [
-            item(t('stream.timeout1'), { type: 'timeout', userId, seconds: 60 }),
-            item(t('stream.timeout10'), { type: 'timeout', userId, seconds: 600 }),
-            item(t('stream.ban'), { type: 'ban', userId }, true),
-          ],
-      ),
-    );
   }
 
   function act(action) {
@@ -267,7 +190,7 @@ export function mountStreamView(root) {
         ),
         h('p', { class: 'text' }, String(data.message)),
       ),
-      typeof data.id === 'string' && modMenu(data),
+      typeof data.id === 'string' && modMenu(data, { myId: me.id, scroller, act }),
     );
   }
 
@@ -322,61 +245,9 @@ export function mountStreamView(root) {
     for (const li of [...list.children]) if (li.classList.contains('msg') && test(li)) li.remove();
   }
 
-  /** The viewer count, indicators, pin and settings from the latest `stream` frame. */
-  function showState() {
-    if (!state) {
-      bar.hidden = true;
-      viewers.hidden = true;
-      pinnedBox.hidden = true;
-      return;
-    }
-    if (typeof state.title === 'string' && state.title !== '') title.textContent = state.title;
-    const count = Number(state.viewers) || 0;
-    viewers.hidden = false;
-    viewers.textContent = t('stream.viewers', { count });
-
-    const slow = Number(state.slowModeSeconds) || 0;
-    if (slow === 0 && waitCode === 'slow_mode' && Date.now() < waitUntil) endWait();
-    const on = [
-      slow > 0 && ['slow', t('stream.slowModeOn', { wait: duration(slow * 1000) })],
-      state.membersOnly === true && ['members', t('stream.membersOnlyOn')],
-      state.paused === true && ['paused', t('stream.pausedOn')],
-    ].filter(Boolean);
-    modes.replaceChildren(
-      ...on.map(([kind, text]) => h('li', { class: `mode mode-${kind}` }, text)),
-    );
-    bar.hidden = on.length === 0 && !moderator;
-
-    // A value set elsewhere (the server API) gets its own choice, once.
-    if (![...slowSelect.options].some((o) => o.value === String(slow))) {
-      slowSelect.append(h('option', { value: String(slow) }, duration(slow * 1000)));
-    }
-    slowSelect.value = String(slow);
-    tools.querySelector('[name="membersOnly"]').checked = state.membersOnly === true;
-    tools.querySelector('[name="paused"]').checked = state.paused === true;
-
-    const pin = state.pinned;
-    if (!pin || typeof pin !== 'object') {
-      pinnedBox.hidden = true;
-      pinnedBox.replaceChildren();
-      return;
-    }
-    pinnedBox.hidden = false;
-    pinnedBox.replaceChildren(
-      h('span', { class: 'pinned-label' }, t('stream.pinned')),
-      h('span', { class: 'name' }, String(pin.user)),
-      h('span', { class: 'pinned-text' }, String(pin.message)),
-    );
-    if (moderator) {
-      pinnedBox.append(
-        h(
-          'button',
-          { type: 'button', class: 'unpin', onclick: () => act({ type: 'pin', id: null }) },
-          t('stream.unpin'),
-        ),
-      );
-    }
-  }
+  const streamState = mountStreamState(root, { act });
+  /** Redraws the latest `stream` frame (and the moderator's controls on it). */
+  const showState = () => streamState.show(state, moderator);
 
   function endWait() {
     clearInterval(waitTimer);
@@ -502,7 +373,9 @@ export function mountStreamView(root) {
     });
     on('stream', (s) => {
       state = s;
-      bar.hidden = false;
+      // Slow mode turned off ends a slow-mode wait at once.
+      const waiting = waitCode === 'slow_mode' && Date.now() < waitUntil;
+      if (waiting && !(Number(s.slowModeSeconds) > 0)) endWait();
       showState();
     });
     on('delete', ({ id }) => removeWhere((li) => li.dataset.id === String(id)));
@@ -578,24 +451,6 @@ export function mountStreamView(root) {
       return;
     }
     start(form.elements.key.value, newToken);
-  });
-
-  // An open menu closes when a click lands anywhere else, as menus do.
-  document.addEventListener('click', (e) => {
-    for (const d of root.querySelectorAll('details[open]')) {
-      if (!d.contains(e.target)) d.open = false;
-    }
-  });
-  root.addEventListener('keydown', (e) => {
-    if (e.key !== 'Escape') return;
-    for (const d of root.querySelectorAll('details[open]')) d.open = false;
-  });
-
-  tools.addEventListener('change', (e) => {
-    const el = e.target;
-    if (el.name === 'slowModeSeconds') act({ type: 'settings', slowModeSeconds: Number(el.value) });
-    else if (el.name === 'membersOnly') act({ type: 'settings', membersOnly: el.checked });
-    else if (el.name === 'paused') act({ type: 'settings', paused: el.checked });
   });
 
   composer.addEventListener('submit', (e) => {
