@@ -275,4 +275,28 @@ describe('web client: moderating a live stream', { skip }, () => {
       await p.context.close();
     }
   });
+  test('a moderator from the stream list gets the tools, and loses them once taken off it', async () => {
+    const key = 'physics';
+    await api(server.url, 'PUT', `/api/streams/${key}`, { ownerId: '10' });
+    const listed = await api(server.url, 'PATCH', `/api/streams/${key}`, { moderators: ['40'] });
+    assert.equal(listed.status, 200);
+    const helper = await openPage(
+      browser,
+      streamUrl(server.url, key, await userToken('40', { username: 'ta' })),
+    );
+    const hp = helper.page;
+    await hp.locator('#stream-view.moderating').waitFor();
+    await post(hp, 'Questions go here');
+    await chatItem(hp, 'Questions go here').locator('.badge-moderator').waitFor();
+
+    const unlisted = await api(server.url, 'PATCH', `/api/streams/${key}`, { moderators: [] });
+    assert.equal(unlisted.status, 200);
+    await moderate(hp, 'Questions go here', 'Pin');
+    await hp.getByText('Only moderators can do that.').waitFor();
+    await hp.locator('#stream-view.moderating').waitFor({ state: 'detached' });
+    assert.equal(await hp.locator('#stream-view .mod-tools').isVisible(), false);
+    assert.equal(await hp.locator('#stream-view .pinned').isVisible(), false);
+    assert.deepEqual(helper.problems, []);
+    await helper.context.close();
+  });
 });

@@ -284,6 +284,9 @@ export function mountStreamView(root) {
       setModerator(code === 'not_found');
       return;
     }
+    // Only moderator frames are forbidden: this viewer no longer moderates (the
+    // stream's moderator list changed), and the tools go.
+    if (code === 'forbidden') setModerator(false);
     // A refused setting: the controls go back to what the server last said.
     if (code === 'forbidden' || code === 'invalid_payload') showState();
     if (REFUSED.has(code) && input.value === '') input.value = lastSent;
