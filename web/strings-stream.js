@@ -100,7 +100,7 @@ export default {
     'stream.otherError': 'Something went wrong ({code}).',
   },
   es: {
-    'stream.watchTitle': 'Mira una transmisión',
+    'stream.watchTitle': 'Mirar una transmisión',
     'stream.watchHint': 'Cualquiera puede mirar. Agrega un token para participar en el chat.',
     'stream.keyLabel': 'Clave de la transmisión',
     'stream.tokenLabel': 'Token',
