@@ -4,10 +4,11 @@
  * connection comes back by itself.
  */
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
-import { browserSkip, launch, openPage, PHONE, screenshot } from './browser.js';
-import { api, startServer, type TestServer, userToken } from './helpers.js';
+import { browserSkip, DESKTOP, launch, openPage, PHONE, screenshot } from './browser.js';
+import { api, StreamClient, startServer, type TestServer, userToken } from './helpers.js';
 
 const skip = browserSkip();
 const XSS = '<img src=x onerror=alert(1)>';
@@ -40,6 +41,8 @@ describe('web client: live stream', { skip }, () => {
   after(async () => {
     await browser?.close();
     await server?.close();
+    // A server restarted on the same storage keeps its directory: it goes here.
+    if (server) rmSync(server.dir, { recursive: true, force: true });
   });
 
   test('two people see each other, hostile text stays text, errors are shown', async () => {
@@ -138,15 +141,118 @@ describe('web client: live stream', { skip }, () => {
       streamUrl(server.url, 'physics', await userToken('1', { username: 'ana' })),
     );
     await live(ana.page, true);
+    await post(ana.page, 'before the drop');
+    await ana.page.getByText('before the drop').waitFor();
 
     // Restart the server on the same port and storage.
     await server.app.close();
     await ana.page.getByText(/Connection lost\. Reconnecting in \d+ s/).waitFor();
     server = await startServer({ DATA_DIR: dir, PORT: port });
+    // A chat from someone else, most likely while the page still waits to reconnect:
+    // the resume (`?since=`) brings it, or it arrives live; either way once.
+    const bea = await StreamClient.connect(server.wsUrl, 'physics', {
+      token: await userToken('2', { username: 'bea' }),
+    });
+    await bea.next('auth');
+    bea.chat('while you were away');
+    await bea.next('chat');
+    bea.close();
     await ana.page.getByText('Reconnected.', { exact: true }).waitFor({ timeout: 10_000 });
     await live(ana.page, true);
     await post(ana.page, 'back again');
     await ana.page.getByText('back again').waitFor();
+    // The join history repeats nothing already on screen.
+    assert.deepEqual(await texts(ana.page), [
+      'before the drop',
+      'while you were away',
+      'back again',
+    ]);
     await ana.context.close();
+  });
+});
+
+describe('web client: the live stream in the browser language', { skip }, () => {
+  let server: TestServer;
+  let browser: Browser;
+
+  before(async () => {
+    server = await startServer({ STREAM_VIEWERS_INTERVAL_MS: '100' });
+    browser = await launch();
+  });
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  /** A page whose browser prefers `locale`, failing the test on any page error. */
+  async function localized(locale: string, url: string) {
+    const context = await browser.newContext({ locale, viewport: DESKTOP });
+    const page = await context.newPage();
+    page.setDefaultTimeout(10_000);
+    const problems: string[] = [];
+    page.on('pageerror', (e) => problems.push(e.message));
+    await page.goto(url);
+    return { page, context, problems };
+  }
+
+  test('Spanish for es-MX, English for en-US, moderation included', async () => {
+    await api(server.url, 'PUT', '/api/streams/quimica', { title: 'Química', ownerId: '10' });
+    const teacher = await localized(
+      'es-MX',
+      streamUrl(server.url, 'quimica', await userToken('10', { username: 'profe' })),
+    );
+    const student = await localized(
+      'es-MX',
+      streamUrl(server.url, 'quimica', await userToken('20', { username: 'lu' })),
+    );
+    const viewer = await localized('en-US', streamUrl(server.url, 'quimica'));
+    const [tp, sp, vp] = [teacher.page, student.page, viewer.page];
+    await Promise.all([live(tp, true), live(sp, true), live(vp, false)]);
+
+    assert.equal(await tp.locator('html').getAttribute('lang'), 'es');
+    assert.equal(await vp.locator('html').getAttribute('lang'), 'en');
+    assert.equal(await sp.locator('#stream-view .composer button').textContent(), 'Enviar');
+    assert.equal(await vp.locator('#stream-view .composer button').textContent(), 'Send');
+    assert.equal(await sp.locator('#stream-view .status').textContent(), 'En vivo');
+    assert.equal(await vp.locator('#stream-view .status').textContent(), 'Live');
+    assert.equal(
+      await sp.locator('#stream-view .composer input').getAttribute('placeholder'),
+      'Escribe en #quimica como lu',
+    );
+    assert.equal(
+      await vp.locator('#stream-view .composer input').getAttribute('placeholder'),
+      'Add a token to chat',
+    );
+    await sp.locator('#stream-view .viewers', { hasText: '3 espectadores' }).waitFor();
+    await vp.locator('#stream-view .viewers', { hasText: '3 viewers' }).waitFor();
+
+    // The teacher's moderation, in Spanish.
+    await post(sp, '¿Cuál es la fórmula del agua?');
+    const chat = tp.locator('#stream-view .messages li.msg', { hasText: 'fórmula del agua' });
+    await chat.locator('.mod-menu summary').click();
+    for (const label of ['Fijar', 'Eliminar', 'Silenciar 1 min', 'Silenciar 10 min', 'Bloquear']) {
+      await chat.locator('.mod-menu .menu button', { hasText: label }).waitFor();
+    }
+    assert.equal(await tp.locator('#stream-view .mod-tools summary').textContent(), 'Moderación');
+    await tp.locator('#stream-view .mod-tools summary').click();
+    await tp.locator('#stream-view .mod-tools input[name="paused"]').check();
+    await sp.locator('#stream-view .mode-paused', { hasText: 'Chat en pausa' }).waitFor();
+    await vp.locator('#stream-view .mode-paused', { hasText: 'Chat paused' }).waitFor();
+    await post(sp, '¿Hola?');
+    await sp.getByText('El chat está en pausa. Podrás escribir cuando se reanude.').waitFor();
+    await screenshot(tp, 'stream-es-moderator');
+
+    // Nothing of the Spanish view is left in English.
+    for (const p of [tp, sp]) {
+      const text = (await p.locator('#stream-view').textContent()) ?? '';
+      assert.doesNotMatch(
+        text,
+        /\b(Watch|Send|Live|viewers?|Moderation|Pinned|Delete|Slow mode|Posting as|Not connected|Pause the chat)\b/,
+      );
+    }
+    for (const p of [teacher, student, viewer]) {
+      assert.deepEqual(p.problems, []);
+      await p.context.close();
+    }
   });
 });

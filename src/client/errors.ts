@@ -38,7 +38,9 @@ export type ClientErrorCode =
   /** Too many operations waiting (the bounded queue is full). */
   | 'queue_full'
   /** The room was never joined (or was left) on this client. */
-  | 'not_joined';
+  | 'not_joined'
+  /** A moderator frame needs an open, answered connection. */
+  | 'not_connected';
 
 export type ErrorCode = ServerErrorCode | ClientErrorCode | (string & {});
 

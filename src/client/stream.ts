@@ -22,6 +22,7 @@ import type {
   StreamDelete,
   StreamHistory,
   StreamModeration,
+  StreamModerationRequest,
   StreamState,
 } from './types.js';
 
@@ -176,6 +177,24 @@ export class StreamChat extends Emitter<StreamChatEvents> {
       throw new ChatClientError('queue_full', `At most ${this.outboxSize} chats may wait.`);
     }
     this.outbox.push(frame);
+  }
+
+  /**
+   * Sends a moderator frame (protocol section 7): delete, timeout, ban,
+   * unban, settings or pin. The server answers with the broadcast the action
+   * causes, or an `error` (`forbidden` for anyone who is not a moderator).
+   * Unlike a chat it never waits in the outbox: an action decided against what
+   * was on screen may be stale by the time the connection is back. Throws
+   * `not_connected` while the connection is down or its token unanswered,
+   * and `closed` after `close()`.
+   */
+  moderate(request: StreamModerationRequest): void {
+    if (this.state === 'closed') throw new ChatClientError('closed', 'The client is closed.');
+    if (!this.canWrite()) {
+      throw new ChatClientError('not_connected', 'Moderation needs an open connection.');
+    }
+    const { type, ...data } = request;
+    this.write(JSON.stringify({ type, data }));
   }
 
   /** Chats waiting for the connection. */

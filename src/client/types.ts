@@ -46,6 +46,14 @@ export interface StreamModeration {
   by: string;
 }
 
+/** A moderator frame (protocol section 7), as `StreamChat.moderate()` sends it. */
+export type StreamModerationRequest =
+  | { type: 'delete'; id: string }
+  | { type: 'timeout'; userId: string; seconds: number; reason?: string }
+  | { type: 'ban' | 'unban'; userId: string; reason?: string }
+  | { type: 'settings'; slowModeSeconds?: number; membersOnly?: boolean; paused?: boolean }
+  | { type: 'pin'; id: string | null };
+
 export interface Receipt {
   userId: string;
   at: string;
