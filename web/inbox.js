@@ -2,18 +2,18 @@
 // most recent activity first, each with its unread count. `listRequests` fills
 // it; `requestUpdated` keeps it live, whether or not that request is open.
 import { h, timeEl } from './dom.js';
+import { t } from './i18n.js';
 
 const shortId = (id) => `${id.slice(0, 6)}…${id.slice(-4)}`;
 
 function preview(msg) {
-  if (!msg) return 'No messages yet';
-  if (msg.deletedAt) return 'Message deleted';
+  if (!msg) return t('inbox.noMessages');
+  if (msg.deletedAt) return t('message.deleted');
   const files = msg.attachments?.length ?? 0;
+  const name = String(msg.sender?.username ?? '');
   const text = String(msg.message ?? '').trim();
-  if (text) return `${msg.sender?.username ?? ''}: ${text}`;
-  return files > 0
-    ? `${msg.sender?.username ?? ''}: ${files} attachment${files > 1 ? 's' : ''}`
-    : '';
+  if (text) return `${name}: ${text}`;
+  return files > 0 ? t('inbox.attachments', { name, count: files }) : '';
 }
 
 /**
@@ -33,7 +33,7 @@ export function mountInbox(section, { onOpen }) {
     const unread = Number(summary.unread) || 0;
     const badge = h(
       'span',
-      { class: 'badge', hidden: unread === 0, 'aria-label': `${unread} unread` },
+      { class: 'badge', hidden: unread === 0, 'aria-label': t('inbox.unread', { count: unread }) },
       unread > 99 ? '99+' : String(unread),
     );
     const last = summary.lastMessage;

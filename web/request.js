@@ -6,6 +6,7 @@
 // and attachments as links (images as thumbnails).
 import { io } from '/vendor/socket.io.esm.min.js';
 import { atBottom, h, notice, setStatus, timeEl, whoIs } from './dom.js';
+import { lang, t } from './i18n.js';
 import { mountInbox } from './inbox.js';
 import { receiptBatcher, tickState } from './receipts.js';
 
@@ -45,11 +46,19 @@ function safeUrl(raw) {
   return ok ? url.href : undefined;
 }
 
+const sizeFormats = Object.fromEntries(
+  ['byte', 'kilobyte', 'megabyte'].map((unit) => [
+    unit,
+    new Intl.NumberFormat(lang, { style: 'unit', unit, maximumFractionDigits: 1 }),
+  ]),
+);
+
+/** A file size in the page's language ("52 kB", "1,2 MB"). */
 function sizeText(bytes) {
   const n = Number(bytes) || 0;
-  if (n >= 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MB`;
-  if (n >= 1024) return `${Math.round(n / 1024)} KB`;
-  return `${n} B`;
+  if (n >= 1024 * 1024) return sizeFormats.megabyte.format(n / 1024 / 1024);
+  if (n >= 1024) return sizeFormats.kilobyte.format(Math.round(n / 1024));
+  return sizeFormats.byte.format(n);
 }
 
 /** Links to the files; images under an allowed prefix as thumbnails, anything else as text. */
@@ -59,7 +68,7 @@ function attachmentList(attachments) {
     'ul',
     { class: 'attachments' },
     attachments.map((a) => {
-      const name = String(a?.name ?? 'file');
+      const name = String(a?.name ?? t('message.file'));
       const href = safeUrl(a?.url);
       if (!href) return h('li', { class: 'file blocked' }, name);
       const image = /^image\/(png|jpe?g|gif|webp|avif)$/i.test(String(a.contentType));
@@ -81,32 +90,33 @@ function attachmentList(attachments) {
 }
 
 const TICK = { pending: '◷', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' };
-const TICK_LABEL = {
-  pending: 'Sending',
-  sent: 'Sent',
-  delivered: 'Delivered',
-  read: 'Read',
-  failed: 'Not sent',
-};
-
-const FRIENDLY = {
-  unauthorized: 'That token was not accepted. Paste a valid one to join.',
-  token_expired: 'Your token expired. Paste a new one to join again.',
-  forbidden: 'You cannot join this request: only its teacher and lab staff can.',
-  not_found: 'There is no request with this id.',
-  not_in_room: 'You are not in this request any more. Join it again.',
-  empty_message: 'Write something first.',
-  edit_window_passed: 'This message can no longer be changed.',
-};
+/** Codes with words of their own in the catalog (`request.error.<code>`). */
+const WORDED = new Set([
+  'unauthorized',
+  'invalid_token',
+  'token_expired',
+  'forbidden',
+  'not_found',
+  'not_in_room',
+  'empty_message',
+  'message_too_long',
+  'edit_window_passed',
+  'invalid_payload',
+  'timeout',
+  'queue_full',
+  'internal_error',
+]);
 
 const shortId = (id) => `${id.slice(0, 6)}…${id.slice(-4)}`;
 
+/** A refusal in the reader's words; the server's own text is English, so it is never shown. */
 function friendly(e) {
-  if (e.error_code === 'rate_limited') {
-    const s = Math.ceil((Number(e.retry_after_ms) || 1000) / 1000);
-    return `You're sending too fast. You can send again in ${s} s.`;
+  const code = String(e?.error_code ?? 'internal_error');
+  if (code === 'rate_limited') {
+    const seconds = Math.ceil((Number(e.retry_after_ms) || 1000) / 1000);
+    return t('notice.rateLimited', { seconds });
   }
-  return FRIENDLY[e.error_code] ?? String(e.message ?? e.error_code);
+  return WORDED.has(code) ? t(`request.error.${code}`) : t('request.error.other', { code });
 }
 
 export function mountRequestView(root) {
@@ -147,11 +157,11 @@ export function mountRequestView(root) {
     input.disabled = !joined;
     sendButton.disabled = !joined;
     input.placeholder = joined
-      ? `Message as ${me.name}`
+      ? t('request.composer.open', { name: me.name })
       : requestId
-        ? 'Join a request to write'
-        : 'Pick a request from your inbox';
-    sendButton.textContent = editing ? 'Save' : 'Send';
+        ? t('request.composer.closed')
+        : t('request.composer.pick');
+    sendButton.textContent = editing ? t('action.save') : t('action.send');
     editingBar.hidden = !editing;
   }
 
@@ -164,18 +174,18 @@ export function mountRequestView(root) {
 
   function showWho() {
     who.replaceChildren(
-      h('p', { class: 'who-label' }, 'Request'),
+      h('p', { class: 'who-label' }, t('request.who.request')),
       h(
         'p',
         { class: 'who-value mono', title: requestId },
-        requestId ? shortId(requestId) : 'none yet',
+        requestId ? shortId(requestId) : t('request.who.none'),
       ),
-      h('p', { class: 'who-label' }, 'You are'),
+      h('p', { class: 'who-label' }, t('who.you')),
       h('p', { class: 'who-value' }, me.role ? `${me.name} · ${me.role}` : me.name),
       h(
         'button',
         { type: 'button', class: 'change', onclick: () => root.classList.remove('joined') },
-        'Change',
+        t('action.change'),
       ),
     );
     who.hidden = false;
@@ -188,8 +198,8 @@ export function mountRequestView(root) {
     if (!tick) return;
     tick.dataset.state = entry.state;
     tick.textContent = TICK[entry.state];
-    tick.title = TICK_LABEL[entry.state];
-    tick.setAttribute('aria-label', TICK_LABEL[entry.state]);
+    tick.title = t(`tick.${entry.state}`);
+    tick.setAttribute('aria-label', tick.title);
     entry.li.classList.toggle('pending', entry.state === 'pending');
   }
 
@@ -215,7 +225,7 @@ export function mountRequestView(root) {
   function bubble(msg, mine) {
     const deleted = Boolean(msg.deletedAt);
     const foot = h('div', { class: 'bubble-foot' }, timeEl(msg.createdAt));
-    if (msg.editedAt && !deleted) foot.append(h('span', { class: 'edited' }, 'edited'));
+    if (msg.editedAt && !deleted) foot.append(h('span', { class: 'edited' }, t('message.edited')));
     if (mine && !deleted) {
       foot.append(
         h(
@@ -226,20 +236,20 @@ export function mountRequestView(root) {
             {
               type: 'button',
               class: 'act edit',
-              title: 'Edit',
+              title: t('message.edit'),
               onclick: (e) => act(e, startEditing),
             },
-            'Edit',
+            t('message.edit'),
           ),
           h(
             'button',
             {
               type: 'button',
               class: 'act delete',
-              title: 'Delete',
+              title: t('message.delete'),
               onclick: (e) => act(e, remove),
             },
-            'Delete',
+            t('message.delete'),
           ),
         ),
       );
@@ -250,7 +260,7 @@ export function mountRequestView(root) {
       'div',
       { class: 'bubble' },
       deleted
-        ? h('p', { class: 'text deleted' }, 'Message deleted')
+        ? h('p', { class: 'text deleted' }, t('message.deleted'))
         : text !== '' || !msg.attachments?.length
           ? h('p', { class: 'text' }, text)
           : null,
@@ -345,7 +355,9 @@ export function mountRequestView(root) {
 
   function showTyping(p) {
     if (p?.requestId !== requestId || p.userId === me.id) return;
-    typingLine.textContent = `${String(p.username ?? 'Someone')} is typing…`;
+    typingLine.textContent = t('request.typing', {
+      name: String(p.username ?? t('request.someone')),
+    });
     typingLine.hidden = false;
     clearTimeout(typingTimer);
     typingTimer = setTimeout(() => {
@@ -371,8 +383,8 @@ export function mountRequestView(root) {
     resetConversation();
     requestId = id.toLowerCase();
     form.elements.request.value = requestId;
-    title.textContent = `Request ${shortId(requestId)}`;
-    subtitle.textContent = 'Teacher and lab conversation';
+    title.textContent = t('request.titleOf', { id: shortId(requestId) });
+    subtitle.textContent = t('request.subtitleOpen');
     inbox.select(requestId);
     updateComposer();
     showWho();
@@ -385,20 +397,19 @@ export function mountRequestView(root) {
     for (const msg of payload.messages ?? []) show(msg);
     older.hidden = !payload.hasMore;
     joined = true;
-    setStatus(status, 'live', 'Live');
+    setStatus(status, 'live');
     updateComposer();
     if (follow) scroller.scrollTop = scroller.scrollHeight;
-    empty.querySelector('.empty-title').textContent = 'No messages yet';
-    empty.querySelector('.empty-text').textContent =
-      'Say hello: the other side sees your message at once, and the ticks tell you when it was read.';
+    empty.querySelector('.empty-title').textContent = t('request.emptyJoined.title');
+    empty.querySelector('.empty-text').textContent = t('request.emptyJoined.text');
   }
 
   function connect(token) {
     socket = io({ auth: { token } });
-    setStatus(status, 'connecting', 'Connecting…');
+    setStatus(status, 'connecting');
     socket.on('connect', () => {
       say.clear();
-      if (!requestId) setStatus(status, 'live', 'Connected');
+      if (!requestId) setStatus(status, 'live', t('status.connected'));
       join();
       inbox.reload((event, payload, ack) => socket.emit(event, payload, ack));
       inbox.select(requestId);
@@ -428,11 +439,11 @@ export function mountRequestView(root) {
       updateComposer();
       if (!socket.active) {
         // Refused by the server (bad or expired token): retrying cannot help.
-        setStatus(status, 'offline', 'Not connected');
-        say.show(friendly({ error_code: err.message, message: err.message }), 'error');
+        setStatus(status, 'offline', t('status.idle'));
+        say.show(friendly({ error_code: err.message }), 'error');
       } else {
-        setStatus(status, 'offline', 'Reconnecting…');
-        say.show('Cannot reach charla. Retrying…', 'warn');
+        setStatus(status, 'offline', t('status.reconnecting'));
+        say.show(t('notice.unreachable'), 'warn');
       }
     });
     socket.on('disconnect', (reason) => {
@@ -440,17 +451,17 @@ export function mountRequestView(root) {
       updateComposer();
       if (reason === 'io client disconnect') return;
       if (socket.active) {
-        setStatus(status, 'offline', 'Reconnecting…');
-        say.show('Connection lost. Reconnecting…', 'warn');
+        setStatus(status, 'offline', t('status.reconnecting'));
+        say.show(t('notice.lost'), 'warn');
       } else {
-        setStatus(status, 'offline', 'Disconnected');
-        say.show('The server ended this session; your token may have expired.', 'error');
+        setStatus(status, 'offline', t('status.disconnected'));
+        say.show(t('notice.sessionEnded'), 'error');
       }
     });
     socket.io.on('reconnect_attempt', (n) => {
-      say.show(`Connection lost. Reconnecting (attempt ${n})…`, 'warn');
+      say.show(t('notice.lostAttempt', { attempt: n }), 'warn');
     });
-    socket.io.on('reconnect', () => say.show('Reconnected.', 'ok', 2500));
+    socket.io.on('reconnect', () => say.show(t('notice.reconnected'), 'ok', 2500));
   }
 
   function start(newRequest, token) {
@@ -460,10 +471,10 @@ export function mountRequestView(root) {
     requestId = newRequest.toLowerCase();
     me = whoIs(token);
     root.classList.add('joined');
-    title.textContent = requestId ? `Request ${shortId(requestId)}` : 'Your requests';
-    subtitle.textContent = requestId
-      ? 'Teacher and lab conversation'
-      : 'Pick a request from your inbox';
+    title.textContent = requestId
+      ? t('request.titleOf', { id: shortId(requestId) })
+      : t('request.titleInbox');
+    subtitle.textContent = requestId ? t('request.subtitleOpen') : t('request.subtitleInbox');
     updateComposer();
     showWho();
     connect(token);
@@ -561,9 +572,9 @@ export function mountRequestView(root) {
     open({ request, token }) {
       if (token && !form.elements.token.value) form.elements.token.value = token;
       if (request) form.elements.request.value = request;
-      const t = form.elements.token.value.trim();
-      if (t && !socket) start(request ?? '', t);
-      else if (request && t && request.toLowerCase() !== requestId) switchTo(request);
+      const saved = form.elements.token.value.trim();
+      if (saved && !socket) start(request ?? '', saved);
+      else if (request && saved && request.toLowerCase() !== requestId) switchTo(request);
     },
   };
 }
