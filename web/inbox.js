@@ -26,7 +26,8 @@ export function mountInbox(section, { onOpen }) {
   /** requestId → {summary, li}. */
   const rows = new Map();
   let current = '';
-  let ask = null;
+  /** `RequestChat.listRequests` of the current connection, or null. */
+  let listPage = null;
 
   function paint(row) {
     const { summary } = row;
@@ -73,12 +74,17 @@ export function mountInbox(section, { onOpen }) {
   }
 
   function load(before) {
-    ask?.('listRequests', before ? { before, limit: 30 } : { limit: 30 }, (res) => {
-      if (!res?.ok) return;
-      for (const s of res.requests) put(s, 'end');
-      more.hidden = !res.hasMore;
-      section.hidden = false;
-    });
+    const from = listPage;
+    from?.(before ? { before, limit: 30 } : { limit: 30 }).then(
+      (page) => {
+        if (from !== listPage) return;
+        for (const s of page.requests) put(s, 'end');
+        more.hidden = !page.hasMore;
+        section.hidden = false;
+      },
+      // Not connected or refused: the next reconnect loads the inbox again.
+      () => {},
+    );
   }
 
   more.addEventListener('click', () => {
@@ -87,9 +93,9 @@ export function mountInbox(section, { onOpen }) {
   });
 
   return {
-    /** Starts over on a (re)connected socket: `emit(event, payload, ack)`. */
-    reload(emit) {
-      ask = emit;
+    /** Starts over on a (re)connected client: `listRequests(opts)` resolves with a page. */
+    reload(listRequests) {
+      listPage = listRequests;
       rows.clear();
       list.replaceChildren();
       load();
@@ -107,7 +113,7 @@ export function mountInbox(section, { onOpen }) {
       for (const row of rows.values()) paint(row);
     },
     clear() {
-      ask = null;
+      listPage = null;
       rows.clear();
       list.replaceChildren();
       section.hidden = true;

@@ -1,20 +1,23 @@
-// The request-chat view over Socket.IO (protocol sections 3 and 8): history,
-// sending with an acknowledgement, and receipts both ways. Messages that arrive
-// are acked at once (`ackMessages`); they count as read (`readMessages`) only
-// once they are on screen in a visible tab. Beside it, the inbox with live
-// unread counts; in it, typing, edits and deletions of one's own messages,
-// and attachments as links (images as thumbnails).
+// The request-chat view (protocol sections 3 and 8) on charla/client's
+// `RequestChat`, which owns the connection: sends carry a `clientMessageId`
+// and are retried until acknowledged (and wait while offline), rooms are
+// joined again after a reconnect and their history merged, so this file only
+// draws. Messages that arrive are acked at once (`ackMessages`); they count as
+// read (`readMessages`) only once they are on screen in a visible tab. Beside
+// it, the inbox with live unread counts; in it, typing, edits and deletions of
+// one's own messages, and attachments as links (images as thumbnails).
+import { RequestChat } from '/client/index.js';
 import { io } from '/vendor/socket.io.esm.min.js';
 import { atBottom, h, notice, setStatus, timeEl, whoIs } from './dom.js';
 import { lang, t } from './i18n.js';
 import { mountInbox } from './inbox.js';
 import { receiptBatcher, tickState } from './receipts.js';
 
-/** How often this client says it is typing; the server forwards at most every 2 s anyway. */
-const TYPING_EVERY_MS = 2000;
 /** How long "… is typing" stays without a new `userTyping`. */
 const TYPING_SHOWN_MS = 3500;
 const OBJECT_ID = /^[0-9a-f]{24}$/;
+/** Ids per receipt event, as charla/client batches its own. */
+const RECEIPT_BATCH = 100;
 
 /** Attachment URL prefixes the server accepts, from `/client-config.json`. */
 let allowedPrefixes = [];
@@ -109,12 +112,15 @@ const WORDED = new Set([
 
 const shortId = (id) => `${id.slice(0, 6)}…${id.slice(-4)}`;
 
-/** A refusal in the reader's words; the server's own text is English, so it is never shown. */
+/**
+ * A refusal in the reader's words, from a `ChatClientError` or an `exception`
+ * payload; the server's own text is English, so it is never shown.
+ */
 function friendly(e) {
-  const code = String(e?.error_code ?? 'internal_error');
+  const code = String(e?.code ?? e?.error_code ?? 'internal_error');
   if (code === 'rate_limited') {
-    const seconds = Math.ceil((Number(e.retry_after_ms) || 1000) / 1000);
-    return t('notice.rateLimited', { seconds });
+    const ms = Number(e.retryAfterMs ?? e.retry_after_ms) || 1000;
+    return t('notice.rateLimited', { seconds: Math.ceil(ms / 1000) });
   }
   return WORDED.has(code) ? t(`request.error.${code}`) : t('request.error.other', { code });
 }
@@ -137,26 +143,36 @@ export function mountRequestView(root) {
   const editingBar = root.querySelector('.editing');
   const inbox = mountInbox(root.querySelector('.inbox'), { onOpen: (id) => switchTo(id) });
 
-  let socket = null;
+  /** The connection; null before the first one and while one is being made. */
+  let chat = null;
+  /** Bumped on every new connection, so a late answer for an old one is dropped. */
+  let generation = 0;
   let requestId = '';
   let me = whoIs('');
-  let joined = false;
+  /** The open request's history has arrived: the composer may write (sends wait while offline). */
+  let ready = false;
   /** The id of my message being edited in the composer, if any. */
   let editing = null;
-  let lastTypingSent = 0;
   let typingTimer;
   /** Message id (or clientMessageId while pending) → {msg, li, state}. */
   const shown = new Map();
 
   const receipts = receiptBatcher({
     root: scroller,
-    emit: (event, ids) => socket?.emit(event, { requestId, messages: ids }),
+    emit: (event, ids) => {
+      if (!chat || !requestId) return;
+      const record = event === 'readMessages' ? chat.markRead : chat.markDelivered;
+      // A receipt lost with the connection goes again when the re-join's history shows it missing.
+      for (let i = 0; i < ids.length; i += RECEIPT_BATCH) {
+        record.call(chat, requestId, ids.slice(i, i + RECEIPT_BATCH)).catch(() => {});
+      }
+    },
   });
 
   function updateComposer() {
-    input.disabled = !joined;
-    sendButton.disabled = !joined;
-    input.placeholder = joined
+    input.disabled = !ready;
+    sendButton.disabled = !ready;
+    input.placeholder = ready
       ? t('request.composer.open', { name: me.name })
       : requestId
         ? t('request.composer.closed')
@@ -213,12 +229,18 @@ export function mountRequestView(root) {
 
   function remove(entry) {
     const messageId = entry.msg._id;
-    if (!OBJECT_ID.test(messageId)) return;
-    socket?.emit('deleteMessage', { requestId, messageId }, (res) => {
-      if (!res?.ok) return say.show(friendly(res ?? {}), 'error');
-      if (editing === messageId) stopEditing();
-      changed(res.message);
-    });
+    if (!OBJECT_ID.test(messageId) || !chat) return;
+    const room = requestId;
+    chat.deleteMessage(room, messageId).then(
+      () => {
+        if (room !== requestId) return;
+        if (editing === messageId) stopEditing();
+        // The library marked its copy deleted; the server tells only the others.
+        const held = chat?.messages(room).find((m) => m._id === messageId);
+        changed(held ?? { _id: messageId, message: '', deletedAt: new Date().toISOString() });
+      },
+      (err) => say.show(friendly(err), 'error'),
+    );
   }
 
   /** The inside of a bubble: text, attachments, time, edited mark, tick and my actions. */
@@ -297,14 +319,28 @@ export function mountRequestView(root) {
       'li',
       {
         class: mine ? 'msg mine' : 'msg',
-        dataset: { id: String(msg._id ?? ''), sender: String(msg.sender?.id) },
+        dataset: {
+          id: String(msg._id ?? ''),
+          sender: String(msg.sender?.id),
+          at: String(msg.createdAt ?? ''),
+        },
       },
       head,
       bubble(msg, mine),
     );
   }
 
-  /** Shows `msg` (once), oldest first; returns its entry. */
+  /** A run of messages from one sender shows the name once. */
+  function markRun(li) {
+    if (!li) return;
+    const prev = li.previousElementSibling;
+    li.classList.toggle('cont', prev?.dataset.sender === li.dataset.sender);
+  }
+
+  /**
+   * Shows `msg` (once) in time order and returns its entry. A message found
+   * after a reconnect may be older than the newest one shown: it goes in its place.
+   */
   function show(msg, where = 'end') {
     const existing = shown.get(msg._id);
     if (existing) {
@@ -312,7 +348,8 @@ export function mountRequestView(root) {
         changed(msg);
       }
       existing.msg = msg;
-      if (existing.state !== 'pending') existing.state = tickState(msg, me.id);
+      if (existing.state === 'other') receipts.arrived(msg, existing.li, me.id);
+      else if (existing.state !== 'pending') existing.state = tickState(msg, me.id);
       paintTick(existing);
       return existing;
     }
@@ -321,11 +358,15 @@ export function mountRequestView(root) {
     shown.set(msg._id, entry);
     if (where === 'start') list.prepend(entry.li);
     else {
-      // A run of messages from one sender shows the name once.
-      const prev = list.lastElementChild;
-      if (prev?.dataset.sender === String(msg.sender?.id)) entry.li.classList.add('cont');
-      list.append(entry.li);
+      let after = list.lastElementChild;
+      while (after && !after.classList.contains('pending') && after.dataset.at > msg.createdAt) {
+        after = after.previousElementSibling;
+      }
+      if (after) after.after(entry.li);
+      else list.prepend(entry.li);
     }
+    markRun(entry.li);
+    markRun(entry.li.nextElementSibling);
     paintTick(entry);
     empty.hidden = true;
     if (!mine) receipts.arrived(msg, entry.li, me.id);
@@ -336,7 +377,7 @@ export function mountRequestView(root) {
     if (payload?.requestId !== requestId || payload.userId === me.id) return;
     for (const id of payload.messages ?? []) {
       const entry = shown.get(id);
-      if (!entry || entry.state === 'other') continue;
+      if (!entry || entry.state === 'other' || entry.state === 'pending') continue;
       const mark = { userId: payload.userId, at: payload.at };
       const m = entry.msg;
       m.deliveredTo = [...(m.deliveredTo ?? []), mark];
@@ -346,10 +387,14 @@ export function mountRequestView(root) {
     }
   }
 
+  /** Joins the open request; the `history` event draws it. */
   function join() {
-    if (!requestId) return;
-    socket.emit('joinRoom', { requestId }, (res) => {
-      if (res && res.ok === false) say.show(friendly(res), 'error');
+    if (!requestId || !chat) return;
+    const room = requestId;
+    chat.join(room).catch((err) => {
+      if (room !== requestId) return;
+      setStatus(status, 'live', t('status.connected'));
+      say.show(friendly(err), 'error');
     });
   }
 
@@ -373,30 +418,38 @@ export function mountRequestView(root) {
     older.hidden = true;
     typingLine.hidden = true;
     editing = null;
-    joined = false;
+    ready = false;
+  }
+
+  function showTitle() {
+    title.textContent = requestId
+      ? t('request.titleOf', { id: shortId(requestId) })
+      : t('request.titleInbox');
+    subtitle.textContent = requestId ? t('request.subtitleOpen') : t('request.subtitleInbox');
   }
 
   /** Opens another request on the same connection. */
   function switchTo(id) {
-    if (!socket || id === requestId) return;
-    if (requestId && joined) socket.emit('leaveRoom', { requestId });
+    if (id.toLowerCase() === requestId) return;
+    // While the connection is being made, `connect` joins whatever is open by then.
+    if (chat && requestId) chat.leave(requestId).catch(() => {});
     resetConversation();
     requestId = id.toLowerCase();
     form.elements.request.value = requestId;
-    title.textContent = t('request.titleOf', { id: shortId(requestId) });
-    subtitle.textContent = t('request.subtitleOpen');
+    showTitle();
     inbox.select(requestId);
     updateComposer();
     showWho();
     join();
   }
 
-  function onHistory(payload) {
-    if (payload?.requestId !== requestId) return;
-    const follow = joined ? atBottom(scroller) : true;
-    for (const msg of payload.messages ?? []) show(msg);
-    older.hidden = !payload.hasMore;
-    joined = true;
+  function onHistory(history) {
+    if (history?.requestId !== requestId) return;
+    const follow = ready ? atBottom(scroller) : true;
+    for (const msg of history.messages) show(msg);
+    if (!history.rejoined) older.hidden = !history.hasMore;
+    ready = true;
+    say.clear();
     setStatus(status, 'live');
     updateComposer();
     if (follow) scroller.scrollTop = scroller.scrollHeight;
@@ -404,116 +457,139 @@ export function mountRequestView(root) {
     empty.querySelector('.empty-text').textContent = t('request.emptyJoined.text');
   }
 
-  function connect(token) {
-    socket = io({ auth: { token } });
-    setStatus(status, 'connecting');
-    socket.on('connect', () => {
-      say.clear();
-      if (!requestId) setStatus(status, 'live', t('status.connected'));
-      join();
-      inbox.reload((event, payload, ack) => socket.emit(event, payload, ack));
-      inbox.select(requestId);
-    });
-    socket.on('requestUpdated', (u) => inbox.updated(u));
-    socket.on('userTyping', showTyping);
-    socket.on('messageUpdated', (msg) => {
+  function onMessage(msg) {
+    if (msg?.requestId !== requestId) return;
+    if (msg.sender?.id !== me.id) typingLine.hidden = true;
+    const follow = atBottom(scroller);
+    const entry = show(msg);
+    if (follow || isMine(msg)) entry.li.scrollIntoView({ block: 'end' });
+  }
+
+  function listen(c) {
+    c.on('history', onHistory);
+    c.on('message', onMessage);
+    c.on('messagesDelivered', (p) => receipt('delivered', p));
+    c.on('messageReads', (p) => receipt('read', p));
+    c.on('messageUpdated', (msg) => {
       if (msg?.requestId === requestId) changed(msg);
     });
-    socket.on('messageDeleted', (d) => {
+    c.on('messageDeleted', (d) => {
       if (d?.requestId !== requestId) return;
       changed({ _id: d.messageId, message: '', attachments: [], deletedAt: d.deletedAt });
     });
-    socket.on('roomHistory', onHistory);
-    socket.on('message', (msg) => {
-      if (msg?.requestId !== requestId) return;
-      if (msg.sender?.id !== me.id) typingLine.hidden = true;
-      const follow = atBottom(scroller);
-      const entry = show(msg);
-      if (follow || isMine(msg)) entry.li.scrollIntoView({ block: 'end' });
+    c.on('userTyping', showTyping);
+    c.on('requestUpdated', (u) => inbox.updated(u));
+    // A send refused for going too fast is retried by the library; say why it waits.
+    c.on('exception', (e) => {
+      if (e?.error_code === 'rate_limited' && e.event === 'message') say.show(friendly(e), 'warn');
     });
-    socket.on('messagesDelivered', (p) => receipt('delivered', p));
-    socket.on('messageReads', (p) => receipt('read', p));
-    socket.on('exception', (e) => say.show(friendly(e), 'error'));
-    socket.on('connect_error', (err) => {
-      joined = false;
-      updateComposer();
-      if (!socket.active) {
-        // Refused by the server (bad or expired token): retrying cannot help.
-        setStatus(status, 'offline', t('status.idle'));
-        say.show(friendly({ error_code: err.message }), 'error');
-      } else {
-        setStatus(status, 'offline', t('status.reconnecting'));
-        say.show(t('notice.unreachable'), 'warn');
-      }
+    // The first `connect` happened before these listeners: this one is a reconnect.
+    c.on('connect', () => {
+      say.show(t('notice.reconnected'), 'ok', 2500);
+      setStatus(status, 'connecting');
+      if (!requestId) setStatus(status, 'live', t('status.connected'));
+      inbox.reload((opts) => c.listRequests(opts));
+      inbox.select(requestId);
     });
-    socket.on('disconnect', (reason) => {
-      joined = false;
-      updateComposer();
+    c.on('disconnect', (reason) => {
       if (reason === 'io client disconnect') return;
-      if (socket.active) {
-        setStatus(status, 'offline', t('status.reconnecting'));
-        say.show(t('notice.lost'), 'warn');
-      } else {
-        setStatus(status, 'offline', t('status.disconnected'));
-        say.show(t('notice.sessionEnded'), 'error');
-      }
+      setStatus(status, 'offline', t('status.reconnecting'));
+      say.show(t('notice.lost'), 'warn');
     });
-    socket.io.on('reconnect_attempt', (n) => {
-      say.show(t('notice.lostAttempt', { attempt: n }), 'warn');
+    c.on('reconnecting', ({ attempt }) => {
+      say.show(t('notice.lostAttempt', { attempt }), 'warn');
     });
-    socket.io.on('reconnect', () => say.show(t('notice.reconnected'), 'ok', 2500));
+    // The server refused the connection (bad or expired token) or a re-join: retrying cannot help.
+    c.on('error', (err) => {
+      ready = false;
+      updateComposer();
+      if (c.socket.active) setStatus(status, 'live', t('status.connected'));
+      else setStatus(status, 'offline', t('status.disconnected'));
+      say.show(friendly(err), 'error');
+    });
+  }
+
+  async function connect(token) {
+    const mine = ++generation;
+    setStatus(status, 'connecting');
+    let c;
+    try {
+      c = await RequestChat.connect(location.origin, { token, io, autoDeliver: false });
+    } catch (err) {
+      if (mine !== generation) return;
+      setStatus(status, 'offline', t('status.idle'));
+      say.show(friendly(err), 'error');
+      return;
+    }
+    if (mine !== generation) {
+      c.close();
+      return;
+    }
+    chat = c;
+    listen(c);
+    say.clear();
+    if (!requestId) setStatus(status, 'live', t('status.connected'));
+    join();
+    inbox.reload((opts) => c.listRequests(opts));
+    inbox.select(requestId);
   }
 
   function start(newRequest, token) {
-    socket?.disconnect();
+    generation++;
+    chat?.close();
+    chat = null;
     resetConversation();
     inbox.clear();
+    say.clear();
     requestId = newRequest.toLowerCase();
     me = whoIs(token);
     root.classList.add('joined');
-    title.textContent = requestId
-      ? t('request.titleOf', { id: shortId(requestId) })
-      : t('request.titleInbox');
-    subtitle.textContent = requestId ? t('request.subtitleOpen') : t('request.subtitleInbox');
+    showTitle();
     updateComposer();
     showWho();
-    connect(token);
+    void connect(token);
   }
 
   function send(text, clientMessageId) {
-    const pendingMsg = {
-      _id: clientMessageId,
-      requestId,
-      sender: { id: me.id, username: me.name, role: me.role },
-      message: text,
-      createdAt: new Date().toISOString(),
-    };
-    const entry = show({ ...pendingMsg }, 'end');
+    const room = requestId;
+    const entry = show(
+      {
+        _id: clientMessageId,
+        requestId,
+        sender: { id: me.id, username: me.name, role: me.role },
+        message: text,
+        createdAt: new Date().toISOString(),
+      },
+      'end',
+    );
     entry.li.classList.add('mine');
     entry.state = 'pending';
     paintTick(entry);
     entry.li.scrollIntoView({ block: 'end' });
-    socket.emit('message', { requestId, message: text, clientMessageId }, (res) => {
-      if (!res?.ok) {
+    chat.send(room, text, { clientMessageId }).then(
+      (stored) => {
+        if (room !== requestId) return;
+        // The server's copy replaces the pending one, under its real id.
+        shown.delete(clientMessageId);
+        if (me.id === undefined) me.id = stored.sender?.id;
+        if (shown.has(stored._id)) {
+          entry.li.remove();
+          return;
+        }
+        entry.msg = stored;
+        entry.li.dataset.id = stored._id;
+        entry.li.dataset.at = stored.createdAt;
+        entry.state = tickState(stored, me.id);
+        shown.set(stored._id, entry);
+        paintTick(entry);
+      },
+      (err) => {
+        if (room !== requestId) return;
         entry.state = 'failed';
         paintTick(entry);
-        say.show(friendly(res ?? {}), 'error');
-        return;
-      }
-      // The server's copy replaces the pending one, under its real id.
-      shown.delete(clientMessageId);
-      if (me.id === undefined) me.id = res.message.sender?.id;
-      const already = shown.get(res.message._id);
-      if (already) {
-        entry.li.remove();
-        return;
-      }
-      entry.msg = res.message;
-      entry.li.dataset.id = res.message._id;
-      entry.state = tickState(res.message, me.id);
-      shown.set(res.message._id, entry);
-      paintTick(entry);
-    });
+        say.show(friendly(err), 'error');
+      },
+    );
   }
 
   form.addEventListener('submit', (e) => {
@@ -526,13 +602,16 @@ export function mountRequestView(root) {
   composer.addEventListener('submit', (e) => {
     e.preventDefault();
     const text = input.value;
-    if (!joined) return;
+    if (!ready || !chat) return;
     if (editing) {
       const messageId = editing;
-      socket.emit('editMessage', { requestId, messageId, message: text }, (res) => {
-        if (!res?.ok) return say.show(friendly(res ?? {}), 'error');
-        changed(res.message);
-      });
+      const room = requestId;
+      chat.editMessage(room, messageId, text).then(
+        (msg) => {
+          if (room === requestId) changed(msg);
+        },
+        (err) => say.show(friendly(err), 'error'),
+      );
       stopEditing();
       return;
     }
@@ -543,11 +622,8 @@ export function mountRequestView(root) {
   });
 
   input.addEventListener('input', () => {
-    if (!joined || editing || input.value === '') return;
-    const now = Date.now();
-    if (now - lastTypingSent < TYPING_EVERY_MS) return;
-    lastTypingSent = now;
-    socket.emit('typing', { requestId });
+    // The library says so at most once per 2 s per room, as the server forwards it.
+    if (ready && !editing && input.value !== '') chat?.typing(requestId);
   });
 
   input.addEventListener('keydown', (e) => {
@@ -557,14 +633,18 @@ export function mountRequestView(root) {
 
   older.addEventListener('click', () => {
     const first = list.querySelector('.msg[data-id]')?.dataset.id;
-    if (!first) return;
-    socket.emit('loadHistory', { requestId, before: first }, (res) => {
-      if (!res?.ok) return say.show(friendly(res ?? {}), 'error');
-      const height = scroller.scrollHeight;
-      for (const msg of [...res.messages].reverse()) show(msg, 'start');
-      older.hidden = !res.hasMore;
-      scroller.scrollTop += scroller.scrollHeight - height;
-    });
+    if (!first || !chat) return;
+    const room = requestId;
+    chat.loadHistory(room, { before: first }).then(
+      (page) => {
+        if (room !== requestId) return;
+        const height = scroller.scrollHeight;
+        for (const msg of [...page.messages].reverse()) show(msg, 'start');
+        older.hidden = !page.hasMore;
+        scroller.scrollTop += scroller.scrollHeight - height;
+      },
+      (err) => say.show(friendly(err), 'error'),
+    );
   });
 
   return {
@@ -573,7 +653,7 @@ export function mountRequestView(root) {
       if (token && !form.elements.token.value) form.elements.token.value = token;
       if (request) form.elements.request.value = request;
       const saved = form.elements.token.value.trim();
-      if (saved && !socket) start(request ?? '', saved);
+      if (saved && generation === 0) start(request ?? '', saved);
       else if (request && saved && request.toLowerCase() !== requestId) switchTo(request);
     },
   };
