@@ -338,10 +338,29 @@ export function mountRequestView(root) {
   }
 
   /**
-   * Shows `msg` (once) in time order and returns its entry. A message found
-   * after a reconnect may be older than the newest one shown: it goes in its place.
+   * Puts `li` in time order, before my messages still being sent (they will
+   * be stored after it). A message found after a reconnect may be older than
+   * the newest one shown: it goes in its place.
    */
-  function show(msg, where = 'end') {
+  function place(li) {
+    let after = list.lastElementChild;
+    while (
+      after &&
+      (after === li || after.classList.contains('pending') || after.dataset.at > li.dataset.at)
+    ) {
+      after = after.previousElementSibling;
+    }
+    if (after) after.after(li);
+    else list.prepend(li);
+    markRun(li);
+    markRun(li.nextElementSibling);
+  }
+
+  /**
+   * Shows `msg` (once) and returns its entry: at the start (older history), at
+   * the end (`pending`: my message being sent) or in time order.
+   */
+  function show(msg, where = 'ordered') {
     const existing = shown.get(msg._id);
     if (existing) {
       if (msg.editedAt !== existing.msg.editedAt || msg.deletedAt !== existing.msg.deletedAt) {
@@ -356,17 +375,13 @@ export function mountRequestView(root) {
     const mine = isMine(msg);
     const entry = { msg, li: build(msg, mine), state: mine ? tickState(msg, me.id) : 'other' };
     shown.set(msg._id, entry);
-    if (where === 'start') list.prepend(entry.li);
+    if (where === 'ordered') place(entry.li);
     else {
-      let after = list.lastElementChild;
-      while (after && !after.classList.contains('pending') && after.dataset.at > msg.createdAt) {
-        after = after.previousElementSibling;
-      }
-      if (after) after.after(entry.li);
-      else list.prepend(entry.li);
+      if (where === 'start') list.prepend(entry.li);
+      else list.append(entry.li);
+      markRun(entry.li);
+      markRun(entry.li.nextElementSibling);
     }
-    markRun(entry.li);
-    markRun(entry.li.nextElementSibling);
     paintTick(entry);
     empty.hidden = true;
     if (!mine) receipts.arrived(msg, entry.li, me.id);
@@ -560,7 +575,7 @@ export function mountRequestView(root) {
         message: text,
         createdAt: new Date().toISOString(),
       },
-      'end',
+      'pending',
     );
     entry.li.classList.add('mine');
     entry.state = 'pending';
@@ -582,6 +597,8 @@ export function mountRequestView(root) {
         entry.state = tickState(stored, me.id);
         shown.set(stored._id, entry);
         paintTick(entry);
+        // Stored after whatever reached the server first (say, while this one waited offline).
+        place(entry.li);
       },
       (err) => {
         if (room !== requestId) return;
