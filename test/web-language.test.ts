@@ -3,8 +3,7 @@
  * Spanish (es-MX) gets the header, the request view, its inbox and its
  * receipts in Spanish, with times formatted the Spanish way and
  * `<html lang="es">`; one that prefers English (en-US) gets all of it in
- * English. The screenshots of the request view in the README come from here
- * (test-artifacts/web-request-en.png and web-request-es.png).
+ * English. (The README's pictures of both come from test/readme-screenshots.ts.)
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
