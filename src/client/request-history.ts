@@ -5,6 +5,7 @@
  * `_id`, in the server's order, at most `limit` of them (the newest).
  */
 import type { BoundedSet } from './bounded.js';
+import type { Answer, Ask } from './request-answer.js';
 import type { MessageDeletedEvent, ReceiptEvent, RequestMessage } from './types.js';
 
 /** Server order: by `createdAt`, ties by `_id` (ObjectIds start with their creation second). */
@@ -76,4 +77,36 @@ export class RoomMessages {
       this.byId.set(id, { ...m, [field]: [...receipts, { userId: e.userId, at: e.at }] });
     }
   }
+}
+
+/**
+ * After a re-join whose newest `page` does not reach what the client `held`
+ * before, pages back until it does (at most `maxPages` pages), so what was
+ * missed in between is merged too. Returns the messages it added.
+ */
+export async function catchUp(
+  ask: Ask,
+  room: { requestId: string; messages: RoomMessages },
+  page: { messages: RequestMessage[]; hasMore: boolean },
+  held: Set<string>,
+  maxPages: number,
+): Promise<RequestMessage[]> {
+  const added: RequestMessage[] = [];
+  let older = page.messages;
+  let hasMore = page.hasMore;
+  for (let i = 0; i < maxPages; i++) {
+    const oldest = older[0];
+    if (!oldest || !hasMore || older.some((m) => held.has(m._id))) break;
+    let a: Answer;
+    try {
+      a = await ask('loadHistory', { requestId: room.requestId, before: oldest._id });
+    } catch {
+      break;
+    }
+    if (a.ok !== true || !Array.isArray(a.messages)) break;
+    older = a.messages as RequestMessage[];
+    hasMore = a.hasMore === true;
+    added.push(...room.messages.merge(older));
+  }
+  return added;
 }

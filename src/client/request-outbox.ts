@@ -9,18 +9,9 @@
  * bounded.
  */
 import { backoffDelay } from './bounded.js';
-import { ChatClientError, isErrorPayload } from './errors.js';
+import { ChatClientError } from './errors.js';
+import { type Answer, type Ask, answerError } from './request-answer.js';
 import type { Attachment, RequestMessage } from './types.js';
-
-/** `emitWithAck`'s answer: `{ok: true, …}` or `{ok: false, error_code, message}`. */
-export type Answer = Record<string, unknown> & { ok?: unknown };
-
-/** The refusal in `answer` as a ChatClientError (an answer of no known shape is `internal_error`). */
-export function answerError(answer: Answer, event: string): ChatClientError {
-  return isErrorPayload(answer)
-    ? ChatClientError.fromPayload(answer, event)
-    : new ChatClientError('internal_error', `Unexpected answer to "${event}".`, { event });
-}
 
 /** Refusals that a later attempt may get past. */
 const RETRYABLE = new Set(['rate_limited', 'internal_error', 'not_in_room']);
@@ -53,7 +44,7 @@ export interface OutboxHost {
   /** The room is joined on a live connection: a message may leave now. */
   canSend(): boolean;
   connected(): boolean;
-  ask(event: string, payload: object): Promise<Answer>;
+  ask: Ask;
   /** The server acknowledged `message`: the room holds it from now on. */
   stored(message: RequestMessage): void;
   /** The server lost the room's join: join again (the queue resumes once joined). */

@@ -5,27 +5,29 @@
  * What it adds to a bare socket: every `send` carries a `clientMessageId` and
  * is retried, with the same id, until the server acknowledges it (the server
  * stores a repeat once and returns the original), in order per room; sends
- * made while disconnected wait in a bounded queue. After a reconnect every
- * joined room is joined again, the history is merged into what the client
- * holds (de-duplicated by `_id`, ordered by `createdAt`), and messages the
- * client had missed are emitted as `message`. Live messages are
- * de-duplicated by `_id` and acknowledged as delivered.
+ * made while disconnected wait in a bounded queue (request-outbox.ts). After a
+ * reconnect every joined room is joined again, the history is merged into what
+ * the client holds (request-history.ts: de-duplicated by `_id`, ordered by
+ * `createdAt`), and messages the client had missed are emitted as `message`.
+ * Live messages are de-duplicated by `_id` and acknowledged as delivered. This
+ * file holds the connection, the rooms and their joins; its options and
+ * events are in request-types.ts.
  */
-import type { io as ioFunction, ManagerOptions, Socket, SocketOptions } from 'socket.io-client';
+import type { Socket } from 'socket.io-client';
 import { type BackoffOptions, BoundedSet, backoffDelay, randomId } from './bounded.js';
 import { Emitter } from './emitter.js';
 import { ChatClientError } from './errors.js';
-import { byTime, RoomMessages } from './request-history.js';
-import {
-  type Answer,
-  answerError,
-  type MessagePayload,
-  Outbox,
-  OutboxBudget,
-} from './request-outbox.js';
+import { type Answer, type Ask, answerError } from './request-answer.js';
+import { byTime, catchUp, RoomMessages } from './request-history.js';
+import { type MessagePayload, Outbox, OutboxBudget } from './request-outbox.js';
+import type {
+  ReceiptResult,
+  RequestChatEvents,
+  RequestChatOptions,
+  SendOptions,
+} from './request-types.js';
 import type { TokenSource } from './stream.js';
 import type {
-  Attachment,
   Inbox,
   MessageDeletedEvent,
   ReceiptEvent,
@@ -36,67 +38,12 @@ import type {
   TypingEvent,
 } from './types.js';
 
-export interface RequestChatOptions {
-  token: TokenSource;
-  /** `socket.io-client`'s `io`; imported on demand when absent (pass it in browsers without a bundler). */
-  io?: typeof ioFunction;
-  /** Reconnect backoff of the Socket.IO manager; `maxAttempts` default: never give up. */
-  reconnect?: BackoffOptions & { maxAttempts?: number };
-  /** How long one acknowledgement may take before the event is retried, in ms. Default 5000. */
-  ackTimeoutMs?: number;
-  /** Attempts per message (or join) that reach the server before `send` gives up. Default 10. */
-  maxSendAttempts?: number;
-  /** The longest a message may wait in all, offline time included, in ms. Default 120 000. */
-  sendTimeoutMs?: number;
-  /** Messages that may wait to be sent, over every room. Default 100. */
-  outboxSize?: number;
-  /** Rooms that may be joined at once. Default 100. */
-  maxRooms?: number;
-  /** Messages kept per room (the newest). Default 500. */
-  historySize?: number;
-  /** Message ids remembered for de-duplication. Default 5000. */
-  dedupeSize?: number;
-  /** Pages of older history fetched after a re-join to close a gap. Default 5. */
-  catchUpPages?: number;
-  /** Acknowledge incoming messages as delivered. Default true. */
-  autoDeliver?: boolean;
-  /** Extra Socket.IO options (the transport defaults to WebSocket only). */
-  socket?: Partial<ManagerOptions & SocketOptions>;
-}
-
-export interface RequestChatEvents {
-  /** Connected (again): rooms are being re-joined. */
-  connect: () => void;
-  disconnect: (reason: string) => void;
-  reconnecting: (info: { attempt: number }) => void;
-  /** A room's history after a join or re-join, merged with what the client held. */
-  history: (history: RoomHistory) => void;
-  /** A message from someone else (live, or found missing after a re-join), never twice. */
-  message: (message: RequestMessage) => void;
-  messagesDelivered: (event: ReceiptEvent) => void;
-  messageReads: (event: ReceiptEvent) => void;
-  messageUpdated: (message: RequestMessage) => void;
-  messageDeleted: (event: MessageDeletedEvent) => void;
-  userTyping: (event: TypingEvent) => void;
-  requestUpdated: (event: RequestUpdatedEvent) => void;
-  /** Every `exception` the server sends, as it is. */
-  exception: (event: RequestException) => void;
-  /** The connection was refused (`unauthorized`, `token_expired`), or a re-join failed. */
-  error: (error: ChatClientError) => void;
-}
-
-export interface SendOptions {
-  attachments?: Attachment[];
-  /** Defaults to a random UUID; pass your own to make a send idempotent across page reloads. */
-  clientMessageId?: string;
-}
-
-/** What a receipt recorded: the ids that were new for this user (the others are ignored). */
-export interface ReceiptResult {
-  requestId: string;
-  messages: string[];
-  at: string;
-}
+export type {
+  ReceiptResult,
+  RequestChatEvents,
+  RequestChatOptions,
+  SendOptions,
+} from './request-types.js';
 
 interface Room {
   requestId: string;
@@ -496,7 +443,9 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     const held = room.messages.ids();
     let added = room.messages.merge(page.messages);
     if (rejoined && held.size > 0 && page.hasMore) {
-      added = added.concat(await this.catchUp(room, page, held)).sort(byTime);
+      const ask: Ask = (event, payload) => this.ask(event, payload);
+      const missed = await catchUp(ask, room, page, held, this.catchUpPages);
+      added = added.concat(missed).sort(byTime);
     } else if (!rejoined || held.size === 0) {
       room.messages.hasMore = page.hasMore;
     }
@@ -510,36 +459,6 @@ export class RequestChat extends Emitter<RequestChatEvents> {
       this.queueDelivered(room, added);
     }
     room.outbox.pump();
-  }
-
-  /**
-   * After a re-join whose newest page does not reach what the client `held`
-   * before, pages back until it does (at most `catchUpPages` pages), so what
-   * was missed in between is merged too.
-   */
-  private async catchUp(
-    room: Room,
-    page: { messages: RequestMessage[]; hasMore: boolean },
-    held: Set<string>,
-  ): Promise<RequestMessage[]> {
-    const added: RequestMessage[] = [];
-    let older = page.messages;
-    let hasMore = page.hasMore;
-    for (let i = 0; i < this.catchUpPages; i++) {
-      const oldest = older[0];
-      if (!oldest || !hasMore || older.some((m) => held.has(m._id))) break;
-      let a: Answer;
-      try {
-        a = await this.ask('loadHistory', { requestId: room.requestId, before: oldest._id });
-      } catch {
-        break;
-      }
-      if (a.ok !== true || !Array.isArray(a.messages)) break;
-      older = a.messages as RequestMessage[];
-      hasMore = a.hasMore === true;
-      added.push(...room.messages.merge(older));
-    }
-    return added;
   }
 
   private failRoom(room: Room, err: ChatClientError): void {
