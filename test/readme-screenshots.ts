@@ -21,7 +21,13 @@ interface Language {
   locale: string;
   suffix: string;
   request: { teacher: [string, string]; lab: string };
-  stream: { title: string; chats: Array<['page' | 'bea', string]> };
+  stream: {
+    title: string;
+    /** Chats in order, by the host (the page) or a student; the host's second one is pinned. */
+    chats: Array<['host' | 'student', string]>;
+    /** The moderator menu's word for pinning, where the stream view has that menu. */
+    pin: string;
+  };
 }
 
 const LANGUAGES: Language[] = [
@@ -36,13 +42,14 @@ const LANGUAGES: Language[] = [
       lab: 'Yes, we upload them this afternoon. The pH came out at 7.2',
     },
     stream: {
-      title: 'Algebra',
+      title: 'Biology 101',
       chats: [
-        ['page', 'Hi! Does everyone see the board?'],
-        ['bea', 'Yes, loud and clear'],
-        ['page', 'Great, starting with exercise 3.'],
-        ['bea', 'Could you go over the second step again?'],
+        ['host', 'Hi! Does everyone see the board?'],
+        ['student', 'Yes, loud and clear'],
+        ['host', 'Read chapter 3 before Friday'],
+        ['student', 'Could you go over the second step again?'],
       ],
+      pin: 'Pin',
     },
   },
   {
@@ -56,13 +63,14 @@ const LANGUAGES: Language[] = [
       lab: 'Sí, los subimos esta tarde. El pH salió en 7.2',
     },
     stream: {
-      title: 'Álgebra',
+      title: 'Biología 101',
       chats: [
-        ['page', '¡Hola! ¿Todos ven el pizarrón?'],
-        ['bea', 'Sí, perfecto'],
-        ['page', 'Genial, empezamos con el ejercicio 3.'],
-        ['bea', '¿Puedes repetir el segundo paso?'],
+        ['host', '¡Hola! ¿Todos ven el pizarrón?'],
+        ['student', 'Sí, perfecto'],
+        ['host', 'Lean el capítulo 3 antes del viernes'],
+        ['student', '¿Puedes repetir el segundo paso?'],
       ],
+      pin: 'Fijar',
     },
   },
 ];
@@ -120,32 +128,42 @@ async function requestPicture(server: TestServer, browser: Browser, l: Language)
   }
 }
 
+/**
+ * The live stream as its host sees it: a student's chats, the host's own, one
+ * of them pinned, and the moderator's menu open on the student's last chat
+ * (pin and menu where the stream view has them).
+ */
 async function streamPicture(server: TestServer, browser: Browser, l: Language) {
-  const key = 'algebra';
-  await api(server.url, 'PUT', `/api/streams/${key}`, { title: l.stream.title });
-  const token = await userToken('1', { username: 'ana' });
+  const key = 'biology';
+  await api(server.url, 'PUT', `/api/streams/${key}`, { title: l.stream.title, ownerId: '10' });
+  const token = await userToken('10', { username: 'profe', role: 'TEACHER' });
   const page = await pageIn(
     browser,
     l.locale,
     `${server.url}/#view=stream&stream=${key}&token=${token}`,
   );
-  const bea = await StreamClient.connect(server.wsUrl, key, {
-    token: await userToken('2', { username: 'bea' }),
+  const student = await StreamClient.connect(server.wsUrl, key, {
+    token: await userToken('20', { username: 'sam' }),
   });
+  const chat = (text: string) => page.locator('#stream-view .messages li', { hasText: text });
   try {
     await page.locator('#stream-view .composer input:enabled').waitFor();
     for (const [i, [who, text]] of l.stream.chats.entries()) {
-      if (who === 'page') await write(page, 'stream', text);
-      else bea.chat(text);
-      await until(
-        async () => (await page.locator('#stream-view .messages .text').count()) === i + 1,
-        `chat ${i + 1} on screen`,
-      );
+      if (who === 'host') await write(page, 'stream', text);
+      else student.chat(text);
+      await chat(text).waitFor();
+      if (i === 2 && (await chat(text).locator('.mod-menu').count()) > 0) {
+        await chat(text).locator('.mod-menu summary').click();
+        await chat(text).locator('.mod-menu .menu button', { hasText: l.stream.pin }).click();
+        await page.locator('#stream-view .pinned', { hasText: text }).waitFor();
+      }
     }
     await page.locator('#stream-view .composer input').blur();
+    const last = chat(l.stream.chats.at(-1)?.[1] as string).locator('.mod-menu summary');
+    if ((await last.count()) > 0) await last.click();
     await page.screenshot({ path: `${DOCS}web-stream${l.suffix}.png` });
   } finally {
-    bea.ws.close();
+    student.ws.close();
     await page.context().close();
   }
 }
