@@ -157,6 +157,9 @@ export function mountRequestView(root) {
   /** Message id (or clientMessageId while pending) → {msg, li, state}. */
   const shown = new Map();
 
+  /** True while the answer to a call made on `c` for `room` still concerns what is on screen. */
+  const stillOn = (c, room) => c === chat && room === requestId;
+
   const receipts = receiptBatcher({
     root: scroller,
     emit: (event, ids) => {
@@ -230,16 +233,18 @@ export function mountRequestView(root) {
   function remove(entry) {
     const messageId = entry.msg._id;
     if (!OBJECT_ID.test(messageId) || !chat) return;
-    const room = requestId;
-    chat.deleteMessage(room, messageId).then(
+    const [c, room] = [chat, requestId];
+    c.deleteMessage(room, messageId).then(
       () => {
-        if (room !== requestId) return;
+        if (!stillOn(c, room)) return;
         if (editing === messageId) stopEditing();
         // The library marked its copy deleted; the server tells only the others.
-        const held = chat?.messages(room).find((m) => m._id === messageId);
+        const held = c.messages(room).find((m) => m._id === messageId);
         changed(held ?? { _id: messageId, message: '', deletedAt: new Date().toISOString() });
       },
-      (err) => say.show(friendly(err), 'error'),
+      (err) => {
+        if (stillOn(c, room)) say.show(friendly(err), 'error');
+      },
     );
   }
 
@@ -405,9 +410,9 @@ export function mountRequestView(root) {
   /** Joins the open request; the `history` event draws it. */
   function join() {
     if (!requestId || !chat) return;
-    const room = requestId;
-    chat.join(room).catch((err) => {
-      if (room !== requestId) return;
+    const [c, room] = [chat, requestId];
+    c.join(room).catch((err) => {
+      if (!stillOn(c, room)) return;
       setStatus(status, 'live', t('status.connected'));
       say.show(friendly(err), 'error');
     });
@@ -449,6 +454,7 @@ export function mountRequestView(root) {
     // While the connection is being made, `connect` joins whatever is open by then.
     if (chat && requestId) chat.leave(requestId).catch(() => {});
     resetConversation();
+    say.clear();
     requestId = id.toLowerCase();
     form.elements.request.value = requestId;
     showTitle();
@@ -464,7 +470,8 @@ export function mountRequestView(root) {
     for (const msg of history.messages) show(msg);
     if (!history.rejoined) older.hidden = !history.hasMore;
     ready = true;
-    say.clear();
+    // "Reconnected." stays its while; a warning or a refusal from before is over.
+    if (say.kind !== 'ok') say.clear();
     setStatus(status, 'live');
     updateComposer();
     if (follow) scroller.scrollTop = scroller.scrollHeight;
@@ -503,6 +510,8 @@ export function mountRequestView(root) {
       say.show(t('notice.reconnected'), 'ok', 2500);
       setStatus(status, 'connecting');
       if (!requestId) setStatus(status, 'live', t('status.connected'));
+      // The library joins its rooms again by itself; this also joins one whose last join failed.
+      join();
       inbox.reload((opts) => c.listRequests(opts));
       inbox.select(requestId);
     });
@@ -566,7 +575,7 @@ export function mountRequestView(root) {
   }
 
   function send(text, clientMessageId) {
-    const room = requestId;
+    const [c, room] = [chat, requestId];
     const entry = show(
       {
         _id: clientMessageId,
@@ -581,9 +590,9 @@ export function mountRequestView(root) {
     entry.state = 'pending';
     paintTick(entry);
     entry.li.scrollIntoView({ block: 'end' });
-    chat.send(room, text, { clientMessageId }).then(
+    c.send(room, text, { clientMessageId }).then(
       (stored) => {
-        if (room !== requestId) return;
+        if (!stillOn(c, room)) return;
         // The server's copy replaces the pending one, under its real id.
         shown.delete(clientMessageId);
         if (me.id === undefined) me.id = stored.sender?.id;
@@ -601,7 +610,7 @@ export function mountRequestView(root) {
         place(entry.li);
       },
       (err) => {
-        if (room !== requestId) return;
+        if (!stillOn(c, room)) return;
         entry.state = 'failed';
         paintTick(entry);
         say.show(friendly(err), 'error');
@@ -622,12 +631,14 @@ export function mountRequestView(root) {
     if (!ready || !chat) return;
     if (editing) {
       const messageId = editing;
-      const room = requestId;
-      chat.editMessage(room, messageId, text).then(
+      const [c, room] = [chat, requestId];
+      c.editMessage(room, messageId, text).then(
         (msg) => {
-          if (room === requestId) changed(msg);
+          if (stillOn(c, room)) changed(msg);
         },
-        (err) => say.show(friendly(err), 'error'),
+        (err) => {
+          if (stillOn(c, room)) say.show(friendly(err), 'error');
+        },
       );
       stopEditing();
       return;
@@ -651,16 +662,18 @@ export function mountRequestView(root) {
   older.addEventListener('click', () => {
     const first = list.querySelector('.msg[data-id]')?.dataset.id;
     if (!first || !chat) return;
-    const room = requestId;
-    chat.loadHistory(room, { before: first }).then(
+    const [c, room] = [chat, requestId];
+    c.loadHistory(room, { before: first }).then(
       (page) => {
-        if (room !== requestId) return;
+        if (!stillOn(c, room)) return;
         const height = scroller.scrollHeight;
         for (const msg of [...page.messages].reverse()) show(msg, 'start');
         older.hidden = !page.hasMore;
         scroller.scrollTop += scroller.scrollHeight - height;
       },
-      (err) => say.show(friendly(err), 'error'),
+      (err) => {
+        if (stillOn(c, room)) say.show(friendly(err), 'error');
+      },
     );
   });
 
