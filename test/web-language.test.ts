@@ -15,6 +15,44 @@ import { RequestClient } from './request-client.js';
 
 const skip = browserSkip();
 
+const { catalog } = await import(new URL('../../web/i18n.js', import.meta.url).href);
+
+/**
+ * Words that only the English catalog has (a Spanish page must show none of
+ * them): every English string, or plural form, without placeholders that
+ * differs from its Spanish twin.
+ */
+function englishOnly(): Set<string> {
+  const out = new Set<string>();
+  const forms = (v: unknown) => (typeof v === 'string' ? [v] : Object.values(v as object));
+  for (const [key, en] of Object.entries(catalog.en as Record<string, unknown>)) {
+    const es = new Set(forms(catalog.es[key]));
+    for (const form of forms(en)) if (!form.includes('{') && !es.has(form)) out.add(form);
+  }
+  return out;
+}
+
+/** Every text node and text attribute of the header and the request view, hidden ones too. */
+async function pageWords(page: Page): Promise<string[]> {
+  return page.evaluate(() => {
+    const doc = (globalThis as any).document;
+    const words: string[] = [];
+    for (const root of [doc.querySelector('header'), doc.querySelector('#request-view')]) {
+      const walker = doc.createTreeWalker(root, 4);
+      for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+        const text = String(n.textContent).trim();
+        if (text) words.push(text);
+      }
+      for (const el of root.querySelectorAll('[placeholder], [title], [aria-label]')) {
+        for (const a of ['placeholder', 'title', 'aria-label']) {
+          if (el.hasAttribute(a)) words.push(el.getAttribute(a));
+        }
+      }
+    }
+    return words;
+  });
+}
+
 interface Case {
   locale: string;
   /** The teacher's user id: one per case, so each inbox holds only its own request. */
@@ -197,6 +235,16 @@ describe('web client: the browser language', { skip }, () => {
       assert.equal(times.length, 3);
       for (const time of times) assert.match(time, c.time);
 
+      if (c.lang === 'es') {
+        // Hidden parts too (the editing bar, the "more" button): nothing left in English.
+        const english = englishOnly();
+        const words = await pageWords(page);
+        assert.ok(words.length > 30, `${words.length} words`);
+        assert.deepEqual(
+          words.filter((w) => english.has(w)),
+          [],
+        );
+      }
       await screenshot(page, `web-request-${c.lang}`);
 
       // A refusal, in words of the same language.
