@@ -10,8 +10,8 @@
  * the client holds (request-history.ts: de-duplicated by `_id`, ordered by
  * `createdAt`), and messages the client had missed are emitted as `message`.
  * Live messages are de-duplicated by `_id` and acknowledged as delivered. This
- * file holds the connection, the rooms and their joins; its options and
- * events are in request-types.ts.
+ * file holds the rooms, their joins and the events; the socket is opened in
+ * request-socket.ts, and the options and events are in request-types.ts.
  */
 import type { Socket } from 'socket.io-client';
 import { type BackoffOptions, BoundedSet, backoffDelay, randomId } from './bounded.js';
@@ -20,6 +20,7 @@ import { ChatClientError } from './errors.js';
 import { type Answer, type Ask, answerError } from './request-answer.js';
 import { byTime, catchUp, RoomMessages } from './request-history.js';
 import { type MessagePayload, Outbox, OutboxBudget } from './request-outbox.js';
+import { firstConnect, openSocket } from './request-socket.js';
 import type {
   ReceiptResult,
   RequestChatEvents,
@@ -115,53 +116,16 @@ export class RequestChat extends Emitter<RequestChatEvents> {
    * not up yet is retried with backoff.
    */
   static async connect(url: string, opts: RequestChatOptions): Promise<RequestChat> {
-    const io = opts.io ?? (await import('socket.io-client')).io;
-    const r = opts.reconnect ?? {};
     const holder: { chat?: RequestChat } = {};
-    const socket = io(url, {
-      transports: ['websocket'],
-      forceNew: true,
-      reconnection: true,
-      reconnectionDelay: r.initialDelayMs ?? 500,
-      reconnectionDelayMax: r.maxDelayMs ?? 10_000,
-      randomizationFactor: r.jitter ?? 0.5,
-      reconnectionAttempts: r.maxAttempts ?? Number.POSITIVE_INFINITY,
-      ...opts.socket,
-      // Called on every (re)connect: a token function gives a fresh token each time.
-      auth: (cb: (data: object) => void) => {
-        const source = holder.chat?.token ?? opts.token;
-        Promise.resolve(typeof source === 'function' ? source() : source).then(
-          (token) => cb({ token }),
-          () => cb({}),
-        );
-      },
-    });
+    const socket = await openSocket(url, opts, () => holder.chat?.token ?? opts.token);
     const chat = new RequestChat(socket, opts);
     holder.chat = chat;
-    await new Promise<void>((resolve, reject) => {
-      const onConnect = () => {
-        socket.off('connect_error', onError);
-        socket.io.off('reconnect_failed', onGiveUp);
-        resolve();
-      };
-      const onError = (err: Error) => {
-        if (socket.active) return;
-        socket.off('connect', onConnect);
-        socket.off('connect_error', onError);
-        socket.io.off('reconnect_failed', onGiveUp);
-        chat.close();
-        reject(new ChatClientError(err.message || 'unauthorized', err.message));
-      };
-      const onGiveUp = () => {
-        socket.off('connect', onConnect);
-        socket.off('connect_error', onError);
-        chat.close();
-        reject(new ChatClientError('timeout', 'Could not connect (reconnect.maxAttempts).'));
-      };
-      socket.once('connect', onConnect);
-      socket.on('connect_error', onError);
-      socket.io.once('reconnect_failed', onGiveUp);
-    });
+    try {
+      await firstConnect(socket);
+    } catch (err) {
+      chat.close();
+      throw err;
+    }
     return chat;
   }
 
