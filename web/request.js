@@ -4,14 +4,16 @@
 // joined again after a reconnect and their history merged, so this file only
 // draws. Messages that arrive are acked at once (`ackMessages`); they count as
 // read (`readMessages`) only once they are on screen in a visible tab. Beside
-// it, the inbox with live unread counts; in it, typing, edits and deletions of
-// one's own messages, and attachments as links (images as thumbnails).
+// it, the inbox with live unread counts (inbox.js); in it, typing, edits and
+// deletions of one's own messages, and attachments as links (attachments.js).
+// The bubbles and their ticks are drawn by conversation.js.
 import { RequestChat } from '/client/index.js';
 import { io } from '/vendor/socket.io.esm.min.js';
-import { atBottom, h, notice, setStatus, timeEl, whoIs } from './dom.js';
-import { lang, t } from './i18n.js';
+import { mountConversation } from './conversation.js';
+import { atBottom, h, notice, setStatus, whoIs } from './dom.js';
+import { t } from './i18n.js';
 import { mountInbox } from './inbox.js';
-import { receiptBatcher, tickState } from './receipts.js';
+import { receiptBatcher } from './receipts.js';
 
 /** How long "… is typing" stays without a new `userTyping`. */
 const TYPING_SHOWN_MS = 3500;
@@ -19,80 +21,6 @@ const OBJECT_ID = /^[0-9a-f]{24}$/;
 /** Ids per receipt event, as charla/client batches its own. */
 const RECEIPT_BATCH = 100;
 
-/** Attachment URL prefixes the server accepts, from `/client-config.json`. */
-let allowedPrefixes = [];
-fetch('/client-config.json')
-  .then((r) => (r.ok ? r.json() : {}))
-  .then((c) => {
-    if (Array.isArray(c.attachmentUrlPrefixes)) allowedPrefixes = c.attachmentUrlPrefixes;
-  })
-  .catch(() => {});
-
-/** An http(s) URL under an allowed prefix, compared after parsing; otherwise undefined. */
-function safeUrl(raw) {
-  let url;
-  try {
-    url = new URL(String(raw));
-  } catch {
-    return undefined;
-  }
-  if (!/^https?:$/.test(url.protocol) || url.username || url.password) return undefined;
-  const ok = allowedPrefixes.some((p) => {
-    try {
-      return (
-        url.origin === new URL(p).origin && url.href.startsWith(p) && String(raw).startsWith(p)
-      );
-    } catch {
-      return false;
-    }
-  });
-  return ok ? url.href : undefined;
-}
-
-const sizeFormats = Object.fromEntries(
-  ['byte', 'kilobyte', 'megabyte'].map((unit) => [
-    unit,
-    new Intl.NumberFormat(lang, { style: 'unit', unit, maximumFractionDigits: 1 }),
-  ]),
-);
-
-/** A file size in the page's language ("52 kB", "1,2 MB"). */
-function sizeText(bytes) {
-  const n = Number(bytes) || 0;
-  if (n >= 1024 * 1024) return sizeFormats.megabyte.format(n / 1024 / 1024);
-  if (n >= 1024) return sizeFormats.kilobyte.format(Math.round(n / 1024));
-  return sizeFormats.byte.format(n);
-}
-
-/** Links to the files; images under an allowed prefix as thumbnails, anything else as text. */
-function attachmentList(attachments) {
-  if (!Array.isArray(attachments) || attachments.length === 0) return null;
-  return h(
-    'ul',
-    { class: 'attachments' },
-    attachments.map((a) => {
-      const name = String(a?.name ?? t('message.file'));
-      const href = safeUrl(a?.url);
-      if (!href) return h('li', { class: 'file blocked' }, name);
-      const image = /^image\/(png|jpe?g|gif|webp|avif)$/i.test(String(a.contentType));
-      const link = { href, target: '_blank', rel: 'noopener noreferrer' };
-      return image
-        ? h(
-            'li',
-            { class: 'file image' },
-            h('a', link, h('img', { class: 'thumb', src: href, alt: name, loading: 'lazy' })),
-          )
-        : h(
-            'li',
-            { class: 'file' },
-            h('a', link, name),
-            h('span', { class: 'size' }, ` ${sizeText(a.size)}`),
-          );
-    }),
-  );
-}
-
-const TICK = { pending: '◷', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' };
 /** Codes with words of their own in the catalog (`request.error.<code>`). */
 const WORDED = new Set([
   'unauthorized',
@@ -154,8 +82,6 @@ export function mountRequestView(root) {
   /** The id of my message being edited in the composer, if any. */
   let editing = null;
   let typingTimer;
-  /** Message id (or clientMessageId while pending) → {msg, li, state}. */
-  const shown = new Map();
 
   /** True while the answer to a call made on `c` for `room` still concerns what is on screen. */
   const stillOn = (c, room) => c === chat && room === requestId;
@@ -171,6 +97,20 @@ export function mountRequestView(root) {
       }
     },
   });
+
+  const conversation = mountConversation(list, {
+    me: () => me,
+    receipts,
+    onEdit: (msg) => startEditing(msg),
+    onDelete: (msg) => remove(msg),
+    onShown: () => {
+      empty.hidden = true;
+    },
+  });
+
+  function onReceipt(kind, payload) {
+    if (payload?.requestId === requestId) conversation.receipt(kind, payload);
+  }
 
   function updateComposer() {
     input.disabled = !ready;
@@ -210,28 +150,16 @@ export function mountRequestView(root) {
     who.hidden = false;
   }
 
-  const isMine = (msg) => me.id !== undefined && msg.sender?.id === me.id;
-
-  function paintTick(entry) {
-    const tick = entry.li.querySelector('.tick');
-    if (!tick) return;
-    tick.dataset.state = entry.state;
-    tick.textContent = TICK[entry.state];
-    tick.title = t(`tick.${entry.state}`);
-    tick.setAttribute('aria-label', tick.title);
-    entry.li.classList.toggle('pending', entry.state === 'pending');
-  }
-
-  function startEditing(entry) {
-    if (!OBJECT_ID.test(entry.msg._id) || entry.msg.deletedAt) return;
-    editing = entry.msg._id;
-    input.value = String(entry.msg.message ?? '');
+  function startEditing(msg) {
+    if (!OBJECT_ID.test(msg._id) || msg.deletedAt) return;
+    editing = msg._id;
+    input.value = String(msg.message ?? '');
     updateComposer();
     input.focus();
   }
 
-  function remove(entry) {
-    const messageId = entry.msg._id;
+  function remove(msg) {
+    const messageId = msg._id;
     if (!OBJECT_ID.test(messageId) || !chat) return;
     const [c, room] = [chat, requestId];
     c.deleteMessage(room, messageId).then(
@@ -240,171 +168,14 @@ export function mountRequestView(root) {
         if (editing === messageId) stopEditing();
         // The library marked its copy deleted; the server tells only the others.
         const held = c.messages(room).find((m) => m._id === messageId);
-        changed(held ?? { _id: messageId, message: '', deletedAt: new Date().toISOString() });
+        conversation.changed(
+          held ?? { _id: messageId, message: '', deletedAt: new Date().toISOString() },
+        );
       },
       (err) => {
         if (stillOn(c, room)) say.show(friendly(err), 'error');
       },
     );
-  }
-
-  /** The inside of a bubble: text, attachments, time, edited mark, tick and my actions. */
-  function bubble(msg, mine) {
-    const deleted = Boolean(msg.deletedAt);
-    const foot = h('div', { class: 'bubble-foot' }, timeEl(msg.createdAt));
-    if (msg.editedAt && !deleted) foot.append(h('span', { class: 'edited' }, t('message.edited')));
-    if (mine && !deleted) {
-      foot.append(
-        h(
-          'span',
-          { class: 'actions' },
-          h(
-            'button',
-            {
-              type: 'button',
-              class: 'act edit',
-              title: t('message.edit'),
-              onclick: (e) => act(e, startEditing),
-            },
-            t('message.edit'),
-          ),
-          h(
-            'button',
-            {
-              type: 'button',
-              class: 'act delete',
-              title: t('message.delete'),
-              onclick: (e) => act(e, remove),
-            },
-            t('message.delete'),
-          ),
-        ),
-      );
-    }
-    if (mine) foot.append(h('span', { class: 'tick' }));
-    const text = String(msg.message ?? '');
-    return h(
-      'div',
-      { class: 'bubble' },
-      deleted
-        ? h('p', { class: 'text deleted' }, t('message.deleted'))
-        : text !== '' || !msg.attachments?.length
-          ? h('p', { class: 'text' }, text)
-          : null,
-      deleted ? null : attachmentList(msg.attachments),
-      foot,
-    );
-  }
-
-  function act(event, fn) {
-    const id = event.currentTarget.closest('.msg')?.dataset.id;
-    const entry = id && shown.get(id);
-    if (entry) fn(entry);
-  }
-
-  /** A message edited or deleted (here or elsewhere): its bubble is redrawn in place. */
-  function changed(msg) {
-    const entry = shown.get(msg?._id);
-    if (!entry) return;
-    entry.msg = { ...entry.msg, ...msg };
-    entry.li.querySelector('.bubble')?.replaceWith(bubble(entry.msg, isMine(entry.msg)));
-    paintTick(entry);
-  }
-
-  function build(msg, mine) {
-    const head = mine
-      ? null
-      : h(
-          'div',
-          { class: 'msg-meta' },
-          h('span', { class: 'name' }, String(msg.sender?.username ?? '')),
-          msg.sender?.role ? h('span', { class: 'role' }, String(msg.sender.role)) : null,
-        );
-    return h(
-      'li',
-      {
-        class: mine ? 'msg mine' : 'msg',
-        dataset: {
-          id: String(msg._id ?? ''),
-          sender: String(msg.sender?.id),
-          at: String(msg.createdAt ?? ''),
-        },
-      },
-      head,
-      bubble(msg, mine),
-    );
-  }
-
-  /** A run of messages from one sender shows the name once. */
-  function markRun(li) {
-    if (!li) return;
-    const prev = li.previousElementSibling;
-    li.classList.toggle('cont', prev?.dataset.sender === li.dataset.sender);
-  }
-
-  /**
-   * Puts `li` in time order, before my messages still being sent (they will
-   * be stored after it). A message found after a reconnect may be older than
-   * the newest one shown: it goes in its place.
-   */
-  function place(li) {
-    let after = list.lastElementChild;
-    while (
-      after &&
-      (after === li || after.classList.contains('pending') || after.dataset.at > li.dataset.at)
-    ) {
-      after = after.previousElementSibling;
-    }
-    if (after) after.after(li);
-    else list.prepend(li);
-    markRun(li);
-    markRun(li.nextElementSibling);
-  }
-
-  /**
-   * Shows `msg` (once) and returns its entry: at the start (older history), at
-   * the end (`pending`: my message being sent) or in time order.
-   */
-  function show(msg, where = 'ordered') {
-    const existing = shown.get(msg._id);
-    if (existing) {
-      if (msg.editedAt !== existing.msg.editedAt || msg.deletedAt !== existing.msg.deletedAt) {
-        changed(msg);
-      }
-      existing.msg = msg;
-      if (existing.state === 'other') receipts.arrived(msg, existing.li, me.id);
-      else if (existing.state !== 'pending') existing.state = tickState(msg, me.id);
-      paintTick(existing);
-      return existing;
-    }
-    const mine = isMine(msg);
-    const entry = { msg, li: build(msg, mine), state: mine ? tickState(msg, me.id) : 'other' };
-    shown.set(msg._id, entry);
-    if (where === 'ordered') place(entry.li);
-    else {
-      if (where === 'start') list.prepend(entry.li);
-      else list.append(entry.li);
-      markRun(entry.li);
-      markRun(entry.li.nextElementSibling);
-    }
-    paintTick(entry);
-    empty.hidden = true;
-    if (!mine) receipts.arrived(msg, entry.li, me.id);
-    return entry;
-  }
-
-  function receipt(kind, payload) {
-    if (payload?.requestId !== requestId || payload.userId === me.id) return;
-    for (const id of payload.messages ?? []) {
-      const entry = shown.get(id);
-      if (!entry || entry.state === 'other' || entry.state === 'pending') continue;
-      const mark = { userId: payload.userId, at: payload.at };
-      const m = entry.msg;
-      m.deliveredTo = [...(m.deliveredTo ?? []), mark];
-      if (kind === 'read') m.readBy = [...(m.readBy ?? []), mark];
-      entry.state = tickState(m, me.id);
-      paintTick(entry);
-    }
   }
 
   /** Joins the open request; the `history` event draws it. */
@@ -432,8 +203,7 @@ export function mountRequestView(root) {
 
   function resetConversation() {
     receipts.reset();
-    shown.clear();
-    list.replaceChildren();
+    conversation.reset();
     empty.hidden = false;
     older.hidden = true;
     typingLine.hidden = true;
@@ -467,7 +237,7 @@ export function mountRequestView(root) {
   function onHistory(history) {
     if (history?.requestId !== requestId) return;
     const follow = ready ? atBottom(scroller) : true;
-    for (const msg of history.messages) show(msg);
+    for (const msg of history.messages) conversation.show(msg);
     if (!history.rejoined) older.hidden = !history.hasMore;
     ready = true;
     // "Reconnected." stays its while; a warning or a refusal from before is over.
@@ -483,21 +253,28 @@ export function mountRequestView(root) {
     if (msg?.requestId !== requestId) return;
     if (msg.sender?.id !== me.id) typingLine.hidden = true;
     const follow = atBottom(scroller);
-    const entry = show(msg);
-    if (follow || isMine(msg)) entry.li.scrollIntoView({ block: 'end' });
+    const entry = conversation.show(msg);
+    if (follow || (me.id !== undefined && msg.sender?.id === me.id)) {
+      entry.li.scrollIntoView({ block: 'end' });
+    }
   }
 
   function listen(c) {
     c.on('history', onHistory);
     c.on('message', onMessage);
-    c.on('messagesDelivered', (p) => receipt('delivered', p));
-    c.on('messageReads', (p) => receipt('read', p));
+    c.on('messagesDelivered', (p) => onReceipt('delivered', p));
+    c.on('messageReads', (p) => onReceipt('read', p));
     c.on('messageUpdated', (msg) => {
-      if (msg?.requestId === requestId) changed(msg);
+      if (msg?.requestId === requestId) conversation.changed(msg);
     });
     c.on('messageDeleted', (d) => {
       if (d?.requestId !== requestId) return;
-      changed({ _id: d.messageId, message: '', attachments: [], deletedAt: d.deletedAt });
+      conversation.changed({
+        _id: d.messageId,
+        message: '',
+        attachments: [],
+        deletedAt: d.deletedAt,
+      });
     });
     c.on('userTyping', showTyping);
     c.on('requestUpdated', (u) => inbox.updated(u));
@@ -576,43 +353,22 @@ export function mountRequestView(root) {
 
   function send(text, clientMessageId) {
     const [c, room] = [chat, requestId];
-    const entry = show(
-      {
-        _id: clientMessageId,
-        requestId,
-        sender: { id: me.id, username: me.name, role: me.role },
-        message: text,
-        createdAt: new Date().toISOString(),
-      },
-      'pending',
-    );
-    entry.li.classList.add('mine');
-    entry.state = 'pending';
-    paintTick(entry);
-    entry.li.scrollIntoView({ block: 'end' });
+    const entry = conversation.pending({
+      _id: clientMessageId,
+      requestId,
+      sender: { id: me.id, username: me.name, role: me.role },
+      message: text,
+      createdAt: new Date().toISOString(),
+    });
     c.send(room, text, { clientMessageId }).then(
       (stored) => {
         if (!stillOn(c, room)) return;
-        // The server's copy replaces the pending one, under its real id.
-        shown.delete(clientMessageId);
         if (me.id === undefined) me.id = stored.sender?.id;
-        if (shown.has(stored._id)) {
-          entry.li.remove();
-          return;
-        }
-        entry.msg = stored;
-        entry.li.dataset.id = stored._id;
-        entry.li.dataset.at = stored.createdAt;
-        entry.state = tickState(stored, me.id);
-        shown.set(stored._id, entry);
-        paintTick(entry);
-        // Stored after whatever reached the server first (say, while this one waited offline).
-        place(entry.li);
+        conversation.stored(entry, stored);
       },
       (err) => {
         if (!stillOn(c, room)) return;
-        entry.state = 'failed';
-        paintTick(entry);
+        conversation.failed(entry);
         say.show(friendly(err), 'error');
       },
     );
@@ -634,7 +390,7 @@ export function mountRequestView(root) {
       const [c, room] = [chat, requestId];
       c.editMessage(room, messageId, text).then(
         (msg) => {
-          if (stillOn(c, room)) changed(msg);
+          if (stillOn(c, room)) conversation.changed(msg);
         },
         (err) => {
           if (stillOn(c, room)) say.show(friendly(err), 'error');
@@ -667,7 +423,7 @@ export function mountRequestView(root) {
       (page) => {
         if (!stillOn(c, room)) return;
         const height = scroller.scrollHeight;
-        for (const msg of [...page.messages].reverse()) show(msg, 'start');
+        for (const msg of [...page.messages].reverse()) conversation.show(msg, 'start');
         older.hidden = !page.hasMore;
         scroller.scrollTop += scroller.scrollHeight - height;
       },
