@@ -1,14 +1,19 @@
 /**
  * The web client's request-chat view in a real browser: a teacher and a lab
  * user exchange messages, and each side's ticks turn to "read" once the other
- * has the message on screen. Hostile text stays text.
+ * has the message on screen. Hostile text stays text. When the connection
+ * drops, the view (on charla/client) comes back by itself: what was missed
+ * shows up in its place and what was written offline is sent, once.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
+import { newId } from '../src/core/ids.js';
 import { clientLink } from '../src/dev.js';
 import { browserSkip, launch, openPage, PHONE, screenshot } from './browser.js';
 import { api, startServer, type TestServer, userToken } from './helpers.js';
+import { RequestClient } from './request-client.js';
+import { TcpProxy } from './tcp-proxy.js';
 
 const REQUEST = '6751b6df1ad14eaa13a03313';
 const XSS = '<img src=x onerror=alert(1)>';
@@ -99,6 +104,59 @@ describe('web client: request chat', { skip }, () => {
     for (const p of [teacher, lab, stranger]) {
       assert.deepEqual(p.problems, []);
       await p.context.close();
+    }
+  });
+
+  test('a dropped connection comes back: missed messages show up, offline ones are sent once', async () => {
+    const requestId = newId();
+    await api(server.url, 'PUT', `/api/requests/${requestId}`, { ownerId: '1' });
+    const proxy = new TcpProxy('127.0.0.1', Number(new URL(server.url).port));
+    await proxy.start();
+    const lab = await RequestClient.connect(
+      server.url,
+      await userToken('2', { username: 'lab', role: 'LAB' }),
+    );
+    try {
+      assert.equal((await lab.ask('joinRoom', { requestId })).ok, true);
+      // The page talks to charla through the proxy, so the proxy can take charla away.
+      const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+      const teacher = await openPage(
+        browser,
+        `http://127.0.0.1:${proxy.port}/#view=request&request=${requestId}&token=${token}`,
+      );
+      const page = teacher.page;
+      await joined(page);
+      await send(page, 'Antes del corte');
+      await lab.next('message', (m) => m.message === 'Antes del corte');
+
+      await proxy.cut();
+      await page.locator('#request-view .status[data-state="offline"]').waitFor();
+      // Written while offline: it waits, pending, and the composer stays open.
+      await send(page, 'Escrito sin conexión');
+      await page
+        .locator('#request-view .msg.mine.pending', { hasText: 'Escrito sin conexión' })
+        .waitFor();
+      const missed = await lab.ask('message', { requestId, message: 'Mientras no estabas' });
+      assert.equal(missed.ok, true);
+
+      await proxy.start();
+      await page.locator('#request-view .status[data-state="live"]').waitFor({ timeout: 20_000 });
+      await messagesOf(page).getByText('Mientras no estabas').waitFor();
+      await tick(page, 'Escrito sin conexión')
+        .and(page.locator(':not([data-state="pending"])'))
+        .waitFor();
+      await lab.next('message', (m) => m.message === 'Escrito sin conexión');
+      assert.deepEqual(await messagesOf(page).locator('.text').allTextContents(), [
+        'Antes del corte',
+        'Mientras no estabas',
+        'Escrito sin conexión',
+      ]);
+      assert.equal(lab.of('message').filter((m) => m.message === 'Escrito sin conexión').length, 1);
+      assert.deepEqual(teacher.problems, []);
+      await teacher.context.close();
+    } finally {
+      lab.close();
+      await proxy.stop();
     }
   });
 });

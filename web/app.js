@@ -4,8 +4,12 @@
 // fragment never leaves the browser: a token there is not sent to the server
 // nor written to its access logs. The token is then moved to sessionStorage
 // and wiped from the address bar and history.
+import { translate } from './i18n.js';
 import { mountRequestView } from './request.js';
 import { mountStreamView } from './stream.js';
+
+// Before the views mount, so that whatever they read from the page is already in the reader's language.
+translate();
 
 const views = {
   stream: mountStreamView(document.getElementById('stream-view')),

@@ -1,5 +1,6 @@
 // Small helpers shared by both views. Every piece of text from the network goes
 // through `h` as a text node: nothing here ever parses a string as HTML.
+import { lang, t } from './i18n.js';
 
 /**
  * Builds an element. `props` keys starting with `on` become listeners,
@@ -22,18 +23,29 @@ export function h(tag, props = {}, ...children) {
   return el;
 }
 
-const timeFormat = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
-const fullFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+const timeFormat = new Intl.DateTimeFormat(lang, { hour: '2-digit', minute: '2-digit' });
+const dayFormat = new Intl.DateTimeFormat(lang, { day: 'numeric', month: 'short' });
+const fullFormat = new Intl.DateTimeFormat(lang, { dateStyle: 'medium', timeStyle: 'medium' });
 
-/** A `<time>` showing hours and minutes, with the full date on hover. */
+const dayOf = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+
+/**
+ * When `d` was, as short as the reader needs: the time today, "yesterday"
+ * and the time, or the day and the time before that; in the page's language.
+ */
+export function whenText(d, now = new Date()) {
+  const time = timeFormat.format(d);
+  const days = Math.round((dayOf(now) - dayOf(d)) / 86_400_000);
+  if (days === 0) return time;
+  const day = days === 1 ? t('time.yesterday') : dayFormat.format(d);
+  return t('time.dayAndTime', { day, time });
+}
+
+/** A `<time>` showing when (see `whenText`), with the full date on hover. */
 export function timeEl(iso) {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return h('time', {}, '');
-  return h(
-    'time',
-    { datetime: d.toISOString(), title: fullFormat.format(d) },
-    timeFormat.format(d),
-  );
+  return h('time', { datetime: d.toISOString(), title: fullFormat.format(d) }, whenText(d));
 }
 
 /** A stable hue per user, so a name keeps its colour across messages and reloads. */
@@ -112,8 +124,11 @@ export function notice(el) {
   };
 }
 
-/** Sets the connection pill: state is one of idle, connecting, live, offline. */
-export function setStatus(el, state, text) {
+/**
+ * Sets the connection pill: state is one of idle, connecting, live, offline.
+ * Without `text` it says the state's own words (`status.<state>` in the catalog).
+ */
+export function setStatus(el, state, text = t(`status.${state}`)) {
   el.dataset.state = state;
   el.textContent = text;
 }

@@ -2,18 +2,18 @@
 // most recent activity first, each with its unread count. `listRequests` fills
 // it; `requestUpdated` keeps it live, whether or not that request is open.
 import { h, timeEl } from './dom.js';
+import { t } from './i18n.js';
 
 const shortId = (id) => `${id.slice(0, 6)}…${id.slice(-4)}`;
 
 function preview(msg) {
-  if (!msg) return 'No messages yet';
-  if (msg.deletedAt) return 'Message deleted';
+  if (!msg) return t('inbox.noMessages');
+  if (msg.deletedAt) return t('message.deleted');
   const files = msg.attachments?.length ?? 0;
+  const name = String(msg.sender?.username ?? '');
   const text = String(msg.message ?? '').trim();
-  if (text) return `${msg.sender?.username ?? ''}: ${text}`;
-  return files > 0
-    ? `${msg.sender?.username ?? ''}: ${files} attachment${files > 1 ? 's' : ''}`
-    : '';
+  if (text) return `${name}: ${text}`;
+  return files > 0 ? t('inbox.attachments', { name, count: files }) : '';
 }
 
 /**
@@ -26,14 +26,15 @@ export function mountInbox(section, { onOpen }) {
   /** requestId → {summary, li}. */
   const rows = new Map();
   let current = '';
-  let ask = null;
+  /** `RequestChat.listRequests` of the current connection, or null. */
+  let listPage = null;
 
   function paint(row) {
     const { summary } = row;
     const unread = Number(summary.unread) || 0;
     const badge = h(
       'span',
-      { class: 'badge', hidden: unread === 0, 'aria-label': `${unread} unread` },
+      { class: 'badge', hidden: unread === 0, 'aria-label': t('inbox.unread', { count: unread }) },
       unread > 99 ? '99+' : String(unread),
     );
     const last = summary.lastMessage;
@@ -73,12 +74,17 @@ export function mountInbox(section, { onOpen }) {
   }
 
   function load(before) {
-    ask?.('listRequests', before ? { before, limit: 30 } : { limit: 30 }, (res) => {
-      if (!res?.ok) return;
-      for (const s of res.requests) put(s, 'end');
-      more.hidden = !res.hasMore;
-      section.hidden = false;
-    });
+    const from = listPage;
+    from?.(before ? { before, limit: 30 } : { limit: 30 }).then(
+      (page) => {
+        if (from !== listPage) return;
+        for (const s of page.requests) put(s, 'end');
+        more.hidden = !page.hasMore;
+        section.hidden = false;
+      },
+      // Not connected or refused: the next reconnect loads the inbox again.
+      () => {},
+    );
   }
 
   more.addEventListener('click', () => {
@@ -87,9 +93,9 @@ export function mountInbox(section, { onOpen }) {
   });
 
   return {
-    /** Starts over on a (re)connected socket: `emit(event, payload, ack)`. */
-    reload(emit) {
-      ask = emit;
+    /** Starts over on a (re)connected client: `listRequests(opts)` resolves with a page. */
+    reload(listRequests) {
+      listPage = listRequests;
       rows.clear();
       list.replaceChildren();
       load();
@@ -107,7 +113,7 @@ export function mountInbox(section, { onOpen }) {
       for (const row of rows.values()) paint(row);
     },
     clear() {
-      ask = null;
+      listPage = null;
       rows.clear();
       list.replaceChildren();
       section.hidden = true;

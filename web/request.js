@@ -1,112 +1,56 @@
-// The request-chat view over Socket.IO (protocol sections 3 and 8): history,
-// sending with an acknowledgement, and receipts both ways. Messages that arrive
-// are acked at once (`ackMessages`); they count as read (`readMessages`) only
-// once they are on screen in a visible tab. Beside it, the inbox with live
-// unread counts; in it, typing, edits and deletions of one's own messages,
-// and attachments as links (images as thumbnails).
+// The request-chat view (protocol sections 3 and 8) on charla/client's
+// `RequestChat`, which owns the connection: sends carry a `clientMessageId`
+// and are retried until acknowledged (and wait while offline), rooms are
+// joined again after a reconnect and their history merged, so this file only
+// draws. Messages that arrive are acked at once (`ackMessages`); they count as
+// read (`readMessages`) only once they are on screen in a visible tab. Beside
+// it, the inbox with live unread counts (inbox.js); in it, typing, edits and
+// deletions of one's own messages, and attachments as links (attachments.js).
+// The bubbles and their ticks are drawn by conversation.js.
+import { RequestChat } from '/client/index.js';
 import { io } from '/vendor/socket.io.esm.min.js';
-import { atBottom, h, notice, setStatus, timeEl, whoIs } from './dom.js';
+import { mountConversation } from './conversation.js';
+import { atBottom, h, notice, setStatus, whoIs } from './dom.js';
+import { t } from './i18n.js';
 import { mountInbox } from './inbox.js';
-import { receiptBatcher, tickState } from './receipts.js';
+import { receiptBatcher } from './receipts.js';
 
-/** How often this client says it is typing; the server forwards at most every 2 s anyway. */
-const TYPING_EVERY_MS = 2000;
 /** How long "… is typing" stays without a new `userTyping`. */
 const TYPING_SHOWN_MS = 3500;
 const OBJECT_ID = /^[0-9a-f]{24}$/;
+/** Ids per receipt event, as charla/client batches its own. */
+const RECEIPT_BATCH = 100;
 
-/** Attachment URL prefixes the server accepts, from `/client-config.json`. */
-let allowedPrefixes = [];
-fetch('/client-config.json')
-  .then((r) => (r.ok ? r.json() : {}))
-  .then((c) => {
-    if (Array.isArray(c.attachmentUrlPrefixes)) allowedPrefixes = c.attachmentUrlPrefixes;
-  })
-  .catch(() => {});
-
-/** An http(s) URL under an allowed prefix, compared after parsing; otherwise undefined. */
-function safeUrl(raw) {
-  let url;
-  try {
-    url = new URL(String(raw));
-  } catch {
-    return undefined;
-  }
-  if (!/^https?:$/.test(url.protocol) || url.username || url.password) return undefined;
-  const ok = allowedPrefixes.some((p) => {
-    try {
-      return (
-        url.origin === new URL(p).origin && url.href.startsWith(p) && String(raw).startsWith(p)
-      );
-    } catch {
-      return false;
-    }
-  });
-  return ok ? url.href : undefined;
-}
-
-function sizeText(bytes) {
-  const n = Number(bytes) || 0;
-  if (n >= 1024 * 1024) return `${(n / 1024 / 1024).toFixed(1)} MB`;
-  if (n >= 1024) return `${Math.round(n / 1024)} KB`;
-  return `${n} B`;
-}
-
-/** Links to the files; images under an allowed prefix as thumbnails, anything else as text. */
-function attachmentList(attachments) {
-  if (!Array.isArray(attachments) || attachments.length === 0) return null;
-  return h(
-    'ul',
-    { class: 'attachments' },
-    attachments.map((a) => {
-      const name = String(a?.name ?? 'file');
-      const href = safeUrl(a?.url);
-      if (!href) return h('li', { class: 'file blocked' }, name);
-      const image = /^image\/(png|jpe?g|gif|webp|avif)$/i.test(String(a.contentType));
-      const link = { href, target: '_blank', rel: 'noopener noreferrer' };
-      return image
-        ? h(
-            'li',
-            { class: 'file image' },
-            h('a', link, h('img', { class: 'thumb', src: href, alt: name, loading: 'lazy' })),
-          )
-        : h(
-            'li',
-            { class: 'file' },
-            h('a', link, name),
-            h('span', { class: 'size' }, ` ${sizeText(a.size)}`),
-          );
-    }),
-  );
-}
-
-const TICK = { pending: '◷', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' };
-const TICK_LABEL = {
-  pending: 'Sending',
-  sent: 'Sent',
-  delivered: 'Delivered',
-  read: 'Read',
-  failed: 'Not sent',
-};
-
-const FRIENDLY = {
-  unauthorized: 'That token was not accepted. Paste a valid one to join.',
-  token_expired: 'Your token expired. Paste a new one to join again.',
-  forbidden: 'You cannot join this request: only its teacher and lab staff can.',
-  not_found: 'There is no request with this id.',
-  not_in_room: 'You are not in this request any more. Join it again.',
-  empty_message: 'Write something first.',
-  edit_window_passed: 'This message can no longer be changed.',
-};
+/** Codes with words of their own in the catalog (`request.error.<code>`). */
+const WORDED = new Set([
+  'unauthorized',
+  'invalid_token',
+  'token_expired',
+  'forbidden',
+  'not_found',
+  'not_in_room',
+  'empty_message',
+  'message_too_long',
+  'edit_window_passed',
+  'invalid_payload',
+  'timeout',
+  'queue_full',
+  'internal_error',
+]);
 
 const shortId = (id) => `${id.slice(0, 6)}…${id.slice(-4)}`;
 
+/**
+ * A refusal in the reader's words, from a `ChatClientError` or an `exception`
+ * payload; the server's own text is English, so it is never shown.
+ */
 function friendly(e) {
-  if (e.error_code === 'rate_limited') {
-    const s = Math.ceil((Number(e.retry_after_ms) || 1000) / 1000);
-    return `You're sending too fast. You can send again in ${s} s.`;
+  const code = String(e?.code ?? e?.error_code ?? 'internal_error');
+  if (code === 'rate_limited') {
+    const ms = Number(e.retryAfterMs ?? e.retry_after_ms) || 1000;
+    return t('notice.rateLimited', { seconds: Math.ceil(ms / 1000) });
   }
-  return FRIENDLY[e.error_code] ?? String(e.message ?? e.error_code);
+  return WORDED.has(code) ? t(`request.error.${code}`) : t('request.error.other', { code });
 }
 
 export function mountRequestView(root) {
@@ -127,31 +71,56 @@ export function mountRequestView(root) {
   const editingBar = root.querySelector('.editing');
   const inbox = mountInbox(root.querySelector('.inbox'), { onOpen: (id) => switchTo(id) });
 
-  let socket = null;
+  /** The connection; null before the first one and while one is being made. */
+  let chat = null;
+  /** Bumped on every new connection, so a late answer for an old one is dropped. */
+  let generation = 0;
   let requestId = '';
   let me = whoIs('');
-  let joined = false;
+  /** The open request's history has arrived: the composer may write (sends wait while offline). */
+  let ready = false;
   /** The id of my message being edited in the composer, if any. */
   let editing = null;
-  let lastTypingSent = 0;
   let typingTimer;
-  /** Message id (or clientMessageId while pending) → {msg, li, state}. */
-  const shown = new Map();
+
+  /** True while the answer to a call made on `c` for `room` still concerns what is on screen. */
+  const stillOn = (c, room) => c === chat && room === requestId;
 
   const receipts = receiptBatcher({
     root: scroller,
-    emit: (event, ids) => socket?.emit(event, { requestId, messages: ids }),
+    emit: (event, ids) => {
+      if (!chat || !requestId) return;
+      const record = event === 'readMessages' ? chat.markRead : chat.markDelivered;
+      // A receipt lost with the connection goes again when the re-join's history shows it missing.
+      for (let i = 0; i < ids.length; i += RECEIPT_BATCH) {
+        record.call(chat, requestId, ids.slice(i, i + RECEIPT_BATCH)).catch(() => {});
+      }
+    },
   });
 
+  const conversation = mountConversation(list, {
+    me: () => me,
+    receipts,
+    onEdit: (msg) => startEditing(msg),
+    onDelete: (msg) => remove(msg),
+    onShown: () => {
+      empty.hidden = true;
+    },
+  });
+
+  function onReceipt(kind, payload) {
+    if (payload?.requestId === requestId) conversation.receipt(kind, payload);
+  }
+
   function updateComposer() {
-    input.disabled = !joined;
-    sendButton.disabled = !joined;
-    input.placeholder = joined
-      ? `Message as ${me.name}`
+    input.disabled = !ready;
+    sendButton.disabled = !ready;
+    input.placeholder = ready
+      ? t('request.composer.open', { name: me.name })
       : requestId
-        ? 'Join a request to write'
-        : 'Pick a request from your inbox';
-    sendButton.textContent = editing ? 'Save' : 'Send';
+        ? t('request.composer.closed')
+        : t('request.composer.pick');
+    sendButton.textContent = editing ? t('action.save') : t('action.send');
     editingBar.hidden = !editing;
   }
 
@@ -164,188 +133,67 @@ export function mountRequestView(root) {
 
   function showWho() {
     who.replaceChildren(
-      h('p', { class: 'who-label' }, 'Request'),
+      h('p', { class: 'who-label' }, t('request.who.request')),
       h(
         'p',
         { class: 'who-value mono', title: requestId },
-        requestId ? shortId(requestId) : 'none yet',
+        requestId ? shortId(requestId) : t('request.who.none'),
       ),
-      h('p', { class: 'who-label' }, 'You are'),
+      h('p', { class: 'who-label' }, t('who.you')),
       h('p', { class: 'who-value' }, me.role ? `${me.name} · ${me.role}` : me.name),
       h(
         'button',
         { type: 'button', class: 'change', onclick: () => root.classList.remove('joined') },
-        'Change',
+        t('action.change'),
       ),
     );
     who.hidden = false;
   }
 
-  const isMine = (msg) => me.id !== undefined && msg.sender?.id === me.id;
-
-  function paintTick(entry) {
-    const tick = entry.li.querySelector('.tick');
-    if (!tick) return;
-    tick.dataset.state = entry.state;
-    tick.textContent = TICK[entry.state];
-    tick.title = TICK_LABEL[entry.state];
-    tick.setAttribute('aria-label', TICK_LABEL[entry.state]);
-    entry.li.classList.toggle('pending', entry.state === 'pending');
-  }
-
-  function startEditing(entry) {
-    if (!OBJECT_ID.test(entry.msg._id) || entry.msg.deletedAt) return;
-    editing = entry.msg._id;
-    input.value = String(entry.msg.message ?? '');
+  function startEditing(msg) {
+    if (!OBJECT_ID.test(msg._id) || msg.deletedAt) return;
+    editing = msg._id;
+    input.value = String(msg.message ?? '');
     updateComposer();
     input.focus();
   }
 
-  function remove(entry) {
-    const messageId = entry.msg._id;
-    if (!OBJECT_ID.test(messageId)) return;
-    socket?.emit('deleteMessage', { requestId, messageId }, (res) => {
-      if (!res?.ok) return say.show(friendly(res ?? {}), 'error');
-      if (editing === messageId) stopEditing();
-      changed(res.message);
-    });
-  }
-
-  /** The inside of a bubble: text, attachments, time, edited mark, tick and my actions. */
-  function bubble(msg, mine) {
-    const deleted = Boolean(msg.deletedAt);
-    const foot = h('div', { class: 'bubble-foot' }, timeEl(msg.createdAt));
-    if (msg.editedAt && !deleted) foot.append(h('span', { class: 'edited' }, 'edited'));
-    if (mine && !deleted) {
-      foot.append(
-        h(
-          'span',
-          { class: 'actions' },
-          h(
-            'button',
-            {
-              type: 'button',
-              class: 'act edit',
-              title: 'Edit',
-              onclick: (e) => act(e, startEditing),
-            },
-            'Edit',
-          ),
-          h(
-            'button',
-            {
-              type: 'button',
-              class: 'act delete',
-              title: 'Delete',
-              onclick: (e) => act(e, remove),
-            },
-            'Delete',
-          ),
-        ),
-      );
-    }
-    if (mine) foot.append(h('span', { class: 'tick' }));
-    const text = String(msg.message ?? '');
-    return h(
-      'div',
-      { class: 'bubble' },
-      deleted
-        ? h('p', { class: 'text deleted' }, 'Message deleted')
-        : text !== '' || !msg.attachments?.length
-          ? h('p', { class: 'text' }, text)
-          : null,
-      deleted ? null : attachmentList(msg.attachments),
-      foot,
-    );
-  }
-
-  function act(event, fn) {
-    const id = event.currentTarget.closest('.msg')?.dataset.id;
-    const entry = id && shown.get(id);
-    if (entry) fn(entry);
-  }
-
-  /** A message edited or deleted (here or elsewhere): its bubble is redrawn in place. */
-  function changed(msg) {
-    const entry = shown.get(msg?._id);
-    if (!entry) return;
-    entry.msg = { ...entry.msg, ...msg };
-    entry.li.querySelector('.bubble')?.replaceWith(bubble(entry.msg, isMine(entry.msg)));
-    paintTick(entry);
-  }
-
-  function build(msg, mine) {
-    const head = mine
-      ? null
-      : h(
-          'div',
-          { class: 'msg-meta' },
-          h('span', { class: 'name' }, String(msg.sender?.username ?? '')),
-          msg.sender?.role ? h('span', { class: 'role' }, String(msg.sender.role)) : null,
+  function remove(msg) {
+    const messageId = msg._id;
+    if (!OBJECT_ID.test(messageId) || !chat) return;
+    const [c, room] = [chat, requestId];
+    c.deleteMessage(room, messageId).then(
+      () => {
+        if (!stillOn(c, room)) return;
+        if (editing === messageId) stopEditing();
+        // The library marked its copy deleted; the server tells only the others.
+        const held = c.messages(room).find((m) => m._id === messageId);
+        conversation.changed(
+          held ?? { _id: messageId, message: '', deletedAt: new Date().toISOString() },
         );
-    return h(
-      'li',
-      {
-        class: mine ? 'msg mine' : 'msg',
-        dataset: { id: String(msg._id ?? ''), sender: String(msg.sender?.id) },
       },
-      head,
-      bubble(msg, mine),
+      (err) => {
+        if (stillOn(c, room)) say.show(friendly(err), 'error');
+      },
     );
   }
 
-  /** Shows `msg` (once), oldest first; returns its entry. */
-  function show(msg, where = 'end') {
-    const existing = shown.get(msg._id);
-    if (existing) {
-      if (msg.editedAt !== existing.msg.editedAt || msg.deletedAt !== existing.msg.deletedAt) {
-        changed(msg);
-      }
-      existing.msg = msg;
-      if (existing.state !== 'pending') existing.state = tickState(msg, me.id);
-      paintTick(existing);
-      return existing;
-    }
-    const mine = isMine(msg);
-    const entry = { msg, li: build(msg, mine), state: mine ? tickState(msg, me.id) : 'other' };
-    shown.set(msg._id, entry);
-    if (where === 'start') list.prepend(entry.li);
-    else {
-      // A run of messages from one sender shows the name once.
-      const prev = list.lastElementChild;
-      if (prev?.dataset.sender === String(msg.sender?.id)) entry.li.classList.add('cont');
-      list.append(entry.li);
-    }
-    paintTick(entry);
-    empty.hidden = true;
-    if (!mine) receipts.arrived(msg, entry.li, me.id);
-    return entry;
-  }
-
-  function receipt(kind, payload) {
-    if (payload?.requestId !== requestId || payload.userId === me.id) return;
-    for (const id of payload.messages ?? []) {
-      const entry = shown.get(id);
-      if (!entry || entry.state === 'other') continue;
-      const mark = { userId: payload.userId, at: payload.at };
-      const m = entry.msg;
-      m.deliveredTo = [...(m.deliveredTo ?? []), mark];
-      if (kind === 'read') m.readBy = [...(m.readBy ?? []), mark];
-      entry.state = tickState(m, me.id);
-      paintTick(entry);
-    }
-  }
-
+  /** Joins the open request; the `history` event draws it. */
   function join() {
-    if (!requestId) return;
-    socket.emit('joinRoom', { requestId }, (res) => {
-      if (res && res.ok === false) say.show(friendly(res), 'error');
+    if (!requestId || !chat) return;
+    const [c, room] = [chat, requestId];
+    c.join(room).catch((err) => {
+      if (!stillOn(c, room)) return;
+      setStatus(status, 'live', t('status.connected'));
+      say.show(friendly(err), 'error');
     });
   }
 
   function showTyping(p) {
     if (p?.requestId !== requestId || p.userId === me.id) return;
-    typingLine.textContent = `${String(p.username ?? 'Someone')} is typing…`;
+    typingLine.textContent = t('request.typing', {
+      name: String(p.username ?? t('request.someone')),
+    });
     typingLine.hidden = false;
     clearTimeout(typingTimer);
     typingTimer = setTimeout(() => {
@@ -355,154 +203,175 @@ export function mountRequestView(root) {
 
   function resetConversation() {
     receipts.reset();
-    shown.clear();
-    list.replaceChildren();
+    conversation.reset();
     empty.hidden = false;
     older.hidden = true;
     typingLine.hidden = true;
     editing = null;
-    joined = false;
+    ready = false;
+  }
+
+  function showTitle() {
+    title.textContent = requestId
+      ? t('request.titleOf', { id: shortId(requestId) })
+      : t('request.titleInbox');
+    subtitle.textContent = requestId ? t('request.subtitleOpen') : t('request.subtitleInbox');
   }
 
   /** Opens another request on the same connection. */
   function switchTo(id) {
-    if (!socket || id === requestId) return;
-    if (requestId && joined) socket.emit('leaveRoom', { requestId });
+    if (id.toLowerCase() === requestId) return;
+    // While the connection is being made, `connect` joins whatever is open by then.
+    if (chat && requestId) chat.leave(requestId).catch(() => {});
     resetConversation();
+    say.clear();
     requestId = id.toLowerCase();
     form.elements.request.value = requestId;
-    title.textContent = `Request ${shortId(requestId)}`;
-    subtitle.textContent = 'Teacher and lab conversation';
+    showTitle();
     inbox.select(requestId);
     updateComposer();
     showWho();
     join();
   }
 
-  function onHistory(payload) {
-    if (payload?.requestId !== requestId) return;
-    const follow = joined ? atBottom(scroller) : true;
-    for (const msg of payload.messages ?? []) show(msg);
-    older.hidden = !payload.hasMore;
-    joined = true;
-    setStatus(status, 'live', 'Live');
+  function onHistory(history) {
+    if (history?.requestId !== requestId) return;
+    const follow = ready ? atBottom(scroller) : true;
+    for (const msg of history.messages) conversation.show(msg);
+    if (!history.rejoined) older.hidden = !history.hasMore;
+    ready = true;
+    // "Reconnected." stays its while; a warning or a refusal from before is over.
+    if (say.kind !== 'ok') say.clear();
+    setStatus(status, 'live');
     updateComposer();
     if (follow) scroller.scrollTop = scroller.scrollHeight;
-    empty.querySelector('.empty-title').textContent = 'No messages yet';
-    empty.querySelector('.empty-text').textContent =
-      'Say hello: the other side sees your message at once, and the ticks tell you when it was read.';
+    empty.querySelector('.empty-title').textContent = t('request.emptyJoined.title');
+    empty.querySelector('.empty-text').textContent = t('request.emptyJoined.text');
   }
 
-  function connect(token) {
-    socket = io({ auth: { token } });
-    setStatus(status, 'connecting', 'Connecting…');
-    socket.on('connect', () => {
-      say.clear();
-      if (!requestId) setStatus(status, 'live', 'Connected');
+  function onMessage(msg) {
+    if (msg?.requestId !== requestId) return;
+    if (msg.sender?.id !== me.id) typingLine.hidden = true;
+    const follow = atBottom(scroller);
+    const entry = conversation.show(msg);
+    if (follow || (me.id !== undefined && msg.sender?.id === me.id)) {
+      entry.li.scrollIntoView({ block: 'end' });
+    }
+  }
+
+  function listen(c) {
+    c.on('history', onHistory);
+    c.on('message', onMessage);
+    c.on('messagesDelivered', (p) => onReceipt('delivered', p));
+    c.on('messageReads', (p) => onReceipt('read', p));
+    c.on('messageUpdated', (msg) => {
+      if (msg?.requestId === requestId) conversation.changed(msg);
+    });
+    c.on('messageDeleted', (d) => {
+      if (d?.requestId !== requestId) return;
+      conversation.changed({
+        _id: d.messageId,
+        message: '',
+        attachments: [],
+        deletedAt: d.deletedAt,
+      });
+    });
+    c.on('userTyping', showTyping);
+    c.on('requestUpdated', (u) => inbox.updated(u));
+    // A send refused for going too fast is retried by the library; say why it waits.
+    c.on('exception', (e) => {
+      if (e?.error_code === 'rate_limited' && e.event === 'message') say.show(friendly(e), 'warn');
+    });
+    // The first `connect` happened before these listeners: this one is a reconnect.
+    c.on('connect', () => {
+      say.show(t('notice.reconnected'), 'ok', 2500);
+      setStatus(status, 'connecting');
+      if (!requestId) setStatus(status, 'live', t('status.connected'));
+      // The library joins its rooms again by itself; this also joins one whose last join failed.
       join();
-      inbox.reload((event, payload, ack) => socket.emit(event, payload, ack));
+      inbox.reload((opts) => c.listRequests(opts));
       inbox.select(requestId);
     });
-    socket.on('requestUpdated', (u) => inbox.updated(u));
-    socket.on('userTyping', showTyping);
-    socket.on('messageUpdated', (msg) => {
-      if (msg?.requestId === requestId) changed(msg);
-    });
-    socket.on('messageDeleted', (d) => {
-      if (d?.requestId !== requestId) return;
-      changed({ _id: d.messageId, message: '', attachments: [], deletedAt: d.deletedAt });
-    });
-    socket.on('roomHistory', onHistory);
-    socket.on('message', (msg) => {
-      if (msg?.requestId !== requestId) return;
-      if (msg.sender?.id !== me.id) typingLine.hidden = true;
-      const follow = atBottom(scroller);
-      const entry = show(msg);
-      if (follow || isMine(msg)) entry.li.scrollIntoView({ block: 'end' });
-    });
-    socket.on('messagesDelivered', (p) => receipt('delivered', p));
-    socket.on('messageReads', (p) => receipt('read', p));
-    socket.on('exception', (e) => say.show(friendly(e), 'error'));
-    socket.on('connect_error', (err) => {
-      joined = false;
-      updateComposer();
-      if (!socket.active) {
-        // Refused by the server (bad or expired token): retrying cannot help.
-        setStatus(status, 'offline', 'Not connected');
-        say.show(friendly({ error_code: err.message, message: err.message }), 'error');
-      } else {
-        setStatus(status, 'offline', 'Reconnecting…');
-        say.show('Cannot reach charla. Retrying…', 'warn');
-      }
-    });
-    socket.on('disconnect', (reason) => {
-      joined = false;
-      updateComposer();
+    c.on('disconnect', (reason) => {
       if (reason === 'io client disconnect') return;
-      if (socket.active) {
-        setStatus(status, 'offline', 'Reconnecting…');
-        say.show('Connection lost. Reconnecting…', 'warn');
-      } else {
-        setStatus(status, 'offline', 'Disconnected');
-        say.show('The server ended this session; your token may have expired.', 'error');
-      }
+      setStatus(status, 'offline', t('status.reconnecting'));
+      say.show(t('notice.lost'), 'warn');
     });
-    socket.io.on('reconnect_attempt', (n) => {
-      say.show(`Connection lost. Reconnecting (attempt ${n})…`, 'warn');
+    c.on('reconnecting', ({ attempt }) => {
+      say.show(t('notice.lostAttempt', { attempt }), 'warn');
     });
-    socket.io.on('reconnect', () => say.show('Reconnected.', 'ok', 2500));
+    // The server refused the connection (bad or expired token) or a re-join: retrying cannot help.
+    c.on('error', (err) => {
+      ready = false;
+      updateComposer();
+      if (c.socket.active) setStatus(status, 'live', t('status.connected'));
+      else setStatus(status, 'offline', t('status.disconnected'));
+      say.show(friendly(err), 'error');
+    });
+  }
+
+  async function connect(token) {
+    const mine = ++generation;
+    setStatus(status, 'connecting');
+    let c;
+    try {
+      c = await RequestChat.connect(location.origin, { token, io, autoDeliver: false });
+    } catch (err) {
+      if (mine !== generation) return;
+      setStatus(status, 'offline', t('status.idle'));
+      say.show(friendly(err), 'error');
+      return;
+    }
+    if (mine !== generation) {
+      c.close();
+      return;
+    }
+    chat = c;
+    listen(c);
+    say.clear();
+    if (!requestId) setStatus(status, 'live', t('status.connected'));
+    join();
+    inbox.reload((opts) => c.listRequests(opts));
+    inbox.select(requestId);
   }
 
   function start(newRequest, token) {
-    socket?.disconnect();
+    generation++;
+    chat?.close();
+    chat = null;
     resetConversation();
     inbox.clear();
+    say.clear();
     requestId = newRequest.toLowerCase();
     me = whoIs(token);
     root.classList.add('joined');
-    title.textContent = requestId ? `Request ${shortId(requestId)}` : 'Your requests';
-    subtitle.textContent = requestId
-      ? 'Teacher and lab conversation'
-      : 'Pick a request from your inbox';
+    showTitle();
     updateComposer();
     showWho();
-    connect(token);
+    void connect(token);
   }
 
   function send(text, clientMessageId) {
-    const pendingMsg = {
+    const [c, room] = [chat, requestId];
+    const entry = conversation.pending({
       _id: clientMessageId,
       requestId,
       sender: { id: me.id, username: me.name, role: me.role },
       message: text,
       createdAt: new Date().toISOString(),
-    };
-    const entry = show({ ...pendingMsg }, 'end');
-    entry.li.classList.add('mine');
-    entry.state = 'pending';
-    paintTick(entry);
-    entry.li.scrollIntoView({ block: 'end' });
-    socket.emit('message', { requestId, message: text, clientMessageId }, (res) => {
-      if (!res?.ok) {
-        entry.state = 'failed';
-        paintTick(entry);
-        say.show(friendly(res ?? {}), 'error');
-        return;
-      }
-      // The server's copy replaces the pending one, under its real id.
-      shown.delete(clientMessageId);
-      if (me.id === undefined) me.id = res.message.sender?.id;
-      const already = shown.get(res.message._id);
-      if (already) {
-        entry.li.remove();
-        return;
-      }
-      entry.msg = res.message;
-      entry.li.dataset.id = res.message._id;
-      entry.state = tickState(res.message, me.id);
-      shown.set(res.message._id, entry);
-      paintTick(entry);
     });
+    c.send(room, text, { clientMessageId }).then(
+      (stored) => {
+        if (!stillOn(c, room)) return;
+        if (me.id === undefined) me.id = stored.sender?.id;
+        conversation.stored(entry, stored);
+      },
+      (err) => {
+        if (!stillOn(c, room)) return;
+        conversation.failed(entry);
+        say.show(friendly(err), 'error');
+      },
+    );
   }
 
   form.addEventListener('submit', (e) => {
@@ -515,13 +384,18 @@ export function mountRequestView(root) {
   composer.addEventListener('submit', (e) => {
     e.preventDefault();
     const text = input.value;
-    if (!joined) return;
+    if (!ready || !chat) return;
     if (editing) {
       const messageId = editing;
-      socket.emit('editMessage', { requestId, messageId, message: text }, (res) => {
-        if (!res?.ok) return say.show(friendly(res ?? {}), 'error');
-        changed(res.message);
-      });
+      const [c, room] = [chat, requestId];
+      c.editMessage(room, messageId, text).then(
+        (msg) => {
+          if (stillOn(c, room)) conversation.changed(msg);
+        },
+        (err) => {
+          if (stillOn(c, room)) say.show(friendly(err), 'error');
+        },
+      );
       stopEditing();
       return;
     }
@@ -532,11 +406,8 @@ export function mountRequestView(root) {
   });
 
   input.addEventListener('input', () => {
-    if (!joined || editing || input.value === '') return;
-    const now = Date.now();
-    if (now - lastTypingSent < TYPING_EVERY_MS) return;
-    lastTypingSent = now;
-    socket.emit('typing', { requestId });
+    // The library says so at most once per 2 s per room, as the server forwards it.
+    if (ready && !editing && input.value !== '') chat?.typing(requestId);
   });
 
   input.addEventListener('keydown', (e) => {
@@ -546,14 +417,20 @@ export function mountRequestView(root) {
 
   older.addEventListener('click', () => {
     const first = list.querySelector('.msg[data-id]')?.dataset.id;
-    if (!first) return;
-    socket.emit('loadHistory', { requestId, before: first }, (res) => {
-      if (!res?.ok) return say.show(friendly(res ?? {}), 'error');
-      const height = scroller.scrollHeight;
-      for (const msg of [...res.messages].reverse()) show(msg, 'start');
-      older.hidden = !res.hasMore;
-      scroller.scrollTop += scroller.scrollHeight - height;
-    });
+    if (!first || !chat) return;
+    const [c, room] = [chat, requestId];
+    c.loadHistory(room, { before: first }).then(
+      (page) => {
+        if (!stillOn(c, room)) return;
+        const height = scroller.scrollHeight;
+        for (const msg of [...page.messages].reverse()) conversation.show(msg, 'start');
+        older.hidden = !page.hasMore;
+        scroller.scrollTop += scroller.scrollHeight - height;
+      },
+      (err) => {
+        if (stillOn(c, room)) say.show(friendly(err), 'error');
+      },
+    );
   });
 
   return {
@@ -561,9 +438,9 @@ export function mountRequestView(root) {
     open({ request, token }) {
       if (token && !form.elements.token.value) form.elements.token.value = token;
       if (request) form.elements.request.value = request;
-      const t = form.elements.token.value.trim();
-      if (t && !socket) start(request ?? '', t);
-      else if (request && t && request.toLowerCase() !== requestId) switchTo(request);
+      const saved = form.elements.token.value.trim();
+      if (saved && generation === 0) start(request ?? '', saved);
+      else if (request && saved && request.toLowerCase() !== requestId) switchTo(request);
     },
   };
 }

@@ -5,19 +5,30 @@
  * What it adds to a bare socket: every `send` carries a `clientMessageId` and
  * is retried, with the same id, until the server acknowledges it (the server
  * stores a repeat once and returns the original), in order per room; sends
- * made while disconnected wait in a bounded queue. After a reconnect every
- * joined room is joined again, the history is merged into what the client
- * holds (de-duplicated by `_id`, ordered by `createdAt`), and messages the
- * client had missed are emitted as `message`. Live messages are
- * de-duplicated by `_id` and acknowledged as delivered.
+ * made while disconnected wait in a bounded queue (request-outbox.ts). After a
+ * reconnect every joined room is joined again, the history is merged into what
+ * the client holds (request-history.ts: de-duplicated by `_id`, ordered by
+ * `createdAt`), and messages the client had missed are emitted as `message`.
+ * Live messages are de-duplicated by `_id` and acknowledged as delivered. This
+ * file holds the rooms, their joins and the events; the socket is opened in
+ * request-socket.ts, and the options and events are in request-types.ts.
  */
-import type { io as ioFunction, ManagerOptions, Socket, SocketOptions } from 'socket.io-client';
+import type { Socket } from 'socket.io-client';
 import { type BackoffOptions, BoundedSet, backoffDelay, randomId } from './bounded.js';
 import { Emitter } from './emitter.js';
-import { ChatClientError, isErrorPayload } from './errors.js';
+import { ChatClientError } from './errors.js';
+import { type Answer, type Ask, answerError } from './request-answer.js';
+import { byTime, catchUp, RoomMessages } from './request-history.js';
+import { type MessagePayload, Outbox, OutboxBudget } from './request-outbox.js';
+import { firstConnect, openSocket } from './request-socket.js';
+import type {
+  ReceiptResult,
+  RequestChatEvents,
+  RequestChatOptions,
+  SendOptions,
+} from './request-types.js';
 import type { TokenSource } from './stream.js';
 import type {
-  Attachment,
   Inbox,
   MessageDeletedEvent,
   ReceiptEvent,
@@ -28,83 +39,12 @@ import type {
   TypingEvent,
 } from './types.js';
 
-export interface RequestChatOptions {
-  token: TokenSource;
-  /** `socket.io-client`'s `io`; imported on demand when absent (pass it in browsers without a bundler). */
-  io?: typeof ioFunction;
-  /** Reconnect backoff of the Socket.IO manager; `maxAttempts` default: never give up. */
-  reconnect?: BackoffOptions & { maxAttempts?: number };
-  /** How long one acknowledgement may take before the event is retried, in ms. Default 5000. */
-  ackTimeoutMs?: number;
-  /** Attempts per message (or join) that reach the server before `send` gives up. Default 10. */
-  maxSendAttempts?: number;
-  /** The longest a message may wait in all, offline time included, in ms. Default 120 000. */
-  sendTimeoutMs?: number;
-  /** Messages that may wait to be sent, over every room. Default 100. */
-  outboxSize?: number;
-  /** Rooms that may be joined at once. Default 100. */
-  maxRooms?: number;
-  /** Messages kept per room (the newest). Default 500. */
-  historySize?: number;
-  /** Message ids remembered for de-duplication. Default 5000. */
-  dedupeSize?: number;
-  /** Pages of older history fetched after a re-join to close a gap. Default 5. */
-  catchUpPages?: number;
-  /** Acknowledge incoming messages as delivered. Default true. */
-  autoDeliver?: boolean;
-  /** Extra Socket.IO options (the transport defaults to WebSocket only). */
-  socket?: Partial<ManagerOptions & SocketOptions>;
-}
-
-export interface RequestChatEvents {
-  /** Connected (again): rooms are being re-joined. */
-  connect: () => void;
-  disconnect: (reason: string) => void;
-  reconnecting: (info: { attempt: number }) => void;
-  /** A room's history after a join or re-join, merged with what the client held. */
-  history: (history: RoomHistory) => void;
-  /** A message from someone else (live, or found missing after a re-join), never twice. */
-  message: (message: RequestMessage) => void;
-  messagesDelivered: (event: ReceiptEvent) => void;
-  messageReads: (event: ReceiptEvent) => void;
-  messageUpdated: (message: RequestMessage) => void;
-  messageDeleted: (event: MessageDeletedEvent) => void;
-  userTyping: (event: TypingEvent) => void;
-  requestUpdated: (event: RequestUpdatedEvent) => void;
-  /** Every `exception` the server sends, as it is. */
-  exception: (event: RequestException) => void;
-  /** The connection was refused (`unauthorized`, `token_expired`), or a re-join failed. */
-  error: (error: ChatClientError) => void;
-}
-
-export interface SendOptions {
-  attachments?: Attachment[];
-  /** Defaults to a random UUID; pass your own to make a send idempotent across page reloads. */
-  clientMessageId?: string;
-}
-
-/** What a receipt recorded: the ids that were new for this user (the others are ignored). */
-export interface ReceiptResult {
-  requestId: string;
-  messages: string[];
-  at: string;
-}
-
-interface Pending {
-  requestId: string;
-  payload: {
-    requestId: string;
-    message: string;
-    clientMessageId: string;
-    attachments?: Attachment[];
-  };
-  attempts: number;
-  inFlight: boolean;
-  expired: boolean;
-  timer: ReturnType<typeof setTimeout>;
-  resolve: (m: RequestMessage) => void;
-  reject: (e: ChatClientError) => void;
-}
+export type {
+  ReceiptResult,
+  RequestChatEvents,
+  RequestChatOptions,
+  SendOptions,
+} from './request-types.js';
 
 interface Room {
   requestId: string;
@@ -114,10 +54,8 @@ interface Room {
   joining: boolean;
   /** Joined at least once: a later join is a re-join. */
   everJoined: boolean;
-  messages: Map<string, RequestMessage>;
-  hasMore: boolean;
-  outbox: Pending[];
-  sending: boolean;
+  messages: RoomMessages;
+  outbox: Outbox;
   /** `join()` callers waiting for the first history. */
   waiters: Array<{ resolve: (h: RoomHistory) => void; reject: (e: ChatClientError) => void }>;
   /** Ids waiting to be acknowledged as delivered. */
@@ -125,11 +63,6 @@ interface Room {
   typingAt: number;
 }
 
-/** `emitWithAck`'s answer: `{ok: true, …}` or `{ok: false, error_code, message}`. */
-type Answer = Record<string, unknown> & { ok?: unknown };
-
-/** Refusals that a later attempt may get past. */
-const RETRYABLE = new Set(['rate_limited', 'internal_error', 'not_in_room']);
 /** The server forwards `typing` at most this often (protocol section 8). */
 const TYPING_EVERY_MS = 2_000;
 /** How long a server-side disconnect counts toward the next one's backoff. */
@@ -142,11 +75,10 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   private readonly seen: BoundedSet<string>;
   private token: TokenSource;
   private closed = false;
-  private queued = 0;
   private readonly ackTimeoutMs: number;
   private readonly maxSendAttempts: number;
   private readonly sendTimeoutMs: number;
-  private readonly outboxSize: number;
+  private readonly budget: OutboxBudget;
   private readonly maxRooms: number;
   private readonly historySize: number;
   private readonly catchUpPages: number;
@@ -169,7 +101,7 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     this.ackTimeoutMs = opts.ackTimeoutMs ?? 5_000;
     this.maxSendAttempts = opts.maxSendAttempts ?? 10;
     this.sendTimeoutMs = opts.sendTimeoutMs ?? 120_000;
-    this.outboxSize = opts.outboxSize ?? 100;
+    this.budget = new OutboxBudget(opts.outboxSize ?? 100);
     this.maxRooms = opts.maxRooms ?? 100;
     this.historySize = opts.historySize ?? 500;
     this.catchUpPages = opts.catchUpPages ?? 5;
@@ -184,53 +116,16 @@ export class RequestChat extends Emitter<RequestChatEvents> {
    * not up yet is retried with backoff.
    */
   static async connect(url: string, opts: RequestChatOptions): Promise<RequestChat> {
-    const io = opts.io ?? (await import('socket.io-client')).io;
-    const r = opts.reconnect ?? {};
     const holder: { chat?: RequestChat } = {};
-    const socket = io(url, {
-      transports: ['websocket'],
-      forceNew: true,
-      reconnection: true,
-      reconnectionDelay: r.initialDelayMs ?? 500,
-      reconnectionDelayMax: r.maxDelayMs ?? 10_000,
-      randomizationFactor: r.jitter ?? 0.5,
-      reconnectionAttempts: r.maxAttempts ?? Number.POSITIVE_INFINITY,
-      ...opts.socket,
-      // Called on every (re)connect: a token function gives a fresh token each time.
-      auth: (cb: (data: object) => void) => {
-        const source = holder.chat?.token ?? opts.token;
-        Promise.resolve(typeof source === 'function' ? source() : source).then(
-          (token) => cb({ token }),
-          () => cb({}),
-        );
-      },
-    });
+    const socket = await openSocket(url, opts, () => holder.chat?.token ?? opts.token);
     const chat = new RequestChat(socket, opts);
     holder.chat = chat;
-    await new Promise<void>((resolve, reject) => {
-      const onConnect = () => {
-        socket.off('connect_error', onError);
-        socket.io.off('reconnect_failed', onGiveUp);
-        resolve();
-      };
-      const onError = (err: Error) => {
-        if (socket.active) return;
-        socket.off('connect', onConnect);
-        socket.off('connect_error', onError);
-        socket.io.off('reconnect_failed', onGiveUp);
-        chat.close();
-        reject(new ChatClientError(err.message || 'unauthorized', err.message));
-      };
-      const onGiveUp = () => {
-        socket.off('connect', onConnect);
-        socket.off('connect_error', onError);
-        chat.close();
-        reject(new ChatClientError('timeout', 'Could not connect (reconnect.maxAttempts).'));
-      };
-      socket.once('connect', onConnect);
-      socket.on('connect_error', onError);
-      socket.io.once('reconnect_failed', onGiveUp);
-    });
+    try {
+      await firstConnect(socket);
+    } catch (err) {
+      chat.close();
+      throw err;
+    }
     return chat;
   }
 
@@ -259,19 +154,7 @@ export class RequestChat extends Emitter<RequestChatEvents> {
           new ChatClientError('queue_full', `At most ${this.maxRooms} rooms at once.`),
         );
       }
-      room = {
-        requestId: id,
-        joined: false,
-        joining: false,
-        everJoined: false,
-        messages: new Map(),
-        hasMore: false,
-        outbox: [],
-        sending: false,
-        waiters: [],
-        deliver: new Set(),
-        typingAt: 0,
-      };
+      room = this.newRoom(id);
       this.rooms.set(id, room);
     } else if (room.joined) {
       return Promise.resolve(this.historyOf(room, [], false));
@@ -296,8 +179,7 @@ export class RequestChat extends Emitter<RequestChatEvents> {
 
   /** The messages this client holds for a joined room, oldest first. */
   messages(requestId: string): RequestMessage[] {
-    const room = this.rooms.get(requestId.toLowerCase());
-    return room ? sorted(room.messages) : [];
+    return this.rooms.get(requestId.toLowerCase())?.messages.all() ?? [];
   }
 
   /**
@@ -311,41 +193,22 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     if (!room) {
       return Promise.reject(new ChatClientError('not_joined', 'Join the room before sending.'));
     }
-    if (this.queued >= this.outboxSize) {
-      return Promise.reject(
-        new ChatClientError('queue_full', `At most ${this.outboxSize} messages may wait.`),
-      );
+    const payload: MessagePayload = {
+      requestId: room.requestId,
+      message: text,
+      clientMessageId: opts.clientMessageId ?? randomId(),
+    };
+    if (opts.attachments) payload.attachments = opts.attachments;
+    try {
+      return room.outbox.add(payload);
+    } catch (err) {
+      return Promise.reject(err);
     }
-    return new Promise<RequestMessage>((resolve, reject) => {
-      const payload: Pending['payload'] = {
-        requestId: room.requestId,
-        message: text,
-        clientMessageId: opts.clientMessageId ?? randomId(),
-      };
-      if (opts.attachments) payload.attachments = opts.attachments;
-      const p: Pending = {
-        requestId: room.requestId,
-        payload,
-        attempts: 0,
-        inFlight: false,
-        expired: false,
-        resolve,
-        reject,
-        timer: setTimeout(() => {
-          p.expired = true;
-          if (!p.inFlight)
-            this.settle(room, p, new ChatClientError('timeout', 'Not acknowledged in time.'));
-        }, this.sendTimeoutMs),
-      };
-      room.outbox.push(p);
-      this.queued++;
-      this.pump(room);
-    });
   }
 
   /** Messages waiting for an acknowledgement, over every room. */
   get pending(): number {
-    return this.queued;
+    return this.budget.queued;
   }
 
   /** Records "delivered" for messages of others (done automatically unless `autoDeliver: false`). */
@@ -372,17 +235,19 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   async editMessage(requestId: string, messageId: string, text: string): Promise<RequestMessage> {
     const a = await this.request('editMessage', { requestId, messageId, message: text });
     const message = a.message as RequestMessage;
-    this.update(message);
+    this.roomOf(message)?.messages.update(message);
     return message;
   }
 
   /** Deletes one of this user's messages (within the server's edit window). */
   async deleteMessage(requestId: string, messageId: string): Promise<void> {
     const a = await this.request('deleteMessage', { requestId, messageId });
-    if (typeof a.message === 'object' && a.message !== null)
-      this.update(a.message as RequestMessage);
-    this.removed({
-      requestId: requestId.toLowerCase(),
+    const room = this.rooms.get(requestId.toLowerCase());
+    if (typeof a.message === 'object' && a.message !== null) {
+      room?.messages.update(a.message as RequestMessage);
+    }
+    room?.messages.removed({
+      requestId: room.requestId,
       messageId: messageId.toLowerCase(),
       deletedAt: typeof a.deletedAt === 'string' ? a.deletedAt : new Date().toISOString(),
     });
@@ -403,7 +268,7 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     opts: { before?: string; limit?: number } = {},
   ): Promise<{ messages: RequestMessage[]; hasMore: boolean }> {
     const room = this.rooms.get(requestId.toLowerCase());
-    const before = opts.before ?? (room ? sorted(room.messages)[0]?._id : undefined);
+    const before = opts.before ?? room?.messages.oldest()?._id;
     const a = await this.request('loadHistory', {
       requestId,
       ...(before ? { before } : {}),
@@ -412,8 +277,10 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     const messages = Array.isArray(a.messages) ? (a.messages as RequestMessage[]) : [];
     const hasMore = a.hasMore === true;
     if (room) {
-      this.merge(room, messages);
-      if (before === undefined || before === sorted(room.messages)[0]?._id) room.hasMore = hasMore;
+      room.messages.merge(messages);
+      if (before === undefined || before === room.messages.oldest()?._id) {
+        room.messages.hasMore = hasMore;
+      }
     }
     return { messages, hasMore };
   }
@@ -468,20 +335,21 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     );
     s.on('message', (m: RequestMessage) => this.incoming(m));
     s.on('messagesDelivered', (e: ReceiptEvent) => {
-      this.applyReceipts(e, 'deliveredTo');
+      this.roomOf(e)?.messages.applyReceipts(e, 'deliveredTo');
       this.emit('messagesDelivered', e);
     });
     s.on('messageReads', (e: ReceiptEvent) => {
-      this.applyReceipts(e, 'readBy');
-      this.applyReceipts(e, 'deliveredTo');
+      const messages = this.roomOf(e)?.messages;
+      messages?.applyReceipts(e, 'readBy');
+      messages?.applyReceipts(e, 'deliveredTo');
       this.emit('messageReads', e);
     });
     s.on('messageUpdated', (m: RequestMessage) => {
-      this.update(m);
+      this.roomOf(m)?.messages.update(m);
       this.emit('messageUpdated', m);
     });
     s.on('messageDeleted', (e: MessageDeletedEvent) => {
-      this.removed(e);
+      this.roomOf(e)?.messages.removed(e);
       this.emit('messageDeleted', e);
     });
     s.on('userTyping', (e: TypingEvent) => this.emit('userTyping', e));
@@ -536,12 +404,14 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     room.everJoined = true;
     const page = this.lastPage.get(room) ?? { messages: [], hasMore: false };
     this.lastPage.delete(room);
-    const held = new Set(room.messages.keys());
-    let added = this.merge(room, page.messages);
+    const held = room.messages.ids();
+    let added = room.messages.merge(page.messages);
     if (rejoined && held.size > 0 && page.hasMore) {
-      added = added.concat(await this.catchUp(room, page, held)).sort(byTime);
+      const ask: Ask = (event, payload) => this.ask(event, payload);
+      const missed = await catchUp(ask, room, page, held, this.catchUpPages);
+      added = added.concat(missed).sort(byTime);
     } else if (!rejoined || held.size === 0) {
-      room.hasMore = page.hasMore;
+      room.messages.hasMore = page.hasMore;
     }
     const history = this.historyOf(room, added, rejoined);
     const waiters = room.waiters;
@@ -552,37 +422,7 @@ export class RequestChat extends Emitter<RequestChatEvents> {
       for (const m of added) this.emit('message', m);
       this.queueDelivered(room, added);
     }
-    this.pump(room);
-  }
-
-  /**
-   * After a re-join whose newest page does not reach what the client `held`
-   * before, pages back until it does (at most `catchUpPages` pages), so what
-   * was missed in between is merged too.
-   */
-  private async catchUp(
-    room: Room,
-    page: { messages: RequestMessage[]; hasMore: boolean },
-    held: Set<string>,
-  ): Promise<RequestMessage[]> {
-    const added: RequestMessage[] = [];
-    let older = page.messages;
-    let hasMore = page.hasMore;
-    for (let i = 0; i < this.catchUpPages; i++) {
-      const oldest = older[0];
-      if (!oldest || !hasMore || older.some((m) => held.has(m._id))) break;
-      let a: Answer;
-      try {
-        a = await this.ask('loadHistory', { requestId: room.requestId, before: oldest._id });
-      } catch {
-        break;
-      }
-      if (a.ok !== true || !Array.isArray(a.messages)) break;
-      older = a.messages as RequestMessage[];
-      hasMore = a.hasMore === true;
-      added.push(...this.merge(room, older));
-    }
-    return added;
+    room.outbox.pump();
   }
 
   private failRoom(room: Room, err: ChatClientError): void {
@@ -597,124 +437,50 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     room.joined = false;
     for (const w of room.waiters) w.reject(err);
     room.waiters = [];
-    for (const p of [...room.outbox]) this.settle(room, p, err);
-  }
-
-  /** Sends the room's oldest waiting message, one at a time, until none waits. */
-  private pump(room: Room): void {
-    if (room.sending || !room.joined || !this.socket.connected || this.closed) return;
-    const p = room.outbox[0];
-    if (!p) return;
-    room.sending = true;
-    p.inFlight = true;
-    p.attempts++;
-    this.ask('message', p.payload).then(
-      (answer) => this.sent(room, p, answer),
-      () => this.sent(room, p, undefined),
-    );
-  }
-
-  private sent(room: Room, p: Pending, answer: Answer | undefined): void {
-    room.sending = false;
-    p.inFlight = false;
-    if (room.outbox[0] !== p) {
-      this.pump(room);
-      return;
-    }
-    if (answer?.ok === true && typeof answer.message === 'object' && answer.message !== null) {
-      const message = answer.message as RequestMessage;
-      this.seen.add(message._id);
-      this.merge(room, [message]);
-      this.settle(room, p, message);
-      this.pump(room);
-      return;
-    }
-    const err =
-      answer === undefined
-        ? new ChatClientError('timeout', 'The message was not acknowledged in time.')
-        : answerError(answer, 'message');
-    const retryable = answer === undefined || RETRYABLE.has(err.code);
-    if (p.expired || !retryable || p.attempts >= this.maxSendAttempts) {
-      this.settle(room, p, err);
-      this.pump(room);
-      return;
-    }
-    if (err.code === 'not_in_room') {
-      // The server lost the join (an owner change, or a node that restarted): join again, then send.
-      room.joined = false;
-      void this.joinRoom(room);
-      return;
-    }
-    // Lost with the connection: it goes again after the re-join, without using up an attempt.
-    if (answer === undefined && !this.socket.connected) {
-      p.attempts--;
-      return;
-    }
-    this.later(err.retryAfterMs ?? backoffDelay(p.attempts - 1, { initialDelayMs: 250 }), () =>
-      this.pump(room),
-    );
-  }
-
-  private settle(room: Room, p: Pending, result: RequestMessage | ChatClientError): void {
-    const i = room.outbox.indexOf(p);
-    if (i === -1) return;
-    room.outbox.splice(i, 1);
-    this.queued--;
-    clearTimeout(p.timer);
-    if (result instanceof ChatClientError) p.reject(result);
-    else p.resolve(result);
+    room.outbox.rejectAll(err);
   }
 
   private incoming(m: RequestMessage): void {
     if (typeof m?._id !== 'string' || !this.seen.add(m._id)) return;
     const room = this.rooms.get(m.requestId);
     if (room) {
-      this.merge(room, [m]);
+      room.messages.merge([m]);
       this.queueDelivered(room, [m]);
     }
     this.emit('message', m);
   }
 
-  /** Merges `messages` into the room; returns those it did not hold, oldest first. */
-  private merge(room: Room, messages: RequestMessage[]): RequestMessage[] {
-    const added: RequestMessage[] = [];
-    for (const m of messages) {
-      if (typeof m?._id !== 'string') continue;
-      if (!room.messages.has(m._id)) added.push(m);
-      room.messages.set(m._id, m);
-      this.seen.add(m._id);
-    }
-    if (room.messages.size > this.historySize) {
-      const keep = sorted(room.messages).slice(-this.historySize);
-      room.messages.clear();
-      for (const m of keep) room.messages.set(m._id, m);
-      room.hasMore = true;
-    }
-    return added.sort(byTime);
+  /** The room an event names, if this client is in it. */
+  private roomOf(e: { requestId?: unknown } | null | undefined): Room | undefined {
+    return this.rooms.get(String(e?.requestId));
   }
 
-  private update(m: RequestMessage): void {
-    const room = this.rooms.get(m?.requestId);
-    if (room?.messages.has(m._id)) room.messages.set(m._id, m);
-  }
-
-  private removed(e: MessageDeletedEvent): void {
-    const room = this.rooms.get(e?.requestId);
-    const m = room?.messages.get(e.messageId);
-    if (room && m) {
-      room.messages.set(m._id, { ...m, message: '', attachments: [], deletedAt: e.deletedAt });
-    }
-  }
-
-  private applyReceipts(e: ReceiptEvent, field: 'deliveredTo' | 'readBy'): void {
-    const room = this.rooms.get(e?.requestId);
-    if (!room || !Array.isArray(e.messages)) return;
-    for (const id of e.messages) {
-      const m = room.messages.get(id);
-      const receipts = Array.isArray(m?.[field]) ? m[field] : [];
-      if (!m || receipts.some((r) => r.userId === e.userId)) continue;
-      room.messages.set(id, { ...m, [field]: [...receipts, { userId: e.userId, at: e.at }] });
-    }
+  private newRoom(requestId: string): Room {
+    const room: Room = {
+      requestId,
+      joined: false,
+      joining: false,
+      everJoined: false,
+      messages: new RoomMessages(this.historySize, this.seen),
+      outbox: new Outbox(
+        {
+          canSend: () => room.joined && this.socket.connected && !this.closed,
+          connected: () => this.socket.connected,
+          ask: (event, payload) => this.ask(event, payload),
+          stored: (message) => room.messages.merge([message]),
+          rejoin: () => {
+            room.joined = false;
+            void this.joinRoom(room);
+          },
+          later: (ms, fn) => this.later(ms, fn),
+        },
+        { budget: this.budget, maxAttempts: this.maxSendAttempts, timeoutMs: this.sendTimeoutMs },
+      ),
+      waiters: [],
+      deliver: new Set(),
+      typingAt: 0,
+    };
+    return room;
   }
 
   private queueDelivered(room: Room, messages: RequestMessage[]): void {
@@ -771,8 +537,8 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   private historyOf(room: Room, added: RequestMessage[], rejoined: boolean): RoomHistory {
     return {
       requestId: room.requestId,
-      messages: sorted(room.messages),
-      hasMore: room.hasMore,
+      messages: room.messages.all(),
+      hasMore: room.messages.hasMore,
       added,
       rejoined,
     };
@@ -789,20 +555,4 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   private wait(ms: number): Promise<void> {
     return new Promise((resolve) => this.later(ms, resolve));
   }
-}
-
-function answerError(answer: Answer, event: string): ChatClientError {
-  return isErrorPayload(answer)
-    ? ChatClientError.fromPayload(answer, event)
-    : new ChatClientError('internal_error', `Unexpected answer to "${event}".`, { event });
-}
-
-/** Server order: by `createdAt`, ties by `_id` (ObjectIds start with their creation second). */
-function byTime(a: RequestMessage, b: RequestMessage): number {
-  if (a.createdAt !== b.createdAt) return a.createdAt < b.createdAt ? -1 : 1;
-  return a._id < b._id ? -1 : a._id > b._id ? 1 : 0;
-}
-
-function sorted(messages: Map<string, RequestMessage>): RequestMessage[] {
-  return [...messages.values()].sort(byTime);
 }

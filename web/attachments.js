@@ -1,0 +1,79 @@
+// Attachments as the request view shows them: links that open in a new tab,
+// images as thumbnails, and only for URLs under the prefixes the server
+// accepts (the Content-Security-Policy lets exactly those images in);
+// anything else shows as its name only.
+import { h } from './dom.js';
+import { lang, t } from './i18n.js';
+
+/** Attachment URL prefixes the server accepts, from `/client-config.json`. */
+let allowedPrefixes = [];
+fetch('/client-config.json')
+  .then((r) => (r.ok ? r.json() : {}))
+  .then((c) => {
+    if (Array.isArray(c.attachmentUrlPrefixes)) allowedPrefixes = c.attachmentUrlPrefixes;
+  })
+  .catch(() => {});
+
+/** An http(s) URL under an allowed prefix, compared after parsing; otherwise undefined. */
+function safeUrl(raw) {
+  let url;
+  try {
+    url = new URL(String(raw));
+  } catch {
+    return undefined;
+  }
+  if (!/^https?:$/.test(url.protocol) || url.username || url.password) return undefined;
+  const ok = allowedPrefixes.some((p) => {
+    try {
+      return (
+        url.origin === new URL(p).origin && url.href.startsWith(p) && String(raw).startsWith(p)
+      );
+    } catch {
+      return false;
+    }
+  });
+  return ok ? url.href : undefined;
+}
+
+const sizeFormats = Object.fromEntries(
+  ['byte', 'kilobyte', 'megabyte'].map((unit) => [
+    unit,
+    new Intl.NumberFormat(lang, { style: 'unit', unit, maximumFractionDigits: 1 }),
+  ]),
+);
+
+/** A file size in the page's language ("52 kB", "1,2 MB"). */
+function sizeText(bytes) {
+  const n = Number(bytes) || 0;
+  if (n >= 1024 * 1024) return sizeFormats.megabyte.format(n / 1024 / 1024);
+  if (n >= 1024) return sizeFormats.kilobyte.format(Math.round(n / 1024));
+  return sizeFormats.byte.format(n);
+}
+
+/** Links to the files; images under an allowed prefix as thumbnails, anything else as text. */
+export function attachmentList(attachments) {
+  if (!Array.isArray(attachments) || attachments.length === 0) return null;
+  return h(
+    'ul',
+    { class: 'attachments' },
+    attachments.map((a) => {
+      const name = String(a?.name ?? t('message.file'));
+      const href = safeUrl(a?.url);
+      if (!href) return h('li', { class: 'file blocked' }, name);
+      const image = /^image\/(png|jpe?g|gif|webp|avif)$/i.test(String(a.contentType));
+      const link = { href, target: '_blank', rel: 'noopener noreferrer' };
+      return image
+        ? h(
+            'li',
+            { class: 'file image' },
+            h('a', link, h('img', { class: 'thumb', src: href, alt: name, loading: 'lazy' })),
+          )
+        : h(
+            'li',
+            { class: 'file' },
+            h('a', link, name),
+            h('span', { class: 'size' }, ` ${sizeText(a.size)}`),
+          );
+    }),
+  );
+}

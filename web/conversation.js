@@ -1,0 +1,233 @@
+// The conversation of the request view: one bubble per message, in time
+// order, with the ticks of my messages and their Edit and Delete. A message is
+// drawn once, keyed by its id (by its clientMessageId while mine is being
+// sent); a change to it is redrawn in place.
+import { attachmentList } from './attachments.js';
+import { h, timeEl } from './dom.js';
+import { t } from './i18n.js';
+import { tickState } from './receipts.js';
+
+const TICK = { pending: '◷', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' };
+
+/**
+ * `list` is the `<ol>` to draw in; `me()` the signed-in user; `receipts` the
+ * batcher that acks and reads the messages of others; `onEdit(msg)` and
+ * `onDelete(msg)` act on one of mine; `onShown()` runs when a message appears.
+ */
+export function mountConversation(list, { me, receipts, onEdit, onDelete, onShown }) {
+  /** Message id (or clientMessageId while pending) → {msg, li, state}. */
+  const shown = new Map();
+  const isMine = (msg) => me().id !== undefined && msg.sender?.id === me().id;
+  const edit = (entry) => onEdit(entry.msg);
+  const del = (entry) => onDelete(entry.msg);
+
+  function paintTick(entry) {
+    const tick = entry.li.querySelector('.tick');
+    if (!tick) return;
+    tick.dataset.state = entry.state;
+    tick.textContent = TICK[entry.state];
+    tick.title = t(`tick.${entry.state}`);
+    tick.setAttribute('aria-label', tick.title);
+    entry.li.classList.toggle('pending', entry.state === 'pending');
+  }
+
+  /** The inside of a bubble: text, attachments, time, edited mark, tick and my actions. */
+  function bubble(msg, mine) {
+    const deleted = Boolean(msg.deletedAt);
+    const foot = h('div', { class: 'bubble-foot' }, timeEl(msg.createdAt));
+    if (msg.editedAt && !deleted) foot.append(h('span', { class: 'edited' }, t('message.edited')));
+    if (mine && !deleted) {
+      foot.append(
+        h(
+          'span',
+          { class: 'actions' },
+          h(
+            'button',
+            {
+              type: 'button',
+              class: 'act edit',
+              title: t('message.edit'),
+              onclick: (e) => act(e, edit),
+            },
+            t('message.edit'),
+          ),
+          h(
+            'button',
+            {
+              type: 'button',
+              class: 'act delete',
+              title: t('message.delete'),
+              onclick: (e) => act(e, del),
+            },
+            t('message.delete'),
+          ),
+        ),
+      );
+    }
+    if (mine) foot.append(h('span', { class: 'tick' }));
+    const text = String(msg.message ?? '');
+    return h(
+      'div',
+      { class: 'bubble' },
+      deleted
+        ? h('p', { class: 'text deleted' }, t('message.deleted'))
+        : text !== '' || !msg.attachments?.length
+          ? h('p', { class: 'text' }, text)
+          : null,
+      deleted ? null : attachmentList(msg.attachments),
+      foot,
+    );
+  }
+
+  function act(event, fn) {
+    const id = event.currentTarget.closest('.msg')?.dataset.id;
+    const entry = id && shown.get(id);
+    if (entry) fn(entry);
+  }
+
+  /** A message edited or deleted (here or elsewhere): its bubble is redrawn in place. */
+  function changed(msg) {
+    const entry = shown.get(msg?._id);
+    if (!entry) return;
+    entry.msg = { ...entry.msg, ...msg };
+    entry.li.querySelector('.bubble')?.replaceWith(bubble(entry.msg, isMine(entry.msg)));
+    paintTick(entry);
+  }
+
+  function build(msg, mine) {
+    const head = mine
+      ? null
+      : h(
+          'div',
+          { class: 'msg-meta' },
+          h('span', { class: 'name' }, String(msg.sender?.username ?? '')),
+          msg.sender?.role ? h('span', { class: 'role' }, String(msg.sender.role)) : null,
+        );
+    return h(
+      'li',
+      {
+        class: mine ? 'msg mine' : 'msg',
+        dataset: {
+          id: String(msg._id ?? ''),
+          sender: String(msg.sender?.id),
+          at: String(msg.createdAt ?? ''),
+        },
+      },
+      head,
+      bubble(msg, mine),
+    );
+  }
+
+  /** A run of messages from one sender shows the name once. */
+  function markRun(li) {
+    if (!li) return;
+    const prev = li.previousElementSibling;
+    li.classList.toggle('cont', prev?.dataset.sender === li.dataset.sender);
+  }
+
+  /**
+   * Puts `li` in time order, before my messages still being sent (they will
+   * be stored after it). A message found after a reconnect may be older than
+   * the newest one shown: it goes in its place.
+   */
+  function place(li) {
+    let after = list.lastElementChild;
+    while (
+      after &&
+      (after === li || after.classList.contains('pending') || after.dataset.at > li.dataset.at)
+    ) {
+      after = after.previousElementSibling;
+    }
+    if (after) after.after(li);
+    else list.prepend(li);
+    markRun(li);
+    markRun(li.nextElementSibling);
+  }
+
+  /**
+   * Shows `msg` (once) and returns its entry: at the start (older history), at
+   * the end (`pending`: my message being sent) or in time order.
+   */
+  function show(msg, where = 'ordered') {
+    const existing = shown.get(msg._id);
+    if (existing) {
+      if (msg.editedAt !== existing.msg.editedAt || msg.deletedAt !== existing.msg.deletedAt) {
+        changed(msg);
+      }
+      existing.msg = msg;
+      if (existing.state === 'other') receipts.arrived(msg, existing.li, me().id);
+      else if (existing.state !== 'pending') existing.state = tickState(msg, me().id);
+      paintTick(existing);
+      return existing;
+    }
+    const mine = isMine(msg);
+    const entry = { msg, li: build(msg, mine), state: mine ? tickState(msg, me().id) : 'other' };
+    shown.set(msg._id, entry);
+    if (where === 'ordered') place(entry.li);
+    else {
+      if (where === 'start') list.prepend(entry.li);
+      else list.append(entry.li);
+      markRun(entry.li);
+      markRun(entry.li.nextElementSibling);
+    }
+    paintTick(entry);
+    onShown();
+    if (!mine) receipts.arrived(msg, entry.li, me().id);
+    return entry;
+  }
+
+  function receipt(kind, payload) {
+    if (payload?.userId === me().id) return;
+    for (const id of payload.messages ?? []) {
+      const entry = shown.get(id);
+      if (!entry || entry.state === 'other' || entry.state === 'pending') continue;
+      const mark = { userId: payload.userId, at: payload.at };
+      const m = entry.msg;
+      m.deliveredTo = [...(m.deliveredTo ?? []), mark];
+      if (kind === 'read') m.readBy = [...(m.readBy ?? []), mark];
+      entry.state = tickState(m, me().id);
+      paintTick(entry);
+    }
+  }
+
+  return {
+    show,
+    changed,
+    /** A `messagesDelivered` (`kind` delivered) or `messageReads` (read) of the open request. */
+    receipt,
+    /** My message, at the end while it is being sent. */
+    pending(msg) {
+      const entry = show(msg, 'pending');
+      entry.li.classList.add('mine');
+      entry.state = 'pending';
+      paintTick(entry);
+      entry.li.scrollIntoView({ block: 'end' });
+      return entry;
+    },
+    /** The server stored my pending message: the stored copy takes its id and its place. */
+    stored(entry, message) {
+      shown.delete(entry.msg._id);
+      if (shown.has(message._id)) {
+        // It came back first (say, in a re-join's history): one bubble is enough.
+        entry.li.remove();
+        return;
+      }
+      entry.msg = message;
+      entry.li.dataset.id = message._id;
+      entry.li.dataset.at = message.createdAt;
+      entry.state = tickState(message, me().id);
+      shown.set(message._id, entry);
+      paintTick(entry);
+      // Stored after whatever reached the server first (say, while it waited offline).
+      place(entry.li);
+    },
+    failed(entry) {
+      entry.state = 'failed';
+      paintTick(entry);
+    },
+    reset() {
+      shown.clear();
+      list.replaceChildren();
+    },
+  };
+}
