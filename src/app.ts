@@ -75,8 +75,9 @@ export async function createStore(config: Config, log: Logger): Promise<Store> {
 }
 
 /**
- * The Redis connection that counts stream rate limits and slow mode for every
- * node. Commands never queue: while Redis is away each node counts alone.
+ * The Redis connection that counts stream rate limits, slow mode and the
+ * typing throttle for every node. Commands never queue: while Redis is away
+ * each node counts alone.
  */
 async function createCounterClient(config: Config, log: Logger): Promise<Redis | undefined> {
   if (config.redisUrl === undefined) return undefined;
@@ -152,6 +153,7 @@ export async function createApp(config: Config, options: { log?: Logger } = {}):
     metrics,
     log,
     webhooks,
+    redis: counterClient && { client: counterClient, prefix: config.redisPrefix },
   });
   const handler = createHttpHandler({
     apiKey: config.apiKey,

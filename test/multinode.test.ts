@@ -16,6 +16,7 @@ import {
   type ChildServer,
   SECRET,
   StreamClient,
+  sleep,
   spawnServer,
   until,
   userToken,
@@ -318,6 +319,29 @@ if (await requireServices('postgres', 'redis')) {
         JSON.stringify(lab.body),
       );
       for (const s of [tabB, tabC, colleague, sender]) s.socket.close();
+    });
+
+    it('typing is forwarded once per interval per user and request, whichever node each tab is on', async () => {
+      const request = '6751b6df1ad14eaa13a0aa32';
+      const owner = await userToken('31', { role: 'TEACHER' });
+      assert.equal(
+        (await api(A.url, 'PUT', `/api/requests/${request}`, { ownerId: 31 })).status,
+        201,
+      );
+      const tabA = await requestSocket(A, owner);
+      const tabB = await requestSocket(B, owner);
+      const lab = await requestSocket(C, await userToken('37', { role: 'LAB' }));
+      for (const s of [tabA, tabB, lab]) {
+        assert.equal((await ask(s.socket, 'joinRoom', { requestId: request })).ok, true);
+      }
+      const first = await ask(tabA.socket, 'typing', { requestId: request });
+      const second = await ask(tabB.socket, 'typing', { requestId: request });
+      assert.equal(first.forwarded, true);
+      assert.equal(second.forwarded, false, 'the other node knew of the first');
+      await until(() => lab.of('userTyping').length === 1, 'one userTyping');
+      await sleep(300);
+      assert.equal(lab.of('userTyping').length, 1);
+      for (const s of [tabA, tabB, lab]) s.socket.close();
     });
 
     it('a node killed with SIGKILL loses no acknowledged message', async (t) => {

@@ -4,6 +4,7 @@
  * room is the transport's (Socket.IO rooms, across nodes through its adapter);
  * everything here resolves only once the store has committed.
  */
+import type { Redis } from 'ioredis';
 import type { DeskConfig, Limits } from '../config.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -22,7 +23,7 @@ import type {
   RequestSummary,
   UnreadTotals,
 } from './messages.js';
-import { TypingThrottle } from './typing.js';
+import { SharedTypingThrottle, TypingThrottle } from './typing.js';
 import type { Webhooks } from './webhooks.js';
 
 export interface RequestsDeps {
@@ -33,6 +34,8 @@ export interface RequestsDeps {
   log: Logger;
   /** When set, messages and reads commit their webhook events with them. */
   webhooks?: Webhooks | undefined;
+  /** When set, the typing throttle holds across nodes. */
+  redis?: { client: Redis; prefix: string } | undefined;
 }
 
 export interface Sent {
@@ -80,16 +83,17 @@ export interface Receipts {
 
 export class Requests {
   private readonly rate: RateLimiter;
-  private readonly typingThrottle: TypingThrottle;
+  private readonly typingThrottle: SharedTypingThrottle;
   /** Writes under way, so that shutdown waits for them before closing the store. */
   private readonly inFlight = new Set<Promise<unknown>>();
   private readonly ownerListeners = new Set<(change: OwnerChange) => void>();
 
   constructor(private readonly deps: RequestsDeps) {
     this.rate = new RateLimiter(deps.limits.requestRate);
-    this.typingThrottle = new TypingThrottle(
+    this.typingThrottle = new SharedTypingThrottle(
+      new TypingThrottle(deps.desk.typingIntervalMs, deps.desk.typingTrackedMax),
       deps.desk.typingIntervalMs,
-      deps.desk.typingTrackedMax,
+      deps.redis,
     );
   }
 
@@ -237,7 +241,7 @@ export class Requests {
   }
 
   /** True when `identity`'s typing in the request is to be forwarded now; never stored. */
-  typing(identity: Identity, requestId: string): boolean {
+  typing(identity: Identity, requestId: string): Promise<boolean> {
     return this.typingThrottle.allow(identity.userId, requestId);
   }
 

@@ -328,7 +328,7 @@ export class RequestChat {
         case 'typing': {
           // Room membership is the authorization: an owner change takes the
           // previous owner's sockets out of the room on every node.
-          const forwarded = requests.typing(identity, p.requestId);
+          const forwarded = await requests.typing(identity, p.requestId);
           if (forwarded) {
             socket.to(room).emit('userTyping', {
               requestId: p.requestId,
