@@ -120,7 +120,6 @@ export class Wire {
     conn.on('packetCreate', (packet: EnginePacket) => {
       if (this.dropped) return;
       const size = packetSize(packet);
-      const waiting = this.waiting();
       // A client with nothing left unread always gets the next packet, so that
       // one answer larger than the bound on its own (one long message under a
       // small SEND_BUFFER_MAX_BYTES) does not cut a client that reads. See
