@@ -15,6 +15,8 @@ export interface RequestJob {
   teacherToken: string;
   /** Messages awaiting their acknowledgement, per sending socket. */
   window: number;
+  /** Prefix of the clientMessageIds, distinct per run: every message is new. */
+  runId: string;
   warmupMs: number;
   durationMs: number;
   /** Extra LAB sockets that join every room and only listen: a wide fan-out. */
@@ -100,7 +102,9 @@ export async function runRequest(
     const start = performance.now();
     const counted = measuring;
     inFlight++;
-    lab.emit('message', { requestId, message: `bench ${seq++}` }, (res: { ok?: boolean }) => {
+    const n = seq++;
+    const payload = { requestId, message: `bench ${n}`, clientMessageId: `${job.runId}-${n}` };
+    lab.emit('message', payload, (res: { ok?: boolean }) => {
       inFlight--;
       if (counted && measuring) {
         if (res?.ok) {

@@ -9,7 +9,7 @@
  *   npm run bench -- --only fanout,idle --runs 5
  *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
- *   npm run bench -- --only request --baseline /path/to/built/charla   (group commit against another build;
+ *   npm run bench -- --only request --baseline main=/path/to/built/charla   (group commit against other builds;
  *       without --baseline, against REQUEST_BATCH_MAX=1; --request-databases sqlite,postgres --request-outbox off,on)
  *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
@@ -409,6 +409,7 @@ async function requestChat(
           labToken: await token('bench-lab', { role: 'LAB' }),
           teacherToken: await token('bench-teacher', { role: 'TEACHER' }),
           window: 1,
+          runId: randomBytes(6).toString('hex'),
           warmupMs: 1000,
           durationMs: quick ? 3000 : 8000,
           watchers,
@@ -430,6 +431,9 @@ async function requestChat(
       deliveredPerSec: report.deliveredInWindow / seconds,
       genCpu: report.cpuPercent,
       serverCpu: serverWindow.cpuPercent,
+      // CPU time per message: steadier than rates on a machine shared with other work.
+      cpuUsPerAck:
+        (serverWindow.cpuPercent * 10 * report.windowMs) / Math.max(1, report.acksInWindow),
       ...(hooks ? { webhooksReceived: hooks.received() } : {}),
     };
   } finally {
@@ -625,11 +629,26 @@ async function main(): Promise<void> {
     // DIR`, a built charla tree), or against one transaction per message
     // (REQUEST_BATCH_MAX=1). Each point: acks/s at saturation (one message in
     // flight per sender), then p99 with the senders paced at 80% of that.
-    const baseline = option('baseline');
+    // `--baseline DIR` or `--baseline NAME=DIR,NAME=DIR`: other builds, first is the reference.
+    const baselines = (option('baseline') ?? '')
+      .split(',')
+      .filter((b) => b !== '')
+      .map((b): [string, string] => {
+        const eq = b.indexOf('=');
+        return eq < 0 ? ['baseline', b] : [b.slice(0, eq), b.slice(eq + 1)];
+      });
     const variants: Array<[string, { env?: Record<string, string>; script?: string }]> = [
-      baseline
-        ? ['baseline', { script: join(baseline, 'dist/src/main.js') }]
-        : ['per-message', { env: { REQUEST_BATCH_MAX: '1' } }],
+      ...(baselines.length > 0
+        ? baselines.map(([name, dir]): [string, { script: string }] => [
+            name,
+            { script: join(dir, 'dist/src/main.js') },
+          ])
+        : [
+            ['per-message', { env: { REQUEST_BATCH_MAX: '1' } }] as [
+              string,
+              { env: Record<string, string> },
+            ],
+          ]),
       ['group commit', {}],
     ];
     const databases = (option('request-databases') ?? 'sqlite,postgres').split(',') as Array<
@@ -934,9 +953,8 @@ function renderTables(): string {
   }
   if (results.request) {
     const rows = results.request.map((r) => {
-      const base = results.request?.find(
-        (b) => b.database === r.database && b.outbox === r.outbox && b.variant !== r.variant,
-      );
+      // The reference is the first variant of the same storage and outbox.
+      const base = results.request?.find((b) => b.database === r.database && b.outbox === r.outbox);
       const off = results.request?.find(
         (b) => b.database === r.database && b.variant === r.variant && b.outbox === 'off',
       );
@@ -945,9 +963,7 @@ function renderTables(): string {
         String(r.outbox ?? ''),
         String(r.variant ?? ''),
         fmt(n(r, 'acksPerSec')),
-        r.variant === 'group commit' && base
-          ? `${fmt(n(r, 'acksPerSec') / n(base, 'acksPerSec'), 2)}×`
-          : '',
+        base && base !== r ? `${fmt(n(r, 'acksPerSec') / n(base, 'acksPerSec'), 2)}×` : '',
         r.outbox === 'on' && off
           ? `${fmt((100 * n(r, 'acksPerSec')) / n(off, 'acksPerSec'))}%`
           : '',
@@ -957,6 +973,7 @@ function renderTables(): string {
         fmt(n(r, 'pacedP99'), 2),
         fmt(n(r, 'errors')),
         `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
+        fmt(n(r, 'cpuUsPerAck')),
       ];
     });
     parts.push(
@@ -975,6 +992,7 @@ function renderTables(): string {
           'paced at 80%: p99 ms',
           'errors',
           'CPU server / generator',
+          'server CPU µs per ack',
         ],
         rows,
       ),

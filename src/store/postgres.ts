@@ -904,6 +904,14 @@ export class PostgresStore implements Store {
       });
       const commit = client.query('COMMIT');
       const [b, c, ...s] = await Promise.allSettled([begin, commit, ...statements]);
+      // BEGIN or COMMIT itself failing is the connection's problem, not a message's.
+      if (b?.status === 'rejected' || c?.status === 'rejected') {
+        const error = b?.status === 'rejected' ? b.reason : (c as PromiseRejectedResult).reason;
+        broken = error instanceof Error ? error : new Error(String(error));
+        return { committed: false, failed: undefined, error };
+      }
+      // A statement that fails aborts the transaction: those after it fail
+      // too, and COMMIT answers ROLLBACK. The first failure is the culprit.
       const failed = s.findIndex((r) => r.status === 'rejected');
       if (failed >= 0) {
         return {
@@ -911,11 +919,6 @@ export class PostgresStore implements Store {
           failed,
           error: (s[failed] as PromiseRejectedResult).reason,
         };
-      }
-      if (b?.status === 'rejected' || c?.status === 'rejected') {
-        const error = b?.status === 'rejected' ? b.reason : (c as PromiseRejectedResult).reason;
-        broken = error instanceof Error ? error : new Error(String(error));
-        return { committed: false, failed: undefined, error };
       }
       if (c?.status === 'fulfilled' && c.value.command !== 'COMMIT') {
         broken = new Error(`COMMIT answered ${c.value.command}`);
