@@ -15,10 +15,17 @@ export interface RequestJob {
   teacherToken: string;
   /** Messages awaiting their acknowledgement, per sending socket. */
   window: number;
+  /** Prefix of the clientMessageIds, distinct per run: every message is new. */
+  runId: string;
   warmupMs: number;
   durationMs: number;
   /** Extra LAB sockets that join every room and only listen: a wide fan-out. */
   watchers?: number;
+  /**
+   * Messages/s over all senders; each sender paces its share and never has
+   * more than `window` awaiting acknowledgement. Absent: as fast as acks come.
+   */
+  rate?: number;
 }
 
 export interface RequestReport {
@@ -95,7 +102,9 @@ export async function runRequest(
     const start = performance.now();
     const counted = measuring;
     inFlight++;
-    lab.emit('message', { requestId, message: `bench ${seq++}` }, (res: { ok?: boolean }) => {
+    const n = seq++;
+    const payload = { requestId, message: `bench ${n}`, clientMessageId: `${job.runId}-${n}` };
+    lab.emit('message', payload, (res: { ok?: boolean }) => {
       inFlight--;
       if (counted && measuring) {
         if (res?.ok) {
@@ -105,13 +114,31 @@ export async function runRequest(
           errors++;
         }
       }
-      if (!stop) send(lab, requestId);
-      else if (inFlight === 0) drained();
+      if (stop) {
+        if (inFlight === 0) drained();
+      } else if (interval === 0) {
+        send(lab, requestId);
+      } else {
+        // Paced: the next message is due one interval after the last was due,
+        // or now when the acknowledgement came later than that.
+        const due = (nextDue.get(lab) ?? 0) + interval;
+        const now = performance.now();
+        nextDue.set(lab, Math.max(due, now));
+        setTimeout(() => send(lab, requestId), Math.max(0, due - now));
+      }
     });
   };
-  for (const { lab, requestId } of pairs) {
-    for (let i = 0; i < job.window; i++) send(lab, requestId);
-  }
+  const interval = job.rate ? (1000 * pairs.length) / job.rate : 0;
+  const nextDue = new Map<Socket, number>();
+  pairs.forEach(({ lab, requestId }, k) => {
+    // Spread the paced senders over one interval rather than all at once.
+    const offset = (interval * k) / pairs.length;
+    nextDue.set(lab, performance.now() + offset);
+    for (let i = 0; i < job.window; i++) {
+      if (interval === 0) send(lab, requestId);
+      else setTimeout(() => send(lab, requestId), offset);
+    }
+  });
 
   const { windowMs, cpuPercent } = await measureWindow(
     job.warmupMs,

@@ -9,7 +9,8 @@
  *   npm run bench -- --only fanout,idle --runs 5
  *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
- *   npm run bench -- --only request --webhooks   (request chat with the webhook outbox on)
+ *   npm run bench -- --only request --baseline main=/path/to/built/charla   (group commit against other builds;
+ *       without --baseline, against REQUEST_BATCH_MAX=1; --request-databases sqlite,postgres --request-outbox off,on)
  *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
  *   npm run bench -- --only bigroom --bigroom-points 10000x50,10000x200   (chosen points)
@@ -370,20 +371,31 @@ const BENCH_PG_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.
  * Scenario 5: durable request-chat messages. 50 requests, a LAB socket sending
  * each message awaiting its acknowledgement before the next, the owning teacher receiving.
  */
-async function requestChat(database: 'sqlite' | 'postgres', watchers = 0) {
+async function requestChat(
+  database: 'sqlite' | 'postgres',
+  watchers = 0,
+  options: {
+    webhooks?: boolean;
+    /** Paced at this many messages/s in all; absent: as fast as acknowledgements come. */
+    rate?: number;
+    env?: Record<string, string>;
+    /** Another build's `dist/src/main.js`. */
+    script?: string | undefined;
+  } = {},
+) {
   const schema = `charla_bench_${randomBytes(4).toString('hex')}`;
-  const env: Record<string, string> = {};
+  const env: Record<string, string> = { ...options.env };
   if (database === 'postgres') {
     const url = new URL(BENCH_PG_URL);
     url.searchParams.set('schema', schema);
     env.DATABASE_URL = url.toString();
   }
-  const hooks = flag('webhooks') ? await webhookSink() : undefined;
+  const hooks = (options.webhooks ?? flag('webhooks')) ? await webhookSink() : undefined;
   if (hooks) {
     env.WEBHOOK_URL = hooks.url;
     env.WEBHOOK_SECRET = `whsec_${randomBytes(32).toString('base64')}`;
   }
-  const server = await startServer('charla', env);
+  const server = await startServer('charla', env, [], options.script);
   try {
     const requests = Array.from({ length: 50 }, () => randomBytes(12).toString('hex'));
     await putRequests(server, requests, 'bench-teacher');
@@ -397,9 +409,11 @@ async function requestChat(database: 'sqlite' | 'postgres', watchers = 0) {
           labToken: await token('bench-lab', { role: 'LAB' }),
           teacherToken: await token('bench-teacher', { role: 'TEACHER' }),
           window: 1,
+          runId: randomBytes(6).toString('hex'),
           warmupMs: 1000,
           durationMs: quick ? 3000 : 8000,
           watchers,
+          ...(options.rate ? { rate: options.rate } : {}),
         },
       ],
       server.pid,
@@ -417,6 +431,9 @@ async function requestChat(database: 'sqlite' | 'postgres', watchers = 0) {
       deliveredPerSec: report.deliveredInWindow / seconds,
       genCpu: report.cpuPercent,
       serverCpu: serverWindow.cpuPercent,
+      // CPU time per message: steadier than rates on a machine shared with other work.
+      cpuUsPerAck:
+        (serverWindow.cpuPercent * 10 * report.windowMs) / Math.max(1, report.acksInWindow),
       ...(hooks ? { webhooksReceived: hooks.received() } : {}),
     };
   } finally {
@@ -608,16 +625,80 @@ async function main(): Promise<void> {
   }
 
   if (want('request')) {
-    for (const database of ['sqlite', 'postgres'] as const) {
-      const list: Array<Record<string, number>> = [];
-      for (let r = 0; r < runs; r++) {
-        const res = await requestChat(database);
-        list.push(res);
-        process.stderr.write(`  request ${database} run ${r + 1}: ${JSON.stringify(res)}\n`);
+    // Group commit against a baseline build in the same run (`--baseline
+    // DIR`, a built charla tree), or against one transaction per message
+    // (REQUEST_BATCH_MAX=1). Each point: acks/s at saturation (one message in
+    // flight per sender), then p99 with the senders paced at 80% of that.
+    // `--baseline DIR` or `--baseline NAME=DIR,NAME=DIR`: other builds, first is the reference.
+    const baselines = (option('baseline') ?? '')
+      .split(',')
+      .filter((b) => b !== '')
+      .map((b): [string, string] => {
+        const eq = b.indexOf('=');
+        return eq < 0 ? ['baseline', b] : [b.slice(0, eq), b.slice(eq + 1)];
+      });
+    const variants: Array<[string, { env?: Record<string, string>; script?: string }]> = [
+      ...(baselines.length > 0
+        ? baselines.map(([name, dir]): [string, { script: string }] => [
+            name,
+            { script: join(dir, 'dist/src/main.js') },
+          ])
+        : [
+            ['per-message', { env: { REQUEST_BATCH_MAX: '1' } }] as [
+              string,
+              { env: Record<string, string> },
+            ],
+          ]),
+      ['group commit', {}],
+    ];
+    const databases = (option('request-databases') ?? 'sqlite,postgres').split(',') as Array<
+      'sqlite' | 'postgres'
+    >;
+    const outboxes = (option('request-outbox') ?? 'off,on').split(',');
+    for (const database of databases) {
+      for (const outbox of outboxes) {
+        const webhooks = outbox === 'on';
+        const saturated = new Map<string, Array<Record<string, number>>>();
+        const paced = new Map<string, Array<Record<string, number>>>();
+        // Variants interleaved run by run, so that a noisy minute hits both.
+        for (let r = 0; r < runs; r++) {
+          for (const [name, v] of variants) {
+            const res = await requestChat(database, 0, { ...v, webhooks });
+            saturated.set(name, [...(saturated.get(name) ?? []), res]);
+            process.stderr.write(
+              `  request ${database} outbox ${outbox} ${name} run ${r + 1}: ${JSON.stringify(res)}\n`,
+            );
+          }
+        }
+        for (let r = 0; r < runs; r++) {
+          for (const [name, v] of variants) {
+            const top = median((saturated.get(name) ?? []).map((x) => x.acksPerSec as number));
+            const res = await requestChat(database, 0, { ...v, webhooks, rate: 0.8 * top });
+            paced.set(name, [...(paced.get(name) ?? []), res]);
+            process.stderr.write(
+              `  request ${database} outbox ${outbox} ${name} at 80% run ${r + 1}: ${JSON.stringify(res)}\n`,
+            );
+          }
+        }
+        for (const [name] of variants) {
+          const sat = saturated.get(name) ?? [];
+          const at80 = paced.get(name) ?? [];
+          const keys = Object.keys(sat[0] ?? {});
+          const m = Object.fromEntries(
+            keys.map((k) => [k, median(sat.map((x) => x[k] as number))]),
+          );
+          record('request', {
+            database,
+            outbox,
+            variant: name,
+            server: 'charla',
+            ...m,
+            pacedRate: median(at80.map((x) => x.acksPerSec as number)),
+            pacedP50: median(at80.map((x) => x.p50 as number)),
+            pacedP99: median(at80.map((x) => x.p99 as number)),
+          });
+        }
       }
-      const keys = Object.keys(list[0] ?? {});
-      const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
-      record('request', { database, server: 'charla', ...m });
     }
   }
 
@@ -871,28 +952,47 @@ function renderTables(): string {
     );
   }
   if (results.request) {
-    const rows = results.request.map((r) => [
-      String(r.database),
-      fmt(n(r, 'acksPerSec')),
-      fmt(n(r, 'p50'), 2),
-      fmt(n(r, 'p99'), 2),
-      fmt(n(r, 'max'), 1),
-      fmt(n(r, 'errors')),
-      fmt(n(r, 'deliveredPerSec')),
-      `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
-    ]);
+    const rows = results.request.map((r) => {
+      // The reference is the first variant of the same storage and outbox.
+      const base = results.request?.find((b) => b.database === r.database && b.outbox === r.outbox);
+      const off = results.request?.find(
+        (b) => b.database === r.database && b.variant === r.variant && b.outbox === 'off',
+      );
+      return [
+        String(r.database),
+        String(r.outbox ?? ''),
+        String(r.variant ?? ''),
+        fmt(n(r, 'acksPerSec')),
+        base && base !== r ? `${fmt(n(r, 'acksPerSec') / n(base, 'acksPerSec'), 2)}×` : '',
+        r.outbox === 'on' && off
+          ? `${fmt((100 * n(r, 'acksPerSec')) / n(off, 'acksPerSec'))}%`
+          : '',
+        fmt(n(r, 'p50'), 2),
+        fmt(n(r, 'p99'), 2),
+        fmt(n(r, 'pacedRate')),
+        fmt(n(r, 'pacedP99'), 2),
+        fmt(n(r, 'errors')),
+        `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
+        fmt(n(r, 'cpuUsPerAck')),
+      ];
+    });
     parts.push(
-      '\n### Request chat: 50 requests, a LAB socket sending (each message awaits its acknowledgement) and the teacher receiving\n',
+      '\n### Request chat: 50 requests, one LAB socket each with one message awaiting its acknowledgement, the teacher receiving\n',
       table(
         [
           'storage',
-          'acknowledged messages/s',
+          'outbox',
+          'server',
+          'acks/s at saturation',
+          'vs other',
+          'vs outbox off',
           'ack p50 ms',
           'ack p99 ms',
-          'ack max ms',
+          'paced at 80%: acks/s',
+          'paced at 80%: p99 ms',
           'errors',
-          'delivered/s',
           'CPU server / generator',
+          'server CPU µs per ack',
         ],
         rows,
       ),

@@ -47,6 +47,8 @@ export async function startServer(
   extraEnv: Record<string, string> = {},
   /** Extra flags for node, e.g. `--cpu-prof`. */
   nodeFlags: string[] = [],
+  /** Another build's entry point instead of this one's (a baseline to compare with). */
+  script: string = scripts[kind],
 ): Promise<RunningServer> {
   const dir = mkdtempSync(join(tmpdir(), 'charla-bench-'));
   const env: Record<string, string> = {
@@ -57,7 +59,7 @@ export async function startServer(
   // LOG_LEVEL=warn would hide the listening line; charla's is read at info.
   if (kind === 'charla') env.LOG_LEVEL = 'info';
   const preload = join(root, 'bench/gc-on-signal.js');
-  const node = [process.execPath, ...nodeFlags, '--expose-gc', '--import', preload, scripts[kind]];
+  const node = [process.execPath, ...nodeFlags, '--expose-gc', '--import', preload, script];
   const child = spawn('taskset', ['-c', SERVER_CORE, ...node], {
     env,
     stdio: ['ignore', 'pipe', 'inherit'],

@@ -253,6 +253,107 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           assert.deepEqual(texts, ['one']);
         }));
 
+      it('a group commit gives each write the outcome it would have alone', async () => {
+        const at = (ms: number) => new Date(Date.UTC(2026, 0, 1) + ms);
+        const event = (ms: number): OutboxEntry =>
+          outboxEntry('stream.ended', { key: `k${ms}` }, { at: at(ms) });
+        const r1 = newId();
+        const r2 = newId();
+        const before = requestMessage(r1, 'before', '2', 'c-0');
+        const a = requestMessage(r1, 'a', '2', 'c-1');
+        const writes = [
+          { message: a, outbox: [event(1)] },
+          { message: requestMessage(r2, 'b', '2') },
+          // A taken id: refused alone, its events with it.
+          { message: { ...requestMessage(r1, 'clash', '2'), _id: before._id }, outbox: [event(2)] },
+          // A retry of a message stored before, and of one earlier in this batch.
+          { message: requestMessage(r1, 'before (retry)', '2', 'c-0'), outbox: [event(3)] },
+          { message: requestMessage(r1, 'a (retry)', '2', 'c-1') },
+          { message: requestMessage(r1, 'c', '1'), outbox: [event(4)] },
+          { message: requestMessage(r2, 'd', '3') },
+        ];
+        /** The same writes through `addRequestMessage`, one at a time, on a store of its own. */
+        const alone = await (async () => {
+          const h = await harness();
+          const t = await h.open();
+          try {
+            await t.putRequest(r1, '1');
+            await t.putRequest(r2, '1');
+            await t.addRequestMessage(before);
+            const out: Array<unknown> = [];
+            for (const w of writes) {
+              out.push(await t.addRequestMessage(w.message, w.outbox).catch(() => 'refused'));
+            }
+            return out;
+          } finally {
+            await t.close();
+            await h.cleanup();
+          }
+        })();
+        await withStore(async (s) => {
+          await s.putRequest(r1, '1');
+          await s.putRequest(r2, '1');
+          const stored = await s.addRequestMessage(before);
+          const outcomes = await s.addRequestMessages(writes);
+          assert.deepEqual(
+            outcomes.map((o) => (o.status === 'fulfilled' ? o.value : 'refused')),
+            alone,
+          );
+          const [first, , , retry, again] = outcomes.map((o) =>
+            o.status === 'fulfilled' ? o.value : undefined,
+          );
+          assert.equal(retry?.duplicate, true);
+          assert.equal(retry?.message._id, stored.message._id);
+          assert.equal(again?.duplicate, true);
+          assert.equal(again?.message._id, first?.message._id);
+          const texts = async (r: string) =>
+            (await s.requestHistory(r, { limit: 10 })).messages.map((m) => m.message);
+          assert.deepEqual(await texts(r1), ['before', 'a', 'c']);
+          assert.deepEqual(await texts(r2), ['b', 'd']);
+          const events = await s.claimWebhooks(10, iso(10_000_000), iso(10_001_000));
+          assert.deepEqual(
+            events.map((e) => e.data).sort(),
+            ['{"key":"k1"}', '{"key":"k4"}'],
+            'the events of stored messages only',
+          );
+          assert.deepEqual((await s.unreadTotals('1', '1', 10)).total, 4);
+        });
+      });
+
+      it('a group commit keeps the order within each request and never deadlocks', () =>
+        withStore(async (s) => {
+          const requests = Array.from({ length: 6 }, () => newId());
+          for (const r of requests) await s.putRequest(r, '1');
+          // Concurrent batches touching the same requests in different orders.
+          const batches = Array.from({ length: 4 }, (_, b) =>
+            Array.from({ length: 30 }, (_, i) => ({
+              message: requestMessage(
+                requests[(i * (b + 1)) % requests.length] as string,
+                `${b}:${i}`,
+                String(2 + (i % 3)),
+              ),
+            })),
+          );
+          const outcomes = await Promise.all(batches.map((b) => s.addRequestMessages(b)));
+          assert.ok(outcomes.flat().every((o) => o.status === 'fulfilled'));
+          for (const r of requests) {
+            const stored = (await s.requestHistory(r, { limit: 200 })).messages.map(
+              (m) => m.message,
+            );
+            for (const [b, batch] of batches.entries()) {
+              const mine = batch
+                .filter((w) => w.message.requestId === r)
+                .map((w) => w.message.message);
+              assert.deepEqual(
+                stored.filter((t) => t.startsWith(`${b}:`)),
+                mine,
+              );
+            }
+            const summary = await s.requestSummary(r, '9');
+            assert.equal(summary?.unread, stored.length, 'every message counted once');
+          }
+        }));
+
       it('pages 150 messages of history', () =>
         withStore(async (s) => {
           const r = newId();

@@ -10,6 +10,7 @@ import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Store } from '../store/store.js';
 import { ChatError } from './errors.js';
+import { GroupCommit } from './group-commit.js';
 import { hasRole, type Identity } from './identity.js';
 import { newId } from './ids.js';
 import { checkMessageText, RateLimiter } from './limits.js';
@@ -87,8 +88,14 @@ export class Requests {
   /** Writes under way, so that shutdown waits for them before closing the store. */
   private readonly inFlight = new Set<Promise<unknown>>();
   private readonly ownerListeners = new Set<(change: OwnerChange) => void>();
+  private readonly messages: GroupCommit;
 
   constructor(private readonly deps: RequestsDeps) {
+    this.messages = new GroupCommit({
+      store: deps.store,
+      metrics: deps.metrics,
+      maxBatch: deps.limits.requestBatchMax,
+    });
     this.rate = new RateLimiter(deps.limits.requestRate);
     this.typingThrottle = new SharedTypingThrottle(
       new TypingThrottle(deps.desk.typingIntervalMs, deps.desk.typingTrackedMax),
@@ -184,12 +191,11 @@ export class Requests {
         })),
       };
       const { webhooks } = this.deps;
-      const sent = await this.deps.metrics.timeCommit('request_message', () =>
-        this.deps.store.addRequestMessage(
-          { ...message, clientMessageId: clientMessageId ?? null },
-          webhooks?.messageCreated({ ...message, deliveredTo: [], readBy: [] }),
-        ),
-      );
+      // Committed with the other messages of this turn; see group-commit.ts.
+      const sent = await this.messages.add({
+        message: { ...message, clientMessageId: clientMessageId ?? null },
+        outbox: webhooks?.messageCreated({ ...message, deliveredTo: [], readBy: [] }),
+      });
       if (!sent.duplicate) {
         this.deps.metrics.messagesIn.inc({ chat: 'request' });
         webhooks?.nudge();

@@ -71,6 +71,12 @@ export class Metrics {
     buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
     registers: [this.registry],
   });
+  readonly requestBatch = new Histogram({
+    name: 'charla_request_batch_messages',
+    help: 'Request chat: messages stored by one group commit (one transaction)',
+    buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500],
+    registers: [this.registry],
+  });
   readonly ackLatency = new Histogram({
     name: 'charla_ack_latency_seconds',
     help: 'Request chat: from an event arriving to its acknowledgement being sent, by event',

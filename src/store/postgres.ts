@@ -36,7 +36,14 @@ import type {
 } from '../core/stream-rules.js';
 import type { OutboxEntry, OutboxEvent, WebhookType } from '../core/webhook-events.js';
 import type { Logger } from '../observability/log.js';
-import type { PutRequestResult, RequestRecord, Store, StreamRecord } from './store.js';
+import type {
+  AddedRequestMessage,
+  PutRequestResult,
+  RequestMessageWrite,
+  RequestRecord,
+  Store,
+  StreamRecord,
+} from './store.js';
 
 /** Append-only: a released migration is never edited, a new one is added. */
 const MIGRATIONS: readonly string[] = [
@@ -315,6 +322,73 @@ const outboxParams = (entries: readonly OutboxEntry[]) => [
   entries.map((e) => e.unlessRead),
 ];
 
+/**
+ * Stores one request message: only a repeated clientMessageId is a duplicate
+ * (no row returned), a taken id fails. The other readers' counters are read
+ * from the statement's snapshot, the sender's from the row it updated.
+ */
+const addMessageSql = (withOutbox: boolean) => `WITH ins AS (
+     INSERT INTO request_messages
+       (id, request_id, sender_id, sender_username, sender_role, message, created_at,
+        client_message_id, attachments)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
+     ON CONFLICT (request_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL
+     DO NOTHING
+     RETURNING seq, id, request_id, sender_id, created_at
+   ), req AS (
+     UPDATE requests r SET
+       message_count = r.message_count + 1,
+       last_message_seq = greatest(r.last_message_seq, ins.seq),
+       last_message_id = CASE WHEN r.last_message_seq > ins.seq THEN r.last_message_id
+                              ELSE ins.id END,
+       activity_at = CASE WHEN r.last_message_seq > ins.seq THEN r.activity_at
+                          ELSE ins.created_at END
+     FROM ins WHERE r.id = ins.request_id
+     RETURNING r.owner_id, r.message_count
+   ), me AS (
+     INSERT INTO request_readers (request_id, user_id, sent, read)
+     SELECT request_id, sender_id, 1, 0 FROM ins
+     ON CONFLICT (request_id, user_id) DO UPDATE SET sent = request_readers.sent + 1
+     RETURNING user_id, sent, read
+   )${withOutbox ? `, events AS (${insertOutbox(10, 'EXISTS (SELECT 1 FROM ins)')})` : ''}
+   SELECT ins.seq, req.owner_id, req.message_count,
+     (SELECT coalesce(json_agg(${READER_JSON}), '[]') FROM (
+        SELECT user_id, sent, read FROM me
+        UNION ALL
+        SELECT user_id, sent, read FROM request_readers WHERE request_id = $2 AND user_id <> $3
+      ) x) AS readers
+   FROM ins LEFT JOIN req ON true`;
+
+const addMessageParams = (m: NewRequestMessage, outbox: readonly OutboxEntry[]): unknown[] => [
+  m._id,
+  m.requestId,
+  m.sender.id,
+  m.sender.username,
+  m.sender.role,
+  m.message,
+  m.createdAt,
+  m.clientMessageId,
+  JSON.stringify(m.attachments ?? []),
+  ...(outbox.length === 0 ? [] : outboxParams(outbox)),
+];
+
+type AddedRow = { seq: string } & Partial<Counted>;
+
+/** A stored message as `addMessageSql` reported it. */
+function added(m: NewRequestMessage, row: AddedRow): AddedRequestMessage {
+  const { clientMessageId: _, ...fields } = m;
+  const attachments = m.attachments ?? [];
+  const message: RequestMessage = { ...fields, attachments, deliveredTo: [], readBy: [] };
+  if (row.owner_id == null || row.message_count == null) return { message, duplicate: false };
+  return { message, duplicate: false, activity: activityOf(m.requestId, row as Counted, message) };
+}
+
+/** Connections of the group-commit pool; more batches than this wait for one. */
+const WRITER_CONNECTIONS = 2;
+
+/** A deadlock or serialization failure: the whole batch is worth another try. */
+const RETRYABLE = new Set(['40P01', '40001']);
+
 const STREAM_COLUMNS =
   'id, stream_key, user_id, username, message, sent_at, badges, deleted_at, deleted_by';
 const REQUEST_COLUMNS =
@@ -373,6 +447,7 @@ const pageQuery = (table: string, columns: string, scope: string) =>
 
 export class PostgresStore implements Store {
   private readonly pool: pg.Pool;
+  private readonly writer: pg.Pool;
   private readonly schema: string | undefined;
   private migrated: Promise<void> | undefined;
   private closed = false;
@@ -380,17 +455,25 @@ export class PostgresStore implements Store {
   constructor(options: PostgresOptions) {
     const { connectionString, schema } = parsePostgresUrl(options.url);
     this.schema = schema;
-    this.pool = new pg.Pool({
+    const common = {
       connectionString,
-      max: options.max ?? 10,
       // Fail a call when the server is unreachable instead of queueing it forever.
       connectionTimeoutMillis: 5_000,
       application_name: 'charla',
       ...(schema === undefined ? {} : { options: `-c search_path=${schema}` }),
-    });
+    };
+    this.pool = new pg.Pool({ ...common, max: options.max ?? 10 });
+    // Group commits: each connection pipelines a whole batch, so a few suffice.
+    this.writer = new pg.Pool({
+      ...common,
+      max: WRITER_CONNECTIONS,
+      pipeline: true,
+    } as pg.PoolConfig);
     // An idle client loses its server (restart, failover): the pool drops it and
     // the next call connects again. Without a listener this would crash the node.
-    this.pool.on('error', (err) => options.log?.warn({ err }, 'postgres connection lost'));
+    for (const pool of [this.pool, this.writer]) {
+      pool.on('error', (err) => options.log?.warn({ err }, 'postgres connection lost'));
+    }
     this.migrated = this.migrate();
     // Surfaced by the first call (and by ping at start-up), not as an unhandled rejection.
     this.migrated.catch(() => {});
@@ -747,68 +830,128 @@ export class PostgresStore implements Store {
   async addRequestMessage(
     m: NewRequestMessage,
     outbox: readonly OutboxEntry[] = [],
-  ): Promise<{ message: RequestMessage; duplicate: boolean; activity?: RequestActivity }> {
-    const attachments = m.attachments ?? [];
-    // Only a repeated clientMessageId is a duplicate: a taken id must fail.
-    // One statement is one transaction: the message and every counter it
-    // moves, and the webhook events it causes. The other readers' counters are read from the statement's
-    // snapshot, the sender's from the row it updated.
-    const inserted = await this.query<{ seq: string } & Partial<Counted>>(
-      `WITH ins AS (
-         INSERT INTO request_messages
-           (id, request_id, sender_id, sender_username, sender_role, message, created_at,
-            client_message_id, attachments)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
-         ON CONFLICT (request_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL
-         DO NOTHING
-         RETURNING seq, id, request_id, sender_id, created_at
-       ), req AS (
-         UPDATE requests r SET
-           message_count = r.message_count + 1,
-           last_message_seq = greatest(r.last_message_seq, ins.seq),
-           last_message_id = CASE WHEN r.last_message_seq > ins.seq THEN r.last_message_id
-                                  ELSE ins.id END,
-           activity_at = CASE WHEN r.last_message_seq > ins.seq THEN r.activity_at
-                              ELSE ins.created_at END
-         FROM ins WHERE r.id = ins.request_id
-         RETURNING r.owner_id, r.message_count
-       ), me AS (
-         INSERT INTO request_readers (request_id, user_id, sent, read)
-         SELECT request_id, sender_id, 1, 0 FROM ins
-         ON CONFLICT (request_id, user_id) DO UPDATE SET sent = request_readers.sent + 1
-         RETURNING user_id, sent, read
-       )${outbox.length === 0 ? '' : `, events AS (${insertOutbox(10, 'EXISTS (SELECT 1 FROM ins)')})`}
-       SELECT ins.seq, req.owner_id, req.message_count,
-         (SELECT coalesce(json_agg(${READER_JSON}), '[]') FROM (
-            SELECT user_id, sent, read FROM me
-            UNION ALL
-            SELECT user_id, sent, read FROM request_readers WHERE request_id = $2 AND user_id <> $3
-          ) x) AS readers
-       FROM ins LEFT JOIN req ON true`,
-      [
-        m._id,
-        m.requestId,
-        m.sender.id,
-        m.sender.username,
-        m.sender.role,
-        m.message,
-        m.createdAt,
-        m.clientMessageId,
-        JSON.stringify(attachments),
-        ...(outbox.length === 0 ? [] : outboxParams(outbox)),
-      ],
+  ): Promise<AddedRequestMessage> {
+    // One statement is one transaction: the message, every counter it moves
+    // and the webhook events it causes.
+    const [row] = await this.query<AddedRow>(addMessageSql(outbox.length > 0), [
+      ...addMessageParams(m, outbox),
+    ]);
+    return row ? added(m, row) : this.original(m);
+  }
+
+  async addRequestMessages(
+    writes: readonly RequestMessageWrite[],
+  ): Promise<PromiseSettledResult<AddedRequestMessage>[]> {
+    await this.ready();
+    const results: Array<PromiseSettledResult<AddedRequestMessage> | undefined> = writes.map(
+      () => undefined,
     );
-    const [row] = inserted;
-    if (row) {
-      const { clientMessageId: _, ...fields } = m;
-      const message: RequestMessage = { ...fields, attachments, deliveredTo: [], readBy: [] };
-      if (row.owner_id == null || row.message_count == null) return { message, duplicate: false };
-      return {
-        message,
-        duplicate: false,
-        activity: activityOf(m.requestId, row as Counted, message),
-      };
+    // Every batch takes its row locks in the order of request ids, so two
+    // batches (of this node or another) wait for each other, never deadlock.
+    // The sort is stable: messages of one request keep their order.
+    let pending = writes
+      .map((w, i) => ({ w, i }))
+      .sort((a, b) =>
+        a.w.message.requestId < b.w.message.requestId
+          ? -1
+          : a.w.message.requestId > b.w.message.requestId
+            ? 1
+            : 0,
+      );
+    let retries = 0;
+    while (pending.length > 0) {
+      const outcome = await this.pipelineBatch(pending.map((p) => p.w));
+      if (outcome.committed) {
+        // A message not inserted repeats a committed clientMessageId, maybe
+        // one of this batch: now committed, it is visible to any connection.
+        await Promise.all(
+          pending.map(async ({ w, i }, k) => {
+            const row = outcome.rows[k];
+            try {
+              const value = row ? added(w.message, row) : await this.original(w.message);
+              results[i] = { status: 'fulfilled', value };
+            } catch (reason) {
+              results[i] = { status: 'rejected', reason };
+            }
+          }),
+        );
+        break;
+      }
+      const { failed, error } = outcome;
+      if (failed === undefined) {
+        // BEGIN or COMMIT failed (e.g. the connection was lost): nothing was committed.
+        for (const { i } of pending) results[i] = { status: 'rejected', reason: error };
+        break;
+      }
+      if (RETRYABLE.has((error as { code?: string }).code ?? '') && retries < 3) {
+        retries++;
+        continue;
+      }
+      // One write failed and took the transaction with it: refuse it alone, retry the rest.
+      const bad = pending[failed] as { i: number };
+      results[bad.i] = { status: 'rejected', reason: error };
+      pending = pending.filter((_, k) => k !== failed);
     }
+    return results as PromiseSettledResult<AddedRequestMessage>[];
+  }
+
+  /**
+   * BEGIN, one statement per write and COMMIT, pipelined on one connection:
+   * one round trip and one WAL flush for the batch. A statement that fails
+   * aborts the transaction, which COMMIT then rolls back.
+   */
+  private async pipelineBatch(
+    writes: readonly RequestMessageWrite[],
+  ): Promise<
+    | { committed: true; rows: Array<AddedRow | undefined> }
+    | { committed: false; failed: number | undefined; error: unknown }
+  > {
+    const client = await this.writer.connect();
+    let broken: Error | undefined;
+    try {
+      const begin = client.query('BEGIN');
+      const statements = writes.map((w) => {
+        const outbox = w.outbox ?? [];
+        const withOutbox = outbox.length > 0;
+        return client.query<AddedRow>({
+          name: withOutbox ? 'charla_add_message_outbox' : 'charla_add_message',
+          text: addMessageSql(withOutbox),
+          values: addMessageParams(w.message, outbox),
+        });
+      });
+      const commit = client.query('COMMIT');
+      const [b, c, ...s] = await Promise.allSettled([begin, commit, ...statements]);
+      // BEGIN or COMMIT itself failing is the connection's problem, not a message's.
+      if (b?.status === 'rejected' || c?.status === 'rejected') {
+        const error = b?.status === 'rejected' ? b.reason : (c as PromiseRejectedResult).reason;
+        broken = error instanceof Error ? error : new Error(String(error));
+        return { committed: false, failed: undefined, error };
+      }
+      // A statement that fails aborts the transaction: those after it fail
+      // too, and COMMIT answers ROLLBACK. The first failure is the culprit.
+      const failed = s.findIndex((r) => r.status === 'rejected');
+      if (failed >= 0) {
+        return {
+          committed: false,
+          failed,
+          error: (s[failed] as PromiseRejectedResult).reason,
+        };
+      }
+      if (c?.status === 'fulfilled' && c.value.command !== 'COMMIT') {
+        broken = new Error(`COMMIT answered ${c.value.command}`);
+        return { committed: false, failed: undefined, error: broken };
+      }
+      return {
+        committed: true,
+        rows: s.map((r) => (r.status === 'fulfilled' ? r.value.rows[0] : undefined)),
+      };
+    } finally {
+      client.release(broken);
+    }
+  }
+
+  /** The stored message a repeated clientMessageId stands for. */
+  private async original(m: NewRequestMessage): Promise<AddedRequestMessage> {
     // The conflicting row is committed (the insert waited for it), so this sees it.
     const rows = await this.query<RequestMessageRow>(
       `SELECT ${REQUEST_COLUMNS} FROM request_messages
@@ -1083,7 +1226,7 @@ export class PostgresStore implements Store {
     if (this.closed) return;
     this.closed = true;
     await this.migrated?.catch(() => {});
-    await this.pool.end();
+    await Promise.all([this.pool.end(), this.writer.end()]);
   }
 
   /** Runs `work` in one transaction on one client, committed when it resolves. */

@@ -34,7 +34,14 @@ import type {
   StreamSettings,
 } from '../core/stream-rules.js';
 import type { OutboxEntry, OutboxEvent, WebhookType } from '../core/webhook-events.js';
-import type { PutRequestResult, RequestRecord, Store, StreamRecord } from './store.js';
+import type {
+  AddedRequestMessage,
+  PutRequestResult,
+  RequestMessageWrite,
+  RequestRecord,
+  Store,
+  StreamRecord,
+} from './store.js';
 
 /** Append-only: a released migration is never edited, a new one is added. */
 const MIGRATIONS: readonly string[] = [
@@ -816,44 +823,69 @@ export class SqliteStore implements Store {
   async addRequestMessage(
     m: NewRequestMessage,
     outbox: readonly OutboxEntry[] = [],
-  ): Promise<{ message: RequestMessage; duplicate: boolean; activity?: RequestActivity }> {
-    return this.db.transaction(() => {
-      const attachments = m.attachments ?? [];
-      const inserted = this.q.insertRequestMessage.run({
-        _id: m._id,
+  ): Promise<AddedRequestMessage> {
+    return this.db.transaction(() => this.storeRequestMessage(m, outbox))();
+  }
+
+  async addRequestMessages(
+    writes: readonly RequestMessageWrite[],
+  ): Promise<PromiseSettledResult<AddedRequestMessage>[]> {
+    // A nested better-sqlite3 transaction is a savepoint: a write that throws
+    // rolls back to it alone, and the outer transaction commits the rest.
+    const one = this.db.transaction((w: RequestMessageWrite) =>
+      this.storeRequestMessage(w.message, w.outbox ?? []),
+    );
+    return this.db.transaction(() =>
+      writes.map((w): PromiseSettledResult<AddedRequestMessage> => {
+        try {
+          return { status: 'fulfilled', value: one(w) };
+        } catch (reason) {
+          return { status: 'rejected', reason };
+        }
+      }),
+    )();
+  }
+
+  /** One message and its counters, inside the caller's transaction. */
+  private storeRequestMessage(
+    m: NewRequestMessage,
+    outbox: readonly OutboxEntry[],
+  ): AddedRequestMessage {
+    const attachments = m.attachments ?? [];
+    const inserted = this.q.insertRequestMessage.run({
+      _id: m._id,
+      requestId: m.requestId,
+      senderId: m.sender.id,
+      senderUsername: m.sender.username,
+      senderRole: m.sender.role,
+      message: m.message,
+      createdAt: m.createdAt,
+      clientMessageId: m.clientMessageId,
+      attachments: JSON.stringify(attachments),
+    });
+    if (inserted.changes > 0) {
+      const { clientMessageId: _, ...fields } = m;
+      const message: RequestMessage = { ...fields, attachments, deliveredTo: [], readBy: [] };
+      const counted = this.q.countMessage.get({
         requestId: m.requestId,
-        senderId: m.sender.id,
-        senderUsername: m.sender.username,
-        senderRole: m.sender.role,
-        message: m.message,
+        seq: Number(inserted.lastInsertRowid),
+        id: m._id,
         createdAt: m.createdAt,
-        clientMessageId: m.clientMessageId,
-        attachments: JSON.stringify(attachments),
       });
-      if (inserted.changes > 0) {
-        const { clientMessageId: _, ...fields } = m;
-        const message: RequestMessage = { ...fields, attachments, deliveredTo: [], readBy: [] };
-        const counted = this.q.countMessage.get({
-          requestId: m.requestId,
-          seq: Number(inserted.lastInsertRowid),
-          id: m._id,
-          createdAt: m.createdAt,
-        });
-        this.q.countSent.run(m.requestId, m.sender.id);
-        if (outbox.length > 0) this.insertOutbox(outbox);
-        if (!counted) return { message, duplicate: false };
-        return {
-          message,
-          duplicate: false,
-          activity: this.activity(m.requestId, counted, message),
-        };
-      }
-      if (m.clientMessageId === null) throw new Error('request message insert stored nothing');
-      const row = this.q.requestMessageByClientId.get(m.requestId, m.sender.id, m.clientMessageId);
-      if (!row) throw new Error('request message vanished after a conflicting insert');
-      const [original] = this.withReceipts([row]);
-      return { message: original as RequestMessage, duplicate: true };
-    })();
+      this.q.countSent.run(m.requestId, m.sender.id);
+      if (outbox.length > 0) this.insertOutbox(outbox);
+      if (!counted) return { message, duplicate: false };
+      return {
+        message,
+        duplicate: false,
+        activity: this.activity(m.requestId, counted, message),
+      };
+    }
+    if (m.clientMessageId === null) throw new Error('request message insert stored nothing');
+    const row = this.q.requestMessageByClientId.get(m.requestId, m.sender.id, m.clientMessageId);
+    if (!row) throw new Error('request message vanished after a conflicting insert');
+    const [original] = this.withReceipts([row]);
+    return { message: original as RequestMessage, duplicate: true };
   }
 
   async getRequestMessage(

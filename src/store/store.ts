@@ -7,7 +7,7 @@
  *   rejects means nothing of that call was stored.
  * - Ordering: messages of one stream or request are returned in the order
  *   they were stored (a per-backend sequence, never the clock).
- * - Idempotency: `addRequestMessage` with a `clientMessageId` already stored
+ * - Idempotency: `addRequestMessage(s)` with a `clientMessageId` already stored
  *   for the same sender and request returns the original; receipts are
  *   recorded once per (message, user, kind) and the first time wins.
  * - Unread counts: per request, the messages by others that a user has not
@@ -51,6 +51,19 @@ export interface RequestRecord {
   ownerId: string;
 }
 
+/** What storing one request message did; see `Store.addRequestMessage`. */
+export interface AddedRequestMessage {
+  message: RequestMessage;
+  duplicate: boolean;
+  activity?: RequestActivity;
+}
+
+/** One message of a group commit and the webhook rows that go with it. */
+export interface RequestMessageWrite {
+  message: NewRequestMessage;
+  outbox?: readonly OutboxEntry[] | undefined;
+}
+
 export interface PutRequestResult {
   created: boolean;
   /** The owner before this call; null when the call created the request. */
@@ -91,7 +104,18 @@ export interface Store {
   addRequestMessage(
     message: NewRequestMessage,
     outbox?: readonly OutboxEntry[],
-  ): Promise<{ message: RequestMessage; duplicate: boolean; activity?: RequestActivity }>;
+  ): Promise<AddedRequestMessage>;
+  /**
+   * Group commit: stores each write as `addRequestMessage` would, in order
+   * within each request, and commits them all in one transaction. Outcomes
+   * come back one per write, in the order given: a write that fails (a taken
+   * id, a constraint) is refused alone and leaves nothing behind, the others
+   * are committed. Resolves only once the commit is durable; rejects (nothing
+   * stored) only when the transaction as a whole could not be committed.
+   */
+  addRequestMessages(
+    writes: readonly RequestMessageWrite[],
+  ): Promise<PromiseSettledResult<AddedRequestMessage>[]>;
   requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage>>;
   /**
    * Records receipts of `userId` for those of `messageIds` that belong to the

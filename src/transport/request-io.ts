@@ -256,8 +256,9 @@ export class RequestChat {
     let requestId: string | undefined = rawRequestId(payload);
     const session = this.sessions.get(socket);
     const max = this.deps.limits.sendBufferMaxBytes;
-    // Nothing is read or built for a client that is not reading what it was sent.
-    if (!session?.wire.canSend(max)) return;
+    // Nothing is read or built for a client that is not reading what it was
+    // sent; what one turn sent it (a group commit's deliveries) it may still be reading.
+    if (!session?.wire.keepsUp(max)) return;
     if (isRoomless(event)) {
       await this.handleInbox(socket, session, payload, ack);
       return;
@@ -482,7 +483,7 @@ export class RequestChat {
     }
     this.deps.metrics.error(e.code);
     const wire = this.sessions.get(socket)?.wire;
-    if (wire && !wire.canSend(this.deps.limits.sendBufferMaxBytes)) return;
+    if (wire && !wire.keepsUp(this.deps.limits.sendBufferMaxBytes)) return;
     const payload = e.toPayload();
     socket.emit('exception', { event, ...payload, ...(requestId ? { requestId } : {}) });
     ack?.({ ok: false, ...payload });

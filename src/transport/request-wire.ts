@@ -38,6 +38,49 @@ function wsOf(conn: Conn): WsLike | undefined {
   return typeof ws?.terminate === 'function' ? (ws as WsLike) : undefined;
 }
 
+/** The TCP socket under the connection's WebSocket, when it has one. */
+function tcpOf(conn: Conn): { cork(): void; uncork(): void; destroyed: boolean } | undefined {
+  // biome-ignore lint/suspicious/noExplicitAny: Engine.IO and ws internals.
+  const tcp = (wsOf(conn) as any)?._socket;
+  return typeof tcp?.cork === 'function' ? tcp : undefined;
+}
+
+let corked: Array<{ uncork(): void; destroyed: boolean }> = [];
+const uncorkAll = () => {
+  const list = corked;
+  corked = [];
+  for (const tcp of list) if (!tcp.destroyed) tcp.uncork();
+};
+
+/**
+ * Holds the connection's writes until the end of this event-loop turn, so
+ * that what it is sent in the turn (acknowledgements, room deliveries, inbox
+ * updates of a whole group commit) leaves in one write instead of one per packet.
+ * Engine.IO sends the first packet of a turn at once and queues the rest
+ * until that write completes; corked, each of those two goes out as one write.
+ */
+function corkForTurn(conn: Conn): void {
+  const tcp = tcpOf(conn);
+  if (!tcp || tcp.destroyed) return;
+  tcp.cork();
+  corked.push(tcp);
+  if (corked.length === 1) setImmediate(uncorkAll);
+}
+
+let turnCount = 0;
+let turnScheduled = false;
+/** A number that changes from one event-loop turn to the next. */
+function currentTurn(): number {
+  if (!turnScheduled) {
+    turnScheduled = true;
+    setImmediate(() => {
+      turnScheduled = false;
+      turnCount++;
+    });
+  }
+  return turnCount;
+}
+
 /** What a packet adds to the queue: string length stands for bytes, as one write per receiver must stay O(1). */
 function packetSize(packet: EnginePacket): number {
   const { data } = packet;
@@ -51,6 +94,13 @@ export class Wire {
   /** Bytes handed to Engine.IO since its last flush to the transport. */
   private pending = 0;
   private dropped = false;
+  /** The event-loop turn of the last packet or check, and what was queued in it. */
+  private turn = -1;
+  private queuedThisTurn = 0;
+  /** What was queued in the last turn that queued anything. */
+  private lastBurst = 0;
+  /** Bytes waiting when this turn began, beyond those queued in the last busy turn. */
+  private unread = 0;
   private cutTimer: NodeJS.Timeout | undefined;
   /** The namespace socket, once joined: its disconnect tells the client not to reconnect. */
   socket: { disconnect(close: boolean): unknown } | undefined;
@@ -70,18 +120,22 @@ export class Wire {
     conn.on('packetCreate', (packet: EnginePacket) => {
       if (this.dropped) return;
       const size = packetSize(packet);
-      const waiting = this.waiting();
-      // A client with nothing waiting always gets the next packet, so that one
-      // answer larger than the bound on its own (one long message under a
-      // small SEND_BUFFER_MAX_BYTES) does not cut a client that reads.
-      if (waiting > 0 && waiting + size > max) {
+      // A client with nothing left unread always gets the next packet, so that
+      // one answer larger than the bound on its own (one long message under a
+      // small SEND_BUFFER_MAX_BYTES) does not cut a client that reads. See
+      // `judgeTurn` for what counts as left unread.
+      this.judgeTurn();
+      const before = this.unread;
+      if (before > 0 && before + size > max) {
         this.dropSlow();
         return;
       }
       this.pending += size;
+      this.queuedThisTurn += size;
     });
     conn.on('flush', () => {
       this.pending = 0;
+      corkForTurn(conn);
     });
     conn.once('close', () => this.scheduleCut());
   }
@@ -100,6 +154,35 @@ export class Wire {
     if (this.waiting() <= max) return true;
     this.dropSlow();
     return false;
+  }
+
+  /**
+   * Whether the client keeps up, judged as `judgeTurn` says; when what it
+   * left unread passes `max`, the client is dropped.
+   */
+  keepsUp(max: number): boolean {
+    if (this.dropped) return false;
+    this.judgeTurn();
+    if (this.unread <= max) return true;
+    this.dropSlow();
+    return false;
+  }
+
+  /**
+   * Once per event-loop turn, notes what the client left unread: the bytes
+   * waiting now, less those queued in its last busy turn. The deliveries of
+   * one turn (a group commit's acknowledgements, room messages and inbox
+   * updates) leave in one write that the kernel may take only in part; a
+   * client that reads is still taking them in, but one that does not leaves
+   * the turns before unread, and that passes the bound.
+   */
+  private judgeTurn(): void {
+    const turn = currentTurn();
+    if (turn === this.turn) return;
+    this.turn = turn;
+    if (this.queuedThisTurn > 0) this.lastBurst = this.queuedThisTurn;
+    this.queuedThisTurn = 0;
+    this.unread = Math.max(0, this.waiting() - this.lastBurst);
   }
 
   /** Cuts a client that does not read: what waits for it is discarded, never sent. */
