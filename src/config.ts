@@ -33,6 +33,8 @@ export interface Limits {
   streamFlushMs: number;
   /** Share of time (0–1) a stream's writes take from which it is busy. */
   streamFlushBusyShare: number;
+  /** Streams whose newest chats a node keeps for `history` frames; 0: off. */
+  streamHistoryCacheStreams: number;
 }
 
 export interface JwtConfig {
@@ -254,6 +256,8 @@ const schema = z.object({
   // Big rooms: write coalescing of busy streams.
   STREAM_FLUSH_MS: int(25, 0, 1000),
   STREAM_FLUSH_BUSY_PERCENT: int(25, 0, 100),
+  // History on join served from memory: how many streams a node caches.
+  STREAM_HISTORY_CACHE_STREAMS: int(1000, 0, 1_000_000),
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -339,6 +343,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       streamViewersIntervalMs: e.STREAM_VIEWERS_INTERVAL_MS,
       streamFlushMs: e.STREAM_FLUSH_MS,
       streamFlushBusyShare: e.STREAM_FLUSH_BUSY_PERCENT / 100,
+      streamHistoryCacheStreams: e.STREAM_HISTORY_CACHE_STREAMS,
     },
     webhooks:
       e.WEBHOOK_URL === undefined || e.WEBHOOK_SECRET === undefined

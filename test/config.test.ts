@@ -30,6 +30,7 @@ describe('loadConfig', () => {
       streamViewersIntervalMs: 5000,
       streamFlushMs: 25,
       streamFlushBusyShare: 0.25,
+      streamHistoryCacheStreams: 1000,
     });
   });
   it('runs in dev mode with its own secret and API key when no JWT key is set', () => {
