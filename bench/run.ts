@@ -13,7 +13,9 @@
  *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
  *   npm run bench -- --only bigroom --bigroom-points 10000x50,10000x200   (chosen points)
- *       (charla-off: charla with STREAM_FLUSH_MS=0; --flush-ms sets charla's STREAM_FLUSH_MS;
+ *   npm run bench -- --only churn --servers bare,charla,charla-nocache   (history on join from memory or the store)
+ *       (charla-off: charla with STREAM_FLUSH_MS=0; charla-nocache: STREAM_HISTORY_CACHE_STREAMS=0;
+ *        --flush-ms sets charla's STREAM_FLUSH_MS;
  *        --cpu-prof writes a CPU profile of charla at the largest big-room point)
  */
 import { spawn } from 'node:child_process';
@@ -55,7 +57,7 @@ const quick = flag('quick');
 const runs = Number(option('runs') ?? (quick ? 1 : 3));
 const only = option('only')?.split(',');
 /** The servers under test: the kinds of servers.ts, and charla with write coalescing off. */
-type BenchKind = ServerKind | 'charla-off';
+type BenchKind = ServerKind | 'charla-off' | 'charla-nocache';
 const KINDS = (option('servers')?.split(',') ?? ['naive', 'bare', 'charla']) as BenchKind[];
 const flushMs = option('flush-ms');
 /** Under the 20,000 open files a process may hold, with room for the rest. */
@@ -164,6 +166,9 @@ interface FanoutSpec {
 function launch(kind: BenchKind, nodeFlags: string[] = [], extra: Record<string, string> = {}) {
   if (kind === 'charla-off') {
     return startServer('charla', { ...extra, STREAM_FLUSH_MS: '0' }, nodeFlags);
+  }
+  if (kind === 'charla-nocache') {
+    return startServer('charla', { ...extra, STREAM_HISTORY_CACHE_STREAMS: '0' }, nodeFlags);
   }
   const env: Record<string, string> =
     kind === 'charla' && flushMs !== undefined ? { STREAM_FLUSH_MS: flushMs } : {};
@@ -330,10 +335,13 @@ async function churn(kind: BenchKind, concurrency: number) {
     )) as ChurnReport[];
     if (!report) throw new Error('no churn report');
     const lat = latencyStats(report.latencies);
+    const hist = latencyStats(report.historyLatencies);
     return {
       perSec: report.cyclesInWindow / (report.windowMs / 1000),
       p50: lat.p50,
       p99: lat.p99,
+      historyP50: hist.p50,
+      historyP99: hist.p99,
       failures: report.failures,
       genCpu: report.cpuPercent,
       serverCpu: serverWindow.cpuPercent,
@@ -785,6 +793,8 @@ function renderTables(): string {
     ['cycles/s', 'perSec'],
     ['p50 ms', 'p50', 1],
     ['p99 ms', 'p99', 1],
+    ['auth → history p50 ms', 'historyP50', 2],
+    ['auth → history p99 ms', 'historyP99', 2],
     ['failures', 'failures'],
   ]);
   if (results.slow) {
@@ -1006,12 +1016,14 @@ const COLORS: Record<BenchKind, string> = {
   bare: '#2563eb',
   charla: '#db2777',
   'charla-off': '#f59e0b',
+  'charla-nocache': '#10b981',
 };
 const NAMES: Record<BenchKind, string> = {
   naive: 'naive ws',
   bare: 'bare (frame once, cork)',
   charla: 'charla',
   'charla-off': 'charla, STREAM_FLUSH_MS=0',
+  'charla-nocache': 'charla, STREAM_HISTORY_CACHE_STREAMS=0',
 };
 
 function writeCharts(outDir: string): void {
