@@ -16,7 +16,8 @@
  *   npm run bench -- --only churn --servers bare,charla,charla-nocache   (history on join from memory or the store)
  *       (charla-off: charla with STREAM_FLUSH_MS=0; charla-nocache: STREAM_HISTORY_CACHE_STREAMS=0;
  *        --flush-ms sets charla's STREAM_FLUSH_MS;
- *        --cpu-prof writes a CPU profile of charla at the largest big-room point)
+ *        --cpu-prof writes a CPU profile of charla at the largest big-room point, and of the
+ *        plain and moderated streams with --only moderated)
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -594,6 +595,45 @@ async function main(): Promise<void> {
       const keys = Object.keys(list[0] ?? {});
       const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
       record('moderated', { variant, viewers, server: 'charla', ...m });
+    }
+    if (flag('cpu-prof')) {
+      // Where the moderated stream's time goes, next to the plain fan-out's.
+      for (const [variant, env] of [
+        ['plain', undefined],
+        ['moderated', {}],
+      ] as const) {
+        const dir = join(srcBench, 'out', `profile-${variant}`);
+        rmSync(dir, { recursive: true, force: true });
+        mkdirSync(dir, { recursive: true });
+        const nodeFlags = ['--cpu-prof', `--cpu-prof-dir=${dir}`];
+        const res = await fanout('charla', {
+          streams: 1,
+          viewersPerStream: viewers,
+          posters: 4,
+          rate: 0,
+          nodeFlags,
+          ...(env === undefined
+            ? {}
+            : {
+                env,
+                posterClaims: { role: 'MODERATOR' },
+                refusedPosters: { count: 1000, rate: 1000 },
+                setup: (server: RunningServer, keys: string[]) =>
+                  moderate(server, keys[0] as string, 1000),
+              }),
+        });
+        process.stderr.write(`  ${variant} profile run: ${JSON.stringify(res)}\n`);
+        const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+        if (file) {
+          const summary = summariseProfile(
+            JSON.parse(readFileSync(join(dir, file), 'utf8')),
+            `charla, ${variant} stream, ${viewers} viewers (whole process life)`,
+            30,
+          );
+          writeFileSync(join(srcBench, 'out', `${variant}-profile.md`), summary);
+          process.stderr.write(`${summary}\n`);
+        }
+      }
     }
   }
 
