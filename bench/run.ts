@@ -14,6 +14,7 @@
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
  *   npm run bench -- --only bigroom --bigroom-points 10000x50,10000x200   (chosen points)
  *   npm run bench -- --only churn --servers bare,charla,charla-nocache   (history on join from memory or the store)
+ *   npm run bench -- --only join --join-rate 5000   (history on join alone, in-process, memory against store)
  *       (charla-off: charla with STREAM_FLUSH_MS=0; charla-nocache: STREAM_HISTORY_CACHE_STREAMS=0;
  *        --flush-ms sets charla's STREAM_FLUSH_MS;
  *        --cpu-prof writes a CPU profile of charla at the largest big-room point, and of the
@@ -29,6 +30,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { inboxScenario } from './inbox.js';
+import { joinScenario } from './join.js';
 import type { ChurnReport, FanoutJob, FanoutReport, Job, RequestReport } from './loadgen.js';
 import { summariseProfile } from './profile.js';
 import { fmt, latencyStats, lineChart, median, type Series, table } from './report.js';
@@ -337,8 +339,9 @@ async function churn(kind: BenchKind, concurrency: number) {
     if (!report) throw new Error('no churn report');
     const lat = latencyStats(report.latencies);
     const hist = latencyStats(report.historyLatencies);
+    const perSec = report.cyclesInWindow / (report.windowMs / 1000);
     return {
-      perSec: report.cyclesInWindow / (report.windowMs / 1000),
+      perSec,
       p50: lat.p50,
       p99: lat.p99,
       historyP50: hist.p50,
@@ -346,6 +349,9 @@ async function churn(kind: BenchKind, concurrency: number) {
       failures: report.failures,
       genCpu: report.cpuPercent,
       serverCpu: serverWindow.cpuPercent,
+      // Server CPU time per cycle: comparable across runs on a shared machine,
+      // where a server that is not scheduled shows as fewer cycles, not as CPU.
+      cpuMsPerCycle: (serverWindow.cpuPercent * 10) / perSec,
     };
   } finally {
     await server.stop();
@@ -541,6 +547,29 @@ async function main(): Promise<void> {
   if (want('churn')) {
     const m = await compare('churn', (k) => churn(k, 64));
     for (const kind of KINDS) record('churn', { concurrency: 64, server: kind, ...m[kind] });
+  }
+  if (want('join')) {
+    // History on join alone, in-process: from memory, and from the store as before.
+    const rate = Number(option('join-rate') ?? 5000);
+    for (const [variant, env] of [
+      ['cache', {}],
+      ['store', { STREAM_HISTORY_CACHE_STREAMS: '0' }],
+    ] as const) {
+      const list: Array<Record<string, number>> = [];
+      for (let r = 0; r < runs; r++) {
+        const res = await joinScenario({
+          rate,
+          chatRate: 100,
+          durationMs: quick ? 3000 : 5000,
+          env,
+        });
+        list.push(res);
+        process.stderr.write(`  join ${variant} run ${r + 1}: ${JSON.stringify(res)}\n`);
+      }
+      const keys = Object.keys(list[0] ?? {});
+      const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
+      record('join', { variant, rate, server: 'charla', ...m });
+    }
   }
   if (want('slow')) {
     for (const slowFraction of [0, 0.1]) {
@@ -835,6 +864,7 @@ function renderTables(): string {
     ['p99 ms', 'p99', 1],
     ['auth → history p50 ms', 'historyP50', 2],
     ['auth → history p99 ms', 'historyP99', 2],
+    ['server CPU ms per cycle', 'cpuMsPerCycle', 3],
     ['failures', 'failures'],
   ]);
   if (results.slow) {
@@ -886,6 +916,32 @@ function renderTables(): string {
           'teacher unread API p99 ms',
           'lab unread API p50 / p99 ms',
           'store only: page 1 p50 / p99, later page p99 ms',
+        ],
+        rows,
+      ),
+    );
+  }
+  if (results.join) {
+    const rows = results.join.map((r) => [
+      String(r.variant),
+      fmt(Number(r.rate)),
+      fmt(Number(r.joinsPerSec)),
+      fmt(Number(r.p50), 3),
+      fmt(Number(r.p99), 3),
+      fmt(Number(r.max), 2),
+      fmt(Number(r.unanswered)),
+    ]);
+    parts.push(
+      '\n### History on join alone: join → `stream` and `history` encoded, in-process, 100 chats/s meanwhile\n',
+      table(
+        [
+          'history from',
+          'joins/s asked',
+          'joins/s done',
+          'p50 ms',
+          'p99 ms',
+          'max ms',
+          'unanswered',
         ],
         rows,
       ),

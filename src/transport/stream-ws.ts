@@ -66,6 +66,23 @@ export function encodeStreamBroadcast(broadcast: StreamBroadcast): StreamFrame {
 /** Room left in the send buffer next to a `history` frame (the frames around it). */
 const HISTORY_HEADROOM_BYTES = 4096;
 
+/**
+ * Each chat's data as it goes into `history` frames, and its UTF-8 length.
+ * The core hands every joiner the same chat objects from its memory of the
+ * stream, so a chat is encoded once per node, not once per join.
+ */
+const historyChats = new WeakMap<StreamMessage, { json: string; bytes: number }>();
+
+export function historyChat(m: StreamMessage): { json: string; bytes: number } {
+  let encoded = historyChats.get(m);
+  if (encoded === undefined) {
+    const json = JSON.stringify(chatData(m));
+    encoded = { json, bytes: Buffer.byteLength(json) };
+    historyChats.set(m, encoded);
+  }
+  return encoded;
+}
+
 export interface StreamGatewayDeps {
   streams: Streams<StreamFrame>;
   verifier: TokenVerifier;
@@ -363,18 +380,19 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   welcome(info: StreamInfo, history: StreamMessage[], gap: boolean): void {
     if (this.state !== 'open') return;
     this.sendText(encodeStreamInfo(info));
-    const chats = history.map((m) => JSON.stringify(chatData(m)));
+    const chats = history.map(historyChat);
     const budget =
       this.gateway.deps.limits.sendBufferMaxBytes -
       this.socket.writableLength -
       HISTORY_HEADROOM_BYTES;
     let bytes = 0;
     let first = chats.length;
-    while (first > 0 && bytes + Buffer.byteLength(chats[first - 1] as string) + 1 <= budget) {
+    while (first > 0 && bytes + (chats[first - 1]?.bytes as number) + 1 <= budget) {
       first -= 1;
-      bytes += Buffer.byteLength(chats[first] as string) + 1;
+      bytes += (chats[first]?.bytes as number) + 1;
     }
-    this.sendText(encodeHistory(first === 0 ? chats : chats.slice(first), gap || first > 0));
+    const kept = (first === 0 ? chats : chats.slice(first)).map((c) => c.json);
+    this.sendText(encodeHistory(kept, gap || first > 0));
   }
 
   sendText(text: string): void {
