@@ -14,8 +14,7 @@ import { loadConfig } from '../src/config.js';
 import type { Identity } from '../src/core/identity.js';
 import type { StreamMessage } from '../src/core/messages.js';
 import type { StreamInfo, StreamViewer } from '../src/core/streams.js';
-import { encodeHistory, encodeStreamInfo } from '../src/transport/stream-codec.js';
-import { historyChat } from '../src/transport/stream-ws.js';
+import { chatData, encodeHistory, encodeStreamInfo } from '../src/transport/stream-codec.js';
 import { frameText } from '../src/transport/websocket-sender.js';
 import { latencyStats } from './report.js';
 
@@ -39,7 +38,7 @@ class Joiner implements StreamViewer<Buffer> {
   }
   streamEnded(): void {}
   welcome(info: StreamInfo, history: StreamMessage[], gap: boolean): void {
-    const chats = history.map((m) => historyChat(m).json);
+    const chats = history.map((m) => JSON.stringify(chatData(m)));
     this.bytes =
       frameText(encodeStreamInfo(info)).length + frameText(encodeHistory(chats, gap)).length;
     this.welcomedAt = performance.now();

@@ -66,23 +66,6 @@ export function encodeStreamBroadcast(broadcast: StreamBroadcast): StreamFrame {
 /** Room left in the send buffer next to a `history` frame (the frames around it). */
 const HISTORY_HEADROOM_BYTES = 4096;
 
-/**
- * Each chat's data as it goes into `history` frames, and its UTF-8 length.
- * The core hands every joiner the same chat objects from its memory of the
- * stream, so a chat is encoded once per node, not once per join.
- */
-const historyChats = new WeakMap<StreamMessage, { json: string; bytes: number }>();
-
-export function historyChat(m: StreamMessage): { json: string; bytes: number } {
-  let encoded = historyChats.get(m);
-  if (encoded === undefined) {
-    const json = JSON.stringify(chatData(m));
-    encoded = { json, bytes: Buffer.byteLength(json) };
-    historyChats.set(m, encoded);
-  }
-  return encoded;
-}
-
 export interface StreamGatewayDeps {
   streams: Streams<StreamFrame>;
   verifier: TokenVerifier;
@@ -380,7 +363,10 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   welcome(info: StreamInfo, history: StreamMessage[], gap: boolean): void {
     if (this.state !== 'open') return;
     this.sendText(encodeStreamInfo(info));
-    const chats = history.map(historyChat);
+    const chats = history.map((m) => {
+      const json = JSON.stringify(chatData(m));
+      return { json, bytes: Buffer.byteLength(json) };
+    });
     const budget =
       this.gateway.deps.limits.sendBufferMaxBytes -
       this.socket.writableLength -
