@@ -71,6 +71,8 @@ export interface ChurnReport {
   cyclesInWindow: number;
   windowMs: number;
   latencies: number[];
+  /** From `auth` to `history` (charla only): what history on join adds to a connect. */
+  historyLatencies: number[];
   failures: number;
   cpuPercent: number;
 }
@@ -270,11 +272,21 @@ async function runFanout(job: FanoutJob, waitForStart: () => Promise<void>): Pro
   };
 }
 
+const HISTORY_PREFIX = Buffer.from('{"type":"history"');
+const startsWith = (payload: Buffer, prefix: Buffer) =>
+  payload.subarray(0, prefix.length).equals(prefix);
+
 /** One churn cycle: connect with a token, see `auth`, send a chat, see it come back, hang up. */
-function cycle(job: ChurnJob, token: string, localAddress: string): Promise<number> {
+function cycle(
+  job: ChurnJob,
+  token: string,
+  localAddress: string,
+): Promise<{ ms: number; historyMs: number }> {
   const start = nowMs();
   return new Promise((resolve, reject) => {
     let sent = false;
+    let authAt = 0;
+    let historyMs = Number.NaN;
     const client: RawClient = new RawClient({
       port: job.port,
       path: `/ws/streams/${job.stream}/?token=${token}`,
@@ -282,11 +294,15 @@ function cycle(job: ChurnJob, token: string, localAddress: string): Promise<numb
       onFrame: () => {
         if (!sent) {
           sent = true;
+          authAt = nowMs();
           client.send('{"type":"chat","data":{"message":"hi"}}');
         } else {
           client.destroy();
-          resolve(nowMs() - start);
+          resolve({ ms: nowMs() - start, historyMs });
         }
+      },
+      onOther: (payload) => {
+        if (sent && startsWith(payload, HISTORY_PREFIX)) historyMs = nowMs() - authAt;
       },
       onClose: () => reject(new Error('closed early')),
     });
@@ -301,12 +317,13 @@ async function runChurn(job: ChurnJob, waitForStart: () => Promise<void>): Promi
   let cycles = 0;
   let failures = 0;
   const latencies: number[] = [];
+  const historyLatencies: number[] = [];
   let k = 0;
   const loop = async () => {
     while (!stop) {
       const i = k++;
       try {
-        const ms = await cycle(
+        const { ms, historyMs } = await cycle(
           job,
           job.tokens[i % job.tokens.length] as string,
           job.localAddresses[i % job.localAddresses.length] as string,
@@ -314,6 +331,9 @@ async function runChurn(job: ChurnJob, waitForStart: () => Promise<void>): Promi
         if (measuring) {
           cycles++;
           if (latencies.length < MAX_SAMPLES) latencies.push(ms);
+          if (historyLatencies.length < MAX_SAMPLES && !Number.isNaN(historyMs)) {
+            historyLatencies.push(historyMs);
+          }
         }
       } catch {
         if (measuring) failures++;
@@ -333,7 +353,15 @@ async function runChurn(job: ChurnJob, waitForStart: () => Promise<void>): Promi
   );
   stop = true;
   await Promise.all(loops);
-  return { mode: 'churn', cyclesInWindow: cycles, windowMs, latencies, failures, cpuPercent: cpu };
+  return {
+    mode: 'churn',
+    cyclesInWindow: cycles,
+    windowMs,
+    latencies,
+    historyLatencies,
+    failures,
+    cpuPercent: cpu,
+  };
 }
 
 // Protocol with the parent: it sends the job, we answer 'ready', it sends 'start', we send the report.

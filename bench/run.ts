@@ -14,8 +14,12 @@
  *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
  *   npm run bench -- --only bigroom --bigroom-points 10000x50,10000x200   (chosen points)
- *       (charla-off: charla with STREAM_FLUSH_MS=0; --flush-ms sets charla's STREAM_FLUSH_MS;
- *        --cpu-prof writes a CPU profile of charla at the largest big-room point)
+ *   npm run bench -- --only churn --servers bare,charla,charla-nocache   (history on join from memory or the store)
+ *   npm run bench -- --only join --join-rate 5000   (history on join alone, in-process, memory against store)
+ *       (charla-off: charla with STREAM_FLUSH_MS=0; charla-nocache: STREAM_HISTORY_CACHE_STREAMS=0;
+ *        --flush-ms sets charla's STREAM_FLUSH_MS;
+ *        --cpu-prof writes a CPU profile of charla at the largest big-room point, and of the
+ *        plain and moderated streams with --only moderated)
  */
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -27,6 +31,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { inboxScenario } from './inbox.js';
+import { joinScenario } from './join.js';
 import type { ChurnReport, FanoutJob, FanoutReport, Job, RequestReport } from './loadgen.js';
 import { summariseProfile } from './profile.js';
 import { fmt, latencyStats, lineChart, median, type Series, table } from './report.js';
@@ -56,7 +61,7 @@ const quick = flag('quick');
 const runs = Number(option('runs') ?? (quick ? 1 : 3));
 const only = option('only')?.split(',');
 /** The servers under test: the kinds of servers.ts, and charla with write coalescing off. */
-type BenchKind = ServerKind | 'charla-off';
+type BenchKind = ServerKind | 'charla-off' | 'charla-nocache';
 const KINDS = (option('servers')?.split(',') ?? ['naive', 'bare', 'charla']) as BenchKind[];
 const flushMs = option('flush-ms');
 /** Under the 20,000 open files a process may hold, with room for the rest. */
@@ -165,6 +170,9 @@ interface FanoutSpec {
 function launch(kind: BenchKind, nodeFlags: string[] = [], extra: Record<string, string> = {}) {
   if (kind === 'charla-off') {
     return startServer('charla', { ...extra, STREAM_FLUSH_MS: '0' }, nodeFlags);
+  }
+  if (kind === 'charla-nocache') {
+    return startServer('charla', { ...extra, STREAM_HISTORY_CACHE_STREAMS: '0' }, nodeFlags);
   }
   const env: Record<string, string> =
     kind === 'charla' && flushMs !== undefined ? { STREAM_FLUSH_MS: flushMs } : {};
@@ -331,13 +339,20 @@ async function churn(kind: BenchKind, concurrency: number) {
     )) as ChurnReport[];
     if (!report) throw new Error('no churn report');
     const lat = latencyStats(report.latencies);
+    const hist = latencyStats(report.historyLatencies);
+    const perSec = report.cyclesInWindow / (report.windowMs / 1000);
     return {
-      perSec: report.cyclesInWindow / (report.windowMs / 1000),
+      perSec,
       p50: lat.p50,
       p99: lat.p99,
+      historyP50: hist.p50,
+      historyP99: hist.p99,
       failures: report.failures,
       genCpu: report.cpuPercent,
       serverCpu: serverWindow.cpuPercent,
+      // Server CPU time per cycle: comparable across runs on a shared machine,
+      // where a server that is not scheduled shows as fewer cycles, not as CPU.
+      cpuMsPerCycle: (serverWindow.cpuPercent * 10) / perSec,
     };
   } finally {
     await server.stop();
@@ -550,6 +565,29 @@ async function main(): Promise<void> {
     const m = await compare('churn', (k) => churn(k, 64));
     for (const kind of KINDS) record('churn', { concurrency: 64, server: kind, ...m[kind] });
   }
+  if (want('join')) {
+    // History on join alone, in-process: from memory, and from the store as before.
+    const rate = Number(option('join-rate') ?? 5000);
+    for (const [variant, env] of [
+      ['cache', {}],
+      ['store', { STREAM_HISTORY_CACHE_STREAMS: '0' }],
+    ] as const) {
+      const list: Array<Record<string, number>> = [];
+      for (let r = 0; r < runs; r++) {
+        const res = await joinScenario({
+          rate,
+          chatRate: 100,
+          durationMs: quick ? 3000 : 5000,
+          env,
+        });
+        list.push(res);
+        process.stderr.write(`  join ${variant} run ${r + 1}: ${JSON.stringify(res)}\n`);
+      }
+      const keys = Object.keys(list[0] ?? {});
+      const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
+      record('join', { variant, rate, server: 'charla', ...m });
+    }
+  }
   if (want('slow')) {
     for (const slowFraction of [0, 0.1]) {
       const m = await compare(`slow ${slowFraction}`, (k) =>
@@ -603,6 +641,45 @@ async function main(): Promise<void> {
       const keys = Object.keys(list[0] ?? {});
       const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
       record('moderated', { variant, viewers, server: 'charla', ...m });
+    }
+    if (flag('cpu-prof')) {
+      // Where the moderated stream's time goes, next to the plain fan-out's.
+      for (const [variant, env] of [
+        ['plain', undefined],
+        ['moderated', {}],
+      ] as const) {
+        const dir = join(srcBench, 'out', `profile-${variant}`);
+        rmSync(dir, { recursive: true, force: true });
+        mkdirSync(dir, { recursive: true });
+        const nodeFlags = ['--cpu-prof', `--cpu-prof-dir=${dir}`];
+        const res = await fanout('charla', {
+          streams: 1,
+          viewersPerStream: viewers,
+          posters: 4,
+          rate: 0,
+          nodeFlags,
+          ...(env === undefined
+            ? {}
+            : {
+                env,
+                posterClaims: { role: 'MODERATOR' },
+                refusedPosters: { count: 1000, rate: 1000 },
+                setup: (server: RunningServer, keys: string[]) =>
+                  moderate(server, keys[0] as string, 1000),
+              }),
+        });
+        process.stderr.write(`  ${variant} profile run: ${JSON.stringify(res)}\n`);
+        const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+        if (file) {
+          const summary = summariseProfile(
+            JSON.parse(readFileSync(join(dir, file), 'utf8')),
+            `charla, ${variant} stream, ${viewers} viewers (whole process life)`,
+            30,
+          );
+          writeFileSync(join(srcBench, 'out', `${variant}-profile.md`), summary);
+          process.stderr.write(`${summary}\n`);
+        }
+      }
     }
   }
 
@@ -866,6 +943,9 @@ function renderTables(): string {
     ['cycles/s', 'perSec'],
     ['p50 ms', 'p50', 1],
     ['p99 ms', 'p99', 1],
+    ['auth → history p50 ms', 'historyP50', 2],
+    ['auth → history p99 ms', 'historyP99', 2],
+    ['server CPU ms per cycle', 'cpuMsPerCycle', 3],
     ['failures', 'failures'],
   ]);
   if (results.slow) {
@@ -917,6 +997,32 @@ function renderTables(): string {
           'teacher unread API p99 ms',
           'lab unread API p50 / p99 ms',
           'store only: page 1 p50 / p99, later page p99 ms',
+        ],
+        rows,
+      ),
+    );
+  }
+  if (results.join) {
+    const rows = results.join.map((r) => [
+      String(r.variant),
+      fmt(Number(r.rate)),
+      fmt(Number(r.joinsPerSec)),
+      fmt(Number(r.p50), 3),
+      fmt(Number(r.p99), 3),
+      fmt(Number(r.max), 2),
+      fmt(Number(r.unanswered)),
+    ]);
+    parts.push(
+      '\n### History on join alone: join → `stream` and `history` encoded, in-process, 100 chats/s meanwhile\n',
+      table(
+        [
+          'history from',
+          'joins/s asked',
+          'joins/s done',
+          'p50 ms',
+          'p99 ms',
+          'max ms',
+          'unanswered',
         ],
         rows,
       ),
@@ -1106,12 +1212,14 @@ const COLORS: Record<BenchKind, string> = {
   bare: '#2563eb',
   charla: '#db2777',
   'charla-off': '#f59e0b',
+  'charla-nocache': '#10b981',
 };
 const NAMES: Record<BenchKind, string> = {
   naive: 'naive ws',
   bare: 'bare (frame once, cork)',
   charla: 'charla',
   'charla-off': 'charla, STREAM_FLUSH_MS=0',
+  'charla-nocache': 'charla, STREAM_HISTORY_CACHE_STREAMS=0',
 };
 
 function writeCharts(outDir: string): void {

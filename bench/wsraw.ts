@@ -16,6 +16,8 @@ export interface RawOptions {
   sampleEvery?: number;
   /** Called for every text frame; keep it trivial. */
   onFrame?: () => void;
+  /** Called with the payload of every other text frame (charla's `stream`, `history`, `error`, …). */
+  onOther?: (payload: Buffer) => void;
   onClose?: () => void;
 }
 
@@ -128,6 +130,7 @@ export class RawClient {
       const kind = buf[off + head + 9];
       if (opcode === 1 && kind !== 0x63 && kind !== 0x61) {
         this.others++;
+        this.opts.onOther?.(buf.subarray(off + head, off + head + size));
       } else if (opcode === 1) {
         this.frames++;
         this.opts.onFrame?.();

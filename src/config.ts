@@ -35,6 +35,8 @@ export interface Limits {
   streamFlushBusyShare: number;
   /** Most request messages committed in one transaction; 1: one transaction per message. */
   requestBatchMax: number;
+  /** Streams whose newest chats a node keeps for `history` frames; 0: off. */
+  streamHistoryCacheStreams: number;
 }
 
 export interface JwtConfig {
@@ -258,6 +260,8 @@ const schema = z.object({
   STREAM_FLUSH_BUSY_PERCENT: int(25, 0, 100),
   // Request chat: group commit of the messages accepted in one event-loop turn.
   REQUEST_BATCH_MAX: int(256, 1, 10_000),
+  // History on join served from memory: how many streams a node caches.
+  STREAM_HISTORY_CACHE_STREAMS: int(1000, 0, 1_000_000),
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -344,6 +348,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       streamFlushMs: e.STREAM_FLUSH_MS,
       streamFlushBusyShare: e.STREAM_FLUSH_BUSY_PERCENT / 100,
       requestBatchMax: e.REQUEST_BATCH_MAX,
+      streamHistoryCacheStreams: e.STREAM_HISTORY_CACHE_STREAMS,
     },
     webhooks:
       e.WEBHOOK_URL === undefined || e.WEBHOOK_SECRET === undefined

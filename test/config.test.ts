@@ -31,6 +31,7 @@ describe('loadConfig', () => {
       streamFlushMs: 25,
       streamFlushBusyShare: 0.25,
       requestBatchMax: 256,
+      streamHistoryCacheStreams: 1000,
     });
   });
   it('runs in dev mode with its own secret and API key when no JWT key is set', () => {

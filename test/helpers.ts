@@ -290,3 +290,26 @@ export function spawnServer(
     });
   });
 }
+
+/**
+ * Records the name of every method called on a live store, which keeps doing
+ * its work: how a test tells what was read from storage and what from memory.
+ */
+export function storeCalls(store: object): { names: string[]; reset(): void } {
+  const names: string[] = [];
+  const target = store as Record<string, unknown>;
+  for (const name of Object.getOwnPropertyNames(Object.getPrototypeOf(store))) {
+    const method = target[name];
+    if (name === 'constructor' || typeof method !== 'function') continue;
+    target[name] = function (this: unknown, ...args: unknown[]) {
+      names.push(name);
+      return (method as (...a: unknown[]) => unknown).apply(this, args);
+    };
+  }
+  return {
+    names,
+    reset() {
+      names.length = 0;
+    },
+  };
+}

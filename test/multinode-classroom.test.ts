@@ -14,6 +14,7 @@ import {
   StreamClient,
   spawnServer,
   startServer,
+  storeCalls,
   until,
   userToken,
 } from './helpers.js';
@@ -259,6 +260,91 @@ if (await requireServices('postgres', 'redis')) {
         a.close();
         b.close();
       } finally {
+        await one.close();
+        await two.close();
+        await schema.drop();
+      }
+    });
+  });
+}
+
+if (await requireServices('postgres', 'redis')) {
+  describe('history on join from memory, across nodes', () => {
+    it("chats and deletions from every node keep a node's memory current; joins there read no store", async () => {
+      const schema = await tempSchema();
+      const env = {
+        DATABASE_URL: schema.url,
+        REDIS_URL,
+        REDIS_PREFIX: tempRedisPrefix(),
+        STREAM_RATE_LIMIT: '10000/1s',
+        FLOOD_LIMIT: '100000',
+        STREAM_HISTORY_ON_JOIN: '5',
+        HISTORY_PAGE: '20',
+        HISTORY_MAX_PAGE: '20',
+      };
+      const one = await startServer(env);
+      const two = await startServer(env);
+      const clients: StreamClient[] = [];
+      const connectTo = async (node: typeof one, userId?: string, since?: string) => {
+        const c = await StreamClient.connect(node.wsUrl, 'remembered', {
+          ...(userId === undefined ? {} : { token: await userToken(userId) }),
+          ...(since === undefined ? {} : { query: `?since=${since}` }),
+        });
+        clients.push(c);
+        return { c, history: (await c.next('history')).data };
+      };
+      try {
+        assert.equal(
+          (await api(one.url, 'PUT', '/api/streams/remembered', { ownerId: OWNER })).status,
+          201,
+        );
+        const { c: teacher } = await connectTo(one, OWNER);
+        const { c: student } = await connectTo(two, '7');
+        await warmUp(teacher, [teacher, student]);
+        // Chats from both nodes, each seen by its sender before the next is sent.
+        for (let i = 0; i < 24; i++) {
+          const [from, text] = i % 3 === 2 ? [student, `s${i}`] : [teacher, `t${i}`];
+          from.chat(text);
+          await nextWhere(from, 'chat', (d) => d.message === text);
+        }
+        const order = (await student.collect('chat', 1, 5000))
+          .map((f) => f.data)
+          .filter((d) => !d.message.startsWith('warm-up'));
+        assert.equal(order.length, 24);
+        // Deleted through node one: node two's memory drops it too.
+        const gone = order[22].id;
+        assert.equal(
+          (await api(one.url, 'DELETE', `/api/streams/remembered/messages/${gone}`)).status,
+          200,
+        );
+        await nextWhere(student, 'delete', (d) => d.id === gone);
+        const visible = order.filter((d: any) => d.id !== gone).map((d: any) => d.message);
+
+        const calls = storeCalls(two.app.store);
+        const joined = await connectTo(two);
+        assert.deepEqual(
+          joined.history.messages.map((m: any) => m.message),
+          visible.slice(-5),
+        );
+        assert.equal(joined.history.gap, false);
+        const resumed = await connectTo(two, '8', order[10].id);
+        assert.deepEqual(
+          resumed.history.messages.map((m: any) => m.message),
+          visible.slice(11),
+        );
+        assert.equal(resumed.history.gap, false);
+        assert.deepEqual(calls.names.slice(), [], 'node two read nothing from the store');
+
+        // The warm-up chats and the first of these are older than what memory holds.
+        const older = await connectTo(two, '9', order[0].id);
+        assert.ok(calls.names.includes('streamRecent'), 'older: read from the store');
+        const olderTexts = older.history.messages.map((m: any) => m.message);
+        // 22 chats after it, one page of HISTORY_MAX_PAGE (20) and a gap.
+        assert.equal(olderTexts.length, 20);
+        assert.equal(older.history.gap, true);
+        assert.ok(!olderTexts.includes(order[22].message), 'the deleted chat stays out');
+      } finally {
+        for (const c of clients) c.close();
         await one.close();
         await two.close();
         await schema.drop();

@@ -90,6 +90,15 @@ export function isModerator(
 }
 
 /**
+ * Refusals with nothing of their own, made once: a crowd of banned users
+ * posting into a busy stream would otherwise pay for a stack trace per chat,
+ * which nobody reads (a ChatError is never changed once made).
+ */
+const BANNED = new ChatError('banned');
+const CHAT_PAUSED = new ChatError('chat_paused');
+const MEMBERS_ONLY = new ChatError('members_only');
+
+/**
  * Throws the ChatError that refuses a chat from `who` at `now`, or returns
  * whether slow mode applies to it. A ban or timeout refuses anyone it names,
  * moderators too (protocol section 7); moderators pass pause, members-only
@@ -98,12 +107,12 @@ export function isModerator(
  */
 export function checkPosting(rules: PostingRules, who: Identity, now: number): { slowed: boolean } {
   const ban = rules.bans.get(who.userId);
-  if (ban === null) throw new ChatError('banned');
+  if (ban === null) throw BANNED;
   if (ban !== undefined && ban > now) {
     throw new ChatError('timed_out', undefined, { retryAfterMs: ban - now });
   }
   if (isModerator(rules, who)) return { slowed: false };
-  if (rules.paused) throw new ChatError('chat_paused');
-  if (rules.membersOnly && !rules.members.has(who.userId)) throw new ChatError('members_only');
+  if (rules.paused) throw CHAT_PAUSED;
+  if (rules.membersOnly && !rules.members.has(who.userId)) throw MEMBERS_ONLY;
   return { slowed: rules.slowModeSeconds > 0 };
 }

@@ -8,9 +8,14 @@
  * (deletions, bans, settings) travels on the same topic, so it is ordered
  * with the chats and reaches every node's cache of the stream's rules.
  *
- * Joining: a viewer is subscribed first and its live frames are held while
- * the history is read; then the history goes out and the held chats it
- * already contains are dropped, so no chat is missed or seen twice.
+ * Joining: the history comes from the node's cache of the stream's newest
+ * chats (`stream-recent.ts`), kept current by the same topic, so a join reads
+ * no store. Taken and sent in the same turn as the viewer is added to the
+ * audience, it leaves nothing between history and live. When the cache cannot
+ * answer (cold, or `since` older than it holds), the viewer is subscribed
+ * first and its live frames are held while the store is read; then the
+ * history goes out and the held chats it already contains are dropped, so no
+ * chat is missed or seen twice.
  *
  * Storage: chats are stored in batches, one transaction per event-loop turn,
  * off the fan-out path; `flush()` waits for what was accepted (shutdown).
@@ -26,6 +31,7 @@ import { newId } from './ids.js';
 import { checkMessageText } from './limits.js';
 import type { Page, PageQuery, StreamMessage } from './messages.js';
 import { type SharedCounterOptions, StreamLimits } from './stream-limits.js';
+import { RecentCache, type RecentChats } from './stream-recent.js';
 import {
   badgesOf,
   checkPosting,
@@ -153,6 +159,8 @@ interface Room<F> {
   queued: StreamEvent[];
   /** The `viewers` of the last `stream` frame sent to everyone. */
   sentViewers: number;
+  /** The read that seeds the stream's cache of recent chats; true once it can answer. */
+  seeding: { recent: RecentChats; done: Promise<boolean> } | undefined;
 }
 
 export interface StreamsDeps<F> {
@@ -192,9 +200,16 @@ export class Streams<F> {
   private flushScheduled = false;
   /** When each chat fanned out in this event-loop turn was accepted. */
   private deliveredThisTurn: number[] = [];
+  /** The newest chats of the streams watched here, for `history` frames. */
+  private readonly recent: RecentCache;
 
   constructor(private readonly deps: StreamsDeps<F>) {
     this.counters = new StreamLimits(deps.limits.streamRate, deps.counters);
+    this.recent = new RecentCache({
+      chats: deps.limits.historyMaxPage,
+      bytes: deps.limits.sendBufferMaxBytes,
+      streams: deps.limits.streamHistoryCacheStreams,
+    });
     this.viewersTimer = setInterval(() => this.shareViewers(), deps.limits.streamViewersIntervalMs);
     this.viewersTimer.unref();
     this.unsubscribeViewers = deps.broker.subscribe(VIEWERS_TOPIC, (payload) =>
@@ -208,6 +223,8 @@ export class Streams<F> {
 
   async status(key: string): Promise<StreamStatus> {
     if (!STREAM_KEY.test(key)) return 'unknown';
+    // Watched here: its `ended` would have closed the room.
+    if (this.rooms.get(key)?.rules) return 'open';
     const stream = await this.deps.store.getStream(key);
     if (!stream) return 'unknown';
     return stream.endedAt === null ? 'open' : 'ended';
@@ -242,6 +259,7 @@ export class Streams<F> {
    */
   join(key: string, viewer: StreamViewer<F>, since?: string): void {
     const room = this.roomOf(key);
+    if (room.rules && this.welcomeFromCache(key, room, viewer, since, undefined)) return;
     room.joining.set(viewer, { held: [], overflow: false });
     void this.welcome(key, room, viewer, since);
   }
@@ -253,6 +271,8 @@ export class Streams<F> {
     if (room.viewers.size === 0 && room.joining.size === 0) {
       room.unsubscribe();
       this.rooms.delete(key);
+      // Without the topic it would go stale.
+      this.recent.drop(key);
       // The other nodes stop counting this one's viewers now, not when the report goes stale.
       this.reportViewers();
     }
@@ -578,6 +598,7 @@ export class Streams<F> {
         loading: undefined,
         queued: [],
         sentViewers: -1,
+        seeding: undefined,
       };
       room = created;
       this.rooms.set(key, room);
@@ -659,6 +680,12 @@ export class Streams<F> {
     let gap = false;
     try {
       await this.rulesOf(key, room);
+      if (await this.seeded(key, room)) {
+        const joining = room.joining.get(viewer);
+        // It left meanwhile, or the stream ended.
+        if (!joining || this.rooms.get(key) !== room) return;
+        if (this.welcomeFromCache(key, room, viewer, since, joining)) return;
+      }
       // Chats published before this viewer subscribed may still wait for their
       // batch: stored first, they are in the history read below.
       await this.flush();
@@ -685,10 +712,9 @@ export class Streams<F> {
     const joining = room.joining.get(viewer);
     // It left meanwhile, or the stream ended.
     if (!joining || this.rooms.get(key) !== room) return;
+    this.deps.metrics.streamHistory.inc({ source: 'store' });
     room.joining.delete(viewer);
-    room.viewers.add(viewer);
-    // The first viewer here hears the count in its own `stream` frame; only changes go out later.
-    if (room.sentViewers === -1) room.sentViewers = this.viewersOf(key);
+    this.admit(key, room, viewer);
     // Held chats up to the last one the history contains were stored before the read.
     const ids = new Set(history.map((m) => m.id));
     let last = -1;
@@ -699,6 +725,76 @@ export class Streams<F> {
     joining.held.forEach((h, i) => {
       if (i > last || h.id === null) viewer.deliver(h.frame);
     });
+  }
+
+  /**
+   * Welcomes `viewer` with a history from the cache, in this turn, or returns
+   * false when the cache cannot answer. Every chat heard so far is in the
+   * cache, so held chats are either in this history or older than it: only
+   * the other held frames (deletions, moderation, settings) go out after it.
+   */
+  private welcomeFromCache(
+    key: string,
+    room: Room<F>,
+    viewer: StreamViewer<F>,
+    since: string | undefined,
+    joining: Joining<F> | undefined,
+  ): boolean {
+    const recent = this.recent.get(key);
+    if (!recent?.ready) return false;
+    const onJoin = this.deps.limits.streamHistoryOnJoin;
+    const history =
+      since !== undefined ? recent.after(since) : onJoin > 0 ? recent.newest(onJoin) : [];
+    if (history === undefined) return false;
+    this.recent.touch(key, recent);
+    this.deps.metrics.streamHistory.inc({ source: 'cache' });
+    if (joining) room.joining.delete(viewer);
+    this.admit(key, room, viewer);
+    viewer.welcome(this.infoOf(key, room), history, joining?.overflow ?? false);
+    if (joining) for (const h of joining.held) if (h.id === null) viewer.deliver(h.frame);
+    return true;
+  }
+
+  /** Adds a viewer to the audience, before its `stream` frame goes out. */
+  private admit(key: string, room: Room<F>, viewer: StreamViewer<F>): void {
+    room.viewers.add(viewer);
+    // The first viewer here hears the count in its own `stream` frame; only changes go out later.
+    if (room.sentViewers === -1) room.sentViewers = this.viewersOf(key);
+  }
+
+  /**
+   * Whether the stream's cache can answer, seeding it from the store first
+   * when it is cold. The room is subscribed already: what is heard during the
+   * read is merged in.
+   */
+  private seeded(key: string, room: Room<F>): boolean | Promise<boolean> {
+    if (!this.recent.enabled) return false;
+    const recent = this.recent.get(key);
+    if (recent?.ready) return true;
+    if (recent && room.seeding?.recent === recent) return room.seeding.done;
+    const opened = this.recent.open(key);
+    const done = this.seed(key, room, opened);
+    room.seeding = { recent: opened, done };
+    return done;
+  }
+
+  private async seed(key: string, room: Room<F>, recent: RecentChats): Promise<boolean> {
+    try {
+      // Chats accepted here but still waiting for their batch are stored first.
+      await this.flush();
+      const r = await this.deps.store.streamRecent(key, { limit: this.deps.limits.historyMaxPage });
+      // Dropped meanwhile: nobody watches here any more, or another stream took its place.
+      if (this.rooms.get(key) === room && this.recent.get(key) === recent && recent.seed(r)) {
+        return true;
+      }
+    } catch (err) {
+      this.deps.log.error({ err, key }, 'reading stream history failed');
+    } finally {
+      if (room.seeding?.recent === recent) room.seeding = undefined;
+    }
+    recent.fail();
+    this.recent.drop(key, recent);
+    return false;
   }
 
   private infoOf(key: string, room: Room<F>): StreamInfo {
@@ -780,6 +876,7 @@ export class Streams<F> {
     }
     switch (event.kind) {
       case 'chat': {
+        this.recent.get(key)?.add(event.message);
         const frame = this.deps.encode(event.message);
         let delivered = 0;
         for (const viewer of room.viewers) if (viewer.deliver(frame)) delivered++;
@@ -791,12 +888,14 @@ export class Streams<F> {
       }
       case 'ended': {
         this.rooms.delete(key);
+        this.recent.drop(key);
         room.unsubscribe();
         for (const viewer of room.viewers) viewer.streamEnded();
         for (const viewer of room.joining.keys()) viewer.streamEnded();
         return;
       }
       case 'delete': {
+        this.recent.get(key)?.remove(event.id);
         if (room.rules?.pinned?.id === event.id) room.rules.pinned = null;
         this.send(room, { type: 'delete', data: { id: event.id, by: event.by } });
         return;

@@ -36,6 +36,12 @@ export class Metrics {
     labelNames: ['reason'] as const,
     registers: [this.registry],
   });
+  readonly streamHistory = new Counter({
+    name: 'charla_stream_history_total',
+    help: 'History frames sent to joining stream viewers, by where their chats were read: cache (memory) or store',
+    labelNames: ['source'] as const,
+    registers: [this.registry],
+  });
   readonly webhookDeliveries = new Counter({
     name: 'charla_webhook_deliveries_total',
     help: 'Webhook delivery attempts, by result: delivered, retry (failed, tried again later), failed (out of attempts)',

@@ -365,25 +365,37 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   welcome(info: StreamInfo, history: StreamMessage[], gap: boolean): void {
     if (this.state !== 'open') return;
     this.sendText(encodeStreamInfo(info));
-    const chats = history.map((m) => JSON.stringify(chatData(m)));
+    const chats = history.map((m) => {
+      const json = JSON.stringify(chatData(m));
+      return { json, bytes: Buffer.byteLength(json) };
+    });
     const budget =
       this.gateway.deps.limits.sendBufferMaxBytes -
       this.socket.writableLength -
       HISTORY_HEADROOM_BYTES;
     let bytes = 0;
     let first = chats.length;
-    while (first > 0 && bytes + Buffer.byteLength(chats[first - 1] as string) + 1 <= budget) {
+    while (first > 0 && bytes + (chats[first - 1]?.bytes as number) + 1 <= budget) {
       first -= 1;
-      bytes += Buffer.byteLength(chats[first] as string) + 1;
+      bytes += (chats[first]?.bytes as number) + 1;
     }
-    this.sendText(encodeHistory(first === 0 ? chats : chats.slice(first), gap || first > 0));
+    const kept = (first === 0 ? chats : chats.slice(first)).map((c) => c.json);
+    this.sendText(encodeHistory(kept, gap || first > 0));
   }
 
   sendText(text: string): void {
     const bytes = frameText(text);
     if (!this.fits(bytes)) return;
-    // Chats queued for this viewer go first: its frames keep their order.
-    this.flow?.take(this);
+    if (this.flow !== null && this.flushFrom >= 0) {
+      // Chats queued for this viewer go first, so its frames keep their order,
+      // and in the same write as this frame: a refused chat in a busy room
+      // costs one system call, not one per queued chat.
+      this.socket.cork();
+      this.flow.take(this);
+      this.socket.write(bytes);
+      this.socket.uncork();
+      return;
+    }
     this.socket.write(bytes);
   }
 
