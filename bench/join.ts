@@ -50,7 +50,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 export async function joinScenario(spec: JoinSpec) {
   const dir = mkdtempSync(joinPath(tmpdir(), 'charla-join-'));
-  const app = createApp(
+  const app = await createApp(
     loadConfig({
       DATABASE_URL: `sqlite:${joinPath(dir, 'join.db')}`,
       JWT_SECRET: 'bench-secret-that-is-long-enough-for-hs256',
