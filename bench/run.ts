@@ -16,6 +16,7 @@
  *   npm run bench -- --only bigroom --bigroom-points 10000x50,10000x200   (chosen points)
  *   npm run bench -- --only churn --servers bare,charla,charla-nocache   (history on join from memory or the store)
  *   npm run bench -- --only join --join-rate 5000   (history on join alone, in-process, memory against store)
+ *   npm run bench -- --only startup   (spawn to listening on SQLite, against node's own start)
  *       (charla-off: charla with STREAM_FLUSH_MS=0; charla-nocache: STREAM_HISTORY_CACHE_STREAMS=0;
  *        --flush-ms sets charla's STREAM_FLUSH_MS;
  *        --cpu-prof writes a CPU profile of charla at the largest big-room point, and of the
@@ -48,6 +49,7 @@ import {
   startServer,
   token,
 } from './servers.js';
+import { startupScenario } from './startup.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const srcBench = join(here, '../../bench');
@@ -588,6 +590,20 @@ async function main(): Promise<void> {
       record('join', { variant, rate, server: 'charla', ...m });
     }
   }
+  if (want('startup')) {
+    const { charla, node } = await startupScenario(quick ? 3 : 7);
+    for (const [server, list] of [
+      ['charla', charla],
+      ['node', node],
+    ] as const) {
+      process.stderr.write(`  startup ${server}: ${JSON.stringify(list)}\n`);
+      record('startup', {
+        server,
+        wallMs: median(list.map((x) => x.wallMs)),
+        cpuMs: median(list.map((x) => x.cpuMs)),
+      });
+    }
+  }
   if (want('slow')) {
     for (const slowFraction of [0, 0.1]) {
       const m = await compare(`slow ${slowFraction}`, (k) =>
@@ -1000,6 +1016,17 @@ function renderTables(): string {
         ],
         rows,
       ),
+    );
+  }
+  if (results.startup) {
+    const rows = results.startup.map((r) => [
+      r.server === 'node' ? '`node -e ""` (baseline)' : 'charla on SQLite, to "listening"',
+      fmt(Number(r.wallMs)),
+      r.server === 'node' ? '—' : fmt(Number(r.cpuMs)),
+    ]);
+    parts.push(
+      '\n### Start-up: spawn to listening (medians)\n',
+      table(['process', 'wall ms', 'CPU ms'], rows),
     );
   }
   if (results.join) {
