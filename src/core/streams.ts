@@ -715,16 +715,14 @@ export class Streams<F> {
     this.deps.metrics.streamHistory.inc({ source: 'store' });
     room.joining.delete(viewer);
     this.admit(key, room, viewer);
-    // Held chats up to the last one the history contains were stored before the read.
+    // Held chats the history holds are dropped; every other one goes out after
+    // it. Not "everything before the last one found": with several nodes, a
+    // chat another node accepted earlier may be stored after a later one.
     const ids = new Set(history.map((m) => m.id));
-    let last = -1;
-    joining.held.forEach((h, i) => {
-      if (h.id !== null && ids.has(h.id)) last = i;
-    });
     viewer.welcome(this.infoOf(key, room), history, gap || joining.overflow);
-    joining.held.forEach((h, i) => {
-      if (i > last || h.id === null) viewer.deliver(h.frame);
-    });
+    for (const h of joining.held) {
+      if (h.id === null || !ids.has(h.id)) viewer.deliver(h.frame);
+    }
   }
 
   /**
