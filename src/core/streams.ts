@@ -350,7 +350,11 @@ export class Streams<F> {
    * is not a moderator of the stream). Its effect reaches every node's viewers
    * through the broker; the moderator hears it that way too.
    */
-  async moderate(key: string, who: Moderator, request: ModerationRequest): Promise<void> {
+  async moderate(
+    key: string,
+    who: Moderator,
+    request: ModerationRequest,
+  ): Promise<StreamBan | undefined> {
     const by = who === 'api' ? 'api' : who.userId;
     if (who !== 'api') {
       const rules = await this.rulesFor(key);
@@ -437,7 +441,7 @@ export class Streams<F> {
           by,
           ...(seconds === undefined ? {} : { seconds, until }),
         });
-        return;
+        return ban;
       }
       case 'unban': {
         await this.controlOf(key);

@@ -256,14 +256,13 @@ function classroomRoutes(deps: HttpDeps): Route[] {
         const [k, raw] = params as [string, string];
         const target = userId(raw);
         const { seconds, reason } = parseBody(banBody, await body());
-        await deps.streams.moderate(
+        const ban = await deps.streams.moderate(
           k,
           'api',
           seconds === undefined
             ? { type: 'ban', userId: target, reason }
             : { type: 'timeout', userId: target, seconds, reason },
         );
-        const ban = (await deps.streams.bans(k)).find((b) => b.userId === target);
         return { status: 200, body: ban ?? { userId: target } };
       },
     },
