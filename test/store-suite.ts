@@ -8,6 +8,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { newId } from '../src/core/ids.js';
 import type { NewRequestMessage, StreamMessage } from '../src/core/messages.js';
+import type { ModerationEffect, StreamBan } from '../src/core/stream-rules.js';
 import { type OutboxEntry, outboxEntry } from '../src/core/webhook-events.js';
 import type { Store } from '../src/store/store.js';
 
@@ -22,6 +23,30 @@ export interface StoreHarness {
 const iso = (ms: number) => new Date(Date.UTC(2026, 0, 1) + ms).toISOString();
 
 let clock = 0;
+/** The moderation effects, through the one store call that applies them (with a log entry). */
+const moderate = (s: Store, key: string, effect: ModerationEffect) =>
+  s.addModerationAction(
+    key,
+    {
+      action: effect.kind,
+      userId: null,
+      messageId: null,
+      by: '7',
+      at: new Date(0).toISOString(),
+      reason: null,
+    },
+    [],
+    effect,
+  );
+const putBan = (s: Store, key: string, ban: StreamBan) => moderate(s, key, { kind: 'ban', ban });
+const liftBan = async (s: Store, key: string, userId: string) =>
+  (await moderate(s, key, { kind: 'unban', userId })) !== undefined;
+/** Marks a chat deleted (the first deletion wins) and reads it back. */
+const deleteChat = async (s: Store, key: string, id: string, by: string, at: string) => {
+  await moderate(s, key, { kind: 'delete', id, by, at });
+  return s.getStreamMessage(key, id);
+};
+
 const streamMessage = (streamKey: string, message: string, userId = '1'): StreamMessage => ({
   id: newId(),
   streamKey,
@@ -1111,18 +1136,18 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           const ban = { userId: '5', until: null, reason: 'spam', by: '7', at: iso(1) };
           const timeout = { userId: '6', until: iso(1_000), reason: null, by: '7', at: iso(2) };
           const over = { userId: '9', until: iso(10), reason: null, by: 'api', at: iso(3) };
-          await s.putStreamBan('class', ban);
-          await s.putStreamBan('class', timeout);
-          await s.putStreamBan('class', over);
-          await s.putStreamBan('elsewhere', { ...ban, userId: '1' });
+          await putBan(s, 'class', ban);
+          await putBan(s, 'class', timeout);
+          await putBan(s, 'class', over);
+          await putBan(s, 'elsewhere', { ...ban, userId: '1' });
           assert.deepEqual(await s.streamBans('class', iso(500)), [ban, timeout]);
           assert.deepEqual(await s.streamBans('class', iso(5)), [ban, timeout, over]);
           // A new ban of the same user replaces the timeout.
           const banned = { ...timeout, until: null, reason: 'again', at: iso(4) };
-          await s.putStreamBan('class', banned);
+          await putBan(s, 'class', banned);
           assert.deepEqual(await s.streamBans('class', iso(2_000)), [ban, banned]);
-          assert.equal(await s.deleteStreamBan('class', '5'), true);
-          assert.equal(await s.deleteStreamBan('class', '5'), false);
+          assert.equal(await liftBan(s, 'class', '5'), true);
+          assert.equal(await liftBan(s, 'class', '5'), false);
           assert.deepEqual(await s.streamBans('class', iso(2_000)), [banned]);
         }));
 
@@ -1141,12 +1166,12 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           ];
           assert.deepEqual(await s.getStreamMessage('class', c1.id), c1, 'badges are stored');
           assert.equal(await s.getStreamMessage('other', c1.id), undefined);
-          const deleted = await s.deleteStreamMessage('class', c2.id, '7', iso(100));
+          const deleted = await deleteChat(s, 'class', c2.id, '7', iso(100));
           assert.deepEqual(deleted, { ...c2, deletedAt: iso(100), deletedBy: '7' });
-          const again = await s.deleteStreamMessage('class', c2.id, '8', iso(200));
+          const again = await deleteChat(s, 'class', c2.id, '8', iso(200));
           assert.deepEqual(again, deleted, 'the first deletion is kept');
-          assert.equal(await s.deleteStreamMessage('other', c3.id, '7', iso(1)), undefined);
-          assert.equal(await s.deleteStreamMessage('class', newId(), '7', iso(1)), undefined);
+          assert.equal(await deleteChat(s, 'other', c3.id, '7', iso(1)), undefined);
+          assert.equal(await deleteChat(s, 'class', newId(), '7', iso(1)), undefined);
 
           const all = await s.streamHistory('class', { limit: 10 });
           assert.deepEqual(all.messages, [c0, c1, deleted, c3, c4], 'history for the API keeps it');

@@ -15,6 +15,7 @@ import {
   sleep,
   startServer,
   type TestServer,
+  until,
   userToken,
 } from './helpers.js';
 
@@ -317,29 +318,31 @@ describe('StreamFlow', () => {
   });
 
   it('waits twice as long as a big room’s last flush took, so its writes keep half the core free', async () => {
-    // Every flush costs 40 ms of CPU on this clock: the clock is read at each flush's start and end.
+    // Every flush costs 200 ms of CPU on this clock: it is read at each flush's start and end.
     let reads = 0;
-    const cpuMs = () => 40 * Math.ceil(reads++ / 2);
+    const cpuMs = () => 200 * Math.ceil(reads++ / 2);
     const flusher = new StreamFlusher({ flushMs: 10, busyShare: 0, cpuMs });
     const a = await socketPair();
     const flow = flusher.join('k');
     assert.ok(flow);
-    assert.equal(flow.gapMs, 10, 'before any flush the wait is STREAM_FLUSH_MS');
-    flow.queue(a.slot, f('1;'));
-    await sleep(5);
-    assert.equal(
-      a.read().toString(),
-      '1;',
-      'the first chat after a still moment waits for nothing',
-    );
-    assert.equal(flow.gapMs, 80);
-    flow.queue(a.slot, f('2;'));
-    await sleep(40);
-    assert.equal(a.read().toString(), '1;', 'written before twice the last flush’s cost');
-    await sleep(80);
-    assert.equal(a.read().toString(), '1;2;');
-    flow.release(a.slot);
-    a.close();
+    try {
+      assert.equal(flow.gapMs, 10, 'before any flush the wait is STREAM_FLUSH_MS');
+      const started = performance.now();
+      flow.queue(a.slot, f('1;'));
+      // The first chat after a still moment waits for nothing.
+      await until(() => a.read().toString() === '1;', 'the first chat');
+      assert.equal(flow.gapMs, 400);
+      flow.queue(a.slot, f('2;'));
+      await until(() => a.read().toString() === '1;2;', 'the second chat');
+      const waited = performance.now() - started;
+      assert.ok(
+        waited >= 380,
+        `the second chat went ${waited.toFixed(0)} ms after the first flush`,
+      );
+    } finally {
+      flow.release(a.slot);
+      a.close();
+    }
   });
 
   it('never waits longer than a second, however long a flush took', async () => {
@@ -349,11 +352,14 @@ describe('StreamFlow', () => {
     const a = await socketPair();
     const flow = flusher.join('k');
     assert.ok(flow);
-    flow.queue(a.slot, f('1;'));
-    await sleep(5);
-    assert.equal(flow.gapMs, 1_000);
-    flow.release(a.slot);
-    a.close();
+    try {
+      flow.queue(a.slot, f('1;'));
+      await until(() => a.read().length > 0, 'the first chat');
+      assert.equal(flow.gapMs, 1_000);
+    } finally {
+      flow.release(a.slot);
+      a.close();
+    }
   });
 
   it('is off with flushMs 0', () => {

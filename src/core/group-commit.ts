@@ -6,7 +6,9 @@
  * and join the next batch: under load, batches grow instead of commits queueing.
  *
  * Ordering: messages are handed to the store in the order `add` was called,
- * and the store keeps that order within each request.
+ * and the store keeps that order within each request inside one batch. Two
+ * batches committing at once (PostgreSQL) may commit in either order; a
+ * client that needs its messages in order waits for each acknowledgement.
  */
 import type { Metrics } from '../observability/metrics.js';
 import type { AddedRequestMessage, RequestMessageWrite, Store } from '../store/store.js';

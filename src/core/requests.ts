@@ -4,7 +4,6 @@
  * room is the transport's (Socket.IO rooms, across nodes through its adapter);
  * everything here resolves only once the store has committed.
  */
-import type { Redis } from 'ioredis';
 import type { DeskConfig, Limits } from '../config.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
@@ -24,6 +23,7 @@ import type {
   RequestSummary,
   UnreadTotals,
 } from './messages.js';
+import type { SharedCounterOptions } from './stream-limits.js';
 import { SharedTypingThrottle, TypingThrottle } from './typing.js';
 import type { Webhooks } from './webhooks.js';
 
@@ -36,7 +36,7 @@ export interface RequestsDeps {
   /** When set, messages and reads commit their webhook events with them. */
   webhooks?: Webhooks | undefined;
   /** When set, the typing throttle holds across nodes. */
-  redis?: { client: Redis; prefix: string } | undefined;
+  redis?: SharedCounterOptions['redis'];
 }
 
 export interface Sent {

@@ -393,14 +393,14 @@ export class Streams<F> {
         await this.flush();
         const chat = await store.getStreamMessage(key, request.id);
         if (!chat) throw new ChatError('not_found', 'There is no such chat in this stream.');
-        // Deleting a deleted chat again changes nothing: no second broadcast, log entry or event.
-        const logged = await log(
+        // Deleting a deleted chat again stores nothing (no log entry, no event),
+        // but is still answered with its broadcast, as every moderator frame is.
+        await log(
           'delete',
           { userId: chat.userId, messageId: request.id },
           streamEvents.messageDeleted({ key, id: request.id, by }),
           { kind: 'delete', id: request.id, by, at },
         );
-        if (!logged) return;
         this.publish(key, { kind: 'delete', id: request.id, by });
         const control = await store.getStreamControl(key);
         if (control?.pinnedId === request.id) {
@@ -445,14 +445,12 @@ export class Streams<F> {
       }
       case 'unban': {
         await this.controlOf(key);
-        // Lifting a ban that is not there changes nothing, and says so to nobody.
-        const logged = await log('unban', { userId: request.userId }, undefined, {
+        // Lifting a ban that is not there stores nothing, and is still answered with its broadcast.
+        await log('unban', { userId: request.userId }, undefined, {
           kind: 'unban',
           userId: request.userId,
         });
-        if (logged) {
-          this.publish(key, { kind: 'moderation', action: 'unban', userId: request.userId, by });
-        }
+        this.publish(key, { kind: 'moderation', action: 'unban', userId: request.userId, by });
         return;
       }
       case 'settings': {

@@ -5,7 +5,7 @@
  * `userTyping` through. With Redis the interval holds across nodes too (a
  * user with tabs on two nodes), through one `SET NX PX` per forwarded typing.
  */
-import type { Redis } from 'ioredis';
+import type { SharedCounterOptions } from './stream-limits.js';
 
 export class TypingThrottle {
   /** Insertion order is forwarding order: the oldest entries come first. */
@@ -46,7 +46,7 @@ export class SharedTypingThrottle {
   constructor(
     private readonly local: TypingThrottle,
     private readonly intervalMs: number,
-    private readonly redis?: { client: Redis; prefix: string },
+    private readonly redis?: SharedCounterOptions['redis'],
   ) {}
 
   async allow(userId: string, requestId: string): Promise<boolean> {

@@ -219,6 +219,8 @@ export class Webhooks {
   }
 
   private untilNextPoll(): number {
+    // Every slot busy: the next free one schedules a poll of its own.
+    if (this.inFlight.size >= this.deps.config.concurrency) return this.deps.config.pollMs;
     // Forgotten only once a claim has looked at or after it: a timer may fire a little early.
     if (this.nextRetryAt <= this.lastClaimAt) this.nextRetryAt = Number.POSITIVE_INFINITY;
     return Math.min(this.deps.config.pollMs, Math.max(1, this.nextRetryAt - Date.now()));

@@ -645,24 +645,6 @@ export class PostgresStore implements Store {
     return rows.map((r) => r.user_id);
   }
 
-  async putStreamBan(key: string, ban: StreamBan): Promise<void> {
-    await this.query(
-      `INSERT INTO stream_bans (stream_key, user_id, until, reason, by_user, at)
-       VALUES ($1, $2, $3, $4, $5, $6)
-       ON CONFLICT (stream_key, user_id) DO UPDATE SET until = excluded.until,
-         reason = excluded.reason, by_user = excluded.by_user, at = excluded.at`,
-      [key, ban.userId, ban.until, ban.reason, ban.by, ban.at],
-    );
-  }
-
-  async deleteStreamBan(key: string, userId: string): Promise<boolean> {
-    const rows = await this.query(
-      'DELETE FROM stream_bans WHERE stream_key = $1 AND user_id = $2 RETURNING user_id',
-      [key, userId],
-    );
-    return rows.length > 0;
-  }
-
   async streamBans(key: string, now: string): Promise<StreamBan[]> {
     const rows = await this.query<{
       user_id: string;
@@ -690,20 +672,6 @@ export class PostgresStore implements Store {
       [key, id],
     );
     return row && streamMessageOf(row);
-  }
-
-  async deleteStreamMessage(
-    key: string,
-    id: string,
-    by: string,
-    at: string,
-  ): Promise<StreamMessage | undefined> {
-    await this.query(
-      `UPDATE stream_messages SET deleted_at = $3, deleted_by = $4
-       WHERE stream_key = $1 AND id = $2 AND deleted_at IS NULL`,
-      [key, id, at, by],
-    );
-    return this.getStreamMessage(key, id);
   }
 
   async streamRecent(

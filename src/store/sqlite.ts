@@ -710,14 +710,6 @@ export class SqliteStore implements Store {
     return this.q.members.all(key).map((r) => r.user_id);
   }
 
-  async putStreamBan(key: string, ban: StreamBan): Promise<void> {
-    this.q.putBan.run({ key, ...ban });
-  }
-
-  async deleteStreamBan(key: string, userId: string): Promise<boolean> {
-    return this.q.deleteBan.run(key, userId).changes > 0;
-  }
-
   async streamBans(key: string, now: string): Promise<StreamBan[]> {
     return this.q.bans.all(key, now).map((r) => ({
       userId: r.user_id,
@@ -731,16 +723,6 @@ export class SqliteStore implements Store {
   async getStreamMessage(key: string, id: string): Promise<StreamMessage | undefined> {
     const row = this.q.getStreamMessage.get(key, id);
     return row && streamMessageOf(row);
-  }
-
-  async deleteStreamMessage(
-    key: string,
-    id: string,
-    by: string,
-    at: string,
-  ): Promise<StreamMessage | undefined> {
-    this.q.deleteStreamMessage.run({ key, id, by, at });
-    return this.getStreamMessage(key, id);
   }
 
   async streamRecent(
@@ -840,6 +822,9 @@ export class SqliteStore implements Store {
         try {
           return { status: 'fulfilled', value: one(w) };
         } catch (reason) {
+          // SQLite rolled the whole transaction back (disk full, I/O error):
+          // the batch fails as one, before a later write could commit alone.
+          if (!this.db.inTransaction) throw reason;
           return { status: 'rejected', reason };
         }
       }),

@@ -209,24 +209,10 @@ export interface Store {
   /** Replaces the members-only allowlist. */
   setStreamMembers(key: string, userIds: readonly string[]): Promise<void>;
   streamMembers(key: string): Promise<string[]>;
-  /** Creates or replaces the user's ban or timeout in this stream. */
-  putStreamBan(key: string, ban: StreamBan): Promise<void>;
-  /** Lifts a ban or timeout; false when there was none. */
-  deleteStreamBan(key: string, userId: string): Promise<boolean>;
   /** Bans and timeouts still in force at `now` (ISO-8601), oldest first. */
   streamBans(key: string, now: string): Promise<StreamBan[]>;
   /** One chat of the stream, deleted or not. */
   getStreamMessage(key: string, id: string): Promise<StreamMessage | undefined>;
-  /**
-   * Marks a chat deleted (the first deletion wins and is kept); undefined
-   * when the stream has no such chat.
-   */
-  deleteStreamMessage(
-    key: string,
-    id: string,
-    by: string,
-    at: string,
-  ): Promise<StreamMessage | undefined>;
   /**
    * The newest `limit` chats that are not deleted, oldest first; with
    * `after`, only those stored after that chat. `more` says older ones (after

@@ -450,10 +450,14 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
     this.answerInOrder(new ChatError('invalid_payload', 'Frames must be JSON text.'));
   }
 
-  /** Sends `err` after the answers of the frames that came before it. */
-  private answerInOrder(err: ChatError): void {
-    if (this.pending === 0) this.sendError(err);
-    else this.work = this.work.then(() => this.refused(err));
+  /** Sends `err` (and then `after`'s frame) after the answers of the frames that came before it. */
+  private answerInOrder(err: ChatError, after?: () => void): void {
+    const answer = () => {
+      this.refused(err);
+      if (after && this.state === 'open') after();
+    };
+    if (this.pending === 0) answer();
+    else this.work = this.work.then(answer);
   }
 
   protected onText(text: string): void {
@@ -510,12 +514,13 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
     try {
       frame = decodeStreamFrame(text);
     } catch (err) {
-      this.answerInOrder(asChatError(err));
       // Every `auth` is answered with `auth`: a malformed one leaves the connection anonymous.
-      if (claimedType(text) === 'auth') {
-        this.setIdentity(null);
-        this.sendText(encodeAuth(false));
+      if (claimedType(text) !== 'auth') {
+        this.answerInOrder(asChatError(err));
+        return;
       }
+      this.setIdentity(null);
+      this.answerInOrder(asChatError(err), () => this.sendText(encodeAuth(false)));
       return;
     }
     if (frame.type === 'auth') {
