@@ -10,7 +10,8 @@
  *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
  *   npm run bench -- --only request --baseline main=/path/to/built/charla   (group commit against other builds;
- *       without --baseline, against REQUEST_BATCH_MAX=1; --request-databases sqlite,postgres --request-outbox off,on)
+ *       without --baseline, against REQUEST_BATCH_MAX=1; --request-databases sqlite,postgres --request-outbox off,on;
+ *        --request-cpu-prof DIR writes a CPU profile of each saturated run's server under DIR)
  *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
  *   npm run bench -- --only bigroom --bigroom-points 10000x50,10000x200   (chosen points)
@@ -381,8 +382,15 @@ async function requestChat(
     env?: Record<string, string>;
     /** Another build's `dist/src/main.js`. */
     script?: string | undefined;
+    /** With `--request-cpu-prof DIR`: the server's CPU profile goes to DIR/profile. */
+    profile?: string;
   } = {},
 ) {
+  const profDir = option('request-cpu-prof');
+  const nodeFlags =
+    profDir && options.profile
+      ? ['--cpu-prof', `--cpu-prof-dir=${join(profDir, options.profile)}`]
+      : [];
   const schema = `charla_bench_${randomBytes(4).toString('hex')}`;
   const env: Record<string, string> = { ...options.env };
   if (database === 'postgres') {
@@ -395,7 +403,7 @@ async function requestChat(
     env.WEBHOOK_URL = hooks.url;
     env.WEBHOOK_SECRET = `whsec_${randomBytes(32).toString('base64')}`;
   }
-  const server = await startServer('charla', env, [], options.script);
+  const server = await startServer('charla', env, nodeFlags, options.script);
   try {
     const requests = Array.from({ length: 50 }, () => randomBytes(12).toString('hex'));
     await putRequests(server, requests, 'bench-teacher');
@@ -663,7 +671,8 @@ async function main(): Promise<void> {
         // Variants interleaved run by run, so that a noisy minute hits both.
         for (let r = 0; r < runs; r++) {
           for (const [name, v] of variants) {
-            const res = await requestChat(database, 0, { ...v, webhooks });
+            const profile = `${database}-outbox-${outbox}-${name.replace(/\W+/g, '-')}-${r + 1}`;
+            const res = await requestChat(database, 0, { ...v, webhooks, profile });
             saturated.set(name, [...(saturated.get(name) ?? []), res]);
             process.stderr.write(
               `  request ${database} outbox ${outbox} ${name} run ${r + 1}: ${JSON.stringify(res)}\n`,

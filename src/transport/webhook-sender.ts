@@ -3,9 +3,9 @@
  * protocol section 9). Success is a 2xx status within the timeout; the
  * answer's body is drained up to a bound and never kept.
  */
+import { createHmac } from 'node:crypto';
 import { Agent as HttpAgent, request as httpRequest } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import { Webhook } from 'standardwebhooks';
 import type { WebhookSender } from '../core/webhooks.js';
 
 /** Bytes of a receiver's answer read before the connection is dropped instead. */
@@ -22,26 +22,40 @@ export interface HttpWebhookSenderOptions {
 
 export class HttpWebhookSender implements WebhookSender {
   private readonly url: URL;
-  private readonly signer: Webhook;
+  /** The secret's bytes: the base64 after `whsec_`. */
+  private readonly key: Buffer;
   private readonly agent: HttpAgent;
 
   constructor(private readonly options: HttpWebhookSenderOptions) {
     this.url = new URL(options.url);
-    this.signer = new Webhook(options.secret);
+    this.key = Buffer.from(options.secret.replace(/^whsec_/, ''), 'base64');
+    if (this.key.length === 0) throw new Error('empty webhook secret');
     const agentOptions = { keepAlive: true, maxSockets: options.maxSockets };
     this.agent =
       this.url.protocol === 'https:' ? new HttpsAgent(agentOptions) : new HttpAgent(agentOptions);
   }
 
+  /**
+   * Standard Webhooks `v1`: HMAC-SHA256 of `id.timestamp.body`, base64. Node's
+   * native HMAC rather than the reference library's JavaScript SHA-256, which
+   * cost more CPU than the rest of a send.
+   */
+  sign(id: string, timestamp: number, body: Buffer): string {
+    const mac = createHmac('sha256', this.key).update(`${id}.${timestamp}.`).update(body);
+    return `v1,${mac.digest('base64')}`;
+  }
+
   send(id: string, body: string, signal: AbortSignal): Promise<void> {
-    const now = new Date();
+    const timestamp = Math.floor(Date.now() / 1000);
+    // Encoded once: signed, measured and written as the same bytes.
+    const bytes = Buffer.from(body);
     const headers = {
       'content-type': 'application/json',
-      'content-length': String(Buffer.byteLength(body)),
+      'content-length': String(bytes.length),
       'user-agent': 'charla-webhooks',
       'webhook-id': id,
-      'webhook-timestamp': String(Math.floor(now.getTime() / 1000)),
-      'webhook-signature': this.signer.sign(id, now, body),
+      'webhook-timestamp': String(timestamp),
+      'webhook-signature': this.sign(id, timestamp, bytes),
     };
     const request = this.url.protocol === 'https:' ? httpsRequest : httpRequest;
     return new Promise((resolve, reject) => {
@@ -76,7 +90,7 @@ export class HttpWebhookSender implements WebhookSender {
         clearTimeout(timer);
         settle(signal.aborted ? new Error('stopped') : err);
       });
-      req.end(body);
+      req.end(bytes);
     });
   }
 
