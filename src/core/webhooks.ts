@@ -26,6 +26,7 @@ import {
   type OutboxEntry,
   type OutboxEvent,
   outboxEntry,
+  outboxEntryOf,
   type WebhookData,
   type WebhookType,
   webhookBody,
@@ -100,12 +101,13 @@ export class Webhooks {
   /** The rows for a new request message: `created` now, `unread` (unless off) when it is due. */
   messageCreated(message: RequestMessage): OutboxEntry[] {
     const at = new Date(message.createdAt);
-    const created = outboxEntry('request.message.created', message, { at });
+    const data = JSON.stringify(message);
+    const created = outboxEntryOf('request.message.created', data, { at });
     const { unreadAfterMs } = this.deps.config;
     if (unreadAfterMs === 0) return [created];
     return [
       created,
-      outboxEntry('request.message.unread', message, {
+      outboxEntryOf('request.message.unread', data, {
         at: new Date(at.getTime() + unreadAfterMs),
         unlessRead: message._id,
       }),
