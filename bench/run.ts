@@ -71,6 +71,8 @@ const results: Record<string, Row[]> = {};
 /** What the server did during the first generator's measurement window. */
 interface ServerWindow {
   cpuPercent: number;
+  /** Called as the window opens and closes, to count what else happened in it. */
+  onEdge?: (edge: 'start' | 'end') => void;
 }
 
 async function runGenerators(
@@ -97,8 +99,10 @@ async function runGenerators(
       if (m === 'window-start') {
         cpu0 = cpuMsOf(serverPid);
         t0 = performance.now();
+        window.onEdge?.('start');
       } else if (m === 'window-end') {
         window.cpuPercent = ((cpuMsOf(serverPid) - cpu0) / (performance.now() - t0)) * 100;
+        window.onEdge?.('end');
       }
     });
   }
@@ -407,7 +411,15 @@ async function requestChat(
   try {
     const requests = Array.from({ length: 50 }, () => randomBytes(12).toString('hex'));
     await putRequests(server, requests, 'bench-teacher');
-    const serverWindow: ServerWindow = { cpuPercent: Number.NaN };
+    // Webhooks received in the window: below one per ack, delivery fell behind
+    // and CPU per ack leaves out part of its cost.
+    const hooksAt = { start: 0, end: 0 };
+    const serverWindow: ServerWindow = {
+      cpuPercent: Number.NaN,
+      onEdge: (edge) => {
+        hooksAt[edge] = hooks?.received() ?? 0;
+      },
+    };
     const [report] = (await runGenerators(
       [
         {
@@ -442,7 +454,12 @@ async function requestChat(
       // CPU time per message: steadier than rates on a machine shared with other work.
       cpuUsPerAck:
         (serverWindow.cpuPercent * 10 * report.windowMs) / Math.max(1, report.acksInWindow),
-      ...(hooks ? { webhooksReceived: hooks.received() } : {}),
+      ...(hooks
+        ? {
+            webhooksReceived: hooks.received(),
+            webhooksPerAck: (hooksAt.end - hooksAt.start) / Math.max(1, report.acksInWindow),
+          }
+        : {}),
     };
   } finally {
     await server.stop();
@@ -705,6 +722,10 @@ async function main(): Promise<void> {
             pacedRate: median(at80.map((x) => x.acksPerSec as number)),
             pacedP50: median(at80.map((x) => x.p50 as number)),
             pacedP99: median(at80.map((x) => x.p99 as number)),
+            pacedCpuUsPerAck: median(at80.map((x) => x.cpuUsPerAck as number)),
+            ...(webhooks
+              ? { pacedWebhooksPerAck: median(at80.map((x) => x.webhooksPerAck as number)) }
+              : {}),
           });
         }
       }
@@ -983,6 +1004,9 @@ function renderTables(): string {
         fmt(n(r, 'errors')),
         `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
         fmt(n(r, 'cpuUsPerAck')),
+        r.outbox === 'on' ? fmt(n(r, 'webhooksPerAck'), 2) : '',
+        fmt(n(r, 'pacedCpuUsPerAck')),
+        r.outbox === 'on' ? fmt(n(r, 'pacedWebhooksPerAck'), 2) : '',
       ];
     });
     parts.push(
@@ -1002,6 +1026,9 @@ function renderTables(): string {
           'errors',
           'CPU server / generator',
           'server CPU µs per ack',
+          'webhooks per ack',
+          'paced at 80%: CPU µs per ack',
+          'paced at 80%: webhooks per ack',
         ],
         rows,
       ),
