@@ -10,7 +10,8 @@
  *   npm run bench -- --only idle --servers charla   (a look at one server, no ratios)
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
  *   npm run bench -- --only request --baseline main=/path/to/built/charla   (group commit against other builds;
- *       without --baseline, against REQUEST_BATCH_MAX=1; --request-databases sqlite,postgres --request-outbox off,on)
+ *       without --baseline, against REQUEST_BATCH_MAX=1; --request-databases sqlite,postgres --request-outbox off,on;
+ *        --request-cpu-prof DIR writes a CPU profile of each saturated run's server under DIR)
  *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
  *   npm run bench -- --only bigroom --bigroom-points 10000x50,10000x200   (chosen points)
@@ -77,6 +78,8 @@ const results: Record<string, Row[]> = {};
 /** What the server did during the first generator's measurement window. */
 interface ServerWindow {
   cpuPercent: number;
+  /** Called as the window opens and closes, to count what else happened in it. */
+  onEdge?: (edge: 'start' | 'end') => void;
 }
 
 async function runGenerators(
@@ -103,8 +106,10 @@ async function runGenerators(
       if (m === 'window-start') {
         cpu0 = cpuMsOf(serverPid);
         t0 = performance.now();
+        window.onEdge?.('start');
       } else if (m === 'window-end') {
         window.cpuPercent = ((cpuMsOf(serverPid) - cpu0) / (performance.now() - t0)) * 100;
+        window.onEdge?.('end');
       }
     });
   }
@@ -398,8 +403,15 @@ async function requestChat(
     env?: Record<string, string>;
     /** Another build's `dist/src/main.js`. */
     script?: string | undefined;
+    /** With `--request-cpu-prof DIR`: the server's CPU profile goes to DIR/profile. */
+    profile?: string;
   } = {},
 ) {
+  const profDir = option('request-cpu-prof');
+  const nodeFlags =
+    profDir && options.profile
+      ? ['--cpu-prof', `--cpu-prof-dir=${join(profDir, options.profile)}`]
+      : [];
   const schema = `charla_bench_${randomBytes(4).toString('hex')}`;
   const env: Record<string, string> = { ...options.env };
   if (database === 'postgres') {
@@ -412,11 +424,19 @@ async function requestChat(
     env.WEBHOOK_URL = hooks.url;
     env.WEBHOOK_SECRET = `whsec_${randomBytes(32).toString('base64')}`;
   }
-  const server = await startServer('charla', env, [], options.script);
+  const server = await startServer('charla', env, nodeFlags, options.script);
   try {
     const requests = Array.from({ length: 50 }, () => randomBytes(12).toString('hex'));
     await putRequests(server, requests, 'bench-teacher');
-    const serverWindow: ServerWindow = { cpuPercent: Number.NaN };
+    // Webhooks received in the window: below one per ack, delivery fell behind
+    // and CPU per ack leaves out part of its cost.
+    const hooksAt = { start: 0, end: 0 };
+    const serverWindow: ServerWindow = {
+      cpuPercent: Number.NaN,
+      onEdge: (edge) => {
+        hooksAt[edge] = hooks?.received() ?? 0;
+      },
+    };
     const [report] = (await runGenerators(
       [
         {
@@ -451,7 +471,12 @@ async function requestChat(
       // CPU time per message: steadier than rates on a machine shared with other work.
       cpuUsPerAck:
         (serverWindow.cpuPercent * 10 * report.windowMs) / Math.max(1, report.acksInWindow),
-      ...(hooks ? { webhooksReceived: hooks.received() } : {}),
+      ...(hooks
+        ? {
+            webhooksReceived: hooks.received(),
+            webhooksPerAck: (hooksAt.end - hooksAt.start) / Math.max(1, report.acksInWindow),
+          }
+        : {}),
     };
   } finally {
     await server.stop();
@@ -756,7 +781,8 @@ async function main(): Promise<void> {
         // Variants interleaved run by run, so that a noisy minute hits both.
         for (let r = 0; r < runs; r++) {
           for (const [name, v] of variants) {
-            const res = await requestChat(database, 0, { ...v, webhooks });
+            const profile = `${database}-outbox-${outbox}-${name.replace(/\W+/g, '-')}-${r + 1}`;
+            const res = await requestChat(database, 0, { ...v, webhooks, profile });
             saturated.set(name, [...(saturated.get(name) ?? []), res]);
             process.stderr.write(
               `  request ${database} outbox ${outbox} ${name} run ${r + 1}: ${JSON.stringify(res)}\n`,
@@ -789,6 +815,10 @@ async function main(): Promise<void> {
             pacedRate: median(at80.map((x) => x.acksPerSec as number)),
             pacedP50: median(at80.map((x) => x.p50 as number)),
             pacedP99: median(at80.map((x) => x.p99 as number)),
+            pacedCpuUsPerAck: median(at80.map((x) => x.cpuUsPerAck as number)),
+            ...(webhooks
+              ? { pacedWebhooksPerAck: median(at80.map((x) => x.webhooksPerAck as number)) }
+              : {}),
           });
         }
       }
@@ -1107,6 +1137,9 @@ function renderTables(): string {
         fmt(n(r, 'errors')),
         `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
         fmt(n(r, 'cpuUsPerAck')),
+        r.outbox === 'on' ? fmt(n(r, 'webhooksPerAck'), 2) : '',
+        fmt(n(r, 'pacedCpuUsPerAck')),
+        r.outbox === 'on' ? fmt(n(r, 'pacedWebhooksPerAck'), 2) : '',
       ];
     });
     parts.push(
@@ -1126,6 +1159,9 @@ function renderTables(): string {
           'errors',
           'CPU server / generator',
           'server CPU µs per ack',
+          'webhooks per ack',
+          'paced at 80%: CPU µs per ack',
+          'paced at 80%: webhooks per ack',
         ],
         rows,
       ),

@@ -121,6 +121,18 @@ test('the webhook worker reads the outbox through its partial indexes', async ()
         .join(' | ');
       assert.match(plan, new RegExp(`USING INDEX ${index}`), `${name}: ${plan}`);
     }
+    // A batch of delivered ids is deleted by key, not by a scan of the outbox.
+    const sql = statements.deleteOutboxMany?.source as string;
+    const plan = db
+      .prepare(`EXPLAIN QUERY PLAN ${sql}`)
+      .all('[]')
+      .map((row: any) => row.detail as string)
+      .join(' | ');
+    assert.match(
+      plan,
+      /SEARCH webhook_outbox USING (COVERING )?INDEX sqlite_autoindex_webhook_outbox_1 \(id=\?\)/,
+      plan,
+    );
   } finally {
     await store.close();
     rmSync(dir, { recursive: true, force: true });

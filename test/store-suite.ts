@@ -573,7 +573,7 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
             [early.id],
             'an expired lease frees the row; the limit holds',
           );
-          await s.completeWebhook(early.id);
+          await s.completeWebhooks([early.id]);
           assert.deepEqual(
             (await claim(s, 2200)).map((e) => e.id),
             [late.id],
@@ -584,6 +584,25 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
             [[late.id, 0]],
             'a released row is due again, no attempt counted',
           );
+        }));
+
+      it('completes many delivered rows in one call, leaving the others and ignoring unknown ids', () =>
+        withStore(async (s) => {
+          const events = Array.from({ length: 300 }, (_, i) => event(i + 1));
+          await s.enqueueWebhooks(events);
+          assert.equal((await claim(s, 10_000, 300)).length, 300);
+          const kept = events.filter((_, i) => i % 100 === 7);
+          const done = events.filter((e) => !kept.includes(e)).map((e) => e.id);
+          await s.completeWebhooks([...done, 'msg_unknown']);
+          await s.completeWebhooks([]);
+          assert.equal(await s.webhookQueueDepth(iso(20_000)), kept.length);
+          assert.deepEqual(
+            (await claim(s, 20_000, 300)).map((e) => e.id),
+            kept.map((e) => e.id),
+            'only the rows not completed are left, and claimed again once their lease ran out',
+          );
+          await s.completeWebhooks(kept.map((e) => e.id));
+          assert.equal(await s.webhookQueueDepth(iso(30_000)), 0);
         }));
 
       it('counts failed attempts, keeps failed rows for the API, and retries them', () =>
@@ -621,7 +640,7 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           const [again] = await claim(s, 100_000);
           assert.equal(again?.id, e.id, 'the same webhook-id');
           assert.equal(again?.attempts, 2);
-          await s.completeWebhook(e.id);
+          await s.completeWebhooks([e.id]);
           assert.deepEqual(await claim(s, 200_000), []);
         }));
 

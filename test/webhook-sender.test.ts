@@ -61,6 +61,37 @@ describe('HttpWebhookSender', () => {
     });
   });
 
+  it('signs non-ASCII bodies as their UTF-8 bytes, reusing one kept-alive connection', async () => {
+    const seen: Array<{ headers: Record<string, string>; body: string }> = [];
+    let connections = 0;
+    const url = await serve((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        seen.push({
+          headers: req.headers as Record<string, string>,
+          body: Buffer.concat(chunks).toString('utf8'),
+        });
+        res.writeHead(204).end();
+      });
+    });
+    servers.at(-1)?.server.on('connection', () => connections++);
+    const s = sender(url);
+    const bodies = Array.from(
+      { length: 20 },
+      (_, i) => `{"type":"stream.ended","timestamp":"t","data":{"key":"Señor ${i} — 日本語 😀"}}`,
+    );
+    for (const [i, body] of bodies.entries()) await s.send(`msg_${i}`, body, never);
+    s.close();
+    assert.equal(seen.length, 20);
+    for (const [i, { headers, body }] of seen.entries()) {
+      assert.equal(body, bodies[i]);
+      assert.equal(headers['content-length'], String(Buffer.byteLength(body)));
+      assert.deepEqual(new Webhook(secret).verify(body, headers), JSON.parse(body));
+    }
+    assert.equal(connections, 1, 'one connection for sends one after another');
+  });
+
   it('fails on any other status, a redirect included', async () => {
     for (const status of [301, 400, 500, 503]) {
       const url = await serve((_req, res) => res.writeHead(status, { location: '/x' }).end());

@@ -92,11 +92,24 @@ export function outboxEntry<T extends WebhookType>(
   data: WebhookData[T],
   opts: { at?: Date; dueAt?: Date; unlessRead?: string } = {},
 ): OutboxEntry {
+  return outboxEntryOf(type, JSON.stringify(data), opts);
+}
+
+/**
+ * `outboxEntry` with `data` already serialised: one message's events
+ * (created, then the unread check) share the text instead of each
+ * serialising the message again.
+ */
+export function outboxEntryOf(
+  type: WebhookType,
+  data: string,
+  opts: { at?: Date; dueAt?: Date; unlessRead?: string } = {},
+): OutboxEntry {
   const at = opts.at ?? new Date();
   return {
     id: newWebhookId(),
     type,
-    data: JSON.stringify(data),
+    data,
     createdAt: at.toISOString(),
     dueAt: (opts.dueAt ?? at).toISOString(),
     unlessRead: opts.unlessRead ?? null,

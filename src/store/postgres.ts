@@ -1137,8 +1137,9 @@ export class PostgresStore implements Store {
     return rows.map(outboxEvent);
   }
 
-  async completeWebhook(id: string): Promise<void> {
-    await this.query('DELETE FROM webhook_outbox WHERE id = $1', [id]);
+  async completeWebhooks(ids: readonly string[]): Promise<void> {
+    if (ids.length === 0) return;
+    await this.query('DELETE FROM webhook_outbox WHERE id = ANY($1::text[])', [ids]);
   }
 
   async recordWebhookFailure(

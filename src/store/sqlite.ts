@@ -574,6 +574,10 @@ export class SqliteStore implements Store {
       ),
       leaseOutbox: db.prepare('UPDATE webhook_outbox SET lease_until = ? WHERE id = ?'),
       deleteOutbox: db.prepare('DELETE FROM webhook_outbox WHERE id = ?'),
+      // The ids as one JSON array parameter: one statement and one commit for any count.
+      deleteOutboxMany: db.prepare(
+        'DELETE FROM webhook_outbox WHERE id IN (SELECT value FROM json_each(?))',
+      ),
       failOutbox: db.prepare(
         `UPDATE webhook_outbox SET attempts = attempts + 1, last_error = @error,
            last_attempt_at = @at, lease_until = NULL,
@@ -1003,8 +1007,9 @@ export class SqliteStore implements Store {
     })();
   }
 
-  async completeWebhook(id: string): Promise<void> {
-    this.q.deleteOutbox.run(id);
+  async completeWebhooks(ids: readonly string[]): Promise<void> {
+    if (ids.length === 0) return;
+    this.q.deleteOutboxMany.run(JSON.stringify(ids));
   }
 
   async recordWebhookFailure(

@@ -146,8 +146,11 @@ export interface Store {
    * instead of returned.
    */
   claimWebhooks(limit: number, now: string, leaseUntil: string): Promise<OutboxEvent[]>;
-  /** A row was delivered: removes it. */
-  completeWebhook(id: string): Promise<void>;
+  /**
+   * Rows were delivered: removes them, in one statement however many (the
+   * worker completes a turn's deliveries together). Unknown ids are ignored.
+   */
+  completeWebhooks(ids: readonly string[]): Promise<void>;
   /**
    * Counts a failed attempt; the row is due again at `nextAttemptAt`, or
    * failed for good when that is null. Ends the lease.

@@ -35,9 +35,11 @@ export class HttpWebhookSender implements WebhookSender {
 
   send(id: string, body: string, signal: AbortSignal): Promise<void> {
     const now = new Date();
+    // Encoded once: measured and written as the same bytes the signature covers.
+    const bytes = Buffer.from(body);
     const headers = {
       'content-type': 'application/json',
-      'content-length': String(Buffer.byteLength(body)),
+      'content-length': String(bytes.length),
       'user-agent': 'charla-webhooks',
       'webhook-id': id,
       'webhook-timestamp': String(Math.floor(now.getTime() / 1000)),
@@ -76,7 +78,7 @@ export class HttpWebhookSender implements WebhookSender {
         clearTimeout(timer);
         settle(signal.aborted ? new Error('stopped') : err);
       });
-      req.end(body);
+      req.end(bytes);
     });
   }
 
