@@ -180,6 +180,91 @@ const MIGRATIONS: readonly string[] = [
      reason     text
    );
    CREATE INDEX stream_moderation_log_by_stream ON stream_moderation_log (stream_key, id);`,
+  // Running unread totals, so that a user's total reads a few counters, never
+  // one row per request: per owner the messages of the requests they own;
+  // per user what they sent or read everywhere (seen) and in their own
+  // requests (seen_own); and every message of every request, split in 16
+  // rows picked by backend pid so that concurrent commits rarely wait on the
+  // same row. A lab user's total is messages - seen, a teacher's owned
+  // messages - seen_own. The triggers move them in the transaction of the
+  // counter change they follow.
+  `CREATE TABLE unread_messages (
+     shard    integer PRIMARY KEY,
+     messages bigint NOT NULL DEFAULT 0
+   );
+   CREATE TABLE unread_owners (
+     owner_id text PRIMARY KEY,
+     messages bigint NOT NULL DEFAULT 0
+   );
+   CREATE TABLE unread_users (
+     user_id  text PRIMARY KEY,
+     seen     bigint NOT NULL DEFAULT 0,
+     seen_own bigint NOT NULL DEFAULT 0
+   );
+   LOCK TABLE requests, request_readers IN SHARE MODE;
+   INSERT INTO unread_messages (shard, messages)
+     SELECT s, CASE WHEN s = 0 THEN (SELECT coalesce(sum(message_count), 0) FROM requests) ELSE 0 END
+     FROM generate_series(0, 15) s;
+   INSERT INTO unread_owners (owner_id, messages)
+     SELECT owner_id, sum(message_count) FROM requests GROUP BY owner_id;
+   INSERT INTO unread_users (user_id, seen, seen_own)
+     SELECT rr.user_id, sum(rr.sent + rr.read),
+       sum(CASE WHEN r.owner_id = rr.user_id THEN rr.sent + rr.read ELSE 0 END)
+     FROM request_readers rr LEFT JOIN requests r ON r.id = rr.request_id
+     GROUP BY rr.user_id;
+   CREATE FUNCTION unread_request_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+   BEGIN
+     IF new.message_count <> coalesce(old.message_count, 0) THEN
+       UPDATE unread_messages
+         SET messages = messages + new.message_count - coalesce(old.message_count, 0)
+         WHERE shard = pg_backend_pid() % 16;
+     END IF;
+     IF TG_OP = 'UPDATE' AND new.owner_id = old.owner_id THEN
+       IF new.message_count <> old.message_count THEN
+         UPDATE unread_owners SET messages = messages + new.message_count - old.message_count
+           WHERE owner_id = new.owner_id;
+       END IF;
+       RETURN NULL;
+     END IF;
+     IF TG_OP = 'UPDATE' THEN
+       UPDATE unread_owners SET messages = messages - old.message_count
+         WHERE owner_id = old.owner_id;
+     END IF;
+     INSERT INTO unread_owners (owner_id, messages) VALUES (new.owner_id, new.message_count)
+       ON CONFLICT (owner_id) DO UPDATE SET messages = unread_owners.messages + excluded.messages;
+     -- FOR UPDATE waits for a reader's counters still being changed and then
+     -- reads them as committed: that change saw the old owner.
+     IF TG_OP = 'UPDATE' THEN
+       UPDATE unread_users u SET seen_own = u.seen_own - x.n
+         FROM (SELECT user_id, sent + read AS n FROM request_readers
+               WHERE request_id = old.id AND user_id = old.owner_id FOR UPDATE) x
+         WHERE u.user_id = x.user_id;
+     END IF;
+     INSERT INTO unread_users (user_id, seen, seen_own)
+       SELECT user_id, 0, n FROM (SELECT user_id, sent + read AS n FROM request_readers
+         WHERE request_id = new.id AND user_id = new.owner_id FOR UPDATE) x
+       ON CONFLICT (user_id) DO UPDATE SET seen_own = unread_users.seen_own + excluded.seen_own;
+     RETURN NULL;
+   END $$;
+   CREATE TRIGGER unread_request_changed AFTER INSERT OR UPDATE OF owner_id, message_count
+     ON requests FOR EACH ROW EXECUTE FUNCTION unread_request_changed();
+   CREATE FUNCTION unread_reader_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+   DECLARE
+     delta bigint := new.sent + new.read
+       - CASE WHEN TG_OP = 'UPDATE' THEN old.sent + old.read ELSE 0 END;
+     own bigint := 0;
+   BEGIN
+     IF delta = 0 THEN RETURN NULL; END IF;
+     IF EXISTS (SELECT 1 FROM requests WHERE id = new.request_id AND owner_id = new.user_id) THEN
+       own := delta;
+     END IF;
+     INSERT INTO unread_users (user_id, seen, seen_own) VALUES (new.user_id, delta, own)
+       ON CONFLICT (user_id) DO UPDATE SET
+         seen = unread_users.seen + excluded.seen, seen_own = unread_users.seen_own + excluded.seen_own;
+     RETURN NULL;
+   END $$;
+   CREATE TRIGGER unread_reader_changed AFTER INSERT OR UPDATE OF sent, read
+     ON request_readers FOR EACH ROW EXECUTE FUNCTION unread_reader_changed();`,
 ];
 
 /**
@@ -423,9 +508,14 @@ export const unreadTotalQuery = (owner: boolean) =>
          - (SELECT coalesce(sum(rr.sent + rr.read), 0) FROM request_readers rr
             JOIN requests r ON r.id = rr.request_id
             WHERE rr.user_id = $1 AND r.owner_id = $2) AS total`
-    : `SELECT (SELECT coalesce(sum(message_count), 0) FROM requests)
-         - (SELECT coalesce(sum(sent + read), 0) FROM request_readers WHERE user_id = $1)
+    : `SELECT (SELECT coalesce(sum(messages), 0) FROM unread_messages)
+         - (SELECT coalesce(sum(seen), 0) FROM unread_users WHERE user_id = $1)
          AS total`;
+
+/** `$1` a teacher asking about their own requests: running totals only. */
+export const ownUnreadTotalQuery = `SELECT
+    (SELECT coalesce(sum(messages), 0) FROM unread_owners WHERE owner_id = $1)
+    - (SELECT coalesce(sum(seen_own), 0) FROM unread_users WHERE user_id = $1) AS total`;
 
 export const unreadListQuery = (owner: boolean) => `SELECT id, unread FROM (
     SELECT r.id, r.activity_at, r.message_count - coalesce(rr.sent, 0) - coalesce(rr.read, 0) AS unread
@@ -1075,9 +1165,11 @@ export class PostgresStore implements Store {
     limit: number,
   ): Promise<UnreadTotals> {
     const owner = ownerId !== undefined;
+    // Running totals serve a lab user and a teacher asking about their own
+    // requests; any other pair is summed over the owner's requests.
     const [totals] = await this.query<{ total: string }>(
-      unreadTotalQuery(owner),
-      owner ? [userId, ownerId] : [userId],
+      ownerId === userId ? ownUnreadTotalQuery : unreadTotalQuery(owner),
+      ownerId === userId ? [userId] : owner ? [userId, ownerId] : [userId],
     );
     const rows = await this.query<{ id: string; unread: number }>(
       unreadListQuery(owner),
