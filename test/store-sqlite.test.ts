@@ -73,7 +73,13 @@ test('the inbox and unread counts read counters on indexes, never messages', asy
         .map((row: any) => row.detail as string);
     };
     const inbox = ['labInbox', 'teacherInbox', 'oneInbox'];
-    const unread = ['labUnreadList', 'teacherUnreadList', 'labUnreadTotal', 'teacherUnreadTotal'];
+    const unread = [
+      'labUnreadList',
+      'teacherUnreadList',
+      'labUnreadTotal',
+      'ownUnreadTotal',
+      'teacherUnreadTotal',
+    ];
     const counters = ['countMessage', 'uncountMessage', 'uncountRead', 'readersOf', 'messagesById'];
     for (const name of [...inbox, ...unread, ...counters]) {
       const plan = planOf(name);
@@ -86,6 +92,18 @@ test('the inbox and unread counts read counters on indexes, never messages', asy
       assert.ok(
         !plan.some((d) => /\brequest_messages\b/.test(d)) || name === 'messagesById',
         `${name} does not touch messages at all: ${plan.join(' | ')}`,
+      );
+    }
+    // The running totals read a few counter rows: no request's row, whatever their number.
+    for (const name of ['labUnreadTotal', 'ownUnreadTotal']) {
+      const plan = planOf(name);
+      assert.ok(
+        plan.every((d) => !/\b(requests|request_readers)\b/.test(d)),
+        `${name} reads no per-request rows: ${plan.join(' | ')}`,
+      );
+      assert.ok(
+        plan.some((d) => /\bunread_users\b.*USING PRIMARY KEY/.test(d)),
+        `${name} looks its user up by key: ${plan.join(' | ')}`,
       );
     }
     // A page of the inbox is a range of the (activity_at, id) index, not a scan of requests.
