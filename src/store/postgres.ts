@@ -501,7 +501,7 @@ export const inboxQuery = (owner: boolean, before: boolean) => {
     ORDER BY r.activity_at DESC, r.id DESC LIMIT $${n}`;
 };
 
-/** `$1` the user, `$2` the owner for a teacher's total. The lab's walks `requests`, never messages. */
+/** `$1` the user, `$2` the owner: the sum over the owner's requests, for any other pair. The lab's reads running totals. */
 export const unreadTotalQuery = (owner: boolean) =>
   owner
     ? `SELECT (SELECT coalesce(sum(message_count), 0) FROM requests WHERE owner_id = $2)
