@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import pg from 'pg';
 import { newId } from '../src/core/ids.js';
+import type { NewRequestMessage } from '../src/core/messages.js';
 import { outboxEntry } from '../src/core/webhook-events.js';
 import {
   INBOX_SELECT,
@@ -135,6 +136,50 @@ if (await requireServices('postgres')) {
       } finally {
         await a.close();
         await b.close();
+        await schema.drop();
+      }
+    });
+
+    it('fills the running unread totals of an existing database when it migrates', async () => {
+      const schema = await tempSchema();
+      const client = new pg.Client({ connectionString: PG_URL });
+      let store = new PostgresStore({ url: schema.url, max: 2 });
+      try {
+        const [r1, r2] = [newId(), newId()];
+        await store.putRequest(r1, '1');
+        await store.putRequest(r2, '4');
+        const a = await store.addRequestMessage(backfillMessage(r1, '2'));
+        await store.addRequestMessage(backfillMessage(r1, '2'));
+        const c = await store.addRequestMessage(backfillMessage(r2, '1'));
+        await store.addRequestMessage(backfillMessage(r2, '3'));
+        await store.addReceipts(r1, 'read', '1', [a.message._id], new Date().toISOString());
+        await store.changeRequestMessage(r2, c.message._id, '1', {
+          deletedAt: new Date().toISOString(),
+        });
+        await store.putRequest(r2, '1');
+        const totals = async (s: PostgresStore) =>
+          Promise.all(
+            ['1', '2', '3', '4'].flatMap((u) => [
+              s.unreadTotals(u, u, 10).then((x) => x.total),
+              s.unreadTotals(u, undefined, 10).then((x) => x.total),
+            ]),
+          );
+        const before = await totals(store);
+        assert.deepEqual(before, [2, 2, 0, 1, 0, 2, 0, 3]);
+        await store.close();
+        // The database as the release before the running totals left it.
+        await client.connect();
+        await client.query(`SET search_path = "${parsePostgresUrl(schema.url).schema}"`);
+        await client.query(
+          `DROP TABLE unread_messages, unread_owners, unread_users;
+           DROP FUNCTION unread_request_changed, unread_reader_changed CASCADE;
+           DELETE FROM schema_migrations WHERE version = (SELECT max(version) FROM schema_migrations)`,
+        );
+        store = new PostgresStore({ url: schema.url, max: 2 });
+        assert.deepEqual(await totals(store), before);
+      } finally {
+        await client.end();
+        await store.close();
         await schema.drop();
       }
     });
@@ -284,4 +329,15 @@ if (await requireServices('postgres')) {
       });
     });
   });
+}
+
+function backfillMessage(requestId: string, senderId: string): NewRequestMessage {
+  return {
+    _id: newId(),
+    requestId,
+    sender: { id: senderId, username: `user${senderId}`, role: 'LAB' },
+    message: 'x',
+    createdAt: new Date().toISOString(),
+    clientMessageId: null,
+  };
 }
