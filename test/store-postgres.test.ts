@@ -133,6 +133,10 @@ if (await requireServices('postgres')) {
           assert.equal((await b.requestSummary(r, user))?.unread, unreadBy(user), `user ${user}`);
         }
         assert.equal((await a.unreadTotals('1', '1', 10)).total, unreadBy('1'));
+        // The running totals, moved by both stores' connections, add up too.
+        for (const user of ['1', '2', '3']) {
+          assert.equal((await b.unreadTotals(user, undefined, 10)).total, unreadBy(user));
+        }
       } finally {
         await a.close();
         await b.close();
