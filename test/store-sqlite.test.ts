@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import type Database from 'better-sqlite3';
+import Database from 'better-sqlite3';
+import { newId } from '../src/core/ids.js';
+import type { NewRequestMessage } from '../src/core/messages.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import { tempDir } from './helpers.js';
 import { storeSuite } from './store-suite.js';
@@ -15,6 +17,61 @@ storeSuite('sqlite', async () => {
     cleanup: async () => rmSync(dir, { recursive: true, force: true }),
   };
 });
+
+test('fills the running unread totals of an existing database when it migrates', async () => {
+  const dir = tempDir('charla-backfill-');
+  const path = join(dir, 'charla.db');
+  let store = new SqliteStore(path);
+  try {
+    const [r1, r2] = [newId(), newId()];
+    await store.putRequest(r1, '1');
+    await store.putRequest(r2, '4');
+    const a = await store.addRequestMessage(backfillMessage(r1, '2'));
+    await store.addRequestMessage(backfillMessage(r1, '2'));
+    const c = await store.addRequestMessage(backfillMessage(r2, '1'));
+    await store.addRequestMessage(backfillMessage(r2, '3'));
+    await store.addReceipts(r1, 'read', '1', [a.message._id], new Date().toISOString());
+    await store.changeRequestMessage(r2, c.message._id, '1', {
+      deletedAt: new Date().toISOString(),
+    });
+    await store.putRequest(r2, '1');
+    const totals = async (s: SqliteStore) =>
+      Promise.all(
+        ['1', '2', '3', '4'].flatMap((u) => [
+          s.unreadTotals(u, u, 10).then((x) => x.total),
+          s.unreadTotals(u, undefined, 10).then((x) => x.total),
+        ]),
+      );
+    const before = await totals(store);
+    assert.deepEqual(before, [2, 2, 0, 1, 0, 2, 0, 3]);
+    await store.close();
+    // The database as the release before the running totals left it.
+    const db = new Database(path);
+    const version = db.pragma('user_version', { simple: true }) as number;
+    db.exec(`DROP TRIGGER unread_request_added; DROP TRIGGER unread_request_counted;
+      DROP TRIGGER unread_request_owner; DROP TRIGGER unread_reader_added;
+      DROP TRIGGER unread_reader_counted;
+      DROP TABLE unread_messages; DROP TABLE unread_owners; DROP TABLE unread_users;
+      PRAGMA user_version = ${version - 1};`);
+    db.close();
+    store = new SqliteStore(path);
+    assert.deepEqual(await totals(store), before);
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+function backfillMessage(requestId: string, senderId: string): NewRequestMessage {
+  return {
+    _id: newId(),
+    requestId,
+    sender: { id: senderId, username: `user${senderId}`, role: 'LAB' },
+    message: 'x',
+    createdAt: new Date().toISOString(),
+    clientMessageId: null,
+  };
+}
 
 test('history and receipt queries are served from indexes, never a table scan', async () => {
   const dir = tempDir('charla-plan-');
@@ -73,7 +130,13 @@ test('the inbox and unread counts read counters on indexes, never messages', asy
         .map((row: any) => row.detail as string);
     };
     const inbox = ['labInbox', 'teacherInbox', 'oneInbox'];
-    const unread = ['labUnreadList', 'teacherUnreadList', 'labUnreadTotal', 'teacherUnreadTotal'];
+    const unread = [
+      'labUnreadList',
+      'teacherUnreadList',
+      'labUnreadTotal',
+      'ownUnreadTotal',
+      'teacherUnreadTotal',
+    ];
     const counters = ['countMessage', 'uncountMessage', 'uncountRead', 'readersOf', 'messagesById'];
     for (const name of [...inbox, ...unread, ...counters]) {
       const plan = planOf(name);
@@ -86,6 +149,18 @@ test('the inbox and unread counts read counters on indexes, never messages', asy
       assert.ok(
         !plan.some((d) => /\brequest_messages\b/.test(d)) || name === 'messagesById',
         `${name} does not touch messages at all: ${plan.join(' | ')}`,
+      );
+    }
+    // The running totals read a few counter rows: no request's row, whatever their number.
+    for (const name of ['labUnreadTotal', 'ownUnreadTotal']) {
+      const plan = planOf(name);
+      assert.ok(
+        plan.every((d) => !/\b(requests|request_readers)\b/.test(d)),
+        `${name} reads no per-request rows: ${plan.join(' | ')}`,
+      );
+      assert.ok(
+        plan.some((d) => /\bunread_users\b.*USING PRIMARY KEY/.test(d)),
+        `${name} looks its user up by key: ${plan.join(' | ')}`,
       );
     }
     // A page of the inbox is a range of the (activity_at, id) index, not a scan of requests.

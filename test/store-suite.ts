@@ -10,7 +10,7 @@ import { newId } from '../src/core/ids.js';
 import type { NewRequestMessage, StreamMessage } from '../src/core/messages.js';
 import type { ModerationEffect, StreamBan } from '../src/core/stream-rules.js';
 import { type OutboxEntry, outboxEntry } from '../src/core/webhook-events.js';
-import type { Store } from '../src/store/store.js';
+import type { AddedRequestMessage, Store } from '../src/store/store.js';
 
 /** One isolated place to store things (a temp file, a fresh schema). */
 export interface StoreHarness {
@@ -1026,6 +1026,101 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           await s.putRequest(r1, '6');
           assert.equal((await s.unreadTotals('1', '1', 10)).total, 0);
           assert.equal((await s.unreadTotals('6', '6', 10)).total, 2);
+        }));
+
+      it('keeps the running unread totals equal to the per-request sum under random changes', () =>
+        withStore(async (s) => {
+          // A seeded generator: a failure replays the same sequence.
+          let seed = 20261202;
+          const rand = (n: number) => {
+            seed = (seed * 1103515245 + 12345) % 2147483648;
+            // The low bits of this generator cycle quickly; the high ones do not.
+            return Math.floor(seed / 65536) % n;
+          };
+          const users = ['1', '2', '3', '4', '5'];
+          const requests = Array.from({ length: 6 }, () => newId());
+          const owners = new Map<string, string>();
+          type Sent = { requestId: string; id: string; sender: string; deleted: boolean };
+          const sent: Sent[] = [];
+          const readBy = new Map<string, Set<string>>();
+          for (const r of requests.slice(0, 4)) {
+            const owner = users[rand(3)] as string;
+            await s.putRequest(r, owner);
+            owners.set(r, owner);
+          }
+          /** What each total must be, counted from what this test did. */
+          const expected = (user: string, lab: boolean) =>
+            sent.filter(
+              (m) =>
+                !m.deleted &&
+                m.sender !== user &&
+                !readBy.get(m.id)?.has(user) &&
+                owners.has(m.requestId) &&
+                (lab || owners.get(m.requestId) === user),
+            ).length;
+          /** The slow sum: every line of the user's inbox, page by page. */
+          const slowSum = async (user: string, lab: boolean) => {
+            let sum = 0;
+            let before: string | undefined;
+            for (;;) {
+              const page = await s.listRequests({
+                userId: user,
+                ...(lab ? {} : { ownerId: user }),
+                ...(before ? { before } : {}),
+                limit: 2,
+              });
+              for (const line of page.requests) sum += line.unread;
+              if (!page.hasMore) return sum;
+              before = page.requests.at(-1)?.requestId;
+            }
+          };
+          for (let step = 0; step < 160; step++) {
+            const op = rand(10);
+            const r = requests[rand(requests.length)] as string;
+            const user = users[rand(users.length)] as string;
+            if (op < 4 && owners.has(r)) {
+              const m = requestMessage(r, `m${step}`, user, rand(4) === 0 ? 'again' : null);
+              const out =
+                rand(2) === 0
+                  ? await s.addRequestMessage(m)
+                  : await s
+                      .addRequestMessages([{ message: m }])
+                      .then(([x]) => (x as PromiseFulfilledResult<AddedRequestMessage>).value);
+              if (!out.duplicate) {
+                sent.push({ requestId: r, id: m._id, sender: user, deleted: false });
+              }
+            } else if (op < 7) {
+              const mine = sent.filter((m) => m.requestId === r);
+              const ids = mine.filter(() => rand(2) === 0).map((m) => m.id);
+              await s.addReceipts(r, 'read', user, ids, iso(step));
+              for (const m of mine) {
+                if (ids.includes(m.id) && m.sender !== user && !m.deleted) {
+                  const set = readBy.get(m.id) ?? new Set<string>();
+                  set.add(user);
+                  readBy.set(m.id, set);
+                }
+              }
+            } else if (op < 8) {
+              const m = sent.filter((x) => !x.deleted)[rand(sent.length + 1)];
+              if (m) {
+                await s.changeRequestMessage(m.requestId, m.id, m.sender, { deletedAt: iso(step) });
+                m.deleted = true;
+              }
+            } else {
+              const owner = users[rand(users.length)] as string;
+              await s.putRequest(r, owner);
+              owners.set(r, owner);
+            }
+            for (const u of users) {
+              for (const lab of [true, false]) {
+                const { total } = await s.unreadTotals(u, lab ? undefined : u, 3);
+                const want = expected(u, lab);
+                assert.equal(total, want, `step ${step}, user ${u}, lab ${lab}`);
+                assert.equal(await slowSum(u, lab), want, `slow sum, step ${step}, user ${u}`);
+              }
+            }
+          }
+          assert.ok(sent.some((m) => m.deleted) && readBy.size > 0, 'the sequence did everything');
         }));
     });
 

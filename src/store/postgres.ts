@@ -180,6 +180,101 @@ const MIGRATIONS: readonly string[] = [
      reason     text
    );
    CREATE INDEX stream_moderation_log_by_stream ON stream_moderation_log (stream_key, id);`,
+  // Running unread totals, so that a user's total reads a few counters, never
+  // one row per request: per owner the messages of the requests they own;
+  // per user what they sent or read everywhere (seen) and in their own
+  // requests (seen_own); and every message of every request. A lab user's
+  // total is messages - seen, a teacher's owned messages - seen_own. The
+  // triggers move them in the transaction of the counter change they follow.
+  // Each counter is split in 16 rows picked by backend pid and summed on
+  // read, so that commits on different connections never wait on one hot row.
+  `CREATE TABLE unread_messages (
+     shard    integer PRIMARY KEY,
+     messages bigint NOT NULL DEFAULT 0
+   );
+   CREATE TABLE unread_owners (
+     owner_id text NOT NULL,
+     shard    integer NOT NULL,
+     messages bigint NOT NULL DEFAULT 0,
+     PRIMARY KEY (owner_id, shard)
+   );
+   CREATE TABLE unread_users (
+     user_id  text NOT NULL,
+     shard    integer NOT NULL,
+     seen     bigint NOT NULL DEFAULT 0,
+     seen_own bigint NOT NULL DEFAULT 0,
+     PRIMARY KEY (user_id, shard)
+   );
+   LOCK TABLE requests, request_readers IN SHARE MODE;
+   INSERT INTO unread_messages (shard, messages)
+     SELECT s, CASE WHEN s = 0 THEN (SELECT coalesce(sum(message_count), 0) FROM requests) ELSE 0 END
+     FROM generate_series(0, 15) s;
+   INSERT INTO unread_owners (owner_id, shard, messages)
+     SELECT owner_id, 0, sum(message_count) FROM requests GROUP BY owner_id;
+   INSERT INTO unread_users (user_id, shard, seen, seen_own)
+     SELECT rr.user_id, 0, sum(rr.sent + rr.read),
+       sum(CASE WHEN r.owner_id = rr.user_id THEN rr.sent + rr.read ELSE 0 END)
+     FROM request_readers rr LEFT JOIN requests r ON r.id = rr.request_id
+     GROUP BY rr.user_id;
+   CREATE FUNCTION unread_request_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+   DECLARE
+     me integer := pg_backend_pid() % 16;
+   BEGIN
+     IF new.message_count <> coalesce(old.message_count, 0) THEN
+       UPDATE unread_messages
+         SET messages = messages + new.message_count - coalesce(old.message_count, 0)
+         WHERE shard = me;
+     END IF;
+     IF TG_OP = 'UPDATE' AND new.owner_id = old.owner_id THEN
+       IF new.message_count <> old.message_count THEN
+         INSERT INTO unread_owners (owner_id, shard, messages)
+           VALUES (new.owner_id, me, new.message_count - old.message_count)
+           ON CONFLICT (owner_id, shard)
+           DO UPDATE SET messages = unread_owners.messages + excluded.messages;
+       END IF;
+       RETURN NULL;
+     END IF;
+     IF TG_OP = 'UPDATE' THEN
+       INSERT INTO unread_owners (owner_id, shard, messages)
+         VALUES (old.owner_id, me, - old.message_count)
+         ON CONFLICT (owner_id, shard)
+         DO UPDATE SET messages = unread_owners.messages + excluded.messages;
+     END IF;
+     INSERT INTO unread_owners (owner_id, shard, messages) VALUES (new.owner_id, me, new.message_count)
+       ON CONFLICT (owner_id, shard)
+       DO UPDATE SET messages = unread_owners.messages + excluded.messages;
+     -- FOR UPDATE waits for a reader's counters still being changed and then
+     -- reads them as committed: that change saw the old owner.
+     INSERT INTO unread_users (user_id, shard, seen, seen_own)
+       SELECT user_id, me, 0, CASE WHEN user_id = new.owner_id THEN n ELSE - n END
+       FROM (SELECT user_id, sent + read AS n FROM request_readers
+             WHERE request_id = new.id
+               AND (user_id = new.owner_id OR (TG_OP = 'UPDATE' AND user_id = old.owner_id))
+             ORDER BY user_id FOR UPDATE) x
+       ON CONFLICT (user_id, shard)
+       DO UPDATE SET seen_own = unread_users.seen_own + excluded.seen_own;
+     RETURN NULL;
+   END $$;
+   CREATE TRIGGER unread_request_changed AFTER INSERT OR UPDATE OF owner_id, message_count
+     ON requests FOR EACH ROW EXECUTE FUNCTION unread_request_changed();
+   CREATE FUNCTION unread_reader_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+   DECLARE
+     delta bigint := new.sent + new.read
+       - CASE WHEN TG_OP = 'UPDATE' THEN old.sent + old.read ELSE 0 END;
+     own bigint := 0;
+   BEGIN
+     IF delta = 0 THEN RETURN NULL; END IF;
+     IF EXISTS (SELECT 1 FROM requests WHERE id = new.request_id AND owner_id = new.user_id) THEN
+       own := delta;
+     END IF;
+     INSERT INTO unread_users (user_id, shard, seen, seen_own)
+       VALUES (new.user_id, pg_backend_pid() % 16, delta, own)
+       ON CONFLICT (user_id, shard) DO UPDATE SET
+         seen = unread_users.seen + excluded.seen, seen_own = unread_users.seen_own + excluded.seen_own;
+     RETURN NULL;
+   END $$;
+   CREATE TRIGGER unread_reader_changed AFTER INSERT OR UPDATE OF sent, read
+     ON request_readers FOR EACH ROW EXECUTE FUNCTION unread_reader_changed();`,
 ];
 
 /**
@@ -383,6 +478,25 @@ function added(m: NewRequestMessage, row: AddedRow): AddedRequestMessage {
   return { message, duplicate: false, activity: activityOf(m.requestId, row as Counted, message) };
 }
 
+/**
+ * A batch's first statement: it locks the running unread totals its messages
+ * will move on its connection's shard (the message total, the owners of its
+ * requests, its senders), in one order shared by every batch, before any
+ * request's row. Two connections rarely share a shard, but when they do,
+ * counters taken message by message in request order could each be held by
+ * the batch the other waits for. `$1` request ids, `$2` sender ids.
+ */
+const LOCK_UNREAD_SQL = `SELECT
+    (SELECT count(*) FROM (SELECT 1 FROM unread_messages WHERE shard = pg_backend_pid() % 16
+       FOR UPDATE) m)
+  + (SELECT count(*) FROM (SELECT 1 FROM unread_owners
+       WHERE owner_id IN (SELECT owner_id FROM requests WHERE id = ANY($1::text[]))
+         AND shard = pg_backend_pid() % 16
+       ORDER BY owner_id FOR UPDATE) o)
+  + (SELECT count(*) FROM (SELECT 1 FROM unread_users
+       WHERE user_id = ANY($2::text[]) AND shard = pg_backend_pid() % 16
+       ORDER BY user_id FOR UPDATE) u) AS locked`;
+
 /** Connections of the group-commit pool; more batches than this wait for one. */
 const WRITER_CONNECTIONS = 2;
 
@@ -416,16 +530,21 @@ export const inboxQuery = (owner: boolean, before: boolean) => {
     ORDER BY r.activity_at DESC, r.id DESC LIMIT $${n}`;
 };
 
-/** `$1` the user, `$2` the owner for a teacher's total. The lab's walks `requests`, never messages. */
+/** `$1` the user, `$2` the owner: the sum over the owner's requests, for any other pair. The lab's reads running totals. */
 export const unreadTotalQuery = (owner: boolean) =>
   owner
     ? `SELECT (SELECT coalesce(sum(message_count), 0) FROM requests WHERE owner_id = $2)
          - (SELECT coalesce(sum(rr.sent + rr.read), 0) FROM request_readers rr
             JOIN requests r ON r.id = rr.request_id
             WHERE rr.user_id = $1 AND r.owner_id = $2) AS total`
-    : `SELECT (SELECT coalesce(sum(message_count), 0) FROM requests)
-         - (SELECT coalesce(sum(sent + read), 0) FROM request_readers WHERE user_id = $1)
+    : `SELECT (SELECT coalesce(sum(messages), 0) FROM unread_messages)
+         - (SELECT coalesce(sum(seen), 0) FROM unread_users WHERE user_id = $1)
          AS total`;
+
+/** `$1` a teacher asking about their own requests: running totals only. */
+export const ownUnreadTotalQuery = `SELECT
+    (SELECT coalesce(sum(messages), 0) FROM unread_owners WHERE owner_id = $1)
+    - (SELECT coalesce(sum(seen_own), 0) FROM unread_users WHERE user_id = $1) AS total`;
 
 export const unreadListQuery = (owner: boolean) => `SELECT id, unread FROM (
     SELECT r.id, r.activity_at, r.message_count - coalesce(rr.sent, 0) - coalesce(rr.read, 0) AS unread
@@ -846,6 +965,10 @@ export class PostgresStore implements Store {
         break;
       }
       const { failed, error } = outcome;
+      if (outcome.retry && RETRYABLE.has((error as { code?: string }).code ?? '') && retries < 3) {
+        retries++;
+        continue;
+      }
       if (failed === undefined) {
         // BEGIN or COMMIT failed (e.g. the connection was lost): nothing was committed.
         for (const { i } of pending) results[i] = { status: 'rejected', reason: error };
@@ -872,12 +995,20 @@ export class PostgresStore implements Store {
     writes: readonly RequestMessageWrite[],
   ): Promise<
     | { committed: true; rows: Array<AddedRow | undefined> }
-    | { committed: false; failed: number | undefined; error: unknown }
+    | { committed: false; failed: number | undefined; error: unknown; retry?: boolean }
   > {
     const client = await this.writer.connect();
     let broken: Error | undefined;
     try {
       const begin = client.query('BEGIN');
+      const locked = client.query({
+        name: 'charla_lock_unread',
+        text: LOCK_UNREAD_SQL,
+        values: [
+          [...new Set(writes.map((w) => w.message.requestId))],
+          [...new Set(writes.map((w) => w.message.sender.id))],
+        ],
+      });
       const statements = writes.map((w) => {
         const outbox = w.outbox ?? [];
         const withOutbox = outbox.length > 0;
@@ -888,7 +1019,12 @@ export class PostgresStore implements Store {
         });
       });
       const commit = client.query('COMMIT');
-      const [b, c, ...s] = await Promise.allSettled([begin, commit, ...statements]);
+      const [b, c, l, ...s] = await Promise.allSettled([begin, commit, locked, ...statements]);
+      // Waiting for the counters can end in a deadlock with a single-statement
+      // writer: worth another try, like a failure of the batch as a whole.
+      if (b?.status === 'fulfilled' && l?.status === 'rejected') {
+        return { committed: false, failed: undefined, error: l.reason, retry: true };
+      }
       // BEGIN or COMMIT itself failing is the connection's problem, not a message's.
       if (b?.status === 'rejected' || c?.status === 'rejected') {
         const error = b?.status === 'rejected' ? b.reason : (c as PromiseRejectedResult).reason;
@@ -1043,9 +1179,11 @@ export class PostgresStore implements Store {
     limit: number,
   ): Promise<UnreadTotals> {
     const owner = ownerId !== undefined;
+    // Running totals serve a lab user and a teacher asking about their own
+    // requests; any other pair is summed over the owner's requests.
     const [totals] = await this.query<{ total: string }>(
-      unreadTotalQuery(owner),
-      owner ? [userId, ownerId] : [userId],
+      ownerId === userId ? ownUnreadTotalQuery : unreadTotalQuery(owner),
+      ownerId === userId ? [userId] : owner ? [userId, ownerId] : [userId],
     );
     const rows = await this.query<{ id: string; unread: number }>(
       unreadListQuery(owner),

@@ -177,6 +177,83 @@ const MIGRATIONS: readonly string[] = [
      reason     TEXT
    );
    CREATE INDEX stream_moderation_log_by_stream ON stream_moderation_log (stream_key, id);`,
+  // Running unread totals, so that a user's total reads a few counters, never
+  // one row per request: per owner the messages of the requests they own;
+  // per user what they sent or read everywhere (seen) and in their own
+  // requests (seen_own); and every message of every request. A lab user's
+  // total is messages - seen, a teacher's owned messages - seen_own. The
+  // triggers move them in the transaction of the counter change they follow.
+  `CREATE TABLE unread_messages (
+     shard    INTEGER PRIMARY KEY,
+     messages INTEGER NOT NULL DEFAULT 0
+   );
+   CREATE TABLE unread_owners (
+     owner_id TEXT PRIMARY KEY,
+     messages INTEGER NOT NULL DEFAULT 0
+   ) WITHOUT ROWID;
+   CREATE TABLE unread_users (
+     user_id  TEXT PRIMARY KEY,
+     seen     INTEGER NOT NULL DEFAULT 0,
+     seen_own INTEGER NOT NULL DEFAULT 0
+   ) WITHOUT ROWID;
+   INSERT INTO unread_messages (shard, messages)
+     SELECT 0, coalesce(sum(message_count), 0) FROM requests;
+   INSERT INTO unread_owners (owner_id, messages)
+     SELECT owner_id, sum(message_count) FROM requests WHERE true GROUP BY owner_id;
+   INSERT INTO unread_users (user_id, seen, seen_own)
+     SELECT rr.user_id, sum(rr.sent + rr.read),
+       sum(CASE WHEN r.owner_id = rr.user_id THEN rr.sent + rr.read ELSE 0 END)
+     FROM request_readers rr LEFT JOIN requests r ON r.id = rr.request_id
+     WHERE true GROUP BY rr.user_id;
+   CREATE TRIGGER unread_request_added AFTER INSERT ON requests BEGIN
+     UPDATE unread_messages SET messages = messages + new.message_count WHERE shard = 0;
+     INSERT INTO unread_owners (owner_id, messages) VALUES (new.owner_id, new.message_count)
+       ON CONFLICT (owner_id) DO UPDATE SET messages = messages + excluded.messages;
+     INSERT INTO unread_users (user_id, seen, seen_own)
+       SELECT user_id, 0, sent + read FROM request_readers
+       WHERE request_id = new.id AND user_id = new.owner_id
+       ON CONFLICT (user_id) DO UPDATE SET seen_own = seen_own + excluded.seen_own;
+   END;
+   CREATE TRIGGER unread_request_counted AFTER UPDATE OF message_count ON requests
+   WHEN new.message_count <> old.message_count AND new.owner_id = old.owner_id BEGIN
+     UPDATE unread_messages SET messages = messages + new.message_count - old.message_count
+       WHERE shard = 0;
+     UPDATE unread_owners SET messages = messages + new.message_count - old.message_count
+       WHERE owner_id = new.owner_id;
+   END;
+   CREATE TRIGGER unread_request_owner AFTER UPDATE OF owner_id, message_count ON requests
+   WHEN new.owner_id <> old.owner_id BEGIN
+     UPDATE unread_messages SET messages = messages + new.message_count - old.message_count
+       WHERE shard = 0;
+     UPDATE unread_owners SET messages = messages - old.message_count
+       WHERE owner_id = old.owner_id;
+     INSERT INTO unread_owners (owner_id, messages) VALUES (new.owner_id, new.message_count)
+       ON CONFLICT (owner_id) DO UPDATE SET messages = messages + excluded.messages;
+     UPDATE unread_users SET seen_own = seen_own -
+       (SELECT sent + read FROM request_readers WHERE request_id = old.id AND user_id = old.owner_id)
+       WHERE user_id = old.owner_id
+         AND EXISTS (SELECT 1 FROM request_readers WHERE request_id = old.id AND user_id = old.owner_id);
+     INSERT INTO unread_users (user_id, seen, seen_own)
+       SELECT user_id, 0, sent + read FROM request_readers
+       WHERE request_id = new.id AND user_id = new.owner_id
+       ON CONFLICT (user_id) DO UPDATE SET seen_own = seen_own + excluded.seen_own;
+   END;
+   CREATE TRIGGER unread_reader_added AFTER INSERT ON request_readers BEGIN
+     INSERT INTO unread_users (user_id, seen, seen_own)
+       VALUES (new.user_id, new.sent + new.read,
+         CASE WHEN (SELECT owner_id FROM requests WHERE id = new.request_id) = new.user_id
+           THEN new.sent + new.read ELSE 0 END)
+       ON CONFLICT (user_id) DO UPDATE SET
+         seen = seen + excluded.seen, seen_own = seen_own + excluded.seen_own;
+   END;
+   CREATE TRIGGER unread_reader_counted AFTER UPDATE OF sent, read ON request_readers BEGIN
+     UPDATE unread_users SET
+       seen = seen + (new.sent + new.read) - (old.sent + old.read),
+       seen_own = seen_own + CASE
+         WHEN (SELECT owner_id FROM requests WHERE id = new.request_id) = new.user_id
+         THEN (new.sent + new.read) - (old.sent + old.read) ELSE 0 END
+     WHERE user_id = new.user_id;
+   END;`,
 ];
 
 /** Above every ISO-8601 time: the inbox's first page starts below it. */
@@ -541,8 +618,13 @@ export class SqliteStore implements Store {
          ORDER BY r.activity_at DESC, r.id DESC LIMIT @limit`,
       ),
       labUnreadTotal: db.prepare<{ userId: string }, { total: number }>(
-        `SELECT (SELECT coalesce(sum(message_count), 0) FROM requests)
-           - (SELECT coalesce(sum(sent + read), 0) FROM request_readers WHERE user_id = @userId)
+        `SELECT (SELECT coalesce(sum(messages), 0) FROM unread_messages)
+           - (SELECT coalesce(sum(seen), 0) FROM unread_users WHERE user_id = @userId)
+           AS total`,
+      ),
+      ownUnreadTotal: db.prepare<{ userId: string }, { total: number }>(
+        `SELECT (SELECT coalesce(sum(messages), 0) FROM unread_owners WHERE owner_id = @userId)
+           - (SELECT coalesce(sum(seen_own), 0) FROM unread_users WHERE user_id = @userId)
            AS total`,
       ),
       teacherUnreadTotal: db.prepare<{ userId: string; ownerId: string }, { total: number }>(
@@ -941,9 +1023,13 @@ export class SqliteStore implements Store {
     limit: number,
   ): Promise<UnreadTotals> {
     const lab = ownerId === undefined;
+    // Running totals serve a lab user and a teacher asking about their own
+    // requests; any other pair is summed over the owner's requests.
     const total = lab
       ? this.q.labUnreadTotal.get({ userId })
-      : this.q.teacherUnreadTotal.get({ userId, ownerId });
+      : ownerId === userId
+        ? this.q.ownUnreadTotal.get({ userId })
+        : this.q.teacherUnreadTotal.get({ userId, ownerId });
     const rows = lab
       ? this.q.labUnreadList.all({ userId, limit })
       : this.q.teacherUnreadList.all({ userId, ownerId, limit });

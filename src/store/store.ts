@@ -13,7 +13,8 @@
  * - Unread counts: per request, the messages by others that a user has not
  *   read are `messageCount - sent - read`, three counters kept in the same
  *   transaction as the message, the receipt or the deletion that changes them.
- *   Deleted messages count for nobody.
+ *   Deleted messages count for nobody. A user's unread total is kept running
+ *   (per owner and per user) in the same transaction, owner changes included.
  */
 import type {
   InboxQuery,
@@ -192,8 +193,9 @@ export interface Store {
   /**
    * `userId`'s unread total over the requests they may act in (theirs with
    * `ownerId`, every request without), and the first `limit` requests with
-   * unread messages. Reads counters only: its cost grows with requests, not
-   * messages.
+   * unread messages. The total reads running totals kept with the counters
+   * (its cost grows with neither requests nor messages); the list walks
+   * requests, newest first, until it has `limit`.
    */
   unreadTotals(userId: string, ownerId: string | undefined, limit: number): Promise<UnreadTotals>;
   // Live classroom (protocol section 7).
