@@ -1229,6 +1229,24 @@ export class PostgresStore implements Store {
        )
        SELECT e.id FROM eligible e JOIN fresh f ON f.message_id = e.id ORDER BY e.seq`;
     const values = [requestId, userId, messageIds, kind, at];
+    // A receipt can meet a group commit's counter locks in the other order
+    // (the same user's message and read at the same moment): PostgreSQL then
+    // fails one side, which rolled back whole and is tried again.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.storeReceipts(text, values, outbox);
+      } catch (err) {
+        const code = (err as { code?: string }).code ?? '';
+        if (!RETRYABLE.has(code) || attempt >= 3) throw err;
+      }
+    }
+  }
+
+  private async storeReceipts(
+    text: string,
+    values: unknown[],
+    outbox: ((fresh: string[]) => OutboxEntry) | undefined,
+  ): Promise<string[]> {
     if (!outbox) return (await this.query<{ id: string }>(text, values)).map((r) => r.id);
     // The event's data names the fresh ids, known only after the insert: a
     // transaction of two statements.
