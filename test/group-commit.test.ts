@@ -9,7 +9,11 @@ import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import type { ChatError } from '../src/core/errors.js';
+import { GroupCommit } from '../src/core/group-commit.js';
 import { newId } from '../src/core/ids.js';
+import { Metrics } from '../src/observability/metrics.js';
+import { SqliteStore } from '../src/store/sqlite.js';
 import {
   API_KEY,
   api,
@@ -252,4 +256,44 @@ describe('durability of group commits', () => {
       }
     });
   }
+});
+
+describe('group commit queue bound', () => {
+  test('refuses messages beyond maxQueued with rate_limited, stores the rest, and carries on', async () => {
+    const dir = tempDir();
+    const store = new SqliteStore(join(dir, 'bound.db'));
+    try {
+      const requestId = newId();
+      await store.putRequest(requestId, '1');
+      const commit = new GroupCommit({ store, metrics: new Metrics(), maxBatch: 4, maxQueued: 10 });
+      const write = (i: number) => ({
+        message: {
+          _id: newId(),
+          requestId,
+          sender: { id: '2', username: 'lab', role: 'LAB' },
+          message: `m${i}`,
+          createdAt: new Date().toISOString(),
+          clientMessageId: null,
+        },
+      });
+      // All in one turn: the first batch starts only after it.
+      const results = await Promise.allSettled(
+        Array.from({ length: 25 }, (_, i) => commit.add(write(i))),
+      );
+      const stored = results.filter((r) => r.status === 'fulfilled').length;
+      const refused = results.filter(
+        (r) => r.status === 'rejected' && (r.reason as ChatError).code === 'rate_limited',
+      );
+      assert.equal(stored, 10);
+      assert.equal(refused.length, 15);
+      assert.ok(((refused[0] as PromiseRejectedResult).reason as ChatError).retryAfterMs);
+      assert.equal((await store.requestHistory(requestId, { limit: 100 })).messages.length, 10);
+      // Once the queue drains, messages are taken again.
+      await commit.add(write(99));
+      assert.equal((await store.requestHistory(requestId, { limit: 100 })).messages.length, 11);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });

@@ -12,6 +12,7 @@
  */
 import type { Metrics } from '../observability/metrics.js';
 import type { AddedRequestMessage, RequestMessageWrite, Store } from '../store/store.js';
+import { ChatError } from './errors.js';
 
 interface Waiting {
   write: RequestMessageWrite;
@@ -26,20 +27,38 @@ export interface GroupCommitOptions {
   maxBatch: number;
   /** Batches committing at once. */
   concurrency?: number;
+  /**
+   * Messages waiting for a batch, beyond which new ones are refused with
+   * `rate_limited` (the store is slower than the clients): 16 batches' worth
+   * unless set.
+   */
+  maxQueued?: number;
 }
+
+/** How long a client refused for a full queue is told to wait. */
+const BUSY_RETRY_MS = 1_000;
 
 export class GroupCommit {
   private queue: Waiting[] = [];
   private scheduled = false;
   private committing = 0;
   private readonly concurrency: number;
+  private readonly maxQueued: number;
 
   constructor(private readonly options: GroupCommitOptions) {
     this.concurrency = options.concurrency ?? 2;
+    this.maxQueued = options.maxQueued ?? 16 * options.maxBatch;
   }
 
   /** Stores the message with the next batch; resolves once it is durable. */
   add(write: RequestMessageWrite): Promise<AddedRequestMessage> {
+    if (this.queue.length >= this.maxQueued) {
+      return Promise.reject(
+        new ChatError('rate_limited', 'The server is busy storing messages; try again.', {
+          retryAfterMs: BUSY_RETRY_MS,
+        }),
+      );
+    }
     return new Promise((resolve, reject) => {
       this.queue.push({ write, resolve, reject });
       this.schedule();
