@@ -3,7 +3,6 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import pg from 'pg';
 import { newId } from '../src/core/ids.js';
-import type { NewRequestMessage } from '../src/core/messages.js';
 import { outboxEntry } from '../src/core/webhook-events.js';
 import {
   INBOX_SELECT,
@@ -15,7 +14,7 @@ import {
   unreadTotalQuery,
 } from '../src/store/postgres.js';
 import { PG_URL, requireServices, tempSchema } from './services.js';
-import { storeSuite } from './store-suite.js';
+import { seedUnreadHistory, storeSuite, unreadTotalsOf } from './store-suite.js';
 import { TcpProxy } from './tcp-proxy.js';
 
 if (await requireServices('postgres')) {
@@ -149,25 +148,8 @@ if (await requireServices('postgres')) {
       const client = new pg.Client({ connectionString: PG_URL });
       let store = new PostgresStore({ url: schema.url, max: 2 });
       try {
-        const [r1, r2] = [newId(), newId()];
-        await store.putRequest(r1, '1');
-        await store.putRequest(r2, '4');
-        const a = await store.addRequestMessage(backfillMessage(r1, '2'));
-        await store.addRequestMessage(backfillMessage(r1, '2'));
-        const c = await store.addRequestMessage(backfillMessage(r2, '1'));
-        await store.addRequestMessage(backfillMessage(r2, '3'));
-        await store.addReceipts(r1, 'read', '1', [a.message._id], new Date().toISOString());
-        await store.changeRequestMessage(r2, c.message._id, '1', {
-          deletedAt: new Date().toISOString(),
-        });
-        await store.putRequest(r2, '1');
-        const totals = async (s: PostgresStore) =>
-          Promise.all(
-            ['1', '2', '3', '4'].flatMap((u) => [
-              s.unreadTotals(u, u, 10).then((x) => x.total),
-              s.unreadTotals(u, undefined, 10).then((x) => x.total),
-            ]),
-          );
+        await seedUnreadHistory(store);
+        const totals = unreadTotalsOf;
         const before = await totals(store);
         assert.deepEqual(before, [2, 2, 0, 1, 0, 2, 0, 3]);
         await store.close();
@@ -333,15 +315,4 @@ if (await requireServices('postgres')) {
       });
     });
   });
-}
-
-function backfillMessage(requestId: string, senderId: string): NewRequestMessage {
-  return {
-    _id: newId(),
-    requestId,
-    sender: { id: senderId, username: `user${senderId}`, role: 'LAB' },
-    message: 'x',
-    createdAt: new Date().toISOString(),
-    clientMessageId: null,
-  };
 }

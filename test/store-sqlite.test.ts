@@ -4,11 +4,9 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import Database from 'better-sqlite3';
-import { newId } from '../src/core/ids.js';
-import type { NewRequestMessage } from '../src/core/messages.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import { tempDir } from './helpers.js';
-import { storeSuite } from './store-suite.js';
+import { seedUnreadHistory, storeSuite, unreadTotalsOf } from './store-suite.js';
 
 storeSuite('sqlite', async () => {
   const dir = tempDir('charla-store-');
@@ -23,25 +21,8 @@ test('fills the running unread totals of an existing database when it migrates',
   const path = join(dir, 'charla.db');
   let store = new SqliteStore(path);
   try {
-    const [r1, r2] = [newId(), newId()];
-    await store.putRequest(r1, '1');
-    await store.putRequest(r2, '4');
-    const a = await store.addRequestMessage(backfillMessage(r1, '2'));
-    await store.addRequestMessage(backfillMessage(r1, '2'));
-    const c = await store.addRequestMessage(backfillMessage(r2, '1'));
-    await store.addRequestMessage(backfillMessage(r2, '3'));
-    await store.addReceipts(r1, 'read', '1', [a.message._id], new Date().toISOString());
-    await store.changeRequestMessage(r2, c.message._id, '1', {
-      deletedAt: new Date().toISOString(),
-    });
-    await store.putRequest(r2, '1');
-    const totals = async (s: SqliteStore) =>
-      Promise.all(
-        ['1', '2', '3', '4'].flatMap((u) => [
-          s.unreadTotals(u, u, 10).then((x) => x.total),
-          s.unreadTotals(u, undefined, 10).then((x) => x.total),
-        ]),
-      );
+    await seedUnreadHistory(store);
+    const totals = unreadTotalsOf;
     const before = await totals(store);
     assert.deepEqual(before, [2, 2, 0, 1, 0, 2, 0, 3]);
     await store.close();
@@ -61,17 +42,6 @@ test('fills the running unread totals of an existing database when it migrates',
     rmSync(dir, { recursive: true, force: true });
   }
 });
-
-function backfillMessage(requestId: string, senderId: string): NewRequestMessage {
-  return {
-    _id: newId(),
-    requestId,
-    sender: { id: senderId, username: `user${senderId}`, role: 'LAB' },
-    message: 'x',
-    createdAt: new Date().toISOString(),
-    clientMessageId: null,
-  };
-}
 
 test('history and receipt queries are served from indexes, never a table scan', async () => {
   const dir = tempDir('charla-plan-');

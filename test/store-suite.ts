@@ -1364,3 +1364,38 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
     });
   });
 }
+
+/**
+ * A small history that moves every running unread total: messages both ways,
+ * a read, a deletion and an owner change. For the migration tests, which
+ * check the totals a migration fills against those kept as it happened.
+ */
+export async function seedUnreadHistory(store: Store): Promise<void> {
+  const message = (requestId: string, senderId: string): NewRequestMessage => ({
+    _id: newId(),
+    requestId,
+    sender: { id: senderId, username: `user${senderId}`, role: 'LAB' },
+    message: 'x',
+    createdAt: new Date().toISOString(),
+    clientMessageId: null,
+  });
+  const [r1, r2] = [newId(), newId()];
+  await store.putRequest(r1, '1');
+  await store.putRequest(r2, '4');
+  const a = await store.addRequestMessage(message(r1, '2'));
+  await store.addRequestMessage(message(r1, '2'));
+  const c = await store.addRequestMessage(message(r2, '1'));
+  await store.addRequestMessage(message(r2, '3'));
+  await store.addReceipts(r1, 'read', '1', [a.message._id], new Date().toISOString());
+  await store.changeRequestMessage(r2, c.message._id, '1', { deletedAt: new Date().toISOString() });
+  await store.putRequest(r2, '1');
+}
+
+/** Users 1–4's unread totals, as owners and as LAB, in that order. */
+export const unreadTotalsOf = (s: Store) =>
+  Promise.all(
+    ['1', '2', '3', '4'].flatMap((u) => [
+      s.unreadTotals(u, u, 10).then((x) => x.total),
+      s.unreadTotals(u, undefined, 10).then((x) => x.total),
+    ]),
+  );
