@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import {
   api,
-  type Frame,
+  postInOrder,
   StreamClient,
   sleep,
   startServer,
@@ -50,22 +50,6 @@ async function join(
   return { c, history };
 }
 
-/** Sends chats one by one, each once the sender has seen it. */
-async function post(c: StreamClient, texts: string[]): Promise<Frame[]> {
-  const out: Frame[] = [];
-  for (const t of texts) {
-    c.chat(t);
-    for (;;) {
-      const f = await c.next('chat');
-      if (f.data.message === t) {
-        out.push(f);
-        break;
-      }
-    }
-  }
-  return out;
-}
-
 const texts = (messages: Array<{ message: string }>) => messages.map((m) => m.message);
 const numbered = (prefix: string, n: number) =>
   Array.from({ length: n }, (_, i) => `${prefix}${i}`);
@@ -91,7 +75,7 @@ describe('history on join, from memory', () => {
   it('joins of a watched stream read nothing from the store', async () => {
     const key = await newStream(s);
     const { c: teacher } = await join(s, key, { userId: OWNER });
-    await post(teacher, numbered('m', 8));
+    await postInOrder(teacher, numbered('m', 8));
     await s.app.streams.flush();
     const cached = await historyCount(s, 'cache');
     calls.reset();
@@ -105,7 +89,7 @@ describe('history on join, from memory', () => {
     assert.deepEqual(calls.names.slice(), [], 'no store call while joining');
     assert.equal(await historyCount(s, 'cache'), cached + 6);
     // Live chats follow the history, once each.
-    await post(teacher, ['after']);
+    await postInOrder(teacher, ['after']);
     for (const c of viewers) {
       assert.equal((await c.next('chat')).data.message, 'after');
       assert.deepEqual(c.rest(), []);
@@ -117,7 +101,7 @@ describe('history on join, from memory', () => {
   it('a deleted chat is gone from the next join, by frame or through the API', async () => {
     const key = await newStream(s);
     const { c: teacher } = await join(s, key, { userId: OWNER });
-    const sent = await post(teacher, numbered('d', 7));
+    const sent = await postInOrder(teacher, numbered('d', 7));
     teacher.send({ type: 'delete', data: { id: sent[6]?.data.id } });
     await teacher.next('delete');
     assert.equal(
@@ -137,7 +121,7 @@ describe('history on join, from memory', () => {
     const key = await newStream(s);
     const { c: teacher } = await join(s, key, { userId: OWNER });
     // Memory holds HISTORY_MAX_PAGE (20): r5 … r24.
-    const sent = await post(teacher, numbered('r', 25));
+    const sent = await postInOrder(teacher, numbered('r', 25));
     const id = (i: number) => sent[i]?.data.id as string;
     await s.app.streams.flush();
 
@@ -159,7 +143,7 @@ describe('history on join, from memory', () => {
     assert.deepEqual(texts(oldest.history.messages), numbered('r', 25).slice(5));
     assert.equal(oldest.history.gap, true);
 
-    await post(teacher, ['live']);
+    await postInOrder(teacher, ['live']);
     for (const j of [within, newest, older, oldest]) {
       assert.equal((await j.c.next('chat')).data.message, 'live');
       assert.deepEqual(j.c.rest(), []);
@@ -171,7 +155,7 @@ describe('history on join, from memory', () => {
   it('a stream nobody watches here is forgotten: the next join reads the store', async () => {
     const key = await newStream(s);
     const { c: teacher } = await join(s, key, { userId: OWNER });
-    await post(teacher, ['kept']);
+    await postInOrder(teacher, ['kept']);
     teacher.close();
     await until(() => s.app.streams.viewersOf(key) === 0, 'the viewer to leave');
     calls.reset();
@@ -234,7 +218,7 @@ describe('history memory bounds', () => {
     const watchers = [];
     for (const key of [a, b, c]) {
       const { c: w } = await join(s, key, { userId: OWNER });
-      await post(w, [`in ${key}`]);
+      await postInOrder(w, [`in ${key}`]);
       watchers.push(w);
     }
     await s.app.streams.flush();

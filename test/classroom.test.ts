@@ -9,6 +9,7 @@ import { newId } from '../src/core/ids.js';
 import {
   api,
   type Frame,
+  postInOrder,
   StreamClient,
   sleep,
   startServer,
@@ -82,22 +83,6 @@ const stored = async (key: string) => {
   }
 };
 
-/** Sends chats one by one, each once the sender has seen it: they are in the stream's order. */
-async function post(c: StreamClient, texts: string[]): Promise<Frame[]> {
-  const out: Frame[] = [];
-  for (const t of texts) {
-    c.chat(t);
-    for (;;) {
-      const f = await c.next('chat');
-      if (f.data.message === t) {
-        out.push(f);
-        break;
-      }
-    }
-  }
-  return out;
-}
-
 /** The next `stream` frame whose data passes `test` (viewer counts re-send it too). */
 async function nextStream(c: StreamClient, test: (data: any) => boolean): Promise<any> {
   for (;;) {
@@ -112,7 +97,7 @@ describe('joining', () => {
   it('sends stream then history right after auth, to anonymous viewers too', async () => {
     const key = await newStream('Geometry');
     const { c: teacher } = await join(key, OWNER);
-    await post(teacher, ['one', 'two', 'three']);
+    await postInOrder(teacher, ['one', 'two', 'three']);
     const { c, stream, history } = await join(key);
     assert.deepEqual(stream.data, {
       key,
@@ -142,7 +127,7 @@ describe('joining', () => {
   it('holds the newest STREAM_HISTORY_ON_JOIN chats that are not deleted, oldest first', async () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);
-    const sent = await post(
+    const sent = await postInOrder(
       teacher,
       Array.from({ length: 55 }, (_, i) => `m${i}`),
     );
@@ -190,13 +175,13 @@ describe('resume with since', () => {
   it('after a reset, gets exactly the 30 missed chats in order, then live ones', async () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);
-    await post(teacher, ['before']);
+    await postInOrder(teacher, ['before']);
     const { c: student, history } = await join(key, '5');
     const seen = { data: history.data.messages.at(-1) };
     assert.equal(seen.data.message, 'before');
     student.ws.terminate();
     await student.closed;
-    const missed = await post(
+    const missed = await postInOrder(
       teacher,
       Array.from({ length: 30 }, (_, i) => `missed ${i}`),
     );
@@ -206,7 +191,7 @@ describe('resume with since', () => {
       back.history.data.messages.map((m: any) => m.id),
       missed.map((f) => f.data.id),
     );
-    await post(teacher, ['live after']);
+    await postInOrder(teacher, ['live after']);
     const live = await back.c.next('chat');
     assert.equal(live.data.message, 'live after');
     assert.deepEqual(back.c.rest(), []);
@@ -217,7 +202,7 @@ describe('resume with since', () => {
   it('with 600 missed, gets the newest HISTORY_MAX_PAGE and gap: true', async () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);
-    const [first] = await post(teacher, ['seen']);
+    const [first] = await postInOrder(teacher, ['seen']);
     for (let i = 0; i < 600; i++) teacher.chat(`missed ${i}`);
     await teacher.collect('chat', 601, 20_000);
     const back = await join(key, '5', { query: `?since=${first?.data.id}` });
@@ -232,7 +217,7 @@ describe('resume with since', () => {
   it('an id the stream never had gives the usual history with gap: true', async () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);
-    await post(teacher, ['a', 'b']);
+    await postInOrder(teacher, ['a', 'b']);
     for (const since of [newId(), 'not-an-id']) {
       const back = await join(key, '5', { query: `?since=${since}` });
       assert.equal(back.history.data.gap, true);
@@ -245,7 +230,7 @@ describe('resume with since', () => {
   it('under concurrent posting, no chat is both in history and live, none is missed', async () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);
-    const [first] = await post(teacher, ['start']);
+    const [first] = await postInOrder(teacher, ['start']);
     let posting = true;
     let n = 0;
     const poster = (async () => {
@@ -294,10 +279,10 @@ describe('badges', () => {
     const mod = await join(key, MOD);
     const staff = await join(key, '900', { roles: ['moderator'] });
     const plain = await join(key, '5');
-    await post(owner.c, ['from owner']);
-    await post(mod.c, ['from mod']);
-    await post(staff.c, ['from staff']);
-    await post(plain.c, ['from student']);
+    await postInOrder(owner.c, ['from owner']);
+    await postInOrder(mod.c, ['from mod']);
+    await postInOrder(staff.c, ['from staff']);
+    await postInOrder(plain.c, ['from student']);
     const chats = await viewer.collect('chat', 4);
     assert.deepEqual(
       chats.map((f) => [f.data.message, f.data.badges]),
@@ -316,7 +301,7 @@ describe('moderator frames', () => {
   it('refuses every moderator frame from anyone else with forbidden, changing nothing', async () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);
-    const [chat] = await post(teacher, ['keep me']);
+    const [chat] = await postInOrder(teacher, ['keep me']);
     const anon = (await join(key)).c;
     const student = (await join(key, '5')).c;
     const frames = [
@@ -371,8 +356,8 @@ describe('moderator frames', () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);
     const { c: student } = await join(key, '5');
-    const [bad] = await post(student, ['offensive']);
-    await post(student, ['fine']);
+    const [bad] = await postInOrder(student, ['offensive']);
+    await postInOrder(student, ['fine']);
     await teacher.collect('chat', 2);
     const mod = await join(key, MOD);
     mod.c.send({ type: 'delete', data: { id: bad?.data.id } });
@@ -408,10 +393,10 @@ describe('moderator frames', () => {
     const err = await student.next('error');
     assert.equal(err.data.error_code, 'timed_out');
     assert.ok(err.data.retry_after_ms > 1000 && err.data.retry_after_ms <= 2000);
-    await post(teacher, ['still reading?']);
+    await postInOrder(teacher, ['still reading?']);
     assert.equal((await student.next('chat')).data.message, 'still reading?');
     await sleep(err.data.retry_after_ms + 50);
-    await post(student, ['back']);
+    await postInOrder(student, ['back']);
     assert.equal((await stored(key)).filter((m) => m.message === 'let me talk').length, 0);
     teacher.close();
     student.close();
@@ -432,7 +417,7 @@ describe('moderator frames', () => {
     const err = await student.next('error');
     assert.deepEqual(Object.keys(err.data).sort(), ['error_code', 'message']);
     assert.equal(err.data.error_code, 'banned');
-    await post(teacher, ['barrier']);
+    await postInOrder(teacher, ['barrier']);
     assert.deepEqual(
       texts((await mod.c.collect('chat', 1)).map((f) => f.data)),
       ['barrier'],
@@ -452,7 +437,7 @@ describe('moderator frames', () => {
       userId: '5',
       by: MOD,
     });
-    await post(student, ['sorry']);
+    await postInOrder(student, ['sorry']);
     assert.deepEqual(
       (await stored(key)).map((m) => m.message),
       ['barrier', 'sorry'],
@@ -467,12 +452,12 @@ describe('moderator frames', () => {
     const { c: member } = await join(key, '6');
     teacher.send({ type: 'settings', data: { slowModeSeconds: 2 } });
     await nextStream(student, (d) => d.slowModeSeconds === 2);
-    await post(student, ['first']);
+    await postInOrder(student, ['first']);
     student.chat('too soon');
     const slow = await student.next('error');
     assert.equal(slow.data.error_code, 'slow_mode');
     assert.ok(slow.data.retry_after_ms > 0 && slow.data.retry_after_ms <= 2000);
-    await post(teacher, ['teacher 1', 'teacher 2']);
+    await postInOrder(teacher, ['teacher 1', 'teacher 2']);
 
     teacher.send({ type: 'settings', data: { slowModeSeconds: 0, membersOnly: true } });
     const membersOnly = await nextStream(student, (d) => d.membersOnly);
@@ -483,17 +468,17 @@ describe('moderator frames', () => {
     );
     student.chat('not a member');
     assert.equal((await student.next('error')).data.error_code, 'members_only');
-    await post(member, ['member here']);
-    await post(teacher, ['teacher 3']);
+    await postInOrder(member, ['member here']);
+    await postInOrder(teacher, ['teacher 3']);
 
     teacher.send({ type: 'settings', data: { paused: true } });
     await nextStream(member, (d) => d.paused);
     member.chat('paused?');
     assert.equal((await member.next('error')).data.error_code, 'chat_paused');
-    await post(teacher, ['teacher 4']);
+    await postInOrder(teacher, ['teacher 4']);
     teacher.send({ type: 'settings', data: { paused: false, membersOnly: false } });
     await nextStream(student, (d) => !d.paused && !d.membersOnly);
-    await post(student, ['open again']);
+    await postInOrder(student, ['open again']);
     assert.deepEqual(
       (await stored(key)).map((m) => m.message),
       ['first', 'teacher 1', 'teacher 2', 'member here', 'teacher 3', 'teacher 4', 'open again'],
@@ -505,7 +490,7 @@ describe('moderator frames', () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);
     const { c: student } = await join(key, '5');
-    const [chat] = await post(teacher, ['read chapter 3']);
+    const [chat] = await postInOrder(teacher, ['read chapter 3']);
     teacher.send({ type: 'pin', data: { id: chat?.data.id } });
     await nextStream(student, (d) => d.pinned?.id === chat?.data.id);
     const { c: late, stream } = await join(key);
@@ -616,7 +601,7 @@ describe('server API', () => {
     assert.equal(put.status, 200);
     assert.deepEqual(put.body.userIds, ['5', '6']);
     const { c: five } = await join(key, '5');
-    await post(five, ['member 5']);
+    await postInOrder(five, ['member 5']);
     assert.equal(
       (await api(s.url, 'PUT', `/api/streams/${key}/members`, { userIds: ['6'] })).status,
       200,
@@ -627,7 +612,7 @@ describe('server API', () => {
       assert.equal((await api(s.url, 'PUT', `/api/streams/${key}/members`, body)).status, 422);
     }
     const { c: six } = await join(key, '6');
-    await post(six, ['member 6']);
+    await postInOrder(six, ['member 6']);
     assert.equal(
       (await api(s.url, 'PUT', '/api/streams/nope/members', { userIds: [] })).status,
       404,
@@ -655,7 +640,7 @@ describe('server API', () => {
     const err = (await staff.c.next('error')).data;
     assert.equal(err.error_code, 'timed_out');
     assert.ok(err.retry_after_ms > 50_000);
-    await post(teacher, ['barrier']);
+    await postInOrder(teacher, ['barrier']);
     assert.deepEqual(
       (await stored(key)).map((m) => m.message),
       ['barrier'],
@@ -687,7 +672,7 @@ describe('server API', () => {
   it('DELETE a message: broadcast with by "api"; unknown ids and streams are refused', async () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);
-    const [chat] = await post(teacher, ['remove me']);
+    const [chat] = await postInOrder(teacher, ['remove me']);
     const del = await api(s.url, 'DELETE', `/api/streams/${key}/messages/${chat?.data.id}`);
     assert.equal(del.status, 200);
     assert.deepEqual((await teacher.next('delete')).data, { id: chat?.data.id, by: 'api' });
@@ -744,7 +729,7 @@ describe('server API', () => {
     assert.ok(until > Date.now() + 590_000 && until <= Date.now() + 600_000);
     assert.equal((await api(s.url, 'DELETE', `/api/streams/${key}/bans/5`)).status, 200);
     await nextStream(student, () => true).catch(() => {});
-    await post(student, ['free']);
+    await postInOrder(student, ['free']);
     for (const body of [{ seconds: 0 }, { seconds: 1_209_601 }, { seconds: 'x' }, { reason: 5 }]) {
       assert.equal((await api(s.url, 'PUT', `/api/streams/${key}/bans/7`, body)).status, 422);
     }
@@ -761,7 +746,7 @@ describe('server API', () => {
   it('the moderation log lists every action, newest first, paged with before', async () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);
-    const [chat] = await post(teacher, ['x']);
+    const [chat] = await postInOrder(teacher, ['x']);
     teacher.send({ type: 'timeout', data: { userId: '5', seconds: 60, reason: 'r1' } });
     await teacher.next('moderation');
     teacher.send({ type: 'ban', data: { userId: '6' } });

@@ -227,6 +227,22 @@ export class StreamClient {
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/** Sends chats one by one, each once the sender has seen it: they are in the stream's order. */
+export async function postInOrder(c: StreamClient, texts: string[]): Promise<Frame[]> {
+  const out: Frame[] = [];
+  for (const t of texts) {
+    c.chat(t);
+    for (;;) {
+      const f = await c.next('chat');
+      if (f.data.message === t) {
+        out.push(f);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
 /** Polls `cond` until it holds, or fails naming `what` after `ms`. */
 export async function until(
   cond: () => boolean | Promise<boolean>,
