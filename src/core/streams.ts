@@ -40,6 +40,7 @@ import {
   type ModerationActionKind,
   type ModerationEffect,
   type PostingRules,
+  recordBan,
   type StreamBan,
   type StreamControl,
   type StreamSettings,
@@ -966,7 +967,7 @@ export class Streams<F> {
 function applyRule(rules: RoomRules, event: StreamEvent): void {
   if (event.kind === 'moderation') {
     if (event.action === 'unban') rules.bans.delete(event.userId);
-    else rules.bans.set(event.userId, event.until ?? null);
+    else recordBan(rules.bans, event.userId, event.until ?? null);
   } else if (event.kind === 'members') {
     rules.members = new Set(event.userIds);
   } else if (event.kind === 'control') {
