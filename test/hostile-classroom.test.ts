@@ -1,12 +1,32 @@
 /**
  * The live classroom (protocol section 7) against peers that pick the keys
  * of the server's maps: a moderator who times out ever new user ids must not
- * grow what each node keeps of the stream's rules past the bans in force.
+ * grow what each node keeps of the stream's rules past the bans in force,
+ * and viewers reset while their history is read (`?since=` that sends the
+ * join to the store) must leave no viewer, descriptor or memory behind.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import { newId } from '../src/core/ids.js';
 import { recordBan } from '../src/core/stream-rules.js';
-import { api, StreamClient, sleep, startServer, type TestServer, userToken } from './helpers.js';
+import {
+  api,
+  postInOrder,
+  StreamClient,
+  sleep,
+  startServer,
+  type TestServer,
+  userToken,
+} from './helpers.js';
+import {
+  assertRecovered,
+  baselineOf,
+  rawSocket,
+  reset,
+  startWatched,
+  upgradeRequest,
+  type WatchedServer,
+} from './hostile.js';
 
 describe('recordBan', () => {
   it('sweeps ended timeouts once the map has doubled, keeping bans and running timeouts', () => {
@@ -88,5 +108,51 @@ describe('a moderator timing out ever new user ids', () => {
       held.close();
       freed.close();
     }
+  });
+});
+
+describe('viewers reset while their history is read', () => {
+  let s: WatchedServer;
+  const key = 'resumed';
+
+  before(async () => {
+    s = await startWatched({ FLOOD_LIMIT: '1000000', STREAM_RATE_LIMIT: '100000/1s' });
+    assert.equal((await api(s.url, 'PUT', `/api/streams/${key}`, { ownerId: '1' })).status, 201);
+  });
+  after(() => s.close());
+
+  it('leaves no viewer behind; the stream carries on', async () => {
+    const poster = await StreamClient.connect(s.wsUrl, key, { token: await userToken('2') });
+    await poster.next('history');
+    const posted = await postInOrder(
+      poster,
+      Array.from({ length: 300 }, (_, i) => `chat ${i}`),
+    );
+    const oldest = posted[0]?.data.id as string;
+    const baseline = await baselineOf(s);
+    // Older than the node's memory holds, unknown, malformed: each join reads the store.
+    const sinces = [oldest, newId(), '%zz', 'x'.repeat(2_000), ''];
+    for (let i = 0; i < 150; i++) {
+      const socket = await rawSocket(s);
+      socket.write(upgradeRequest(`/ws/streams/${key}/?since=${sinces[i % sinces.length]}`));
+      // Reset before the upgrade is answered, right after, or while the history is on its way.
+      if (i % 3 > 0) await sleep(i % 3);
+      reset(socket);
+    }
+    const deadline = Date.now() + 5_000;
+    for (;;) {
+      const info = await api(s.url, 'GET', `/api/streams/${key}`);
+      if (info.body.viewers === 1) break;
+      assert.ok(Date.now() < deadline, `still ${info.body.viewers} viewers`);
+      await sleep(50);
+    }
+    await assertRecovered(s, baseline, { fdSlack: 1 });
+    const resumed = await StreamClient.connect(s.wsUrl, key, { query: `?since=${oldest}` });
+    const history = await resumed.next('history');
+    assert.equal(history.data.messages.length, 299);
+    poster.chat('after the resets');
+    assert.equal((await resumed.next('chat')).data.message, 'after the resets');
+    poster.close();
+    resumed.close();
   });
 });
