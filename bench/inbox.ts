@@ -15,8 +15,13 @@ import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import pg from 'pg';
 import { io, type Socket } from 'socket.io-client';
-import { PostgresStore } from '../src/store/postgres.js';
-import { SqliteStore } from '../src/store/sqlite.js';
+import {
+  bulkLoad as bulkLoadPostgres,
+  PostgresStore,
+  parsePostgresUrl,
+} from '../src/store/postgres.js';
+import { bulkLoad, SqliteStore } from '../src/store/sqlite.js';
+import type { Store } from '../src/store/store.js';
 import { latencyStats } from './report.js';
 import { BENCH_API_KEY, startServer, token } from './servers.js';
 
@@ -43,7 +48,18 @@ function shape(spec: InboxSpec) {
   return { k, lastSeq, owner, lab, total: k * spec.requests };
 }
 
-async function seedSqlite(path: string, spec: InboxSpec): Promise<void> {
+/**
+ * Seeds a migrated SQLite database. As a migration or an import would, the
+ * rows are written with the counters' triggers off and the running totals
+ * filled afterwards by the migrations' own fill (`bulkLoad`); `triggers`
+ * writes them with the triggers on instead, row by row, for the test that
+ * checks both give the same counters.
+ */
+export async function seedSqlite(
+  path: string,
+  spec: InboxSpec,
+  opts: { triggers?: boolean } = {},
+): Promise<void> {
   await new SqliteStore(path).close();
   const db = new Database(path);
   db.pragma('journal_mode = WAL');
@@ -61,7 +77,7 @@ async function seedSqlite(path: string, spec: InboxSpec): Promise<void> {
        message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
   );
   const created = new Date(BASE).toISOString();
-  db.transaction(() => {
+  const load = () => {
     for (let r = 1; r <= spec.requests; r++) {
       const at = new Date(BASE + lastSeq(r) * 10).toISOString();
       insertRequest.run(
@@ -77,32 +93,35 @@ async function seedSqlite(path: string, spec: InboxSpec): Promise<void> {
       insertReader.run(requestId(r), owner(r), Math.ceil(k / 2));
       if (k > 1) insertReader.run(requestId(r), lab(r), Math.floor(k / 2));
     }
-  })();
-  const chunk = 200_000;
-  for (let from = 1; from <= total; from += chunk) {
-    db.transaction(() => {
-      for (let i = from; i < Math.min(from + chunk, total + 1); i++) {
-        const r = ((i - 1) % spec.requests) + 1;
-        const fromOwner = Math.floor((i - 1) / spec.requests) % 2 === 0;
-        const sender = fromOwner ? owner(r) : lab(r);
-        insertMessage.run(
-          i,
-          messageId(i),
-          requestId(r),
-          sender,
-          sender,
-          fromOwner ? 'TEACHER' : 'LAB',
-          `message ${i}`,
-          new Date(BASE + i * 10).toISOString(),
-        );
-      }
-    })();
-  }
+    for (let i = 1; i <= total; i++) {
+      const r = ((i - 1) % spec.requests) + 1;
+      const fromOwner = Math.floor((i - 1) / spec.requests) % 2 === 0;
+      const sender = fromOwner ? owner(r) : lab(r);
+      insertMessage.run(
+        i,
+        messageId(i),
+        requestId(r),
+        sender,
+        sender,
+        fromOwner ? 'TEACHER' : 'LAB',
+        `message ${i}`,
+        new Date(BASE + i * 10).toISOString(),
+      );
+    }
+  };
+  if (opts.triggers) db.transaction(load)();
+  else bulkLoad(db, load);
   db.exec('ANALYZE');
   db.close();
 }
 
-async function seedPostgres(url: string, schema: string, spec: InboxSpec): Promise<void> {
+/** As `seedSqlite`, on PostgreSQL: `session_replication_role = replica` turns the triggers off. */
+export async function seedPostgres(
+  url: string,
+  schema: string,
+  spec: InboxSpec,
+  opts: { triggers?: boolean } = {},
+): Promise<void> {
   const store = new PostgresStore({ url });
   await store.ping();
   await store.close();
@@ -110,10 +129,8 @@ async function seedPostgres(url: string, schema: string, spec: InboxSpec): Promi
   await client.connect();
   const { k, total } = shape(spec);
   const R = spec.requests;
-  try {
-    await client.query(`SET search_path = "${schema}"`);
-    await client.query('SET synchronous_commit = off');
-    const base = `timestamptz '${new Date(BASE).toISOString()}'`;
+  const base = `timestamptz '${new Date(BASE).toISOString()}'`;
+  const load = async () => {
     await client.query(
       `INSERT INTO requests (id, owner_id, created_at, updated_at, activity_at, message_count,
          last_message_seq, last_message_id)
@@ -149,11 +166,125 @@ async function seedPostgres(url: string, schema: string, spec: InboxSpec): Promi
       );
     }
     await client.query(
-      `SELECT setval(pg_get_serial_sequence('request_messages', 'seq'), ${total})`,
+      `SELECT setval(pg_get_serial_sequence('request_messages', 'seq'), ${Math.max(1, total)})`,
     );
+  };
+  try {
+    await client.query('SET synchronous_commit = off');
+    await client.query(`SET search_path = "${schema}"`);
+    if (opts.triggers) {
+      await client.query('BEGIN');
+      await load();
+      await client.query('COMMIT');
+    } else {
+      await bulkLoadPostgres(client, load);
+    }
     await client.query('ANALYZE');
   } finally {
     await client.end();
+  }
+}
+
+/** A statement on the seeded store: `$1`, `$2`… each used once, in order. */
+type Ask = (sql: string, args: unknown[]) => Promise<Array<Record<string, unknown>>>;
+
+/**
+ * Checks a seeded store on a sample against what the triggers keep and the
+ * messages say: each sampled request's counters against its messages (count,
+ * last message, what each sender sent, its owner's `owner_seen`), and each
+ * sampled user's running totals, the lab's and their own requests', against
+ * the sum of `message_count − sent − read` over every request. Throws on the
+ * first difference; returns how many values it compared.
+ */
+export async function checkSeed(spec: InboxSpec, store: Store, ask: Ask): Promise<number> {
+  let compared = 0;
+  const same = (what: string, got: unknown, want: unknown) => {
+    compared++;
+    if (String(got) !== String(want)) throw new Error(`seed check: ${what}: ${got} ≠ ${want}`);
+  };
+  const R = spec.requests;
+  for (const r of new Set([1, 2, Math.ceil(R / 2), R])) {
+    const id = requestId(r);
+    const [row] = await ask(
+      'SELECT message_count, last_message_id, owner_id, owner_seen FROM requests WHERE id = $1',
+      [id],
+    );
+    const [counted] = await ask(
+      'SELECT count(*) AS n, max(seq) AS last FROM request_messages WHERE request_id = $1',
+      [id],
+    );
+    same(`${id} message_count`, row?.message_count, counted?.n);
+    const [last] = await ask('SELECT id FROM request_messages WHERE seq = $1', [counted?.last]);
+    same(`${id} last_message_id`, row?.last_message_id, last?.id);
+    const senders = await ask(
+      `SELECT sender_id, count(*) AS n FROM request_messages WHERE request_id = $1
+       GROUP BY sender_id ORDER BY sender_id`,
+      [id],
+    );
+    const readers = await ask(
+      'SELECT user_id, sent, read FROM request_readers WHERE request_id = $1 ORDER BY user_id',
+      [id],
+    );
+    same(
+      `${id} senders`,
+      senders.map((x) => `${x.sender_id}:${x.n}`).join(),
+      readers.map((x) => `${x.user_id}:${x.sent}`).join(),
+    );
+    const ownerRow = readers.find((x) => x.user_id === row?.owner_id);
+    same(
+      `${id} owner_seen`,
+      row?.owner_seen,
+      Number(ownerRow?.sent ?? 0) + Number(ownerRow?.read ?? 0),
+    );
+  }
+  const unread = 'r.message_count - coalesce(rr.sent, 0) - coalesce(rr.read, 0)';
+  const slow = `SELECT coalesce(sum(CASE WHEN ${unread} > 0 THEN ${unread} ELSE 0 END), 0) AS n
+    FROM requests r LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = $1`;
+  const teachers = [0, 5, spec.teachers - 1].map((t) => `t${t}`);
+  const labs = ['l0', 'l7', 'lab-new'];
+  for (const u of [...teachers, ...labs]) {
+    const [lab] = await ask(slow, [u]);
+    same(`${u} as LAB`, (await store.unreadTotals(u, undefined, 1)).total, lab?.n);
+  }
+  for (const t of teachers) {
+    const [own] = await ask(`${slow} WHERE r.owner_id = $2`, [t, t]);
+    same(`${t}'s own requests`, (await store.unreadTotals(t, t, 1)).total, own?.n);
+  }
+  return compared;
+}
+
+/** `checkSeed` on the seeded database, through a store and a connection of its own. */
+export async function checkSeeded(
+  database: 'sqlite' | 'postgres',
+  spec: InboxSpec,
+  sqlitePath: string,
+  pgUrl: string,
+): Promise<number> {
+  if (database === 'sqlite') {
+    const store = new SqliteStore(sqlitePath);
+    const db = new Database(sqlitePath, { readonly: true });
+    try {
+      return await checkSeed(
+        spec,
+        store,
+        async (sql, args) =>
+          db.prepare(sql.replace(/\$\d+/g, '?')).all(...args) as Array<Record<string, unknown>>,
+      );
+    } finally {
+      db.close();
+      await store.close();
+    }
+  }
+  const store = new PostgresStore({ url: pgUrl, max: 2 });
+  const { connectionString, schema } = parsePostgresUrl(pgUrl);
+  const client = new pg.Client({ connectionString });
+  await client.connect();
+  try {
+    await client.query(`SET search_path = "${schema}"`);
+    return await checkSeed(spec, store, async (sql, args) => (await client.query(sql, args)).rows);
+  } finally {
+    await client.end();
+    await store.close();
   }
 }
 
@@ -200,6 +331,8 @@ export async function inboxScenario(
   process.stderr.write(
     `  inbox ${database}: seeded ${total} messages in ${seedSeconds.toFixed(0)} s\n`,
   );
+  const checked = await checkSeeded(database, spec, join(dir, 'inbox.db'), pgSchemaUrl.toString());
+  process.stderr.write(`  inbox ${database}: the seed checks out on ${checked} sampled values\n`);
 
   const server = await startServer('charla', { DATABASE_URL: databaseUrl, HISTORY_PAGE: '50' });
   const sockets: Socket[] = [];
@@ -212,7 +345,8 @@ export async function inboxScenario(
       const ack = await s.timeout(10_000).emitWithAck('listRequests', payload);
       if (!ack.ok || ack.requests.length === 0) throw new Error(JSON.stringify(ack).slice(0, 200));
     };
-    const randomRequest = () => requestId(1 + Math.floor(Math.random() * spec.requests));
+    // Request 1 is the oldest: a page before it is empty.
+    const randomRequest = () => requestId(2 + Math.floor(Math.random() * (spec.requests - 1)));
     const unread = async (path: string) => {
       const res = await fetch(`http://127.0.0.1:${server.port}${path}`, {
         headers: { 'x-api-key': BENCH_API_KEY },
@@ -260,6 +394,7 @@ export async function inboxScenario(
       requests: spec.requests,
       messages: total,
       seedSeconds,
+      seedChecked: checked,
       storeFirstP50: direct.p50,
       storeFirstP99: direct.p99,
       storeDeepP99: directDeep.p99,
