@@ -6,10 +6,13 @@
  * The data is written straight into the store's tables (after charla's own
  * migrations) with the counters the store keeps, so that seeding millions of
  * messages takes minutes, not hours of acknowledged sends: request r holds
- * messages r, r + R, r + 2R…, alternately from its owner teacher and a lab user.
+ * messages r, r + R, r + 2R…, alternately from its owner teacher and a lab user;
+ * its last message was delivered to (not read by) the other one. The per-request
+ * counters are written with the rows; the running totals the triggers keep are
+ * filled afterwards, as a migration fills them (see `seedSqlite`).
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
@@ -17,8 +20,14 @@ import pg from 'pg';
 import { io, type Socket } from 'socket.io-client';
 import {
   bulkLoad as bulkLoadPostgres,
+  inboxQuery,
+  labUnreadQuery,
+  MESSAGES_BY_ID,
+  ownUnreadListQuery,
+  ownUnreadTotalQuery,
   PostgresStore,
   parsePostgresUrl,
+  RECEIPTS_OF,
 } from '../src/store/postgres.js';
 import { bulkLoad, SqliteStore } from '../src/store/sqlite.js';
 import type { Store } from '../src/store/store.js';
@@ -76,6 +85,9 @@ export async function seedSqlite(
     `INSERT INTO request_messages (seq, id, request_id, sender_id, sender_username, sender_role,
        message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
   );
+  const insertReceipt = db.prepare(
+    "INSERT INTO receipts (message_id, kind, user_id, at) VALUES (?, 'delivered', ?, ?)",
+  );
   const created = new Date(BASE).toISOString();
   const load = () => {
     for (let r = 1; r <= spec.requests; r++) {
@@ -92,6 +104,7 @@ export async function seedSqlite(
       );
       insertReader.run(requestId(r), owner(r), Math.ceil(k / 2));
       if (k > 1) insertReader.run(requestId(r), lab(r), Math.floor(k / 2));
+      insertReceipt.run(messageId(lastSeq(r)), k % 2 === 1 ? lab(r) : owner(r), at);
     }
     for (let i = 1; i <= total; i++) {
       const r = ((i - 1) % spec.requests) + 1;
@@ -147,6 +160,14 @@ export async function seedPostgres(
        UNION ALL
        SELECT lpad(to_hex(r), 24, '0'), 'l' || (r % $2), floor($3::numeric / 2), 0
        FROM generate_series(1, ${R}) r WHERE $3 > 1`,
+      [spec.teachers, spec.labUsers, k],
+    );
+    await client.query(
+      `INSERT INTO receipts (message_id, kind, user_id, at)
+       SELECT 'f' || lpad(to_hex(($3::bigint - 1) * ${R} + r), 23, '0'), 'delivered',
+         CASE WHEN $3 % 2 = 1 THEN 'l' || (r % $2) ELSE 't' || (r % $1) END,
+         ${base} + (($3::bigint - 1) * ${R} + r) * 10 * interval '1 millisecond'
+       FROM generate_series(1, ${R}) r`,
       [spec.teachers, spec.labUsers, k],
     );
     const chunk = 1_000_000;
@@ -288,6 +309,91 @@ export async function checkSeeded(
   }
 }
 
+/**
+ * The plans of every query `listRequests` and the unread API run, on the
+ * seeded database: SQLite's `EXPLAIN QUERY PLAN` of the store's own
+ * statements, PostgreSQL's `EXPLAIN (ANALYZE, BUFFERS)` of the store's own
+ * query texts with real arguments. Messages may only be looked up by id (an
+ * inbox page's last messages), never scanned: throws otherwise.
+ */
+export async function explainInbox(
+  database: 'sqlite' | 'postgres',
+  spec: InboxSpec,
+  sqlitePath: string,
+  pgUrl: string,
+): Promise<string> {
+  const mid = requestId(Math.ceil(spec.requests / 2));
+  const out: string[] = [];
+  const check = (what: string, plan: string[]) => {
+    out.push(`-- ${what}`, ...plan, '');
+    // Receipts are read by message id too; on a small table PostgreSQL may
+    // rightly prefer a scan, so only messages are held to it here.
+    const touching = plan.filter((l) => /\brequest_messages\b/.test(l));
+    const byId = (l: string) =>
+      /^SEARCH (request_messages|receipts) USING .*\((id|message_id)=\?\)/.test(l) ||
+      /Index (Only )?Scan using (request_messages_id_key|receipts_pkey) on /.test(l);
+    const scans = touching.filter((l) => !byId(l));
+    if (scans.length > 0)
+      throw new Error(`${what} reads messages other than by id:\n${plan.join('\n')}`);
+  };
+  if (database === 'sqlite') {
+    const store = new SqliteStore(sqlitePath);
+    try {
+      const q = (store as any).q as Record<string, Database.Statement>;
+      const db = (store as any).db as Database.Database;
+      const plan = (name: string, args: unknown) =>
+        check(
+          name,
+          db
+            .prepare(`EXPLAIN QUERY PLAN ${q[name]?.source}`)
+            .all(args as any)
+            .map((r: any) => r.detail as string),
+        );
+      const at = { userId: 'l7', ownerId: 't5', at: '~', id: '', limit: 51 };
+      plan('activityOf', mid);
+      plan('labInbox', at);
+      plan('teacherInbox', at);
+      plan('messagesById', '[]');
+      plan('receiptsOf', '[]');
+      plan('labUnreadTotal', { userId: 'l7' });
+      plan('labUnreadList', { userId: 'l7', limit: 100 });
+      plan('ownUnreadTotal', { userId: 't5' });
+      plan('ownUnreadList', { userId: 't5', limit: 100 });
+    } finally {
+      await store.close();
+    }
+    return out.join('\n');
+  }
+  const { connectionString, schema } = parsePostgresUrl(pgUrl);
+  const client = new pg.Client({ connectionString });
+  await client.connect();
+  try {
+    await client.query(`SET search_path = "${schema}"`);
+    const plan = async (what: string, sql: string, args: unknown[]) => {
+      const { rows } = await client.query(`EXPLAIN (ANALYZE, BUFFERS) ${sql}`, args);
+      check(
+        what,
+        rows.map((r) => r['QUERY PLAN'] as string),
+      );
+    };
+    const { rows } = await client.query(
+      `SELECT last_message_id FROM requests ORDER BY activity_at DESC LIMIT 50`,
+    );
+    const ids = rows.map((r) => r.last_message_id as string);
+    await plan('lab inbox, page 1', inboxQuery(false, false), ['l7', 51]);
+    await plan('lab inbox, a later page', inboxQuery(false, true), ['lab-new', 51, mid]);
+    await plan('teacher inbox, page 1', inboxQuery(true, false), ['t5', 't5', 51]);
+    await plan("a page's last messages", MESSAGES_BY_ID, [ids]);
+    await plan('their receipts', RECEIPTS_OF, [ids]);
+    await plan('lab unread total and list', labUnreadQuery, ['l7', 100]);
+    await plan('own unread total', ownUnreadTotalQuery, ['t5']);
+    await plan('own unread list', ownUnreadListQuery, ['t5', 100]);
+  } finally {
+    await client.end();
+  }
+  return out.join('\n');
+}
+
 function connect(port: number, tok: string): Promise<Socket> {
   const socket = io(`http://127.0.0.1:${port}`, {
     auth: { token: tok },
@@ -333,6 +439,10 @@ export async function inboxScenario(
   );
   const checked = await checkSeeded(database, spec, join(dir, 'inbox.db'), pgSchemaUrl.toString());
   process.stderr.write(`  inbox ${database}: the seed checks out on ${checked} sampled values\n`);
+  const plans = await explainInbox(database, spec, join(dir, 'inbox.db'), pgSchemaUrl.toString());
+  const outDir = new URL('./out/', import.meta.url.replace('/dist/bench/', '/bench/'));
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(new URL(`inbox-plans-${database}.txt`, outDir), plans);
 
   const server = await startServer('charla', { DATABASE_URL: databaseUrl, HISTORY_PAGE: '50' });
   const sockets: Socket[] = [];
@@ -401,7 +511,9 @@ export async function inboxScenario(
       labFirstP50: labFirst.p50,
       labFirstP99: labFirst.p99,
       labDeepP99: labDeep.p99,
+      teacherP50: teacherFirst.p50,
       teacherP99: teacherFirst.p99,
+      unreadTeacherP50: unreadTeacher.p50,
       unreadTeacherP99: unreadTeacher.p99,
       unreadLabP50: unreadLab.p50,
       unreadLabP99: unreadLab.p99,

@@ -578,6 +578,12 @@ const STREAM_COLUMNS =
 const REQUEST_COLUMNS =
   'id, request_id, sender_id, sender_username, sender_role, message, created_at, attachments, edited_at, deleted_at';
 
+/** `$1` message ids: those messages, by their unique id (an inbox page's last messages). */
+export const MESSAGES_BY_ID = `SELECT ${REQUEST_COLUMNS} FROM request_messages WHERE id = ANY($1::text[])`;
+/** `$1` message ids: their receipts. */
+export const RECEIPTS_OF = `SELECT message_id, kind, user_id, at FROM receipts
+  WHERE message_id = ANY($1::text[]) ORDER BY at, user_id`;
+
 /** A reader's counters as JSON, for `readers` arrays built inside one statement. */
 const READER_JSON = "json_build_object('userId', user_id, 'sent', sent, 'read', read)";
 
@@ -1544,12 +1550,7 @@ export class PostgresStore implements Store {
     const messages =
       ids.length === 0
         ? []
-        : await this.withReceipts(
-            await this.query<RequestMessageRow>(
-              `SELECT ${REQUEST_COLUMNS} FROM request_messages WHERE id = ANY($1::text[])`,
-              [ids],
-            ),
-          );
+        : await this.withReceipts(await this.query<RequestMessageRow>(MESSAGES_BY_ID, [ids]));
     const last = new Map(messages.map((m) => [m._id, m]));
     return rows.map((r) => ({
       requestId: r.id,
@@ -1578,11 +1579,7 @@ export class PostgresStore implements Store {
     });
     if (messages.length === 0) return messages;
     const byId = new Map(messages.map((m) => [m._id, m]));
-    const receipts = await this.query<ReceiptRow>(
-      `SELECT message_id, kind, user_id, at FROM receipts
-       WHERE message_id = ANY($1::text[]) ORDER BY at, user_id`,
-      [[...byId.keys()]],
-    );
+    const receipts = await this.query<ReceiptRow>(RECEIPTS_OF, [[...byId.keys()]]);
     for (const r of receipts) {
       const m = byId.get(r.message_id);
       const receipt = { userId: r.user_id, at: r.at.toISOString() };
