@@ -1388,14 +1388,15 @@ export class PostgresStore implements Store {
     // SKIP LOCKED: nodes claiming at the same moment take different rows
     // instead of waiting for each other; the lease keeps a row theirs after
     // the commit, until it is sent or the lease runs out (a node that died).
-    const rows = await this.query<OutboxRow>(
+    const rows = await this.query<OutboxRow & { unless_read: string | null; fresh: boolean }>(
       `WITH due AS (
          SELECT o.id, (o.unless_read IS NOT NULL AND o.attempts = 0 AND (EXISTS (
                   SELECT 1 FROM receipts r WHERE r.message_id = o.unless_read AND r.kind = 'read'
                 ) OR EXISTS (
                   SELECT 1 FROM request_messages m
                   WHERE m.id = o.unless_read AND m.deleted_at IS NOT NULL
-                ))) AS seen
+                ))) AS seen,
+           o.unless_read IS NOT NULL AND o.attempts = 0 AND o.lease_until IS NULL AS fresh
          FROM webhook_outbox o
          WHERE o.state = 'pending' AND o.next_attempt_at <= $1
            AND (o.lease_until IS NULL OR o.lease_until <= $1)
@@ -1407,10 +1408,34 @@ export class PostgresStore implements Store {
        UPDATE webhook_outbox o SET lease_until = $3 FROM due
        WHERE o.id = due.id AND NOT due.seen
        RETURNING o.id, o.type, o.payload, o.created_at, o.attempts, o.last_error,
-         o.last_attempt_at`,
+         o.last_attempt_at, o.unless_read, due.fresh`,
       [now, limit, leaseUntil],
     );
+    await this.refreshUnread(rows);
     return rows.map(outboxEvent);
+  }
+
+  /**
+   * Unread reminders claimed for the first time carry their message as it is
+   * now (edited or not): the payload is rewritten before any attempt, so that
+   * every attempt sends the same bytes. The lease keeps the rows this node's.
+   */
+  private async refreshUnread(
+    rows: Array<OutboxRow & { unless_read: string | null; fresh: boolean }>,
+  ): Promise<void> {
+    const fresh = rows.filter((r) => r.fresh && r.unless_read !== null);
+    if (fresh.length === 0) return;
+    const messages = await this.withReceipts(
+      await this.query<RequestMessageRow>(MESSAGES_BY_ID, [fresh.map((r) => r.unless_read)]),
+    );
+    const byId = new Map(messages.map((m) => [m._id, m]));
+    const changed = fresh.filter((r) => byId.has(r.unless_read as string));
+    for (const r of changed) r.payload = JSON.stringify(byId.get(r.unless_read as string));
+    await this.query(
+      `UPDATE webhook_outbox o SET payload = x.payload
+       FROM unnest($1::text[], $2::text[]) AS x(id, payload) WHERE o.id = x.id`,
+      [changed.map((r) => r.id), changed.map((r) => r.payload)],
+    );
   }
 
   async completeWebhooks(ids: readonly string[]): Promise<void> {

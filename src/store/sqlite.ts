@@ -426,6 +426,7 @@ interface OutboxRow {
   last_error: string | null;
   last_attempt_at: string | null;
   unless_read: string | null;
+  lease_until?: string | null;
 }
 const outboxEvent = (r: OutboxRow): OutboxEvent => ({
   id: r.id,
@@ -724,7 +725,8 @@ export class SqliteStore implements Store {
          VALUES (@id, @type, @data, @createdAt, @dueAt, @unlessRead)`,
       ),
       dueOutbox: db.prepare<[string, string, number], OutboxRow>(
-        `SELECT id, type, payload, created_at, attempts, last_error, last_attempt_at, unless_read
+        `SELECT id, type, payload, created_at, attempts, last_error, last_attempt_at, unless_read,
+           lease_until
          FROM webhook_outbox
          WHERE state = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?)
          ORDER BY next_attempt_at LIMIT ?`,
@@ -736,6 +738,7 @@ export class SqliteStore implements Store {
          LIMIT 1`,
       ),
       leaseOutbox: db.prepare('UPDATE webhook_outbox SET lease_until = ? WHERE id = ?'),
+      setOutboxPayload: db.prepare('UPDATE webhook_outbox SET payload = ? WHERE id = ?'),
       deleteOutbox: db.prepare('DELETE FROM webhook_outbox WHERE id = ?'),
       // The ids as one JSON array parameter: one statement and one commit for any count.
       deleteOutboxMany: db.prepare(
@@ -1186,6 +1189,17 @@ export class SqliteStore implements Store {
         ) {
           this.q.deleteOutbox.run(row.id);
           continue;
+        }
+        if (row.unless_read !== null && row.attempts === 0 && row.lease_until === null) {
+          // Never claimed before: the reminder carries the message as it is
+          // now (edited or not), stored so that every attempt sends the same bytes.
+          const [current] = this.withReceipts(
+            this.q.messagesById.all(JSON.stringify([row.unless_read])),
+          );
+          if (current) {
+            row.payload = JSON.stringify(current);
+            this.q.setOutboxPayload.run(row.payload, row.id);
+          }
         }
         this.q.leaseOutbox.run(leaseUntil, row.id);
         claimed.push(outboxEvent(row));
