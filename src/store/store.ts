@@ -144,9 +144,16 @@ export interface Store {
    * until `leaseUntil` (ISO-8601), oldest due first. Concurrent callers, on
    * any node, never get the same row while its lease runs. A first attempt
    * of a row with `unlessRead` whose message has been read is removed
-   * instead of returned.
+   * instead of returned. `completed` rows were delivered: they are removed
+   * in the same transaction (as by `completeWebhooks`), so a busy worker
+   * makes one store call for both.
    */
-  claimWebhooks(limit: number, now: string, leaseUntil: string): Promise<OutboxEvent[]>;
+  claimWebhooks(
+    limit: number,
+    now: string,
+    leaseUntil: string,
+    completed?: readonly string[],
+  ): Promise<OutboxEvent[]>;
   /**
    * Rows were delivered: removes them, in one statement however many (the
    * worker completes a turn's deliveries together). Unknown ids are ignored.
