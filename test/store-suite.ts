@@ -605,6 +605,31 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           assert.equal(await s.webhookQueueDepth(iso(30_000)), 0);
         }));
 
+      it('removes the delivered rows given to a claim in its transaction, never claiming them', () =>
+        withStore(async (s) => {
+          const events = Array.from({ length: 6 }, (_, i) => event(i + 1));
+          await s.enqueueWebhooks(events);
+          const first = await claim(s, 100, 3);
+          assert.deepEqual(
+            first.map((e) => e.id),
+            events.slice(0, 3).map((e) => e.id),
+          );
+          // Past their lease, the three delivered rows would be due again: the
+          // claim that removes them must not lease them too.
+          const done = first.map((e) => e.id);
+          const next = await s.claimWebhooks(10, iso(5_000), iso(6_000), [...done, 'msg_unknown']);
+          assert.deepEqual(
+            next.map((e) => e.id),
+            events.slice(3).map((e) => e.id),
+          );
+          assert.equal(await s.webhookQueueDepth(iso(10_000)), 3, 'the delivered rows are gone');
+          assert.deepEqual(
+            (await claim(s, 10_000)).map((e) => e.id),
+            events.slice(3).map((e) => e.id),
+            'once their lease ran out, only the rows not delivered are claimed again',
+          );
+        }));
+
       it('counts failed attempts, keeps failed rows for the API, and retries them', () =>
         withStore(async (s) => {
           const e = event(1);

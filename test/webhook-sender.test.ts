@@ -7,7 +7,7 @@ import { createServer, type RequestListener, type Server } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { after, describe, it } from 'node:test';
 import { Webhook } from 'standardwebhooks';
-import { HttpWebhookSender } from '../src/transport/webhook-sender.js';
+import { HttpWebhookSender, WebhookSigner } from '../src/transport/webhook-sender.js';
 import { newWebhookSecret } from './webhook-receiver.js';
 
 const secret = newWebhookSecret();
@@ -92,6 +92,49 @@ describe('HttpWebhookSender', () => {
     assert.equal(connections, 1, 'one connection for sends one after another');
   });
 
+  it('sends at once no more than maxSockets, over as many kept-alive connections', async () => {
+    let connections = 0;
+    let open = 0;
+    let most = 0;
+    const url = await serve((req, res) => {
+      open++;
+      most = Math.max(most, open);
+      req.resume();
+      req.on('end', () =>
+        setTimeout(() => {
+          open--;
+          res.writeHead(204).end();
+        }, 5),
+      );
+    });
+    servers.at(-1)?.server.on('connection', () => connections++);
+    const s = sender(url);
+    await Promise.all(Array.from({ length: 40 }, (_, i) => s.send(`msg_${i}`, '{}', never)));
+    s.close();
+    assert.equal(most, 4, 'four requests at once at most, and four reached');
+    assert.equal(connections, 4);
+  });
+
+  it('waits through an interim 1xx answer for the final status', async () => {
+    for (const [status, ok] of [
+      [204, true],
+      [500, false],
+    ] as const) {
+      const url = await serve((req, res) => {
+        req.resume();
+        req.on('end', () => {
+          res.writeEarlyHints({ link: '</x>; rel=preload' });
+          setTimeout(() => res.writeHead(status).end(), 20);
+        });
+      });
+      const s = sender(url);
+      const sending = s.send('msg_6', '{}', never);
+      if (ok) await sending;
+      else await assert.rejects(sending, /HTTP 500/);
+      s.close();
+    }
+  });
+
   it('fails on any other status, a redirect included', async () => {
     for (const status of [301, 400, 500, 503]) {
       const url = await serve((_req, res) => res.writeHead(status, { location: '/x' }).end());
@@ -148,5 +191,20 @@ describe('HttpWebhookSender', () => {
     const s = sender(url);
     await assert.rejects(s.send('msg_5', '{}', never), /ECONNREFUSED/);
     s.close();
+  });
+});
+
+describe('WebhookSigner', () => {
+  it('signs as the standardwebhooks package does, for any id, time and body', () => {
+    for (let i = 0; i < 200; i++) {
+      const key = newWebhookSecret();
+      const id = `msg_${i.toString(16).padStart(32, '0')}`;
+      const at = new Date(1_700_000_000_000 + i * 999_937);
+      const body = JSON.stringify({ i, text: 'Señor — 日本語 😀'.repeat(i % 7), q: '"\\' });
+      const seconds = Math.floor(at.getTime() / 1000);
+      const ours = new WebhookSigner(key);
+      assert.equal(ours.sign(id, seconds, body), new Webhook(key).sign(id, at, body));
+      assert.equal(ours.sign(id, seconds, Buffer.from(body)), new Webhook(key).sign(id, at, body));
+    }
   });
 });

@@ -1,9 +1,11 @@
 /**
- * The delivery worker's use of the store, on a real SQLite outbox: sends
- * answered together leave the outbox in one delete, freed slots are refilled
- * in batches rather than one claim per send, and a retry due before the
- * next poll still goes out on time while the other slots are busy. The
- * sender here answers when the test says, so that "together" is exact.
+ * The delivery worker's use of the store, on a real SQLite outbox: rows are
+ * claimed ahead (twice the slots), a freed slot takes the next row in the
+ * same turn, sends answered together leave the outbox in one statement (the
+ * next claim's, when one is due), claims come in batches rather than one per
+ * send, a stop hands every unsent row back, and a retry due before the next
+ * poll still goes out on time while the other slots are busy. The sender
+ * here answers when the test says, so that "together" is exact.
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
@@ -25,9 +27,12 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 class HeldSender implements WebhookSender {
   readonly held: Array<{ id: string; resolve: () => void; reject: (e: Error) => void }> = [];
   readonly sent: string[] = [];
-  send(id: string): Promise<void> {
+  send(id: string, _body: string, signal: AbortSignal): Promise<void> {
     this.sent.push(id);
-    return new Promise((resolve, reject) => this.held.push({ id, resolve, reject }));
+    return new Promise((resolve, reject) => {
+      this.held.push({ id, resolve, reject });
+      signal.addEventListener('abort', () => reject(new Error('stopped')), { once: true });
+    });
   }
   /** Answers the first `n` held sends in one turn. */
   answer(n: number, err?: Error): string[] {
@@ -53,7 +58,13 @@ let n = 0;
 /** A worker on a fresh SQLite store; the poll is far off, so every claim seen is an early one. */
 async function setup(events: number, config: Partial<WebhookConfig> = {}) {
   const store = new SqliteStore(join(dir, `outbox-${n++}.db`));
-  const calls = { claims: [] as number[], completes: [] as string[][] };
+  const calls = {
+    claims: [] as number[],
+    /** Per claim, how many delivered rows it removed too. */
+    claimedWith: [] as number[],
+    /** Every removal of delivered rows, on its own or with a claim. */
+    completes: [] as string[][],
+  };
   // The real store, with its calls counted on the way through.
   const counted = new Proxy(store, {
     get(target, key, receiver) {
@@ -61,6 +72,9 @@ async function setup(events: number, config: Partial<WebhookConfig> = {}) {
         return async (...args: Parameters<Store['claimWebhooks']>) => {
           const rows = await target.claimWebhooks(...args);
           calls.claims.push(rows.length);
+          const completed = args[3] ?? [];
+          if (completed.length > 0) calls.completes.push([...completed]);
+          calls.claimedWith.push(completed.length);
           return rows;
         };
       }
@@ -109,21 +123,26 @@ async function setup(events: number, config: Partial<WebhookConfig> = {}) {
 }
 
 describe('webhook worker', () => {
-  it('removes the sends answered in one turn with one delete, and claims a batch after them', async () => {
+  it('claims twice the slots, fills a freed slot in the same turn, and removes answers with the next claim', async () => {
     const w = await setup(20);
     try {
       w.webhooks.start();
-      await until('the first batch', () => w.sender.held.length === 8);
-      assert.deepEqual(w.calls.claims, [8]);
+      await until('the first sends', () => w.sender.held.length === 8);
+      await until('the first claim', () => w.calls.claims.length === 1);
+      assert.deepEqual(w.calls.claims, [16], 'eight to send and eight ahead');
       const first = w.sender.answer(8);
-      await until('the second batch', () => w.sender.held.length === 8);
-      assert.deepEqual(w.calls.completes, [first], 'one delete for the eight');
-      assert.deepEqual(w.calls.claims, [8, 8], 'one claim refills the eight slots');
+      // The eight claimed ahead go out as the answers come, before any store call.
+      await until('the next sends', () => w.sender.held.length === 8);
+      assert.equal(w.sender.sent.length, 16);
+      await until('the second claim', () => w.calls.claims.length === 2);
+      assert.deepEqual(w.calls.claims, [16, 4], 'eight queued: one claim for what is left');
+      assert.deepEqual(w.calls.completes, [first], 'the eight answers removed by that claim');
+      assert.deepEqual(w.calls.claimedWith, [0, 8]);
       const second = w.sender.answer(8);
       await until('the last four', () => w.sender.held.length === 4);
       const last = w.sender.answer(4);
-      await until('the last delete', () => w.calls.completes.length === 3);
-      assert.deepEqual(w.calls.completes, [first, second, last]);
+      await until('every delete', () => w.calls.completes.flat().length === 20);
+      assert.deepEqual(w.calls.completes.flat().sort(), [...first, ...second, ...last].sort());
       assert.deepEqual([...w.sender.sent].sort(), [...w.ids].sort(), 'each event sent once');
       assert.equal(await w.pending(), 0);
     } finally {
@@ -131,31 +150,52 @@ describe('webhook worker', () => {
     }
   });
 
-  it('refills freed slots only once half of them are free, unless none is busy', async () => {
-    const w = await setup(30);
+  it('claims again only once no more than the slots are queued, and removes answers meanwhile', async () => {
+    const w = await setup(40);
     try {
       w.webhooks.start();
-      await until('the first batch', () => w.sender.held.length === 8);
-      w.sender.answer(1);
+      await until(
+        'the first claim',
+        () => w.calls.claims.length === 1 && w.sender.held.length === 8,
+      );
+      const one = w.sender.answer(1);
       await until('the first delete', () => w.calls.completes.length === 1);
-      w.sender.answer(2);
-      await until('the second delete', () => w.calls.completes.length === 2);
+      assert.deepEqual(w.calls.completes, [one], 'removed on its own: fifteen still queued');
       w.webhooks.nudge();
       await sleep(100);
-      assert.deepEqual(w.calls.claims, [8], 'three of eight slots free: no claim yet');
-      assert.equal(w.sender.held.length, 5);
-      w.sender.answer(1);
+      assert.deepEqual(w.calls.claims, [16], 'no claim while more than eight are queued');
+      assert.equal(w.sender.held.length, 8, 'the freed slot took a row claimed ahead');
+      const seven = w.sender.answer(7);
       await until('the refill', () => w.calls.claims.length === 2);
-      assert.deepEqual(w.calls.claims, [8, 4], 'four free slots are refilled by one claim');
-      await until('eight sends again', () => w.sender.held.length === 8);
-      // With nothing under way, an early claim is always worth it.
-      w.sender.answer(8);
-      await until('the third claim', () => w.calls.claims.length === 3);
-      assert.deepEqual(w.calls.claims, [8, 4, 8]);
+      assert.deepEqual(w.calls.claims, [16, 8], 'eight queued: eight more claimed');
+      assert.deepEqual(w.calls.completes, [one, seven]);
+      assert.deepEqual(w.calls.claimedWith, [0, 7]);
     } finally {
       w.sender.answer(w.sender.held.length);
       await w.close();
     }
+  });
+
+  it('hands back the rows being sent and those claimed ahead when stopped, and removes the delivered', async () => {
+    const w = await setup(20);
+    w.webhooks.start();
+    await until('the first claim', () => w.calls.claims.length === 1 && w.sender.held.length === 8);
+    const delivered = w.sender.answer(2);
+    await until('two more sends', () => w.sender.sent.length === 10);
+    await w.webhooks.stop();
+    const now = new Date().toISOString();
+    const later = new Date(Date.now() + 60_000).toISOString();
+    const left = await w.store.claimWebhooks(100, now, later);
+    await w.store.close();
+    assert.equal(left.length, 18, 'every row not delivered, claimable again at once');
+    assert.deepEqual(
+      left.map((e) => e.id).sort(),
+      w.ids.filter((id) => !delivered.includes(id)).sort(),
+    );
+    assert.ok(
+      left.every((e) => e.attempts === 0),
+      'a stop counts no attempt',
+    );
   });
 
   it('sends a retry due before the poll while the other slots stay busy', async () => {

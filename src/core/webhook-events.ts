@@ -84,7 +84,26 @@ export interface OutboxEvent {
   lastAttemptAt: string | null;
 }
 
-export const newWebhookId = (): string => `msg_${randomBytes(16).toString('hex')}`;
+/** Random bytes drawn ahead, 10 per id: one system call per 409 ids rather than one each. */
+let randomPool = Buffer.alloc(0);
+let randomAt = 0;
+
+/**
+ * `msg_`, 12 hex digits of the time in milliseconds, then 20 random hex
+ * digits (80 bits). Ids made later sort later, so the outbox's primary-key
+ * index grows at its end instead of at random pages: a commit of many
+ * events dirties a few index pages, not one per event.
+ */
+export function newWebhookId(): string {
+  const now = Date.now();
+  if (randomAt + 10 > randomPool.length) {
+    randomPool = randomBytes(4096);
+    randomAt = 0;
+  }
+  const random = randomPool.toString('hex', randomAt, randomAt + 10);
+  randomAt += 10;
+  return `msg_${now.toString(16).padStart(12, '0')}${random}`;
+}
 
 /** An event due now (or at `dueAt`) with `data` for its type. */
 export function outboxEntry<T extends WebhookType>(

@@ -11,11 +11,18 @@
  *   (`FOR UPDATE SKIP LOCKED` on PostgreSQL); a second send happens only
  *   when a lease runs out, i.e. a node died or stalled past it.
  * - Bounded: at most `concurrency` sends at a time per node, each cut at
- *   `timeoutMs`; nothing is held in memory beyond the rows being sent.
+ *   `timeoutMs`; in memory, at most as many rows again claimed to be sent
+ *   next, and the ids of those delivered until the turn's store call.
  *
- * Cost: the deliveries answered in one event-loop turn leave the outbox in
- * one statement, and freed slots are refilled in batches (half the
- * concurrency at least) rather than one claim per finished send.
+ * Cost: a node claims rows ahead, up to `concurrency` beyond those it is
+ * sending, so that a send that ends is followed by the next one in the same
+ * turn, and claims only once it holds `concurrency` rows or fewer, so each
+ * claim takes at least that many. The deliveries answered in one turn leave
+ * the outbox in one statement, the same one as the next claim when one is due.
+ *
+ * Lease: a row claimed ahead waits for a free slot, which comes within
+ * `timeoutMs` (every send under way ends by then), then is sent within
+ * `timeoutMs`: the lease of 2 × `timeoutMs` + a margin covers both.
  */
 import type { WebhookConfig } from '../config.js';
 import type { Logger } from '../observability/log.js';
@@ -87,7 +94,12 @@ export interface FailedWebhook {
 export class Webhooks {
   private readonly inFlight = new Set<Promise<void>>();
   private readonly abort = new AbortController();
+  /** Claimed, leased, not yet sent: sent as slots free up, oldest first. */
+  private ready: OutboxEvent[] = [];
+  /** Delivered ids waiting for the next store call to remove them. */
+  private delivered: string[] = [];
   private timer: NodeJS.Timeout | undefined;
+  private immediate: NodeJS.Immediate | undefined;
   private polling = false;
   /** Another poll was asked for while one ran. */
   private again = false;
@@ -141,30 +153,47 @@ export class Webhooks {
     this.schedule(0);
   }
 
+  /** Rows this node has yet to send or is sending. */
+  private queued(): number {
+    return this.ready.length + this.inFlight.size;
+  }
+
   /**
-   * Whether an early claim (before the poll) is worth its transaction: no
-   * send under way, or half the slots free. Otherwise the sends under way
-   * refill the slots when they finish, or the poll does if they stall, so
-   * one claim takes several rows instead of each send costing one claim.
+   * Whether a claim is worth its transaction: `concurrency` rows or fewer
+   * are queued here, so the claim can take at least that many. Otherwise the
+   * rows queued keep every slot busy until then.
    */
   private worthClaiming(): boolean {
-    const { concurrency } = this.deps.config;
-    const busy = this.inFlight.size;
-    return busy === 0 || concurrency - busy >= Math.ceil(concurrency / 2);
+    return this.queued() <= this.deps.config.concurrency;
   }
 
   /**
    * Stops claiming, cuts the sends under way and gives their rows back
-   * (without counting an attempt), so another node or the next start sends them.
+   * (without counting an attempt), as well as those claimed and not sent, so
+   * another node or the next start sends them. Delivered rows are removed.
    */
   async stop(): Promise<void> {
     this.stopping = true;
     clearTimeout(this.timer);
+    if (this.immediate) clearImmediate(this.immediate);
     this.abort.abort();
     while (this.inFlight.size > 0 || this.polling) {
       await Promise.allSettled([...this.inFlight]);
       if (this.polling) await new Promise((r) => setTimeout(r, 5));
     }
+    const { store, log } = this.deps;
+    const unsent = this.ready;
+    this.ready = [];
+    await Promise.all(
+      unsent.map((e) =>
+        store
+          .releaseWebhook(e.id)
+          .catch((err) => log.warn({ err, id: e.id }, 'lease not released')),
+      ),
+    );
+    await this.removeDelivered().catch((err) =>
+      log.warn({ err }, 'delivered webhooks not removed; they will be sent again'),
+    );
     this.deps.sender.close();
   }
 
@@ -195,65 +224,110 @@ export class Webhooks {
   /** The time the last claim asked for due events at. */
   private lastClaimAt = 0;
 
+  /** Polls in `ms`; 0: after this turn's I/O, so that the turn's deliveries go together. */
   private schedule(ms: number): void {
     if (this.stopping) return;
     if (this.polling) {
       this.again = true;
       return;
     }
+    // A poll due after this turn's I/O comes first; it schedules the next one.
+    if (this.immediate) return;
     clearTimeout(this.timer);
+    if (this.immediate) clearImmediate(this.immediate);
+    this.immediate = undefined;
     this.timerAt = Date.now() + ms;
-    this.timer = setTimeout(() => void this.poll(), ms);
-    this.timer.unref();
+    if (ms <= 0) {
+      this.immediate = setImmediate(() => void this.poll());
+      this.immediate.unref();
+    } else {
+      this.timer = setTimeout(() => void this.poll(), ms);
+      this.timer.unref();
+    }
   }
 
   /** When the pending poll timer fires. */
   private timerAt = Number.POSITIVE_INFINITY;
 
+  /**
+   * One store call: removes the rows delivered since the last one and, when
+   * this node holds few enough rows, claims due ones in the same transaction.
+   */
   private async poll(): Promise<void> {
+    this.immediate = undefined;
     this.polling = true;
     this.again = false;
     let full = false;
+    const done = this.delivered;
+    this.delivered = [];
     try {
-      const free = this.deps.config.concurrency - this.inFlight.size;
-      if (free > 0) {
+      const { config, store, metrics } = this.deps;
+      const limit = 2 * config.concurrency - this.queued();
+      if (this.worthClaiming() && limit > 0) {
         const now = Date.now();
         this.lastClaimAt = now;
-        const lease = 2 * this.deps.config.timeoutMs + LEASE_MARGIN_MS;
-        const batch = await this.deps.store.claimWebhooks(
-          free,
+        const lease = 2 * config.timeoutMs + LEASE_MARGIN_MS;
+        const batch = await store.claimWebhooks(
+          limit,
           new Date(now).toISOString(),
           new Date(now + lease).toISOString(),
+          done,
         );
-        for (const event of batch) this.dispatch(event);
-        full = batch.length === free;
+        metrics.webhookDeliveries.inc({ result: 'delivered' }, done.length);
+        this.ready.push(...batch);
+        full = batch.length === limit;
+      } else if (done.length > 0) {
+        await store.completeWebhooks(done);
+        metrics.webhookDeliveries.inc({ result: 'delivered' }, done.length);
       }
     } catch (err) {
+      // Delivered rows not removed are sent again when their lease runs out:
+      // at least once still holds.
       this.deps.log.warn({ err }, 'webhook claim failed');
     } finally {
       this.polling = false;
     }
-    // More may be due when the batch was full; otherwise wait for the poll, a
-    // nudge, or this node's next retry if that comes sooner than the poll.
-    if (this.again) this.schedule(0);
-    else if (full && this.inFlight.size < this.deps.config.concurrency) this.schedule(0);
+    this.pump();
+    // More may be due when the batch was full, and delivered rows may be
+    // waiting; otherwise wait for the poll, a nudge, or this node's next
+    // retry if that comes sooner than the poll.
+    if (this.again || this.delivered.length > 0) this.schedule(0);
+    else if (full && this.worthClaiming()) this.schedule(0);
     else this.schedule(this.untilNextPoll());
   }
 
+  /** Removes the delivered rows on their own (at shutdown). */
+  private async removeDelivered(): Promise<void> {
+    const done = this.delivered;
+    this.delivered = [];
+    if (done.length === 0) return;
+    await this.deps.store.completeWebhooks(done);
+    this.deps.metrics.webhookDeliveries.inc({ result: 'delivered' }, done.length);
+  }
+
   private untilNextPoll(): number {
-    // Every slot busy: the next free one schedules a poll of its own.
-    if (this.inFlight.size >= this.deps.config.concurrency) return this.deps.config.pollMs;
+    // Enough rows held: a send that ends asks for the next claim itself.
+    if (!this.worthClaiming()) return this.deps.config.pollMs;
     // Forgotten only once a claim has looked at or after it: a timer may fire a little early.
     if (this.nextRetryAt <= this.lastClaimAt) this.nextRetryAt = Number.POSITIVE_INFINITY;
     return Math.min(this.deps.config.pollMs, Math.max(1, this.nextRetryAt - Date.now()));
   }
 
+  /** Starts sends for ready rows while slots are free. */
+  private pump(): void {
+    const { concurrency } = this.deps.config;
+    while (!this.stopping && this.inFlight.size < concurrency && this.ready.length > 0) {
+      this.dispatch(this.ready.shift() as OutboxEvent);
+    }
+  }
+
   private dispatch(event: OutboxEvent): void {
     const p = this.deliver(event).finally(() => {
       this.inFlight.delete(p);
-      // Slots are free: pick up what the last full batch left behind.
       if (this.stopping) return;
-      if (this.worthClaiming()) this.schedule(0);
+      // The slot is free: the next ready row goes out in this same turn.
+      this.pump();
+      if (this.delivered.length > 0 || this.worthClaiming()) this.schedule(0);
       else {
         // A retry this send just recorded may be due before the pending poll.
         const ms = this.untilNextPoll();
@@ -263,34 +337,15 @@ export class Webhooks {
     this.inFlight.add(p);
   }
 
-  /** Delivered ids waiting for the turn's one delete. */
-  private completing: string[] = [];
-  private completion: Promise<void> | undefined;
-
-  /**
-   * Removes a delivered row together with the others answered in this turn.
-   * Each delivery still waits for the delete, so it counts as delivered (and
-   * its slot as free) only once its row is gone; a crash before the delete
-   * sends it again, as a crash between answer and delete always did.
-   */
-  private complete(id: string): Promise<void> {
-    this.completing.push(id);
-    this.completion ??= new Promise<void>((resolve) => setImmediate(resolve)).then(() => {
-      const ids = this.completing;
-      this.completing = [];
-      this.completion = undefined;
-      return this.deps.store.completeWebhooks(ids);
-    });
-    return this.completion;
-  }
-
   private async deliver(event: OutboxEvent): Promise<void> {
     const { store, sender, metrics, log, config } = this.deps;
     let error: string;
     try {
       await sender.send(event.id, webhookBody(event), this.abort.signal);
-      await this.complete(event.id);
-      metrics.webhookDeliveries.inc({ result: 'delivered' });
+      // Removed with the others answered in this turn, by the next store call;
+      // a crash before that sends it again, as a crash between answer and
+      // delete always could.
+      this.delivered.push(event.id);
       return;
     } catch (err) {
       error = err instanceof Error ? err.message : String(err);

@@ -1384,12 +1384,21 @@ export class PostgresStore implements Store {
     await this.query(insertOutbox(1), outboxParams(entries));
   }
 
-  async claimWebhooks(limit: number, now: string, leaseUntil: string): Promise<OutboxEvent[]> {
+  async claimWebhooks(
+    limit: number,
+    now: string,
+    leaseUntil: string,
+    completed: readonly string[] = [],
+  ): Promise<OutboxEvent[]> {
     // SKIP LOCKED: nodes claiming at the same moment take different rows
     // instead of waiting for each other; the lease keeps a row theirs after
     // the commit, until it is sent or the lease runs out (a node that died).
+    // The delivered rows go in the same statement; `due` leaves them out, so
+    // that no row is both deleted and leased by it.
     const rows = await this.query<OutboxRow & { unless_read: string | null; fresh: boolean }>(
-      `WITH due AS (
+      `WITH done AS (
+         DELETE FROM webhook_outbox WHERE id = ANY($4::text[])
+       ), due AS (
          SELECT o.id, (o.unless_read IS NOT NULL AND o.attempts = 0 AND (EXISTS (
                   SELECT 1 FROM receipts r WHERE r.message_id = o.unless_read AND r.kind = 'read'
                 ) OR EXISTS (
@@ -1400,6 +1409,7 @@ export class PostgresStore implements Store {
          FROM webhook_outbox o
          WHERE o.state = 'pending' AND o.next_attempt_at <= $1
            AND (o.lease_until IS NULL OR o.lease_until <= $1)
+           AND o.id <> ALL($4::text[])
          ORDER BY o.next_attempt_at LIMIT $2
          FOR UPDATE SKIP LOCKED
        ), dropped AS (
@@ -1409,7 +1419,7 @@ export class PostgresStore implements Store {
        WHERE o.id = due.id AND NOT due.seen
        RETURNING o.id, o.type, o.payload, o.created_at, o.attempts, o.last_error,
          o.last_attempt_at, o.unless_read, due.fresh`,
-      [now, limit, leaseUntil],
+      [now, limit, leaseUntil, completed],
     );
     await this.refreshUnread(rows);
     return rows.map(outboxEvent);

@@ -1178,8 +1178,14 @@ export class SqliteStore implements Store {
     this.db.transaction(() => this.insertOutbox(entries))();
   }
 
-  async claimWebhooks(limit: number, now: string, leaseUntil: string): Promise<OutboxEvent[]> {
+  async claimWebhooks(
+    limit: number,
+    now: string,
+    leaseUntil: string,
+    completed: readonly string[] = [],
+  ): Promise<OutboxEvent[]> {
     return this.db.transaction(() => {
+      if (completed.length > 0) this.q.deleteOutboxMany.run(JSON.stringify(completed));
       const claimed: OutboxEvent[] = [];
       for (const row of this.q.dueOutbox.all(now, now, limit)) {
         if (

@@ -146,9 +146,16 @@ export interface Store {
    * of a row with `unlessRead` whose message has been read (or deleted) is
    * removed instead of returned; one claimed for the first time gets its
    * message as it is at that moment (edited text, `editedAt`, receipts) as
-   * its data, stored, so every attempt sends the same body.
+   * its data, stored, so every attempt sends the same body. `completed` rows
+   * were delivered: they are removed in the same transaction (as by
+   * `completeWebhooks`), so a busy worker makes one store call for both.
    */
-  claimWebhooks(limit: number, now: string, leaseUntil: string): Promise<OutboxEvent[]>;
+  claimWebhooks(
+    limit: number,
+    now: string,
+    leaseUntil: string,
+    completed?: readonly string[],
+  ): Promise<OutboxEvent[]>;
   /**
    * Rows were delivered: removes them, in one statement however many (the
    * worker completes a turn's deliveries together). Unknown ids are ignored.

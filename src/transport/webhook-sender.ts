@@ -2,10 +2,18 @@
  * Webhooks over HTTP: one signed POST per attempt (Standard Webhooks headers,
  * protocol section 9). Success is a 2xx status within the timeout; the
  * answer's body is drained up to a bound and never kept.
+ *
+ * The requests go through undici `Client`s, one kept-alive connection each
+ * and one request at a time on it (no pipelining: a receiver behind a proxy
+ * that mishandles pipelined requests, or one that answers out of turn, could
+ * pair an answer with the wrong event). A send takes the first connection
+ * with nothing under way, so sends one after another reuse one connection and
+ * at most `maxSockets` are ever open. Each attempt is a request of its own:
+ * undici never sends a POST twice by itself, so every attempt the receiver
+ * sees is one the worker made and counted.
  */
-import { Agent as HttpAgent, request as httpRequest } from 'node:http';
-import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import { Webhook } from 'standardwebhooks';
+import { createHmac, createSecretKey, type KeyObject } from 'node:crypto';
+import { Client, type Dispatcher } from 'undici';
 import type { WebhookSender } from '../core/webhooks.js';
 
 /** Bytes of a receiver's answer read before the connection is dropped instead. */
@@ -16,73 +24,165 @@ export interface HttpWebhookSenderOptions {
   /** `whsec_…` */
   secret: string;
   timeoutMs: number;
-  /** Sockets kept to the receiver; the worker's concurrency. */
+  /** Connections kept to the receiver; the worker's concurrency. */
   maxSockets: number;
 }
 
+/**
+ * The Standard Webhooks signature: `v1,` + base64 HMAC-SHA256 of
+ * `<id>.<timestamp>.<body>` under the base64-decoded part of `whsec_…`.
+ * The key is imported once; each signature is one native HMAC (the
+ * `standardwebhooks` package hashes in JavaScript, several times slower;
+ * the tests check that both sign alike).
+ */
+export class WebhookSigner {
+  private readonly key: KeyObject;
+
+  constructor(secret: string) {
+    const raw = Buffer.from(secret.replace(/^whsec_/, ''), 'base64');
+    if (raw.length === 0) throw new Error('empty webhook secret');
+    this.key = createSecretKey(raw);
+  }
+
+  /** `timestamp` in whole seconds, as sent in `webhook-timestamp`. */
+  sign(id: string, timestamp: number, body: string | Buffer): string {
+    const hmac = createHmac('sha256', this.key);
+    hmac.update(`${id}.${timestamp}.`);
+    hmac.update(body);
+    return `v1,${hmac.digest('base64')}`;
+  }
+}
+
 export class HttpWebhookSender implements WebhookSender {
-  private readonly url: URL;
-  private readonly signer: Webhook;
-  private readonly agent: HttpAgent;
+  private readonly origin: string;
+  private readonly path: string;
+  private readonly signer: WebhookSigner;
+  /** Opened as needed, at most `maxSockets`; `busy[i]`: sends under way on `clients[i]`. */
+  private readonly clients: Client[] = [];
+  private readonly busy: number[] = [];
 
   constructor(private readonly options: HttpWebhookSenderOptions) {
-    this.url = new URL(options.url);
-    this.signer = new Webhook(options.secret);
-    const agentOptions = { keepAlive: true, maxSockets: options.maxSockets };
-    this.agent =
-      this.url.protocol === 'https:' ? new HttpsAgent(agentOptions) : new HttpAgent(agentOptions);
+    const url = new URL(options.url);
+    this.path = `${url.pathname}${url.search}`;
+    this.origin = url.origin;
+    this.signer = new WebhookSigner(options.secret);
+  }
+
+  /** The first idle connection, a new one while fewer than `maxSockets`, else the least busy. */
+  private pick(): number {
+    let best = -1;
+    for (let i = 0; i < this.clients.length; i++) {
+      if (this.busy[i] === 0) return i;
+      if (best < 0 || (this.busy[i] ?? 0) < (this.busy[best] ?? 0)) best = i;
+    }
+    if (this.clients.length < this.options.maxSockets || best < 0) {
+      this.clients.push(
+        new Client(this.origin, {
+          pipelining: 1,
+          connectTimeout: this.options.timeoutMs,
+          // Backstops only: the deadline in `send` cuts every attempt first.
+          headersTimeout: this.options.timeoutMs + 1_000,
+          bodyTimeout: this.options.timeoutMs + 1_000,
+        }),
+      );
+      this.busy.push(0);
+      return this.clients.length - 1;
+    }
+    return best;
   }
 
   send(id: string, body: string, signal: AbortSignal): Promise<void> {
-    const now = new Date();
-    // Encoded once: measured and written as the same bytes the signature covers.
+    // Encoded once: measured, signed and written as the same bytes.
     const bytes = Buffer.from(body);
+    const timestamp = Math.floor(Date.now() / 1000);
     const headers = {
       'content-type': 'application/json',
-      'content-length': String(bytes.length),
       'user-agent': 'charla-webhooks',
       'webhook-id': id,
-      'webhook-timestamp': String(Math.floor(now.getTime() / 1000)),
-      'webhook-signature': this.signer.sign(id, now, body),
+      'webhook-timestamp': String(timestamp),
+      'webhook-signature': this.signer.sign(id, timestamp, bytes),
     };
-    const request = this.url.protocol === 'https:' ? httpsRequest : httpRequest;
     return new Promise((resolve, reject) => {
-      let settled = false;
-      const settle = (err?: Error) => {
-        if (settled) return;
-        settled = true;
-        if (err) reject(err);
+      if (signal.aborted) {
+        reject(new Error('stopped'));
+        return;
+      }
+      // Known once undici hands the request to a connection; a cut asked for
+      // before that is applied then.
+      let controller: Dispatcher.DispatchController | undefined;
+      let cut: Error | undefined;
+      const abort = (err: Error) => {
+        cut ??= err;
+        controller?.abort(err);
+      };
+      // The final status decides: null for a 2xx, else its error; undefined until it comes.
+      let outcome: Error | null | undefined;
+      let finished = false;
+      // The connection counts as busy until undici is done with the request,
+      // even when the deadline settled it before.
+      const slot = this.pick();
+      this.busy[slot] = (this.busy[slot] ?? 0) + 1;
+      let released = false;
+      const release = () => {
+        if (released) return;
+        released = true;
+        this.busy[slot] = (this.busy[slot] ?? 1) - 1;
+      };
+      // The request is over: its answer read in full, or the request cut. It
+      // settles only then, so that its connection is free for the next send.
+      const finish = (reason: Error) => {
+        if (finished) return;
+        finished = true;
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onStop);
+        const result = outcome === undefined ? reason : outcome;
+        if (result) reject(result);
         else resolve();
       };
-      const req = request(this.url, { method: 'POST', headers, agent: this.agent, signal });
+      const onStop = () => {
+        const err = new Error('stopped');
+        finish(err);
+        abort(err);
+      };
       // The deadline covers connecting, sending and the answer's status line and
-      // body alike: a receiver that trickles is cut there.
+      // body alike: a receiver that trickles is cut there, even after a 2xx.
       const timer = setTimeout(() => {
         const err = new Error(`no answer within ${this.options.timeoutMs} ms`);
-        settle(err);
-        req.destroy(err);
+        finish(err);
+        abort(err);
       }, this.options.timeoutMs);
-      req.on('response', (res) => {
-        const status = res.statusCode ?? 0;
-        if (status >= 200 && status < 300) settle();
-        else settle(new Error(`HTTP ${status}`));
-        let bytes = 0;
-        res.on('data', (chunk: Buffer) => {
-          bytes += chunk.length;
-          if (bytes > MAX_RESPONSE_BYTES) res.destroy();
-        });
-        res.on('error', () => {});
-        res.on('close', () => clearTimeout(timer));
-      });
-      req.on('error', (err) => {
-        clearTimeout(timer);
-        settle(signal.aborted ? new Error('stopped') : err);
-      });
-      req.end(bytes);
+      signal.addEventListener('abort', onStop, { once: true });
+      let received = 0;
+      (this.clients[slot] as Client).dispatch(
+        { path: this.path, method: 'POST', headers, body: bytes },
+        {
+          onRequestStart(c) {
+            controller = c;
+            if (cut) c.abort(cut);
+          },
+          onResponseStart(_c, status) {
+            // 1xx answers are interim; the final status follows.
+            if (status < 200) return;
+            outcome = status < 300 ? null : new Error(`HTTP ${status}`);
+          },
+          onResponseData(c, chunk) {
+            received += chunk.length;
+            if (received > MAX_RESPONSE_BYTES) c.abort(new Error('answer too long'));
+          },
+          onResponseEnd() {
+            release();
+            finish(new Error('no answer'));
+          },
+          onResponseError(_c, err) {
+            release();
+            finish(signal.aborted ? new Error('stopped') : err);
+          },
+        },
+      );
     });
   }
 
   close(): void {
-    this.agent.destroy();
+    for (const client of this.clients) void client.destroy().catch(() => {});
   }
 }
