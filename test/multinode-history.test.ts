@@ -133,6 +133,8 @@ if (await requireServices('postgres', 'redis')) {
         STREAM_RATE_LIMIT: '100000/1s',
         FLOOD_LIMIT: '1000000',
         STREAM_HISTORY_ON_JOIN: '100',
+        // Far longer than the test holds the lock, even on a loaded machine.
+        STREAM_HISTORY_SETTLE_MS: '15000',
       };
       A = await startServer(env);
       B = await startServer(env);
