@@ -672,13 +672,26 @@ async function main(): Promise<void> {
       const redis = { REDIS_URL: process.env.BENCH_REDIS_URL, REDIS_PREFIX: `bench${Date.now()}:` };
       variants.push(['moderated, Redis limits', () => moderated(redis)]);
     }
-    for (const [variant, run] of variants) {
-      const list: Array<Record<string, number>> = [];
-      for (let r = 0; r < runs; r++) {
+    // Interleaved (plain, moderated, plain, …): on a shared machine neighbours'
+    // load changes over minutes, and each run's ratio compares like with like.
+    const lists = variants.map(() => [] as Array<Record<string, number>>);
+    for (let r = 0; r < runs; r++) {
+      for (const [i, [variant, run]] of variants.entries()) {
         const res = await run();
-        list.push(res);
+        lists[i]?.push(res);
         process.stderr.write(`  moderated ${variant} run ${r + 1}: ${JSON.stringify(res)}\n`);
       }
+      const [plainRun, moderatedRun] = [lists[0]?.[r], lists[1]?.[r]];
+      if (plainRun?.deliveries && moderatedRun?.deliveries) {
+        const ratio = moderatedRun.deliveries / plainRun.deliveries;
+        const cpu = (moderatedRun.cpuUsPerDelivery ?? 0) / (plainRun.cpuUsPerDelivery ?? 1);
+        process.stderr.write(
+          `  moderated / plain, run ${r + 1}: ${ratio.toFixed(2)} deliveries, ${cpu.toFixed(2)} CPU per delivery\n`,
+        );
+      }
+    }
+    for (const [i, [variant]] of variants.entries()) {
+      const list = lists[i] ?? [];
       const keys = Object.keys(list[0] ?? {});
       const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
       record('moderated', { variant, viewers, server: 'charla', ...m });

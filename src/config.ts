@@ -37,6 +37,8 @@ export interface Limits {
   requestBatchMax: number;
   /** Streams whose newest chats a node keeps for `history` frames; 0: off. */
   streamHistoryCacheStreams: number;
+  /** Longest wait, before a history is read from the store, for every node to store what it accepted. */
+  streamHistorySettleMs: number;
 }
 
 export interface JwtConfig {
@@ -262,6 +264,8 @@ const schema = z.object({
   REQUEST_BATCH_MAX: int(256, 1, 10_000),
   // History on join served from memory: how many streams a node caches.
   STREAM_HISTORY_CACHE_STREAMS: int(1000, 0, 1_000_000),
+  // Before a history is read from the store: every node stores what it accepted, within this wait.
+  STREAM_HISTORY_SETTLE_MS: int(2000, 1, 60_000),
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -349,6 +353,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       streamFlushBusyShare: e.STREAM_FLUSH_BUSY_PERCENT / 100,
       requestBatchMax: e.REQUEST_BATCH_MAX,
       streamHistoryCacheStreams: e.STREAM_HISTORY_CACHE_STREAMS,
+      streamHistorySettleMs: e.STREAM_HISTORY_SETTLE_MS,
     },
     webhooks:
       e.WEBHOOK_URL === undefined || e.WEBHOOK_SECRET === undefined

@@ -32,6 +32,7 @@ describe('loadConfig', () => {
       streamFlushBusyShare: 0.25,
       requestBatchMax: 256,
       streamHistoryCacheStreams: 1000,
+      streamHistorySettleMs: 2000,
     });
   });
   it('runs in dev mode with its own secret and API key when no JWT key is set', () => {
@@ -51,6 +52,7 @@ describe('loadConfig', () => {
       [{ PORT: 'eighty' }, 'PORT'],
       [{ PORT: '70000' }, 'PORT'],
       [{ FLOOD_LIMIT: '0' }, 'FLOOD_LIMIT'],
+      [{ STREAM_HISTORY_SETTLE_MS: '0' }, 'STREAM_HISTORY_SETTLE_MS'],
       [{ STREAM_RATE_LIMIT: '20 per 30s' }, 'STREAM_RATE_LIMIT'],
       [{ REQUEST_RATE_LIMIT: '5/0s' }, 'REQUEST_RATE_LIMIT'],
       [{ DATABASE_URL: 'mysql://x' }, 'DATABASE_URL'],
