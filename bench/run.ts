@@ -466,6 +466,11 @@ async function requestChat(
       max: lat.max,
       errors: report.errors,
       deliveredPerSec: report.deliveredInWindow / seconds,
+      // Each message reaches its teacher's socket (and every watcher): with
+      // nothing lost, deliveries per ack are 1 + watchers.
+      deliveredPerAck: report.deliveredInWindow / Math.max(1, report.acksInWindow),
+      // `requestUpdated` events per ack, over every socket of the run.
+      updatesPerAck: report.updatesInWindow / Math.max(1, report.acksInWindow),
       genCpu: report.cpuPercent,
       serverCpu: serverWindow.cpuPercent,
       // CPU time per message: steadier than rates on a machine shared with other work.
@@ -1137,6 +1142,8 @@ function renderTables(): string {
         fmt(n(r, 'errors')),
         `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
         fmt(n(r, 'cpuUsPerAck')),
+        fmt(n(r, 'deliveredPerAck'), 2),
+        fmt(n(r, 'updatesPerAck'), 1),
         r.outbox === 'on' ? fmt(n(r, 'webhooksPerAck'), 2) : '',
         fmt(n(r, 'pacedCpuUsPerAck')),
         r.outbox === 'on' ? fmt(n(r, 'pacedWebhooksPerAck'), 2) : '',
@@ -1159,6 +1166,8 @@ function renderTables(): string {
           'errors',
           'CPU server / generator',
           'server CPU µs per ack',
+          'delivered per ack',
+          'requestUpdated per ack',
           'webhooks per ack',
           'paced at 80%: CPU µs per ack',
           'paced at 80%: webhooks per ack',
