@@ -11,6 +11,8 @@
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
  *   npm run bench -- --only request --baseline main=/path/to/built/charla   (group commit against other builds;
  *       without --baseline, against REQUEST_BATCH_MAX=1; --request-databases sqlite,postgres --request-outbox off,on;
+ *        --request-update-flush-ms 0,100,250 runs this build once per REQUEST_UPDATE_FLUSH_MS;
+ *        --request-skip-paced leaves out the runs paced at 80%;
  *        --request-cpu-prof DIR writes a CPU profile of each saturated run's server under DIR)
  *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
@@ -772,7 +774,13 @@ async function main(): Promise<void> {
               { env: Record<string, string> },
             ],
           ]),
-      ['group commit', {}],
+      // `--request-update-flush-ms 0,100,250`: this build once per REQUEST_UPDATE_FLUSH_MS.
+      ...(option('request-update-flush-ms')
+        ?.split(',')
+        .map((ms): [string, { env: Record<string, string> }] => [
+          `flush ${ms} ms`,
+          { env: { REQUEST_UPDATE_FLUSH_MS: ms } },
+        ]) ?? [['group commit', {}] as [string, { env?: Record<string, string> }]]),
     ];
     const databases = (option('request-databases') ?? 'sqlite,postgres').split(',') as Array<
       'sqlite' | 'postgres'
@@ -794,7 +802,7 @@ async function main(): Promise<void> {
             );
           }
         }
-        for (let r = 0; r < runs; r++) {
+        for (let r = 0; r < (flag('request-skip-paced') ? 0 : runs); r++) {
           for (const [name, v] of variants) {
             const top = median((saturated.get(name) ?? []).map((x) => x.acksPerSec as number));
             const res = await requestChat(database, 0, { ...v, webhooks, rate: 0.8 * top });
