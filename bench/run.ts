@@ -12,7 +12,8 @@
  *   npm run bench -- --only request --baseline main=/path/to/built/charla   (group commit against other builds;
  *       without --baseline, against REQUEST_BATCH_MAX=1; --request-databases sqlite,postgres --request-outbox off,on;
  *        --request-update-flush-ms 0,100,250 runs this build once per REQUEST_UPDATE_FLUSH_MS;
- *        --request-skip-paced leaves out the runs paced at 80%;
+ *        --request-skip-paced leaves out the runs paced at 80%; --request-rate N paces the
+ *        first runs at N acks/s instead of saturating;
  *        --request-cpu-prof DIR writes a CPU profile of each saturated run's server under DIR)
  *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
@@ -795,7 +796,15 @@ async function main(): Promise<void> {
         for (let r = 0; r < runs; r++) {
           for (const [name, v] of variants) {
             const profile = `${database}-outbox-${outbox}-${name.replace(/\W+/g, '-')}-${r + 1}`;
-            const res = await requestChat(database, 0, { ...v, webhooks, profile });
+            // `--request-rate N`: every variant paced at the same N acks/s instead of saturated,
+            // so that CPU per ack compares the same work on a machine too busy to saturate.
+            const fixed = Number(option('request-rate') ?? 0);
+            const res = await requestChat(database, 0, {
+              ...v,
+              webhooks,
+              profile,
+              ...(fixed > 0 ? { rate: fixed } : {}),
+            });
             saturated.set(name, [...(saturated.get(name) ?? []), res]);
             process.stderr.write(
               `  request ${database} outbox ${outbox} ${name} run ${r + 1}: ${JSON.stringify(res)}\n`,

@@ -2,13 +2,26 @@
  * Coalescing of `requestUpdated` (README "Request chat", REQUEST_UPDATE_FLUSH_MS):
  * the coalescer on its own with a recording delivery, then real
  * socket.io-client sockets against charla on SQLite: a lone update is not
- * delayed, a burst ends with the right count, reads are never overtaken.
+ * delayed, a burst ends with the right count, reads are never overtaken; and
+ * two nodes on PostgreSQL and Redis, where each node coalesces for its own sockets.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { UpdateCoalescer, type UpdateTarget } from '../src/transport/request-updates.js';
-import { api, sleep, startServer, type TestServer, until, userToken } from './helpers.js';
+import {
+  API_KEY,
+  api,
+  type ChildServer,
+  SECRET,
+  sleep,
+  spawnServer,
+  startServer,
+  type TestServer,
+  until,
+  userToken,
+} from './helpers.js';
 import { RequestClient } from './request-client.js';
+import { REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
 
 const target = (room: string, except: string[] = []): UpdateTarget => ({ rooms: [room], except });
 const frame = (t: UpdateTarget, requestId: string, unread: number) => ({
@@ -260,3 +273,100 @@ describe('requestUpdated coalescing, SQLite', () => {
     }
   });
 });
+
+if (await requireServices('postgres', 'redis')) {
+  describe('requestUpdated coalescing, two nodes on PostgreSQL and Redis', () => {
+    const FLUSH_MS = 400;
+    const requestId = '6751b6df1ad14eaa13a0bb02';
+    let schema: Awaited<ReturnType<typeof tempSchema>>;
+    let A: ChildServer;
+    let B: ChildServer;
+
+    before(async () => {
+      schema = await tempSchema();
+      const env = {
+        DATABASE_URL: schema.url,
+        REDIS_URL,
+        REDIS_PREFIX: tempRedisPrefix(),
+        JWT_SECRET: SECRET,
+        API_KEY,
+        REQUEST_RATE_LIMIT: '10000/1s',
+        FLOOD_LIMIT: '100000',
+        REQUEST_UPDATE_FLUSH_MS: String(FLUSH_MS),
+      };
+      [A, B] = await Promise.all([spawnServer(env), spawnServer(env)]);
+      assert.equal(
+        (await api(A.url, 'PUT', `/api/requests/${requestId}`, { ownerId: 51 })).status,
+        201,
+      );
+    });
+
+    after(async () => {
+      const codes = await Promise.all([A, B].map((n) => n?.stop('SIGTERM')));
+      await schema.drop();
+      assert.deepEqual(codes, [0, 0]);
+    });
+
+    const mine = (p: any) => p.requestId === requestId;
+
+    it('every tab of each user, on either node, ends with that user’s count', async () => {
+      const teacher = await userToken('51', { role: 'TEACHER' });
+      const colleague = await userToken('53', { role: 'LAB' });
+      const teacherA = await RequestClient.connect(A.url, teacher);
+      const teacherB = await RequestClient.connect(B.url, teacher);
+      const colleagueA = await RequestClient.connect(A.url, colleague);
+      const colleagueB = await RequestClient.connect(B.url, colleague);
+      const sender = await RequestClient.connect(A.url, await userToken('52', { role: 'LAB' }));
+      const tabs = [teacherA, teacherB, colleagueA, colleagueB, sender];
+      try {
+        assert.equal((await sender.ask('joinRoom', { requestId })).ok, true);
+        assert.equal((await colleagueB.ask('joinRoom', { requestId })).ok, true);
+        // Every node's inbox subscription is live once an update reaches both.
+        await sender.ask('message', { requestId, message: 'first' });
+        await teacherA.next('requestUpdated', mine);
+        await teacherB.next('requestUpdated', mine);
+        // The colleague reads on B: from now on they have counters of their own.
+        const first = await colleagueB.ask('loadHistory', { requestId });
+        const ids = first.messages.map((m: any) => m._id);
+        assert.equal((await colleagueB.ask('readMessages', { requestId, messages: ids })).ok, true);
+        await sleep(2.5 * FLUSH_MS);
+
+        const n = 30;
+        await Promise.all(
+          Array.from({ length: n }, (_, i) =>
+            sender.ask('message', { requestId, message: `burst ${i}` }),
+          ),
+        );
+        // The colleague reads half of the burst on B while updates are held.
+        const page = await colleagueB.ask('loadHistory', { requestId, limit: 500 });
+        const half = page.messages.slice(0, 1 + n / 2).map((m: any) => m._id);
+        assert.equal(
+          (await colleagueB.ask('readMessages', { requestId, messages: half })).ok,
+          true,
+        );
+        await sleep(3 * FLUSH_MS);
+
+        const truth = async (tab: RequestClient) =>
+          (await tab.ask('listRequests', {})).requests.find(mine).unread;
+        assert.equal(await truth(teacherA), 1 + n);
+        assert.equal(await truth(colleagueA), n / 2);
+        for (const [tab, want] of [
+          [teacherA, 1 + n],
+          [teacherB, 1 + n],
+          [colleagueA, n / 2],
+          [colleagueB, n / 2],
+        ] as const) {
+          const got = tab.of('requestUpdated').filter(mine);
+          assert.equal(got.at(-1).unread, want, JSON.stringify(got.map((u) => u.unread)));
+        }
+        // Coalesced on each node: fewer updates than messages, on both.
+        for (const tab of [teacherA, teacherB]) {
+          const got = tab.of('requestUpdated').filter(mine).length;
+          assert.ok(got < 1 + n, `${got} updates for ${1 + n} messages`);
+        }
+      } finally {
+        for (const tab of tabs) tab.socket.close();
+      }
+    });
+  });
+}
