@@ -265,7 +265,7 @@ const schema = z.object({
   // Request chat: group commit of the messages accepted in one event-loop turn.
   REQUEST_BATCH_MAX: int(256, 1, 10_000),
   // Request chat: coalescing of busy requests' inbox updates (requestUpdated).
-  REQUEST_UPDATE_FLUSH_MS: int(100, 0, 10_000),
+  REQUEST_UPDATE_FLUSH_MS: int(250, 0, 10_000),
   REQUEST_UPDATE_TRACKED_MAX: int(10_000, 1, 10_000_000),
   // History on join served from memory: how many streams a node caches.
   STREAM_HISTORY_CACHE_STREAMS: int(1000, 0, 1_000_000),

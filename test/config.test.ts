@@ -31,7 +31,7 @@ describe('loadConfig', () => {
       streamFlushMs: 25,
       streamFlushBusyShare: 0.25,
       requestBatchMax: 256,
-      requestUpdateFlushMs: 100,
+      requestUpdateFlushMs: 250,
       requestUpdateTrackedMax: 10_000,
       streamHistoryCacheStreams: 1000,
     });
