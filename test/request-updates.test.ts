@@ -7,7 +7,13 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { UpdateCoalescer, type UpdateTarget } from '../src/transport/request-updates.js';
+import { MemoryBroker } from '../src/broker/memory.js';
+import {
+  INBOX_TOPIC,
+  RequestUpdates,
+  UpdateCoalescer,
+  type UpdateTarget,
+} from '../src/transport/request-updates.js';
 import {
   API_KEY,
   api,
@@ -158,6 +164,37 @@ describe('UpdateCoalescer', () => {
     );
     assert.equal(c.held, 0);
     c.close();
+  });
+});
+
+describe('RequestUpdates', () => {
+  it('delivers its own publications and skips malformed ones from the topic', () => {
+    const broker = new MemoryBroker();
+    const sent: number[] = [];
+    const bad: unknown[] = [];
+    const updates = new RequestUpdates(
+      broker,
+      { flushMs: 0, maxTracked: 10 },
+      (_t, u) => sent.push(u.unread),
+      (err) => bad.push(err),
+    );
+    for (const payload of ['not json', '{}', '{"rooms":["a"],"except":[],"update":null}', '[1]']) {
+      broker.publish(INBOX_TOPIC, payload);
+    }
+    assert.equal(bad.length, 4);
+    updates.publish(target('user:1'), { requestId: 'r1', lastMessage: null, unread: 3 });
+    // Another node's publication, parsed from the topic.
+    broker.publish(
+      INBOX_TOPIC,
+      JSON.stringify({
+        ...target('user:1'),
+        update: { requestId: 'r2', lastMessage: null, unread: 4 },
+      }),
+    );
+    assert.deepEqual(sent, [3, 4]);
+    updates.close();
+    broker.publish(INBOX_TOPIC, JSON.stringify(frame(target('user:1'), 'r3', 5)));
+    assert.deepEqual(sent, [3, 4], 'nothing after close');
   });
 });
 

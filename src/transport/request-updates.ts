@@ -63,6 +63,22 @@ interface Tracked {
   held: Map<string, Frame> | null;
 }
 
+const isStrings = (x: unknown) => Array.isArray(x) && x.every((r) => typeof r === 'string');
+
+/** What another node published, checked before it is used: the topic is shared by every node. */
+function isFrame(x: unknown): x is Frame {
+  const f = x as Partial<Frame> | null;
+  return (
+    typeof f === 'object' &&
+    f !== null &&
+    isStrings(f.rooms) &&
+    isStrings(f.except) &&
+    typeof f.update === 'object' &&
+    f.update !== null &&
+    typeof f.update.requestId === 'string'
+  );
+}
+
 const keyOf = (f: UpdateTarget) => `${f.rooms.join(',')}\u0000${f.except.join(',')}`;
 
 /**
@@ -141,6 +157,11 @@ export class UpdateCoalescer {
 export class RequestUpdates {
   private readonly coalescer: UpdateCoalescer;
   private readonly unsubscribe: Unsubscribe;
+  /**
+   * This node's last publication and its frame: when the broker hands it back
+   * (at once, in one process) it is not parsed again.
+   */
+  private last: { payload: string; frame: Frame } | undefined;
 
   constructor(
     private readonly broker: Broker,
@@ -150,21 +171,29 @@ export class RequestUpdates {
   ) {
     this.coalescer = new UpdateCoalescer(options, deliver);
     this.unsubscribe = broker.subscribe(INBOX_TOPIC, (payload) => {
-      let frame: Frame;
+      const last = this.last;
+      if (last !== undefined && payload === last.payload) {
+        this.coalescer.offer(last.frame);
+        return;
+      }
+      let frame: unknown;
       try {
-        frame = JSON.parse(payload) as Frame;
+        frame = JSON.parse(payload);
       } catch (err) {
         onBadFrame(err);
         return;
       }
-      this.coalescer.offer(frame);
+      if (isFrame(frame)) this.coalescer.offer(frame);
+      else onBadFrame(new Error('not an inbox update'));
     });
   }
 
   /** Sends `update` to the sockets of `target` on every node. */
   publish(target: UpdateTarget, update: RequestUpdate): void {
     const frame: Frame = { rooms: target.rooms, except: target.except, update };
-    this.broker.publish(INBOX_TOPIC, JSON.stringify(frame));
+    const payload = JSON.stringify(frame);
+    this.last = { payload, frame };
+    this.broker.publish(INBOX_TOPIC, payload);
   }
 
   close(): void {
