@@ -11,6 +11,9 @@
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
  *   npm run bench -- --only request --baseline main=/path/to/built/charla   (group commit against other builds;
  *       without --baseline, against REQUEST_BATCH_MAX=1; --request-databases sqlite,postgres --request-outbox off,on;
+ *        --request-update-flush-ms 0,100,250 runs this build once per REQUEST_UPDATE_FLUSH_MS;
+ *        --request-skip-paced leaves out the runs paced at 80%; --request-rate N paces the
+ *        first runs at N acks/s instead of saturating;
  *        --request-cpu-prof DIR writes a CPU profile of each saturated run's server under DIR)
  *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
@@ -466,6 +469,11 @@ async function requestChat(
       max: lat.max,
       errors: report.errors,
       deliveredPerSec: report.deliveredInWindow / seconds,
+      // Each message reaches its teacher's socket (and every watcher): with
+      // nothing lost, deliveries per ack are 1 + watchers.
+      deliveredPerAck: report.deliveredInWindow / Math.max(1, report.acksInWindow),
+      // `requestUpdated` events per ack, over every socket of the run.
+      updatesPerAck: report.updatesInWindow / Math.max(1, report.acksInWindow),
       genCpu: report.cpuPercent,
       serverCpu: serverWindow.cpuPercent,
       // CPU time per message: steadier than rates on a machine shared with other work.
@@ -780,7 +788,13 @@ async function main(): Promise<void> {
               { env: Record<string, string> },
             ],
           ]),
-      ['group commit', {}],
+      // `--request-update-flush-ms 0,100,250`: this build once per REQUEST_UPDATE_FLUSH_MS.
+      ...(option('request-update-flush-ms')
+        ?.split(',')
+        .map((ms): [string, { env: Record<string, string> }] => [
+          `flush ${ms} ms`,
+          { env: { REQUEST_UPDATE_FLUSH_MS: ms } },
+        ]) ?? [['group commit', {}] as [string, { env?: Record<string, string> }]]),
     ];
     const databases = (option('request-databases') ?? 'sqlite,postgres').split(',') as Array<
       'sqlite' | 'postgres'
@@ -795,14 +809,22 @@ async function main(): Promise<void> {
         for (let r = 0; r < runs; r++) {
           for (const [name, v] of variants) {
             const profile = `${database}-outbox-${outbox}-${name.replace(/\W+/g, '-')}-${r + 1}`;
-            const res = await requestChat(database, 0, { ...v, webhooks, profile });
+            // `--request-rate N`: every variant paced at the same N acks/s instead of saturated,
+            // so that CPU per ack compares the same work on a machine too busy to saturate.
+            const fixed = Number(option('request-rate') ?? 0);
+            const res = await requestChat(database, 0, {
+              ...v,
+              webhooks,
+              profile,
+              ...(fixed > 0 ? { rate: fixed } : {}),
+            });
             saturated.set(name, [...(saturated.get(name) ?? []), res]);
             process.stderr.write(
               `  request ${database} outbox ${outbox} ${name} run ${r + 1}: ${JSON.stringify(res)}\n`,
             );
           }
         }
-        for (let r = 0; r < runs; r++) {
+        for (let r = 0; r < (flag('request-skip-paced') ? 0 : runs); r++) {
           for (const [name, v] of variants) {
             const top = median((saturated.get(name) ?? []).map((x) => x.acksPerSec as number));
             const res = await requestChat(database, 0, { ...v, webhooks, rate: 0.8 * top });
@@ -1150,6 +1172,8 @@ function renderTables(): string {
         fmt(n(r, 'errors')),
         `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
         fmt(n(r, 'cpuUsPerAck')),
+        fmt(n(r, 'deliveredPerAck'), 2),
+        fmt(n(r, 'updatesPerAck'), 1),
         r.outbox === 'on' ? fmt(n(r, 'webhooksPerAck'), 2) : '',
         fmt(n(r, 'pacedCpuUsPerAck')),
         r.outbox === 'on' ? fmt(n(r, 'pacedWebhooksPerAck'), 2) : '',
@@ -1172,6 +1196,8 @@ function renderTables(): string {
           'errors',
           'CPU server / generator',
           'server CPU µs per ack',
+          'delivered per ack',
+          'requestUpdated per ack',
           'webhooks per ack',
           'paced at 80%: CPU µs per ack',
           'paced at 80%: webhooks per ack',

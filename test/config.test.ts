@@ -31,6 +31,8 @@ describe('loadConfig', () => {
       streamFlushMs: 25,
       streamFlushBusyShare: 0.25,
       requestBatchMax: 256,
+      requestUpdateFlushMs: 250,
+      requestUpdateTrackedMax: 10_000,
       streamHistoryCacheStreams: 1000,
       streamHistorySettleMs: 2000,
     });
@@ -67,6 +69,10 @@ describe('loadConfig', () => {
       [{ STREAM_FLUSH_MS: '-1' }, 'STREAM_FLUSH_MS'],
       [{ STREAM_FLUSH_MS: '1001' }, 'STREAM_FLUSH_MS'],
       [{ STREAM_FLUSH_BUSY_PERCENT: '101' }, 'STREAM_FLUSH_BUSY_PERCENT'],
+      [{ REQUEST_UPDATE_FLUSH_MS: '-1' }, 'REQUEST_UPDATE_FLUSH_MS'],
+      [{ REQUEST_UPDATE_FLUSH_MS: '10001' }, 'REQUEST_UPDATE_FLUSH_MS'],
+      [{ REQUEST_UPDATE_FLUSH_MS: 'soon' }, 'REQUEST_UPDATE_FLUSH_MS'],
+      [{ REQUEST_UPDATE_TRACKED_MAX: '0' }, 'REQUEST_UPDATE_TRACKED_MAX'],
     ];
     for (const [env, name] of cases) {
       assert.throws(
