@@ -279,7 +279,11 @@ export function spawnServer(
     child.once('exit', (code) => resolve(code)),
   );
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${out}`)), 15_000);
+    const timer = setTimeout(() => {
+      // A process that never listened must not outlive the test file.
+      child.kill('SIGKILL');
+      reject(new Error(`server did not start:\n${out}`));
+    }, 30_000);
     const onData = (chunk: Buffer) => {
       out += chunk.toString();
       const m = /"url":"(http:\/\/[^"]+)".*"msg":"listening"/.exec(out);
@@ -305,6 +309,26 @@ export function spawnServer(
       reject(new Error(`server exited with ${code} before listening:\n${out}`));
     });
   });
+}
+
+/**
+ * Starts `count` nodes with the same environment. If one fails to start, the
+ * others are stopped before the error is thrown: a `before` that fails leaves
+ * no process behind to keep the test file from exiting.
+ */
+export async function spawnServers(
+  count: number,
+  env: Record<string, string>,
+): Promise<ChildServer[]> {
+  const started = await Promise.allSettled(Array.from({ length: count }, () => spawnServer(env)));
+  const failed = started.find((r) => r.status === 'rejected');
+  if (failed === undefined) {
+    return started.map((r) => (r as PromiseFulfilledResult<ChildServer>).value);
+  }
+  await Promise.all(
+    started.map((r) => (r.status === 'fulfilled' ? r.value.stop('SIGKILL') : undefined)),
+  );
+  throw (failed as PromiseRejectedResult).reason;
 }
 
 /**

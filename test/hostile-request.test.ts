@@ -19,7 +19,7 @@ import {
   type ChildServer,
   SECRET,
   sleep,
-  spawnServer,
+  spawnServers,
   startServer,
   type TestServer,
   userToken,
@@ -427,7 +427,7 @@ if (await requireServices('postgres', 'redis')) {
         JWT_SECRET: SECRET,
         API_KEY,
       };
-      nodes = await Promise.all([spawnServer(env), spawnServer(env)]);
+      nodes = await spawnServers(2, env);
       for (const n of nodes) {
         for (let i = 0; (await fetch(`${n.url}/readyz`)).status !== 200; i++) {
           if (i > 200) assert.fail('node not ready');

@@ -12,7 +12,7 @@ import {
   type Frame,
   SECRET,
   StreamClient,
-  spawnServer,
+  spawnServers,
   startServer,
   storeCalls,
   until,
@@ -92,7 +92,7 @@ if (await requireServices('postgres', 'redis')) {
         FLOOD_LIMIT: '100000',
         STREAM_VIEWERS_INTERVAL_MS: '200',
       };
-      nodes = await Promise.all([spawnServer(env), spawnServer(env), spawnServer(env)]);
+      nodes = await spawnServers(3, env);
       [A, B, C] = nodes as [ChildServer, ChildServer, ChildServer];
       for (const node of nodes) await until(() => ready(node), 'nodes to be ready');
     });

@@ -18,6 +18,7 @@ import {
   StreamClient,
   sleep,
   spawnServer,
+  spawnServers,
   until,
   userToken,
 } from './helpers.js';
@@ -101,7 +102,7 @@ if (await requireServices('postgres', 'redis')) {
         FLOOD_LIMIT: '100000',
       };
       // Started together: their migrations race on the advisory lock.
-      nodes = await Promise.all([spawnServer(env), spawnServer(env), spawnServer(env)]);
+      nodes = await spawnServers(3, env);
       [A, B, C] = nodes as [ChildServer, ChildServer, ChildServer];
       for (const n of nodes) await until(() => ready(n), 'nodes to be ready');
     });

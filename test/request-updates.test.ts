@@ -20,7 +20,7 @@ import {
   type ChildServer,
   SECRET,
   sleep,
-  spawnServer,
+  spawnServers,
   startServer,
   type TestServer,
   until,
@@ -331,7 +331,7 @@ if (await requireServices('postgres', 'redis')) {
         FLOOD_LIMIT: '100000',
         REQUEST_UPDATE_FLUSH_MS: String(FLUSH_MS),
       };
-      [A, B] = await Promise.all([spawnServer(env), spawnServer(env)]);
+      [A, B] = await spawnServers(2, env);
       assert.equal(
         (await api(A.url, 'PUT', `/api/requests/${requestId}`, { ownerId: 51 })).status,
         201,
