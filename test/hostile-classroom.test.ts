@@ -156,3 +156,31 @@ describe('viewers reset while their history is read', () => {
     resumed.close();
   });
 });
+
+describe('a moderator flooding moderation frames', () => {
+  let s: TestServer;
+  const FLOOD = 30;
+
+  before(async () => {
+    s = await startServer({ FLOOD_LIMIT: String(FLOOD) });
+    assert.equal((await api(s.url, 'PUT', '/api/streams/mods', { ownerId: '1' })).status, 201);
+  });
+  after(() => s.close());
+
+  it('is closed with 1008 like anyone: moderation frames count toward FLOOD_LIMIT', async () => {
+    const owner = await StreamClient.connect(s.wsUrl, 'mods', { token: await userToken('1') });
+    const viewer = await StreamClient.connect(s.wsUrl, 'mods', { token: await userToken('2') });
+    await Promise.all([owner.next('history'), viewer.next('history')]);
+    const kinds = [
+      { type: 'settings', data: {} },
+      { type: 'unban', data: { userId: 'x' } },
+      { type: 'pin', data: { id: null } },
+      { type: 'delete', data: { id: newId() } },
+    ];
+    for (let i = 0; i <= FLOOD; i++) owner.send(kinds[i % kinds.length]);
+    assert.equal((await owner.closed).code, 1008);
+    viewer.chat('still open');
+    assert.equal((await viewer.next('chat')).data.message, 'still open');
+    viewer.close();
+  });
+});

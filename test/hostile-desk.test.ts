@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { newId } from '../src/core/ids.js';
-import { api, sleep, userToken } from './helpers.js';
+import { api, sleep, startServer, type TestServer, userToken } from './helpers.js';
 import {
   assertRecovered,
   baselineOf,
@@ -154,4 +154,31 @@ describe('the request inbox against hostile peers', () => {
     lab.close();
     other.close();
   });
+});
+
+describe('section 8 events count toward FLOOD_LIMIT', () => {
+  let t: TestServer;
+  const FLOOD = 30;
+
+  before(async () => {
+    t = await startServer({ FLOOD_LIMIT: String(FLOOD) });
+  });
+  after(() => t.close());
+
+  for (const event of ['typing', 'listRequests', 'editMessage', 'deleteMessage']) {
+    test(`a flood of ${event} disconnects the socket, not the room`, async () => {
+      const requestId = newId();
+      await api(t.url, 'PUT', `/api/requests/${requestId}`, { ownerId: '1' });
+      const flooder = await RequestClient.connect(t.url, await userToken('7', LAB));
+      const other = await RequestClient.connect(t.url, await userToken('8', LAB));
+      for (const c of [flooder, other]) await c.ask('joinRoom', { requestId });
+      const payload = { requestId, messageId: newId(), message: 'x' };
+      const gone = flooder.disconnected();
+      for (let i = 0; i <= FLOOD; i++) flooder.socket.emit(event, payload);
+      assert.equal(await gone, 'io server disconnect');
+      const sent = await other.ask('message', { requestId, message: 'unaffected' });
+      assert.equal(sent.ok, true);
+      other.close();
+    });
+  }
 });

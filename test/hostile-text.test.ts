@@ -4,7 +4,8 @@
  * surface that stores what a client sends (chats, moderation frames, request
  * messages and their attachments, the server API, token claims) it is
  * `invalid_payload` (or `invalid_token`), nothing is stored, nobody else sees
- * anything, and no server error is logged. Before, one such stream chat
+ * anything, and no server error is logged; a `since` that names no chat is
+ * not asked of the store. Before, one such stream chat
  * failed the batch it was written with, and the other users' chats in it
  * were never stored.
  */
@@ -84,6 +85,24 @@ if (await requireServices('postgres')) {
       } finally {
         ana.close();
         eve.close();
+      }
+      assertNoServerError();
+    });
+
+    test('a since= with U+0000 gives the usual history with a gap, asking the store nothing odd', async () => {
+      for (const since of ['%00', 'a%00b', '%ED%A0%80']) {
+        const viewer = await SC.connect(s.wsUrl, key, { query: `?since=${since}` });
+        try {
+          const history = await viewer.next('history');
+          assert.deepEqual(
+            history.data.messages.map((m: { message: string }) => m.message),
+            ['innocent', 'innocent too'],
+            since,
+          );
+          assert.equal(history.data.gap, true);
+        } finally {
+          viewer.close();
+        }
       }
       assertNoServerError();
     });

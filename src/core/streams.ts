@@ -31,7 +31,7 @@ import { type Metrics, preciseNow } from '../observability/metrics.js';
 import type { Store } from '../store/store.js';
 import { ChatError } from './errors.js';
 import type { Identity } from './identity.js';
-import { newId } from './ids.js';
+import { isObjectId, newId } from './ids.js';
 import { checkMessageText } from './limits.js';
 import type { Page, PageQuery, StreamMessage } from './messages.js';
 import { type SharedCounterOptions, StreamLimits } from './stream-limits.js';
@@ -727,16 +727,20 @@ export class Streams<F> {
       const reads = since !== undefined || limits.streamHistoryOnJoin > 0;
       if (reads && (seeded === 'unsettled' || !(await this.settled(key)))) gap = true;
       if (since !== undefined) {
+        // A malformed id names no chat and is not asked for: the store might
+        // not even take it (U+0000 in PostgreSQL).
+        const wellFormed = isObjectId(since);
         const r = await this.deps.store.streamRecent(key, {
-          after: since,
+          ...(wellFormed ? { after: since } : {}),
           limit: limits.historyMaxPage,
         });
+        const known = wellFormed && r.known;
         // An id this stream never had: the usual join history, flagged as a gap.
-        if (r.known) history = r.messages;
+        if (known) history = r.messages;
         else if (limits.streamHistoryOnJoin > 0) {
           history = r.messages.slice(-limits.streamHistoryOnJoin);
         }
-        gap ||= r.more || !r.known;
+        gap ||= r.more || !known;
       } else if (limits.streamHistoryOnJoin > 0) {
         const r = await this.deps.store.streamRecent(key, { limit: limits.streamHistoryOnJoin });
         history = r.messages;
