@@ -331,7 +331,7 @@ if (await requireServices('postgres', 'redis')) {
         FLOOD_LIMIT: '100000',
         REQUEST_UPDATE_FLUSH_MS: String(FLUSH_MS),
       };
-      [A, B] = await spawnServers(2, env);
+      [A, B] = (await spawnServers(2, env)) as [ChildServer, ChildServer];
       assert.equal(
         (await api(A.url, 'PUT', `/api/requests/${requestId}`, { ownerId: 51 })).status,
         201,
