@@ -6,17 +6,31 @@
  * The data is written straight into the store's tables (after charla's own
  * migrations) with the counters the store keeps, so that seeding millions of
  * messages takes minutes, not hours of acknowledged sends: request r holds
- * messages r, r + R, r + 2R…, alternately from its owner teacher and a lab user.
+ * messages r, r + R, r + 2R…, alternately from its owner teacher and a lab user;
+ * its last message was delivered to (not read by) the other one. The per-request
+ * counters are written with the rows; the running totals the triggers keep are
+ * filled afterwards, as a migration fills them (see `seedSqlite`).
  */
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import Database from 'better-sqlite3';
 import pg from 'pg';
 import { io, type Socket } from 'socket.io-client';
-import { PostgresStore } from '../src/store/postgres.js';
-import { SqliteStore } from '../src/store/sqlite.js';
+import {
+  bulkLoad as bulkLoadPostgres,
+  inboxQuery,
+  labUnreadQuery,
+  MESSAGES_BY_ID,
+  ownUnreadListQuery,
+  ownUnreadTotalQuery,
+  PostgresStore,
+  parsePostgresUrl,
+  RECEIPTS_OF,
+} from '../src/store/postgres.js';
+import { bulkLoad, SqliteStore } from '../src/store/sqlite.js';
+import type { Store } from '../src/store/store.js';
 import { latencyStats } from './report.js';
 import { BENCH_API_KEY, startServer, token } from './servers.js';
 
@@ -43,7 +57,18 @@ function shape(spec: InboxSpec) {
   return { k, lastSeq, owner, lab, total: k * spec.requests };
 }
 
-async function seedSqlite(path: string, spec: InboxSpec): Promise<void> {
+/**
+ * Seeds a migrated SQLite database. As a migration or an import would, the
+ * rows are written with the counters' triggers off and the running totals
+ * filled afterwards by the migrations' own fill (`bulkLoad`); `triggers`
+ * writes them with the triggers on instead, row by row, for the test that
+ * checks both give the same counters.
+ */
+export async function seedSqlite(
+  path: string,
+  spec: InboxSpec,
+  opts: { triggers?: boolean } = {},
+): Promise<void> {
   await new SqliteStore(path).close();
   const db = new Database(path);
   db.pragma('journal_mode = WAL');
@@ -60,8 +85,11 @@ async function seedSqlite(path: string, spec: InboxSpec): Promise<void> {
     `INSERT INTO request_messages (seq, id, request_id, sender_id, sender_username, sender_role,
        message, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
   );
+  const insertReceipt = db.prepare(
+    "INSERT INTO receipts (message_id, kind, user_id, at) VALUES (?, 'delivered', ?, ?)",
+  );
   const created = new Date(BASE).toISOString();
-  db.transaction(() => {
+  const load = () => {
     for (let r = 1; r <= spec.requests; r++) {
       const at = new Date(BASE + lastSeq(r) * 10).toISOString();
       insertRequest.run(
@@ -76,33 +104,37 @@ async function seedSqlite(path: string, spec: InboxSpec): Promise<void> {
       );
       insertReader.run(requestId(r), owner(r), Math.ceil(k / 2));
       if (k > 1) insertReader.run(requestId(r), lab(r), Math.floor(k / 2));
+      insertReceipt.run(messageId(lastSeq(r)), k % 2 === 1 ? lab(r) : owner(r), at);
     }
-  })();
-  const chunk = 200_000;
-  for (let from = 1; from <= total; from += chunk) {
-    db.transaction(() => {
-      for (let i = from; i < Math.min(from + chunk, total + 1); i++) {
-        const r = ((i - 1) % spec.requests) + 1;
-        const fromOwner = Math.floor((i - 1) / spec.requests) % 2 === 0;
-        const sender = fromOwner ? owner(r) : lab(r);
-        insertMessage.run(
-          i,
-          messageId(i),
-          requestId(r),
-          sender,
-          sender,
-          fromOwner ? 'TEACHER' : 'LAB',
-          `message ${i}`,
-          new Date(BASE + i * 10).toISOString(),
-        );
-      }
-    })();
-  }
+    for (let i = 1; i <= total; i++) {
+      const r = ((i - 1) % spec.requests) + 1;
+      const fromOwner = Math.floor((i - 1) / spec.requests) % 2 === 0;
+      const sender = fromOwner ? owner(r) : lab(r);
+      insertMessage.run(
+        i,
+        messageId(i),
+        requestId(r),
+        sender,
+        sender,
+        fromOwner ? 'TEACHER' : 'LAB',
+        `message ${i}`,
+        new Date(BASE + i * 10).toISOString(),
+      );
+    }
+  };
+  if (opts.triggers) db.transaction(load)();
+  else bulkLoad(db, load);
   db.exec('ANALYZE');
   db.close();
 }
 
-async function seedPostgres(url: string, schema: string, spec: InboxSpec): Promise<void> {
+/** As `seedSqlite`, on PostgreSQL: `session_replication_role = replica` turns the triggers off. */
+export async function seedPostgres(
+  url: string,
+  schema: string,
+  spec: InboxSpec,
+  opts: { triggers?: boolean } = {},
+): Promise<void> {
   const store = new PostgresStore({ url });
   await store.ping();
   await store.close();
@@ -110,10 +142,8 @@ async function seedPostgres(url: string, schema: string, spec: InboxSpec): Promi
   await client.connect();
   const { k, total } = shape(spec);
   const R = spec.requests;
-  try {
-    await client.query(`SET search_path = "${schema}"`);
-    await client.query('SET synchronous_commit = off');
-    const base = `timestamptz '${new Date(BASE).toISOString()}'`;
+  const base = `timestamptz '${new Date(BASE).toISOString()}'`;
+  const load = async () => {
     await client.query(
       `INSERT INTO requests (id, owner_id, created_at, updated_at, activity_at, message_count,
          last_message_seq, last_message_id)
@@ -130,6 +160,14 @@ async function seedPostgres(url: string, schema: string, spec: InboxSpec): Promi
        UNION ALL
        SELECT lpad(to_hex(r), 24, '0'), 'l' || (r % $2), floor($3::numeric / 2), 0
        FROM generate_series(1, ${R}) r WHERE $3 > 1`,
+      [spec.teachers, spec.labUsers, k],
+    );
+    await client.query(
+      `INSERT INTO receipts (message_id, kind, user_id, at)
+       SELECT 'f' || lpad(to_hex(($3::bigint - 1) * ${R} + r), 23, '0'), 'delivered',
+         CASE WHEN $3 % 2 = 1 THEN 'l' || (r % $2) ELSE 't' || (r % $1) END,
+         ${base} + (($3::bigint - 1) * ${R} + r) * 10 * interval '1 millisecond'
+       FROM generate_series(1, ${R}) r`,
       [spec.teachers, spec.labUsers, k],
     );
     const chunk = 1_000_000;
@@ -149,12 +187,211 @@ async function seedPostgres(url: string, schema: string, spec: InboxSpec): Promi
       );
     }
     await client.query(
-      `SELECT setval(pg_get_serial_sequence('request_messages', 'seq'), ${total})`,
+      `SELECT setval(pg_get_serial_sequence('request_messages', 'seq'), ${Math.max(1, total)})`,
     );
+  };
+  try {
+    await client.query('SET synchronous_commit = off');
+    await client.query(`SET search_path = "${schema}"`);
+    if (opts.triggers) {
+      await client.query('BEGIN');
+      await load();
+      await client.query('COMMIT');
+    } else {
+      await bulkLoadPostgres(client, load);
+    }
     await client.query('ANALYZE');
   } finally {
     await client.end();
   }
+}
+
+/** A statement on the seeded store: `$1`, `$2`… each used once, in order. */
+type Ask = (sql: string, args: unknown[]) => Promise<Array<Record<string, unknown>>>;
+
+/**
+ * Checks a seeded store on a sample against what the triggers keep and the
+ * messages say: each sampled request's counters against its messages (count,
+ * last message, what each sender sent, its owner's `owner_seen`), and each
+ * sampled user's running totals, the lab's and their own requests', against
+ * the sum of `message_count − sent − read` over every request. Throws on the
+ * first difference; returns how many values it compared.
+ */
+export async function checkSeed(spec: InboxSpec, store: Store, ask: Ask): Promise<number> {
+  let compared = 0;
+  const same = (what: string, got: unknown, want: unknown) => {
+    compared++;
+    if (String(got) !== String(want)) throw new Error(`seed check: ${what}: ${got} ≠ ${want}`);
+  };
+  const R = spec.requests;
+  for (const r of new Set([1, 2, Math.ceil(R / 2), R])) {
+    const id = requestId(r);
+    const [row] = await ask(
+      'SELECT message_count, last_message_id, owner_id, owner_seen FROM requests WHERE id = $1',
+      [id],
+    );
+    const [counted] = await ask(
+      'SELECT count(*) AS n, max(seq) AS last FROM request_messages WHERE request_id = $1',
+      [id],
+    );
+    same(`${id} message_count`, row?.message_count, counted?.n);
+    const [last] = await ask('SELECT id FROM request_messages WHERE seq = $1', [counted?.last]);
+    same(`${id} last_message_id`, row?.last_message_id, last?.id);
+    const senders = await ask(
+      `SELECT sender_id, count(*) AS n FROM request_messages WHERE request_id = $1
+       GROUP BY sender_id ORDER BY sender_id`,
+      [id],
+    );
+    const readers = await ask(
+      'SELECT user_id, sent, read FROM request_readers WHERE request_id = $1 ORDER BY user_id',
+      [id],
+    );
+    same(
+      `${id} senders`,
+      senders.map((x) => `${x.sender_id}:${x.n}`).join(),
+      readers.map((x) => `${x.user_id}:${x.sent}`).join(),
+    );
+    const ownerRow = readers.find((x) => x.user_id === row?.owner_id);
+    same(
+      `${id} owner_seen`,
+      row?.owner_seen,
+      Number(ownerRow?.sent ?? 0) + Number(ownerRow?.read ?? 0),
+    );
+  }
+  const unread = 'r.message_count - coalesce(rr.sent, 0) - coalesce(rr.read, 0)';
+  const slow = `SELECT coalesce(sum(CASE WHEN ${unread} > 0 THEN ${unread} ELSE 0 END), 0) AS n
+    FROM requests r LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = $1`;
+  const teachers = [0, 5, spec.teachers - 1].map((t) => `t${t}`);
+  const labs = ['l0', 'l7', 'lab-new'];
+  for (const u of [...teachers, ...labs]) {
+    const [lab] = await ask(slow, [u]);
+    same(`${u} as LAB`, (await store.unreadTotals(u, undefined, 1)).total, lab?.n);
+  }
+  for (const t of teachers) {
+    const [own] = await ask(`${slow} WHERE r.owner_id = $2`, [t, t]);
+    same(`${t}'s own requests`, (await store.unreadTotals(t, t, 1)).total, own?.n);
+  }
+  return compared;
+}
+
+/** `checkSeed` on the seeded database, through a store and a connection of its own. */
+export async function checkSeeded(
+  database: 'sqlite' | 'postgres',
+  spec: InboxSpec,
+  sqlitePath: string,
+  pgUrl: string,
+): Promise<number> {
+  if (database === 'sqlite') {
+    const store = new SqliteStore(sqlitePath);
+    const db = new Database(sqlitePath, { readonly: true });
+    try {
+      return await checkSeed(
+        spec,
+        store,
+        async (sql, args) =>
+          db.prepare(sql.replace(/\$\d+/g, '?')).all(...args) as Array<Record<string, unknown>>,
+      );
+    } finally {
+      db.close();
+      await store.close();
+    }
+  }
+  const store = new PostgresStore({ url: pgUrl, max: 2 });
+  const { connectionString, schema } = parsePostgresUrl(pgUrl);
+  const client = new pg.Client({ connectionString });
+  await client.connect();
+  try {
+    await client.query(`SET search_path = "${schema}"`);
+    return await checkSeed(spec, store, async (sql, args) => (await client.query(sql, args)).rows);
+  } finally {
+    await client.end();
+    await store.close();
+  }
+}
+
+/**
+ * The plans of every query `listRequests` and the unread API run, on the
+ * seeded database: SQLite's `EXPLAIN QUERY PLAN` of the store's own
+ * statements, PostgreSQL's `EXPLAIN (ANALYZE, BUFFERS)` of the store's own
+ * query texts with real arguments. Messages may only be looked up by id (an
+ * inbox page's last messages), never scanned: throws otherwise.
+ */
+export async function explainInbox(
+  database: 'sqlite' | 'postgres',
+  spec: InboxSpec,
+  sqlitePath: string,
+  pgUrl: string,
+): Promise<string> {
+  const mid = requestId(Math.ceil(spec.requests / 2));
+  const out: string[] = [];
+  const check = (what: string, plan: string[]) => {
+    out.push(`-- ${what}`, ...plan, '');
+    // Receipts are read by message id too; on a small table PostgreSQL may
+    // rightly prefer a scan, so only messages are held to it here.
+    const touching = plan.filter((l) => /\brequest_messages\b/.test(l));
+    const byId = (l: string) =>
+      /^SEARCH (request_messages|receipts) USING .*\((id|message_id)=\?\)/.test(l) ||
+      /Index (Only )?Scan using (request_messages_id_key|receipts_pkey) on /.test(l);
+    const scans = touching.filter((l) => !byId(l));
+    if (scans.length > 0)
+      throw new Error(`${what} reads messages other than by id:\n${plan.join('\n')}`);
+  };
+  if (database === 'sqlite') {
+    const store = new SqliteStore(sqlitePath);
+    try {
+      const q = (store as any).q as Record<string, Database.Statement>;
+      const db = (store as any).db as Database.Database;
+      const plan = (name: string, args: unknown) =>
+        check(
+          name,
+          db
+            .prepare(`EXPLAIN QUERY PLAN ${q[name]?.source}`)
+            .all(args as any)
+            .map((r: any) => r.detail as string),
+        );
+      const at = { userId: 'l7', ownerId: 't5', at: '~', id: '', limit: 51 };
+      plan('activityOf', mid);
+      plan('labInbox', at);
+      plan('teacherInbox', at);
+      plan('messagesById', '[]');
+      plan('receiptsOf', '[]');
+      plan('labUnreadTotal', { userId: 'l7' });
+      plan('labUnreadList', { userId: 'l7', limit: 100 });
+      plan('ownUnreadTotal', { userId: 't5' });
+      plan('ownUnreadList', { userId: 't5', limit: 100 });
+    } finally {
+      await store.close();
+    }
+    return out.join('\n');
+  }
+  const { connectionString, schema } = parsePostgresUrl(pgUrl);
+  const client = new pg.Client({ connectionString });
+  await client.connect();
+  try {
+    await client.query(`SET search_path = "${schema}"`);
+    const plan = async (what: string, sql: string, args: unknown[]) => {
+      const { rows } = await client.query(`EXPLAIN (ANALYZE, BUFFERS) ${sql}`, args);
+      check(
+        what,
+        rows.map((r) => r['QUERY PLAN'] as string),
+      );
+    };
+    const { rows } = await client.query(
+      `SELECT last_message_id FROM requests ORDER BY activity_at DESC LIMIT 50`,
+    );
+    const ids = rows.map((r) => r.last_message_id as string);
+    await plan('lab inbox, page 1', inboxQuery(false, false), ['l7', 51]);
+    await plan('lab inbox, a later page', inboxQuery(false, true), ['lab-new', 51, mid]);
+    await plan('teacher inbox, page 1', inboxQuery(true, false), ['t5', 't5', 51]);
+    await plan("a page's last messages", MESSAGES_BY_ID, [ids]);
+    await plan('their receipts', RECEIPTS_OF, [ids]);
+    await plan('lab unread total and list', labUnreadQuery, ['l7', 100]);
+    await plan('own unread total', ownUnreadTotalQuery, ['t5']);
+    await plan('own unread list', ownUnreadListQuery, ['t5', 100]);
+  } finally {
+    await client.end();
+  }
+  return out.join('\n');
 }
 
 function connect(port: number, tok: string): Promise<Socket> {
@@ -200,6 +437,12 @@ export async function inboxScenario(
   process.stderr.write(
     `  inbox ${database}: seeded ${total} messages in ${seedSeconds.toFixed(0)} s\n`,
   );
+  const checked = await checkSeeded(database, spec, join(dir, 'inbox.db'), pgSchemaUrl.toString());
+  process.stderr.write(`  inbox ${database}: the seed checks out on ${checked} sampled values\n`);
+  const plans = await explainInbox(database, spec, join(dir, 'inbox.db'), pgSchemaUrl.toString());
+  const outDir = new URL('./out/', import.meta.url.replace('/dist/bench/', '/bench/'));
+  mkdirSync(outDir, { recursive: true });
+  writeFileSync(new URL(`inbox-plans-${database}.txt`, outDir), plans);
 
   const server = await startServer('charla', { DATABASE_URL: databaseUrl, HISTORY_PAGE: '50' });
   const sockets: Socket[] = [];
@@ -212,7 +455,8 @@ export async function inboxScenario(
       const ack = await s.timeout(10_000).emitWithAck('listRequests', payload);
       if (!ack.ok || ack.requests.length === 0) throw new Error(JSON.stringify(ack).slice(0, 200));
     };
-    const randomRequest = () => requestId(1 + Math.floor(Math.random() * spec.requests));
+    // Request 1 is the oldest: a page before it is empty.
+    const randomRequest = () => requestId(2 + Math.floor(Math.random() * (spec.requests - 1)));
     const unread = async (path: string) => {
       const res = await fetch(`http://127.0.0.1:${server.port}${path}`, {
         headers: { 'x-api-key': BENCH_API_KEY },
@@ -260,13 +504,16 @@ export async function inboxScenario(
       requests: spec.requests,
       messages: total,
       seedSeconds,
+      seedChecked: checked,
       storeFirstP50: direct.p50,
       storeFirstP99: direct.p99,
       storeDeepP99: directDeep.p99,
       labFirstP50: labFirst.p50,
       labFirstP99: labFirst.p99,
       labDeepP99: labDeep.p99,
+      teacherP50: teacherFirst.p50,
       teacherP99: teacherFirst.p99,
+      unreadTeacherP50: unreadTeacher.p50,
       unreadTeacherP99: unreadTeacher.p99,
       unreadLabP50: unreadLab.p50,
       unreadLabP99: unreadLab.p99,

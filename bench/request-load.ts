@@ -3,8 +3,13 @@
  * per request one LAB socket sends with a bounded window of messages awaiting
  * their acknowledgement, and the owning teacher's socket receives them. An
  * acknowledgement means the message is stored, so acks/s is durable messages/s.
+ *
+ * The sockets are sioraw.ts's raw Socket.IO clients: every message brings each
+ * socket of its LAB sender and of the teacher a `requestUpdated` (all 50 LAB
+ * sockets are one user, as are the 50 teacher sockets), and a generator that
+ * decoded each of those would be the bottleneck rather than the server.
  */
-import { io, type Socket } from 'socket.io-client';
+import { SioRawClient } from './sioraw.js';
 import { measureWindow, sleep } from './window.js';
 
 export interface RequestJob {
@@ -37,38 +42,56 @@ export interface RequestReport {
   errors: number;
   /** Messages the teachers (and watchers) received inside the window. */
   deliveredInWindow: number;
+  /** `requestUpdated` events all sockets received inside the window. */
+  updatesInWindow: number;
   cpuPercent: number;
 }
 
 const MAX_SAMPLES = 200_000;
 
-function connect(port: number, token: string): Promise<Socket> {
-  const socket = io(`http://127.0.0.1:${port}`, {
+/** The events counted, by index in SioRawClient's `counts`. */
+const MESSAGE = 0;
+const UPDATED = 1;
+
+export async function connect(
+  port: number,
+  token: string,
+  onEvent?: (index: number) => void,
+): Promise<SioRawClient> {
+  const socket = new SioRawClient({
+    port,
     auth: { token },
-    transports: ['websocket'],
-    reconnection: false,
-    forceNew: true,
+    count: ['message', 'requestUpdated'],
+    ...(onEvent ? { onEvent } : {}),
   });
-  return new Promise((resolve, reject) => {
-    socket.once('connect', () => resolve(socket));
-    socket.once('connect_error', reject);
-  });
+  await socket.connect();
+  return socket;
 }
 
-async function join(socket: Socket, requestId: string): Promise<void> {
-  const ack = await socket.timeout(10_000).emitWithAck('joinRoom', { requestId });
-  if (!ack?.ok) throw new Error(`joinRoom: ${JSON.stringify(ack)}`);
+async function join(socket: SioRawClient, requestId: string): Promise<void> {
+  const ack = await socket.emitWithAck('joinRoom', { requestId });
+  if (!ack.ok) throw new Error(`joinRoom: ${JSON.stringify(ack.args)}`);
 }
 
 export async function runRequest(
   job: RequestJob,
   waitForStart: () => Promise<void>,
 ): Promise<RequestReport> {
+  let measuring = false;
+  let delivered = 0;
+  let updates = 0;
+  // Counted as they arrive: a received `message` is a delivery (teachers and
+  // watchers; a LAB sender is never sent its own), any `requestUpdated` an update.
+  const onEvent = (index: number) => {
+    if (!measuring) return;
+    if (index === MESSAGE) delivered++;
+    else if (index === UPDATED) updates++;
+  };
   const pairs = await Promise.all(
     job.requests.map(async (requestId) => {
       const [lab, teacher] = await Promise.all([
-        connect(job.port, job.labToken),
-        connect(job.port, job.teacherToken),
+        connect(job.port, job.labToken, onEvent),
+        connect(job.port, job.teacherToken, onEvent),
       ]);
       await Promise.all([join(lab, requestId), join(teacher, requestId)]);
       return { requestId, lab, teacher };
@@ -76,45 +99,42 @@ export async function runRequest(
   );
   const watchers = await Promise.all(
     Array.from({ length: job.watchers ?? 0 }, async () => {
-      const w = await connect(job.port, job.labToken);
+      const w = await connect(job.port, job.labToken, onEvent);
       for (const requestId of job.requests) await join(w, requestId);
       return w;
     }),
   );
   await waitForStart();
 
-  let measuring = false;
   let stop = false;
   let acks = 0;
   let errors = 0;
-  let delivered = 0;
   const latencies: number[] = [];
   let inFlight = 0;
   let drained: () => void = () => {};
 
-  for (const receiver of [...pairs.map((p) => p.teacher), ...watchers]) {
-    receiver.on('message', () => {
-      if (measuring) delivered++;
-    });
-  }
   let seq = 0;
-  const send = (lab: Socket, requestId: string) => {
+  const send = (lab: SioRawClient, requestId: string) => {
     const start = performance.now();
     const counted = measuring;
     inFlight++;
     const n = seq++;
     const payload = { requestId, message: `bench ${n}`, clientMessageId: `${job.runId}-${n}` };
-    lab.emit('message', payload, (res: { ok?: boolean }) => {
+    lab.emit('message', payload, (res) => {
       inFlight--;
       if (counted && measuring) {
-        if (res?.ok) {
+        if (res.ok) {
           acks++;
           if (latencies.length < MAX_SAMPLES) latencies.push(performance.now() - start);
         } else {
           errors++;
         }
       }
-      if (stop) {
+      if (lab.closed && !stop) {
+        // The server closed this sender: an error, whenever it happened, and no more sends.
+        if (!(counted && measuring)) errors++;
+        if (inFlight === 0) drained();
+      } else if (stop) {
         if (inFlight === 0) drained();
       } else if (interval === 0) {
         send(lab, requestId);
@@ -129,7 +149,7 @@ export async function runRequest(
     });
   };
   const interval = job.rate ? (1000 * pairs.length) / job.rate : 0;
-  const nextDue = new Map<Socket, number>();
+  const nextDue = new Map<SioRawClient, number>();
   pairs.forEach(({ lab, requestId }, k) => {
     // Spread the paced senders over one interval rather than all at once.
     const offset = (interval * k) / pairs.length;
@@ -164,6 +184,7 @@ export async function runRequest(
     latencies,
     errors,
     deliveredInWindow: delivered,
+    updatesInWindow: updates,
     cpuPercent,
   };
 }

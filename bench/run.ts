@@ -11,6 +11,9 @@
  *   npm run bench -- --replot bench/out/results.json   (tables and charts of a saved run)
  *   npm run bench -- --only request --baseline main=/path/to/built/charla   (group commit against other builds;
  *       without --baseline, against REQUEST_BATCH_MAX=1; --request-databases sqlite,postgres --request-outbox off,on;
+ *        --request-update-flush-ms 0,100,250 runs this build once per REQUEST_UPDATE_FLUSH_MS;
+ *        --request-skip-paced leaves out the runs paced at 80%; --request-rate N paces the
+ *        first runs at N acks/s instead of saturating;
  *        --request-cpu-prof DIR writes a CPU profile of each saturated run's server under DIR)
  *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
@@ -466,6 +469,11 @@ async function requestChat(
       max: lat.max,
       errors: report.errors,
       deliveredPerSec: report.deliveredInWindow / seconds,
+      // Each message reaches its teacher's socket (and every watcher): with
+      // nothing lost, deliveries per ack are 1 + watchers.
+      deliveredPerAck: report.deliveredInWindow / Math.max(1, report.acksInWindow),
+      // `requestUpdated` events per ack, over every socket of the run.
+      updatesPerAck: report.updatesInWindow / Math.max(1, report.acksInWindow),
       genCpu: report.cpuPercent,
       serverCpu: serverWindow.cpuPercent,
       // CPU time per message: steadier than rates on a machine shared with other work.
@@ -672,13 +680,26 @@ async function main(): Promise<void> {
       const redis = { REDIS_URL: process.env.BENCH_REDIS_URL, REDIS_PREFIX: `bench${Date.now()}:` };
       variants.push(['moderated, Redis limits', () => moderated(redis)]);
     }
-    for (const [variant, run] of variants) {
-      const list: Array<Record<string, number>> = [];
-      for (let r = 0; r < runs; r++) {
+    // Interleaved (plain, moderated, plain, …): on a shared machine neighbours'
+    // load changes over minutes, and each run's ratio compares like with like.
+    const lists = variants.map(() => [] as Array<Record<string, number>>);
+    for (let r = 0; r < runs; r++) {
+      for (const [i, [variant, run]] of variants.entries()) {
         const res = await run();
-        list.push(res);
+        lists[i]?.push(res);
         process.stderr.write(`  moderated ${variant} run ${r + 1}: ${JSON.stringify(res)}\n`);
       }
+      const [plainRun, moderatedRun] = [lists[0]?.[r], lists[1]?.[r]];
+      if (plainRun?.deliveries && moderatedRun?.deliveries) {
+        const ratio = moderatedRun.deliveries / plainRun.deliveries;
+        const cpu = (moderatedRun.cpuUsPerDelivery ?? 0) / (plainRun.cpuUsPerDelivery ?? 1);
+        process.stderr.write(
+          `  moderated / plain, run ${r + 1}: ${ratio.toFixed(2)} deliveries, ${cpu.toFixed(2)} CPU per delivery\n`,
+        );
+      }
+    }
+    for (const [i, [variant]] of variants.entries()) {
+      const list = lists[i] ?? [];
       const keys = Object.keys(list[0] ?? {});
       const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
       record('moderated', { variant, viewers, server: 'charla', ...m });
@@ -767,7 +788,13 @@ async function main(): Promise<void> {
               { env: Record<string, string> },
             ],
           ]),
-      ['group commit', {}],
+      // `--request-update-flush-ms 0,100,250`: this build once per REQUEST_UPDATE_FLUSH_MS.
+      ...(option('request-update-flush-ms')
+        ?.split(',')
+        .map((ms): [string, { env: Record<string, string> }] => [
+          `flush ${ms} ms`,
+          { env: { REQUEST_UPDATE_FLUSH_MS: ms } },
+        ]) ?? [['group commit', {}] as [string, { env?: Record<string, string> }]]),
     ];
     const databases = (option('request-databases') ?? 'sqlite,postgres').split(',') as Array<
       'sqlite' | 'postgres'
@@ -782,14 +809,22 @@ async function main(): Promise<void> {
         for (let r = 0; r < runs; r++) {
           for (const [name, v] of variants) {
             const profile = `${database}-outbox-${outbox}-${name.replace(/\W+/g, '-')}-${r + 1}`;
-            const res = await requestChat(database, 0, { ...v, webhooks, profile });
+            // `--request-rate N`: every variant paced at the same N acks/s instead of saturated,
+            // so that CPU per ack compares the same work on a machine too busy to saturate.
+            const fixed = Number(option('request-rate') ?? 0);
+            const res = await requestChat(database, 0, {
+              ...v,
+              webhooks,
+              profile,
+              ...(fixed > 0 ? { rate: fixed } : {}),
+            });
             saturated.set(name, [...(saturated.get(name) ?? []), res]);
             process.stderr.write(
               `  request ${database} outbox ${outbox} ${name} run ${r + 1}: ${JSON.stringify(res)}\n`,
             );
           }
         }
-        for (let r = 0; r < runs; r++) {
+        for (let r = 0; r < (flag('request-skip-paced') ? 0 : runs); r++) {
           for (const [name, v] of variants) {
             const top = median((saturated.get(name) ?? []).map((x) => x.acksPerSec as number));
             const res = await requestChat(database, 0, { ...v, webhooks, rate: 0.8 * top });
@@ -1024,8 +1059,8 @@ function renderTables(): string {
       fmt(n(r, 'labFirstP50'), 2),
       fmt(n(r, 'labFirstP99'), 2),
       fmt(n(r, 'labDeepP99'), 2),
-      fmt(n(r, 'teacherP99'), 2),
-      fmt(n(r, 'unreadTeacherP99'), 2),
+      `${fmt(n(r, 'teacherP50'), 2)} / ${fmt(n(r, 'teacherP99'), 2)}`,
+      `${fmt(n(r, 'unreadTeacherP50'), 2)} / ${fmt(n(r, 'unreadTeacherP99'), 2)}`,
       `${fmt(n(r, 'unreadLabP50'), 1)} / ${fmt(n(r, 'unreadLabP99'), 1)}`,
       `${fmt(n(r, 'storeFirstP50'), 2)} / ${fmt(n(r, 'storeFirstP99'), 2)} / ${fmt(n(r, 'storeDeepP99'), 2)}`,
     ]);
@@ -1039,8 +1074,8 @@ function renderTables(): string {
           'lab page 1 p50 ms',
           'lab page 1 p99 ms',
           'lab later page p99 ms',
-          'teacher p99 ms',
-          'teacher unread API p99 ms',
+          'teacher p50 / p99 ms',
+          'teacher unread API p50 / p99 ms',
           'lab unread API p50 / p99 ms',
           'store only: page 1 p50 / p99, later page p99 ms',
         ],
@@ -1137,6 +1172,8 @@ function renderTables(): string {
         fmt(n(r, 'errors')),
         `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
         fmt(n(r, 'cpuUsPerAck')),
+        fmt(n(r, 'deliveredPerAck'), 2),
+        fmt(n(r, 'updatesPerAck'), 1),
         r.outbox === 'on' ? fmt(n(r, 'webhooksPerAck'), 2) : '',
         fmt(n(r, 'pacedCpuUsPerAck')),
         r.outbox === 'on' ? fmt(n(r, 'pacedWebhooksPerAck'), 2) : '',
@@ -1159,6 +1196,8 @@ function renderTables(): string {
           'errors',
           'CPU server / generator',
           'server CPU µs per ack',
+          'delivered per ack',
+          'requestUpdated per ack',
           'webhooks per ack',
           'paced at 80%: CPU µs per ack',
           'paced at 80%: webhooks per ack',

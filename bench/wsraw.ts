@@ -18,6 +18,12 @@ export interface RawOptions {
   onFrame?: () => void;
   /** Called with the payload of every other text frame (charla's `stream`, `history`, `error`, …). */
   onOther?: (payload: Buffer) => void;
+  /**
+   * Called with every text frame's payload instead of the stream chat's
+   * counting above, for other protocols (Socket.IO). The buffer is only valid
+   * during the call.
+   */
+  onText?: (payload: Buffer) => void;
   onClose?: () => void;
 }
 
@@ -125,6 +131,11 @@ export class RawClient {
       }
       if (off + head + size > len) break;
       const opcode = (buf[off] as number) & 0x0f;
+      if (opcode === 1 && this.opts.onText) {
+        this.opts.onText(buf.subarray(off + head, off + head + size));
+        off += head + size;
+        continue;
+      }
       // `{"type":"` is 9 bytes: the next one tells `chat` and `auth` (counted)
       // from charla's other frames (`stream`, `history`, `error`, …, counted apart).
       const kind = buf[off + head + 9];

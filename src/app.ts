@@ -203,6 +203,7 @@ export async function createApp(config: Config, options: { log?: Logger } = {}):
     metrics,
     log,
     adapter: broker.roomAdapter(),
+    broker,
   });
   server.on('upgrade', (req, socket, head) => {
     // Before anything else: a reset from here on must not be an unhandled 'error'.

@@ -35,8 +35,14 @@ export interface Limits {
   streamFlushBusyShare: number;
   /** Most request messages committed in one transaction; 1: one transaction per message. */
   requestBatchMax: number;
+  /** Interval at which a busy request's held `requestUpdated` go out; 0: each at once. */
+  requestUpdateFlushMs: number;
+  /** Requests a node tracks plus updates it holds for that coalescing, at most. */
+  requestUpdateTrackedMax: number;
   /** Streams whose newest chats a node keeps for `history` frames; 0: off. */
   streamHistoryCacheStreams: number;
+  /** Longest wait, before a history is read from the store, for every node to store what it accepted. */
+  streamHistorySettleMs: number;
 }
 
 export interface JwtConfig {
@@ -260,8 +266,13 @@ const schema = z.object({
   STREAM_FLUSH_BUSY_PERCENT: int(25, 0, 100),
   // Request chat: group commit of the messages accepted in one event-loop turn.
   REQUEST_BATCH_MAX: int(256, 1, 10_000),
+  // Request chat: coalescing of busy requests' inbox updates (requestUpdated).
+  REQUEST_UPDATE_FLUSH_MS: int(250, 0, 10_000),
+  REQUEST_UPDATE_TRACKED_MAX: int(10_000, 1, 10_000_000),
   // History on join served from memory: how many streams a node caches.
   STREAM_HISTORY_CACHE_STREAMS: int(1000, 0, 1_000_000),
+  // Before a history is read from the store: every node stores what it accepted, within this wait.
+  STREAM_HISTORY_SETTLE_MS: int(2000, 1, 60_000),
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -348,7 +359,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       streamFlushMs: e.STREAM_FLUSH_MS,
       streamFlushBusyShare: e.STREAM_FLUSH_BUSY_PERCENT / 100,
       requestBatchMax: e.REQUEST_BATCH_MAX,
+      requestUpdateFlushMs: e.REQUEST_UPDATE_FLUSH_MS,
+      requestUpdateTrackedMax: e.REQUEST_UPDATE_TRACKED_MAX,
       streamHistoryCacheStreams: e.STREAM_HISTORY_CACHE_STREAMS,
+      streamHistorySettleMs: e.STREAM_HISTORY_SETTLE_MS,
     },
     webhooks:
       e.WEBHOOK_URL === undefined || e.WEBHOOK_SECRET === undefined

@@ -177,6 +177,23 @@ export function brokerSuite(name: string, harness: () => Promise<BrokerHarness>)
         assert.deepEqual(otherTopic.got, ['marker y']);
       }));
 
+    it('once subscribed() resolves, what any node publishes is heard; publishCounted counts the subscribers', () =>
+      withHarness(async (h) => {
+        const a = await h.node();
+        const b = await h.node();
+        const onA = new Inbox();
+        const onB = new Inbox();
+        a.subscribe('counted', onA.handler);
+        b.subscribe('counted', onB.handler);
+        // No probes: the subscriptions are in effect when subscribed() says so.
+        await Promise.all([a.subscribed('counted'), b.subscribed('counted')]);
+        assert.equal(await b.publishCounted('counted', 'first'), 2);
+        await until(() => onA.got.length === 1 && onB.got.length === 1, 'the message');
+        assert.deepEqual([onA.got, onB.got], [['first'], ['first']]);
+        assert.equal(await a.publishCounted('nobody listens', 'x'), 0);
+        await a.subscribed('never subscribed');
+      }));
+
     it('ping resolves once the backend is reachable; close is idempotent', () =>
       withHarness(async (h) => {
         const a = await h.node();

@@ -31,7 +31,10 @@ describe('loadConfig', () => {
       streamFlushMs: 25,
       streamFlushBusyShare: 0.25,
       requestBatchMax: 256,
+      requestUpdateFlushMs: 250,
+      requestUpdateTrackedMax: 10_000,
       streamHistoryCacheStreams: 1000,
+      streamHistorySettleMs: 2000,
     });
   });
   it('runs in dev mode with its own secret and API key when no JWT key is set', () => {
@@ -51,6 +54,7 @@ describe('loadConfig', () => {
       [{ PORT: 'eighty' }, 'PORT'],
       [{ PORT: '70000' }, 'PORT'],
       [{ FLOOD_LIMIT: '0' }, 'FLOOD_LIMIT'],
+      [{ STREAM_HISTORY_SETTLE_MS: '0' }, 'STREAM_HISTORY_SETTLE_MS'],
       [{ STREAM_RATE_LIMIT: '20 per 30s' }, 'STREAM_RATE_LIMIT'],
       [{ REQUEST_RATE_LIMIT: '5/0s' }, 'REQUEST_RATE_LIMIT'],
       [{ DATABASE_URL: 'mysql://x' }, 'DATABASE_URL'],
@@ -65,6 +69,10 @@ describe('loadConfig', () => {
       [{ STREAM_FLUSH_MS: '-1' }, 'STREAM_FLUSH_MS'],
       [{ STREAM_FLUSH_MS: '1001' }, 'STREAM_FLUSH_MS'],
       [{ STREAM_FLUSH_BUSY_PERCENT: '101' }, 'STREAM_FLUSH_BUSY_PERCENT'],
+      [{ REQUEST_UPDATE_FLUSH_MS: '-1' }, 'REQUEST_UPDATE_FLUSH_MS'],
+      [{ REQUEST_UPDATE_FLUSH_MS: '10001' }, 'REQUEST_UPDATE_FLUSH_MS'],
+      [{ REQUEST_UPDATE_FLUSH_MS: 'soon' }, 'REQUEST_UPDATE_FLUSH_MS'],
+      [{ REQUEST_UPDATE_TRACKED_MAX: '0' }, 'REQUEST_UPDATE_TRACKED_MAX'],
     ];
     for (const [env, name] of cases) {
       assert.throws(

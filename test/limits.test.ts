@@ -1,7 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ChatError } from '../src/core/errors.js';
-import { checkMessageText, FloodCounter, parseRate, RateLimiter } from '../src/core/limits.js';
+import {
+  checkMessageText,
+  FloodCounter,
+  isStorableText,
+  parseRate,
+  RateLimiter,
+} from '../src/core/limits.js';
 
 describe('parseRate', () => {
   it('reads N/<seconds>s', () => {
@@ -74,10 +80,24 @@ describe('checkMessageText', () => {
     assert.throws(() => checkMessageText('a\ud800b', 10), { code: 'invalid_payload' });
     assert.equal(checkMessageText('a\ud83d\ude00', 10), 'a😀');
   });
+  it('refuses U+0000, which PostgreSQL cannot store', () => {
+    assert.throws(() => checkMessageText('a\u0000b', 10), { code: 'invalid_payload' });
+  });
   it('counts code points, not UTF-16 units', () => {
     assert.equal(checkMessageText('😀'.repeat(10), 10), '😀'.repeat(10));
     assert.throws(() => checkMessageText('😀'.repeat(11), 10), { code: 'message_too_long' });
     assert.throws(() => checkMessageText('a'.repeat(11), 10), { code: 'message_too_long' });
     assert.equal(checkMessageText('a'.repeat(10), 10).length, 10);
+  });
+});
+
+describe('isStorableText', () => {
+  it('accepts any well-formed text but U+0000', () => {
+    for (const ok of ['', 'ana', '😀', '\u0001\u001f', '\ufffd', 'a\ud83d\ude00b']) {
+      assert.equal(isStorableText(ok), true, JSON.stringify(ok));
+    }
+    for (const bad of ['\u0000', 'a\u0000', '\ud800', 'a\udfffb', '\ude00\ud83d']) {
+      assert.equal(isStorableText(bad), false, JSON.stringify(bad));
+    }
   });
 });

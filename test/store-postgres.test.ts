@@ -14,7 +14,7 @@ import {
   unreadTotalQuery,
 } from '../src/store/postgres.js';
 import { PG_URL, requireServices, tempSchema } from './services.js';
-import { seedUnreadHistory, storeSuite, unreadTotalsOf } from './store-suite.js';
+import { seedUnreadHistory, storeSuite, unreadListsOf, unreadTotalsOf } from './store-suite.js';
 import { TcpProxy } from './tcp-proxy.js';
 
 if (await requireServices('postgres')) {
@@ -152,17 +152,21 @@ if (await requireServices('postgres')) {
         const totals = unreadTotalsOf;
         const before = await totals(store);
         assert.deepEqual(before, [2, 2, 0, 1, 0, 2, 0, 3]);
+        const lists = await unreadListsOf(store);
         await store.close();
-        // The database as the release before the running totals left it.
+        // The database as the release before the running totals and owner_seen left it.
         await client.connect();
         await client.query(`SET search_path = "${parsePostgresUrl(schema.url).schema}"`);
         await client.query(
           `DROP TABLE unread_messages, unread_owners, unread_users;
            DROP FUNCTION unread_request_changed, unread_reader_changed CASCADE;
-           DELETE FROM schema_migrations WHERE version = (SELECT max(version) FROM schema_migrations)`,
+           DROP FUNCTION owner_seen_request_changed, owner_seen_reader_changed CASCADE;
+           ALTER TABLE requests DROP COLUMN owner_seen;
+           DELETE FROM schema_migrations WHERE version >= (SELECT max(version) - 1 FROM schema_migrations)`,
         );
         store = new PostgresStore({ url: schema.url, max: 2 });
         assert.deepEqual(await totals(store), before);
+        assert.deepEqual(await unreadListsOf(store), lists);
       } finally {
         await client.end();
         await store.close();

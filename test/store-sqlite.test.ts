@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import Database from 'better-sqlite3';
 import { SqliteStore } from '../src/store/sqlite.js';
 import { tempDir } from './helpers.js';
-import { seedUnreadHistory, storeSuite, unreadTotalsOf } from './store-suite.js';
+import { seedUnreadHistory, storeSuite, unreadListsOf, unreadTotalsOf } from './store-suite.js';
 
 storeSuite('sqlite', async () => {
   const dir = tempDir('charla-store-');
@@ -25,18 +25,23 @@ test('fills the running unread totals of an existing database when it migrates',
     const totals = unreadTotalsOf;
     const before = await totals(store);
     assert.deepEqual(before, [2, 2, 0, 1, 0, 2, 0, 3]);
+    const lists = await unreadListsOf(store);
     await store.close();
-    // The database as the release before the running totals left it.
+    // The database as the release before the running totals and owner_seen left it.
     const db = new Database(path);
     const version = db.pragma('user_version', { simple: true }) as number;
     db.exec(`DROP TRIGGER unread_request_added; DROP TRIGGER unread_request_counted;
       DROP TRIGGER unread_request_owner; DROP TRIGGER unread_reader_added;
       DROP TRIGGER unread_reader_counted;
       DROP TABLE unread_messages; DROP TABLE unread_owners; DROP TABLE unread_users;
-      PRAGMA user_version = ${version - 1};`);
+      DROP TRIGGER owner_seen_request_added; DROP TRIGGER owner_seen_request_owner;
+      DROP TRIGGER owner_seen_reader_added; DROP TRIGGER owner_seen_reader_counted;
+      DROP INDEX requests_owner_unread; ALTER TABLE requests DROP COLUMN owner_seen;
+      PRAGMA user_version = ${version - 2};`);
     db.close();
     store = new SqliteStore(path);
     assert.deepEqual(await totals(store), before);
+    assert.deepEqual(await unreadListsOf(store), lists);
   } finally {
     await store.close();
     rmSync(dir, { recursive: true, force: true });

@@ -1116,9 +1116,10 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
                 owners.has(m.requestId) &&
                 (lab || owners.get(m.requestId) === user),
             ).length;
-          /** The slow sum: every line of the user's inbox, page by page. */
-          const slowSum = async (user: string, lab: boolean) => {
+          /** The slow sum and list: every line of the user's inbox, page by page. */
+          const slowWalk = async (user: string, lab: boolean) => {
             let sum = 0;
+            const unread: Array<{ requestId: string; unread: number }> = [];
             let before: string | undefined;
             for (;;) {
               const page = await s.listRequests({
@@ -1127,8 +1128,12 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
                 ...(before ? { before } : {}),
                 limit: 2,
               });
-              for (const line of page.requests) sum += line.unread;
-              if (!page.hasMore) return sum;
+              for (const line of page.requests) {
+                sum += line.unread;
+                if (line.unread > 0)
+                  unread.push({ requestId: line.requestId, unread: line.unread });
+              }
+              if (!page.hasMore) return { sum, unread };
               before = page.requests.at(-1)?.requestId;
             }
           };
@@ -1171,10 +1176,13 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
             }
             for (const u of users) {
               for (const lab of [true, false]) {
-                const { total } = await s.unreadTotals(u, lab ? undefined : u, 3);
+                const { total, requests: list } = await s.unreadTotals(u, lab ? undefined : u, 3);
                 const want = expected(u, lab);
                 assert.equal(total, want, `step ${step}, user ${u}, lab ${lab}`);
-                assert.equal(await slowSum(u, lab), want, `slow sum, step ${step}, user ${u}`);
+                const slow = await slowWalk(u, lab);
+                assert.equal(slow.sum, want, `slow sum, step ${step}, user ${u}`);
+                // The unread list, from its index or its walk, is the inbox's first unread lines.
+                assert.deepEqual(list, slow.unread.slice(0, 3), `list, step ${step}, user ${u}`);
               }
             }
           }
@@ -1455,5 +1463,14 @@ export const unreadTotalsOf = (s: Store) =>
     ['1', '2', '3', '4'].flatMap((u) => [
       s.unreadTotals(u, u, 10).then((x) => x.total),
       s.unreadTotals(u, undefined, 10).then((x) => x.total),
+    ]),
+  );
+
+/** Users 1–4's unread lists, as owners and as LAB, in that order. */
+export const unreadListsOf = (s: Store) =>
+  Promise.all(
+    ['1', '2', '3', '4'].flatMap((u) => [
+      s.unreadTotals(u, u, 10).then((x) => x.requests),
+      s.unreadTotals(u, undefined, 10).then((x) => x.requests),
     ]),
   );

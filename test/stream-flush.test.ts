@@ -257,7 +257,7 @@ async function socketPair(): Promise<{ slot: FlushSlot; read: () => Buffer; clos
   const chunks: Buffer[] = [];
   peer.on('data', (c: Buffer) => chunks.push(c));
   return {
-    slot: { socket, flushFrom: -1, flushTo: -1 },
+    slot: { socket, flushFrom: -1, flushTo: -1, flushOwn: null },
     read: () => Buffer.concat(chunks),
     close: () => {
       peer.destroy();
@@ -293,6 +293,40 @@ describe('StreamFlow', () => {
     assert.equal(flusher.size, 0, 'the flow outlived its viewers');
     a.close();
     b.close();
+  });
+
+  it('writes a viewer’s own frame after the chats queued before it and before later ones, in one flush', async () => {
+    const flusher = new StreamFlusher({ flushMs: 50, busyShare: 0 });
+    const a = await socketPair();
+    const b = await socketPair();
+    const c = await socketPair();
+    const flow = flusher.join('k');
+    flusher.join('k');
+    flusher.join('k');
+    assert.ok(flow);
+    // Nothing queued for it: the caller writes at once.
+    assert.equal(flow.queueOwn(a.slot, f('early;')), false);
+    const [one, two, three] = [f('1;'), f('2;'), f('3;')];
+    for (const frame of [one, two]) for (const x of [a, b, c]) flow.queue(x.slot, frame);
+    assert.equal(flow.queueOwn(a.slot, f('err;')), true);
+    assert.equal(flow.queueOwn(a.slot, f('auth;')), true);
+    assert.equal(flow.queueOwn(c.slot, f('gone;')), true);
+    for (const x of [a, b, c]) flow.queue(x.slot, three);
+    assert.equal(flow.queuedBytes(a.slot), 15);
+    // A released viewer's own frames go with its queue.
+    flow.release(c.slot);
+    await sleep(100);
+    assert.equal(a.read().toString(), '1;2;err;auth;3;');
+    assert.equal(b.read().toString(), '1;2;3;');
+    assert.equal(c.read().length, 0);
+    // take() (before a close) writes them at once, in the same order.
+    flow.queue(a.slot, f('4;'));
+    flow.queueOwn(a.slot, f('bye;'));
+    flow.take(a.slot);
+    await until(() => a.read().toString().endsWith('bye;'), 'the taken frames');
+    assert.equal(a.read().toString(), '1;2;err;auth;3;4;bye;');
+    for (const x of [a, b]) flow.release(x.slot);
+    for (const x of [a, b, c]) x.close();
   });
 
   it('keeps a viewer’s order when it missed a frame', async () => {

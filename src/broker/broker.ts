@@ -20,7 +20,18 @@ export type RoomAdapter = ServerOptions['adapter'];
 
 export interface Broker {
   publish(topic: string, payload: string): void;
+  /**
+   * As `publish`, resolving with how many subscribers received it: on Redis
+   * the subscribed connections, one per node; in memory the handlers. Rejects
+   * when the publication was dropped (the broker is unreachable).
+   */
+  publishCounted(topic: string, payload: string): Promise<number>;
   subscribe(topic: string, onMessage: (payload: string) => void): Unsubscribe;
+  /**
+   * Resolves once this node's subscription to `topic` has taken effect: what
+   * is published after that is heard. Resolves at once when not subscribed.
+   */
+  subscribed(topic: string): Promise<void>;
   /** Socket.IO's adapter on the same backend; undefined keeps Socket.IO's in-process rooms. */
   roomAdapter(): RoomAdapter | undefined;
   /** Resolves when the broker is reachable; for readiness. */

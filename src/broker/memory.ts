@@ -15,6 +15,12 @@ export class MemoryBroker implements Broker {
     for (const handler of handlers) handler(payload);
   }
 
+  async publishCounted(topic: string, payload: string): Promise<number> {
+    const count = this.topics.get(topic)?.size ?? 0;
+    this.publish(topic, payload);
+    return count;
+  }
+
   subscribe(topic: string, onMessage: Handler): Unsubscribe {
     let handlers = this.topics.get(topic);
     if (!handlers) {
@@ -27,6 +33,9 @@ export class MemoryBroker implements Broker {
       if (handlers.size === 0 && this.topics.get(topic) === handlers) this.topics.delete(topic);
     };
   }
+
+  /** A subscription takes effect as it is made. */
+  async subscribed(_topic: string): Promise<void> {}
 
   roomAdapter(): RoomAdapter | undefined {
     return undefined;

@@ -38,6 +38,8 @@ export class RedisBroker implements Broker {
   private readonly prefix: string;
   private readonly log: Logger;
   private readonly topics = new Map<string, Set<Handler>>();
+  /** Each subscribed topic's SUBSCRIBE, settled once Redis answered it. */
+  private readonly subscribing = new Map<string, Promise<void>>();
   private health: Health = 'connecting';
   /** Publications dropped during the current outage; reported on recovery. */
   private dropped = 0;
@@ -80,6 +82,21 @@ export class RedisBroker implements Broker {
     });
   }
 
+  async publishCounted(topic: string, payload: string): Promise<number> {
+    if (this.health !== 'connecting' && this.pub.status !== 'ready') {
+      this.dropped++;
+      throw new Error(`redis is ${this.pub.status}`);
+    }
+    try {
+      // PUBLISH answers how many connections received it: one per subscribed node.
+      return await this.pub.publish(this.prefix + topic, payload);
+    } catch (err) {
+      this.dropped++;
+      this.onLost(err as Error);
+      throw err;
+    }
+  }
+
   subscribe(topic: string, onMessage: Handler): Unsubscribe {
     let handlers = this.topics.get(topic);
     if (!handlers) {
@@ -87,19 +104,27 @@ export class RedisBroker implements Broker {
       this.topics.set(topic, handlers);
       // Commands on one connection run in order, so a SUBSCRIBE after an
       // UNSUBSCRIBE of the same channel leaves it subscribed.
-      this.sub.subscribe(this.prefix + topic).catch((err: unknown) => this.onLost(err as Error));
+      const done = this.sub.subscribe(this.prefix + topic).then(() => {});
+      done.catch((err: unknown) => this.onLost(err as Error));
+      this.subscribing.set(topic, done);
     }
     const set = handlers;
     set.add(onMessage);
     return () => {
       if (!set.delete(onMessage) || set.size > 0 || this.topics.get(topic) !== set) return;
       this.topics.delete(topic);
+      this.subscribing.delete(topic);
       if (!this.closed) {
         this.sub
           .unsubscribe(this.prefix + topic)
           .catch((err: unknown) => this.onLost(err as Error));
       }
     };
+  }
+
+  /** The SUBSCRIBE of `topic` was answered: Redis delivers it what is published from then on. */
+  subscribed(topic: string): Promise<void> {
+    return this.subscribing.get(topic) ?? Promise.resolve();
   }
 
   /**
@@ -134,6 +159,7 @@ export class RedisBroker implements Broker {
     if (this.closed) return;
     this.closed = true;
     this.topics.clear();
+    this.subscribing.clear();
     // QUIT lets queued publications go out first; disconnect if Redis is gone.
     await Promise.all(
       [this.pub, this.sub].map((conn) =>

@@ -8,6 +8,7 @@ import { createRemoteJWKSet, errors, type JWTPayload, type JWTVerifyGetKey, jwtV
 import type { JwtConfig } from '../config.js';
 import type { Logger } from '../observability/log.js';
 import { ChatError } from './errors.js';
+import { isStorableText, UNSTORABLE_TEXT } from './limits.js';
 
 export type Role = 'TEACHER' | 'LAB' | (string & {});
 
@@ -59,6 +60,11 @@ export function identityFromClaims(claims: JWTPayload, names: ClaimNames): Ident
     [claims[names.usernameClaim], claims.name].find(
       (v): v is string => typeof v === 'string' && v.length > 0,
     ) ?? userId;
+  // Both are stored with every message: a value no store can keep would fail
+  // the batch it is written with, other users' messages included.
+  if (!isStorableText(userId) || !isStorableText(username)) {
+    throw new ChatError('invalid_token', `The user id and name ${UNSTORABLE_TEXT}.`);
+  }
   const roles = [...new Set([...rolesOf(claims[names.roleClaim]), ...rolesOf(claims.roles)])];
   const expiresAt = typeof claims.exp === 'number' ? claims.exp * 1000 : undefined;
   return { userId, username, roles, expiresAt };

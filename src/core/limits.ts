@@ -96,8 +96,22 @@ export class FloodCounter {
   }
 }
 
-/** In `u` mode a surrogate pair is one code point, so this matches only unpaired halves. */
+/**
+ * What no store can keep as it is: U+0000 (PostgreSQL refuses it in text and
+ * jsonb; one such chat would fail the batch it is written with, other users'
+ * chats included) and unpaired surrogate halves (not valid UTF-8: stored,
+ * they would differ from what was delivered). In `u` mode a surrogate pair is
+ * one code point, so `\p{Cs}` matches only unpaired halves.
+ */
 const LONE_SURROGATE = /\p{Cs}/u;
+
+/** Whether `text` can be stored and read back unchanged (no U+0000, no lone surrogate). */
+export function isStorableText(text: string): boolean {
+  return !text.includes('\u0000') && !LONE_SURROGATE.test(text);
+}
+
+/** The refusal of a field that `isStorableText` rejects, for every surface alike. */
+export const UNSTORABLE_TEXT = 'must be valid Unicode text without U+0000';
 
 /**
  * Validates chat text: not empty once trimmed, well-formed Unicode, at most `maxChars` characters
@@ -105,8 +119,7 @@ const LONE_SURROGATE = /\p{Cs}/u;
  */
 export function checkMessageText(text: string, maxChars: number): string {
   if (text.trim().length === 0) throw new ChatError('empty_message');
-  // A lone surrogate cannot be stored as UTF-8: the stored text would differ from the delivered.
-  if (LONE_SURROGATE.test(text)) {
+  if (!isStorableText(text)) {
     throw new ChatError('invalid_payload', 'The message is not valid Unicode text.');
   }
   // UTF-16 length bounds the code point count from above: only count when it matters.

@@ -7,19 +7,21 @@
  * a later history.
  *
  * A stream's cache starts cold: it is seeded once from the store, after the
- * node subscribed to the stream's topic, merging what it heard meanwhile. It
- * holds a suffix of the stream's chats that are not deleted, so it answers
- * "the newest n" when it holds n (or the whole stream), and "the chats after
- * id" when it holds that chat; otherwise the store must.
+ * node's subscription to the stream's topic took effect and every node stored
+ * what it had published by then (`stream-settle.ts`), merging what it heard
+ * meanwhile. It holds a suffix of the stream's chats that are not deleted, so
+ * it answers "the newest n" when it holds n (or the whole stream), and "the
+ * chats after id" when it holds that chat; otherwise the store must.
  *
  * Bounds: per stream, what one `history` frame can carry (HISTORY_MAX_PAGE
  * chats and SEND_BUFFER_MAX_BYTES); at most STREAM_HISTORY_CACHE_STREAMS
  * streams, the one joined longest ago dropped first. A stream nobody on this
  * node watches is dropped at once (its topic is left, so it would go stale).
  *
- * One window remains, as for any read of the store: a chat another node
- * accepted just before this node's subscription took effect, and stored only
- * after the seed was read, is missing from this node's cache.
+ * No chat is missing: one published before the subscription took effect is
+ * stored before the seed is read; one published after it is heard. When a
+ * node does not confirm its chats stored within STREAM_HISTORY_SETTLE_MS, the
+ * seed is not kept (the cache stays cold) and that join's history is a gap.
  */
 import type { StreamMessage } from './messages.js';
 

@@ -17,8 +17,12 @@
  * history goes out and the held chats it already contains are dropped, so no
  * chat is missed or seen twice.
  *
- * Storage: chats are stored in batches, one transaction per event-loop turn,
- * off the fan-out path; `flush()` waits for what was accepted (shutdown).
+ * Storage: chats are stored in batches off the fan-out path, one transaction
+ * per event-loop turn, or for everything accepted while the previous batch
+ * was being written; `flush()` waits for what was accepted (shutdown). As a
+ * chat is published before it is stored, every read of the store for a
+ * history (the cache's seed, or a join the cache cannot answer) first waits
+ * until every node has stored what it published (`stream-settle.ts`).
  */
 import type { Broker, Unsubscribe } from '../broker/broker.js';
 import type { Limits } from '../config.js';
@@ -40,10 +44,12 @@ import {
   type ModerationActionKind,
   type ModerationEffect,
   type PostingRules,
+  recordBan,
   type StreamBan,
   type StreamControl,
   type StreamSettings,
 } from './stream-rules.js';
+import { StoreSettle } from './stream-settle.js';
 import { type OutboxEntry, streamEvents } from './webhook-events.js';
 import type { Webhooks } from './webhooks.js';
 
@@ -159,9 +165,16 @@ interface Room<F> {
   queued: StreamEvent[];
   /** The `viewers` of the last `stream` frame sent to everyone. */
   sentViewers: number;
-  /** The read that seeds the stream's cache of recent chats; true once it can answer. */
-  seeding: { recent: RecentChats; done: Promise<boolean> } | undefined;
+  /** The read that seeds the stream's cache of recent chats. */
+  seeding: { recent: RecentChats; done: Promise<Seeded> } | undefined;
 }
+
+/**
+ * Whether a stream's cache of recent chats can answer: `ready`; `cold` (off,
+ * or the read failed); `unsettled` (not every node confirmed in time that the
+ * chats it published were stored, so a read may miss some).
+ */
+type Seeded = 'ready' | 'cold' | 'unsettled';
 
 export interface StreamsDeps<F> {
   store: Store;
@@ -198,10 +211,14 @@ export class Streams<F> {
   private pending: StreamMessage[] = [];
   private flushing: Promise<void> = Promise.resolve();
   private flushScheduled = false;
+  /** A write is chained and not started yet: it takes every chat pending when it starts. */
+  private writeWaiting = false;
   /** When each chat fanned out in this event-loop turn was accepted. */
   private deliveredThisTurn: number[] = [];
   /** The newest chats of the streams watched here, for `history` frames. */
   private readonly recent: RecentCache;
+  /** Every node's chats stored before a history is read from the store. */
+  private readonly settle: StoreSettle;
 
   constructor(private readonly deps: StreamsDeps<F>) {
     this.counters = new StreamLimits(deps.limits.streamRate, deps.counters);
@@ -215,6 +232,13 @@ export class Streams<F> {
     this.unsubscribeViewers = deps.broker.subscribe(VIEWERS_TOPIC, (payload) =>
       this.onViewers(payload),
     );
+    this.settle = new StoreSettle({
+      broker: deps.broker,
+      log: deps.log,
+      node: this.node,
+      flush: () => this.flush(),
+      maxMs: deps.limits.streamHistorySettleMs,
+    });
   }
 
   static isValidKey(key: string): boolean {
@@ -530,18 +554,26 @@ export class Streams<F> {
   /** Resolves when every chat accepted so far is stored (or failed and was logged). */
   async flush(): Promise<void> {
     this.flushScheduled = false;
-    const batch = this.pending;
-    this.pending = [];
-    if (batch.length > 0) {
-      this.flushing = this.flushing.then(() => this.write(batch));
+    if (this.pending.length > 0 && !this.writeWaiting) {
+      this.writeWaiting = true;
+      // The batch is taken when the write before it is done, not now: while the
+      // store is slow, what is accepted meanwhile goes in one transaction, not
+      // one per event-loop turn behind the other.
+      this.flushing = this.flushing.then(() => {
+        this.writeWaiting = false;
+        const batch = this.pending;
+        this.pending = [];
+        return this.write(batch);
+      });
     }
     await this.flushing;
   }
 
-  /** Stops sharing viewer counts; for shutdown. */
+  /** Stops sharing viewer counts and answering other nodes' settle requests; for shutdown. */
   close(): void {
     clearInterval(this.viewersTimer);
     this.unsubscribeViewers();
+    this.settle.close();
   }
 
   /** Connections watching, on this node. */
@@ -682,15 +714,18 @@ export class Streams<F> {
     let gap = false;
     try {
       await this.rulesOf(key, room);
-      if (await this.seeded(key, room)) {
+      const seeded = await this.seeded(key, room);
+      if (seeded === 'ready') {
         const joining = room.joining.get(viewer);
         // It left meanwhile, or the stream ended.
         if (!joining || this.rooms.get(key) !== room) return;
         if (this.welcomeFromCache(key, room, viewer, since, joining)) return;
       }
-      // Chats published before this viewer subscribed may still wait for their
-      // batch: stored first, they are in the history read below.
-      await this.flush();
+      // Chats published before this viewer joined may still wait for their
+      // batch, on this node or another: stored first, they are in the history
+      // read below. Unconfirmed in time, the history is flagged as a gap.
+      const reads = since !== undefined || limits.streamHistoryOnJoin > 0;
+      if (reads && (seeded === 'unsettled' || !(await this.settled(key)))) gap = true;
       if (since !== undefined) {
         const r = await this.deps.store.streamRecent(key, {
           after: since,
@@ -701,7 +736,7 @@ export class Streams<F> {
         else if (limits.streamHistoryOnJoin > 0) {
           history = r.messages.slice(-limits.streamHistoryOnJoin);
         }
-        gap = r.more || !r.known;
+        gap ||= r.more || !r.known;
       } else if (limits.streamHistoryOnJoin > 0) {
         const r = await this.deps.store.streamRecent(key, { limit: limits.streamHistoryOnJoin });
         history = r.messages;
@@ -767,10 +802,10 @@ export class Streams<F> {
    * when it is cold. The room is subscribed already: what is heard during the
    * read is merged in.
    */
-  private seeded(key: string, room: Room<F>): boolean | Promise<boolean> {
-    if (!this.recent.enabled) return false;
+  private seeded(key: string, room: Room<F>): Seeded | Promise<Seeded> {
+    if (!this.recent.enabled) return 'cold';
     const recent = this.recent.get(key);
-    if (recent?.ready) return true;
+    if (recent?.ready) return 'ready';
     if (recent && room.seeding?.recent === recent) return room.seeding.done;
     const opened = this.recent.open(key);
     const done = this.seed(key, room, opened);
@@ -778,14 +813,19 @@ export class Streams<F> {
     return done;
   }
 
-  private async seed(key: string, room: Room<F>, recent: RecentChats): Promise<boolean> {
+  private async seed(key: string, room: Room<F>, recent: RecentChats): Promise<Seeded> {
+    let outcome: Seeded = 'cold';
     try {
-      // Chats accepted here but still waiting for their batch are stored first.
-      await this.flush();
-      const r = await this.deps.store.streamRecent(key, { limit: this.deps.limits.historyMaxPage });
-      // Dropped meanwhile: nobody watches here any more, or another stream took its place.
-      if (this.rooms.get(key) === room && this.recent.get(key) === recent && recent.seed(r)) {
-        return true;
+      // Chats published before the subscription took effect, by any node, are
+      // stored first; those published after it are heard and merged in.
+      if (!(await this.settled(key))) outcome = 'unsettled';
+      else {
+        const limit = this.deps.limits.historyMaxPage;
+        const r = await this.deps.store.streamRecent(key, { limit });
+        // Dropped meanwhile: nobody watches here any more, or another stream took its place.
+        if (this.rooms.get(key) === room && this.recent.get(key) === recent && recent.seed(r)) {
+          return 'ready';
+        }
       }
     } catch (err) {
       this.deps.log.error({ err, key }, 'reading stream history failed');
@@ -794,7 +834,21 @@ export class Streams<F> {
     }
     recent.fail();
     this.recent.drop(key, recent);
-    return false;
+    return outcome;
+  }
+
+  /**
+   * Resolves true once every chat published on `key`'s topic before this call,
+   * by any node, is stored (false: not confirmed within STREAM_HISTORY_SETTLE_MS).
+   * Asked only once this node's subscription took effect: what comes later is heard.
+   */
+  private async settled(key: string): Promise<boolean> {
+    try {
+      await this.deps.broker.subscribed(topicOf(key));
+    } catch {
+      return false;
+    }
+    return this.settle.settled();
   }
 
   private infoOf(key: string, room: Room<F>): StreamInfo {
@@ -966,7 +1020,7 @@ export class Streams<F> {
 function applyRule(rules: RoomRules, event: StreamEvent): void {
   if (event.kind === 'moderation') {
     if (event.action === 'unban') rules.bans.delete(event.userId);
-    else rules.bans.set(event.userId, event.until ?? null);
+    else recordBan(rules.bans, event.userId, event.until ?? null);
   } else if (event.kind === 'members') {
     rules.members = new Set(event.userIds);
   } else if (event.kind === 'control') {

@@ -45,6 +45,28 @@ import type {
   StreamRecord,
 } from './store.js';
 
+/**
+ * The running unread totals (see the migration that adds them) as the
+ * per-request counters add up, all on shard 0: that migration's fill, and
+ * `bulkLoad`'s.
+ */
+const UNREAD_TOTALS_FILL = `INSERT INTO unread_messages (shard, messages)
+     SELECT s, CASE WHEN s = 0 THEN (SELECT coalesce(sum(message_count), 0) FROM requests) ELSE 0 END
+     FROM generate_series(0, 15) s;
+   INSERT INTO unread_owners (owner_id, shard, messages)
+     SELECT owner_id, 0, sum(message_count) FROM requests GROUP BY owner_id;
+   INSERT INTO unread_users (user_id, shard, seen, seen_own)
+     SELECT rr.user_id, 0, sum(rr.sent + rr.read),
+       sum(CASE WHEN r.owner_id = rr.user_id THEN rr.sent + rr.read ELSE 0 END)
+     FROM request_readers rr LEFT JOIN requests r ON r.id = rr.request_id
+     GROUP BY rr.user_id;`;
+
+/** Each request's `owner_seen` from its owner's counters: the migration's fill, and `bulkLoad`'s. */
+const OWNER_SEEN_FILL = `UPDATE requests r SET owner_seen = s.n
+     FROM (SELECT q.id, coalesce(rr.sent + rr.read, 0) AS n FROM requests q
+           LEFT JOIN request_readers rr ON rr.request_id = q.id AND rr.user_id = q.owner_id) s
+     WHERE s.id = r.id AND r.owner_seen <> s.n;`;
+
 /** Append-only: a released migration is never edited, a new one is added. */
 const MIGRATIONS: readonly string[] = [
   `CREATE TABLE streams (
@@ -206,16 +228,7 @@ const MIGRATIONS: readonly string[] = [
      PRIMARY KEY (user_id, shard)
    );
    LOCK TABLE requests, request_readers IN SHARE MODE;
-   INSERT INTO unread_messages (shard, messages)
-     SELECT s, CASE WHEN s = 0 THEN (SELECT coalesce(sum(message_count), 0) FROM requests) ELSE 0 END
-     FROM generate_series(0, 15) s;
-   INSERT INTO unread_owners (owner_id, shard, messages)
-     SELECT owner_id, 0, sum(message_count) FROM requests GROUP BY owner_id;
-   INSERT INTO unread_users (user_id, shard, seen, seen_own)
-     SELECT rr.user_id, 0, sum(rr.sent + rr.read),
-       sum(CASE WHEN r.owner_id = rr.user_id THEN rr.sent + rr.read ELSE 0 END)
-     FROM request_readers rr LEFT JOIN requests r ON r.id = rr.request_id
-     GROUP BY rr.user_id;
+   ${UNREAD_TOTALS_FILL}
    CREATE FUNCTION unread_request_changed() RETURNS trigger LANGUAGE plpgsql AS $$
    DECLARE
      me integer := pg_backend_pid() % 16;
@@ -275,7 +288,64 @@ const MIGRATIONS: readonly string[] = [
    END $$;
    CREATE TRIGGER unread_reader_changed AFTER INSERT OR UPDATE OF sent, read
      ON request_readers FOR EACH ROW EXECUTE FUNCTION unread_reader_changed();`,
+  // What each request's owner sent or read there (owner_seen), beside its
+  // message count: the requests with messages their owner has not read are
+  // then one partial index, so a teacher's unread list reads only those,
+  // however many of their requests are read. The triggers keep it equal to
+  // the owner's sent + read in the transaction of any change to either.
+  `ALTER TABLE requests ADD COLUMN owner_seen integer NOT NULL DEFAULT 0;
+   LOCK TABLE request_readers IN SHARE MODE;
+   ${OWNER_SEEN_FILL}
+   CREATE INDEX requests_owner_unread ON requests (owner_id, activity_at, id)
+     WHERE message_count > owner_seen;
+   CREATE FUNCTION owner_seen_request_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+   BEGIN
+     IF TG_OP = 'UPDATE' AND new.owner_id = old.owner_id THEN RETURN new; END IF;
+     -- FOR UPDATE waits for the new owner's counters still being changed and
+     -- reads them as committed: that change saw the old owner.
+     new.owner_seen := coalesce((SELECT sent + read FROM request_readers
+       WHERE request_id = new.id AND user_id = new.owner_id FOR UPDATE), 0);
+     RETURN new;
+   END $$;
+   CREATE TRIGGER owner_seen_request_changed BEFORE INSERT OR UPDATE OF owner_id
+     ON requests FOR EACH ROW EXECUTE FUNCTION owner_seen_request_changed();
+   CREATE FUNCTION owner_seen_reader_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+   BEGIN
+     UPDATE requests SET owner_seen = new.sent + new.read
+       WHERE id = new.request_id AND owner_id = new.user_id AND owner_seen <> new.sent + new.read;
+     RETURN NULL;
+   END $$;
+   CREATE TRIGGER owner_seen_reader_changed AFTER INSERT OR UPDATE OF sent, read
+     ON request_readers FOR EACH ROW EXECUTE FUNCTION owner_seen_reader_changed();`,
 ];
+
+/**
+ * A bulk load the way a migration fills, on `client` (a connection of its
+ * own, search_path set): `load` writes the tables with triggers off for this
+ * session (`session_replication_role = replica`, a superuser's setting), then
+ * every counter the triggers keep is filled from the per-request counters
+ * with the migrations' own fills. For importing or seeding millions of rows,
+ * where a trigger per row would cost more than the rows; all of it commits
+ * together or not at all.
+ */
+export async function bulkLoad(client: pg.ClientBase, load: () => Promise<void>): Promise<void> {
+  await client.query('BEGIN');
+  try {
+    await client.query('SET LOCAL session_replication_role = replica');
+    await load();
+    await client.query('SET LOCAL session_replication_role = origin');
+    await client.query(
+      `LOCK TABLE requests, request_readers IN SHARE MODE;
+       DELETE FROM unread_messages; DELETE FROM unread_owners; DELETE FROM unread_users;
+       ${UNREAD_TOTALS_FILL}
+       ${OWNER_SEEN_FILL}`,
+    );
+    await client.query('COMMIT');
+  } catch (err) {
+    await client.query('ROLLBACK');
+    throw err;
+  }
+}
 
 /**
  * One key for every charla migration on the server: nodes starting at once
@@ -552,6 +622,12 @@ const STREAM_COLUMNS =
 const REQUEST_COLUMNS =
   'id, request_id, sender_id, sender_username, sender_role, message, created_at, attachments, edited_at, deleted_at';
 
+/** `$1` message ids: those messages, by their unique id (an inbox page's last messages). */
+export const MESSAGES_BY_ID = `SELECT ${REQUEST_COLUMNS} FROM request_messages WHERE id = ANY($1::text[])`;
+/** `$1` message ids: their receipts. */
+export const RECEIPTS_OF = `SELECT message_id, kind, user_id, at FROM receipts
+  WHERE message_id = ANY($1::text[]) ORDER BY at, user_id`;
+
 /** A reader's counters as JSON, for `readers` arrays built inside one statement. */
 const READER_JSON = "json_build_object('userId', user_id, 'sent', sent, 'read', read)";
 
@@ -597,6 +673,44 @@ export const unreadListQuery = (owner: boolean) => `SELECT id, unread FROM (
     WHERE ${owner ? 'r.owner_id = $3' : 'r.last_message_id IS NOT NULL'}
     ORDER BY r.activity_at DESC, r.id DESC) x
   WHERE unread > 0 LIMIT $2`;
+
+/** `$1` a teacher, `$2` the limit: their requests with messages they have not read, from the partial index. */
+export const ownUnreadListQuery = `SELECT id, message_count - owner_seen AS unread FROM requests
+  WHERE owner_id = $1 AND message_count > owner_seen
+  ORDER BY activity_at DESC, id DESC LIMIT $2`;
+
+/** The lab's next request with unread messages for `$1`, newest first, below `bound`. */
+const nextLabUnread = (bound: string) => `SELECT r.id, r.activity_at,
+      r.message_count - coalesce(rr.sent, 0) - coalesce(rr.read, 0) AS unread
+    FROM requests r
+    LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = $1
+    WHERE r.last_message_id IS NOT NULL AND ${bound}
+      AND r.message_count - coalesce(rr.sent, 0) - coalesce(rr.read, 0) > 0
+    ORDER BY r.activity_at DESC, r.id DESC LIMIT 1`;
+
+/**
+ * `$1` a lab user, `$2` the limit: their running total and, newest first,
+ * their requests with unread messages, in one statement (one snapshot). A lab
+ * user may act in every request, so no index holds theirs: the walk goes one
+ * request at a time and stops once the requests found add up to the total,
+ * so the requests they have read that are older than their last unread one
+ * are never read; none at all when nothing is unread. One row with a null id
+ * when the list is empty.
+ */
+export const labUnreadQuery = `WITH RECURSIVE total AS (
+    SELECT (SELECT coalesce(sum(messages), 0) FROM unread_messages)
+      - (SELECT coalesce(sum(seen), 0) FROM unread_users WHERE user_id = $1) AS n
+  ), walk AS (
+    SELECT u.id, u.activity_at, u.unread, u.unread::bigint AS found, 1 AS k
+    FROM total t, LATERAL (${nextLabUnread('true')}) u
+    WHERE t.n > 0 AND $2 > 0
+    UNION ALL
+    SELECT u.id, u.activity_at, u.unread, w.found + u.unread, w.k + 1
+    FROM walk w, total t,
+      LATERAL (${nextLabUnread('(r.activity_at, r.id) < (w.activity_at, w.id)')}) u
+    WHERE w.found < t.n AND w.k < $2
+  )
+  SELECT t.n AS total, w.id, w.unread FROM total t LEFT JOIN walk w ON true ORDER BY w.k`;
 
 /**
  * The newest `limit + 1` rows of one scope, before the row `before` names.
@@ -1223,21 +1337,27 @@ export class PostgresStore implements Store {
     ownerId: string | undefined,
     limit: number,
   ): Promise<UnreadTotals> {
-    const owner = ownerId !== undefined;
-    // Running totals serve a lab user and a teacher asking about their own
-    // requests; any other pair is summed over the owner's requests.
+    const list = (rows: Array<{ id: string | null; unread: number | null }>) =>
+      rows.flatMap((r) => (r.id === null ? [] : [{ requestId: r.id, unread: Number(r.unread) }]));
+    if (ownerId === undefined) {
+      const rows = await this.query<{ total: string; id: string | null; unread: number | null }>(
+        labUnreadQuery,
+        [userId, limit],
+      );
+      return { total: Math.max(0, Number(rows[0]?.total ?? 0)), requests: list(rows) };
+    }
+    // Running totals and the partial index serve a teacher asking about
+    // their own requests; any other pair is summed over the owner's requests.
+    const own = ownerId === userId;
     const [totals] = await this.query<{ total: string }>(
-      ownerId === userId ? ownUnreadTotalQuery : unreadTotalQuery(owner),
-      ownerId === userId ? [userId] : owner ? [userId, ownerId] : [userId],
+      own ? ownUnreadTotalQuery : unreadTotalQuery(true),
+      own ? [userId] : [userId, ownerId],
     );
     const rows = await this.query<{ id: string; unread: number }>(
-      unreadListQuery(owner),
-      owner ? [userId, limit, ownerId] : [userId, limit],
+      own ? ownUnreadListQuery : unreadListQuery(true),
+      own ? [userId, limit] : [userId, limit, ownerId],
     );
-    return {
-      total: Math.max(0, Number(totals?.total ?? 0)),
-      requests: rows.map((r) => ({ requestId: r.id, unread: r.unread })),
-    };
+    return { total: Math.max(0, Number(totals?.total ?? 0)), requests: list(rows) };
   }
 
   async addReceipts(
@@ -1320,7 +1440,7 @@ export class PostgresStore implements Store {
     // the commit, until it is sent or the lease runs out (a node that died).
     // The delivered rows go in the same statement; `due` leaves them out, so
     // that no row is both deleted and leased by it.
-    const rows = await this.query<OutboxRow>(
+    const rows = await this.query<OutboxRow & { unless_read: string | null; fresh: boolean }>(
       `WITH done AS (
          DELETE FROM webhook_outbox WHERE id = ANY($4::text[])
        ), due AS (
@@ -1329,7 +1449,8 @@ export class PostgresStore implements Store {
                 ) OR EXISTS (
                   SELECT 1 FROM request_messages m
                   WHERE m.id = o.unless_read AND m.deleted_at IS NOT NULL
-                ))) AS seen
+                ))) AS seen,
+           o.unless_read IS NOT NULL AND o.attempts = 0 AND o.lease_until IS NULL AS fresh
          FROM webhook_outbox o
          WHERE o.state = 'pending' AND o.next_attempt_at <= $1
            AND (o.lease_until IS NULL OR o.lease_until <= $1)
@@ -1342,10 +1463,34 @@ export class PostgresStore implements Store {
        UPDATE webhook_outbox o SET lease_until = $3 FROM due
        WHERE o.id = due.id AND NOT due.seen
        RETURNING o.id, o.type, o.payload, o.created_at, o.attempts, o.last_error,
-         o.last_attempt_at`,
+         o.last_attempt_at, o.unless_read, due.fresh`,
       [now, limit, leaseUntil, completed],
     );
+    await this.refreshUnread(rows);
     return rows.map(outboxEvent);
+  }
+
+  /**
+   * Unread reminders claimed for the first time carry their message as it is
+   * now (edited or not): the payload is rewritten before any attempt, so that
+   * every attempt sends the same bytes. The lease keeps the rows this node's.
+   */
+  private async refreshUnread(
+    rows: Array<OutboxRow & { unless_read: string | null; fresh: boolean }>,
+  ): Promise<void> {
+    const fresh = rows.filter((r) => r.fresh && r.unless_read !== null);
+    if (fresh.length === 0) return;
+    const messages = await this.withReceipts(
+      await this.query<RequestMessageRow>(MESSAGES_BY_ID, [fresh.map((r) => r.unless_read)]),
+    );
+    const byId = new Map(messages.map((m) => [m._id, m]));
+    const changed = fresh.filter((r) => byId.has(r.unless_read as string));
+    for (const r of changed) r.payload = JSON.stringify(byId.get(r.unless_read as string));
+    await this.query(
+      `UPDATE webhook_outbox o SET payload = x.payload
+       FROM unnest($1::text[], $2::text[]) AS x(id, payload) WHERE o.id = x.id`,
+      [changed.map((r) => r.id), changed.map((r) => r.payload)],
+    );
   }
 
   async completeWebhooks(ids: readonly string[]): Promise<void> {
@@ -1485,12 +1630,7 @@ export class PostgresStore implements Store {
     const messages =
       ids.length === 0
         ? []
-        : await this.withReceipts(
-            await this.query<RequestMessageRow>(
-              `SELECT ${REQUEST_COLUMNS} FROM request_messages WHERE id = ANY($1::text[])`,
-              [ids],
-            ),
-          );
+        : await this.withReceipts(await this.query<RequestMessageRow>(MESSAGES_BY_ID, [ids]));
     const last = new Map(messages.map((m) => [m._id, m]));
     return rows.map((r) => ({
       requestId: r.id,
@@ -1519,11 +1659,7 @@ export class PostgresStore implements Store {
     });
     if (messages.length === 0) return messages;
     const byId = new Map(messages.map((m) => [m._id, m]));
-    const receipts = await this.query<ReceiptRow>(
-      `SELECT message_id, kind, user_id, at FROM receipts
-       WHERE message_id = ANY($1::text[]) ORDER BY at, user_id`,
-      [[...byId.keys()]],
-    );
+    const receipts = await this.query<ReceiptRow>(RECEIPTS_OF, [[...byId.keys()]]);
     for (const r of receipts) {
       const m = byId.get(r.message_id);
       const receipt = { userId: r.user_id, at: r.at.toISOString() };

@@ -43,6 +43,25 @@ import type {
   StreamRecord,
 } from './store.js';
 
+/**
+ * The running unread totals (see the migration that adds them) as the
+ * per-request counters add up: that migration's fill, and `refillCounters`'s.
+ */
+const UNREAD_TOTALS_FILL = `INSERT INTO unread_messages (shard, messages)
+     SELECT 0, coalesce(sum(message_count), 0) FROM requests;
+   INSERT INTO unread_owners (owner_id, messages)
+     SELECT owner_id, sum(message_count) FROM requests WHERE true GROUP BY owner_id;
+   INSERT INTO unread_users (user_id, seen, seen_own)
+     SELECT rr.user_id, sum(rr.sent + rr.read),
+       sum(CASE WHEN r.owner_id = rr.user_id THEN rr.sent + rr.read ELSE 0 END)
+     FROM request_readers rr LEFT JOIN requests r ON r.id = rr.request_id
+     WHERE true GROUP BY rr.user_id;`;
+
+/** Each request's `owner_seen` from its owner's counters: the migration's fill, and `refillCounters`'s. */
+const OWNER_SEEN_FILL = `UPDATE requests SET owner_seen = coalesce(
+     (SELECT sent + read FROM request_readers rr
+      WHERE rr.request_id = requests.id AND rr.user_id = requests.owner_id), 0);`;
+
 /** Append-only: a released migration is never edited, a new one is added. */
 const MIGRATIONS: readonly string[] = [
   `CREATE TABLE streams (
@@ -196,15 +215,7 @@ const MIGRATIONS: readonly string[] = [
      seen     INTEGER NOT NULL DEFAULT 0,
      seen_own INTEGER NOT NULL DEFAULT 0
    ) WITHOUT ROWID;
-   INSERT INTO unread_messages (shard, messages)
-     SELECT 0, coalesce(sum(message_count), 0) FROM requests;
-   INSERT INTO unread_owners (owner_id, messages)
-     SELECT owner_id, sum(message_count) FROM requests WHERE true GROUP BY owner_id;
-   INSERT INTO unread_users (user_id, seen, seen_own)
-     SELECT rr.user_id, sum(rr.sent + rr.read),
-       sum(CASE WHEN r.owner_id = rr.user_id THEN rr.sent + rr.read ELSE 0 END)
-     FROM request_readers rr LEFT JOIN requests r ON r.id = rr.request_id
-     WHERE true GROUP BY rr.user_id;
+   ${UNREAD_TOTALS_FILL}
    CREATE TRIGGER unread_request_added AFTER INSERT ON requests BEGIN
      UPDATE unread_messages SET messages = messages + new.message_count WHERE shard = 0;
      INSERT INTO unread_owners (owner_id, messages) VALUES (new.owner_id, new.message_count)
@@ -254,7 +265,71 @@ const MIGRATIONS: readonly string[] = [
          THEN (new.sent + new.read) - (old.sent + old.read) ELSE 0 END
      WHERE user_id = new.user_id;
    END;`,
+  // What each request's owner sent or read there (owner_seen), beside its
+  // message count: the requests with messages their owner has not read are
+  // then one partial index, so a teacher's unread list reads only those,
+  // however many of their requests are read. The triggers keep it equal to
+  // the owner's sent + read in the transaction of any change to either.
+  `ALTER TABLE requests ADD COLUMN owner_seen INTEGER NOT NULL DEFAULT 0;
+   ${OWNER_SEEN_FILL}
+   CREATE INDEX requests_owner_unread ON requests (owner_id, activity_at, id)
+     WHERE message_count > owner_seen;
+   CREATE TRIGGER owner_seen_request_added AFTER INSERT ON requests BEGIN
+     UPDATE requests SET owner_seen = coalesce((SELECT sent + read FROM request_readers
+       WHERE request_id = new.id AND user_id = new.owner_id), 0)
+     WHERE id = new.id;
+   END;
+   CREATE TRIGGER owner_seen_request_owner AFTER UPDATE OF owner_id ON requests
+   WHEN new.owner_id <> old.owner_id BEGIN
+     UPDATE requests SET owner_seen = coalesce((SELECT sent + read FROM request_readers
+       WHERE request_id = new.id AND user_id = new.owner_id), 0)
+     WHERE id = new.id;
+   END;
+   CREATE TRIGGER owner_seen_reader_added AFTER INSERT ON request_readers BEGIN
+     UPDATE requests SET owner_seen = new.sent + new.read
+     WHERE id = new.request_id AND owner_id = new.user_id;
+   END;
+   CREATE TRIGGER owner_seen_reader_counted AFTER UPDATE OF sent, read ON request_readers BEGIN
+     UPDATE requests SET owner_seen = new.sent + new.read
+     WHERE id = new.request_id AND owner_id = new.user_id;
+   END;`,
 ];
+
+/**
+ * A bulk load the way a migration fills: `load` writes the tables with the
+ * counters' triggers off (dropped, and created again as they were, in the
+ * same transaction), then every counter the triggers keep is filled from the
+ * per-request counters, as the migrations that added them do. For importing
+ * or seeding millions of rows, where a trigger per row would cost more than
+ * the rows; all of it commits together or not at all.
+ */
+export function bulkLoad(db: Database.Database, load: () => void): void {
+  db.transaction(() => {
+    const triggers = db
+      .prepare<[], { name: string; sql: string }>(
+        `SELECT name, sql FROM sqlite_schema
+         WHERE type = 'trigger' AND tbl_name IN ('requests', 'request_readers') ORDER BY name`,
+      )
+      .all();
+    for (const t of triggers) db.exec(`DROP TRIGGER "${t.name}"`);
+    load();
+    for (const t of triggers) db.exec(t.sql);
+    refillCounters(db);
+  }).immediate();
+}
+
+/**
+ * Every counter the triggers keep, filled again from the per-request
+ * counters with the migrations' own fills: after rows were written with the
+ * triggers off. Call it inside a transaction, or it is one of its own.
+ */
+export function refillCounters(db: Database.Database): void {
+  db.transaction(() => {
+    db.exec(`DELETE FROM unread_messages; DELETE FROM unread_owners; DELETE FROM unread_users;
+      ${UNREAD_TOTALS_FILL}
+      ${OWNER_SEEN_FILL}`);
+  })();
+}
 
 /** Above every ISO-8601 time: the inbox's first page starts below it. */
 const TOP = '~';
@@ -351,6 +426,7 @@ interface OutboxRow {
   last_error: string | null;
   last_attempt_at: string | null;
   unless_read: string | null;
+  lease_until?: string | null;
 }
 const outboxEvent = (r: OutboxRow): OutboxEvent => ({
   id: r.id,
@@ -617,6 +693,12 @@ export class SqliteStore implements Store {
          WHERE r.owner_id = @ownerId AND unread > 0
          ORDER BY r.activity_at DESC, r.id DESC LIMIT @limit`,
       ),
+      // Only requests whose owner has not read everything are in the partial index.
+      ownUnreadList: db.prepare<{ userId: string; limit: number }, { id: string; unread: number }>(
+        `SELECT id, message_count - owner_seen AS unread FROM requests
+         WHERE owner_id = @userId AND message_count > owner_seen
+         ORDER BY activity_at DESC, id DESC LIMIT @limit`,
+      ),
       labUnreadTotal: db.prepare<{ userId: string }, { total: number }>(
         `SELECT (SELECT coalesce(sum(messages), 0) FROM unread_messages)
            - (SELECT coalesce(sum(seen), 0) FROM unread_users WHERE user_id = @userId)
@@ -643,7 +725,8 @@ export class SqliteStore implements Store {
          VALUES (@id, @type, @data, @createdAt, @dueAt, @unlessRead)`,
       ),
       dueOutbox: db.prepare<[string, string, number], OutboxRow>(
-        `SELECT id, type, payload, created_at, attempts, last_error, last_attempt_at, unless_read
+        `SELECT id, type, payload, created_at, attempts, last_error, last_attempt_at, unless_read,
+           lease_until
          FROM webhook_outbox
          WHERE state = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?)
          ORDER BY next_attempt_at LIMIT ?`,
@@ -655,6 +738,7 @@ export class SqliteStore implements Store {
          LIMIT 1`,
       ),
       leaseOutbox: db.prepare('UPDATE webhook_outbox SET lease_until = ? WHERE id = ?'),
+      setOutboxPayload: db.prepare('UPDATE webhook_outbox SET payload = ? WHERE id = ?'),
       deleteOutbox: db.prepare('DELETE FROM webhook_outbox WHERE id = ?'),
       // The ids as one JSON array parameter: one statement and one commit for any count.
       deleteOutboxMany: db.prepare(
@@ -1030,13 +1114,33 @@ export class SqliteStore implements Store {
       : ownerId === userId
         ? this.q.ownUnreadTotal.get({ userId })
         : this.q.teacherUnreadTotal.get({ userId, ownerId });
+    const left = Math.max(0, total?.total ?? 0);
     const rows = lab
-      ? this.q.labUnreadList.all({ userId, limit })
-      : this.q.teacherUnreadList.all({ userId, ownerId, limit });
-    return {
-      total: Math.max(0, total?.total ?? 0),
-      requests: rows.map((r) => ({ requestId: r.id, unread: r.unread })),
-    };
+      ? this.labUnreadList(userId, limit, left)
+      : ownerId === userId
+        ? this.q.ownUnreadList.all({ userId, limit })
+        : this.q.teacherUnreadList.all({ userId, ownerId, limit });
+    return { total: left, requests: rows.map((r) => ({ requestId: r.id, unread: r.unread })) };
+  }
+
+  /**
+   * A lab user's requests with unread messages, newest first: a lab user may
+   * act in every request, so no index holds theirs. The walk stops once the
+   * requests found add up to the user's running total (`total`, read just
+   * before on this one connection, nothing written between), so the requests
+   * they have read that are older than their last unread one are never read;
+   * none at all when nothing is unread.
+   */
+  private labUnreadList(userId: string, limit: number, total: number) {
+    const rows: Array<{ id: string; unread: number }> = [];
+    let found = 0;
+    if (total === 0) return rows;
+    for (const row of this.q.labUnreadList.iterate({ userId, limit })) {
+      rows.push(row);
+      found += row.unread;
+      if (found >= total) break;
+    }
+    return rows;
   }
 
   async requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage>> {
@@ -1091,6 +1195,17 @@ export class SqliteStore implements Store {
         ) {
           this.q.deleteOutbox.run(row.id);
           continue;
+        }
+        if (row.unless_read !== null && row.attempts === 0 && row.lease_until === null) {
+          // Never claimed before: the reminder carries the message as it is
+          // now (edited or not), stored so that every attempt sends the same bytes.
+          const [current] = this.withReceipts(
+            this.q.messagesById.all(JSON.stringify([row.unless_read])),
+          );
+          if (current) {
+            row.payload = JSON.stringify(current);
+            this.q.setOutboxPayload.run(row.payload, row.id);
+          }
         }
         this.q.leaseOutbox.run(leaseUntil, row.id);
         claimed.push(outboxEvent(row));

@@ -143,10 +143,12 @@ export interface Store {
    * Leases up to `limit` pending rows due at `now` and not leased by anyone
    * until `leaseUntil` (ISO-8601), oldest due first. Concurrent callers, on
    * any node, never get the same row while its lease runs. A first attempt
-   * of a row with `unlessRead` whose message has been read is removed
-   * instead of returned. `completed` rows were delivered: they are removed
-   * in the same transaction (as by `completeWebhooks`), so a busy worker
-   * makes one store call for both.
+   * of a row with `unlessRead` whose message has been read (or deleted) is
+   * removed instead of returned; one claimed for the first time gets its
+   * message as it is at that moment (edited text, `editedAt`, receipts) as
+   * its data, stored, so every attempt sends the same body. `completed` rows
+   * were delivered: they are removed in the same transaction (as by
+   * `completeWebhooks`), so a busy worker makes one store call for both.
    */
   claimWebhooks(
     limit: number,

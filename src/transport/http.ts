@@ -11,6 +11,7 @@ import type { Limits } from '../config.js';
 import { asChatError, ChatError } from '../core/errors.js';
 import { bearerToken } from '../core/identity.js';
 import { isObjectId, normalizeId } from '../core/ids.js';
+import { isStorableText, UNSTORABLE_TEXT } from '../core/limits.js';
 import type { PageQuery, StreamMessage } from '../core/messages.js';
 import type { Requests } from '../core/requests.js';
 import type { ModerationAction } from '../core/stream-rules.js';
@@ -19,6 +20,7 @@ import { FAILED_PAGE_MAX, type Webhooks } from '../core/webhooks.js';
 import type { Logger } from '../observability/log.js';
 import { safePath } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
+import { storable } from './fields.js';
 import { parseTarget } from './target.js';
 
 export interface Readiness {
@@ -55,17 +57,17 @@ interface Route {
   handle(ctx: RouteContext): Promise<{ status: number; body: unknown }>;
 }
 
-const idLike = z.union([z.string().min(1).max(256), z.number().finite()]).transform(String);
+const idLike = z.union([storable(1, 256), z.number().finite()]).transform(String);
 
 const requestBody = z.object({ ownerId: idLike });
 
 const streamBody = z.object({
-  title: z.string().max(500).nullable().optional(),
+  title: storable(0, 500).nullable().optional(),
   ownerId: idLike.nullable().optional(),
 });
 
 const streamPatchBody = z.object({
-  title: z.string().max(500).nullable().optional(),
+  title: storable(0, 500).nullable().optional(),
   moderators: z.array(idLike).max(1000).optional(),
   slowModeSeconds: z.number().int().min(0).max(MAX_SLOW_MODE_SECONDS).optional(),
   membersOnly: z.boolean().optional(),
@@ -76,7 +78,7 @@ const membersBody = z.object({ userIds: z.array(idLike) });
 
 const banBody = z.object({
   seconds: z.number().int().min(1).max(MAX_TIMEOUT_SECONDS).optional(),
-  reason: z.string().max(500).optional(),
+  reason: storable(0, 500).optional(),
 });
 
 /** A stored chat for the server API: a chat's data (`user` as in frames), and deleted ones say so. */
@@ -184,10 +186,12 @@ function classroomRoutes(deps: HttpDeps): Route[] {
     try {
       id = decodeURIComponent(raw);
     } catch {}
-    if (id.length === 0 || id.length > 256) {
-      throw new ChatError('invalid_payload', 'The user id must be 1 to 256 characters.', {
-        httpStatus: 400,
-      });
+    if (id.length === 0 || id.length > 256 || !isStorableText(id)) {
+      throw new ChatError(
+        'invalid_payload',
+        `The user id must be 1 to 256 characters and ${UNSTORABLE_TEXT}.`,
+        { httpStatus: 400 },
+      );
     }
     return id;
   };
@@ -392,10 +396,11 @@ function userRoutes(deps: HttpDeps): Route[] {
       path: /^\/api\/users\/([^/]{1,256})\/unread$/,
       apiKey: true,
       async handle({ params, query }) {
-        let userId: string;
+        let userId = '';
         try {
           userId = decodeURIComponent(params[0] as string);
-        } catch {
+        } catch {}
+        if (userId === '' || !isStorableText(userId)) {
           throw new ChatError('invalid_payload', 'The user id is not valid.', { httpStatus: 400 });
         }
         const role = query.get('role');

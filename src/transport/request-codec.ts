@@ -7,6 +7,7 @@
 import { z } from 'zod';
 import { ChatError } from '../core/errors.js';
 import { normalizeId } from '../core/ids.js';
+import { storable } from './fields.js';
 
 const objectId = z
   .string()
@@ -30,9 +31,10 @@ const room = z
  * A file shared as a link (protocol section 8). Which URLs and how many per
  * message are configuration, checked by the core.
  */
+
 const attachment = z.object({
-  url: z.string().min(1).max(2048),
-  name: z.string().min(1).max(255),
+  url: storable(1, 2048),
+  name: storable(1, 255),
   contentType: z
     .string()
     .max(127)
@@ -49,7 +51,7 @@ export const requestClientFields = {
   message: z.object({
     requestId: objectId,
     message: z.string(),
-    clientMessageId: z.string().min(1).max(128).optional(),
+    clientMessageId: storable(1, 128).optional(),
     attachments: z.array(attachment).max(100).optional(),
   }),
   ackMessages: z.object({ requestId: objectId, messages: z.array(objectId).min(1) }),

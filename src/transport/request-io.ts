@@ -6,7 +6,7 @@
  */
 import type { Server as HttpServer } from 'node:http';
 import { type ExtendedError, Server, type Socket } from 'socket.io';
-import type { RoomAdapter } from '../broker/broker.js';
+import type { Broker, RoomAdapter } from '../broker/broker.js';
 import type { Limits } from '../config.js';
 import { asChatError, ChatError } from '../core/errors.js';
 import { Gate } from '../core/gate.js';
@@ -23,6 +23,7 @@ import {
   type RequestEvent,
   type RoomEvent,
 } from './request-codec.js';
+import { type RequestUpdate, RequestUpdates } from './request-updates.js';
 import { type Conn, Wire } from './request-wire.js';
 
 export const SOCKET_IO_PATH = '/socket.io';
@@ -45,6 +46,8 @@ export interface RequestChatDeps {
   log: Logger;
   /** Socket.IO adapter spreading rooms across nodes; the in-memory one when absent. */
   adapter?: RoomAdapter | undefined;
+  /** Carries `requestUpdated` to every node (request-updates.ts). */
+  broker: Broker;
 }
 
 interface SocketData {
@@ -67,11 +70,7 @@ interface ServerEvents {
   userTyping(typing: { requestId: string; userId: string; username: string }): void;
   messageUpdated(message: RequestMessage): void;
   messageDeleted(deleted: { requestId: string; messageId: string; deletedAt: string }): void;
-  requestUpdated(update: {
-    requestId: string;
-    lastMessage: RequestMessage | null;
-    unread: number;
-  }): void;
+  requestUpdated(update: RequestUpdate): void;
   exception(error: {
     event: string;
     error_code: string;
@@ -124,6 +123,7 @@ export class RequestChat {
   private readonly wires = new WeakMap<Conn, Wire>();
   private readonly sessions = new WeakMap<ChatSocket, Session>();
   private readonly stopOwnerChanges: () => void;
+  private readonly updates: RequestUpdates;
   /**
    * The most a history page may weigh, as JSON: half the send buffer, so a
    * client that has read what it was sent can always take a whole page.
@@ -176,6 +176,17 @@ export class RequestChat {
       );
     });
     this.io.on('connection', (socket) => this.open(socket));
+    this.updates = new RequestUpdates(
+      deps.broker,
+      {
+        flushMs: deps.limits.requestUpdateFlushMs,
+        maxTracked: deps.limits.requestUpdateTrackedMax,
+      },
+      // Every node hands the update to its own sockets only.
+      ({ rooms, except }, update) =>
+        this.io.local.to(rooms).except(except).emit('requestUpdated', update),
+      (err) => deps.log.warn({ err }, 'malformed inbox update from the broker'),
+    );
     this.stopOwnerChanges = deps.requests.onOwnerChange(({ requestId, previousOwnerId }) => {
       // The adapter carries this to every node. A user who is also LAB keeps
       // access and is not in the teacher room.
@@ -186,6 +197,7 @@ export class RequestChat {
   /** Disconnects every local socket (clients reconnect elsewhere) and stops. */
   async close(): Promise<void> {
     this.stopOwnerChanges();
+    this.updates.close();
     await this.io.close();
   }
 
@@ -435,29 +447,28 @@ export class RequestChat {
   /**
    * `requestUpdated` to every socket, on every node, of each user who may act
    * in the request: the owner and the lab users with counters of their own by
-   * name, every other lab user with the count they all share. One emit per
-   * named user plus one for the rest, each encoded once.
+   * name, every other lab user with the count they all share. One publication
+   * per named user plus one for the rest, each encoded once per node.
    */
   private pushUpdates(u: InboxUpdates): void {
-    const update = (unread: number) => ({
+    const update = (unread: number): RequestUpdate => ({
       requestId: u.requestId,
       lastMessage: u.lastMessage,
       unread,
     });
     const named = [userRoomOf(u.ownerId), ...u.readers.map((r) => labRoomOf(r.userId))];
-    this.io.to(LAB_ROOM).except(named).emit('requestUpdated', update(u.labUnread));
-    this.io.to(userRoomOf(u.ownerId)).emit('requestUpdated', update(u.ownerUnread));
+    this.updates.publish({ rooms: [LAB_ROOM], except: named }, update(u.labUnread));
+    this.updates.publish({ rooms: [userRoomOf(u.ownerId)], except: [] }, update(u.ownerUnread));
     for (const r of u.readers) {
-      this.io.to(labRoomOf(r.userId)).emit('requestUpdated', update(r.unread));
+      this.updates.publish({ rooms: [labRoomOf(r.userId)], except: [] }, update(r.unread));
     }
   }
 
   private pushSummary(userId: string, s: RequestSummary): void {
-    this.io.to(userRoomOf(userId)).emit('requestUpdated', {
-      requestId: s.requestId,
-      lastMessage: s.lastMessage,
-      unread: s.unread,
-    });
+    this.updates.publish(
+      { rooms: [userRoomOf(userId)], except: [] },
+      { requestId: s.requestId, lastMessage: s.lastMessage, unread: s.unread },
+    );
   }
 
   /** `ack`, observing the time from the event's arrival to its acknowledgement. */

@@ -12,13 +12,12 @@ import {
   type StreamBroadcast,
   type StreamInfo,
 } from '../core/streams.js';
+import { storable } from './fields.js';
 
 const chatId = z.string().regex(/^[0-9a-fA-F]{24}$/);
 /** A user id; a number is taken as its decimal string, as in tokens (protocol section 1). */
-const userId = z
-  .union([z.string().min(1).max(256), z.number().int().safe()])
-  .transform((v) => String(v));
-const reason = z.string().max(500).optional();
+const userId = z.union([storable(1, 256), z.number().int().safe()]).transform((v) => String(v));
+const reason = storable(0, 500).optional();
 
 /** Payload schemas of the client frames, by `type`. */
 export const streamClientData = {

@@ -30,6 +30,11 @@ export interface FlushSlot {
   flushFrom: number;
   /** Index of the last frame queued for this viewer. */
   flushTo: number;
+  /**
+   * Frames that go before its range: its own (an error, an `auth`), each
+   * after the log's frames queued for it before; null when there are none.
+   */
+  flushOwn: Buffer[] | null;
 }
 
 export interface FlushOptions {
@@ -132,9 +137,30 @@ export class StreamFlow {
 
   /** Bytes queued for `slot` and not yet handed to its socket. */
   queuedBytes(slot: FlushSlot): number {
-    if (slot.flushFrom < 0) return 0;
+    let own = 0;
+    for (const f of slot.flushOwn ?? []) own += f.length;
+    if (slot.flushFrom < 0) return own;
     const before = slot.flushFrom > 0 ? (this.ends[slot.flushFrom - 1] as number) : 0;
-    return (this.ends[slot.flushTo] as number) - before;
+    return own + (this.ends[slot.flushTo] as number) - before;
+  }
+
+  /**
+   * Queues a frame of the viewer's own after what is queued for it, to go out
+   * in the same write at the next flush: in a busy room a refused chat then
+   * costs no write of its own. False when nothing is queued for it (no flush
+   * is due): the caller writes it now.
+   */
+  queueOwn(slot: FlushSlot, frame: Buffer): boolean {
+    if (slot.flushFrom < 0 && slot.flushOwn === null) return false;
+    const own = slot.flushOwn ?? [];
+    // Its range so far goes before the frame; chats queued later start a new one.
+    for (let i = slot.flushFrom; i >= 0 && i <= slot.flushTo; i++)
+      own.push(this.frames[i] as Buffer);
+    own.push(frame);
+    slot.flushOwn = own;
+    slot.flushFrom = -1;
+    this.queued.add(slot);
+    return true;
   }
 
   /**
@@ -164,19 +190,23 @@ export class StreamFlow {
 
   /** Writes what is queued for `slot` now: before a frame of its own, or its close. */
   take(slot: FlushSlot): void {
-    if (slot.flushFrom < 0) return;
+    const own = slot.flushOwn;
+    if (slot.flushFrom < 0 && own === null) return;
     const from = slot.flushFrom;
     const to = slot.flushTo;
     slot.flushFrom = -1;
+    slot.flushOwn = null;
     this.queued.delete(slot);
     if (!slot.socket.writable) return;
-    for (let i = from; i <= to; i++) slot.socket.write(this.frames[i] as Buffer);
+    if (own !== null) for (const f of own) slot.socket.write(f);
+    for (let i = from; i >= 0 && i <= to; i++) slot.socket.write(this.frames[i] as Buffer);
   }
 
   /** The viewer is gone: what was queued for it is dropped, and it lets go of the flow. */
   release(slot: FlushSlot): void {
-    if (slot.flushFrom >= 0) {
+    if (slot.flushFrom >= 0 || slot.flushOwn !== null) {
       slot.flushFrom = -1;
+      slot.flushOwn = null;
       this.queued.delete(slot);
     }
     if (--this.viewers > 0) return;
@@ -207,21 +237,22 @@ export class StreamFlow {
     for (const slot of this.queued) {
       const from = slot.flushFrom;
       const to = slot.flushTo;
+      const own = slot.flushOwn;
       slot.flushFrom = -1;
-      if (!slot.socket.writable) continue;
-      let bytes: Buffer | undefined;
-      if (from === to) {
-        bytes = frames[from] as Buffer;
-      } else if (to === last) {
-        bytes = joined.get(from);
-        if (!bytes) {
-          bytes = concat(frames, ends, from, to);
-          joined.set(from, bytes);
-        }
-      } else {
-        bytes = concat(frames, ends, from, to);
+      if (!slot.socket.writable) {
+        slot.flushOwn = null;
+        continue;
       }
-      slot.socket.write(bytes);
+      if (own === null) {
+        slot.socket.write(rangeOf(frames, ends, joined, from, to, last));
+        continue;
+      }
+      // Its own frames, then its range: one write (a writev) all the same.
+      slot.flushOwn = null;
+      slot.socket.cork();
+      for (const f of own) slot.socket.write(f);
+      if (from >= 0) slot.socket.write(rangeOf(frames, ends, joined, from, to, last));
+      slot.socket.uncork();
     }
     this.queued.clear();
     this.lastCost = this.cpuMs() - cpu;
@@ -251,6 +282,25 @@ export class StreamFlow {
     this.windowStart = now;
     this.spent = 0;
   }
+}
+
+/** The bytes of frames `from`..`to`; a range to the end of the log is joined once per start. */
+function rangeOf(
+  frames: Buffer[],
+  ends: number[],
+  joined: Map<number, Buffer>,
+  from: number,
+  to: number,
+  last: number,
+): Buffer {
+  if (from === to) return frames[from] as Buffer;
+  if (to !== last) return concat(frames, ends, from, to);
+  let bytes = joined.get(from);
+  if (!bytes) {
+    bytes = concat(frames, ends, from, to);
+    joined.set(from, bytes);
+  }
+  return bytes;
 }
 
 function concat(frames: Buffer[], ends: number[], from: number, to: number): Buffer {

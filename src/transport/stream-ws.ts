@@ -301,6 +301,7 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   private flow: StreamFlow | null;
   flushFrom = -1;
   flushTo = -1;
+  flushOwn: Buffer[] | null = null;
   private expiry: NodeJS.Timeout | undefined;
   private readonly flood: FloodCounter;
   /**
@@ -386,16 +387,10 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
   sendText(text: string): void {
     const bytes = frameText(text);
     if (!this.fits(bytes)) return;
-    if (this.flow !== null && this.flushFrom >= 0) {
-      // Chats queued for this viewer go first, so its frames keep their order,
-      // and in the same write as this frame: a refused chat in a busy room
-      // costs one system call, not one per queued chat.
-      this.socket.cork();
-      this.flow.take(this);
-      this.socket.write(bytes);
-      this.socket.uncork();
-      return;
-    }
+    // Behind chats queued for this viewer, it waits for them and goes out in the
+    // same write at the flow's next flush: its frames keep their order, and a
+    // refused chat in a busy room costs no system call of its own.
+    if (this.flow?.queueOwn(this, bytes)) return;
     this.socket.write(bytes);
   }
 
