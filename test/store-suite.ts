@@ -9,7 +9,7 @@ import { describe, it } from 'node:test';
 import { newId } from '../src/core/ids.js';
 import type { NewRequestMessage, StreamMessage } from '../src/core/messages.js';
 import type { ModerationEffect, StreamBan } from '../src/core/stream-rules.js';
-import { type OutboxEntry, outboxEntry } from '../src/core/webhook-events.js';
+import { type OutboxEntry, outboxEntry, outboxEntryOf } from '../src/core/webhook-events.js';
 import type { AddedRequestMessage, Store } from '../src/store/store.js';
 
 /** One isolated place to store things (a temp file, a fresh schema). */
@@ -545,6 +545,39 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
             lastError: null,
             lastAttemptAt: null,
           });
+        }));
+
+      it('keeps every payload byte for byte in a group commit, shared by two events or not', () =>
+        withStore(async (s) => {
+          const r = newId();
+          await s.putRequest(r, '1');
+          const tricky = JSON.stringify({
+            text: 'a "quoted" \\ back\\slash, {braces}, NULL, Señor 😀',
+          });
+          const shared = [
+            outboxEntryOf('request.message.created', tricky, { at: new Date(1) }),
+            outboxEntryOf('request.message.unread', tricky, {
+              at: new Date(2),
+              unlessRead: 'nobody-reads-this',
+            }),
+          ];
+          const own = [
+            outboxEntryOf('stream.ended', '{"key":"x,y"}', { at: new Date(3) }),
+            outboxEntryOf('stream.ended', '{"key":"\\"}', { at: new Date(4) }),
+          ];
+          const outcomes = await s.addRequestMessages([
+            { message: requestMessage(r, 'one', '1', 'c-shared'), outbox: shared },
+            { message: requestMessage(r, 'two', '1', 'c-own'), outbox: own },
+          ]);
+          assert.deepEqual(
+            outcomes.map((o) => o.status),
+            ['fulfilled', 'fulfilled'],
+          );
+          const claimed = await claim(s, 10_000);
+          assert.deepEqual(
+            claimed.map((e) => [e.id, e.type, e.data, e.createdAt]),
+            [...shared, ...own].map((e) => [e.id, e.type, e.data, e.createdAt]),
+          );
         }));
 
       it('a message whose insert fails stores none of its events', () =>

@@ -478,6 +478,27 @@ const insertOutbox = (n: number, condition = 'true') =>
    SELECT * FROM unnest($${n}::text[], $${n + 1}::text[], $${n + 2}::text[],
                         $${n + 3}::timestamptz[], $${n + 4}::timestamptz[], $${n + 5}::text[])
    WHERE ${condition}`;
+/**
+ * `insertOutbox` for rows that share one payload (a message's `created` and
+ * `unread` events): the payload is one text parameter, `$n + 2`, sent and
+ * parsed once, not an array literal with every quote in it escaped, per row.
+ */
+const insertOutboxShared = (n: number, condition = 'true') =>
+  `INSERT INTO webhook_outbox (id, type, payload, created_at, next_attempt_at, unless_read)
+   SELECT e.id, e.type, $${n + 2}::text, e.created_at, e.due, e.unless_read
+   FROM unnest($${n}::text[], $${n + 1}::text[], $${n + 3}::timestamptz[],
+               $${n + 4}::timestamptz[], $${n + 5}::text[]) AS e(id, type, created_at, due, unless_read)
+   WHERE ${condition}`;
+const sharesPayload = (entries: readonly OutboxEntry[]) =>
+  entries.length > 0 && entries.every((e) => e.data === entries[0]?.data);
+const outboxParamsShared = (entries: readonly OutboxEntry[]) => [
+  entries.map((e) => e.id),
+  entries.map((e) => e.type),
+  entries[0]?.data,
+  entries.map((e) => e.createdAt),
+  entries.map((e) => e.dueAt),
+  entries.map((e) => e.unlessRead),
+];
 const outboxParams = (entries: readonly OutboxEntry[]) => [
   entries.map((e) => e.id),
   entries.map((e) => e.type),
@@ -492,7 +513,16 @@ const outboxParams = (entries: readonly OutboxEntry[]) => [
  * (no row returned), a taken id fails. The other readers' counters are read
  * from the statement's snapshot, the sender's from the row it updated.
  */
-const addMessageSql = (withOutbox: boolean) => `WITH ins AS (
+/** How a message's outbox rows are passed: none, with one shared payload, or each its own. */
+type OutboxShape = 'none' | 'shared' | 'each';
+const outboxShape = (outbox: readonly OutboxEntry[]): OutboxShape =>
+  outbox.length === 0 ? 'none' : sharesPayload(outbox) ? 'shared' : 'each';
+const EVENTS_SQL: Record<OutboxShape, string> = {
+  none: '',
+  shared: `, events AS (${insertOutboxShared(10, 'EXISTS (SELECT 1 FROM ins)')})`,
+  each: `, events AS (${insertOutbox(10, 'EXISTS (SELECT 1 FROM ins)')})`,
+};
+const addMessageSql = (outbox: OutboxShape) => `WITH ins AS (
      INSERT INTO request_messages
        (id, request_id, sender_id, sender_username, sender_role, message, created_at,
         client_message_id, attachments)
@@ -515,7 +545,7 @@ const addMessageSql = (withOutbox: boolean) => `WITH ins AS (
      SELECT request_id, sender_id, 1, 0 FROM ins
      ON CONFLICT (request_id, user_id) DO UPDATE SET sent = request_readers.sent + 1
      RETURNING user_id, sent, read
-   )${withOutbox ? `, events AS (${insertOutbox(10, 'EXISTS (SELECT 1 FROM ins)')})` : ''}
+   )${EVENTS_SQL[outbox]}
    SELECT ins.seq, req.owner_id, req.message_count,
      (SELECT coalesce(json_agg(${READER_JSON}), '[]') FROM (
         SELECT user_id, sent, read FROM me
@@ -524,7 +554,11 @@ const addMessageSql = (withOutbox: boolean) => `WITH ins AS (
       ) x) AS readers
    FROM ins LEFT JOIN req ON true`;
 
-const addMessageParams = (m: NewRequestMessage, outbox: readonly OutboxEntry[]): unknown[] => [
+const addMessageParams = (
+  m: NewRequestMessage,
+  outbox: readonly OutboxEntry[],
+  shape: OutboxShape,
+): unknown[] => [
   m._id,
   m.requestId,
   m.sender.id,
@@ -534,10 +568,20 @@ const addMessageParams = (m: NewRequestMessage, outbox: readonly OutboxEntry[]):
   m.createdAt,
   m.clientMessageId,
   JSON.stringify(m.attachments ?? []),
-  ...(outbox.length === 0 ? [] : outboxParams(outbox)),
+  ...(shape === 'none'
+    ? []
+    : shape === 'shared'
+      ? outboxParamsShared(outbox)
+      : outboxParams(outbox)),
 ];
 
 type AddedRow = { seq: string } & Partial<Counted>;
+
+const ADD_MESSAGE_STATEMENT: Record<OutboxShape, string> = {
+  none: 'charla_add_message',
+  shared: 'charla_add_message_outbox_shared',
+  each: 'charla_add_message_outbox',
+};
 
 /** A stored message as `addMessageSql` reported it. */
 function added(m: NewRequestMessage, row: AddedRow): AddedRequestMessage {
@@ -1034,8 +1078,9 @@ export class PostgresStore implements Store {
   ): Promise<AddedRequestMessage> {
     // One statement is one transaction: the message, every counter it moves
     // and the webhook events it causes.
-    const [row] = await this.query<AddedRow>(addMessageSql(outbox.length > 0), [
-      ...addMessageParams(m, outbox),
+    const shape = outboxShape(outbox);
+    const [row] = await this.query<AddedRow>(addMessageSql(shape), [
+      ...addMessageParams(m, outbox, shape),
     ]);
     return row ? added(m, row) : this.original(m);
   }
@@ -1125,11 +1170,11 @@ export class PostgresStore implements Store {
       });
       const statements = writes.map((w) => {
         const outbox = w.outbox ?? [];
-        const withOutbox = outbox.length > 0;
+        const shape = outboxShape(outbox);
         return client.query<AddedRow>({
-          name: withOutbox ? 'charla_add_message_outbox' : 'charla_add_message',
-          text: addMessageSql(withOutbox),
-          values: addMessageParams(w.message, outbox),
+          name: ADD_MESSAGE_STATEMENT[shape],
+          text: addMessageSql(shape),
+          values: addMessageParams(w.message, outbox, shape),
         });
       });
       const commit = client.query('COMMIT');

@@ -60,6 +60,11 @@ export class HttpWebhookSender implements WebhookSender {
   /** Opened as needed, at most `maxSockets`; `busy[i]`: sends under way on `clients[i]`. */
   private readonly clients: Client[] = [];
   private readonly busy: number[] = [];
+  /**
+   * The sends under way per stop signal: one listener per signal (the
+   * worker passes the same one to every send), not one added and removed per send.
+   */
+  private readonly stoppers = new WeakMap<AbortSignal, Set<() => void>>();
 
   constructor(private readonly options: HttpWebhookSenderOptions) {
     const url = new URL(options.url);
@@ -89,6 +94,27 @@ export class HttpWebhookSender implements WebhookSender {
       return this.clients.length - 1;
     }
     return best;
+  }
+
+  /** Calls `stop` when `signal` aborts; the function returned forgets it. */
+  private onAbort(signal: AbortSignal, stop: () => void): () => void {
+    let sends = this.stoppers.get(signal);
+    if (!sends) {
+      const all = new Set<() => void>();
+      sends = all;
+      this.stoppers.set(signal, all);
+      signal.addEventListener(
+        'abort',
+        () => {
+          for (const f of [...all]) f();
+          all.clear();
+        },
+        { once: true },
+      );
+    }
+    const set = sends;
+    set.add(stop);
+    return () => set.delete(stop);
   }
 
   send(id: string, body: string, signal: AbortSignal): Promise<void> {
@@ -134,7 +160,7 @@ export class HttpWebhookSender implements WebhookSender {
         if (finished) return;
         finished = true;
         clearTimeout(timer);
-        signal.removeEventListener('abort', onStop);
+        forget();
         const result = outcome === undefined ? reason : outcome;
         if (result) reject(result);
         else resolve();
@@ -151,7 +177,7 @@ export class HttpWebhookSender implements WebhookSender {
         finish(err);
         abort(err);
       }, this.options.timeoutMs);
-      signal.addEventListener('abort', onStop, { once: true });
+      const forget = this.onAbort(signal, onStop);
       let received = 0;
       (this.clients[slot] as Client).dispatch(
         { path: this.path, method: 'POST', headers, body: bytes },
