@@ -32,7 +32,7 @@ import {
 import { bulkLoad, SqliteStore } from '../src/store/sqlite.js';
 import type { Store } from '../src/store/store.js';
 import { latencyStats } from './report.js';
-import { BENCH_API_KEY, startServer, token } from './servers.js';
+import { BENCH_API_KEY, cpuMsOf, startServer, token } from './servers.js';
 
 export interface InboxSpec {
   requests: number;
@@ -73,6 +73,9 @@ export async function seedSqlite(
   const db = new Database(path);
   db.pragma('journal_mode = WAL');
   db.pragma('synchronous = OFF');
+  // Messages go to each request's range of (request_id, seq): a cache that
+  // holds the index keeps the load from rewriting its pages over and over.
+  db.pragma('cache_size = -2000000');
   const { k, lastSeq, owner, lab, total } = shape(spec);
   const insertRequest = db.prepare(
     `INSERT INTO requests (id, owner_id, created_at, updated_at, activity_at, message_count,
@@ -200,7 +203,8 @@ export async function seedPostgres(
     } else {
       await bulkLoadPostgres(client, load);
     }
-    await client.query('ANALYZE');
+    // This schema's tables only: a database-wide ANALYZE waits on every other schema's locks.
+    await client.query('ANALYZE requests, request_readers, request_messages, receipts');
   } finally {
     await client.end();
   }
@@ -429,22 +433,79 @@ export async function inboxScenario(
   pgSchemaUrl.searchParams.set('schema', schema);
   const databaseUrl =
     database === 'sqlite' ? `sqlite:${join(dir, 'inbox.db')}` : pgSchemaUrl.toString();
+  try {
+    return await seedAndAsk(database, spec, dir, pgSchemaUrl.toString(), databaseUrl);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    if (database === 'postgres') {
+      const client = new pg.Client({ connectionString: pgUrl });
+      await client.connect();
+      await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
+      await client.end();
+    }
+  }
+}
+
+async function seedAndAsk(
+  database: 'sqlite' | 'postgres',
+  spec: InboxSpec,
+  dir: string,
+  pgSchemaUrl: string,
+  databaseUrl: string,
+): Promise<Record<string, number>> {
   const seeding = performance.now();
   if (database === 'sqlite') await seedSqlite(join(dir, 'inbox.db'), spec);
-  else await seedPostgres(pgSchemaUrl.toString(), schema, spec);
+  else await seedPostgres(pgSchemaUrl, parsePostgresUrl(pgSchemaUrl).schema as string, spec);
   const seedSeconds = (performance.now() - seeding) / 1000;
   const { total } = shape(spec);
   process.stderr.write(
     `  inbox ${database}: seeded ${total} messages in ${seedSeconds.toFixed(0)} s\n`,
   );
-  const checked = await checkSeeded(database, spec, join(dir, 'inbox.db'), pgSchemaUrl.toString());
+  const checked = await checkSeeded(database, spec, join(dir, 'inbox.db'), pgSchemaUrl);
   process.stderr.write(`  inbox ${database}: the seed checks out on ${checked} sampled values\n`);
-  const plans = await explainInbox(database, spec, join(dir, 'inbox.db'), pgSchemaUrl.toString());
+  const plans = await explainInbox(database, spec, join(dir, 'inbox.db'), pgSchemaUrl);
   const outDir = new URL('./out/', import.meta.url.replace('/dist/bench/', '/bench/'));
   mkdirSync(outDir, { recursive: true });
   writeFileSync(new URL(`inbox-plans-${database}.txt`, outDir), plans);
 
-  const server = await startServer('charla', { DATABASE_URL: databaseUrl, HISTORY_PAGE: '50' });
+  // The server's PostgreSQL connections carry a name of their own, so that
+  // their backends' CPU can be counted with the server's.
+  const appName = `charla-inbox-${process.pid}`;
+  const serverUrl = new URL(databaseUrl);
+  if (database === 'postgres') serverUrl.searchParams.set('application_name', appName);
+  const server = await startServer('charla', {
+    DATABASE_URL: database === 'postgres' ? serverUrl.toString() : databaseUrl,
+    HISTORY_PAGE: '50',
+  });
+  const admin =
+    database === 'postgres'
+      ? new pg.Client({ connectionString: parsePostgresUrl(pgSchemaUrl).connectionString })
+      : undefined;
+  await admin?.connect();
+  const backends = async (): Promise<number[]> =>
+    admin
+      ? (
+          await admin.query('SELECT pid FROM pg_stat_activity WHERE application_name = $1', [
+            appName,
+          ])
+        ).rows.map((r) => r.pid as number)
+      : [];
+  /**
+   * CPU (ms, user + system) per call of `ask`, n calls one at a time: the
+   * server's and, on PostgreSQL, its backends'. Unlike wall time on a shared
+   * machine, it does not count the time spent waiting for a core.
+   */
+  const cpuPerCall = async (n: number, ask: () => Promise<void>): Promise<number> => {
+    for (let i = 0; i < 20; i++) await ask();
+    const before = new Map<number, number>();
+    for (const pid of [server.pid, ...(await backends())]) before.set(pid, cpuMsOf(pid));
+    for (let i = 0; i < n; i++) await ask();
+    let used = 0;
+    for (const pid of new Set([server.pid, ...(await backends())])) {
+      used += cpuMsOf(pid) - (before.get(pid) ?? 0);
+    }
+    return used / n;
+  };
   const sockets: Socket[] = [];
   try {
     const lab = await connect(server.port, await token('l7', { role: 'LAB' }));
@@ -476,6 +537,14 @@ export async function inboxScenario(
     const unreadLab = latencyStats(
       await measure(Math.min(n, 100), () => unread('/api/users/l7/unread?role=LAB')),
     );
+    const cpuN = Math.min(n, 500);
+    const cpu = {
+      cpuLabFirstMs: await cpuPerCall(cpuN, () => list(lab, { limit: 50 })),
+      cpuTeacherMs: await cpuPerCall(cpuN, () => list(teacher, { limit: 50 })),
+      cpuUnreadTeacherMs: await cpuPerCall(cpuN, () => unread('/api/users/t5/unread?role=TEACHER')),
+      cpuUnreadLabMs: await cpuPerCall(cpuN, () => unread('/api/users/l7/unread?role=LAB')),
+    };
+    process.stderr.write(`  inbox ${database}: CPU per call ${JSON.stringify(cpu)}\n`);
     for (const s of sockets) s.close();
     await server.stop();
     // The same questions to the store in this process: the queries' own cost,
@@ -517,16 +586,11 @@ export async function inboxScenario(
       unreadTeacherP99: unreadTeacher.p99,
       unreadLabP50: unreadLab.p50,
       unreadLabP99: unreadLab.p99,
+      ...cpu,
     };
   } finally {
     for (const s of sockets) s.close();
     await server.stop();
-    rmSync(dir, { recursive: true, force: true });
-    if (database === 'postgres') {
-      const client = new pg.Client({ connectionString: pgUrl });
-      await client.connect();
-      await client.query(`DROP SCHEMA IF EXISTS "${schema}" CASCADE`);
-      await client.end();
-    }
+    await admin?.end();
   }
 }

@@ -868,7 +868,10 @@ async function main(): Promise<void> {
       labUsers: 20,
       queries: quick ? 300 : 2000,
     };
-    for (const database of ['sqlite', 'postgres'] as const) {
+    const databases = (option('inbox-databases') ?? 'sqlite,postgres').split(',') as Array<
+      'sqlite' | 'postgres'
+    >;
+    for (const database of databases) {
       const res = await inboxScenario(database, spec, BENCH_PG_URL);
       process.stderr.write(`  inbox ${database}: ${JSON.stringify(res)}\n`);
       record('inbox', { database, server: 'charla', ...res });

@@ -5,8 +5,11 @@ import pg from 'pg';
 import { newId } from '../src/core/ids.js';
 import { outboxEntry } from '../src/core/webhook-events.js';
 import {
+  bulkLoad,
   INBOX_SELECT,
   inboxQuery,
+  labUnreadQuery,
+  ownUnreadListQuery,
   ownUnreadTotalQuery,
   PostgresStore,
   parsePostgresUrl,
@@ -197,7 +200,7 @@ if (await requireServices('postgres')) {
            FROM generate_series(1, 90000) g;
            INSERT INTO request_readers (request_id, user_id, sent, read)
            SELECT lpad(to_hex(g), 24, '0'), (g % 7)::text, 1, 1 FROM generate_series(1, 30000) g;
-           ANALYZE`,
+           ANALYZE requests, request_messages, request_readers`,
         );
         const before = '0000000000000000000003e8';
         const cases: Array<[string, string, unknown[]]> = [
@@ -208,7 +211,8 @@ if (await requireServices('postgres')) {
           ['one request', `${INBOX_SELECT} WHERE r.id = $2`, ['3', before]],
           ['teacher unread list', unreadListQuery(true), ['3', 100, '42']],
           ['teacher unread total', unreadTotalQuery(true), ['3', '42']],
-          ['lab unread list', unreadListQuery(false), ['3', 100]],
+          ['own unread list', ownUnreadListQuery, ['42', 100]],
+          ['lab unread total and list', labUnreadQuery, ['3', 100]],
           ['lab unread total', unreadTotalQuery(false), ['3']],
           ['own unread total', ownUnreadTotalQuery, ['42']],
         ];
@@ -227,11 +231,82 @@ if (await requireServices('postgres')) {
             );
             continue;
           }
-          // The lab's unread list walks requests newest first until it has enough, by design.
-          if (what !== 'lab unread list') {
-            assert.doesNotMatch(plan, /Seq Scan/, `${what}:\n${plan}`);
-          }
+          // Only the 16 rows of the message total may be scanned.
+          assert.doesNotMatch(plan, /Seq Scan on (?!unread_messages)/, `${what}:\n${plan}`);
         }
+      } finally {
+        await client.end();
+        await store.close();
+        await schema.drop();
+      }
+    });
+
+    it('reads for the unread lists only requests with unread messages, not those read', async () => {
+      const schema = await tempSchema();
+      const store = new PostgresStore({ url: schema.url, max: 2 });
+      const client = new pg.Client({ connectionString: PG_URL });
+      try {
+        await store.ping();
+        await client.connect();
+        await client.query(`SET search_path = "${parsePostgresUrl(schema.url).schema}"`);
+        // 20,000 requests of one teacher, newest first by g, two messages each
+        // from the lab. The teacher read all but the two oldest; the lab user
+        // "desk" read all but the two newest.
+        const id = (g: string) => `lpad(to_hex(${g}), 24, '0')`;
+        await bulkLoad(client, async () => {
+          await client.query(
+            `INSERT INTO requests (id, owner_id, created_at, updated_at, activity_at,
+               message_count, last_message_seq, last_message_id)
+             SELECT ${id('g')}, 'busy', now(), now(), now() - g * interval '1 second', 2, g,
+               'e' || lpad(to_hex(g), 23, '0')
+             FROM generate_series(1, 20000) g;
+             INSERT INTO request_readers (request_id, user_id, sent, read)
+             SELECT ${id('g')}, 'busy', 0, CASE WHEN g > 19998 THEN 1 ELSE 2 END
+             FROM generate_series(1, 20000) g;
+             INSERT INTO request_readers (request_id, user_id, sent, read)
+             SELECT ${id('g')}, 'desk', 0, CASE WHEN g <= 2 THEN 0 ELSE 2 END
+             FROM generate_series(1, 20000) g;
+             INSERT INTO request_readers (request_id, user_id, sent, read)
+             SELECT ${id('g')}, 'lab', 4, 0 FROM generate_series(1, 10000) g;`,
+          );
+        });
+        await client.query('ANALYZE requests, request_readers');
+        const hex = (g: number) => g.toString(16).padStart(24, '0');
+        assert.deepEqual(await store.unreadTotals('busy', 'busy', 100), {
+          total: 2,
+          requests: [
+            { requestId: hex(19999), unread: 1 },
+            { requestId: hex(20000), unread: 1 },
+          ],
+        });
+        assert.deepEqual(await store.unreadTotals('desk', undefined, 100), {
+          total: 4,
+          requests: [
+            { requestId: hex(1), unread: 2 },
+            { requestId: hex(2), unread: 2 },
+          ],
+        });
+        /** Rows the plan's scans of requests returned, over all their loops. */
+        const requestRows = async (sql: string, values: unknown[]) => {
+          const { rows } = await client.query(`EXPLAIN (ANALYZE, TIMING OFF) ${sql}`, values);
+          const plan = rows.map((r: any) => r['QUERY PLAN'] as string).join('\n');
+          assert.doesNotMatch(plan, /request_messages|receipts|Seq Scan on requests/, plan);
+          let sum = 0;
+          for (const m of plan.matchAll(
+            / on requests(?: \w+)?\s+\(.*actual rows=(\d+) loops=(\d+)/g,
+          )) {
+            sum += Number(m[1]) * Number(m[2]);
+          }
+          return { plan, sum };
+        };
+        const own = await requestRows(ownUnreadListQuery, ['busy', 100]);
+        assert.match(own.plan, /requests_owner_unread/, own.plan);
+        assert.equal(own.sum, 2, `the two unread requests, not the 19,998 read:\n${own.plan}`);
+        // The walk over every request that it replaces, for contrast.
+        const walk = await requestRows(unreadListQuery(true), ['busy', 100, 'busy']);
+        assert.equal(walk.sum, 20000, walk.plan);
+        const lab = await requestRows(labUnreadQuery, ['desk', 100]);
+        assert.ok(lab.sum <= 3, `the walk stops at the total:\n${lab.plan}`);
       } finally {
         await client.end();
         await store.close();

@@ -107,6 +107,7 @@ test('the inbox and unread counts read counters on indexes, never messages', asy
     const inbox = ['labInbox', 'teacherInbox', 'oneInbox'];
     const unread = [
       'labUnreadList',
+      'ownUnreadList',
       'teacherUnreadList',
       'labUnreadTotal',
       'ownUnreadTotal',
@@ -138,6 +139,11 @@ test('the inbox and unread counts read counters on indexes, never messages', asy
         `${name} looks its user up by key: ${plan.join(' | ')}`,
       );
     }
+    // A teacher's unread list reads the partial index of requests they have not
+    // read: its cost does not grow with the requests they have.
+    assert.deepEqual(planOf('ownUnreadList'), [
+      'SEARCH requests USING INDEX requests_owner_unread (owner_id=?)',
+    ]);
     // A page of the inbox is a range of the (activity_at, id) index, not a scan of requests.
     for (const name of inbox) {
       const plan = planOf(name);

@@ -334,8 +334,11 @@ export async function bulkLoad(client: pg.ClientBase, load: () => Promise<void>)
     await client.query('SET LOCAL session_replication_role = replica');
     await load();
     await client.query('SET LOCAL session_replication_role = origin');
+    // Statistics of what was just loaded: without them the fills' joins are
+    // planned for empty tables, as nested loops over millions of rows.
     await client.query(
       `LOCK TABLE requests, request_readers IN SHARE MODE;
+       ANALYZE requests, request_readers;
        DELETE FROM unread_messages; DELETE FROM unread_owners; DELETE FROM unread_users;
        ${UNREAD_TOTALS_FILL}
        ${OWNER_SEEN_FILL}`,

@@ -203,8 +203,10 @@ export interface Store {
    * `userId`'s unread total over the requests they may act in (theirs with
    * `ownerId`, every request without), and the first `limit` requests with
    * unread messages. The total reads running totals kept with the counters
-   * (its cost grows with neither requests nor messages); the list walks
-   * requests, newest first, until it has `limit`.
+   * (its cost grows with neither requests nor messages). The list, newest
+   * first: for an owner asking about their own requests, a partial index of
+   * those with unread messages; otherwise a walk of requests until it has
+   * `limit`, or (a lab user) until the requests found add up to the total.
    */
   unreadTotals(userId: string, ownerId: string | undefined, limit: number): Promise<UnreadTotals>;
   // Live classroom (protocol section 7).
