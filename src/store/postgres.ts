@@ -617,6 +617,15 @@ const LOCK_UNREAD_SQL = `SELECT
 /** Connections of the group-commit pool; more batches than this wait for one. */
 const WRITER_CONNECTIONS = 2;
 
+/**
+ * A single write to a request's messages or receipts takes the request's row
+ * first: its triggers update that row and the readers' counters in different
+ * orders, and would otherwise meet another writer's locks the other way round.
+ */
+async function lockRequest(client: pg.PoolClient, requestId: string): Promise<void> {
+  await client.query('SELECT 1 FROM requests WHERE id = $1 FOR NO KEY UPDATE', [requestId]);
+}
+
 /** A deadlock or serialization failure: the whole batch is worth another try. */
 const RETRYABLE = new Set(['40P01', '40001']);
 
@@ -1080,11 +1089,18 @@ export class PostgresStore implements Store {
     outbox: readonly OutboxEntry[] = [],
   ): Promise<AddedRequestMessage> {
     // One statement is one transaction: the message, every counter it moves
-    // and the webhook events it causes.
+    // and the webhook events it causes; a deadlock rolls it back whole.
     const shape = outboxShape(outbox);
-    const [row] = await this.query<AddedRow>(addMessageSql(shape), [
-      ...addMessageParams(m, outbox, shape),
-    ]);
+    const [row] = await this.retried(() =>
+      this.transaction(async (client) => {
+        await lockRequest(client, m.requestId);
+        return (
+          await client.query<AddedRow>(addMessageSql(shape), [
+            ...addMessageParams(m, outbox, shape),
+          ])
+        ).rows;
+      }),
+    );
     return row ? added(m, row) : this.original(m);
   }
 
@@ -1271,17 +1287,21 @@ export class PostgresStore implements Store {
     // after that, sees every receipt that counted the message, and uncounts it
     // for exactly those readers. A message's readers never include its sender,
     // so no counter row is updated twice.
-    const rows = await this.transaction(async (client) => {
-      const deleted = await client.query<RequestMessageRow>(
-        `UPDATE request_messages SET message = '', attachments = '[]', deleted_at = $4
+    // Its counter updates can meet a receipt's or a batch's in the other
+    // order: PostgreSQL then fails one side, rolled back whole, tried again.
+    const rows = await this.retried(() =>
+      this.transaction(async (client) => {
+        await lockRequest(client, requestId);
+        const deleted = await client.query<RequestMessageRow>(
+          `UPDATE request_messages SET message = '', attachments = '[]', deleted_at = $4
          WHERE ${mine}
          RETURNING ${REQUEST_COLUMNS}`,
-        [messageId, requestId, senderId, change.deletedAt],
-      );
-      const [row] = deleted.rows;
-      if (!row) return [];
-      const counted = await client.query<Partial<Counted> & { last: string | null }>(
-        `WITH req AS (
+          [messageId, requestId, senderId, change.deletedAt],
+        );
+        const [row] = deleted.rows;
+        if (!row) return [];
+        const counted = await client.query<Partial<Counted> & { last: string | null }>(
+          `WITH req AS (
            UPDATE requests r SET message_count = r.message_count - 1 WHERE r.id = $2
            RETURNING r.owner_id, r.message_count, r.last_message_id
          ), snt AS (
@@ -1303,10 +1323,11 @@ export class PostgresStore implements Store {
                   AND user_id NOT IN (SELECT user_id FROM snt UNION ALL SELECT user_id FROM rd)
             ) x) AS readers
          FROM (SELECT 1) one LEFT JOIN req ON true`,
-        [messageId, requestId, senderId],
-      );
-      return [{ ...row, ...counted.rows[0] }];
-    });
+          [messageId, requestId, senderId],
+        );
+        return [{ ...row, ...counted.rows[0] }];
+      }),
+    );
     const [row] = rows;
     if (!row) return undefined;
     const [message] = (await this.withReceipts([row])) as [RequestMessage];
@@ -1400,12 +1421,22 @@ export class PostgresStore implements Store {
     // A receipt can meet a group commit's counter locks in the other order
     // (the same user's message and read at the same moment): PostgreSQL then
     // fails one side, which rolled back whole and is tried again.
+    return this.retried(() => this.storeReceipts(text, values, outbox));
+  }
+
+  /**
+   * Runs `work` (one whole transaction) again while it fails with a deadlock
+   * or serialization failure, up to 8 times, after a short random pause so
+   * that the two sides do not meet again at once.
+   */
+  private async retried<T>(work: () => Promise<T>): Promise<T> {
     for (let attempt = 1; ; attempt++) {
       try {
-        return await this.storeReceipts(text, values, outbox);
+        return await work();
       } catch (err) {
         const code = (err as { code?: string }).code ?? '';
-        if (!RETRYABLE.has(code) || attempt >= 3) throw err;
+        if (!RETRYABLE.has(code) || attempt >= 8) throw err;
+        await new Promise((resolve) => setTimeout(resolve, Math.random() * 10 * attempt));
       }
     }
   }
@@ -1415,12 +1446,14 @@ export class PostgresStore implements Store {
     values: unknown[],
     outbox: ((fresh: string[]) => OutboxEntry) | undefined,
   ): Promise<string[]> {
-    if (!outbox) return (await this.query<{ id: string }>(text, values)).map((r) => r.id);
-    // The event's data names the fresh ids, known only after the insert: a
-    // transaction of two statements.
+    // The request's row is locked first, as a message's insert and deletion
+    // do: the owner's receipts update it too (`owner_seen`), after the
+    // readers' counters, and in that order would deadlock with them. The
+    // event's data names the fresh ids, known only after the insert.
     return this.transaction(async (client) => {
+      await lockRequest(client, values[0] as string);
       const fresh = (await client.query<{ id: string }>(text, values)).rows.map((r) => r.id);
-      if (fresh.length > 0) {
+      if (outbox && fresh.length > 0) {
         await client.query(insertOutbox(1), outboxParams([outbox(fresh)]));
       }
       return fresh;
