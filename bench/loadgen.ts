@@ -4,6 +4,7 @@
  * it saw: frames, latency samples, losses, and its own CPU use.
  */
 import { WebSocket } from 'ws';
+import { type LimitsJob, type LimitsReport, runLimits } from './limits-load.js';
 import { type RequestJob, type RequestReport, runRequest } from './request-load.js';
 import { measureWindow, sleep } from './window.js';
 import { nowMs, RawClient, stampOf } from './wsraw.js';
@@ -44,8 +45,8 @@ export interface ChurnJob {
   localAddresses: string[];
 }
 
-export type Job = FanoutJob | ChurnJob | RequestJob;
-export type { RequestReport };
+export type Job = FanoutJob | ChurnJob | RequestJob | LimitsJob;
+export type { LimitsReport, RequestReport };
 
 export interface FanoutReport {
   mode: 'fanout';
@@ -382,7 +383,9 @@ process.once('message', (job: Job) => {
       ? runFanout(job, waitForStart)
       : job.mode === 'churn'
         ? runChurn(job, waitForStart)
-        : runRequest(job, waitForStart);
+        : job.mode === 'limits'
+          ? runLimits(job, waitForStart)
+          : runRequest(job, waitForStart);
   run.then(
     (report) => process.send?.({ report }, () => process.exit(0)),
     (err: unknown) => process.send?.({ error: String(err) }, () => process.exit(1)),

@@ -21,6 +21,9 @@
  *   npm run bench -- --only churn --servers bare,charla,charla-nocache   (history on join from memory or the store)
  *   npm run bench -- --only join --join-rate 5000   (history on join alone, in-process, memory against store)
  *   npm run bench -- --only startup   (spawn to listening on SQLite, against node's own start)
+ *   npm run bench -- --only limits   (stream rate limits counted in memory against Redis: 200 users
+ *       posting on 20 streams, saturated and paced; and takeRate alone, in-process; --limits-posters N
+ *       --limits-streams N --limits-window N --limits-rate N; Redis at BENCH_REDIS_URL or 127.0.0.1:6379)
  *       (charla-off: charla with STREAM_FLUSH_MS=0; charla-nocache: STREAM_HISTORY_CACHE_STREAMS=0;
  *        --flush-ms sets charla's STREAM_FLUSH_MS;
  *        --cpu-prof writes a CPU profile of charla at the largest big-room point, and of the
@@ -34,10 +37,19 @@ import type { AddressInfo } from 'node:net';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
 import pg from 'pg';
 import { inboxScenario } from './inbox.js';
 import { joinScenario } from './join.js';
-import type { ChurnReport, FanoutJob, FanoutReport, Job, RequestReport } from './loadgen.js';
+import type { LimitsJob } from './limits-load.js';
+import type {
+  ChurnReport,
+  FanoutJob,
+  FanoutReport,
+  Job,
+  LimitsReport,
+  RequestReport,
+} from './loadgen.js';
 import { summariseProfile } from './profile.js';
 import { fmt, latencyStats, lineChart, median, type Series, table } from './report.js';
 import {
@@ -49,11 +61,13 @@ import {
   putStreams,
   type RunningServer,
   rssOf,
+  SERVER_CORE,
   type ServerKind,
   startServer,
   token,
 } from './servers.js';
 import { startupScenario } from './startup.js';
+import { dropPrefix, type TakesPoint, type TakesSpec } from './takes.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const srcBench = join(here, '../../bench');
@@ -90,7 +104,7 @@ async function runGenerators(
   serverPid?: number,
   window: ServerWindow = { cpuPercent: Number.NaN },
   onReady: () => void = () => {},
-): Promise<Array<FanoutReport | ChurnReport | RequestReport>> {
+): Promise<Array<FanoutReport | ChurnReport | RequestReport | LimitsReport>> {
   const procs = jobs.map((job) => {
     const child = spawn(
       'taskset',
@@ -125,7 +139,7 @@ async function runGenerators(
   );
   const reports = procs.map(
     (c) =>
-      new Promise<FanoutReport | ChurnReport | RequestReport>((resolve, reject) => {
+      new Promise<FanoutReport | ChurnReport | RequestReport | LimitsReport>((resolve, reject) => {
         c.on('message', (m: unknown) => {
           if (typeof m !== 'object' || m === null) return;
           if ('report' in m) resolve((m as { report: FanoutReport | ChurnReport }).report);
@@ -367,6 +381,118 @@ async function churn(kind: BenchKind, concurrency: number) {
   } finally {
     await server.stop();
   }
+}
+
+/** Redis for the limits scenario (the machine's own); every run takes a prefix of its own. */
+const LIMITS_REDIS_URL = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
+
+interface LimitsVariant {
+  /** Counters (and fan-out) in Redis: REDIS_URL set. */
+  redis: boolean;
+  /** Posters with the MODERATOR role: never counted, the same chats otherwise. */
+  moderators: boolean;
+  /** Chats/s in all; 0: as fast as each poster's window allows. */
+  rate: number;
+}
+
+/** Redis's own CPU time so far (INFO cpu), in ms: the whole server, whoever else uses it. */
+async function redisCpuMs(client: Redis): Promise<number> {
+  const info = await client.info('cpu');
+  const field = (name: string) => Number(new RegExp(`${name}:([\\d.]+)`).exec(info)?.[1]);
+  return (field('used_cpu_sys') + field('used_cpu_user')) * 1000;
+}
+
+/**
+ * Scenario: stream rate limits on the hot path of posting. Users who are not
+ * moderators post on several streams, each with a window of chats in flight,
+ * a few viewers per stream read; every chat is one take of the rate limit.
+ */
+async function limitsRun(v: LimitsVariant) {
+  const prefix = `charla_bench_${randomBytes(4).toString('hex')}:`;
+  const redis = v.redis ? new Redis(LIMITS_REDIS_URL) : undefined;
+  const server = await startServer(
+    'charla',
+    v.redis ? { REDIS_URL: LIMITS_REDIS_URL, REDIS_PREFIX: prefix } : {},
+  );
+  try {
+    const streams = Number(option('limits-streams') ?? 20);
+    const posters = Number(option('limits-posters') ?? 200);
+    const keys = Array.from({ length: streams }, (_, i) => `l${i}`);
+    await putStreams(server, keys);
+    const tokens = await Promise.all(
+      Array.from({ length: posters }, (_, i) =>
+        token(`u${i}`, v.moderators ? { role: 'MODERATOR' } : {}),
+      ),
+    );
+    const redisAt: Record<'start' | 'end', Promise<number>> = {
+      start: Promise.resolve(Number.NaN),
+      end: Promise.resolve(Number.NaN),
+    };
+    const serverWindow: ServerWindow = {
+      cpuPercent: Number.NaN,
+      onEdge: (edge) => {
+        if (redis) redisAt[edge] = redisCpuMs(redis);
+      },
+    };
+    const job: LimitsJob = {
+      mode: 'limits',
+      port: server.port,
+      posters: tokens.map((t, i) => ({ stream: keys[i % keys.length] as string, token: t })),
+      streams: keys,
+      viewersPerStream: 2,
+      window: Number(option('limits-window') ?? 2),
+      rate: v.rate,
+      messageBytes: 100,
+      warmupMs: 1000,
+      durationMs: quick ? 3000 : 5000,
+      localAddresses: LOCAL_ADDRESSES,
+    };
+    const [report] = (await runGenerators([job], server.pid, serverWindow)) as LimitsReport[];
+    if (!report) throw new Error('no limits report');
+    const seconds = report.windowMs / 1000;
+    const chatsPerSec = report.acceptedInWindow / seconds;
+    const lat = latencyStats(report.latencies);
+    const redisMs = (await redisAt.end) - (await redisAt.start);
+    return {
+      chatsPerSec,
+      p50: lat.p50,
+      p99: lat.p99,
+      max: lat.max,
+      refused: report.refusedInWindow,
+      viewerFramesPerSec: report.viewerFramesInWindow / seconds,
+      serverCpu: serverWindow.cpuPercent,
+      genCpu: report.cpuPercent,
+      // CPU per chat: comparable across runs on a shared machine, unlike chats/s.
+      cpuUsPerChat: (serverWindow.cpuPercent * 10_000) / Math.max(1, chatsPerSec),
+      redisCpuUsPerChat: (redisMs * 1000) / Math.max(1, report.acceptedInWindow),
+    };
+  } finally {
+    await server.stop();
+    if (redis) {
+      await dropPrefix(redis, prefix);
+      redis.disconnect();
+    }
+  }
+}
+
+/** `StreamLimits.takeRate` alone (bench/takes.ts), in a process pinned like a server. */
+function takesRun(spec: TakesSpec): Promise<TakesPoint[]> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(
+      'taskset',
+      ['-c', SERVER_CORE, process.execPath, join(here, 'takes.js'), JSON.stringify(spec)],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    let out = '';
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    child.once('exit', (code) =>
+      code === 0
+        ? resolve(JSON.parse(out) as TakesPoint[])
+        : reject(new Error(`takes exited with ${code}`)),
+    );
+  });
 }
 
 /** Slow mode on `key` and `banned` users banned from it, through the server API. */
@@ -741,6 +867,84 @@ async function main(): Promise<void> {
           writeFileSync(join(srcBench, 'out', `${variant}-profile.md`), summary);
           process.stderr.write(`${summary}\n`);
         }
+      }
+    }
+  }
+
+  if (want('limits')) {
+    const rate = Number(option('limits-rate') ?? 2000);
+    const variants: Array<[string, LimitsVariant]> = [];
+    for (const load of [0, rate]) {
+      for (const redis of [false, true]) {
+        for (const moderators of [false, true]) {
+          variants.push([
+            `${redis ? 'redis' : 'memory'}${moderators ? ', moderators' : ''}${load ? `, ${load}/s` : ''}`,
+            { redis, moderators, rate: load },
+          ]);
+        }
+      }
+    }
+    // Interleaved run by run, so that a noisy minute on the shared machine hits every variant.
+    const lists = variants.map(() => [] as Array<Record<string, number>>);
+    for (let r = 0; r < runs; r++) {
+      for (const [i, [name, v]] of variants.entries()) {
+        const res = await limitsRun(v);
+        lists[i]?.push(res);
+        process.stderr.write(`  limits ${name} run ${r + 1}: ${JSON.stringify(res)}\n`);
+      }
+    }
+    for (const [i, [name, v]] of variants.entries()) {
+      const list = lists[i] ?? [];
+      const keys = Object.keys(list[0] ?? {});
+      const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
+      record('limits', {
+        variant: name,
+        counters: v.redis ? 'redis' : 'memory',
+        posters: v.moderators ? 'moderators (not counted)' : 'users (counted)',
+        rate: v.rate,
+        server: 'charla',
+        ...m,
+      });
+    }
+    // The limiter alone: what a take costs, without the fan-out Redis also carries.
+    const takes = Number(option('limits-takes') ?? (quick ? 5000 : 20_000));
+    const calls: Array<{ counters: 'memory' | 'redis'; slowSeconds?: number; pipelined?: true }> = [
+      { counters: 'memory' },
+      { counters: 'redis' },
+      { counters: 'redis', pipelined: true },
+      { counters: 'memory', slowSeconds: 30 },
+      { counters: 'redis', slowSeconds: 30 },
+    ];
+    for (const { counters, slowSeconds, pipelined } of calls) {
+      const all: TakesPoint[][] = [];
+      for (let r = 0; r < runs; r++) {
+        const points = await takesRun({
+          ...(counters === 'redis' ? { redisUrl: LIMITS_REDIS_URL } : {}),
+          prefix: `charla_bench_${randomBytes(4).toString('hex')}:`,
+          users: 200,
+          streams: 20,
+          takes,
+          inFlight: [1, 64],
+          ...(slowSeconds === undefined ? {} : { slowSeconds }),
+          ...(pipelined ? { autoPipelining: true } : {}),
+        });
+        all.push(points);
+        process.stderr.write(
+          `  limits take ${counters}${slowSeconds ? ' slow' : ''}${pipelined ? ' pipelined' : ''} run ${r + 1}: ${JSON.stringify(points)}\n`,
+        );
+      }
+      for (const [j, p] of (all[0] ?? []).entries()) {
+        const list = all.map((points) => points[j] as TakesPoint);
+        const keys = Object.keys(p) as Array<keyof TakesPoint>;
+        const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k]))]));
+        record('limits-take', {
+          counters: pipelined
+            ? `${counters}, enableAutoPipelining (not charla's setting)`
+            : counters,
+          take: slowSeconds === undefined ? 'takeRate' : `takeSlow ${slowSeconds} s (refused)`,
+          server: 'charla',
+          ...m,
+        });
       }
     }
   }
@@ -1148,6 +1352,56 @@ function renderTables(): string {
           'refusals received',
           'CPU server / generator',
         ],
+        rows,
+      ),
+    );
+  }
+  if (results.limits) {
+    const rows = results.limits.map((r) => [
+      String(r.counters),
+      String(r.posters),
+      Number(r.rate) > 0 ? fmt(Number(r.rate)) : 'window',
+      fmt(n(r, 'chatsPerSec')),
+      fmt(n(r, 'p50'), 2),
+      fmt(n(r, 'p99'), 2),
+      fmt(n(r, 'cpuUsPerChat'), 1),
+      r.counters === 'redis' ? fmt(n(r, 'redisCpuUsPerChat'), 1) : '—',
+      fmt(n(r, 'refused')),
+      `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
+    ]);
+    parts.push(
+      '\n### Stream rate limits: 200 users on 20 streams (2 viewers each), chats in flight per user as the window allows or paced; counters (and fan-out) in memory or in Redis\n',
+      table(
+        [
+          'counters and fan-out',
+          'posters',
+          'load',
+          'chats accepted/s',
+          'ack p50 ms',
+          'ack p99 ms',
+          'server CPU µs per chat',
+          'Redis CPU µs per chat',
+          'refused',
+          'CPU server / generator',
+        ],
+        rows,
+      ),
+    );
+  }
+  if (results['limits-take']) {
+    const rows = results['limits-take'].map((r) => [
+      String(r.counters),
+      String(r.take),
+      fmt(n(r, 'inFlight')),
+      fmt(n(r, 'takesPerSec')),
+      fmt(n(r, 'cpuUsPerTake'), 2),
+      fmt(n(r, 'p50Us'), 1),
+      fmt(n(r, 'p99Us'), 1),
+    ]);
+    parts.push(
+      '\n### Stream rate limit alone: `StreamLimits` in-process, 200 users × 20 streams\n',
+      table(
+        ['counters', 'call', 'in flight', 'takes/s', 'CPU µs per take', 'p50 µs', 'p99 µs'],
         rows,
       ),
     );
