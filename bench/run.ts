@@ -440,7 +440,7 @@ async function limitsRun(v: LimitsVariant) {
       posters: tokens.map((t, i) => ({ stream: keys[i % keys.length] as string, token: t })),
       streams: keys,
       viewersPerStream: 2,
-      window: Number(option('limits-window') ?? 2),
+      window: Number(option('limits-window') ?? 8),
       rate: v.rate,
       messageBytes: 100,
       warmupMs: 1000,
