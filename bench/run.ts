@@ -23,7 +23,8 @@
  *   npm run bench -- --only startup   (spawn to listening on SQLite, against node's own start)
  *   npm run bench -- --only limits   (stream rate limits counted in memory against Redis: 200 users
  *       posting on 20 streams, saturated and paced; and takeRate alone, in-process; --limits-posters N
- *       --limits-streams N --limits-window N --limits-rate N; Redis at BENCH_REDIS_URL or 127.0.0.1:6379)
+ *       --limits-streams N --limits-window N --limits-rate N --limits-takes N; Redis at BENCH_REDIS_URL or
+ *       127.0.0.1:6379; --cpu-prof adds a CPU profile of the Redis runs, counted and not)
  *       (charla-off: charla with STREAM_FLUSH_MS=0; charla-nocache: STREAM_HISTORY_CACHE_STREAMS=0;
  *        --flush-ms sets charla's STREAM_FLUSH_MS;
  *        --cpu-prof writes a CPU profile of charla at the largest big-room point, and of the
@@ -402,17 +403,23 @@ async function redisCpuMs(client: Redis): Promise<number> {
   return (field('used_cpu_sys') + field('used_cpu_user')) * 1000;
 }
 
+/** write(2)-family system calls a process has made (`syscw` of /proc/PID/io). */
+function writeCallsOf(pid: number): number {
+  return Number(/syscw: (\d+)/.exec(readFileSync(`/proc/${pid}/io`, 'utf8'))?.[1] ?? Number.NaN);
+}
+
 /**
  * Scenario: stream rate limits on the hot path of posting. Users who are not
  * moderators post on several streams, each with a window of chats in flight,
  * a few viewers per stream read; every chat is one take of the rate limit.
  */
-async function limitsRun(v: LimitsVariant) {
+async function limitsRun(v: LimitsVariant, nodeFlags: string[] = []) {
   const prefix = `charla_bench_${randomBytes(4).toString('hex')}:`;
   const redis = v.redis ? new Redis(LIMITS_REDIS_URL) : undefined;
   const server = await startServer(
     'charla',
     v.redis ? { REDIS_URL: LIMITS_REDIS_URL, REDIS_PREFIX: prefix } : {},
+    nodeFlags,
   );
   try {
     const streams = Number(option('limits-streams') ?? 20);
@@ -428,9 +435,11 @@ async function limitsRun(v: LimitsVariant) {
       start: Promise.resolve(Number.NaN),
       end: Promise.resolve(Number.NaN),
     };
+    const writesAt = { start: 0, end: 0 };
     const serverWindow: ServerWindow = {
       cpuPercent: Number.NaN,
       onEdge: (edge) => {
+        writesAt[edge] = writeCallsOf(server.pid);
         if (redis) redisAt[edge] = redisCpuMs(redis);
       },
     };
@@ -465,6 +474,8 @@ async function limitsRun(v: LimitsVariant) {
       // CPU per chat: comparable across runs on a shared machine, unlike chats/s.
       cpuUsPerChat: (serverWindow.cpuPercent * 10_000) / Math.max(1, chatsPerSec),
       redisCpuUsPerChat: (redisMs * 1000) / Math.max(1, report.acceptedInWindow),
+      // write(2)-family system calls of the server: to viewers, to Redis, to SQLite.
+      writesPerChat: (writesAt.end - writesAt.start) / Math.max(1, report.acceptedInWindow),
     };
   } finally {
     await server.stop();
@@ -905,6 +916,27 @@ async function main(): Promise<void> {
         server: 'charla',
         ...m,
       });
+    }
+    if (flag('cpu-prof')) {
+      // Where a counted chat's time goes with Redis, next to a moderator's (not counted).
+      for (const [name, v] of variants.filter(([, x]) => x.redis && x.rate === 0)) {
+        const label = name.replace(/\W+/g, '-');
+        const dir = join(srcBench, 'out', `profile-limits-${label}`);
+        rmSync(dir, { recursive: true, force: true });
+        mkdirSync(dir, { recursive: true });
+        const res = await limitsRun(v, ['--cpu-prof', `--cpu-prof-dir=${dir}`]);
+        process.stderr.write(`  limits ${name} profile run: ${JSON.stringify(res)}\n`);
+        const file = readdirSync(dir).find((f) => f.endsWith('.cpuprofile'));
+        if (file) {
+          const summary = summariseProfile(
+            JSON.parse(readFileSync(join(dir, file), 'utf8')),
+            `charla, limits ${name} (whole process life)`,
+            30,
+          );
+          writeFileSync(join(srcBench, 'out', `limits-${label}-profile.md`), summary);
+          process.stderr.write(`${summary}\n`);
+        }
+      }
     }
     // The limiter alone: what a take costs, without the fan-out Redis also carries.
     const takes = Number(option('limits-takes') ?? (quick ? 5000 : 20_000));
@@ -1366,6 +1398,7 @@ function renderTables(): string {
       fmt(n(r, 'p99'), 2),
       fmt(n(r, 'cpuUsPerChat'), 1),
       r.counters === 'redis' ? fmt(n(r, 'redisCpuUsPerChat'), 1) : '—',
+      fmt(n(r, 'writesPerChat'), 2),
       fmt(n(r, 'refused')),
       `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
     ]);
@@ -1381,6 +1414,7 @@ function renderTables(): string {
           'ack p99 ms',
           'server CPU µs per chat',
           'Redis CPU µs per chat',
+          'server writes per chat',
           'refused',
           'CPU server / generator',
         ],
