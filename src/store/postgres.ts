@@ -1183,9 +1183,7 @@ export class PostgresStore implements Store {
    * one round trip and one WAL flush for the batch. A statement that fails
    * aborts the transaction, which COMMIT then rolls back.
    */
-  private async pipelineBatch(
-    writes: readonly RequestMessageWrite[],
-  ): Promise<BatchOutcome> {
+  private async pipelineBatch(writes: readonly RequestMessageWrite[]): Promise<BatchOutcome> {
     const client = await this.writer.connect();
     let broken: Error | undefined;
     try {
