@@ -496,6 +496,38 @@ describe('7 live classroom: frames', () => {
   });
 });
 
+describe('7 live classroom: stream lifecycle', () => {
+  it('a PUT without ownerId keeps the owner; a PUT after DELETE opens the stream again', async () => {
+    const k = await classroom('Historia');
+    assert.equal(
+      (await api(s.url, 'PUT', `/api/streams/${k}`, { title: 'Historia II' })).status,
+      200,
+    );
+    const info = (await api(s.url, 'GET', `/api/streams/${k}`)).body;
+    assert.equal(info.ownerId, OWNER);
+    assert.equal(info.title, 'Historia II');
+    assert.deepEqual(info.moderators, [MOD]);
+    const { c } = await join(k);
+    assert.equal((await api(s.url, 'DELETE', `/api/streams/${k}`)).status, 200);
+    assert.equal((await c.next('error')).data.error_code, 'stream_ended');
+    assert.equal((await c.closed).code, 4410);
+    isError(await api(s.url, 'DELETE', `/api/streams/never-${k}`), 404, 'stream_not_found');
+    assert.equal((await api(s.url, 'PUT', `/api/streams/${k}`, {})).status, 200);
+    assert.equal((await api(s.url, 'GET', `/api/streams/${k}`)).body.live, true);
+    const { c: back } = await join(k, OWNER);
+    await postInOrder(back, ['de vuelta']);
+    back.close();
+  });
+
+  it('sends no stream frame when nothing changed', async () => {
+    const k = await classroom();
+    const { c } = await join(k);
+    await sleep(500);
+    assert.equal(c.all.filter((f) => f.type === 'stream').length, 1);
+    c.close();
+  });
+});
+
 describe('7 live classroom: server API', () => {
   it('GET /api/streams/{key}: the named fields; 404 stream_not_found; 401 without or with a wrong key', async () => {
     const k = await classroom('Biología');
@@ -1113,6 +1145,7 @@ describe('8 request chat: attachments', () => {
 
 describe('8 request chat: inbox', () => {
   it('listRequests: a teacher’s own requests, most recent activity first, unread, hasMore, before', async () => {
+    const quiet = await request('950');
     const [r1, r2, r3] = [await request('950'), await request('950'), await request('950')];
     await request('951');
     const l = await connect(await lab('952'));
@@ -1127,8 +1160,13 @@ describe('8 request chat: inbox', () => {
     assert.equal(all.hasMore, false);
     assert.deepEqual(
       all.requests.map((r: any) => r.requestId),
-      [r2, r3, r1],
+      [r2, r3, r1, quiet],
     );
+    // A request without messages is listed too, with nothing to show.
+    const none = all.requests.pop();
+    assert.equal(none.lastMessage, null);
+    assert.equal(none.unread, 0);
+    assert.equal(none.ownerId, '950');
     for (const r of all.requests) {
       assert.deepEqual(Object.keys(r).sort(), [
         'lastMessage',
@@ -1152,11 +1190,11 @@ describe('8 request chat: inbox', () => {
     const rest = await ask(t, 'listRequests', { limit: 2, before: r3 });
     assert.deepEqual(
       rest.requests.map((r: any) => r.requestId),
-      [r1],
+      [r1, quiet],
     );
     assert.equal(rest.hasMore, false);
     // Without a payload it is the first page.
-    assert.deepEqual((await ask(t, 'listRequests')).requests, all.requests);
+    assert.deepEqual((await ask(t, 'listRequests')).requests.slice(0, 3), all.requests);
     await refused(t, 'listRequests', { limit: 0 }, 'invalid_payload');
     await refused(t, 'listRequests', { limit: 'ten' }, 'invalid_payload');
     await refused(t, 'listRequests', { limit: 100_000 }, 'invalid_payload');
@@ -1202,6 +1240,19 @@ describe('8 request chat: inbox', () => {
     assert.equal(listed.requests.find((r: any) => r.requestId === rid).unread, 0);
   });
 
+  it('GET /api/requests/{id}/messages: 404 not_found for an unknown request, 400 for a malformed id', async () => {
+    isError(await api(s.url, 'GET', `/api/requests/${newId()}/messages`), 404, 'not_found');
+    const bad = await api(s.url, 'GET', '/api/requests/xyz/messages');
+    assert.equal(bad.status, 400);
+    assert.equal(bad.body.error_code, 'invalid_payload');
+    isInvalid(await api(s.url, 'PUT', `/api/requests/${newId()}`, {}));
+    isError(
+      await api(s.url, 'PUT', `/api/requests/${newId()}`, { ownerId: 1 }, 'nope'),
+      401,
+      'unauthorized',
+    );
+  });
+
   it('GET /api/users/{userId}/unread?role=: {total, requests: [{requestId, unread}]}', async () => {
     const rid = await request('980');
     const l = await joined(await lab('981'), rid);
@@ -1222,6 +1273,152 @@ describe('8 request chat: inbox', () => {
       await api(s.url, 'GET', '/api/users/980/unread?role=LAB', undefined, null),
       401,
       'unauthorized',
+    );
+  });
+});
+
+describe('8 request chat: unread counts', () => {
+  it('counts only messages sent by others that this user has not read, per user and role', async () => {
+    const rid = await request('1200');
+    const l1 = await joined(await lab('1201'), rid);
+    const l1b = await connect(await lab('1201'));
+    const l2 = await connect(await lab('1202'));
+    const t = await connect(await teacher('1200'));
+    const m1 = await send(l1, rid, 'de lab');
+    // The sender's own message is never unread for them, on any of their sockets.
+    const own = await l1b.next('requestUpdated', (u) => u.requestId === rid);
+    assert.equal(own.unread, 0);
+    assert.deepEqual(own.lastMessage, m1);
+    assert.equal((await l2.next('requestUpdated', (u) => u.requestId === rid)).unread, 1);
+    assert.equal((await t.next('requestUpdated', (u) => u.requestId === rid)).unread, 1);
+    const tj = await joined(await teacher('1200'), rid);
+    const m2 = await send(tj, rid, 'del profesor');
+    await until(
+      () => l2.of('requestUpdated').some((u) => u.requestId === rid && u.unread === 2),
+      'lab 1202 at 2',
+    );
+    await until(
+      () =>
+        l1b.of('requestUpdated').some((u) => u.requestId === rid && u.lastMessage._id === m2._id),
+      'lab 1201 hears the teacher',
+    );
+    const l1Update = l1b
+      .of('requestUpdated')
+      .filter((u) => u.requestId === rid)
+      .at(-1);
+    assert.equal(l1Update.unread, 1);
+    const tUpdate = t
+      .of('requestUpdated')
+      .filter((u) => u.requestId === rid)
+      .at(-1);
+    assert.equal(tUpdate.unread, 1);
+    const list = async (c: RequestClient) =>
+      (await ask(c, 'listRequests', { limit: 500 })).requests.find((r: any) => r.requestId === rid);
+    assert.equal((await list(l1b)).unread, 1);
+    assert.equal((await list(l2)).unread, 2);
+    assert.equal((await list(t)).unread, 1);
+    const unread = async (user: string, role: string) =>
+      (await api(s.url, 'GET', `/api/users/${user}/unread?role=${role}`)).body.requests.find(
+        (r: any) => r.requestId === rid,
+      )?.unread;
+    assert.equal(await unread('1202', 'LAB'), 2);
+    assert.equal(await unread('1201', 'LAB'), 1);
+    assert.equal(await unread('1200', 'TEACHER'), 1);
+    // A deleted message leaves every count.
+    await ask(tj, 'deleteMessage', { requestId: rid, messageId: m2._id });
+    await until(async () => (await unread('1202', 'LAB')) === 1, 'lab 1202 back to 1');
+    assert.equal(await unread('1201', 'LAB'), undefined);
+  });
+
+  it('a new owner replaces the old: the previous owner leaves the room at once and loses access', async () => {
+    const rid = await request('1300');
+    const old = await joined(await teacher('1300'), rid);
+    const l = await joined(await lab('1301'), rid);
+    assert.equal((await api(s.url, 'PUT', `/api/requests/${rid}`, { ownerId: 1302 })).status, 200);
+    await sleep(100);
+    await send(l, rid, 'after the change');
+    await settle();
+    assert.equal(old.of('message').length, 0);
+    await refused(old, 'message', { requestId: rid, message: 'x' }, 'not_in_room');
+    await refused(old, 'joinRoom', { requestId: rid }, 'forbidden');
+    const now = await joined(await teacher('1302'), rid);
+    assert.equal(now.of('roomHistory')[0].messages.length, 1);
+  });
+});
+
+describe('9 webhooks: failures', () => {
+  let w: TestServer;
+  let failing = true;
+  const got: Hook[] = [];
+  let sink: Server;
+  before(async () => {
+    sink = createServer((req, res) => {
+      const chunks: Buffer[] = [];
+      req.on('data', (c: Buffer) => chunks.push(c));
+      req.on('end', () => {
+        const body = Buffer.concat(chunks).toString('utf8');
+        got.push({
+          id: String(req.headers['webhook-id']),
+          timestamp: String(req.headers['webhook-timestamp']),
+          signature: String(req.headers['webhook-signature']),
+          body,
+          event: JSON.parse(body),
+        });
+        res.writeHead(failing ? 500 : 200);
+        res.end();
+      });
+    });
+    await new Promise<void>((r) => sink.listen(0, '127.0.0.1', r));
+    w = await startServer({
+      WEBHOOK_URL: `http://127.0.0.1:${(sink.address() as AddressInfo).port}/`,
+      WEBHOOK_SECRET,
+      WEBHOOK_POLL_MS: '50',
+      WEBHOOK_MAX_ATTEMPTS: '2',
+      WEBHOOK_RETRY_BASE_SECONDS: '0.05',
+    });
+  });
+  after(async () => {
+    await w.close();
+    await new Promise<void>((r) => sink.close(() => r()));
+  });
+
+  it('keeps an event failed after WEBHOOK_MAX_ATTEMPTS, lists it, and a retry sends it with the same webhook-id', async () => {
+    const k = key();
+    await api(w.url, 'PUT', `/api/streams/${k}`, {});
+    assert.equal((await api(w.url, 'DELETE', `/api/streams/${k}`)).status, 200);
+    let failed: any;
+    await until(async () => {
+      failed = (await api(w.url, 'GET', '/api/webhooks/failed')).body.events;
+      return failed.length === 1;
+    }, 'a failed event');
+    const [e] = failed;
+    assert.deepEqual(Object.keys(e).sort(), [
+      'attempts',
+      'id',
+      'lastAttemptAt',
+      'lastError',
+      'payload',
+      'type',
+    ]);
+    assert.equal(e.type, 'stream.ended');
+    assert.equal(e.attempts, 2);
+    assert.equal(typeof e.lastError, 'string');
+    assert.match(e.lastAttemptAt, ISO);
+    assert.equal(got.length, 2);
+    assert.ok(got.every((h) => h.id === e.id));
+    const payload = typeof e.payload === 'string' ? JSON.parse(e.payload) : e.payload;
+    assert.equal(payload.type, 'stream.ended');
+    assert.deepEqual(payload.data, { key: k });
+    failing = false;
+    const retry = await api(w.url, 'POST', `/api/webhooks/failed/${e.id}/retry`);
+    assert.ok(retry.status >= 200 && retry.status < 300, String(retry.status));
+    await until(() => got.length === 3, 'the retried delivery');
+    const last = got[2] as Hook;
+    assert.equal(last.id, e.id);
+    verified(last);
+    await until(
+      async () => (await api(w.url, 'GET', '/api/webhooks/failed')).body.events.length === 0,
+      'the failed list to empty',
     );
   });
 });
