@@ -17,6 +17,7 @@ import {
   api,
   type Frame,
   postInOrder,
+  SECRET,
   StreamClient,
   sleep,
   startServer,
@@ -743,7 +744,7 @@ describe('7 live classroom: server API', () => {
     await mod.next('moderation');
     mod.send({ type: 'ban', data: { userId: '811' } });
     await mod.next('moderation');
-    mod.send({ type: 'unban', data: { userId: '811' } });
+    mod.send({ type: 'unban', data: { userId: '811', reason: 'apologized' } });
     await mod.next('moderation');
     const all = await api(s.url, 'GET', `/api/streams/${k}/moderation-log`);
     assert.equal(all.status, 200);
@@ -757,7 +758,10 @@ describe('7 live classroom: server API', () => {
     );
     const [unban, ban, timeout, del] = actions;
     assert.equal(unban.userId, '811');
+    // `reason?` of ban / unban is what the log keeps; left out, the entry has none.
+    assert.equal(unban.reason, 'apologized');
     assert.equal(ban.userId, '811');
+    assert.equal('reason' in ban, false);
     assert.equal(timeout.userId, '810');
     assert.equal(timeout.reason, 'cool off');
     assert.equal(del.messageId, chat?.data.id);
@@ -1610,5 +1614,63 @@ describe('10 hostile input', () => {
     const health = await fetch(`${s.url}/healthz`);
     assert.equal(health.status, 200);
     assert.equal(API_KEY.length > 0, true);
+  });
+});
+
+describe('10 hostile peers: limits', () => {
+  it('a stream connection past FLOOD_LIMIT frames in 10 s, pings included, is closed with 1008', async () => {
+    const k = await classroom();
+    const { c } = await join(k);
+    for (let i = 0; i < 210; i++) c.ws.ping();
+    assert.equal((await c.closed).code, 1008);
+  });
+
+  it('a frame over MAX_FRAME_BYTES closes with 1009', async () => {
+    const k = await classroom();
+    const { c } = await join(k, '1400');
+    c.chat('x'.repeat(70_000));
+    assert.equal((await c.closed).code, 1009);
+  });
+
+  it('a typing flood forwards one userTyping and ends in a disconnect past FLOOD_LIMIT', async () => {
+    const rid = await request('1410');
+    const t = await joined(await teacher('1410'), rid);
+    const l = await joined(await lab('1411'), rid);
+    const gone = t.disconnected();
+    for (let i = 0; i < 250; i++) t.socket.emit('typing', { requestId: rid });
+    await gone;
+    await settle();
+    assert.equal(l.of('userTyping').length, 1);
+    assert.equal(l.socket.connected, true);
+  });
+});
+
+describe('10 production and metrics', () => {
+  it('refuses a token without exp in production, and protects /metrics with METRICS_TOKEN', async () => {
+    const p = await startServer({ NODE_ENV: 'production', METRICS_TOKEN: 'scrape-me' });
+    try {
+      const { SignJWT } = await import('jose');
+      const noExp = await new SignJWT({ user_id: '1500', role: 'LAB' })
+        .setProtectedHeader({ alg: 'HS256' })
+        .setIssuedAt()
+        .sign(new TextEncoder().encode(SECRET));
+      const refusal = await RequestClient.refusal(p.url, { auth: { token: noExp } });
+      assert.equal(refusal.message, 'unauthorized');
+      const k = key();
+      await api(p.url, 'PUT', `/api/streams/${k}`, {});
+      const c = await StreamClient.connect(p.wsUrl, k);
+      c.auth(noExp);
+      assert.equal((await c.next('error')).data.error_code, 'invalid_token');
+      assert.deepEqual((await c.next('auth')).data, { authenticated: false });
+      c.close();
+      assert.equal((await fetch(`${p.url}/metrics`)).status, 401);
+      const ok = await fetch(`${p.url}/metrics`, {
+        headers: { authorization: 'Bearer scrape-me' },
+      });
+      assert.equal(ok.status, 200);
+      assert.match(await ok.text(), /# HELP/);
+    } finally {
+      await p.close();
+    }
   });
 });
