@@ -529,6 +529,49 @@ describe('7 live classroom: stream lifecycle', () => {
   });
 });
 
+describe('7 live classroom: timing and pins', () => {
+  it('a timeout ends by itself: the user chats again and the ban list forgets it', async () => {
+    const k = await classroom();
+    const { c: mod } = await join(k, MOD);
+    const { c: user } = await join(k, '1600');
+    mod.send({ type: 'timeout', data: { userId: '1600', seconds: 1 } });
+    await nextModeration(user, '1600', 'timeout');
+    user.chat('too soon');
+    const e = await nextError(user);
+    assert.equal(e.error_code, 'timed_out');
+    assert.ok(e.retry_after_ms > 0 && e.retry_after_ms <= 1_000, String(e.retry_after_ms));
+    await sleep(e.retry_after_ms + 50);
+    await postInOrder(user, ['on time']);
+    assert.deepEqual((await api(s.url, 'GET', `/api/streams/${k}/bans`)).body, { bans: [] });
+    mod.close();
+    user.close();
+  });
+
+  it('deleting the pinned chat unpins it; GET counts the viewers connected', async () => {
+    const k = await classroom();
+    const { c: owner } = await join(k, OWNER);
+    const { c: viewer } = await join(k);
+    const [chat] = await postInOrder(owner, ['pinned, then gone']);
+    owner.send({ type: 'pin', data: { id: chat?.data.id } });
+    await nextStream(viewer, (d) => d.pinned?.id === chat?.data.id);
+    assert.equal(
+      (await api(s.url, 'DELETE', `/api/streams/${k}/messages/${chat?.data.id}`)).status,
+      200,
+    );
+    assert.deepEqual((await viewer.next('delete')).data, { id: chat?.data.id, by: 'api' });
+    await nextStream(viewer, (d) => d.pinned === null);
+    assert.equal((await api(s.url, 'GET', `/api/streams/${k}`)).body.pinned, null);
+    owner.send({ type: 'pin', data: { id: chat?.data.id } });
+    assert.equal((await owner.next('error')).data.error_code, 'not_found');
+    await until(
+      async () => (await api(s.url, 'GET', `/api/streams/${k}`)).body.viewers === 2,
+      'two viewers',
+    );
+    owner.close();
+    viewer.close();
+  });
+});
+
 describe('7 live classroom: server API', () => {
   it('GET /api/streams/{key}: the named fields; 404 stream_not_found; 401 without or with a wrong key', async () => {
     const k = await classroom('Biología');
@@ -921,6 +964,38 @@ describe('8 request chat: typing', () => {
     await sleep(600);
     await ask(t, 'typing', { requestId: rid });
     await until(() => l.of('userTyping').length === 2, 'a second userTyping');
+  });
+});
+
+describe('8 request chat: typing per user and rate limits', () => {
+  it('typing is throttled per user and request, across that user’s sockets', async () => {
+    const rid = await request('1610');
+    const t1 = await joined(await teacher('1610'), rid);
+    const t2 = await joined(await teacher('1610'), rid);
+    const l = await joined(await lab('1611'), rid);
+    await ask(t1, 'typing', { requestId: rid });
+    await ask(t2, 'typing', { requestId: rid });
+    await settle(200);
+    assert.equal(l.of('userTyping').length, 1);
+  });
+
+  it('rate_limited carries retry_after_ms in the exception and the acknowledgement', async () => {
+    const rid = await request('1620');
+    const t = await joined(await teacher('1620'), rid);
+    // One at a time, each acknowledged: however long the 60 take, the 61st is within the 30 s.
+    for (let i = 0; i < 60; i++) await send(t, rid, `r${i}`);
+    await sleep(600);
+    const ack = await refused(
+      t,
+      'message',
+      { requestId: rid, message: 'one more' },
+      'rate_limited',
+    );
+    assert.equal(typeof ack.retry_after_ms, 'number');
+    assert.ok(ack.retry_after_ms > 0 && ack.retry_after_ms <= 30_000);
+    const ex = t.of('exception').at(-1);
+    assert.equal(ex.retry_after_ms, ack.retry_after_ms);
+    assert.equal(ex.requestId, rid);
   });
 });
 
@@ -1347,6 +1422,11 @@ describe('8 request chat: unread counts', () => {
     await refused(old, 'joinRoom', { requestId: rid }, 'forbidden');
     const now = await joined(await teacher('1302'), rid);
     assert.equal(now.of('roomHistory')[0].messages.length, 1);
+    // The inbox follows the owner.
+    const listed = async (c: RequestClient) =>
+      (await ask(c, 'listRequests', { limit: 500 })).requests.map((r: any) => r.requestId);
+    assert.equal((await listed(old)).includes(rid), false);
+    assert.equal((await listed(now)).includes(rid), true);
   });
 });
 
@@ -1474,6 +1554,18 @@ describe('9 webhooks', () => {
     assert.equal(read.event.data.userId, '990');
     assert.deepEqual(read.event.data.messages, [m._id]);
     assert.match(read.event.data.at, ISO);
+    // A repeated clientMessageId is the same message: no second event.
+    const first = await send(l, rid, 'once', { clientMessageId: 'c-1' });
+    const again = await send(l, rid, 'once', { clientMessageId: 'c-1' });
+    assert.equal(again._id, first._id);
+    await hook('request.message.created', (d) => d._id === first._id);
+    await settle(300);
+    assert.equal(
+      hooks.filter(
+        (h) => h.event.type === 'request.message.created' && h.event.data._id === first._id,
+      ).length,
+      1,
+    );
     // Every delivery so far verified, each event once under its own id.
     for (const h of hooks) verified(h);
   });
@@ -1632,7 +1724,7 @@ describe('10 hostile peers: limits', () => {
     assert.equal((await c.closed).code, 1009);
   });
 
-  it('a typing flood forwards one userTyping and ends in a disconnect past FLOOD_LIMIT', async () => {
+  it('a typing flood forwards at most one userTyping and ends in a disconnect past FLOOD_LIMIT', async () => {
     const rid = await request('1410');
     const t = await joined(await teacher('1410'), rid);
     const l = await joined(await lab('1411'), rid);
@@ -1640,7 +1732,8 @@ describe('10 hostile peers: limits', () => {
     for (let i = 0; i < 250; i++) t.socket.emit('typing', { requestId: rid });
     await gone;
     await settle();
-    assert.equal(l.of('userTyping').length, 1);
+    // However far the flood got before the disconnect, at most one typing went out.
+    assert.ok(l.of('userTyping').length <= 1);
     assert.equal(l.socket.connected, true);
   });
 });
