@@ -11,6 +11,7 @@ import { createHmac, randomBytes } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { after, before, describe, it } from 'node:test';
+import { loadConfig } from '../src/config.js';
 import { newId } from '../src/core/ids.js';
 import {
   API_KEY,
@@ -1765,5 +1766,28 @@ describe('10 production and metrics', () => {
     } finally {
       await p.close();
     }
+  });
+});
+
+describe('9 and 8 configuration', () => {
+  it('refuses a bad WEBHOOK_SECRET or ATTACHMENT_URL_PREFIXES with one line naming the variable', () => {
+    const base = { JWT_SECRET: SECRET, API_KEY, WEBHOOK_URL: 'http://127.0.0.1:9/hooks' };
+    const short = `whsec_${randomBytes(16).toString('base64')}`;
+    for (const [env, name] of [
+      [{ ...base }, 'WEBHOOK_SECRET'],
+      [{ ...base, WEBHOOK_SECRET: short }, 'WEBHOOK_SECRET'],
+      [{ ...base, WEBHOOK_SECRET: randomBytes(32).toString('base64') }, 'WEBHOOK_SECRET'],
+      [{ JWT_SECRET: SECRET, ATTACHMENT_URL_PREFIXES: 'not a url' }, 'ATTACHMENT_URL_PREFIXES'],
+      [{ JWT_SECRET: SECRET, REQUEST_EDIT_WINDOW_SECONDS: 'soon' }, 'REQUEST_EDIT_WINDOW_SECONDS'],
+      [{ JWT_SECRET: SECRET, STREAM_HISTORY_ON_JOIN: '-1' }, 'STREAM_HISTORY_ON_JOIN'],
+    ] as const) {
+      assert.throws(
+        () => loadConfig(env as Record<string, string>),
+        (err: Error) => err.message.includes(name) && !err.message.includes('\n'),
+        name,
+      );
+    }
+    const ok = loadConfig({ ...base, WEBHOOK_SECRET });
+    assert.ok(ok);
   });
 });
