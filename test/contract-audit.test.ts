@@ -27,6 +27,7 @@ import {
   userToken,
 } from './helpers.js';
 import { RequestClient, settle } from './request-client.js';
+import { REDIS_URL, tempRedisPrefix, tempSchema } from './services.js';
 
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$/;
 const HEX24 = /^[0-9a-f]{24}$/;
@@ -46,6 +47,7 @@ const hooks: Hook[] = [];
 let receiver: Server;
 
 let s: TestServer;
+let schema: { url: string; drop(): Promise<void> } | undefined;
 let n = 0;
 const key = () => `audit-${++n}-${Date.now().toString(36)}`;
 
@@ -68,7 +70,14 @@ before(async () => {
   });
   await new Promise<void>((r) => receiver.listen(0, '127.0.0.1', r));
   const port = (receiver.address() as AddressInfo).port;
+  // CONTRACT_AUDIT_STORE=postgres holds the PostgreSQL store to the same contract,
+  // CONTRACT_AUDIT_REDIS=1 the Redis fan-out and counters.
+  if (process.env.CONTRACT_AUDIT_STORE === 'postgres') schema = await tempSchema();
   s = await startServer({
+    ...(schema ? { DATABASE_URL: schema.url } : {}),
+    ...(process.env.CONTRACT_AUDIT_REDIS
+      ? { REDIS_URL: REDIS_URL, REDIS_PREFIX: tempRedisPrefix() }
+      : {}),
     STREAM_RATE_LIMIT: '6/30s',
     STREAM_VIEWERS_INTERVAL_MS: '100',
     ATTACHMENT_URL_PREFIXES: ATTACHMENTS,
@@ -80,6 +89,7 @@ before(async () => {
 });
 after(async () => {
   await s.close();
+  await schema?.drop();
   await new Promise<void>((r) => receiver.close(() => r()));
 });
 
@@ -1092,9 +1102,15 @@ describe('8 request chat: edits and deletions', () => {
     const page = await api(s.url, 'GET', `/api/requests/${rid}/messages`);
     check(page.body.messages[0]);
     assert.equal(page.body.messages[1].message, 'esto queda');
+    // editedAt / deletedAt are absent, not null, on a message never changed.
+    for (const key of ['editedAt', 'deletedAt']) {
+      assert.equal(key in page.body.messages[1], false, key);
+    }
     const again = await joined(await lab('922'), rid);
     const history = again.of('roomHistory')[0];
     check(history.messages[0]);
+    assert.equal('deletedAt' in history.messages[1], false);
+    assert.equal('editedAt' in history.messages[1], false);
     const older = await ask(again, 'loadHistory', {
       requestId: rid,
       before: page.body.messages[1]._id,
