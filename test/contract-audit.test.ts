@@ -35,6 +35,7 @@ const ATTACHMENTS = 'https://files.example.edu/,https://cdn.example.edu/uploads/
 
 /** A webhook endpoint that records every POST, checked by hand against the contract's signature rule. */
 interface Hook {
+  contentType?: string;
   id: string;
   timestamp: string;
   signature: string;
@@ -58,6 +59,7 @@ before(async () => {
     req.on('end', () => {
       const body = Buffer.concat(chunks).toString('utf8');
       hooks.push({
+        contentType: String(req.headers['content-type']),
         id: String(req.headers['webhook-id']),
         timestamp: String(req.headers['webhook-timestamp']),
         signature: String(req.headers['webhook-signature']),
@@ -1541,6 +1543,7 @@ async function hook(type: string, test: (data: any) => boolean): Promise<Hook> {
 }
 
 function verified(h: Hook): void {
+  if (h.contentType !== undefined) assert.match(h.contentType, /^application\/json\b/);
   assert.match(h.id, /^[A-Za-z0-9_-]+$/);
   assert.match(h.timestamp, /^\d+$/);
   assert.ok(Math.abs(Number(h.timestamp) - Date.now() / 1000) < 60, 'timestamp in seconds');
