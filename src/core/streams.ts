@@ -112,7 +112,7 @@ export type ModerationRequest =
   | { type: 'delete'; id: string }
   | { type: 'timeout'; userId: string; seconds: number; reason?: string | undefined }
   | { type: 'ban'; userId: string; reason?: string | undefined }
-  | { type: 'unban'; userId: string }
+  | { type: 'unban'; userId: string; reason?: string | undefined }
   | { type: 'settings'; settings: Partial<StreamSettings> }
   | { type: 'pin'; id: string | null };
 
@@ -494,7 +494,7 @@ export class Streams<F> {
       case 'unban': {
         await this.controlOf(key);
         // Lifting a ban that is not there stores nothing, and is still answered with its broadcast.
-        await log('unban', { userId: request.userId }, undefined, {
+        await log('unban', { userId: request.userId, reason: request.reason ?? null }, undefined, {
           kind: 'unban',
           userId: request.userId,
         });
