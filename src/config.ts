@@ -43,6 +43,8 @@ export interface Limits {
   streamHistoryCacheStreams: number;
   /** Longest wait, before a history is read from the store, for every node to store what it accepted. */
   streamHistorySettleMs: number;
+  /** Stream chats accepted and not yet stored, beyond which new ones are refused with `rate_limited`. */
+  streamStoreQueueMax: number;
 }
 
 export interface JwtConfig {
@@ -273,6 +275,8 @@ const schema = z.object({
   STREAM_HISTORY_CACHE_STREAMS: int(1000, 0, 1_000_000),
   // Before a history is read from the store: every node stores what it accepted, within this wait.
   STREAM_HISTORY_SETTLE_MS: int(2000, 1, 60_000),
+  // Stream chats waiting for the store (stalled or slower than the chat): past this, posts are refused.
+  STREAM_STORE_QUEUE_MAX: int(20_000, 1, 10_000_000),
 });
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
@@ -363,6 +367,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       requestUpdateTrackedMax: e.REQUEST_UPDATE_TRACKED_MAX,
       streamHistoryCacheStreams: e.STREAM_HISTORY_CACHE_STREAMS,
       streamHistorySettleMs: e.STREAM_HISTORY_SETTLE_MS,
+      streamStoreQueueMax: e.STREAM_STORE_QUEUE_MAX,
     },
     webhooks:
       e.WEBHOOK_URL === undefined || e.WEBHOOK_SECRET === undefined

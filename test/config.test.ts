@@ -35,6 +35,7 @@ describe('loadConfig', () => {
       requestUpdateTrackedMax: 10_000,
       streamHistoryCacheStreams: 1000,
       streamHistorySettleMs: 2000,
+      streamStoreQueueMax: 20_000,
     });
   });
   it('runs in dev mode with its own secret and API key when no JWT key is set', () => {

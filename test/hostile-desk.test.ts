@@ -53,6 +53,9 @@ describe('the request inbox against hostile peers', () => {
       SEND_BUFFER_MAX_BYTES: String(SEND_BUFFER),
       FLOOD_LIMIT: '1000000',
       REQUEST_RATE_LIMIT: '100000/1s',
+      // Every update leaves as it happens, so the attacker's backlog grows
+      // with each message; coalescing busy requests would only slow that down.
+      REQUEST_UPDATE_FLUSH_MS: '0',
     });
     // SQLite opens some of its files lazily: let that happen before any baseline.
     const requestId = newId();

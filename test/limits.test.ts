@@ -22,10 +22,11 @@ describe('parseRate', () => {
 });
 
 describe('RateLimiter', () => {
-  it('allows count per window, then refuses with the wait until the next token', () => {
+  it('allows count per window, then refuses with the wait until the window ends', () => {
     let now = 1_000_000;
     const rl = new RateLimiter({ count: 3, windowMs: 3000 }, () => now);
     rl.take('a');
+    now += 1000;
     rl.take('a');
     rl.take('a');
     try {
@@ -34,13 +35,29 @@ describe('RateLimiter', () => {
     } catch (e) {
       assert.ok(e instanceof ChatError);
       assert.equal(e.code, 'rate_limited');
-      assert.equal(e.retryAfterMs, 1000);
-      assert.deepEqual(e.toPayload().retry_after_ms, 1000);
+      assert.equal(e.retryAfterMs, 2000);
+      assert.deepEqual(e.toPayload().retry_after_ms, 2000);
     }
-    now += 999;
-    assert.throws(() => rl.take('a'), { code: 'rate_limited' });
+    now += 1999;
+    assert.throws(() => rl.take('a'), { code: 'rate_limited', retryAfterMs: 1 });
     now += 1;
     rl.take('a');
+    rl.take('a');
+    rl.take('a');
+    assert.throws(() => rl.take('a'), { code: 'rate_limited', retryAfterMs: 3000 });
+  });
+  it('never lets more than count through within one window, however they are spread', () => {
+    let now = 0;
+    const rl = new RateLimiter({ count: 60, windowMs: 30_000 }, () => now);
+    let accepted = 0;
+    // One attempt every 100 ms for 29.9 s: a refilling bucket would take about 120.
+    for (let i = 0; i < 300; i++, now += 100) {
+      try {
+        rl.take('a');
+        accepted++;
+      } catch {}
+    }
+    assert.equal(accepted, 60);
   });
   it('keeps keys apart', () => {
     const now = 0;
@@ -49,7 +66,7 @@ describe('RateLimiter', () => {
     rl.take('b');
     assert.throws(() => rl.take('a'), { code: 'rate_limited' });
   });
-  it('forgets keys whose bucket refilled, so memory follows active users', () => {
+  it('forgets keys whose window ended, so memory follows active users', () => {
     let now = 0;
     const rl = new RateLimiter({ count: 2, windowMs: 1000 }, () => now);
     for (let i = 0; i < 100; i++) rl.take(`u${i}`);

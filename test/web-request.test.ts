@@ -152,7 +152,14 @@ describe('web client: request chat', { skip }, () => {
         'Escrito sin conexión',
       ]);
       assert.equal(lab.of('message').filter((m) => m.message === 'Escrito sin conexión').length, 1);
-      assert.deepEqual(teacher.problems, []);
+      // Chromium logs each reconnect attempt the proxy refused while it was
+      // down (how many depends on how long that took); nothing else may show.
+      assert.deepEqual(
+        teacher.problems.filter(
+          (p) => !/WebSocket connection to .* net::ERR_CONNECTION_REFUSED/.test(p),
+        ),
+        [],
+      );
       await teacher.context.close();
     } finally {
       lab.close();

@@ -16,59 +16,60 @@ export function parseRate(text: string): Rate | undefined {
   return { count, windowMs };
 }
 
-interface Bucket {
-  tokens: number;
-  updatedAt: number;
+interface Window {
+  /** When this key's current window began (its first message in it). */
+  start: number;
+  count: number;
 }
 
 /**
- * A token bucket per key: `count` messages at once, refilled evenly over the
- * window, so a steady sender gets exactly `count` per window. Full buckets are
- * dropped on sweep, which keeps memory proportional to recently active keys.
- * Counted per node: with several nodes a user's budget is per node they reach.
+ * At most `count` messages per key in each window of `windowMs`, the window
+ * starting at the key's first message after the last one ended: the
+ * `count`+1th message within a window is refused with the wait until it ends
+ * (protocol section 6, "N per <seconds>s"). A token bucket would let a burst
+ * of `count` and then its refill through in the same window. This is the
+ * window the Redis counters keep across nodes (`stream-limits.ts`), so one
+ * node and several limit alike. Ended windows are dropped on sweep, which
+ * keeps memory proportional to recently active keys. Counted per node.
  */
 export class RateLimiter {
-  private readonly buckets = new Map<string, Bucket>();
-  private readonly refillPerMs: number;
+  private readonly windows = new Map<string, Window>();
   private lastSweep: number;
 
   constructor(
     private readonly rate: Rate,
     private readonly now: () => number = Date.now,
   ) {
-    this.refillPerMs = rate.count / rate.windowMs;
     this.lastSweep = now();
   }
 
-  /** Takes one token for `key`, or throws `rate_limited` with the wait until the next. */
+  /** Counts one message for `key`, or throws `rate_limited` with the wait until its window ends. */
   take(key: string): void {
     const now = this.now();
     if (now - this.lastSweep > this.rate.windowMs) this.sweep(now);
-    let b = this.buckets.get(key);
-    if (!b) {
-      b = { tokens: this.rate.count, updatedAt: now };
-      this.buckets.set(key, b);
-    } else {
-      b.tokens = Math.min(this.rate.count, b.tokens + (now - b.updatedAt) * this.refillPerMs);
-      b.updatedAt = now;
+    let w = this.windows.get(key);
+    if (!w) {
+      w = { start: now, count: 0 };
+      this.windows.set(key, w);
+    } else if (now - w.start >= this.rate.windowMs) {
+      w.start = now;
+      w.count = 0;
     }
-    if (b.tokens < 1) {
-      const retryAfterMs = Math.max(1, Math.ceil((1 - b.tokens) / this.refillPerMs));
+    if (w.count >= this.rate.count) {
+      const retryAfterMs = Math.max(1, w.start + this.rate.windowMs - now);
       throw new ChatError('rate_limited', undefined, { retryAfterMs });
     }
-    b.tokens -= 1;
+    w.count += 1;
   }
 
   get size(): number {
-    return this.buckets.size;
+    return this.windows.size;
   }
 
   private sweep(now: number): void {
     this.lastSweep = now;
-    for (const [key, b] of this.buckets) {
-      if (b.tokens + (now - b.updatedAt) * this.refillPerMs >= this.rate.count) {
-        this.buckets.delete(key);
-      }
+    for (const [key, w] of this.windows) {
+      if (now - w.start >= this.rate.windowMs) this.windows.delete(key);
     }
   }
 }

@@ -4,7 +4,7 @@
  *
  * With Redis configured the counters live there (`rate-limiter-flexible`'s
  * RateLimiterRedis: one atomic INCR+PEXPIRE script per chat, a fixed window
- * of `N/<seconds>s`); without it, in this process: the token bucket of
+ * of `N/<seconds>s`); without it, in this process: the same fixed window in
  * `limits.ts` for the rate, RateLimiterMemory for slow mode. Slow mode allows
  * one chat per `slowModeSeconds`.
  */

@@ -58,6 +58,8 @@ export const STREAM_KEY = /^[A-Za-z0-9_-]{1,64}$/;
 /** The longest timeout a moderator may give (14 days, as Twitch). */
 export const MAX_TIMEOUT_SECONDS = 1_209_600;
 export const MAX_SLOW_MODE_SECONDS = 3_600;
+/** How long a chat refused while the store catches up is told to wait. */
+const STORE_BUSY_RETRY_MS = 1_000;
 
 export type StreamStatus = 'open' | 'ended' | 'unknown';
 
@@ -110,7 +112,7 @@ export type ModerationRequest =
   | { type: 'delete'; id: string }
   | { type: 'timeout'; userId: string; seconds: number; reason?: string | undefined }
   | { type: 'ban'; userId: string; reason?: string | undefined }
-  | { type: 'unban'; userId: string }
+  | { type: 'unban'; userId: string; reason?: string | undefined }
   | { type: 'settings'; settings: Partial<StreamSettings> }
   | { type: 'pin'; id: string | null };
 
@@ -209,6 +211,8 @@ export class Streams<F> {
   /** Other nodes' latest reports, by node: when heard and the counts. */
   private readonly remote = new Map<string, { at: number; counts: Map<string, number> }>();
   private pending: StreamMessage[] = [];
+  /** Chats accepted and not yet stored: those pending and the batch being written. */
+  private unstored = 0;
   private flushing: Promise<void> = Promise.resolve();
   private flushScheduled = false;
   /** A write is chained and not started yet: it takes every chat pending when it starts. */
@@ -309,6 +313,30 @@ export class Streams<F> {
   async post(key: string, identity: Identity | null, text: string): Promise<StreamMessage> {
     if (identity === null) throw new ChatError('not_authenticated');
     checkMessageText(text, this.deps.limits.streamMessageMaxChars);
+    if (this.unstored >= this.deps.limits.streamStoreQueueMax) {
+      // The store has stalled or is slower than the chat: what waits for it
+      // is bounded, and a chat that would never reach history is not sent.
+      throw new ChatError('rate_limited', 'The server is busy storing chats; try again.', {
+        retryAfterMs: STORE_BUSY_RETRY_MS,
+      });
+    }
+    // Counted from here: chats checked at the same time must not all pass.
+    this.unstored++;
+    let message: StreamMessage;
+    try {
+      message = await this.accepted(key, identity, text);
+    } catch (err) {
+      this.unstored--;
+      throw err;
+    }
+    this.deps.metrics.messagesIn.inc({ chat: 'stream' });
+    this.enqueue(message);
+    this.publish(key, { kind: 'chat', message, at: preciseNow() });
+    return message;
+  }
+
+  /** The chat `identity` may post now, or the ChatError that refuses it. */
+  private async accepted(key: string, identity: Identity, text: string): Promise<StreamMessage> {
     const rules = await this.rulesFor(key);
     const { slowed } = checkPosting(rules, identity, Date.now());
     const badges = badgesOf(rules, identity);
@@ -317,7 +345,7 @@ export class Streams<F> {
       if (slowed) await this.counters.takeSlow(key, identity.userId, rules.slowModeSeconds);
       await this.counters.takeRate(key, identity.userId);
     }
-    const message: StreamMessage = {
+    return {
       id: newId(),
       streamKey: key,
       userId: identity.userId,
@@ -326,10 +354,6 @@ export class Streams<F> {
       sentAt: new Date().toISOString(),
       badges,
     };
-    this.deps.metrics.messagesIn.inc({ chat: 'stream' });
-    this.enqueue(message);
-    this.publish(key, { kind: 'chat', message, at: preciseNow() });
-    return message;
   }
 
   /** Every stored chat, deleted ones included (the server API's view). */
@@ -470,7 +494,7 @@ export class Streams<F> {
       case 'unban': {
         await this.controlOf(key);
         // Lifting a ban that is not there stores nothing, and is still answered with its broadcast.
-        await log('unban', { userId: request.userId }, undefined, {
+        await log('unban', { userId: request.userId, reason: request.reason ?? null }, undefined, {
           kind: 'unban',
           userId: request.userId,
         });
@@ -885,6 +909,8 @@ export class Streams<F> {
       // Already delivered: the chats stay visible to those watching but are
       // missing from stored history. Logged once per batch, with its size.
       this.deps.log.error({ err, count: batch.length }, 'storing stream chats failed');
+    } finally {
+      this.unstored -= batch.length;
     }
   }
 

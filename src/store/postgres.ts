@@ -626,8 +626,17 @@ async function lockRequest(client: pg.PoolClient, requestId: string): Promise<vo
   await client.query('SELECT 1 FROM requests WHERE id = $1 FOR NO KEY UPDATE', [requestId]);
 }
 
-/** A deadlock or serialization failure: the whole batch is worth another try. */
+/** A deadlock or serialization failure: the whole transaction is worth another try. */
 const RETRYABLE = new Set(['40P01', '40001']);
+const retryable = (err: unknown) => RETRYABLE.has((err as { code?: string }).code ?? '');
+
+/**
+ * A group-commit batch: committed, with each write's row (none for a repeated
+ * clientMessageId), or rolled back, naming the write that failed if one did.
+ */
+type BatchOutcome =
+  | { committed: true; rows: Array<AddedRow | undefined> }
+  | { committed: false; failed: number | undefined; error: unknown; retry?: boolean };
 
 const STREAM_COLUMNS =
   'id, stream_key, user_id, username, message, sent_at, badges, deleted_at, deleted_by';
@@ -1123,9 +1132,22 @@ export class PostgresStore implements Store {
             ? 1
             : 0,
       );
-    let retries = 0;
     while (pending.length > 0) {
-      const outcome = await this.pipelineBatch(pending.map((p) => p.w));
+      let outcome: BatchOutcome;
+      try {
+        outcome = await this.retried(async () => {
+          const o = await this.pipelineBatch(pending.map((p) => p.w));
+          // Waiting for the counters, or one of the writes, met another
+          // writer's locks the other way round: the batch as a whole goes again.
+          if (!o.committed && (o.retry || o.failed !== undefined) && retryable(o.error)) {
+            throw o.error;
+          }
+          return o;
+        });
+      } catch (error) {
+        for (const { i } of pending) results[i] = { status: 'rejected', reason: error };
+        break;
+      }
       if (outcome.committed) {
         // A message not inserted repeats a committed clientMessageId, maybe
         // one of this batch: now committed, it is visible to any connection.
@@ -1143,18 +1165,10 @@ export class PostgresStore implements Store {
         break;
       }
       const { failed, error } = outcome;
-      if (outcome.retry && RETRYABLE.has((error as { code?: string }).code ?? '') && retries < 3) {
-        retries++;
-        continue;
-      }
       if (failed === undefined) {
         // BEGIN or COMMIT failed (e.g. the connection was lost): nothing was committed.
         for (const { i } of pending) results[i] = { status: 'rejected', reason: error };
         break;
-      }
-      if (RETRYABLE.has((error as { code?: string }).code ?? '') && retries < 3) {
-        retries++;
-        continue;
       }
       // One write failed and took the transaction with it: refuse it alone, retry the rest.
       const bad = pending[failed] as { i: number };
@@ -1169,12 +1183,7 @@ export class PostgresStore implements Store {
    * one round trip and one WAL flush for the batch. A statement that fails
    * aborts the transaction, which COMMIT then rolls back.
    */
-  private async pipelineBatch(
-    writes: readonly RequestMessageWrite[],
-  ): Promise<
-    | { committed: true; rows: Array<AddedRow | undefined> }
-    | { committed: false; failed: number | undefined; error: unknown; retry?: boolean }
-  > {
+  private async pipelineBatch(writes: readonly RequestMessageWrite[]): Promise<BatchOutcome> {
     const client = await this.writer.connect();
     let broken: Error | undefined;
     try {
@@ -1434,8 +1443,7 @@ export class PostgresStore implements Store {
       try {
         return await work();
       } catch (err) {
-        const code = (err as { code?: string }).code ?? '';
-        if (!RETRYABLE.has(code) || attempt >= 8) throw err;
+        if (!retryable(err) || attempt >= 8) throw err;
         await new Promise((resolve) => setTimeout(resolve, Math.random() * 10 * attempt));
       }
     }

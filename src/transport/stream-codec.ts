@@ -30,7 +30,7 @@ export const streamClientData = {
     reason,
   }),
   ban: z.object({ userId, reason }),
-  unban: z.object({ userId }),
+  unban: z.object({ userId, reason }),
   settings: z.object({
     slowModeSeconds: z.number().int().min(0).max(MAX_SLOW_MODE_SECONDS).optional(),
     membersOnly: z.boolean().optional(),

@@ -596,7 +596,7 @@ function moderationOf(
     case 'ban':
       return { type: 'ban', ...frame.data };
     case 'unban':
-      return { type: 'unban', userId: frame.data.userId };
+      return { type: 'unban', ...frame.data };
     case 'settings':
       return { type: 'settings', settings: frame.data };
     case 'pin':
