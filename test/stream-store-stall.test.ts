@@ -53,6 +53,8 @@ if (await requireServices('postgres')) {
         token: await userToken('1'),
       });
       const viewer = await StreamClient.connect(server.wsUrl, key);
+      // Joined: a chat posted before a viewer's history is out would come inside it.
+      for (const c of [poster, viewer]) await c.next('history', 10_000);
       const table = `"${new URL(schema.url).searchParams.get('schema')}".stream_messages`;
       const lock = new pg.Client({ connectionString: PG_URL });
       await lock.connect();
@@ -107,6 +109,7 @@ if (await requireServices('postgres')) {
       const poster = await StreamClient.connect(server.wsUrl, key, {
         token: await userToken('1'),
       });
+      await poster.next('history', 10_000);
       const table = `"${new URL(schema.url).searchParams.get('schema')}".stream_messages`;
       const lock = new pg.Client({ connectionString: PG_URL });
       await lock.connect();
