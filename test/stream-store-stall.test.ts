@@ -4,12 +4,21 @@
  * Past it a chat is refused with `rate_limited` and `retry_after_ms`, sent to
  * nobody and never stored; once the store catches up, posting works again and
  * history holds exactly the chats that were accepted. The stall is real: the
- * test holds a PostgreSQL lock on the node's `stream_messages` table.
+ * test holds a PostgreSQL lock on the node's `stream_messages` table. The
+ * messages API's newest page waits for what was published to be stored.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import pg from 'pg';
-import { api, StreamClient, startServer, type TestServer, until, userToken } from './helpers.js';
+import {
+  api,
+  StreamClient,
+  sleep,
+  startServer,
+  type TestServer,
+  until,
+  userToken,
+} from './helpers.js';
 import { PG_URL, requireServices, tempSchema } from './services.js';
 
 const QUEUE_MAX = 20;
@@ -44,6 +53,8 @@ if (await requireServices('postgres')) {
         token: await userToken('1'),
       });
       const viewer = await StreamClient.connect(server.wsUrl, key);
+      // Joined: a chat posted before a viewer's history is out would come inside it.
+      for (const c of [poster, viewer]) await c.next('history', 10_000);
       const table = `"${new URL(schema.url).searchParams.get('schema')}".stream_messages`;
       const lock = new pg.Client({ connectionString: PG_URL });
       await lock.connect();
@@ -87,6 +98,41 @@ if (await requireServices('postgres')) {
       );
       poster.close();
       viewer.close();
+    });
+
+    it("the messages API's newest page waits for a chat just seen live to be stored", async () => {
+      const key = 'just-seen';
+      assert.equal(
+        (await api(server.url, 'PUT', `/api/streams/${key}`, { ownerId: '100' })).status,
+        201,
+      );
+      const poster = await StreamClient.connect(server.wsUrl, key, {
+        token: await userToken('1'),
+      });
+      await poster.next('history', 10_000);
+      const table = `"${new URL(schema.url).searchParams.get('schema')}".stream_messages`;
+      const lock = new pg.Client({ connectionString: PG_URL });
+      await lock.connect();
+      let page: Promise<{ status: number; body: { messages: Array<{ message: string }> } }>;
+      try {
+        await lock.query('BEGIN');
+        await lock.query(`LOCK TABLE ${table} IN SHARE MODE`);
+        poster.chat('seen live');
+        assert.equal((await poster.next('chat', 10_000)).data.message, 'seen live');
+        // Reads go on under the lock: without the wait this answers at once, without the chat.
+        page = api(server.url, 'GET', `/api/streams/${key}/messages`);
+        await sleep(300);
+      } finally {
+        await lock.query('COMMIT');
+        await lock.end();
+      }
+      const answer = await page;
+      assert.equal(answer.status, 200);
+      assert.deepEqual(
+        answer.body.messages.map((m) => m.message),
+        ['seen live'],
+      );
+      poster.close();
     });
   });
 }

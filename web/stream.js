@@ -402,6 +402,8 @@ export function mountStreamView(root) {
       updateComposer();
       if (willReconnect) return;
       stopCountdown();
+      // A wait still counting down would cover why the chat is over.
+      clearInterval(waitTimer);
       if (code === 4410 || code === 4404) {
         const ended = code === 4410;
         setStatus(status, 'offline', t(ended ? 'stream.statusEnded' : 'stream.statusNotFound'));

@@ -357,7 +357,11 @@ export class Streams<F> {
   }
 
   /** Every stored chat, deleted ones included (the server API's view). */
-  history(key: string, query: PageQuery): Promise<Page<StreamMessage>> {
+  async history(key: string, query: PageQuery): Promise<Page<StreamMessage>> {
+    // A chat goes out a moment before it is stored: whoever has just seen one
+    // live expects it on the newest page. Every node stores what it published
+    // first (within STREAM_HISTORY_SETTLE_MS); older pages hold older chats.
+    if (query.before === undefined) await this.settle.settled();
     return this.deps.store.streamHistory(key, query);
   }
 
