@@ -4,6 +4,7 @@ import { rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import Database from 'better-sqlite3';
+import { outboxEntry } from '../src/core/webhook-events.js';
 import { SqliteStore } from '../src/store/sqlite.js';
 import { tempDir } from './helpers.js';
 import { seedUnreadHistory, storeSuite, unreadListsOf, unreadTotalsOf } from './store-suite.js';
@@ -188,6 +189,45 @@ test('the webhook worker reads the outbox through its partial indexes', async ()
       plan,
       /SEARCH webhook_outbox USING (COVERING )?INDEX sqlite_autoindex_webhook_outbox_1 \(id=\?\)/,
       plan,
+    );
+  } finally {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('a webhook claim writes nothing: leases are kept in memory by the one process', async () => {
+  const dir = tempDir('charla-lease-');
+  const store = new SqliteStore(join(dir, 'charla.db'));
+  try {
+    const events = Array.from({ length: 4 }, (_, i) =>
+      outboxEntry('stream.ended', { key: `k${i}` }),
+    );
+    await store.enqueueWebhooks(events);
+    const db = (store as any).db as Database.Database;
+    const changes = db.prepare('SELECT total_changes() AS n').pluck();
+    const before = changes.get();
+    const now = new Date().toISOString();
+    const lease = new Date(Date.now() + 60_000).toISOString();
+    const first = await store.claimWebhooks(3, now, lease);
+    assert.equal(changes.get(), before, 'no row written by the claim');
+    assert.deepEqual(
+      first.map((e) => e.id),
+      events.slice(0, 3).map((e) => e.id),
+    );
+    const second = await store.claimWebhooks(10, now, lease);
+    assert.deepEqual(
+      second.map((e) => e.id),
+      [events[3]?.id],
+      'rows leased are not claimed again',
+    );
+    await store.releaseWebhook(first[0]?.id as string);
+    await store.completeWebhooks([first[1]?.id as string]);
+    const third = await store.claimWebhooks(10, now, lease);
+    assert.deepEqual(
+      third.map((e) => e.id),
+      [first[0]?.id],
+      'a released row is claimable again; a completed one is gone',
     );
   } finally {
     await store.close();

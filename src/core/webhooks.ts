@@ -12,13 +12,18 @@
  *   when a lease runs out, i.e. a node died or stalled past it.
  * - Bounded: at most `concurrency` sends at a time per node, each cut at
  *   `timeoutMs`; in memory, at most as many rows again claimed to be sent
- *   next, and the ids of those delivered until the turn's store call.
+ *   next, and the ids of those delivered until they are removed (a few
+ *   times `concurrency` at most, for `REMOVE_AFTER_MS` at most).
  *
  * Cost: a node claims rows ahead, up to `concurrency` beyond those it is
  * sending, so that a send that ends is followed by the next one in the same
  * turn, and claims only once it holds `concurrency` rows or fewer, so each
- * claim takes at least that many. The deliveries answered in one turn leave
- * the outbox in one statement, the same one as the next claim when one is due.
+ * claim takes at least that many. Delivered rows leave the outbox together,
+ * once `concurrency` of them are waiting or the oldest has waited
+ * `REMOVE_AFTER_MS`, in one statement (the next claim's, when one is due
+ * then): a removal is a commit, which on SQLite cost more than the send when
+ * made for each event or two. A node that dies sends the rows delivered in
+ * that last moment again, as a death between answer and removal always could.
  *
  * Lease: a row claimed ahead waits for a free slot, which comes within
  * `timeoutMs` (every send under way ends by then), then is sent within
@@ -55,6 +60,9 @@ export interface WebhooksDeps {
 
 /** Extra lease time beyond a send's own timeout, for the store writes around it. */
 const LEASE_MARGIN_MS = 5_000;
+
+/** Longest a delivered row waits for others to be removed with. */
+export const REMOVE_AFTER_MS = 100;
 
 /** Most failed events one `GET /api/webhooks/failed` lists. */
 export const FAILED_PAGE_MAX = 500;
@@ -96,8 +104,10 @@ export class Webhooks {
   private readonly abort = new AbortController();
   /** Claimed, leased, not yet sent: sent as slots free up, oldest first. */
   private ready: OutboxEvent[] = [];
-  /** Delivered ids waiting for the next store call to remove them. */
+  /** Delivered ids waiting to be removed together; see `removalDue`. */
   private delivered: string[] = [];
+  /** When the oldest of `delivered` was delivered. */
+  private deliveredSince = 0;
   private timer: NodeJS.Timeout | undefined;
   private immediate: NodeJS.Immediate | undefined;
   private polling = false;
@@ -258,8 +268,8 @@ export class Webhooks {
     this.polling = true;
     this.again = false;
     let full = false;
-    const done = this.delivered;
-    this.delivered = [];
+    const done = this.removalDue() ? this.delivered : [];
+    if (done.length > 0) this.delivered = [];
     try {
       const { config, store, metrics } = this.deps;
       const limit = 2 * config.concurrency - this.queued();
@@ -289,9 +299,9 @@ export class Webhooks {
     }
     this.pump();
     // More may be due when the batch was full, and delivered rows may be
-    // waiting; otherwise wait for the poll, a nudge, or this node's next
-    // retry if that comes sooner than the poll.
-    if (this.again || this.delivered.length > 0) this.schedule(0);
+    // due for removal; otherwise wait for the poll, a nudge, this node's next
+    // retry or the removal of delivered rows, whichever comes first.
+    if (this.again || this.removalDue()) this.schedule(0);
     else if (full && this.worthClaiming()) this.schedule(0);
     else this.schedule(this.untilNextPoll());
   }
@@ -305,12 +315,26 @@ export class Webhooks {
     this.deps.metrics.webhookDeliveries.inc({ result: 'delivered' }, done.length);
   }
 
+  /** Whether the delivered rows waiting are many or old enough to remove now. */
+  private removalDue(): boolean {
+    const n = this.delivered.length;
+    return (
+      n >= this.deps.config.concurrency ||
+      (n > 0 && Date.now() - this.deliveredSince >= REMOVE_AFTER_MS)
+    );
+  }
+
   private untilNextPoll(): number {
+    const { pollMs } = this.deps.config;
+    const removal =
+      this.delivered.length > 0
+        ? Math.max(1, this.deliveredSince + REMOVE_AFTER_MS - Date.now())
+        : pollMs;
     // Enough rows held: a send that ends asks for the next claim itself.
-    if (!this.worthClaiming()) return this.deps.config.pollMs;
+    if (!this.worthClaiming()) return Math.min(pollMs, removal);
     // Forgotten only once a claim has looked at or after it: a timer may fire a little early.
     if (this.nextRetryAt <= this.lastClaimAt) this.nextRetryAt = Number.POSITIVE_INFINITY;
-    return Math.min(this.deps.config.pollMs, Math.max(1, this.nextRetryAt - Date.now()));
+    return Math.min(pollMs, removal, Math.max(1, this.nextRetryAt - Date.now()));
   }
 
   /** Starts sends for ready rows while slots are free. */
@@ -327,9 +351,10 @@ export class Webhooks {
       if (this.stopping) return;
       // The slot is free: the next ready row goes out in this same turn.
       this.pump();
-      if (this.delivered.length > 0 || this.worthClaiming()) this.schedule(0);
+      if (this.removalDue() || this.worthClaiming()) this.schedule(0);
       else {
-        // A retry this send just recorded may be due before the pending poll.
+        // A retry this send just recorded, or the removal of the row it
+        // delivered, may be due before the pending poll.
         const ms = this.untilNextPoll();
         if (!this.polling && Date.now() + ms < this.timerAt) this.schedule(ms);
       }
@@ -345,6 +370,7 @@ export class Webhooks {
       // Removed with the others answered in this turn, by the next store call;
       // a crash before that sends it again, as a crash between answer and
       // delete always could.
+      if (this.delivered.length === 0) this.deliveredSince = Date.now();
       this.delivered.push(event.id);
       return;
     } catch (err) {

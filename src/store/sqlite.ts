@@ -428,6 +428,8 @@ interface OutboxRow {
   unless_read: string | null;
   lease_until?: string | null;
 }
+/** A `request.message.unread` row not attempted yet: its message is looked at before it is sent. */
+const firstUnreadCheck = (r: OutboxRow) => r.unless_read !== null && r.attempts === 0;
 const outboxEvent = (r: OutboxRow): OutboxEvent => ({
   id: r.id,
   type: r.type,
@@ -1178,45 +1180,62 @@ export class SqliteStore implements Store {
     this.db.transaction(() => this.insertOutbox(entries))();
   }
 
+  /**
+   * Leases, in memory: one process owns a SQLite file (see the constructor),
+   * so a lease only has to keep this process's worker from claiming a row
+   * twice, and a claim is then a read, with no commit of its own.
+   */
+  private readonly leases = new Map<string, string>();
+
   async claimWebhooks(
     limit: number,
     now: string,
     leaseUntil: string,
     completed: readonly string[] = [],
   ): Promise<OutboxEvent[]> {
-    return this.db.transaction(() => {
-      if (completed.length > 0) this.q.deleteOutboxMany.run(JSON.stringify(completed));
-      const claimed: OutboxEvent[] = [];
-      for (const row of this.q.dueOutbox.all(now, now, limit)) {
-        if (
-          row.unless_read !== null &&
-          row.attempts === 0 &&
-          this.q.isSettled.get(row.unless_read, row.unless_read)
-        ) {
-          this.q.deleteOutbox.run(row.id);
-          continue;
-        }
-        if (row.unless_read !== null && row.attempts === 0 && row.lease_until === null) {
-          // Never claimed before: the reminder carries the message as it is
-          // now (edited or not), stored so that every attempt sends the same bytes.
-          const [current] = this.withReceipts(
-            this.q.messagesById.all(JSON.stringify([row.unless_read])),
-          );
-          if (current) {
-            row.payload = JSON.stringify(current);
-            this.q.setOutboxPayload.run(row.payload, row.id);
-          }
-        }
-        this.q.leaseOutbox.run(leaseUntil, row.id);
-        claimed.push(outboxEvent(row));
+    if (completed.length > 0) await this.completeWebhooks(completed);
+    for (const [id, until] of this.leases) if (until <= now) this.leases.delete(id);
+    const due: OutboxRow[] = [];
+    for (const row of this.q.dueOutbox.all(now, now, limit + this.leases.size)) {
+      if (this.leases.has(row.id)) continue;
+      due.push(row);
+      if (due.length === limit) break;
+    }
+    const claimed = due.some(firstUnreadCheck)
+      ? this.db.transaction(() => due.filter((row) => this.checkUnread(row, leaseUntil)))()
+      : due;
+    for (const row of claimed) this.leases.set(row.id, leaseUntil);
+    return claimed.map(outboxEvent);
+  }
+
+  /**
+   * An unread reminder's first attempt: false (and the row removed) when its
+   * message was read or deleted meanwhile. One never claimed before carries
+   * the message as it is now (edited or not), stored so that every attempt
+   * sends the same bytes; its `lease_until` marks it claimed.
+   */
+  private checkUnread(row: OutboxRow, leaseUntil: string): boolean {
+    if (!firstUnreadCheck(row)) return true;
+    const message = row.unless_read as string;
+    if (this.q.isSettled.get(message, message)) {
+      this.q.deleteOutbox.run(row.id);
+      return false;
+    }
+    if (row.lease_until === null) {
+      const [current] = this.withReceipts(this.q.messagesById.all(JSON.stringify([message])));
+      if (current) {
+        row.payload = JSON.stringify(current);
+        this.q.setOutboxPayload.run(row.payload, row.id);
       }
-      return claimed;
-    })();
+    }
+    this.q.leaseOutbox.run(leaseUntil, row.id);
+    return true;
   }
 
   async completeWebhooks(ids: readonly string[]): Promise<void> {
     if (ids.length === 0) return;
     this.q.deleteOutboxMany.run(JSON.stringify(ids));
+    for (const id of ids) this.leases.delete(id);
   }
 
   async recordWebhookFailure(
@@ -1224,10 +1243,12 @@ export class SqliteStore implements Store {
     failure: { error: string; at: string; nextAttemptAt: string | null },
   ): Promise<void> {
     this.q.failOutbox.run({ id, ...failure });
+    this.leases.delete(id);
   }
 
   async releaseWebhook(id: string): Promise<void> {
     this.q.releaseOutbox.run(id);
+    this.leases.delete(id);
   }
 
   async failedWebhooks(limit: number): Promise<OutboxEvent[]> {
