@@ -36,8 +36,9 @@ describe('stream API', () => {
       ['/api/streams/k2', { title: 5 }, 422, 'invalid_payload'],
       ['/api/streams/k2', { ownerId: { id: 1 } }, 422, 'invalid_payload'],
       ['/api/streams/k2', { title: 'x'.repeat(2000) }, 413, 'invalid_payload'],
-      ['/api/streams/bad%20key', {}, 404, 'not_found'],
-      [`/api/streams/${'x'.repeat(65)}`, {}, 404, 'not_found'],
+      ['/api/streams/bad%20key', {}, 400, 'invalid_payload'],
+      ['/api/streams/bad!key', {}, 400, 'invalid_payload'],
+      [`/api/streams/${'x'.repeat(65)}`, {}, 400, 'invalid_payload'],
     ];
     for (const [path, body, status, code] of cases) {
       const r = await api(s.url, 'PUT', path, body);

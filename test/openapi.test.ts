@@ -67,6 +67,7 @@ const CASES: Case[] = [
   { op: 'DELETE /api/streams/{key}', url: '/api/streams/oa', status: 200 },
   { op: 'DELETE /api/streams/{key}', url: '/api/streams/oa', key: null, status: 401 },
   { op: 'DELETE /api/streams/{key}', url: '/api/streams/none', status: 404 },
+  { op: 'DELETE /api/streams/{key}', url: '/api/streams/bad!key', status: 400 },
   {
     op: 'PUT /api/requests/{requestId}',
     url: `/api/requests/${REQUEST}`,
@@ -145,6 +146,7 @@ const CASES: Case[] = [
   { op: 'GET /api/streams/{key}', url: CLASS, status: 200 },
   { op: 'GET /api/streams/{key}', url: CLASS, key: null, status: 401 },
   { op: 'GET /api/streams/{key}', url: '/api/streams/none', status: 404 },
+  { op: 'GET /api/streams/{key}', url: `/api/streams/${'k'.repeat(65)}`, status: 400 },
   {
     op: 'PATCH /api/streams/{key}',
     url: CLASS,
@@ -240,6 +242,7 @@ const CASES: Case[] = [
   { op: 'GET /api/streams/{key}/bans', url: `${CLASS}/bans`, status: 200 },
   { op: 'GET /api/streams/{key}/bans', url: `${CLASS}/bans`, key: null, status: 401 },
   { op: 'GET /api/streams/{key}/bans', url: '/api/streams/none/bans', status: 404 },
+  { op: 'GET /api/streams/{key}/bans', url: '/api/streams/b%20d/bans', status: 400 },
   { op: 'DELETE /api/streams/{key}/bans/{userId}', url: `${CLASS}/bans/6`, status: 200 },
   {
     op: 'DELETE /api/streams/{key}/bans/{userId}',

@@ -15,7 +15,12 @@ import { isStorableText, UNSTORABLE_TEXT } from '../core/limits.js';
 import type { PageQuery, StreamMessage } from '../core/messages.js';
 import type { Requests } from '../core/requests.js';
 import type { ModerationAction } from '../core/stream-rules.js';
-import { MAX_SLOW_MODE_SECONDS, MAX_TIMEOUT_SECONDS, type Streams } from '../core/streams.js';
+import {
+  MAX_SLOW_MODE_SECONDS,
+  MAX_TIMEOUT_SECONDS,
+  STREAM_KEY,
+  type Streams,
+} from '../core/streams.js';
 import { FAILED_PAGE_MAX, type Webhooks } from '../core/webhooks.js';
 import type { Logger } from '../observability/log.js';
 import { safePath } from '../observability/log.js';
@@ -138,15 +143,31 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
   throw new ChatError('invalid_payload', `${field}: ${issue?.message ?? 'invalid'}`);
 }
 
+/**
+ * The stream key of a path, or `invalid_payload` (400): a key outside the
+ * contract's alphabet is bad input, not an unknown stream or route.
+ */
+function streamKey(params: readonly string[]): string {
+  const k = params[0] ?? '';
+  if (!STREAM_KEY.test(k)) {
+    throw new ChatError(
+      'invalid_payload',
+      'The stream key must be 1 to 64 characters of A-Z, a-z, 0-9, "_" and "-".',
+      { httpStatus: 400 },
+    );
+  }
+  return k;
+}
+
 function streamRoutes(deps: HttpDeps): Route[] {
-  const key = /^\/api\/streams\/([A-Za-z0-9_-]{1,64})$/;
+  const key = /^\/api\/streams\/([^/]+)$/;
   return [
     {
       method: 'PUT',
       path: key,
       apiKey: true,
       async handle({ params, body }) {
-        const [k] = params as [string];
+        const k = streamKey(params);
         const fields = parseBody(streamBody, await body());
         const { created } = await deps.streams.put(k, fields);
         return { status: created ? 201 : 200, body: { key: k, created } };
@@ -157,17 +178,17 @@ function streamRoutes(deps: HttpDeps): Route[] {
       path: key,
       apiKey: true,
       async handle({ params }) {
-        const [k] = params as [string];
+        const k = streamKey(params);
         if (!(await deps.streams.end(k))) throw new ChatError('stream_not_found');
         return { status: 200, body: { key: k, ended: true } };
       },
     },
     {
       method: 'GET',
-      path: /^\/api\/streams\/([A-Za-z0-9_-]{1,64})\/messages$/,
+      path: /^\/api\/streams\/([^/]+)\/messages$/,
       apiKey: true,
       async handle({ params, query }) {
-        const [k] = params as [string];
+        const k = streamKey(params);
         if ((await deps.streams.status(k)) === 'unknown') throw new ChatError('stream_not_found');
         const page = await deps.streams.history(k, pageQuery(query, deps.limits));
         return { status: 200, body: { ...page, messages: page.messages.map(apiChat) } };
@@ -179,7 +200,7 @@ function streamRoutes(deps: HttpDeps): Route[] {
 
 /** protocol section 7: the server API of the live classroom. */
 function classroomRoutes(deps: HttpDeps): Route[] {
-  const base = '^\\/api\\/streams\\/([A-Za-z0-9_-]{1,64})';
+  const base = '^\\/api\\/streams\\/([^/]+)';
   const path = (rest: string) => new RegExp(`${base}${rest}$`);
   const userId = (raw: string) => {
     let id = '';
@@ -201,7 +222,7 @@ function classroomRoutes(deps: HttpDeps): Route[] {
       path: path(''),
       apiKey: true,
       async handle({ params }) {
-        const info = await deps.streams.describe(params[0] as string);
+        const info = await deps.streams.describe(streamKey(params));
         if (!info) throw new ChatError('stream_not_found');
         return { status: 200, body: { ...info, pinned: info.pinned && apiChat(info.pinned) } };
       },
@@ -211,7 +232,7 @@ function classroomRoutes(deps: HttpDeps): Route[] {
       path: path(''),
       apiKey: true,
       async handle({ params, body }) {
-        const k = params[0] as string;
+        const k = streamKey(params);
         const { title, moderators, ...settings } = parseBody(streamPatchBody, await body());
         await deps.streams.update(k, {
           ...settings,
@@ -231,7 +252,7 @@ function classroomRoutes(deps: HttpDeps): Route[] {
       apiKey: true,
       async handle({ params, body }) {
         const { userIds } = parseBody(membersBody, await body());
-        await deps.streams.setMembers(params[0] as string, userIds);
+        await deps.streams.setMembers(streamKey(params), userIds);
         return { status: 200, body: { userIds: [...new Set(userIds)] } };
       },
     },
@@ -240,7 +261,8 @@ function classroomRoutes(deps: HttpDeps): Route[] {
       path: path('\\/messages\\/([^/]+)'),
       apiKey: true,
       async handle({ params }) {
-        const [k, raw] = params as [string, string];
+        const k = streamKey(params);
+        const raw = params[1] as string;
         if (!isObjectId(raw)) {
           throw new ChatError('invalid_payload', 'The message id must be a 24-hex id.', {
             httpStatus: 400,
@@ -257,7 +279,8 @@ function classroomRoutes(deps: HttpDeps): Route[] {
       path: path('\\/bans\\/([^/]+)'),
       apiKey: true,
       async handle({ params, body }) {
-        const [k, raw] = params as [string, string];
+        const k = streamKey(params);
+        const raw = params[1] as string;
         const target = userId(raw);
         const { seconds, reason } = parseBody(banBody, await body());
         const ban = await deps.streams.moderate(
@@ -275,7 +298,8 @@ function classroomRoutes(deps: HttpDeps): Route[] {
       path: path('\\/bans\\/([^/]+)'),
       apiKey: true,
       async handle({ params }) {
-        const [k, raw] = params as [string, string];
+        const k = streamKey(params);
+        const raw = params[1] as string;
         const target = userId(raw);
         await deps.streams.moderate(k, 'api', { type: 'unban', userId: target });
         return { status: 200, body: { userId: target, banned: false } };
@@ -286,7 +310,7 @@ function classroomRoutes(deps: HttpDeps): Route[] {
       path: path('\\/bans'),
       apiKey: true,
       async handle({ params }) {
-        return { status: 200, body: { bans: await deps.streams.bans(params[0] as string) } };
+        return { status: 200, body: { bans: await deps.streams.bans(streamKey(params)) } };
       },
     },
     {
@@ -304,7 +328,7 @@ function classroomRoutes(deps: HttpDeps): Route[] {
           new URLSearchParams({ limit: query.get('limit') ?? String(deps.limits.historyPage) }),
           deps.limits,
         );
-        const page = await deps.streams.moderationLog(params[0] as string, { before, limit });
+        const page = await deps.streams.moderationLog(streamKey(params), { before, limit });
         return { status: 200, body: { ...page, actions: page.actions.map(apiAction) } };
       },
     },
