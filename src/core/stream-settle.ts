@@ -109,6 +109,13 @@ export class StoreSettle {
       timer = setTimeout(() => done(false), this.deps.maxMs);
       timer.unref();
     });
+    // Not awaited: a Redis that does not answer (stalled, or not up yet, its
+    // commands queued) must not hold the caller past `maxMs`.
+    void this.ask(token);
+    return answered;
+  }
+
+  private async ask(token: string): Promise<void> {
     try {
       await this.deps.broker.subscribed(SETTLE_TOPIC);
       const event: SettleEvent = { kind: 'request', token };
@@ -124,7 +131,6 @@ export class StoreSettle {
       this.deps.log.warn({ err }, 'asking the nodes to store their chats failed');
       this.waiting.get(token)?.done(false);
     }
-    return answered;
   }
 
   private onEvent(payload: string): void {
