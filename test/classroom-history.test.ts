@@ -17,6 +17,8 @@ import {
   until,
   userToken,
 } from './helpers.js';
+import { REDIS_URL, requireServices, tempRedisPrefix } from './services.js';
+import { TcpProxy } from './tcp-proxy.js';
 
 const OWNER = '100';
 /** Small pages, so that "beyond what memory holds" takes a few chats, not hundreds. */
@@ -279,3 +281,53 @@ describe('history memory bounds', () => {
     for (const c of [teacher, elsewhere, away, ...extra]) c.close();
   });
 });
+
+if (await requireServices('redis')) {
+  describe('history while Redis does not answer', () => {
+    // Accepts connections and answers nothing: Redis stalled, or not up yet when the node started.
+    const redis = new TcpProxy('127.0.0.1', Number(new URL(REDIS_URL).port || 6379));
+    let server: TestServer;
+
+    before(async () => {
+      redis.hold();
+      await redis.start();
+      server = await startServer({
+        ...ENV,
+        REDIS_URL: `redis://127.0.0.1:${redis.port}`,
+        REDIS_PREFIX: tempRedisPrefix(),
+        STREAM_HISTORY_SETTLE_MS: '300',
+      });
+    });
+
+    after(async () => {
+      // Redis answers again: what was queued meanwhile is answered, not cut.
+      redis.release();
+      await until(async () => (await fetch(`${server.url}/readyz`)).status === 200, 'Redis again');
+      await server?.close();
+      await redis.stop();
+    });
+
+    /** `p`'s value, or 'still waiting' after `ms`. */
+    const within = <T>(p: Promise<T>, ms: number) =>
+      Promise.race([p, sleep(ms).then(() => 'still waiting' as const)]);
+
+    it("the messages API's newest page answers after STREAM_HISTORY_SETTLE_MS at most", async () => {
+      const key = await newStream(server);
+      const page = await within(api(server.url, 'GET', `/api/streams/${key}/messages`), 3_000);
+      assert.ok(page !== 'still waiting', 'the page is still waiting');
+      assert.equal(page.status, 200);
+    });
+
+    it('a join gets its history, flagged as a gap, after STREAM_HISTORY_SETTLE_MS at most', async () => {
+      const key = await newStream(server);
+      const c = await StreamClient.connect(server.wsUrl, key);
+      try {
+        const history = await within(c.next('history', 5_000), 3_000);
+        assert.ok(history !== 'still waiting', 'the history is still waiting');
+        assert.equal(history.data.gap, true);
+      } finally {
+        c.close();
+      }
+    });
+  });
+}

@@ -8,6 +8,7 @@ import { connect, createServer, type Server, type Socket } from 'node:net';
 export class TcpProxy {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
+  private held: Array<() => void> | undefined;
   port = 0;
 
   constructor(
@@ -18,16 +19,25 @@ export class TcpProxy {
   /** Listens (again, on the same port once it has one) and forwards every connection. */
   async start(): Promise<void> {
     const server = createServer((client) => {
-      const upstream = connect(this.targetPort, this.targetHost);
-      for (const s of [client, upstream]) {
-        this.sockets.add(s);
-        s.on('close', () => this.sockets.delete(s));
-        s.on('error', () => {
-          client.destroy();
-          upstream.destroy();
-        });
-      }
-      client.pipe(upstream).pipe(client);
+      this.sockets.add(client);
+      client.on('close', () => this.sockets.delete(client));
+      client.on('error', () => client.destroy());
+      const forward = () => {
+        if (client.destroyed) return;
+        const upstream = connect(this.targetPort, this.targetHost);
+        this.sockets.add(upstream);
+        upstream.on('close', () => this.sockets.delete(upstream));
+        for (const s of [client, upstream]) {
+          s.on('error', () => {
+            client.destroy();
+            upstream.destroy();
+          });
+        }
+        client.pipe(upstream).pipe(client);
+      };
+      // Held: what the client sends waits, unread, until `release()`.
+      if (this.held) this.held.push(forward);
+      else forward();
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -35,6 +45,18 @@ export class TcpProxy {
     });
     this.server = server;
     this.port = (server.address() as { port: number }).port;
+  }
+
+  /** Connections made from now on are accepted and get no answer until `release()`: the service stalls. */
+  hold(): void {
+    this.held ??= [];
+  }
+
+  /** The held connections reach the service, with what they sent meanwhile. */
+  release(): void {
+    const held = this.held ?? [];
+    this.held = undefined;
+    for (const forward of held) forward();
   }
 
   /** The service is gone: open connections drop and new ones are refused. */

@@ -875,12 +875,23 @@ export class Streams<F> {
    * Asked only once this node's subscription took effect: what comes later is heard.
    */
   private async settled(key: string): Promise<boolean> {
+    // A SUBSCRIBE that Redis does not answer (stalled, or not up yet) must
+    // not hold the join's history past the same bound.
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), this.deps.limits.streamHistorySettleMs);
+      timer.unref();
+    });
     try {
-      await this.deps.broker.subscribed(topicOf(key));
+      return await Promise.race([
+        this.deps.broker.subscribed(topicOf(key)).then(() => this.settle.settled()),
+        late,
+      ]);
     } catch {
       return false;
+    } finally {
+      clearTimeout(timer);
     }
-    return this.settle.settled();
   }
 
   private infoOf(key: string, room: Room<F>): StreamInfo {
