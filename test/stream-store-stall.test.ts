@@ -3,7 +3,8 @@
  * stored, so what waits for the store is bounded by STREAM_STORE_QUEUE_MAX.
  * Past it a chat is refused with `rate_limited` and `retry_after_ms`, sent to
  * nobody and never stored; once the store catches up, posting works again and
- * history holds exactly the chats that were accepted. The stall is real: the
+ * history holds exactly the chats that were accepted. Moderators are never
+ * rate-limited, the store's backlog included. The stall is real: the
  * test holds a PostgreSQL lock on the node's `stream_messages` table. The
  * messages API's newest page waits for what was published to be stored.
  */
@@ -53,8 +54,15 @@ if (await requireServices('postgres')) {
         token: await userToken('1'),
       });
       const viewer = await StreamClient.connect(server.wsUrl, key);
+      const owner = await StreamClient.connect(server.wsUrl, key, {
+        token: await userToken('100'),
+      });
+      const banned = await StreamClient.connect(server.wsUrl, key, {
+        token: await userToken('2'),
+      });
       // Joined: a chat posted before a viewer's history is out would come inside it.
-      for (const c of [poster, viewer]) await c.next('history', 10_000);
+      for (const c of [poster, viewer, owner, banned]) await c.next('history', 10_000);
+      assert.equal((await api(server.url, 'PUT', `/api/streams/${key}/bans/2`, {})).status, 200);
       const table = `"${new URL(schema.url).searchParams.get('schema')}".stream_messages`;
       const lock = new pg.Client({ connectionString: PG_URL });
       await lock.connect();
@@ -76,6 +84,13 @@ if (await requireServices('postgres')) {
         }
         const seen = await viewer.collect('chat', QUEUE_MAX, 10_000);
         assert.equal(seen.length, QUEUE_MAX, 'the viewer saw no refused chat');
+        // The queue is full: the owner, never rate-limited, still posts; a
+        // banned user is still told it is banned.
+        owner.chat('from the owner');
+        const atOwner = await owner.collect('chat', QUEUE_MAX + 1, 10_000);
+        assert.equal(atOwner.at(-1)?.data.message, 'from the owner');
+        banned.chat('let me in');
+        assert.equal((await banned.next('error', 10_000)).data.error_code, 'banned');
         const stored = await api(server.url, 'GET', `/api/streams/${key}/messages?limit=500`);
         assert.equal(stored.body.messages.length, 0, 'the lock holds the store back');
       } finally {
@@ -84,20 +99,19 @@ if (await requireServices('postgres')) {
       }
       await until(async () => {
         const page = await api(server.url, 'GET', `/api/streams/${key}/messages?limit=500`);
-        return page.body.messages.length === QUEUE_MAX;
+        return page.body.messages.length === QUEUE_MAX + 1;
       }, 'the accepted chats to be stored');
       poster.chat('after');
-      const chats = await poster.collect('chat', QUEUE_MAX + 1, 10_000);
+      const chats = await poster.collect('chat', QUEUE_MAX + 2, 10_000);
       assert.equal(chats.at(-1)?.data.message, 'after');
       await server.app.streams.flush();
       const page = await api(server.url, 'GET', `/api/streams/${key}/messages?limit=500`);
       assert.deepEqual(
         page.body.messages.map((m: { message: string }) => m.message),
-        [...Array.from({ length: QUEUE_MAX }, (_, i) => `c${i}`), 'after'],
+        [...Array.from({ length: QUEUE_MAX }, (_, i) => `c${i}`), 'from the owner', 'after'],
         'history holds exactly the accepted chats',
       );
-      poster.close();
-      viewer.close();
+      for (const c of [poster, viewer, owner, banned]) c.close();
     });
 
     it("the messages API's newest page waits for a chat just seen live to be stored", async () => {

@@ -313,37 +313,40 @@ export class Streams<F> {
   async post(key: string, identity: Identity | null, text: string): Promise<StreamMessage> {
     if (identity === null) throw new ChatError('not_authenticated');
     checkMessageText(text, this.deps.limits.streamMessageMaxChars);
-    if (this.unstored >= this.deps.limits.streamStoreQueueMax) {
-      // The store has stalled or is slower than the chat: what waits for it
-      // is bounded, and a chat that would never reach history is not sent.
-      throw new ChatError('rate_limited', 'The server is busy storing chats; try again.', {
-        retryAfterMs: STORE_BUSY_RETRY_MS,
-      });
-    }
-    // Counted from here: chats checked at the same time must not all pass.
-    this.unstored++;
-    let message: StreamMessage;
-    try {
-      message = await this.accepted(key, identity, text);
-    } catch (err) {
-      this.unstored--;
-      throw err;
-    }
+    const message = await this.accepted(key, identity, text);
     this.deps.metrics.messagesIn.inc({ chat: 'stream' });
     this.enqueue(message);
     this.publish(key, { kind: 'chat', message, at: preciseNow() });
     return message;
   }
 
-  /** The chat `identity` may post now, or the ChatError that refuses it. */
+  /**
+   * The chat `identity` may post now, or the ChatError that refuses it. An
+   * accepted chat is counted in `unstored` from here, until its batch is written.
+   */
   private async accepted(key: string, identity: Identity, text: string): Promise<StreamMessage> {
     const rules = await this.rulesFor(key);
     const { slowed } = checkPosting(rules, identity, Date.now());
     const badges = badgesOf(rules, identity);
-    if (badges.length === 0) {
-      // Slow mode first: a chat it refuses does not spend the user's rate allowance.
-      if (slowed) await this.counters.takeSlow(key, identity.userId, rules.slowModeSeconds);
-      await this.counters.takeRate(key, identity.userId);
+    // Checked and counted in one step, so that chats checked together cannot
+    // all pass. The store has stalled or is slower than the chat: what waits
+    // for it is bounded, and a chat that would never reach history is not
+    // sent. Moderators are never rate-limited (a handful of users).
+    if (badges.length === 0 && this.unstored >= this.deps.limits.streamStoreQueueMax) {
+      throw new ChatError('rate_limited', 'The server is busy storing chats; try again.', {
+        retryAfterMs: STORE_BUSY_RETRY_MS,
+      });
+    }
+    this.unstored++;
+    try {
+      if (badges.length === 0) {
+        // Slow mode first: a chat it refuses does not spend the user's rate allowance.
+        if (slowed) await this.counters.takeSlow(key, identity.userId, rules.slowModeSeconds);
+        await this.counters.takeRate(key, identity.userId);
+      }
+    } catch (err) {
+      this.unstored--;
+      throw err;
     }
     return {
       id: newId(),
