@@ -9,6 +9,7 @@
  * (`chat` frame with its tag); refusals come back as `error` frames.
  */
 
+import { paced } from './pace.js';
 import { measureWindow, sleep } from './window.js';
 import { nowMs, RawClient } from './wsraw.js';
 
@@ -144,20 +145,13 @@ export async function runLimits(
   if (job.rate === 0) {
     for (const p of posters) p.fill(job.window);
   } else {
-    // A 5 ms tick, fractions carried over, round-robin over posters; a poster at
-    // its window skips its turn (the chat is not sent: the offered rate drops).
-    let due = 0;
+    // Round-robin over posters; a poster at its window skips its turn (the
+    // chat is not sent: the offered rate drops).
     let next = 0;
-    let last = performance.now();
-    ticker = setInterval(() => {
-      const now = performance.now();
-      due += ((now - last) / 1000) * job.rate;
-      last = now;
-      for (; due >= 1; due--) {
-        const p = posters[next++ % posters.length] as Poster;
-        if (p.inFlight() < job.window) p.send();
-      }
-    }, 5);
+    ticker = paced(job.rate, () => {
+      const p = posters[next++ % posters.length] as Poster;
+      if (p.inFlight() < job.window) p.send();
+    });
   }
   const echoes = () => posters.reduce((n, p) => n + p.echoes, 0);
   const errors = () => posters.reduce((n, p) => n + p.errors, 0);

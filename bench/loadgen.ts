@@ -5,6 +5,7 @@
  */
 import { WebSocket } from 'ws';
 import { type LimitsJob, type LimitsReport, runLimits } from './limits-load.js';
+import { paced } from './pace.js';
 import { type RequestJob, type RequestReport, runRequest } from './request-load.js';
 import { measureWindow, sleep } from './window.js';
 import { nowMs, RawClient, stampOf } from './wsraw.js';
@@ -183,37 +184,19 @@ async function runFanout(job: FanoutJob, waitForStart: () => Promise<void>): Pro
   if (maxRate) {
     for (const p of posters) p.fill();
   } else if (posters.length > 0) {
-    // Fixed rate: a 5 ms tick, carrying fractions over, spread round-robin over posters.
-    let due = 0;
+    // Fixed rate, spread round-robin over posters.
     let next = 0;
-    let last = performance.now();
-    ticker = setInterval(() => {
-      const now = performance.now();
-      due += ((now - last) / 1000) * job.rate;
-      last = now;
-      while (due >= 1) {
-        (posters[next++ % posters.length] as Poster).send();
-        due -= 1;
-      }
-    }, 5);
+    ticker = paced(job.rate, () => (posters[next++ % posters.length] as Poster).send());
   }
   let refusedTicker: NodeJS.Timeout | undefined;
   const refused = job.refusedPosters;
   let refusedSent = 0;
   if (refused && refused.tokens.length > 0) {
     const senders = viewers.slice(0, refused.tokens.length);
-    let due = 0;
-    let last = performance.now();
-    refusedTicker = setInterval(() => {
-      const now = performance.now();
-      due += ((now - last) / 1000) * refused.rate;
-      last = now;
-      while (due >= 1) {
-        const v = senders[refusedSent++ % senders.length];
-        v?.client.send(`{"type":"chat","data":{"message":"refused ${refusedSent}"}}`);
-        due -= 1;
-      }
-    }, 5);
+    refusedTicker = paced(refused.rate, () => {
+      const v = senders[refusedSent++ % senders.length];
+      v?.client.send(`{"type":"chat","data":{"message":"refused ${refusedSent}"}}`);
+    });
   }
   let framesInWindow = 0;
   let sentInWindow = 0;
