@@ -8,9 +8,9 @@ import { after, before, describe, it } from 'node:test';
 import { newId } from '../src/core/ids.js';
 import {
   api,
-  type Frame,
+  joinStream,
   postInOrder,
-  StreamClient,
+  type StreamClient,
   sleep,
   startServer,
   type TestServer,
@@ -46,29 +46,9 @@ async function newStream(title = 'Algebra'): Promise<string> {
   return key;
 }
 
-/** Connects and takes the auth, stream and history frames. */
-async function join(
-  key: string,
-  userId?: string,
-  opts: { query?: string; roles?: string[] } = {},
-): Promise<{ c: StreamClient; stream: Frame; history: Frame }> {
-  const token =
-    userId === undefined ? undefined : await userToken(userId, { roles: opts.roles ?? [] });
-  const c = await StreamClient.connect(s.wsUrl, key, {
-    ...(token ? { token } : {}),
-    ...(opts.query ? { query: opts.query } : {}),
-  });
-  const auth = await c.next();
-  assert.equal(auth.type, 'auth');
-  const stream = await c.next('stream');
-  const history = await c.next('history');
-  // The frames come in this order, right after auth.
-  assert.deepEqual(
-    c.all.slice(0, 3).map((f) => f.type),
-    ['auth', 'stream', 'history'],
-  );
-  return { c, stream, history };
-}
+/** A viewer of `key` on this file's server: see `joinStream`. */
+const join = (key: string, userId?: string, opts: { query?: string; roles?: string[] } = {}) =>
+  joinStream(s.wsUrl, key, userId, opts);
 
 /** Every stored chat of the stream, oldest first (paged: a busy test posts more than a page). */
 const stored = async (key: string) => {

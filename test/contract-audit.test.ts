@@ -17,6 +17,7 @@ import {
   API_KEY,
   api,
   type Frame,
+  joinStream,
   postInOrder,
   SECRET,
   StreamClient,
@@ -126,27 +127,9 @@ async function classroom(title = 'Química'): Promise<string> {
   return k;
 }
 
-async function join(
-  k: string,
-  userId?: string,
-  opts: { query?: string; roles?: string[] } = {},
-): Promise<{ c: StreamClient; stream: Frame; history: Frame }> {
-  const token =
-    userId === undefined ? undefined : await userToken(userId, { roles: opts.roles ?? [] });
-  const c = await StreamClient.connect(s.wsUrl, k, {
-    ...(token ? { token } : {}),
-    ...(opts.query ? { query: opts.query } : {}),
-  });
-  const auth = await c.next('auth');
-  assert.deepEqual(auth.data, { authenticated: userId !== undefined });
-  const stream = await c.next('stream');
-  const history = await c.next('history');
-  assert.deepEqual(
-    c.all.slice(0, 3).map((f) => f.type),
-    ['auth', 'stream', 'history'],
-  );
-  return { c, stream, history };
-}
+/** A viewer of `k` on this file's server: see `joinStream`. */
+const join = (k: string, userId?: string, opts: { query?: string; roles?: string[] } = {}) =>
+  joinStream(s.wsUrl, k, userId, opts);
 
 /** The next `error` frame; fails on any chat or broadcast before it. */
 async function nextError(c: StreamClient): Promise<any> {

@@ -2,6 +2,7 @@
  * Test helpers: a real charla on port 0 over a real SQLite file, real `ws`
  * clients, tokens signed the way the platform signs them.
  */
+import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -226,6 +227,34 @@ export class StreamClient {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Connects a viewer to stream `key` (signed in as `userId` with `roles`, or
+ * anonymous) and takes the frames every connect starts with: `auth`, then
+ * `stream` and `history`, in that order.
+ */
+export async function joinStream(
+  wsUrl: string,
+  key: string,
+  userId?: string,
+  opts: { query?: string; roles?: string[] } = {},
+): Promise<{ c: StreamClient; stream: Frame; history: Frame }> {
+  const token =
+    userId === undefined ? undefined : await userToken(userId, { roles: opts.roles ?? [] });
+  const c = await StreamClient.connect(wsUrl, key, {
+    ...(token ? { token } : {}),
+    ...(opts.query ? { query: opts.query } : {}),
+  });
+  const auth = await c.next('auth');
+  assert.deepEqual(auth.data, { authenticated: userId !== undefined });
+  const stream = await c.next('stream');
+  const history = await c.next('history');
+  assert.deepEqual(
+    c.all.slice(0, 3).map((f) => f.type),
+    ['auth', 'stream', 'history'],
+  );
+  return { c, stream, history };
+}
 
 /** Sends chats one by one, each once the sender has seen it: they are in the stream's order. */
 export async function postInOrder(c: StreamClient, texts: string[]): Promise<Frame[]> {
