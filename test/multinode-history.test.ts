@@ -23,6 +23,7 @@ import {
   userToken,
 } from './helpers.js';
 import { PG_URL, REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
+import { TcpProxy } from './tcp-proxy.js';
 
 const OWNER = '100';
 
@@ -65,11 +66,20 @@ async function storedChats(
 }
 
 /** `ids` are a run of `order` with nothing left out and nothing twice. */
-function assertRun(ids: string[], order: string[], who: string): void {
-  assert.equal(new Set(ids).size, ids.length, `${who}: no chat twice`);
+function assertRun(ids: string[], order: string[], who: string, historyLength = 0): void {
+  // Where it went wrong, in stored positions: what a failure on a loaded machine needs to be read.
+  const where = () =>
+    `history ${historyLength} then live; stored positions: ${ids
+      .map((id, i) => `${i === historyLength ? '| ' : ''}${order.indexOf(id)}`)
+      .join(' ')}`;
+  assert.equal(new Set(ids).size, ids.length, `${who}: no chat twice; ${where()}`);
   const start = order.indexOf(ids[0] as string);
   assert.ok(start !== -1, `${who}: its first chat is stored`);
-  assert.deepEqual(ids, order.slice(start, start + ids.length), `${who}: nothing missed`);
+  assert.deepEqual(
+    ids,
+    order.slice(start, start + ids.length),
+    `${who}: nothing missed; ${where()}`,
+  );
 }
 
 /** Posts from `c` every `ms` until stopped; each text numbered. */
@@ -98,6 +108,7 @@ if (await requireServices('postgres', 'redis')) {
     let B: TestServer;
     let C: TestServer;
     let D: TestServer;
+    let env: Record<string, string>;
     let n = 0;
 
     const newStream = async () => {
@@ -141,7 +152,7 @@ if (await requireServices('postgres', 'redis')) {
     before(async () => {
       schema = await tempSchema();
       table = `"${new URL(schema.url).searchParams.get('schema')}".stream_messages`;
-      const env = {
+      env = {
         DATABASE_URL: schema.url,
         REDIS_URL,
         REDIS_PREFIX: tempRedisPrefix(),
@@ -196,13 +207,128 @@ if (await requireServices('postgres', 'redis')) {
         const order = (await storedChats(A, key)).map((m) => m.id);
         const ids = seen(viewer);
         assert.equal(ids.filter((id) => id === late?.data.id).length, 1, 'the late chat, once');
-        assertRun(ids, order, 'the viewer on B');
+        assertRun(ids, order, 'the viewer on B', viewer.history.messages.length);
         assert.equal(ids.at(-1), order.at(-1));
         assert.equal(viewer.history.gap, false);
       } finally {
         if (!released) await lock.release();
       }
     });
+
+    /** A node whose PostgreSQL and Redis connections pass through proxies the test can pause. */
+    const proxiedNode = async (extra: Record<string, string>) => {
+      const db = new TcpProxy('127.0.0.1', Number(new URL(PG_URL).port || 5432));
+      const redis = new TcpProxy('127.0.0.1', Number(new URL(REDIS_URL).port || 6379));
+      await db.start();
+      await redis.start();
+      const dbUrl = new URL(env.DATABASE_URL as string);
+      dbUrl.port = String(db.port);
+      const redisUrl = new URL(REDIS_URL);
+      redisUrl.port = String(redis.port);
+      const node = await startServer({
+        ...env,
+        ...extra,
+        DATABASE_URL: dbUrl.toString(),
+        REDIS_URL: redisUrl.toString(),
+      });
+      return {
+        node,
+        db,
+        redis,
+        async close() {
+          db.resume('client');
+          redis.resume('service');
+          for (const c of open.splice(0)) c.close();
+          await node.close();
+          await db.stop();
+          await redis.stop();
+        },
+      };
+    };
+
+    for (const [how, extra] of [
+      ['read from the store', { STREAM_HISTORY_CACHE_STREAMS: '0' }],
+      ['that seeds the cache', { STREAM_HISTORY_CACHE_STREAMS: '1' }],
+    ] as const) {
+      it(`a chat stored before a history read (${how}) and heard after its answer is seen once`, async () => {
+        const E = await proxiedNode(extra);
+        try {
+          const key = await newStream();
+          const { c: poster } = await join(A, key, OWNER);
+          await postInOrder(poster, ['before']);
+          await A.app.streams.flush();
+          // E keeps the stream's rules and topic; with a cache of one stream,
+          // another stream's viewer takes its place, so the next join seeds it again.
+          await join(E.node, key);
+          if (extra.STREAM_HISTORY_CACHE_STREAMS === '1') await join(E.node, await newStream());
+          E.db.pause('client');
+          const joining = join(E.node, key);
+          await until(() => E.db.waiting('client') > 0, "E's history read to wait in the proxy");
+          // E has settled and asked: what Redis sends E from now on arrives after the answer.
+          E.redis.pause('service');
+          const [late] = await postInOrder(poster, ['late']);
+          await A.app.streams.flush();
+          E.db.resume('client');
+          // A node that used the answer at once would send its history now, `late` in it.
+          await sleep(300);
+          E.redis.resume('service');
+          const viewer = await joining;
+          await postInOrder(poster, ['end']);
+          for (;;) if ((await viewer.c.next('chat', 10_000)).data.message === 'end') break;
+          const order = (await storedChats(A, key)).map((m) => m.id);
+          const ids = seen(viewer);
+          assert.equal(ids.filter((id) => id === late?.data.id).length, 1, 'the late chat, once');
+          assertRun(ids, order, 'the viewer on E', viewer.history.messages.length);
+          assert.equal(viewer.history.gap, false);
+        } finally {
+          await E.close();
+        }
+      });
+    }
+
+    for (const [how, extra] of [
+      ['reading the store', { STREAM_HISTORY_CACHE_STREAMS: '0' }],
+      ['seeding its cache', { STREAM_HISTORY_CACHE_STREAMS: '1' }],
+    ] as const) {
+      it(`a join whose history waits (${how}) while more chats than it holds are posted gets the chats before it, then every later one`, async () => {
+        const E = await proxiedNode(extra);
+        try {
+          const key = await newStream();
+          const { c: poster } = await join(A, key, OWNER);
+          const before = ['before 0', 'before 1', 'before 2'];
+          await postInOrder(poster, before);
+          await A.app.streams.flush();
+          // As above: E holds the stream's rules and topic, and its next join reads the store.
+          await join(E.node, key);
+          if (extra.STREAM_HISTORY_CACHE_STREAMS === '1') await join(E.node, await newStream());
+          E.db.pause('client');
+          const viewerJoined = join(E.node, key);
+          await until(() => E.db.waiting('client') > 0, "E's history read to wait in the proxy");
+          // More than STREAM_HISTORY_ON_JOIN (100), all stored before E reads.
+          const during = Array.from({ length: 120 }, (_, i) => `during ${i}`);
+          await postInOrder(poster, during);
+          await A.app.streams.flush();
+          E.db.resume('client');
+          const viewer = await viewerJoined;
+          await postInOrder(poster, ['end']);
+          const live: string[] = [];
+          for (;;) {
+            const text = (await viewer.c.next('chat', 10_000)).data.message as string;
+            if (text === 'end') break;
+            live.push(text);
+          }
+          assert.deepEqual(
+            viewer.history.messages.map((m) => m.message),
+            before,
+            'the history is what came before the join',
+          );
+          assert.deepEqual(live, during, 'then every later chat, in order');
+          assert.equal(viewer.history.gap, false);
+        } finally {
+          await E.close();
+        }
+      });
+    }
 
     it('a node that does not store within STREAM_HISTORY_SETTLE_MS makes the history a gap', async () => {
       const key = await newStream();
@@ -280,7 +406,7 @@ if (await requireServices('postgres', 'redis')) {
       for (const [who, j] of viewers) {
         const ids = seen(j);
         assert.ok(ids.length > 0, `${who} got chats`);
-        assertRun(ids, order, who);
+        assertRun(ids, order, who, j.history.messages.length);
       }
     });
   });

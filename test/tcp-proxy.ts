@@ -5,10 +5,24 @@
  */
 import { connect, createServer, type Server, type Socket } from 'node:net';
 
+/** Who sent the bytes: the program connecting through the proxy, or the service behind it. */
+export type Side = 'client' | 'service';
+
+/** One direction of one connection: what it carries, and what waits while its side is paused. */
+interface Way {
+  from: Side;
+  to: Socket;
+  waiting: Buffer[];
+  /** The sender ended while some of it waited: the end goes after it. */
+  ended: boolean;
+}
+
 export class TcpProxy {
   private server: Server | undefined;
   private readonly sockets = new Set<Socket>();
   private held: Array<() => void> | undefined;
+  private readonly ways = new Set<Way>();
+  private readonly paused = { client: false, service: false };
   port = 0;
 
   constructor(
@@ -33,7 +47,8 @@ export class TcpProxy {
             upstream.destroy();
           });
         }
-        client.pipe(upstream).pipe(client);
+        this.carry(client, upstream, 'client');
+        this.carry(upstream, client, 'service');
       };
       // Held: what the client sends waits, unread, until `release()`.
       if (this.held) this.held.push(forward);
@@ -57,6 +72,44 @@ export class TcpProxy {
     const held = this.held ?? [];
     this.held = undefined;
     for (const forward of held) forward();
+  }
+
+  /**
+   * What `side` sends, on the open connections and on new ones, waits in the
+   * proxy, in order, until `resume(side)`: the other direction goes on.
+   */
+  pause(side: Side): void {
+    this.paused[side] = true;
+  }
+
+  resume(side: Side): void {
+    this.paused[side] = false;
+    for (const way of this.ways) {
+      if (way.from !== side) continue;
+      for (const chunk of way.waiting.splice(0)) if (!way.to.destroyed) way.to.write(chunk);
+      if (way.ended) way.to.end();
+    }
+  }
+
+  /** Bytes `side` sent that wait while it is paused. */
+  waiting(side: Side): number {
+    let n = 0;
+    for (const way of this.ways) if (way.from === side) for (const c of way.waiting) n += c.length;
+    return n;
+  }
+
+  private carry(from: Socket, to: Socket, side: Side): void {
+    const way: Way = { from: side, to, waiting: [], ended: false };
+    this.ways.add(way);
+    from.on('data', (chunk: Buffer) => {
+      if (this.paused[side]) way.waiting.push(chunk);
+      else if (!to.destroyed) to.write(chunk);
+    });
+    from.on('end', () => {
+      if (way.waiting.length > 0) way.ended = true;
+      else to.end();
+    });
+    from.on('close', () => this.ways.delete(way));
   }
 
   /** The service is gone: open connections drop and new ones are refused. */

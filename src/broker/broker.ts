@@ -32,6 +32,13 @@ export interface Broker {
    * is published after that is heard. Resolves at once when not subscribed.
    */
   subscribed(topic: string): Promise<void>;
+  /**
+   * Resolves once this node has heard every publication the broker handled
+   * before this call, on every topic it subscribes to. A publication stored
+   * after it was published, and found by a read of the store made before
+   * this call, is then heard already, never after the read's result is used.
+   */
+  caughtUp(): Promise<void>;
   /** Socket.IO's adapter on the same backend; undefined keeps Socket.IO's in-process rooms. */
   roomAdapter(): RoomAdapter | undefined;
   /** Resolves when the broker is reachable; for readiness. */

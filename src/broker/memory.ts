@@ -37,6 +37,9 @@ export class MemoryBroker implements Broker {
   /** A subscription takes effect as it is made. */
   async subscribed(_topic: string): Promise<void> {}
 
+  /** Delivery is synchronous: nothing is ever on its way. */
+  async caughtUp(): Promise<void> {}
+
   roomAdapter(): RoomAdapter | undefined {
     return undefined;
   }

@@ -128,6 +128,15 @@ export class RedisBroker implements Broker {
   }
 
   /**
+   * Redis answers a PING on the subscriber connection after every message it
+   * sent there before, and ioredis hands them over in order: once PONG is
+   * back, they have all been heard.
+   */
+  async caughtUp(): Promise<void> {
+    await this.sub.ping();
+  }
+
+  /**
    * Socket.IO's official Redis adapter on this broker's two connections, its
    * channels under the same prefix. Room broadcasts inherit the broker's
    * behaviour when Redis is lost: local sockets still get them, other nodes miss them.

@@ -14,8 +14,8 @@
  * audience, it leaves nothing between history and live. When the cache cannot
  * answer (cold, or `since` older than it holds), the viewer is subscribed
  * first and its live frames are held while the store is read; then the
- * history goes out and the held chats it already contains are dropped, so no
- * chat is missed or seen twice.
+ * history (the chats before the held ones) goes out, and every held frame
+ * after it, so no chat is missed or seen twice.
  *
  * Storage: chats are stored in batches off the fan-out path, one transaction
  * per event-loop turn, or for everything accepted while the previous batch
@@ -743,6 +743,8 @@ export class Streams<F> {
     const limits = this.deps.limits;
     let history: StreamMessage[] = [];
     let gap = false;
+    /** The chat the history starts after; undefined: the newest chats. */
+    let resumed = since;
     try {
       await this.rulesOf(key, room);
       const seeded = await this.seeded(key, room);
@@ -756,7 +758,8 @@ export class Streams<F> {
       // batch, on this node or another: stored first, they are in the history
       // read below. Unconfirmed in time, the history is flagged as a gap.
       const reads = since !== undefined || limits.streamHistoryOnJoin > 0;
-      if (reads && (seeded === 'unsettled' || !(await this.settled(key)))) gap = true;
+      const settled = reads && seeded !== 'unsettled' && (await this.settled(key));
+      if (reads && !settled) gap = true;
       if (since !== undefined) {
         // A malformed id names no chat and is not asked for: the store might
         // not even take it (U+0000 in PostgreSQL).
@@ -766,16 +769,15 @@ export class Streams<F> {
           limit: limits.historyMaxPage,
         });
         const known = wellFormed && r.known;
+        history = r.messages;
         // An id this stream never had: the usual join history, flagged as a gap.
-        if (known) history = r.messages;
-        else if (limits.streamHistoryOnJoin > 0) {
-          history = r.messages.slice(-limits.streamHistoryOnJoin);
-        }
+        if (!known) resumed = undefined;
         gap ||= r.more || !known;
       } else if (limits.streamHistoryOnJoin > 0) {
-        const r = await this.deps.store.streamRecent(key, { limit: limits.streamHistoryOnJoin });
-        history = r.messages;
+        history = await this.newestStored(key, room.joining.get(viewer));
       }
+      // A broker that did not answer the settle would not answer this either.
+      if (settled) await this.caughtUp();
     } catch (err) {
       if (!(err instanceof ChatError))
         this.deps.log.error({ err, key }, 'reading stream history failed');
@@ -785,16 +787,55 @@ export class Streams<F> {
     // It left meanwhile, or the stream ended.
     if (!joining || this.rooms.get(key) !== room) return;
     this.deps.metrics.streamHistory.inc({ source: 'store' });
+    this.admitJoined(key, room, viewer, joining, history, resumed, gap);
+  }
+
+  /**
+   * The newest STREAM_HISTORY_ON_JOIN chats in the store, with room for the
+   * held chats it may have too (they are taken out when the viewer is
+   * admitted). Chats heard during the read can push the ones before the
+   * join out of it: then it reads once more, with room for those.
+   */
+  private async newestStored(
+    key: string,
+    joining: Joining<F> | undefined,
+  ): Promise<StreamMessage[]> {
+    const onJoin = this.deps.limits.streamHistoryOnJoin;
+    const heldBefore = heldChats(joining);
+    const r = await this.deps.store.streamRecent(key, { limit: onJoin + heldBefore });
+    const heldAfter = heldChats(joining);
+    if (heldAfter === heldBefore || !r.more) return r.messages;
+    return (await this.deps.store.streamRecent(key, { limit: onJoin + heldAfter })).messages;
+  }
+
+  /**
+   * Admits a viewer whose live frames were held while its history was read,
+   * and sends it the history, then every held frame in the broker's order.
+   * The history is what came before the held chats: one the read found too
+   * is taken out of it (it goes out live, in its place). Not "everything up
+   * to the last one found": with several nodes, a chat another node accepted
+   * earlier may be stored after a later one. And not the newest found: when
+   * more chats were heard during the read than the history holds, they would
+   * push out the chats before the join, and go out before older held ones.
+   */
+  private admitJoined(
+    key: string,
+    room: Room<F>,
+    viewer: StreamViewer<F>,
+    joining: Joining<F>,
+    found: StreamMessage[],
+    since: string | undefined,
+    gap: boolean,
+  ): void {
+    const held = new Set<string>();
+    for (const h of joining.held) if (h.id !== null) held.add(h.id);
+    let history = held.size === 0 ? found : found.filter((m) => !held.has(m.id));
+    const onJoin = this.deps.limits.streamHistoryOnJoin;
+    if (since === undefined) history = onJoin > 0 ? history.slice(-onJoin) : [];
     room.joining.delete(viewer);
     this.admit(key, room, viewer);
-    // Held chats the history holds are dropped; every other one goes out after
-    // it. Not "everything before the last one found": with several nodes, a
-    // chat another node accepted earlier may be stored after a later one.
-    const ids = new Set(history.map((m) => m.id));
     viewer.welcome(this.infoOf(key, room), history, gap || joining.overflow);
-    for (const h of joining.held) {
-      if (h.id === null || !ids.has(h.id)) viewer.deliver(h.frame);
-    }
+    for (const h of joining.held) viewer.deliver(h.frame);
   }
 
   /**
@@ -813,15 +854,18 @@ export class Streams<F> {
     const recent = this.recent.get(key);
     if (!recent?.ready) return false;
     const onJoin = this.deps.limits.streamHistoryOnJoin;
+    // Held chats are in the cache too, and taken out of the history again.
+    const newest = Math.min(onJoin + heldChats(joining), this.deps.limits.historyMaxPage);
     const history =
-      since !== undefined ? recent.after(since) : onJoin > 0 ? recent.newest(onJoin) : [];
+      since !== undefined ? recent.after(since) : onJoin > 0 ? recent.newest(newest) : [];
     if (history === undefined) return false;
     this.recent.touch(key, recent);
     this.deps.metrics.streamHistory.inc({ source: 'cache' });
-    if (joining) room.joining.delete(viewer);
-    this.admit(key, room, viewer);
-    viewer.welcome(this.infoOf(key, room), history, joining?.overflow ?? false);
-    if (joining) for (const h of joining.held) if (h.id === null) viewer.deliver(h.frame);
+    if (joining) this.admitJoined(key, room, viewer, joining, history, since, false);
+    else {
+      this.admit(key, room, viewer);
+      viewer.welcome(this.infoOf(key, room), history, false);
+    }
     return true;
   }
 
@@ -857,6 +901,7 @@ export class Streams<F> {
       else {
         const limit = this.deps.limits.historyMaxPage;
         const r = await this.deps.store.streamRecent(key, { limit });
+        await this.caughtUp();
         // Dropped meanwhile: nobody watches here any more, or another stream took its place.
         if (this.rooms.get(key) === room && this.recent.get(key) === recent && recent.seed(r)) {
           return 'ready';
@@ -877,19 +922,35 @@ export class Streams<F> {
    * by any node, is stored (false: not confirmed within STREAM_HISTORY_SETTLE_MS).
    * Asked only once this node's subscription took effect: what comes later is heard.
    */
-  private async settled(key: string): Promise<boolean> {
+  private settled(key: string): Promise<boolean> {
     // A SUBSCRIBE that Redis does not answer (stalled, or not up yet) must
     // not hold the join's history past the same bound.
+    return this.withinSettle(
+      this.deps.broker.subscribed(topicOf(key)).then(() => this.settle.settled()),
+    );
+  }
+
+  /**
+   * Waits, after a read of the store for a history, until every chat the read
+   * can have found has been heard here: a chat is published before it is
+   * stored, but its publication may still be on its way to this node (or
+   * read after the store's answer in the same turn). Heard later, it would be
+   * both in the history and live. Bounded as the settle is; past it, such a
+   * chat may be seen twice, which a client's de-duplication by id absorbs.
+   */
+  private async caughtUp(): Promise<void> {
+    await this.withinSettle(this.deps.broker.caughtUp().then(() => true));
+  }
+
+  /** `wait`'s answer, or false when it fails or takes longer than STREAM_HISTORY_SETTLE_MS. */
+  private async withinSettle(wait: Promise<boolean>): Promise<boolean> {
     let timer: NodeJS.Timeout | undefined;
     const late = new Promise<boolean>((resolve) => {
       timer = setTimeout(() => resolve(false), this.deps.limits.streamHistorySettleMs);
       timer.unref();
     });
     try {
-      return await Promise.race([
-        this.deps.broker.subscribed(topicOf(key)).then(() => this.settle.settled()),
-        late,
-      ]);
+      return await Promise.race([wait, late]);
     } catch {
       return false;
     } finally {
@@ -1062,6 +1123,13 @@ export class Streams<F> {
       joining.held.push({ id, frame });
     }
   }
+}
+
+/** How many of the frames held for a joining viewer are chats. */
+function heldChats(joining: Joining<unknown> | undefined): number {
+  let n = 0;
+  for (const h of joining?.held ?? []) if (h.id !== null) n++;
+  return n;
 }
 
 /** Applies a rule change heard on the broker to a node's cached rules. */
