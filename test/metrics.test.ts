@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { after, before, describe, it } from 'node:test';
-import { parseEvent } from '../src/core/streams.js';
+import { parseEvent } from '../src/core/stream-events.js';
 import { api, StreamClient, startServer, type TestServer, userToken } from './helpers.js';
 import { RequestClient } from './request-client.js';
 

@@ -34,6 +34,14 @@ import type { Identity } from './identity.js';
 import { isObjectId, newId } from './ids.js';
 import { checkMessageText } from './limits.js';
 import type { Page, PageQuery, StreamMessage } from './messages.js';
+import {
+  parseEvent,
+  parseViewersReport,
+  type StreamEvent,
+  topicOf,
+  VIEWERS_TOPIC,
+  type ViewersReport,
+} from './stream-events.js';
 import { type SharedCounterOptions, StreamLimits } from './stream-limits.js';
 import { RecentCache, type RecentChats } from './stream-recent.js';
 import {
@@ -82,30 +90,6 @@ export type StreamBroadcast =
       type: 'moderation';
       data: { action: 'timeout' | 'ban' | 'unban'; userId: string; seconds?: number; by: string };
     };
-
-/** What flows on a stream's broker topic. */
-export type StreamEvent =
-  /** `at`: when the chat was accepted (epoch ms, sub-millisecond), for the delivery latency metric. */
-  | { kind: 'chat'; message: StreamMessage; at?: number }
-  | { kind: 'ended' }
-  | { kind: 'delete'; id: string; by: string }
-  | {
-      kind: 'moderation';
-      action: 'timeout' | 'ban' | 'unban';
-      userId: string;
-      /** Epoch ms when a timeout ends. */
-      until?: number;
-      seconds?: number;
-      by: string;
-    }
-  | { kind: 'control'; control: StreamControl; pinned: StreamMessage | null }
-  | { kind: 'members'; userIds: string[] };
-
-/** What each node reports on the viewers topic: its own viewer count per stream. */
-export interface ViewersReport {
-  node: string;
-  counts: Record<string, number>;
-}
 
 /** A moderator's request, from a frame or the server API. */
 export type ModerationRequest =
@@ -193,10 +177,6 @@ export interface StreamsDeps<F> {
   /** Where rate limits and slow mode are counted (Redis for several nodes). */
   counters?: SharedCounterOptions;
 }
-
-const topicOf = (key: string) => `stream:${key}`;
-/** Every node's viewer counts, heard by every node (also those not serving a stream). */
-const VIEWERS_TOPIC = 'streams:viewers';
 
 /** A node's viewer count is forgotten after this many missed reports. */
 const STALE_REPORTS = 3;
@@ -1149,89 +1129,4 @@ function applyRule(rules: RoomRules, event: StreamEvent): void {
     rules.paused = c.paused;
     rules.pinned = event.pinned;
   }
-}
-
-const isString = (v: unknown): v is string => typeof v === 'string';
-const isObject = (v: unknown): v is Record<string, unknown> =>
-  typeof v === 'object' && v !== null && !Array.isArray(v);
-const isStringArray = (v: unknown): v is string[] => Array.isArray(v) && v.every(isString);
-const isCount = (v: unknown): v is number =>
-  typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
-
-function isMessage(m: unknown): m is StreamMessage {
-  if (!isObject(m)) return false;
-  const fields = [m.id, m.streamKey, m.userId, m.username, m.message, m.sentAt];
-  return fields.every(isString) && isStringArray(m.badges);
-}
-
-function isControl(c: unknown): c is StreamControl {
-  return (
-    isObject(c) &&
-    isString(c.key) &&
-    (c.title === null || isString(c.title)) &&
-    (c.ownerId === null || isString(c.ownerId)) &&
-    isStringArray(c.moderators) &&
-    isCount(c.slowModeSeconds) &&
-    typeof c.membersOnly === 'boolean' &&
-    typeof c.paused === 'boolean' &&
-    (c.pinnedId === null || isString(c.pinnedId))
-  );
-}
-
-/**
- * A broker payload as a StreamEvent, or undefined when it is not one. The
- * broker is shared infrastructure: what arrives on a topic is checked like
- * anything else that crosses a process boundary.
- */
-export function parseEvent(payload: string): StreamEvent | undefined {
-  let value: unknown;
-  try {
-    value = JSON.parse(payload);
-  } catch {
-    return undefined;
-  }
-  if (!isObject(value)) return undefined;
-  const e = value;
-  switch (e.kind) {
-    case 'ended':
-      return { kind: 'ended' };
-    case 'chat': {
-      if (!isMessage(e.message)) return undefined;
-      // A missing or bad `at` (an older node, a foreign publisher) falls back to `sentAt`.
-      const chat = { kind: 'chat', message: e.message } as const;
-      return typeof e.at === 'number' && Number.isFinite(e.at) ? { ...chat, at: e.at } : chat;
-    }
-    case 'delete':
-      return isString(e.id) && isString(e.by) ? (value as StreamEvent) : undefined;
-    case 'moderation': {
-      const ok =
-        (e.action === 'timeout' || e.action === 'ban' || e.action === 'unban') &&
-        isString(e.userId) &&
-        isString(e.by) &&
-        (e.until === undefined || isCount(e.until)) &&
-        (e.seconds === undefined || isCount(e.seconds));
-      return ok ? (value as StreamEvent) : undefined;
-    }
-    case 'control':
-      return isControl(e.control) && (e.pinned === null || isMessage(e.pinned))
-        ? (value as StreamEvent)
-        : undefined;
-    case 'members':
-      return isStringArray(e.userIds) ? (value as StreamEvent) : undefined;
-    default:
-      return undefined;
-  }
-}
-
-/** A viewers report from the broker, or undefined when it is not one. */
-export function parseViewersReport(payload: string): ViewersReport | undefined {
-  let value: unknown;
-  try {
-    value = JSON.parse(payload);
-  } catch {
-    return undefined;
-  }
-  if (!isObject(value) || !isString(value.node) || !isObject(value.counts)) return undefined;
-  for (const count of Object.values(value.counts)) if (!isCount(count)) return undefined;
-  return value as unknown as ViewersReport;
 }
