@@ -9,18 +9,20 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
+import pg from 'pg';
 import { newId } from '../src/core/ids.js';
 import {
   api,
   joinStream,
   postInOrder,
+  sleep,
   startServer,
   type TestServer,
   until,
   userToken,
 } from './helpers.js';
 import { RequestClient } from './request-client.js';
-import { requireServices, tempSchema } from './services.js';
+import { PG_URL, requireServices, tempSchema } from './services.js';
 
 const TEACHER = { username: 'ana', role: 'TEACHER' };
 const LAB = { username: 'lab', role: 'LAB' };
@@ -297,4 +299,53 @@ if (await requireServices('postgres')) {
   const schema = await tempSchema();
   cursorSuite('PostgreSQL', async () => ({ DATABASE_URL: schema.url }));
   after(() => schema.drop());
+
+  describe('a stream cursor seen live before it is stored', () => {
+    let stalled: Awaited<ReturnType<typeof tempSchema>>;
+    let server: TestServer;
+
+    before(async () => {
+      stalled = await tempSchema();
+      server = await startServer({ DATABASE_URL: stalled.url });
+    });
+
+    after(async () => {
+      await server?.close();
+      await stalled?.drop();
+    });
+
+    it('pages once the chat is stored instead of being not_found', async () => {
+      assert.equal((await api(server.url, 'PUT', '/api/streams/live', {})).status, 201);
+      const { c } = await joinStream(server.wsUrl, 'live', '3');
+      // The stall is real: a lock on the node's table holds every chat write.
+      const lock = new pg.Client({ connectionString: PG_URL });
+      await lock.connect();
+      try {
+        const [old] = (await postInOrder(c, ['stored'])).map((f) => f.data.id);
+        const path = (q: string) => `/api/streams/live/messages?${q}`;
+        await until(
+          async () => (await api(server.url, 'GET', path(''))).body.messages.length === 1,
+          'the first chat stored',
+        );
+        const table = `"${new URL(stalled.url).searchParams.get('schema')}".stream_messages`;
+        await lock.query('BEGIN');
+        await lock.query(`LOCK TABLE ${table} IN SHARE MODE`);
+        const [seen] = (await postInOrder(c, ['seen live'])).map((f) => f.data.id);
+        const answer = api(server.url, 'GET', path(`before=${seen}`));
+        await sleep(300);
+        await lock.query('ROLLBACK');
+        const page = await answer;
+        assert.equal(page.status, 200, JSON.stringify(page.body));
+        assert.deepEqual(
+          page.body.messages.map((m: any) => m.id),
+          [old],
+        );
+        assert.equal(page.body.hasMore, false);
+      } finally {
+        await lock.query('ROLLBACK').catch(() => {});
+        await lock.end();
+        c.close();
+      }
+    });
+  });
 }
