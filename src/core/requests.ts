@@ -266,8 +266,9 @@ export class Requests {
       limit: query.limit,
     });
     // An unknown cursor is not "nothing older": the client would stop paging.
-    if (page === undefined)
+    if (page === undefined) {
       throw new ChatError('not_found', '"before" names no request of this inbox.');
+    }
     return page;
   }
 

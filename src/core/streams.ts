@@ -372,8 +372,9 @@ export class Streams<F> {
       page = await this.deps.store.streamHistory(key, query);
     }
     // An unknown cursor is not "nothing older": the client would stop paging.
-    if (page === undefined)
+    if (page === undefined) {
       throw new ChatError('not_found', '"before" names no chat of this stream.');
+    }
     return page;
   }
 

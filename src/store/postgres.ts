@@ -878,13 +878,8 @@ export class PostgresStore implements Store {
       pageQuery('stream_messages', STREAM_COLUMNS, 'stream_key'),
       [key, query.before ?? null, query.limit + 1],
     );
-    if (
-      !(await this.cursorFound(rows, query.before, cursorQuery('stream_messages', 'stream_key'), [
-        key,
-      ]))
-    ) {
-      return undefined;
-    }
+    const anchor = cursorQuery('stream_messages', 'stream_key');
+    if (!(await this.cursorFound(rows, query.before, anchor, [key]))) return undefined;
     const hasMore = rows.length > query.limit;
     const messages = rows.slice(0, query.limit).reverse().map(streamMessageOf);
     return { messages, hasMore };
@@ -1678,7 +1673,8 @@ export class PostgresStore implements Store {
    * page with rows found it (it compares with NULL otherwise); only an empty
    * one costs a second statement, `anchor` with `before` as `$1` and then
    * `scope`. Chats, messages and log entries are never removed, so a cursor
-   * the page found is found again.
+   * the page found is found again; a request that left the inbox in between
+   * is judged as it is now.
    */
   private async cursorFound(
     page: readonly unknown[],

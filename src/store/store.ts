@@ -13,9 +13,10 @@
  * - Paging: a read that takes `before` resolves to undefined, not to an
  *   empty page, when `before` names nothing in the scope it pages (another
  *   stream's chat, another request's message, an id never stored), so that
- *   a caller can tell "no such cursor" from "nothing older". Rows are never
- *   removed, so a cursor once handed out stays valid: deleted chats and
- *   messages are kept. Without `before` there is always a page.
+ *   a caller can tell "no such cursor" from "nothing older". Chats,
+ *   messages and log entries are never removed (deleted ones are kept), so
+ *   such a cursor once handed out stays valid; an inbox's cursor holds while
+ *   its request stays in that inbox. Without `before` there is always a page.
  * - Unread counts: per request, the messages by others that a user has not
  *   read are `messageCount - sent - read`, three counters kept in the same
  *   transaction as the message, the receipt or the deletion that changes them.
