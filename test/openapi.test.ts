@@ -64,6 +64,11 @@ const CASES: Case[] = [
   { op: 'GET /api/streams/{key}/messages', url: '/api/streams/oa/messages?limit=0', status: 400 },
   { op: 'GET /api/streams/{key}/messages', url: '/api/streams/oa/messages', key: 'x', status: 401 },
   { op: 'GET /api/streams/{key}/messages', url: '/api/streams/none/messages', status: 404 },
+  {
+    op: 'GET /api/streams/{key}/messages',
+    url: `/api/streams/oa/messages?before=${SOME_ID}`,
+    status: 404,
+  },
   { op: 'DELETE /api/streams/{key}', url: '/api/streams/oa', status: 200 },
   { op: 'DELETE /api/streams/{key}', url: '/api/streams/oa', key: null, status: 401 },
   { op: 'DELETE /api/streams/{key}', url: '/api/streams/none', status: 404 },
@@ -119,6 +124,11 @@ const CASES: Case[] = [
   {
     op: 'GET /api/requests/{requestId}/messages',
     url: '/api/requests/6751b6df1ad14eaa13a0ffff/messages',
+    status: 404,
+  },
+  {
+    op: 'GET /api/requests/{requestId}/messages',
+    url: `/api/requests/${REQUEST}/messages?before=${SOME_ID}`,
     status: 404,
   },
   { op: 'GET /api/openapi.json', url: '/api/openapi.json', key: null, status: 200 },
@@ -271,6 +281,11 @@ const CASES: Case[] = [
   {
     op: 'GET /api/streams/{key}/moderation-log',
     url: '/api/streams/none/moderation-log',
+    status: 404,
+  },
+  {
+    op: 'GET /api/streams/{key}/moderation-log',
+    url: `${CLASS}/moderation-log?before=999999999`,
     status: 404,
   },
   { op: 'GET /api/users/{userId}/unread', url: '/api/users/2/unread?role=LAB', status: 200 },

@@ -57,6 +57,12 @@ const streamMessage = (streamKey: string, message: string, userId = '1'): Stream
   badges: [],
 });
 
+/** A page read with a `before` that names a row of its scope: always a page. */
+function paged<T>(page: T | undefined): T {
+  assert.ok(page !== undefined, '"before" names a row of this scope');
+  return page;
+}
+
 const requestMessage = (
   requestId: string,
   message: string,
@@ -134,13 +140,13 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           const last = await s.streamHistory('a', { limit: 10 });
           assert.equal(last.hasMore, true);
           assert.deepEqual(last.messages, all.slice(15), 'newest page, oldest first, as stored');
-          const middle = await s.streamHistory('a', { before: all[15]?.id, limit: 10 });
+          const middle = paged(await s.streamHistory('a', { before: all[15]?.id, limit: 10 }));
           assert.deepEqual(middle.messages, all.slice(5, 15));
           assert.equal(middle.hasMore, true);
-          const first = await s.streamHistory('a', { before: all[5]?.id, limit: 10 });
+          const first = paged(await s.streamHistory('a', { before: all[5]?.id, limit: 10 }));
           assert.deepEqual(first.messages, all.slice(0, 5));
           assert.equal(first.hasMore, false);
-          const exact = await s.streamHistory('a', { before: all[10]?.id, limit: 10 });
+          const exact = paged(await s.streamHistory('a', { before: all[10]?.id, limit: 10 }));
           assert.deepEqual(exact.messages, all.slice(0, 10));
           assert.equal(exact.hasMore, false, 'no more when the page ends at the first message');
 
@@ -149,16 +155,22 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
             messages: [],
             hasMore: false,
           });
-          // `before` naming a message of another stream, or no message, selects nothing.
+          // `before` naming a chat of another stream, or no chat, is no page at all:
+          // an empty one would say "nothing older".
           const other = (await s.streamHistory('b', { limit: 1 })).messages[0];
-          assert.deepEqual(await s.streamHistory('a', { before: other?.id, limit: 10 }), {
+          assert.equal(await s.streamHistory('a', { before: other?.id, limit: 10 }), undefined);
+          assert.equal(await s.streamHistory('a', { before: newId(), limit: 10 }), undefined);
+          assert.equal(await s.streamHistory('none', { before: newId(), limit: 10 }), undefined);
+          // The first chat is a cursor too: nothing older, said as such.
+          assert.deepEqual(await s.streamHistory('a', { before: all[0]?.id, limit: 10 }), {
             messages: [],
             hasMore: false,
           });
-          assert.deepEqual(await s.streamHistory('a', { before: newId(), limit: 10 }), {
-            messages: [],
-            hasMore: false,
-          });
+          // A deleted chat is kept for audit, and so is still a cursor.
+          const gone = all[2] as StreamMessage;
+          await deleteChat(s, 'a', gone.id, '7', iso(5));
+          const past = paged(await s.streamHistory('a', { before: gone.id, limit: 10 }));
+          assert.deepEqual(past, { messages: all.slice(0, 2), hasMore: false });
         }));
 
       it('orders by storage, not by the clock', () =>
@@ -395,7 +407,7 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           let before: string | undefined;
           const pages: boolean[] = [];
           for (;;) {
-            const page = await s.requestHistory(r, { before, limit: 40 });
+            const page = paged(await s.requestHistory(r, { before, limit: 40 }));
             seen.unshift(...page.messages.map((m) => m._id));
             pages.push(page.hasMore);
             if (!page.hasMore) break;
@@ -409,14 +421,29 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           assert.equal(newest.hasMore, true);
           const all = await s.requestHistory(r, { limit: 150 });
           assert.equal(all.hasMore, false);
-          assert.deepEqual(await s.requestHistory(r, { before: newId(), limit: 10 }), {
-            messages: [],
-            hasMore: false,
-          });
+          // A cursor of another request, or of no message, is no page at all.
+          assert.equal(await s.requestHistory(r, { before: newId(), limit: 10 }), undefined);
+          const noise = (await s.requestHistory(other, { limit: 1 })).messages[0]?._id;
+          assert.ok(noise);
+          assert.equal(await s.requestHistory(r, { before: noise, limit: 10 }), undefined);
+          assert.equal(await s.requestHistory(newId(), { before: ids[5], limit: 10 }), undefined);
           assert.deepEqual(await s.requestHistory(newId(), { limit: 10 }), {
             messages: [],
             hasMore: false,
           });
+          assert.deepEqual(await s.requestHistory(r, { before: ids[0], limit: 10 }), {
+            messages: [],
+            hasMore: false,
+          });
+          // A deleted message keeps its row, and so is still a cursor (m2 is user 1's).
+          const gone = ids[2] as string;
+          assert.ok(await s.changeRequestMessage(r, gone, '1', { deletedAt: iso(9) }));
+          const past = paged(await s.requestHistory(r, { before: gone, limit: 10 }));
+          assert.deepEqual(
+            past.messages.map((m) => m._id),
+            ids.slice(0, 2),
+          );
+          assert.equal(past.hasMore, false);
         }));
     });
 
@@ -498,7 +525,7 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           const { r, ids } = await conversation(s);
           await s.addReceipts(r, 'read', '3', [ids[0]], iso(2000));
           await s.addReceipts(r, 'read', '2', [ids[0]], iso(1000));
-          const [m0] = (await s.requestHistory(r, { limit: 1, before: ids[1] })).messages;
+          const [m0] = paged(await s.requestHistory(r, { limit: 1, before: ids[1] })).messages;
           assert.deepEqual(m0?.readBy, [
             { userId: '2', at: iso(1000) },
             { userId: '3', at: iso(2000) },
@@ -1014,7 +1041,7 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
             [ids[3], ids[1], ids[5]],
           );
           assert.equal(lab.hasMore, true);
-          const rest = await s.listRequests({ userId: '2', before: ids[5], limit: 3 });
+          const rest = paged(await s.listRequests({ userId: '2', before: ids[5], limit: 3 }));
           assert.deepEqual(
             rest.requests.map((x) => x.requestId),
             [ids[0]],
@@ -1046,10 +1073,24 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
             new Set([ids[0], ids[2], ids[4], ids[6]]),
           );
           assert.equal(teacher5.requests.find((x) => x.requestId === ids[2])?.lastMessage, null);
-          assert.deepEqual(await s.listRequests({ userId: '2', before: newId(), limit: 3 }), {
+          // A cursor must name a request of this inbox: one that exists, the
+          // teacher's own, one with messages for the lab.
+          assert.equal(await s.listRequests({ userId: '2', before: newId(), limit: 3 }), undefined);
+          assert.equal(await s.listRequests({ userId: '2', before: ids[2], limit: 3 }), undefined);
+          const theirs = { userId: '1', ownerId: '1', limit: 10 };
+          assert.equal(await s.listRequests({ ...theirs, before: ids[0] }), undefined);
+          assert.equal(await s.listRequests({ ...theirs, before: newId() }), undefined);
+          const own = mine.requests.at(-1)?.requestId;
+          assert.deepEqual(await s.listRequests({ ...theirs, before: own }), {
             requests: [],
             hasMore: false,
           });
+          assert.deepEqual(
+            paged(await s.listRequests({ ...theirs, before: ids[1] })).requests.map(
+              (x) => x.requestId,
+            ),
+            mine.requests.slice(2).map((x) => x.requestId),
+          );
           assert.equal(await s.requestSummary(newId(), '1'), undefined);
         }));
 
@@ -1122,12 +1163,14 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
             const unread: Array<{ requestId: string; unread: number }> = [];
             let before: string | undefined;
             for (;;) {
-              const page = await s.listRequests({
-                userId: user,
-                ...(lab ? {} : { ownerId: user }),
-                ...(before ? { before } : {}),
-                limit: 2,
-              });
+              const page = paged(
+                await s.listRequests({
+                  userId: user,
+                  ...(lab ? {} : { ownerId: user }),
+                  ...(before ? { before } : {}),
+                  limit: 2,
+                }),
+              );
               for (const line of page.requests) {
                 sum += line.unread;
                 if (line.unread > 0)
@@ -1414,6 +1457,18 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
           assert.deepEqual(page, { actions: newest.slice(0, 3), hasMore: true });
           const next = await s.moderationLog('class', { before: page.actions[2]?.id, limit: 3 });
           assert.deepEqual(next, { actions: newest.slice(3), hasMore: false });
+          assert.deepEqual(await s.moderationLog('class', { before: logged[0]?.id, limit: 3 }), {
+            actions: [],
+            hasMore: false,
+          });
+          // Ids are one sequence over every stream: another stream's, or one
+          // never given, is no cursor of this log, older ids or not.
+          const elsewhere = (await s.moderationLog('other', { limit: 1 })).actions[0]?.id;
+          assert.ok(elsewhere);
+          assert.equal(await s.moderationLog('class', { before: elsewhere, limit: 3 }), undefined);
+          const never = String(Number(elsewhere) + 1000);
+          assert.equal(await s.moderationLog('class', { before: never, limit: 3 }), undefined);
+          assert.equal(await s.moderationLog('none', { before: never, limit: 3 }), undefined);
           assert.equal((await s.moderationLog('other', { limit: 10 })).actions.length, 1);
           assert.deepEqual(await s.moderationLog('none', { limit: 10 }), {
             actions: [],

@@ -255,16 +255,21 @@ export class Requests {
    * `identity`'s inbox (protocol section 8 `listRequests`): lab staff see
    * every request with messages, a teacher their own requests.
    */
-  inbox(
+  async inbox(
     identity: Identity,
     query: { before?: string | undefined; limit: number },
   ): Promise<{ requests: RequestSummary[]; hasMore: boolean }> {
-    return this.deps.store.listRequests({
+    const page = await this.deps.store.listRequests({
       userId: identity.userId,
       ownerId: inboxOwner(identity),
       before: query.before,
       limit: query.limit,
     });
+    // An unknown cursor is not "nothing older": the client would stop paging.
+    if (page === undefined) {
+      throw new ChatError('not_found', '"before" names no request of this inbox.');
+    }
+    return page;
   }
 
   /** `identity`'s line of one request's inbox, e.g. after their reads changed it. */
@@ -325,6 +330,10 @@ export class Requests {
     maxBytes?: number,
   ): Promise<Page<RequestMessage>> {
     const page = await this.deps.store.requestHistory(requestId, query);
+    // An unknown cursor is not "nothing older": the client would stop paging.
+    if (page === undefined) {
+      throw new ChatError('not_found', '"before" names no message of this request.');
+    }
     return maxBytes === undefined ? page : fitPage(page, maxBytes);
   }
 

@@ -345,7 +345,17 @@ export class Streams<F> {
     // live expects it on the newest page. Every node stores what it published
     // first (within STREAM_HISTORY_SETTLE_MS); older pages hold older chats.
     if (query.before === undefined) await this.settle.settled();
-    return this.deps.store.streamHistory(key, query);
+    let page = await this.deps.store.streamHistory(key, query);
+    if (page === undefined) {
+      // An id seen live may be a moment from storage: wait for it once.
+      await this.settle.settled();
+      page = await this.deps.store.streamHistory(key, query);
+    }
+    // An unknown cursor is not "nothing older": the client would stop paging.
+    if (page === undefined) {
+      throw new ChatError('not_found', '"before" names no chat of this stream.');
+    }
+    return page;
   }
 
   /** The `GET /api/streams/{key}` view; undefined for an unknown stream. */
@@ -559,7 +569,11 @@ export class Streams<F> {
     query: { before?: string | undefined; limit: number },
   ): Promise<{ actions: ModerationAction[]; hasMore: boolean }> {
     await this.controlOf(key);
-    return this.deps.store.moderationLog(key, query);
+    const page = await this.deps.store.moderationLog(key, query);
+    if (page === undefined) {
+      throw new ChatError('not_found', '"before" names no action of this stream\'s log.');
+    }
+    return page;
   }
 
   /** Resolves when every chat accepted so far is stored (or failed and was logged). */

@@ -38,6 +38,9 @@ import type { OutboxEntry, OutboxEvent, WebhookType } from '../core/webhook-even
 import type { Logger } from '../observability/log.js';
 import type {
   AddedRequestMessage,
+  InboxPage,
+  ModerationLogPage,
+  NewestPage,
   PutRequestResult,
   RequestMessageWrite,
   RequestRecord,
@@ -658,13 +661,21 @@ export const INBOX_SELECT = `SELECT r.id, r.owner_id, r.message_count, r.last_me
   FROM requests r
   LEFT JOIN request_readers rr ON rr.request_id = r.id AND rr.user_id = $1`;
 
-/** The lab's inbox (every request with messages) or a teacher's (`$2`), from `before` on. */
+/** Request `id` is in the lab's inbox, or in the teacher's `ownerId`'s (both SQL). */
+const inInbox = (owner: boolean, id: string, ownerId: string) =>
+  `id = ${id} AND ${owner ? `owner_id = ${ownerId}` : 'last_message_id IS NOT NULL'}`;
+
+/**
+ * The lab's inbox (every request with messages) or a teacher's (`$2`), from
+ * `before` on. A `before` that names no request of this inbox compares with
+ * NULL: no rows.
+ */
 export const inboxQuery = (owner: boolean, before: boolean) => {
   const n = owner ? 3 : 2;
   const where = [owner ? 'r.owner_id = $2' : 'r.last_message_id IS NOT NULL'];
   if (before) {
     where.push(
-      `(r.activity_at, r.id) < (SELECT activity_at, id FROM requests WHERE id = $${n + 1})`,
+      `(r.activity_at, r.id) < (SELECT activity_at, id FROM requests WHERE ${inInbox(owner, `$${n + 1}`, '$2')})`,
     );
   }
   return `${INBOX_SELECT} WHERE ${where.join(' AND ')}
@@ -742,6 +753,10 @@ const pageQuery = (table: string, columns: string, scope: string) =>
    WHERE ${scope} = $1
      AND ($2::text IS NULL OR seq < (SELECT seq FROM ${table} WHERE id = $2 AND ${scope} = $1))
    ORDER BY seq DESC LIMIT $3`;
+
+/** `$1` names a row of scope `$2`: asked of a `before` only when its page came back empty. */
+const cursorQuery = (table: string, scope: string) =>
+  `SELECT 1 FROM ${table} WHERE id = $1 AND ${scope} = $2`;
 
 export class PostgresStore implements Store {
   private readonly pool: pg.Pool;
@@ -856,11 +871,15 @@ export class PostgresStore implements Store {
     );
   }
 
-  async streamHistory(key: string, query: PageQuery): Promise<Page<StreamMessage>> {
+  streamHistory(key: string, query: NewestPage): Promise<Page<StreamMessage>>;
+  streamHistory(key: string, query: PageQuery): Promise<Page<StreamMessage> | undefined>;
+  async streamHistory(key: string, query: PageQuery): Promise<Page<StreamMessage> | undefined> {
     const rows = await this.query<StreamMessageRow>(
       pageQuery('stream_messages', STREAM_COLUMNS, 'stream_key'),
       [key, query.before ?? null, query.limit + 1],
     );
+    const anchor = cursorQuery('stream_messages', 'stream_key');
+    if (!(await this.cursorFound(rows, query.before, anchor, [key]))) return undefined;
     const hasMore = rows.length > query.limit;
     const messages = rows.slice(0, query.limit).reverse().map(streamMessageOf);
     return { messages, hasMore };
@@ -1038,15 +1057,20 @@ export class PostgresStore implements Store {
     });
   }
 
-  async moderationLog(
-    key: string,
-    query: { before?: string | undefined; limit: number },
-  ): Promise<{ actions: ModerationAction[]; hasMore: boolean }> {
+  moderationLog(key: string, query: NewestPage): Promise<ModerationLogPage>;
+  moderationLog(key: string, query: PageQuery): Promise<ModerationLogPage | undefined>;
+  async moderationLog(key: string, query: PageQuery): Promise<ModerationLogPage | undefined> {
+    // Ids are one sequence over every stream: only this stream's are its cursors.
+    if (query.before !== undefined && !/^[0-9]{1,18}$/.test(query.before)) return undefined;
     const rows = await this.query<LogRow>(
       `SELECT id, action, user_id, message_id, by_user, at, reason FROM stream_moderation_log
-       WHERE stream_key = $1 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3`,
+       WHERE stream_key = $1 AND ($2::bigint IS NULL OR id < (
+         SELECT id FROM stream_moderation_log WHERE id = $2 AND stream_key = $1))
+       ORDER BY id DESC LIMIT $3`,
       [key, query.before ?? null, query.limit + 1],
     );
+    const anchor = cursorQuery('stream_moderation_log', 'stream_key');
+    if (!(await this.cursorFound(rows, query.before, anchor, [key]))) return undefined;
     const hasMore = rows.length > query.limit;
     const actions = rows.slice(0, query.limit).map((r) => ({
       id: String(r.id),
@@ -1254,11 +1278,18 @@ export class PostgresStore implements Store {
     return { message: original as RequestMessage, duplicate: true };
   }
 
-  async requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage>> {
+  requestHistory(requestId: string, query: NewestPage): Promise<Page<RequestMessage>>;
+  requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage> | undefined>;
+  async requestHistory(
+    requestId: string,
+    query: PageQuery,
+  ): Promise<Page<RequestMessage> | undefined> {
     const rows = await this.query<RequestMessageRow>(
       pageQuery('request_messages', REQUEST_COLUMNS, 'request_id'),
       [requestId, query.before ?? null, query.limit + 1],
     );
+    const anchor = cursorQuery('request_messages', 'request_id');
+    if (!(await this.cursorFound(rows, query.before, anchor, [requestId]))) return undefined;
     const hasMore = rows.length > query.limit;
     return { messages: await this.withReceipts(rows.slice(0, query.limit).reverse()), hasMore };
   }
@@ -1348,7 +1379,9 @@ export class PostgresStore implements Store {
     return { message, activity: activityOf(requestId, row as Counted, lastMessage) };
   }
 
-  async listRequests(query: InboxQuery): Promise<{ requests: RequestSummary[]; hasMore: boolean }> {
+  listRequests(query: InboxQuery & NewestPage): Promise<InboxPage>;
+  listRequests(query: InboxQuery): Promise<InboxPage | undefined>;
+  async listRequests(query: InboxQuery): Promise<InboxPage | undefined> {
     const owner = query.ownerId !== undefined;
     const before = query.before !== undefined;
     const params: unknown[] = [query.userId];
@@ -1356,6 +1389,10 @@ export class PostgresStore implements Store {
     params.push(query.limit + 1);
     if (before) params.push(query.before);
     const rows = await this.query<InboxRow>(inboxQuery(owner, before), params);
+    const anchor = `SELECT 1 FROM requests WHERE ${inInbox(owner, '$1', '$2')}`;
+    if (!(await this.cursorFound(rows, query.before, anchor, owner ? [query.ownerId] : []))) {
+      return undefined;
+    }
     const hasMore = rows.length > query.limit;
     return { requests: await this.summaries(rows.slice(0, query.limit)), hasMore };
   }
@@ -1629,6 +1666,24 @@ export class PostgresStore implements Store {
       this.migrated = undefined;
       throw err;
     }
+  }
+
+  /**
+   * False when `before` names no row of the scope a page was read from. A
+   * page with rows found it (it compares with NULL otherwise); only an empty
+   * one costs a second statement, `anchor` with `before` as `$1` and then
+   * `scope`. Chats, messages and log entries are never removed, so a cursor
+   * the page found is found again; a request that left the inbox in between
+   * is judged as it is now.
+   */
+  private async cursorFound(
+    page: readonly unknown[],
+    before: string | undefined,
+    anchor: string,
+    scope: unknown[],
+  ): Promise<boolean> {
+    if (before === undefined || page.length > 0) return true;
+    return (await this.query(anchor, [before, ...scope])).length > 0;
   }
 
   private async query<R extends pg.QueryResultRow = pg.QueryResultRow>(

@@ -36,6 +36,9 @@ import type {
 import type { OutboxEntry, OutboxEvent, WebhookType } from '../core/webhook-events.js';
 import type {
   AddedRequestMessage,
+  InboxPage,
+  ModerationLogPage,
+  NewestPage,
   PutRequestResult,
   RequestMessageWrite,
   RequestRecord,
@@ -557,6 +560,9 @@ export class SqliteStore implements Store {
         `SELECT id, action, user_id, message_id, by_user, at, reason FROM stream_moderation_log
          WHERE stream_key = ? AND id < ? ORDER BY id DESC LIMIT ?`,
       ),
+      logId: db.prepare<[bigint, string], { id: number }>(
+        'SELECT id FROM stream_moderation_log WHERE id = ? AND stream_key = ?',
+      ),
       streamSeq: db.prepare<[string, string], { seq: number }>(
         'SELECT seq FROM stream_messages WHERE id = ? AND stream_key = ?',
       ),
@@ -649,9 +655,10 @@ export class SqliteStore implements Store {
         `UPDATE request_messages SET message = '', attachments = '[]', deleted_at = @deletedAt
          WHERE id = @id AND request_id = @requestId AND sender_id = @senderId AND deleted_at IS NULL`,
       ),
-      activityOf: db.prepare<[string], { activity_at: string }>(
-        'SELECT activity_at FROM requests WHERE id = ?',
-      ),
+      activityOf: db.prepare<
+        [string],
+        { activity_at: string; owner_id: string; last_message_id: string | null }
+      >('SELECT activity_at, owner_id, last_message_id FROM requests WHERE id = ?'),
       labInbox: db.prepare<{ userId: string; at: string; id: string; limit: number }, InboxRow>(
         `SELECT r.id, r.owner_id, r.message_count, r.last_message_id, r.activity_at,
            coalesce(rr.sent, 0) AS sent, coalesce(rr.read, 0) AS read
@@ -821,9 +828,11 @@ export class SqliteStore implements Store {
     this.db.transaction(this.insertStreamMessages)(messages);
   }
 
-  async streamHistory(key: string, query: PageQuery): Promise<Page<StreamMessage>> {
+  streamHistory(key: string, query: NewestPage): Promise<Page<StreamMessage>>;
+  streamHistory(key: string, query: PageQuery): Promise<Page<StreamMessage> | undefined>;
+  async streamHistory(key: string, query: PageQuery): Promise<Page<StreamMessage> | undefined> {
     const upper = this.upperSeq(this.q.streamSeq, query.before, key);
-    if (upper === undefined) return { messages: [], hasMore: false };
+    if (upper === undefined) return undefined;
     const rows = this.q.streamPage.all(key, upper, query.limit + 1);
     const hasMore = rows.length > query.limit;
     const messages = rows.slice(0, query.limit).reverse().map(streamMessageOf);
@@ -942,11 +951,18 @@ export class SqliteStore implements Store {
     })();
   }
 
-  async moderationLog(
-    key: string,
-    query: { before?: string | undefined; limit: number },
-  ): Promise<{ actions: ModerationAction[]; hasMore: boolean }> {
-    const upper = query.before === undefined ? Number.MAX_SAFE_INTEGER : Number(query.before);
+  moderationLog(key: string, query: NewestPage): Promise<ModerationLogPage>;
+  moderationLog(key: string, query: PageQuery): Promise<ModerationLogPage | undefined>;
+  async moderationLog(key: string, query: PageQuery): Promise<ModerationLogPage | undefined> {
+    let upper = Number.MAX_SAFE_INTEGER;
+    if (query.before !== undefined) {
+      // Ids are one sequence over every stream: only this stream's are its cursors.
+      const anchor = /^[0-9]{1,18}$/.test(query.before)
+        ? this.q.logId.get(BigInt(query.before), key)
+        : undefined;
+      if (!anchor) return undefined;
+      upper = anchor.id;
+    }
     const rows = this.q.log.all(key, upper, query.limit + 1);
     const hasMore = rows.length > query.limit;
     const actions = rows.slice(0, query.limit).map((r) => ({
@@ -1080,12 +1096,19 @@ export class SqliteStore implements Store {
     })();
   }
 
-  async listRequests(query: InboxQuery): Promise<{ requests: RequestSummary[]; hasMore: boolean }> {
+  listRequests(query: InboxQuery & NewestPage): Promise<InboxPage>;
+  listRequests(query: InboxQuery): Promise<InboxPage | undefined>;
+  async listRequests(query: InboxQuery): Promise<InboxPage | undefined> {
     let at = TOP;
     let id = '';
     if (query.before !== undefined) {
       const anchor = this.q.activityOf.get(query.before);
-      if (!anchor) return { requests: [], hasMore: false };
+      const inInbox =
+        anchor !== undefined &&
+        (query.ownerId === undefined
+          ? anchor.last_message_id !== null
+          : anchor.owner_id === query.ownerId);
+      if (!inInbox) return undefined;
       at = anchor.activity_at;
       id = query.before;
     }
@@ -1145,9 +1168,14 @@ export class SqliteStore implements Store {
     return rows;
   }
 
-  async requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage>> {
+  requestHistory(requestId: string, query: NewestPage): Promise<Page<RequestMessage>>;
+  requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage> | undefined>;
+  async requestHistory(
+    requestId: string,
+    query: PageQuery,
+  ): Promise<Page<RequestMessage> | undefined> {
     const upper = this.upperSeq(this.q.requestSeq, query.before, requestId);
-    if (upper === undefined) return { messages: [], hasMore: false };
+    if (upper === undefined) return undefined;
     const rows = this.q.requestPage.all(requestId, upper, query.limit + 1);
     const hasMore = rows.length > query.limit;
     return { messages: this.withReceipts(rows.slice(0, query.limit).reverse()), hasMore };

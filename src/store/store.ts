@@ -10,6 +10,13 @@
  * - Idempotency: `addRequestMessage(s)` with a `clientMessageId` already stored
  *   for the same sender and request returns the original; receipts are
  *   recorded once per (message, user, kind) and the first time wins.
+ * - Paging: a read that takes `before` resolves to undefined, not to an
+ *   empty page, when `before` names nothing in the scope it pages (another
+ *   stream's chat, another request's message, an id never stored), so that
+ *   a caller can tell "no such cursor" from "nothing older". Chats,
+ *   messages and log entries are never removed (deleted ones are kept), so
+ *   such a cursor once handed out stays valid; an inbox's cursor holds while
+ *   its request stays in that inbox. Without `before` there is always a page.
  * - Unread counts: per request, the messages by others that a user has not
  *   read are `messageCount - sent - read`, three counters kept in the same
  *   transaction as the message, the receipt or the deletion that changes them.
@@ -38,6 +45,22 @@ import type {
   StreamSettings,
 } from '../core/stream-rules.js';
 import type { OutboxEntry, OutboxEvent } from '../core/webhook-events.js';
+
+/** A paged read without a cursor: the newest page, which always exists. */
+export interface NewestPage {
+  before?: undefined;
+  limit: number;
+}
+
+export interface InboxPage {
+  requests: RequestSummary[];
+  hasMore: boolean;
+}
+
+export interface ModerationLogPage {
+  actions: ModerationAction[];
+  hasMore: boolean;
+}
 
 export interface StreamRecord {
   key: string;
@@ -85,7 +108,9 @@ export interface Store {
   getStream(key: string): Promise<StreamRecord | undefined>;
   /** Stores a batch in one transaction: all of it or none. */
   appendStreamMessages(messages: readonly StreamMessage[]): Promise<void>;
-  streamHistory(key: string, query: PageQuery): Promise<Page<StreamMessage>>;
+  streamHistory(key: string, query: NewestPage): Promise<Page<StreamMessage>>;
+  /** Undefined when `before` names no chat of this stream. */
+  streamHistory(key: string, query: PageQuery): Promise<Page<StreamMessage> | undefined>;
 
   /**
    * Registers a request and its owner; a new owner replaces the old. Reports
@@ -117,7 +142,9 @@ export interface Store {
   addRequestMessages(
     writes: readonly RequestMessageWrite[],
   ): Promise<PromiseSettledResult<AddedRequestMessage>[]>;
-  requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage>>;
+  requestHistory(requestId: string, query: NewestPage): Promise<Page<RequestMessage>>;
+  /** Undefined when `before` names no message of this request. */
+  requestHistory(requestId: string, query: PageQuery): Promise<Page<RequestMessage> | undefined>;
   /**
    * Records receipts of `userId` for those of `messageIds` that belong to the
    * request and were not sent by that user; ignores the rest. A read also
@@ -196,7 +223,12 @@ export interface Store {
    * an index; `unread` comes from per-request counters, never from counting
    * messages.
    */
-  listRequests(query: InboxQuery): Promise<{ requests: RequestSummary[]; hasMore: boolean }>;
+  listRequests(query: InboxQuery & NewestPage): Promise<InboxPage>;
+  /**
+   * Undefined when `before` names no request of this inbox: one that does not
+   * exist, another owner's (a teacher's inbox), one without messages (the lab's).
+   */
+  listRequests(query: InboxQuery): Promise<InboxPage | undefined>;
   /** One line of `userId`'s inbox; undefined for an unknown request. */
   requestSummary(requestId: string, userId: string): Promise<RequestSummary | undefined>;
   /**
@@ -252,10 +284,9 @@ export interface Store {
     effect?: ModerationEffect,
   ): Promise<ModerationAction | undefined>;
   /** Newest first; `before` is an action id. */
-  moderationLog(
-    key: string,
-    query: { before?: string | undefined; limit: number },
-  ): Promise<{ actions: ModerationAction[]; hasMore: boolean }>;
+  moderationLog(key: string, query: NewestPage): Promise<ModerationLogPage>;
+  /** Undefined when `before` names no action of this stream's log. */
+  moderationLog(key: string, query: PageQuery): Promise<ModerationLogPage | undefined>;
 
   /** Resolves when the backend answers; for readiness. */
   ping(): Promise<void>;
