@@ -24,7 +24,8 @@
  *   npm run bench -- --only limits   (stream rate limits counted in memory against Redis: 200 users
  *       posting on 20 streams, saturated and paced; and the take alone, in-process; --limits-posters N
  *       --limits-streams N --limits-window N --limits-rate N --limits-takes N; --limits-slow S: slow mode
- *       of S seconds on every stream; --limits-counters redis: Redis only; --baseline NAME=DIR: other
+ *       of S seconds on every stream; --limits-counters redis: Redis only; --limits-loads window,2000:
+ *       saturated (window) and paced loads to run, none: the take alone only; --baseline NAME=DIR: other
  *       built trees too, interleaved; Redis at BENCH_REDIS_URL or 127.0.0.1:6379; --cpu-prof adds a CPU
  *       profile of the Redis runs, counted and not)
  *       (charla-off: charla with STREAM_FLUSH_MS=0; charla-nocache: STREAM_HISTORY_CACHE_STREAMS=0;
@@ -914,7 +915,12 @@ async function main(): Promise<void> {
     const counterKinds = (option('limits-counters') ?? 'memory,redis').split(',');
     const slowOption = Number(option('limits-slow') ?? 0);
     const variants: Array<[string, LimitsVariant]> = [];
-    for (const load of [0, rate]) {
+    // `--limits-loads 1500`: paced only (`window`: as fast as each poster's window allows).
+    const loads = (option('limits-loads') ?? `window,${rate}`)
+      .split(',')
+      .filter((l) => l !== 'none')
+      .map((l) => (l === 'window' ? 0 : Number(l)));
+    for (const load of loads) {
       for (const redis of [false, true]) {
         if (!counterKinds.includes(redis ? 'redis' : 'memory')) continue;
         for (const moderators of [false, true]) {
@@ -994,15 +1000,19 @@ async function main(): Promise<void> {
       { counters: 'memory', slowSeconds: 30, fresh: true },
       { counters: 'redis', slowSeconds: 30, fresh: true },
     ].filter((c) => counterKinds.includes(c.counters)) as typeof calls;
-    const takeRuns = builds.flatMap(([build, dir]) =>
-      calls
-        // Auto-pipelining is a client setting, the same in every build.
-        .filter((c) => dir === undefined || !c.pipelined)
-        .map((c) => ({ build, dir, ...c })),
+    // Each call on every build back to back; auto-pipelining is a client setting, the same in every build.
+    const takeRuns = calls.flatMap((c) =>
+      builds
+        .filter(([, dir]) => dir === undefined || !c.pipelined)
+        .map(([build, dir]) => ({ build, dir, ...c })),
     );
-    for (const { build, dir, counters, slowSeconds, fresh, pipelined } of takeRuns) {
-      const all: TakesPoint[][] = [];
-      for (let r = 0; r < runs; r++) {
+    // Interleaved run by run as well: builds compared in the same minutes.
+    const takeLists = takeRuns.map(() => [] as TakesPoint[][]);
+    for (let r = 0; r < runs; r++) {
+      for (const [
+        i,
+        { build, dir, counters, slowSeconds, fresh, pipelined },
+      ] of takeRuns.entries()) {
         const points = await takesRun({
           ...(counters === 'redis' ? { redisUrl: LIMITS_REDIS_URL } : {}),
           prefix: `charla_bench_${randomBytes(4).toString('hex')}:`,
@@ -1015,11 +1025,14 @@ async function main(): Promise<void> {
           ...(pipelined ? { autoPipelining: true } : {}),
           ...(dir === undefined ? {} : { module: join(dir, 'dist/src/core/stream-limits.js') }),
         });
-        all.push(points);
+        takeLists[i]?.push(points);
         process.stderr.write(
           `  limits take ${build}, ${counters}${slowSeconds ? (fresh ? ' slow accepted' : ' slow') : ''}${pipelined ? ' pipelined' : ''} run ${r + 1}: ${JSON.stringify(points)}\n`,
         );
       }
+    }
+    for (const [i, { build, counters, slowSeconds, fresh, pipelined }] of takeRuns.entries()) {
+      const all = takeLists[i] ?? [];
       for (const [j, p] of (all[0] ?? []).entries()) {
         const list = all.map((points) => points[j] as TakesPoint);
         const keys = Object.keys(p) as Array<keyof TakesPoint>;
