@@ -94,7 +94,7 @@ export class StreamLimits {
    * (0: off) and the rate, or throws `slow_mode` or `rate_limited` with the
    * wait. Slow mode is checked first, so a chat it refuses does not spend
    * the rate. With Redis a chat the rate refuses does not start the
-   * slow-mode wait either (its retry_after_ms is then the whole wait); in
+   * slow-mode wait either, so its retry_after_ms is the whole wait; in
    * this process it still does.
    */
   async take(key: string, userId: string, slowSeconds = 0): Promise<void> {
