@@ -92,10 +92,8 @@ export class StreamLimits {
   /**
    * Counts one chat of `userId` in `key` under slow mode of `slowSeconds`
    * (0: off) and the rate, or throws `slow_mode` or `rate_limited` with the
-   * wait. Slow mode is checked first, so a chat it refuses does not spend
-   * the rate. With Redis a chat the rate refuses does not start the
-   * slow-mode wait either, so its retry_after_ms is the whole wait; in
-   * this process it still does.
+   * wait. Slow mode is checked first; a chat either refuses spends nothing
+   * of the other, so a rate refusal's retry_after_ms is the whole wait.
    */
   async take(key: string, userId: string, slowSeconds = 0): Promise<void> {
     const redis = this.options.redis;
@@ -124,13 +122,26 @@ export class StreamLimits {
     });
   }
 
-  /** The count in this process: slow mode first, so a chat it refuses does not spend the rate. */
+  /**
+   * The count in this process, by the script's rule: slow mode's wait is
+   * looked at first and started only once the rate took the chat. Two chats
+   * of one user at the same moment can both pass the look; the second is
+   * then refused by slow mode after the rate counted it.
+   */
   private async takeHere(key: string, userId: string, slowSeconds: number): Promise<void> {
-    if (slowSeconds > 0) await this.takeSlowHere(`${key}\u0000${userId}`, slowSeconds);
+    const user = `${key}\u0000${userId}`;
+    const slow = slowSeconds > 0 ? this.slowLimiter(slowSeconds) : undefined;
+    const waiting = await slow?.get(user);
+    if (waiting && waiting.consumedPoints >= 1) throw slowMode(waiting.msBeforeNext);
     this.rate.take(`${userId}\u0000${key}`);
+    try {
+      await slow?.consume(user);
+    } catch (err) {
+      throw err instanceof RateLimiterRes ? slowMode(err.msBeforeNext) : err;
+    }
   }
 
-  private async takeSlowHere(user: string, seconds: number): Promise<void> {
+  private slowLimiter(seconds: number): RateLimiterAbstract {
     let limiter = this.slow.get(seconds);
     if (!limiter) {
       limiter = new RateLimiterMemory({
@@ -140,15 +151,9 @@ export class StreamLimits {
       });
       this.slow.set(seconds, limiter);
     }
-    try {
-      await limiter.consume(user);
-    } catch (err) {
-      if (err instanceof RateLimiterRes) {
-        throw new ChatError('slow_mode', undefined, {
-          retryAfterMs: Math.max(1, Math.ceil(err.msBeforeNext)),
-        });
-      }
-      throw err;
-    }
+    return limiter;
   }
 }
+
+const slowMode = (msLeft: number) =>
+  new ChatError('slow_mode', undefined, { retryAfterMs: Math.max(1, Math.ceil(msLeft)) });
