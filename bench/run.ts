@@ -22,9 +22,12 @@
  *   npm run bench -- --only join --join-rate 5000   (history on join alone, in-process, memory against store)
  *   npm run bench -- --only startup   (spawn to listening on SQLite, against node's own start)
  *   npm run bench -- --only limits   (stream rate limits counted in memory against Redis: 200 users
- *       posting on 20 streams, saturated and paced; and takeRate alone, in-process; --limits-posters N
- *       --limits-streams N --limits-window N --limits-rate N --limits-takes N; Redis at BENCH_REDIS_URL or
- *       127.0.0.1:6379; --cpu-prof adds a CPU profile of the Redis runs, counted and not)
+ *       posting on 20 streams, saturated and paced; and the take alone, in-process; --limits-posters N
+ *       --limits-streams N --limits-window N --limits-rate N --limits-takes N; --limits-slow S: slow mode
+ *       of S seconds on every stream; --limits-counters redis: Redis only; --limits-loads window,2000:
+ *       saturated (window) and paced loads to run, none: the take alone only; --baseline NAME=DIR: other
+ *       built trees too, interleaved; Redis at BENCH_REDIS_URL or 127.0.0.1:6379; --cpu-prof adds a CPU
+ *       profile of the Redis runs, counted and not)
  *       (charla-off: charla with STREAM_FLUSH_MS=0; charla-nocache: STREAM_HISTORY_CACHE_STREAMS=0;
  *        --flush-ms sets charla's STREAM_FLUSH_MS;
  *        --cpu-prof writes a CPU profile of charla at the largest big-room point, and of the
@@ -413,19 +416,32 @@ function writeCallsOf(pid: number): number {
  * moderators post on several streams, each with a window of chats in flight,
  * a few viewers per stream read; every chat is one take of the rate limit.
  */
-async function limitsRun(v: LimitsVariant, nodeFlags: string[] = []) {
+async function limitsRun(v: LimitsVariant, nodeFlags: string[] = [], build?: string) {
   const prefix = `charla_bench_${randomBytes(4).toString('hex')}:`;
   const redis = v.redis ? new Redis(LIMITS_REDIS_URL) : undefined;
   const server = await startServer(
     'charla',
     v.redis ? { REDIS_URL: LIMITS_REDIS_URL, REDIS_PREFIX: prefix } : {},
     nodeFlags,
+    ...(build === undefined ? [] : [join(build, 'dist/src/main.js')]),
   );
   try {
     const streams = Number(option('limits-streams') ?? 20);
     const posters = Number(option('limits-posters') ?? 200);
     const keys = Array.from({ length: streams }, (_, i) => `l${i}`);
     await putStreams(server, keys);
+    // `--limits-slow S`: slow mode on every stream, so each counted chat is a slow-mode take as well.
+    const slow = Number(option('limits-slow') ?? 0);
+    if (slow > 0) {
+      for (const key of keys) {
+        const res = await fetch(`http://127.0.0.1:${server.port}/api/streams/${key}`, {
+          method: 'PATCH',
+          headers: { 'x-api-key': BENCH_API_KEY, 'content-type': 'application/json' },
+          body: JSON.stringify({ slowModeSeconds: slow }),
+        });
+        if (res.status >= 300) throw new Error(`PATCH ${key}: ${res.status}`);
+      }
+    }
     const tokens = await Promise.all(
       Array.from({ length: posters }, (_, i) =>
         token(`u${i}`, v.moderators ? { role: 'MODERATOR' } : {}),
@@ -486,7 +502,7 @@ async function limitsRun(v: LimitsVariant, nodeFlags: string[] = []) {
   }
 }
 
-/** `StreamLimits.takeRate` alone (bench/takes.ts), in a process pinned like a server. */
+/** `StreamLimits.take` alone (bench/takes.ts), in a process pinned like a server. */
 function takesRun(spec: TakesSpec): Promise<TakesPoint[]> {
   return new Promise((resolve, reject) => {
     const child = spawn(
@@ -884,9 +900,29 @@ async function main(): Promise<void> {
 
   if (want('limits')) {
     const rate = Number(option('limits-rate') ?? 2000);
+    // `--baseline NAME=DIR,…`: other built trees, each variant run on them too, interleaved.
+    const builds: Array<[string, string | undefined]> = [
+      ['this build', undefined],
+      ...(option('baseline') ?? '')
+        .split(',')
+        .filter((b) => b !== '')
+        .map((b): [string, string] => {
+          const eq = b.indexOf('=');
+          return eq < 0 ? ['baseline', b] : [b.slice(0, eq), b.slice(eq + 1)];
+        }),
+    ];
+    // `--limits-counters redis`: leave out the counting in memory.
+    const counterKinds = (option('limits-counters') ?? 'memory,redis').split(',');
+    const slowOption = Number(option('limits-slow') ?? 0);
     const variants: Array<[string, LimitsVariant]> = [];
-    for (const load of [0, rate]) {
+    // `--limits-loads 1500`: paced only (`window`: as fast as each poster's window allows).
+    const loads = (option('limits-loads') ?? `window,${rate}`)
+      .split(',')
+      .filter((l) => l !== 'none')
+      .map((l) => (l === 'window' ? 0 : Number(l)));
+    for (const load of loads) {
       for (const redis of [false, true]) {
+        if (!counterKinds.includes(redis ? 'redis' : 'memory')) continue;
         for (const moderators of [false, true]) {
           variants.push([
             `${redis ? 'redis' : 'memory'}${moderators ? ', moderators' : ''}${load ? `, ${load}/s` : ''}`,
@@ -896,22 +932,32 @@ async function main(): Promise<void> {
       }
     }
     // Interleaved run by run, so that a noisy minute on the shared machine hits every variant.
-    const lists = variants.map(() => [] as Array<Record<string, number>>);
+    const runsOf = builds.flatMap(([build, dir]) =>
+      variants.map(([name, v]): [string, string, LimitsVariant, string | undefined] => [
+        build,
+        name,
+        v,
+        dir,
+      ]),
+    );
+    const lists = runsOf.map(() => [] as Array<Record<string, number>>);
     for (let r = 0; r < runs; r++) {
-      for (const [i, [name, v]] of variants.entries()) {
-        const res = await limitsRun(v);
+      for (const [i, [build, name, v, dir]] of runsOf.entries()) {
+        const res = await limitsRun(v, [], dir);
         lists[i]?.push(res);
-        process.stderr.write(`  limits ${name} run ${r + 1}: ${JSON.stringify(res)}\n`);
+        process.stderr.write(`  limits ${build}, ${name} run ${r + 1}: ${JSON.stringify(res)}\n`);
       }
     }
-    for (const [i, [name, v]] of variants.entries()) {
+    for (const [i, [build, name, v]] of runsOf.entries()) {
       const list = lists[i] ?? [];
       const keys = Object.keys(list[0] ?? {});
       const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k] as number))]));
       record('limits', {
         variant: name,
+        build,
         counters: v.redis ? 'redis' : 'memory',
         posters: v.moderators ? 'moderators (not counted)' : 'users (counted)',
+        slowModeSeconds: slowOption,
         rate: v.rate,
         server: 'charla',
         ...m,
@@ -940,16 +986,33 @@ async function main(): Promise<void> {
     }
     // The limiter alone: what a take costs, without the fan-out Redis also carries.
     const takes = Number(option('limits-takes') ?? (quick ? 5000 : 20_000));
-    const calls: Array<{ counters: 'memory' | 'redis'; slowSeconds?: number; pipelined?: true }> = [
+    const calls: Array<{
+      counters: 'memory' | 'redis';
+      slowSeconds?: number;
+      fresh?: true;
+      pipelined?: true;
+    }> = [
       { counters: 'memory' },
       { counters: 'redis' },
       { counters: 'redis', pipelined: true },
       { counters: 'memory', slowSeconds: 30 },
       { counters: 'redis', slowSeconds: 30 },
-    ];
-    for (const { counters, slowSeconds, pipelined } of calls) {
-      const all: TakesPoint[][] = [];
-      for (let r = 0; r < runs; r++) {
+      { counters: 'memory', slowSeconds: 30, fresh: true },
+      { counters: 'redis', slowSeconds: 30, fresh: true },
+    ].filter((c) => counterKinds.includes(c.counters)) as typeof calls;
+    // Each call on every build back to back; auto-pipelining is a client setting, the same in every build.
+    const takeRuns = calls.flatMap((c) =>
+      builds
+        .filter(([, dir]) => dir === undefined || !c.pipelined)
+        .map(([build, dir]) => ({ build, dir, ...c })),
+    );
+    // Interleaved run by run as well: builds compared in the same minutes.
+    const takeLists = takeRuns.map(() => [] as TakesPoint[][]);
+    for (let r = 0; r < runs; r++) {
+      for (const [
+        i,
+        { build, dir, counters, slowSeconds, fresh, pipelined },
+      ] of takeRuns.entries()) {
         const points = await takesRun({
           ...(counters === 'redis' ? { redisUrl: LIMITS_REDIS_URL } : {}),
           prefix: `charla_bench_${randomBytes(4).toString('hex')}:`,
@@ -958,22 +1021,33 @@ async function main(): Promise<void> {
           takes,
           inFlight: [1, 64],
           ...(slowSeconds === undefined ? {} : { slowSeconds }),
+          ...(fresh ? { fresh } : {}),
           ...(pipelined ? { autoPipelining: true } : {}),
+          ...(dir === undefined ? {} : { module: join(dir, 'dist/src/core/stream-limits.js') }),
         });
-        all.push(points);
+        takeLists[i]?.push(points);
         process.stderr.write(
-          `  limits take ${counters}${slowSeconds ? ' slow' : ''}${pipelined ? ' pipelined' : ''} run ${r + 1}: ${JSON.stringify(points)}\n`,
+          `  limits take ${build}, ${counters}${slowSeconds ? (fresh ? ' slow accepted' : ' slow') : ''}${pipelined ? ' pipelined' : ''} run ${r + 1}: ${JSON.stringify(points)}\n`,
         );
       }
+    }
+    for (const [i, { build, counters, slowSeconds, fresh, pipelined }] of takeRuns.entries()) {
+      const all = takeLists[i] ?? [];
       for (const [j, p] of (all[0] ?? []).entries()) {
         const list = all.map((points) => points[j] as TakesPoint);
         const keys = Object.keys(p) as Array<keyof TakesPoint>;
         const m = Object.fromEntries(keys.map((k) => [k, median(list.map((x) => x[k]))]));
         record('limits-take', {
+          build,
           counters: pipelined
             ? `${counters}, enableAutoPipelining (not charla's setting)`
             : counters,
-          take: slowSeconds === undefined ? 'takeRate' : `takeSlow ${slowSeconds} s (refused)`,
+          take:
+            slowSeconds === undefined
+              ? 'rate'
+              : fresh
+                ? `slow mode ${slowSeconds} s then rate (accepted)`
+                : `slow mode ${slowSeconds} s (refused)`,
           server: 'charla',
           ...m,
         });
@@ -1390,6 +1464,8 @@ function renderTables(): string {
   }
   if (results.limits) {
     const rows = results.limits.map((r) => [
+      String(r.build ?? 'this build'),
+      r.slowModeSeconds ? `${r.slowModeSeconds} s` : 'off',
       String(r.counters),
       String(r.posters),
       Number(r.rate) > 0 ? fmt(Number(r.rate)) : 'window',
@@ -1406,6 +1482,8 @@ function renderTables(): string {
       '\n### Stream rate limits: 200 users on 20 streams (2 viewers each), chats in flight per user as the window allows or paced; counters (and fan-out) in memory or in Redis\n',
       table(
         [
+          'build',
+          'slow mode',
           'counters and fan-out',
           'posters',
           'load',
@@ -1424,6 +1502,7 @@ function renderTables(): string {
   }
   if (results['limits-take']) {
     const rows = results['limits-take'].map((r) => [
+      String(r.build ?? 'this build'),
       String(r.counters),
       String(r.take),
       fmt(n(r, 'inFlight')),
@@ -1435,7 +1514,16 @@ function renderTables(): string {
     parts.push(
       '\n### Stream rate limit alone: `StreamLimits` in-process, 200 users × 20 streams\n',
       table(
-        ['counters', 'call', 'in flight', 'takes/s', 'CPU µs per take', 'p50 µs', 'p99 µs'],
+        [
+          'build',
+          'counters',
+          'take',
+          'in flight',
+          'takes/s',
+          'CPU µs per take',
+          'p50 µs',
+          'p99 µs',
+        ],
         rows,
       ),
     );

@@ -1,6 +1,6 @@
 /**
- * The stream rate limit alone, in-process: `StreamLimits.takeRate` called in
- * a loop, counted in this process or in Redis (one script per take), with no
+ * The stream rate limit and slow mode alone, in-process: `StreamLimits.take`
+ * called in a loop, counted in this process or in Redis, with no
  * socket, token, store or fan-out around it. Run as its own process, pinned
  * like a server (`node dist/bench/takes.js '<TakesSpec as JSON>'`); prints a
  * TakesResult as JSON.
@@ -24,8 +24,16 @@ export interface TakesSpec {
   takes: number;
   /** Takes in flight at once, one point each. */
   inFlight: number[];
-  /** Slow mode of this many seconds instead of the rate: all but a user's first take refused. */
+  /** Slow mode of this many seconds as well as the rate: all but a user's first take refused. */
   slowSeconds?: number;
+  /** Every take by a user of its own, so that each is accepted (slow mode then costs most). */
+  fresh?: boolean;
+  /**
+   * `dist/src/core/stream-limits.js` of another build to measure instead of
+   * this one's; one that has no `take` is called as its `Streams` did
+   * (`takeSlow` in slow mode, then `takeRate`).
+   */
+  module?: string;
   /**
    * ioredis's `enableAutoPipelining` (commands of one event-loop turn in one
    * write), which charla's counter connection does not set: what it would save.
@@ -42,16 +50,37 @@ export interface TakesPoint {
   refused: number;
 }
 
-async function point(limits: StreamLimits, spec: TakesSpec, inFlight: number, n: number) {
+/** What a chat's take is, in this build or in one from before `take` counted both at once. */
+interface Limits {
+  take?(key: string, userId: string, slowSeconds?: number): Promise<void>;
+  takeSlow?(key: string, userId: string, seconds: number): Promise<void>;
+  takeRate?(key: string, userId: string): Promise<void>;
+}
+
+function taker(limits: Limits): (key: string, user: string, slow: number) => Promise<void> {
+  const { take, takeSlow, takeRate } = limits;
+  // Such a build's own (private) `take` counted one limiter.
+  if (takeSlow && takeRate) {
+    return async (key, user, slow) => {
+      if (slow > 0) await takeSlow.call(limits, key, user, slow);
+      await takeRate.call(limits, key, user);
+    };
+  }
+  if (!take) throw new Error('no take in that build');
+  return (key, user, slow) => take.call(limits, key, user, slow);
+}
+
+let freshUsers = 0;
+
+async function point(limits: Limits, spec: TakesSpec, inFlight: number, n: number) {
   const latencies: number[] = [];
   let refused = 0;
   let next = 0;
+  const take = taker(limits);
   const one = (i: number): Promise<void> => {
     const key = `s${i % spec.streams}`;
-    const user = `u${i % spec.users}`;
-    return spec.slowSeconds === undefined
-      ? limits.takeRate(key, user)
-      : limits.takeSlow(key, user, spec.slowSeconds);
+    const user = spec.fresh ? `f${freshUsers++}` : `u${i % spec.users}`;
+    return take(key, user, spec.slowSeconds ?? 0);
   };
   const worker = async () => {
     while (next < n) {
@@ -101,7 +130,9 @@ export async function runTakes(spec: TakesSpec): Promise<TakesPoint[]> {
     }
     const rate = parseRate('100000000/1s');
     if (!rate) throw new Error('bad rate');
-    const limits = new StreamLimits(rate, {
+    const Build: typeof StreamLimits =
+      spec.module === undefined ? StreamLimits : (await import(spec.module)).StreamLimits;
+    const limits: Limits = new Build(rate, {
       redis: client && { client, prefix: spec.prefix },
     });
     const out: TakesPoint[] = [];

@@ -132,6 +132,25 @@ describe('limits', () => {
     for (const c of [a, sameUser, otherUser]) c.close();
   });
 
+  it('a chat the rate refuses does not start the slow-mode wait', async () => {
+    const key = 'lim-slow';
+    assert.equal((await api(s.url, 'PUT', `/api/streams/${key}`, {})).status, 201);
+    const c = await StreamClient.connect(s.wsUrl, key, { token: await userToken('r3') });
+    await c.next('auth');
+    for (let i = 0; i < 3; i++) c.chat(`m${i}`);
+    await c.collect('chat', 3);
+    const patched = await api(s.url, 'PATCH', `/api/streams/${key}`, { slowModeSeconds: 30 });
+    assert.equal(patched.status, 200);
+    c.chat('one too many');
+    const rate = (await c.collect('error', 1))[0];
+    assert.equal(rate?.data.error_code, 'rate_limited');
+    // Refused by the rate, it did not start slow mode's wait: still the rate that refuses.
+    c.chat('again');
+    const again = (await c.collect('error', 2))[1];
+    assert.equal(again?.data.error_code, 'rate_limited');
+    c.close();
+  });
+
   it('closes a frame over MAX_FRAME_BYTES with 1009', async () => {
     const c = await StreamClient.connect(s.wsUrl, 'lim', { token: await userToken('big') });
     await c.next('auth');

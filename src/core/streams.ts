@@ -320,9 +320,7 @@ export class Streams<F> {
     this.unstored++;
     try {
       if (badges.length === 0) {
-        // Slow mode first: a chat it refuses does not spend the user's rate allowance.
-        if (slowed) await this.counters.takeSlow(key, identity.userId, rules.slowModeSeconds);
-        await this.counters.takeRate(key, identity.userId);
+        await this.counters.take(key, identity.userId, slowed ? rules.slowModeSeconds : 0);
       }
     } catch (err) {
       this.unstored--;
