@@ -214,7 +214,8 @@ function handled(conn: Redis, onError: (err: unknown) => void): Redis {
   return new Proxy(conn, {
     get(target, property) {
       const value: unknown = Reflect.get(target, property, target);
-      if (typeof value !== 'function') return value;
+      // The constructor stays itself: the adapter reads its name to tell a Cluster.
+      if (typeof value !== 'function' || property === 'constructor') return value;
       return (...args: unknown[]) => {
         const result: unknown = value.apply(target, args);
         if (result instanceof Promise) result.catch(onError);
