@@ -6,15 +6,21 @@
  * real socket.io-client and `ws` clients, a real SQLite file.
  */
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { newId } from '../src/core/ids.js';
 import {
+  API_KEY,
   api,
   joinStream,
   postInOrder,
+  SECRET,
   sleep,
+  spawnServer,
   startServer,
   type TestServer,
+  tempDir,
   until,
   userToken,
 } from './helpers.js';
@@ -154,5 +160,39 @@ if (await requireServices('redis')) {
         }
       });
     }
+
+    it('SIGTERM with Redis not answering: the process exits 0, in the time section 1 allows', async () => {
+      const proxy = new TcpProxy('127.0.0.1', port);
+      await proxy.start();
+      const dir = tempDir();
+      const node = await spawnServer({
+        DATABASE_URL: `sqlite:${join(dir, 'charla.db')}`,
+        JWT_SECRET: SECRET,
+        API_KEY,
+        REDIS_URL: `redis://127.0.0.1:${proxy.port}`,
+        REDIS_PREFIX: tempRedisPrefix(),
+      });
+      let teacher: RequestClient | undefined;
+      try {
+        await until(async () => (await fetch(`${node.url}/readyz`)).status === 200, 'Redis');
+        const requestId = newId();
+        await api(node.url, 'PUT', `/api/requests/${requestId}`, { ownerId: '1' });
+        teacher = await RequestClient.connect(node.url, await userToken('1', { role: 'TEACHER' }));
+        await teacher.ask('joinRoom', { requestId });
+        proxy.pause('service');
+        assert.equal((await teacher.ask('message', { requestId, message: 'away' })).ok, true);
+        const started = Date.now();
+        const code = await node.stop('SIGTERM');
+        const ms = Date.now() - started;
+        assert.equal(code, 0, node.output());
+        assert.ok(ms < CLOSE_BOUND_MS, `exited after ${ms} ms`);
+      } finally {
+        teacher?.close();
+        await node.stop('SIGKILL');
+        proxy.resume('service');
+        await proxy.stop();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
   });
 }
