@@ -7,6 +7,7 @@ import type { AddressInfo, Socket } from 'node:net';
 import type { Redis } from 'ioredis';
 import type { Broker } from './broker/broker.js';
 import { MemoryBroker } from './broker/memory.js';
+import { endConnection } from './broker/redis-connection.js';
 import type { Config } from './config.js';
 import { ChatError } from './core/errors.js';
 import { createVerifier, type TokenVerifier } from './core/identity.js';
@@ -265,8 +266,8 @@ export async function createApp(config: Config, options: { log?: Logger } = {}):
         streams.close();
         await Promise.all([streams.flush(), requests.flush()]);
         await webhooks?.stop();
-        await broker.close();
-        await counterClient?.quit().catch(() => counterClient.disconnect());
+        // Together: each may wait its bound for a Redis that stopped answering.
+        await Promise.all([broker.close(), counterClient && endConnection(counterClient)]);
         await store.close();
       })();
       return closing;

@@ -17,6 +17,7 @@ import { createAdapter } from '@socket.io/redis-adapter';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../observability/log.js';
 import type { Broker, RoomAdapter, Unsubscribe } from './broker.js';
+import { endConnection } from './redis-connection.js';
 
 type Handler = (payload: string) => void;
 
@@ -142,7 +143,10 @@ export class RedisBroker implements Broker {
    * behaviour when Redis is lost: local sockets still get them, other nodes miss them.
    */
   roomAdapter(): RoomAdapter {
-    return createAdapter(this.pub, this.sub, { key: `${this.prefix}socket.io` });
+    const onError = (err: unknown) => this.onLost(err as Error);
+    return createAdapter(handled(this.pub, onError), handled(this.sub, onError), {
+      key: `${this.prefix}socket.io`,
+    });
   }
 
   async ping(): Promise<void> {
@@ -169,12 +173,7 @@ export class RedisBroker implements Broker {
     this.closed = true;
     this.topics.clear();
     this.subscribing.clear();
-    // QUIT lets queued publications go out first; disconnect if Redis is gone.
-    await Promise.all(
-      [this.pub, this.sub].map((conn) =>
-        conn.status === 'ready' ? conn.quit().catch(() => conn.disconnect()) : conn.disconnect(),
-      ),
-    );
+    await Promise.all([this.pub, this.sub].map(endConnection));
   }
 
   private onMessage(channel: string, payload: string): void {
@@ -202,4 +201,26 @@ export class RedisBroker implements Broker {
       'redis connection lost; serving local clients, fan-out paused',
     );
   }
+}
+
+/**
+ * `conn` as the Socket.IO adapter gets it: the adapter sends its commands
+ * (room broadcasts, its SUBSCRIBEs, the UNSUBSCRIBEs of its close) without
+ * handling their failure. While Redis is away they wait, and fail together
+ * when the node closes; unhandled, each would be a rejection that ends a
+ * process run with Node's default `--unhandled-rejections=throw`.
+ */
+function handled(conn: Redis, onError: (err: unknown) => void): Redis {
+  return new Proxy(conn, {
+    get(target, property) {
+      const value: unknown = Reflect.get(target, property, target);
+      // The constructor stays itself: the adapter reads its name to tell a Cluster.
+      if (typeof value !== 'function' || property === 'constructor') return value;
+      return (...args: unknown[]) => {
+        const result: unknown = value.apply(target, args);
+        if (result instanceof Promise) result.catch(onError);
+        return result;
+      };
+    },
+  });
 }
