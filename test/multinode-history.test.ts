@@ -286,6 +286,47 @@ if (await requireServices('postgres', 'redis')) {
       });
     }
 
+    it('a cache whose seed read is not known to be caught up with the broker is not kept: later joins get each chat once', async () => {
+      const E = await proxiedNode({
+        STREAM_HISTORY_CACHE_STREAMS: '1',
+        STREAM_HISTORY_SETTLE_MS: '300',
+      });
+      try {
+        const key = await newStream();
+        const { c: poster } = await join(A, key, OWNER);
+        await postInOrder(poster, ['before']);
+        await A.app.streams.flush();
+        await join(E.node, key);
+        await join(E.node, await newStream());
+        E.db.pause('client');
+        const joining = join(E.node, key);
+        await until(() => E.db.waiting('client') > 0, "E's seed read to wait in the proxy");
+        E.redis.pause('service');
+        const [late] = await postInOrder(poster, ['late']);
+        await A.app.streams.flush();
+        E.db.resume('client');
+        // Longer than STREAM_HISTORY_SETTLE_MS: the seed gives up waiting for the broker.
+        await sleep(800);
+        E.redis.resume('service');
+        const first = await joining;
+        assert.equal(first.history.gap, true, 'not confirmed: flagged');
+        await postInOrder(poster, ['after']);
+        await until(
+          () => first.c.frames.some((f) => f.type === 'chat' && f.data.message === 'after'),
+          "the first viewer to hear 'after'",
+        );
+        const next = await join(E.node, key);
+        const ids = next.history.messages.map((m) => m.id);
+        assert.equal(ids.filter((id) => id === late?.data.id).length, 1, 'the late chat, once');
+        assert.deepEqual(
+          next.history.messages.map((m) => m.message),
+          ['before', 'late', 'after'],
+        );
+      } finally {
+        await E.close();
+      }
+    });
+
     for (const [how, extra] of [
       ['reading the store', { STREAM_HISTORY_CACHE_STREAMS: '0' }],
       ['seeding its cache', { STREAM_HISTORY_CACHE_STREAMS: '1' }],

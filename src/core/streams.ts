@@ -893,9 +893,15 @@ export class Streams<F> {
       else {
         const limit = this.deps.limits.historyMaxPage;
         const r = await this.deps.store.streamRecent(key, { limit });
-        await this.caughtUp();
+        // A chat still on its way would be added to the cache a second time, for
+        // every later join to see twice: a seed not known to be complete is not kept.
+        if (!(await this.caughtUp())) outcome = 'unsettled';
         // Dropped meanwhile: nobody watches here any more, or another stream took its place.
-        if (this.rooms.get(key) === room && this.recent.get(key) === recent && recent.seed(r)) {
+        else if (
+          this.rooms.get(key) === room &&
+          this.recent.get(key) === recent &&
+          recent.seed(r)
+        ) {
           return 'ready';
         }
       }
@@ -927,11 +933,12 @@ export class Streams<F> {
    * can have found has been heard here: a chat is published before it is
    * stored, but its publication may still be on its way to this node (or
    * read after the store's answer in the same turn). Heard later, it would be
-   * both in the history and live. Bounded as the settle is; past it, such a
-   * chat may be seen twice, which a client's de-duplication by id absorbs.
+   * both in the history and live. Bounded as the settle is: false past it,
+   * when such a chat may come twice to that one join (a client's
+   * de-duplication by id absorbs it), and the cache is not seeded.
    */
-  private async caughtUp(): Promise<void> {
-    await this.withinSettle(this.deps.broker.caughtUp().then(() => true));
+  private caughtUp(): Promise<boolean> {
+    return this.withinSettle(this.deps.broker.caughtUp().then(() => true));
   }
 
   /** `wait`'s answer, or false when it fails or takes longer than STREAM_HISTORY_SETTLE_MS. */
