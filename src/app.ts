@@ -80,6 +80,14 @@ export async function createStore(config: Config, log: Logger): Promise<Store> {
  * typing throttle for every node. Commands never queue: while Redis is away
  * each node counts alone.
  */
+/**
+ * How long a chat waits for Redis to count it. A Redis that holds the
+ * connection but stops answering would otherwise hold every chat (and the
+ * store's backlog bound with them) until the connection breaks; past this
+ * the chat is counted on this node, as while Redis is unreachable.
+ */
+const COUNTER_TIMEOUT_MS = 500;
+
 async function createCounterClient(config: Config, log: Logger): Promise<Redis | undefined> {
   if (config.redisUrl === undefined) return undefined;
   const { Redis } = await import('ioredis');
@@ -87,6 +95,7 @@ async function createCounterClient(config: Config, log: Logger): Promise<Redis |
     protocol: 2,
     enableOfflineQueue: false,
     maxRetriesPerRequest: 1,
+    commandTimeout: COUNTER_TIMEOUT_MS,
     retryStrategy: (times) => Math.min(times * 100, 2_000),
     connectionName: `${config.redisPrefix.replace(/[^A-Za-z0-9_:.-]/g, '_')}${process.pid}:limits`,
   });
