@@ -32,6 +32,13 @@ interface Joined {
   history: { messages: Array<{ id: string; message: string }>; gap: boolean };
 }
 
+interface ProxiedNode {
+  node: TestServer;
+  db: TcpProxy;
+  redis: TcpProxy;
+  close(): Promise<void>;
+}
+
 /** Every client a test opened, closed after it whatever happened. */
 const open: StreamClient[] = [];
 
@@ -216,7 +223,7 @@ if (await requireServices('postgres', 'redis')) {
     });
 
     /** A node whose PostgreSQL and Redis connections pass through proxies the test can pause. */
-    const proxiedNode = async (extra: Record<string, string>) => {
+    const proxiedNode = async (extra: Record<string, string>): Promise<ProxiedNode> => {
       const db = new TcpProxy('127.0.0.1', Number(new URL(PG_URL).port || 5432));
       const redis = new TcpProxy('127.0.0.1', Number(new URL(REDIS_URL).port || 6379));
       await db.start();
@@ -246,6 +253,22 @@ if (await requireServices('postgres', 'redis')) {
       };
     };
 
+    /**
+     * A join of `key` on E whose history read waits in E's database proxy. E
+     * keeps the stream's rules and topic (a viewer of its own); with a cache
+     * of one stream, another stream's viewer takes the cache's place first,
+     * so the join seeds it again. The read is the proxy's only waiting bytes.
+     */
+    const joinWithReadHeld = async (E: ProxiedNode, key: string, cacheOfOne: boolean) => {
+      await join(E.node, key);
+      if (cacheOfOne) await join(E.node, await newStream());
+      E.db.pause('client');
+      const joining = join(E.node, key);
+      await until(() => E.db.waiting('client') > 0, "E's history read to wait in the proxy");
+      // Wrapped: returned bare, an async function's caller would wait for the join itself.
+      return { joining };
+    };
+
     for (const [how, extra] of [
       ['read from the store', { STREAM_HISTORY_CACHE_STREAMS: '0' }],
       ['that seeds the cache', { STREAM_HISTORY_CACHE_STREAMS: '1' }],
@@ -257,13 +280,8 @@ if (await requireServices('postgres', 'redis')) {
           const { c: poster } = await join(A, key, OWNER);
           await postInOrder(poster, ['before']);
           await A.app.streams.flush();
-          // E keeps the stream's rules and topic; with a cache of one stream,
-          // another stream's viewer takes its place, so the next join seeds it again.
-          await join(E.node, key);
-          if (extra.STREAM_HISTORY_CACHE_STREAMS === '1') await join(E.node, await newStream());
-          E.db.pause('client');
-          const joining = join(E.node, key);
-          await until(() => E.db.waiting('client') > 0, "E's history read to wait in the proxy");
+          const cacheOfOne = extra.STREAM_HISTORY_CACHE_STREAMS === '1';
+          const { joining } = await joinWithReadHeld(E, key, cacheOfOne);
           // E has settled and asked: what Redis sends E from now on arrives after the answer.
           E.redis.pause('service');
           const [late] = await postInOrder(poster, ['late']);
@@ -296,11 +314,7 @@ if (await requireServices('postgres', 'redis')) {
         const { c: poster } = await join(A, key, OWNER);
         await postInOrder(poster, ['before']);
         await A.app.streams.flush();
-        await join(E.node, key);
-        await join(E.node, await newStream());
-        E.db.pause('client');
-        const joining = join(E.node, key);
-        await until(() => E.db.waiting('client') > 0, "E's seed read to wait in the proxy");
+        const { joining } = await joinWithReadHeld(E, key, true);
         E.redis.pause('service');
         const [late] = await postInOrder(poster, ['late']);
         await A.app.streams.flush();
@@ -339,12 +353,8 @@ if (await requireServices('postgres', 'redis')) {
           const before = ['before 0', 'before 1', 'before 2'];
           await postInOrder(poster, before);
           await A.app.streams.flush();
-          // As above: E holds the stream's rules and topic, and its next join reads the store.
-          await join(E.node, key);
-          if (extra.STREAM_HISTORY_CACHE_STREAMS === '1') await join(E.node, await newStream());
-          E.db.pause('client');
-          const viewerJoined = join(E.node, key);
-          await until(() => E.db.waiting('client') > 0, "E's history read to wait in the proxy");
+          const cacheOfOne = extra.STREAM_HISTORY_CACHE_STREAMS === '1';
+          const { joining: viewerJoined } = await joinWithReadHeld(E, key, cacheOfOne);
           // More than STREAM_HISTORY_ON_JOIN (100), all stored before E reads.
           const during = Array.from({ length: 120 }, (_, i) => `during ${i}`);
           await postInOrder(poster, during);
