@@ -211,16 +211,27 @@ export class RedisBroker implements Broker {
  * process run with Node's default `--unhandled-rejections=throw`.
  */
 function handled(conn: Redis, onError: (err: unknown) => void): Redis {
+  // One wrapper per method, made once: a room broadcast makes no closure of its own.
+  const wrapped = new Map<PropertyKey, (...args: unknown[]) => unknown>();
   return new Proxy(conn, {
     get(target, property) {
       const value: unknown = Reflect.get(target, property, target);
       // The constructor stays itself: the adapter reads its name to tell a Cluster.
       if (typeof value !== 'function' || property === 'constructor') return value;
-      return (...args: unknown[]) => {
-        const result: unknown = value.apply(target, args);
-        if (result instanceof Promise) result.catch(onError);
-        return result;
-      };
+      let wrapper = wrapped.get(property);
+      if (wrapper === undefined) {
+        wrapper = (...args: unknown[]) => {
+          const result: unknown = Reflect.apply(
+            Reflect.get(target, property, target) as (...a: unknown[]) => unknown,
+            target,
+            args,
+          );
+          if (result instanceof Promise) result.catch(onError);
+          return result;
+        };
+        wrapped.set(property, wrapper);
+      }
+      return wrapper;
     },
   });
 }
