@@ -225,10 +225,6 @@ export class Streams<F> {
     });
   }
 
-  static isValidKey(key: string): boolean {
-    return STREAM_KEY.test(key);
-  }
-
   async status(key: string): Promise<StreamStatus> {
     if (!STREAM_KEY.test(key)) return 'unknown';
     // Watched here: its `ended` would have closed the room.

@@ -159,6 +159,16 @@ function streamKey(params: readonly string[]): string {
   return k;
 }
 
+/** A 24-hex id of a path (`what`: whose), lower-cased, or `invalid_payload` (400). */
+function idParam(raw: string, what: string): string {
+  if (!isObjectId(raw)) {
+    throw new ChatError('invalid_payload', `The ${what} id must be a 24-hex id.`, {
+      httpStatus: 400,
+    });
+  }
+  return normalizeId(raw);
+}
+
 function streamRoutes(deps: HttpDeps): Route[] {
   const key = /^\/api\/streams\/([^/]+)$/;
   return [
@@ -262,14 +272,8 @@ function classroomRoutes(deps: HttpDeps): Route[] {
       apiKey: true,
       async handle({ params }) {
         const k = streamKey(params);
-        const raw = params[1] as string;
-        if (!isObjectId(raw)) {
-          throw new ChatError('invalid_payload', 'The message id must be a 24-hex id.', {
-            httpStatus: 400,
-          });
-        }
+        const id = idParam(params[1] as string, 'message');
         if ((await deps.streams.status(k)) === 'unknown') throw new ChatError('stream_not_found');
-        const id = normalizeId(raw);
         await deps.streams.moderate(k, 'api', { type: 'delete', id });
         return { status: 200, body: { id, deleted: true } };
       },
@@ -336,14 +340,7 @@ function classroomRoutes(deps: HttpDeps): Route[] {
 }
 
 function requestRoutes(deps: HttpDeps): Route[] {
-  const checked = (raw: string) => {
-    if (!isObjectId(raw)) {
-      throw new ChatError('invalid_payload', 'The request id must be a 24-hex id.', {
-        httpStatus: 400,
-      });
-    }
-    return normalizeId(raw);
-  };
+  const checked = (raw: string) => idParam(raw, 'request');
   return [
     {
       method: 'PUT',
