@@ -125,3 +125,13 @@ export const CloseCode = {
   streamNotFound: 4404,
   streamEnded: 4410,
 } as const;
+
+/**
+ * A page read with a `before` cursor, or `not_found` when the store knows no
+ * such cursor (`what`: what it should name). An empty page would tell the
+ * client there is nothing older, and it would stop paging.
+ */
+export function pageAt<T>(page: T | undefined, what: string): T {
+  if (page === undefined) throw new ChatError('not_found', `"before" names no ${what}.`);
+  return page;
+}

@@ -8,7 +8,7 @@ import type { DeskConfig, Limits } from '../config.js';
 import type { Logger } from '../observability/log.js';
 import type { Metrics } from '../observability/metrics.js';
 import type { Store } from '../store/store.js';
-import { ChatError } from './errors.js';
+import { ChatError, pageAt } from './errors.js';
 import { GroupCommit } from './group-commit.js';
 import { hasRole, type Identity } from './identity.js';
 import { newId } from './ids.js';
@@ -265,11 +265,7 @@ export class Requests {
       before: query.before,
       limit: query.limit,
     });
-    // An unknown cursor is not "nothing older": the client would stop paging.
-    if (page === undefined) {
-      throw new ChatError('not_found', '"before" names no request of this inbox.');
-    }
-    return page;
+    return pageAt(page, 'request of this inbox');
   }
 
   /** `identity`'s line of one request's inbox, e.g. after their reads changed it. */
@@ -329,11 +325,10 @@ export class Requests {
     query: PageQuery,
     maxBytes?: number,
   ): Promise<Page<RequestMessage>> {
-    const page = await this.deps.store.requestHistory(requestId, query);
-    // An unknown cursor is not "nothing older": the client would stop paging.
-    if (page === undefined) {
-      throw new ChatError('not_found', '"before" names no message of this request.');
-    }
+    const page = pageAt(
+      await this.deps.store.requestHistory(requestId, query),
+      'message of this request',
+    );
     return maxBytes === undefined ? page : fitPage(page, maxBytes);
   }
 

@@ -29,7 +29,7 @@ import type { Limits } from '../config.js';
 import type { Logger } from '../observability/log.js';
 import { type Metrics, preciseNow } from '../observability/metrics.js';
 import type { Store } from '../store/store.js';
-import { ChatError } from './errors.js';
+import { ChatError, pageAt } from './errors.js';
 import type { Identity } from './identity.js';
 import { isObjectId, newId } from './ids.js';
 import { checkMessageText } from './limits.js';
@@ -345,11 +345,7 @@ export class Streams<F> {
       await this.settle.settled();
       page = await this.deps.store.streamHistory(key, query);
     }
-    // An unknown cursor is not "nothing older": the client would stop paging.
-    if (page === undefined) {
-      throw new ChatError('not_found', '"before" names no chat of this stream.');
-    }
-    return page;
+    return pageAt(page, 'chat of this stream');
   }
 
   /** The `GET /api/streams/{key}` view; undefined for an unknown stream. */
@@ -563,11 +559,7 @@ export class Streams<F> {
     query: { before?: string | undefined; limit: number },
   ): Promise<{ actions: ModerationAction[]; hasMore: boolean }> {
     await this.controlOf(key);
-    const page = await this.deps.store.moderationLog(key, query);
-    if (page === undefined) {
-      throw new ChatError('not_found', '"before" names no action of this stream\'s log.');
-    }
-    return page;
+    return pageAt(await this.deps.store.moderationLog(key, query), "action of this stream's log");
   }
 
   /** Resolves when every chat accepted so far is stored (or failed and was logged). */
