@@ -65,6 +65,9 @@ const OWNER_SEEN_FILL = `UPDATE requests SET owner_seen = coalesce(
      (SELECT sent + read FROM request_readers rr
       WHERE rr.request_id = requests.id AND rr.user_id = requests.owner_id), 0);`;
 
+/** Requests whose owner `getRequest` keeps in memory; past it the copy starts again. */
+const OWNER_CACHE_MAX = 100_000;
+
 /** Append-only: a released migration is never edited, a new one is added. */
 const MIGRATIONS: readonly string[] = [
   `CREATE TABLE streams (
@@ -470,6 +473,12 @@ const CHECKPOINT_INTERVAL_MS = 250;
 export class SqliteStore implements Store {
   private readonly db: Database.Database;
   private readonly q;
+  /**
+   * Each request's owner, as every message's authorization reads it. One
+   * process owns the file and `putRequest` is the only writer of owners, so
+   * the copy is never stale; only requests that exist are kept, up to a bound.
+   */
+  private readonly owners = new Map<string, string>();
   private readonly checkpointer: Worker | undefined;
 
   constructor(path: string) {
@@ -978,16 +987,23 @@ export class SqliteStore implements Store {
   }
 
   async putRequest(id: string, ownerId: string): Promise<PutRequestResult> {
-    return this.db.transaction(() => {
+    const result = this.db.transaction(() => {
       const previous = this.q.getRequest.get(id);
       this.q.upsertRequest.run({ id, ownerId, now: new Date().toISOString() });
       return { created: previous === undefined, previousOwnerId: previous?.owner_id ?? null };
     })();
+    this.owners.delete(id);
+    return result;
   }
 
   async getRequest(id: string): Promise<RequestRecord | undefined> {
+    const cached = this.owners.get(id);
+    if (cached !== undefined) return { id, ownerId: cached };
     const row = this.q.getRequest.get(id);
-    return row && { id: row.id, ownerId: row.owner_id };
+    if (!row) return undefined;
+    if (this.owners.size >= OWNER_CACHE_MAX) this.owners.clear();
+    this.owners.set(id, row.owner_id);
+    return { id: row.id, ownerId: row.owner_id };
   }
 
   async addRequestMessage(
