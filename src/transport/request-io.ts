@@ -23,7 +23,7 @@ import {
   type RequestEvent,
   type RoomEvent,
 } from './request-codec.js';
-import { type RequestUpdate, RequestUpdates } from './request-updates.js';
+import { type RequestUpdate, RequestUpdates, type UpdateTarget } from './request-updates.js';
 import { type Conn, Wire } from './request-wire.js';
 
 export const SOCKET_IO_PATH = '/socket.io';
@@ -451,17 +451,14 @@ export class RequestChat {
    * per named user plus one for the rest, each encoded once per node.
    */
   private pushUpdates(u: InboxUpdates): void {
-    const update = (unread: number): RequestUpdate => ({
-      requestId: u.requestId,
-      lastMessage: u.lastMessage,
-      unread,
-    });
     const named = [userRoomOf(u.ownerId), ...u.readers.map((r) => labRoomOf(r.userId))];
-    this.updates.publish({ rooms: [LAB_ROOM], except: named }, update(u.labUnread));
-    this.updates.publish({ rooms: [userRoomOf(u.ownerId)], except: [] }, update(u.ownerUnread));
-    for (const r of u.readers) {
-      this.updates.publish({ rooms: [labRoomOf(r.userId)], except: [] }, update(r.unread));
-    }
+    const counts: Array<[UpdateTarget, number]> = [
+      [{ rooms: [LAB_ROOM], except: named }, u.labUnread],
+      [{ rooms: [userRoomOf(u.ownerId)], except: [] }, u.ownerUnread],
+    ];
+    for (const r of u.readers)
+      counts.push([{ rooms: [labRoomOf(r.userId)], except: [] }, r.unread]);
+    this.updates.publishCounts(u.requestId, u.lastMessage, counts);
   }
 
   private pushSummary(userId: string, s: RequestSummary): void {
