@@ -152,6 +152,16 @@ export class RequestChat {
       cors: { origin: '*' },
       ...(deps.adapter ? { adapter: deps.adapter } : {}),
     });
+    // Everything the request chat sends is JSON (attachments are links, never
+    // bytes), so the encoder's search of each outgoing packet for binary data,
+    // a walk over every field of every message, would find nothing: each
+    // packet is encoded straight to its one string. The room adapter, local or
+    // Redis, encodes with this same encoder.
+    const encoder = this.io.encoder as unknown as {
+      encode(packet: unknown): string[];
+      encodeAsString(packet: unknown): string;
+    };
+    encoder.encode = (packet) => [encoder.encodeAsString(packet)];
     this.io.use((socket, next) => {
       const token = handshakeToken(socket);
       if (token === undefined) return next(refusal(new ChatError('unauthorized')));
