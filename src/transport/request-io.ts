@@ -23,7 +23,7 @@ import {
   type RequestEvent,
   type RoomEvent,
 } from './request-codec.js';
-import { type RequestUpdate, RequestUpdates } from './request-updates.js';
+import { type RequestUpdate, RequestUpdates, type UpdateTarget } from './request-updates.js';
 import { type Conn, Wire } from './request-wire.js';
 
 export const SOCKET_IO_PATH = '/socket.io';
@@ -152,6 +152,16 @@ export class RequestChat {
       cors: { origin: '*' },
       ...(deps.adapter ? { adapter: deps.adapter } : {}),
     });
+    // Everything the request chat sends is JSON (attachments are links, never
+    // bytes), so the encoder's search of each outgoing packet for binary data,
+    // a walk over every field of every message, would find nothing: each
+    // packet is encoded straight to its one string. The room adapter, local or
+    // Redis, encodes with this same encoder.
+    const encoder = this.io.encoder as unknown as {
+      encode(packet: unknown): string[];
+      encodeAsString(packet: unknown): string;
+    };
+    encoder.encode = (packet) => [encoder.encodeAsString(packet)];
     this.io.use((socket, next) => {
       const token = handshakeToken(socket);
       if (token === undefined) return next(refusal(new ChatError('unauthorized')));
@@ -451,17 +461,14 @@ export class RequestChat {
    * per named user plus one for the rest, each encoded once per node.
    */
   private pushUpdates(u: InboxUpdates): void {
-    const update = (unread: number): RequestUpdate => ({
-      requestId: u.requestId,
-      lastMessage: u.lastMessage,
-      unread,
-    });
     const named = [userRoomOf(u.ownerId), ...u.readers.map((r) => labRoomOf(r.userId))];
-    this.updates.publish({ rooms: [LAB_ROOM], except: named }, update(u.labUnread));
-    this.updates.publish({ rooms: [userRoomOf(u.ownerId)], except: [] }, update(u.ownerUnread));
-    for (const r of u.readers) {
-      this.updates.publish({ rooms: [labRoomOf(r.userId)], except: [] }, update(r.unread));
-    }
+    const counts: Array<[UpdateTarget, number]> = [
+      [{ rooms: [LAB_ROOM], except: named }, u.labUnread],
+      [{ rooms: [userRoomOf(u.ownerId)], except: [] }, u.ownerUnread],
+    ];
+    for (const r of u.readers)
+      counts.push([{ rooms: [labRoomOf(r.userId)], except: [] }, r.unread]);
+    this.updates.publishCounts(u.requestId, u.lastMessage, counts);
   }
 
   private pushSummary(userId: string, s: RequestSummary): void {

@@ -11,6 +11,9 @@ import { FloodCounter } from '../core/limits.js';
 
 export type Conn = Socket['conn'];
 
+/** `WebSocket.OPEN`. */
+const OPEN = 1;
+
 export type DropReason = 'flood' | 'slow_consumer';
 
 /**
@@ -39,33 +42,34 @@ function wsOf(conn: Conn): WsLike | undefined {
 }
 
 /** The TCP socket under the connection's WebSocket, when it has one. */
-function tcpOf(conn: Conn): { cork(): void; uncork(): void; destroyed: boolean } | undefined {
+function tcpOf(conn: Conn): Tcp | undefined {
   // biome-ignore lint/suspicious/noExplicitAny: Engine.IO and ws internals.
   const tcp = (wsOf(conn) as any)?._socket;
   return typeof tcp?.cork === 'function' ? tcp : undefined;
 }
 
-let corked: Array<{ uncork(): void; destroyed: boolean }> = [];
+interface Tcp {
+  cork(): void;
+  uncork(): void;
+  readonly destroyed: boolean;
+}
+
+/**
+ * Up to this many bytes may wait in a client's WebSocket for what Engine.IO
+ * holds back to be handed over at the end of a turn (see `Wire.endTurn`):
+ * more than one turn's deliveries to a client that reads (a group commit's
+ * acknowledgements and inbox updates), while the backlog of one that stopped
+ * reading stays in Engine.IO's queue, not yet encoded.
+ */
+const WRITE_THROUGH_BYTES = 64 * 1024;
+
+/** Wires whose TCP socket is corked until the end of this event-loop turn. */
+let corked: Wire[] = [];
 const uncorkAll = () => {
   const list = corked;
   corked = [];
-  for (const tcp of list) if (!tcp.destroyed) tcp.uncork();
+  for (const wire of list) wire.endTurn();
 };
-
-/**
- * Holds the connection's writes until the end of this event-loop turn, so
- * that what it is sent in the turn (acknowledgements, room deliveries, inbox
- * updates of a whole group commit) leaves in one write instead of one per packet.
- * Engine.IO sends the first packet of a turn at once and queues the rest
- * until that write completes; corked, each of those two goes out as one write.
- */
-function corkForTurn(conn: Conn): void {
-  const tcp = tcpOf(conn);
-  if (!tcp || tcp.destroyed) return;
-  tcp.cork();
-  corked.push(tcp);
-  if (corked.length === 1) setImmediate(uncorkAll);
-}
 
 let turnCount = 0;
 let turnScheduled = false;
@@ -102,6 +106,8 @@ export class Wire {
   /** Bytes waiting when this turn began, beyond those queued in the last busy turn. */
   private unread = 0;
   private cutTimer: NodeJS.Timeout | undefined;
+  /** The TCP socket corked for this turn, if any. */
+  private corked: Tcp | undefined;
   /** The namespace socket, once joined: its disconnect tells the client not to reconnect. */
   socket: { disconnect(close: boolean): unknown } | undefined;
 
@@ -135,9 +141,55 @@ export class Wire {
     });
     conn.on('flush', () => {
       this.pending = 0;
-      corkForTurn(conn);
+      this.corkForTurn();
     });
     conn.once('close', () => this.scheduleCut());
+  }
+
+  /**
+   * Holds the connection's writes until the end of this event-loop turn, so
+   * that what it is sent in the turn (acknowledgements, room deliveries, inbox
+   * updates of a whole group commit) leaves in one write instead of one per packet.
+   */
+  private corkForTurn(): void {
+    if (this.corked) return;
+    const tcp = tcpOf(this.conn);
+    if (!tcp || tcp.destroyed) return;
+    tcp.cork();
+    this.corked = tcp;
+    corked.push(this);
+    if (corked.length === 1) setImmediate(uncorkAll);
+  }
+
+  /**
+   * Ends the turn's cork. Engine.IO's WebSocket transport hands the socket
+   * the first packet of a turn and holds the rest until the send callback of
+   * that one ("drain"), which comes only after the uncork: two writes per
+   * turn, the second a turn late. What it holds is handed over here, before
+   * the uncork, so the whole turn leaves in one write. Its queue and the
+   * WebSocket's both count in `waiting`, so the bound is as strict; Engine.IO
+   * still sees one send, with its callbacks and "drain", per flush, in order.
+   * Long-polling is left alone: there, writable means a poll is waiting.
+   */
+  endTurn(): void {
+    const tcp = this.corked;
+    if (!tcp) return;
+    if (this.pending > 0 && !this.dropped) {
+      const transport = this.conn.transport;
+      const ws = wsOf(this.conn);
+      if (
+        transport.name === 'websocket' &&
+        !transport.writable &&
+        ws?.readyState === OPEN &&
+        ws.bufferedAmount <= WRITE_THROUGH_BYTES
+      ) {
+        transport.writable = true;
+        // biome-ignore lint/suspicious/noExplicitAny: Engine.IO's flush is private.
+        (this.conn as any).flush();
+      }
+    }
+    this.corked = undefined;
+    if (!tcp.destroyed) tcp.uncork();
   }
 
   /** Bytes waiting for the client: Engine.IO's queue and the WebSocket's. */
