@@ -322,7 +322,7 @@ const MIGRATIONS: readonly string[] = [
      ON request_readers FOR EACH ROW EXECUTE FUNCTION owner_seen_reader_changed();`,
   // A group commit's one statement moves the running totals and owner_seen
   // itself, once per request and user instead of once per message: the
-  // triggers stand aside while its transaction says so (COUNTED_BY_BATCH).
+  // triggers stand aside while its transaction says so (LOCK_REQUESTS_SQL).
   // Every other writer still counts through them.
   `DROP TRIGGER unread_request_changed ON requests;
    CREATE TRIGGER unread_request_changed AFTER INSERT OR UPDATE OF owner_id, message_count
