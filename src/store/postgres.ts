@@ -320,6 +320,25 @@ const MIGRATIONS: readonly string[] = [
    END $$;
    CREATE TRIGGER owner_seen_reader_changed AFTER INSERT OR UPDATE OF sent, read
      ON request_readers FOR EACH ROW EXECUTE FUNCTION owner_seen_reader_changed();`,
+  // A group commit's one statement moves the running totals and owner_seen
+  // itself, once per request and user instead of once per message: the
+  // triggers stand aside while its transaction says so (LOCK_REQUESTS_SQL).
+  // Every other writer still counts through them.
+  `DROP TRIGGER unread_request_changed ON requests;
+   CREATE TRIGGER unread_request_changed AFTER INSERT OR UPDATE OF owner_id, message_count
+     ON requests FOR EACH ROW
+     WHEN (current_setting('charla.counters', true) IS DISTINCT FROM 'batch')
+     EXECUTE FUNCTION unread_request_changed();
+   DROP TRIGGER unread_reader_changed ON request_readers;
+   CREATE TRIGGER unread_reader_changed AFTER INSERT OR UPDATE OF sent, read
+     ON request_readers FOR EACH ROW
+     WHEN (current_setting('charla.counters', true) IS DISTINCT FROM 'batch')
+     EXECUTE FUNCTION unread_reader_changed();
+   DROP TRIGGER owner_seen_reader_changed ON request_readers;
+   CREATE TRIGGER owner_seen_reader_changed AFTER INSERT OR UPDATE OF sent, read
+     ON request_readers FOR EACH ROW
+     WHEN (current_setting('charla.counters', true) IS DISTINCT FROM 'batch')
+     EXECUTE FUNCTION owner_seen_reader_changed();`,
 ];
 
 /**
@@ -514,6 +533,9 @@ const outboxParams = (entries: readonly OutboxEntry[]) => [
   entries.map((e) => e.unlessRead),
 ];
 
+/** A reader's counters as JSON, for `readers` arrays built inside one statement. */
+const READER_JSON = "json_build_object('userId', user_id, 'sent', sent, 'read', read)";
+
 /**
  * Stores one request message: only a repeated clientMessageId is a duplicate
  * (no row returned), a taken id fails. The other readers' counters are read
@@ -581,7 +603,7 @@ const addMessageParams = (
       : outboxParams(outbox)),
 ];
 
-type AddedRow = { seq: string } & Partial<Counted>;
+type AddedRow = Partial<Counted>;
 
 const ADD_MESSAGE_STATEMENT: Record<OutboxShape, string> = {
   none: 'charla_add_message',
@@ -617,6 +639,194 @@ const LOCK_UNREAD_SQL = `SELECT
        WHERE user_id = ANY($2::text[]) AND shard = pg_backend_pid() % 16
        ORDER BY user_id FOR UPDATE) u) AS locked`;
 
+/**
+ * A batch's second statement: the rows of its requests, in the order of their
+ * ids, as every batch takes them; and the triggers that count message by
+ * message stand aside for the rest of the transaction (see the migration
+ * that adds their WHEN), since `BATCH_SQL` counts for the whole batch.
+ * `$1` request ids.
+ */
+const LOCK_REQUESTS_SQL = `SELECT set_config('charla.counters', 'batch', true),
+    (SELECT count(*) FROM (SELECT 1 FROM requests WHERE id = ANY($1::text[])
+       ORDER BY id FOR NO KEY UPDATE) r) AS locked`;
+
+/**
+ * A whole group commit in one statement, from one array per column: the
+ * messages (`$1`…`$9`, in the batch's order; a repeated clientMessageId,
+ * even one earlier in the same batch, is not inserted), each request's
+ * counters once, each (request, sender)'s `sent` once, the running unread
+ * totals once per owner and per sender, and the webhook rows of the
+ * messages inserted (`$10`…`$17`: the message id each belongs to, then as
+ * `insertOutbox`, with the payload an index into `$14`, so that a payload
+ * shared by several rows is sent once). Its statement-level sums are what
+ * the triggers would have added row by row.
+ *
+ * One row per request of the batch: its owner (null without a request row),
+ * message count and readers' counters as they were before the batch (the
+ * statement's snapshot, taken after the request rows were locked), and the
+ * ids of the messages inserted, from which each message's own counters
+ * follow in order.
+ */
+const BATCH_SQL = `WITH m AS (
+     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+                          $6::text[], $7::timestamptz[], $8::text[], $9::text[]) WITH ORDINALITY
+       AS m(id, request_id, sender_id, sender_username, sender_role, message, created_at,
+            client_message_id, attachments, ord)
+   ), ins AS (
+     INSERT INTO request_messages
+       (id, request_id, sender_id, sender_username, sender_role, message, created_at,
+        client_message_id, attachments)
+     SELECT id, request_id, sender_id, sender_username, sender_role, message, created_at,
+       client_message_id, attachments::jsonb
+     FROM m ORDER BY ord
+     ON CONFLICT (request_id, sender_id, client_message_id) WHERE client_message_id IS NOT NULL
+     DO NOTHING
+     RETURNING seq, id, request_id, sender_id, created_at
+   ), sent AS (
+     SELECT request_id, sender_id, count(*)::int AS n FROM ins GROUP BY request_id, sender_id
+   ), me AS (
+     INSERT INTO request_readers (request_id, user_id, sent, read)
+     SELECT request_id, sender_id, n, 0 FROM sent ORDER BY request_id, sender_id
+     ON CONFLICT (request_id, user_id) DO UPDATE SET sent = request_readers.sent + excluded.sent
+     RETURNING request_id, user_id, sent, read
+   ), last AS (
+     SELECT DISTINCT ON (request_id) request_id, seq, id, created_at,
+       count(*) OVER (PARTITION BY request_id) AS n
+     FROM ins ORDER BY request_id, seq DESC
+   ), req AS (
+     UPDATE requests r SET
+       message_count = r.message_count + l.n,
+       last_message_seq = greatest(r.last_message_seq, l.seq),
+       last_message_id = CASE WHEN r.last_message_seq > l.seq THEN r.last_message_id
+                              ELSE l.id END,
+       activity_at = CASE WHEN r.last_message_seq > l.seq THEN r.activity_at
+                          ELSE l.created_at END,
+       owner_seen = coalesce((SELECT me.sent + me.read FROM me
+                              WHERE me.request_id = r.id AND me.user_id = r.owner_id), r.owner_seen)
+     FROM last l WHERE r.id = l.request_id
+     RETURNING r.id, r.owner_id, l.n
+   ), total AS (
+     UPDATE unread_messages u SET messages = u.messages + t.n
+     FROM (SELECT sum(n) AS n FROM req) t
+     WHERE u.shard = pg_backend_pid() % 16 AND t.n > 0
+   ), owners AS (
+     INSERT INTO unread_owners (owner_id, shard, messages)
+     SELECT owner_id, pg_backend_pid() % 16, sum(n) FROM req GROUP BY owner_id ORDER BY owner_id
+     ON CONFLICT (owner_id, shard)
+     DO UPDATE SET messages = unread_owners.messages + excluded.messages
+   ), users AS (
+     INSERT INTO unread_users (user_id, shard, seen, seen_own)
+     SELECT s.sender_id, pg_backend_pid() % 16, sum(s.n),
+       sum(CASE WHEN s.sender_id = req.owner_id THEN s.n ELSE 0 END)
+     FROM sent s LEFT JOIN req ON req.id = s.request_id
+     GROUP BY s.sender_id ORDER BY s.sender_id
+     ON CONFLICT (user_id, shard) DO UPDATE SET
+       seen = unread_users.seen + excluded.seen, seen_own = unread_users.seen_own + excluded.seen_own
+   ), events AS (
+     INSERT INTO webhook_outbox (id, type, payload, created_at, next_attempt_at, unless_read)
+     SELECT e.id, e.type, ($14::text[])[e.p], e.created_at, e.due, e.unless_read
+     FROM unnest($10::text[], $11::text[], $12::text[], $13::int[], $15::timestamptz[],
+                 $16::timestamptz[], $17::text[]) WITH ORDINALITY
+       AS e(message_id, id, type, p, created_at, due, unless_read, ord)
+     WHERE e.message_id IN (SELECT id FROM ins)
+     ORDER BY e.ord
+   )
+   SELECT q.request_id AS id, r.owner_id, r.message_count,
+     (SELECT coalesce(json_agg(${READER_JSON}), '[]') FROM request_readers rr
+      WHERE rr.request_id = q.request_id) AS readers,
+     (SELECT coalesce(array_agg(ins.id), '{}') FROM ins WHERE ins.request_id = q.request_id) AS inserted
+   FROM (SELECT DISTINCT request_id FROM m) q LEFT JOIN requests r ON r.id = q.request_id`;
+
+interface BatchRow {
+  id: string;
+  owner_id: string | null;
+  message_count: number | null;
+  readers: Array<{ userId: string; sent: number; read: number }>;
+  inserted: string[];
+}
+
+/** `BATCH_SQL`'s parameters for `writes`. */
+function batchParams(writes: readonly RequestMessageWrite[]): unknown[] {
+  const ms = writes.map((w) => w.message);
+  const outbox = { message: [] as string[], id: [] as string[], type: [] as string[] };
+  const payloadOf: number[] = [];
+  const payloads: string[] = [];
+  const at = { created: [] as string[], due: [] as string[], unlessRead: [] as (string | null)[] };
+  for (const w of writes) {
+    let last: string | undefined;
+    for (const e of w.outbox ?? []) {
+      // A message's events mostly share their payload: sent once.
+      if (e.data !== last) payloads.push(e.data);
+      last = e.data;
+      payloadOf.push(payloads.length);
+      outbox.message.push(w.message._id);
+      outbox.id.push(e.id);
+      outbox.type.push(e.type);
+      at.created.push(e.createdAt);
+      at.due.push(e.dueAt);
+      at.unlessRead.push(e.unlessRead);
+    }
+  }
+  return [
+    ms.map((m) => m._id),
+    ms.map((m) => m.requestId),
+    ms.map((m) => m.sender.id),
+    ms.map((m) => m.sender.username),
+    ms.map((m) => m.sender.role),
+    ms.map((m) => m.message),
+    ms.map((m) => m.createdAt),
+    ms.map((m) => m.clientMessageId),
+    ms.map((m) => JSON.stringify(m.attachments ?? [])),
+    outbox.message,
+    outbox.id,
+    outbox.type,
+    payloadOf,
+    payloads,
+    at.created,
+    at.due,
+    at.unlessRead,
+  ];
+}
+
+/**
+ * Each write's row as `addMessageSql` would have returned it, had the writes
+ * been stored one by one in this order: counts and readers' counters move on
+ * with each message inserted (undefined: not inserted, a repeat).
+ */
+function batchRows(
+  writes: readonly RequestMessageWrite[],
+  rows: readonly BatchRow[],
+): Array<AddedRow | undefined> {
+  const state = new Map(
+    rows.map((r) => [
+      r.id,
+      {
+        row: r,
+        count: r.message_count ?? 0,
+        inserted: new Set(r.inserted),
+        readers: new Map(r.readers.map((x) => [x.userId, { sent: x.sent, read: x.read }])),
+      },
+    ]),
+  );
+  return writes.map(({ message: m }) => {
+    const s = state.get(m.requestId);
+    if (!s?.inserted.delete(m._id)) return undefined;
+    s.count++;
+    let mine = s.readers.get(m.sender.id);
+    if (!mine) {
+      mine = { sent: 0, read: 0 };
+      s.readers.set(m.sender.id, mine);
+    }
+    mine.sent++;
+    if (s.row.owner_id === null) return {};
+    const readers = [{ userId: m.sender.id, sent: mine.sent, read: mine.read }];
+    for (const [userId, c] of s.readers) {
+      if (userId !== m.sender.id) readers.push({ userId, sent: c.sent, read: c.read });
+    }
+    return { owner_id: s.row.owner_id, message_count: s.count, readers };
+  });
+}
+
 /** Connections of the group-commit pool; more batches than this wait for one. */
 const WRITER_CONNECTIONS = 2;
 
@@ -651,9 +861,6 @@ export const MESSAGES_BY_ID = `SELECT ${REQUEST_COLUMNS} FROM request_messages W
 /** `$1` message ids: their receipts. */
 export const RECEIPTS_OF = `SELECT message_id, kind, user_id, at FROM receipts
   WHERE message_id = ANY($1::text[]) ORDER BY at, user_id`;
-
-/** A reader's counters as JSON, for `readers` arrays built inside one statement. */
-const READER_JSON = "json_build_object('userId', user_id, 'sent', sent, 'read', read)";
 
 /** One line per request of a user's inbox, with `unread` from the counters; `$1` is the user. */
 export const INBOX_SELECT = `SELECT r.id, r.owner_id, r.message_count, r.last_message_id, r.activity_at,
@@ -1156,11 +1363,13 @@ export class PostgresStore implements Store {
             ? 1
             : 0,
       );
+    let whole = true;
     while (pending.length > 0) {
       let outcome: BatchOutcome;
       try {
         outcome = await this.retried(async () => {
-          const o = await this.pipelineBatch(pending.map((p) => p.w));
+          const batch = pending.map((p) => p.w);
+          const o = whole ? await this.statementBatch(batch) : await this.pipelineBatch(batch);
           // Waiting for the counters, or one of the writes, met another
           // writer's locks the other way round: the batch as a whole goes again.
           if (!o.committed && (o.retry || o.failed !== undefined) && retryable(o.error)) {
@@ -1189,6 +1398,12 @@ export class PostgresStore implements Store {
         break;
       }
       const { failed, error } = outcome;
+      if (whole && failed !== undefined) {
+        // The one statement cannot say which write failed: statement by
+        // statement, the next attempt can.
+        whole = false;
+        continue;
+      }
       if (failed === undefined) {
         // BEGIN or COMMIT failed (e.g. the connection was lost): nothing was committed.
         for (const { i } of pending) results[i] = { status: 'rejected', reason: error };
@@ -1200,6 +1415,62 @@ export class PostgresStore implements Store {
       pending = pending.filter((_, k) => k !== failed);
     }
     return results as PromiseSettledResult<AddedRequestMessage>[];
+  }
+
+  /**
+   * BEGIN, the counters' and requests' locks, `BATCH_SQL` and COMMIT,
+   * pipelined on one connection: one round trip, one WAL flush and one
+   * statement for the batch however many messages it holds. A failure of
+   * `BATCH_SQL` names the first write (`failed: 0`): the caller then finds
+   * the culprit with `pipelineBatch`.
+   */
+  private async statementBatch(writes: readonly RequestMessageWrite[]): Promise<BatchOutcome> {
+    const client = await this.writer.connect();
+    let broken: Error | undefined;
+    try {
+      const requestIds = [...new Set(writes.map((w) => w.message.requestId))];
+      const begin = client.query('BEGIN');
+      const locked = client.query({
+        name: 'charla_lock_unread',
+        text: LOCK_UNREAD_SQL,
+        values: [requestIds, [...new Set(writes.map((w) => w.message.sender.id))]],
+      });
+      const requests = client.query({
+        name: 'charla_lock_requests',
+        text: LOCK_REQUESTS_SQL,
+        values: [requestIds],
+      });
+      const batch = client.query<BatchRow>({
+        name: 'charla_add_messages',
+        text: BATCH_SQL,
+        values: batchParams(writes),
+      });
+      const commit = client.query('COMMIT');
+      const [b, c, l, r, s] = await Promise.allSettled([begin, commit, locked, requests, batch]);
+      // Waiting for the counters or the requests can end in a deadlock with
+      // a single-statement writer: worth another try, like the whole batch.
+      for (const x of [l, r]) {
+        if (b?.status === 'fulfilled' && x?.status === 'rejected') {
+          return { committed: false, failed: undefined, error: x.reason, retry: true };
+        }
+      }
+      if (b?.status === 'rejected' || c?.status === 'rejected') {
+        const error = b?.status === 'rejected' ? b.reason : (c as PromiseRejectedResult).reason;
+        broken = error instanceof Error ? error : new Error(String(error));
+        return { committed: false, failed: undefined, error };
+      }
+      if (s?.status === 'rejected') return { committed: false, failed: 0, error: s.reason };
+      if (c?.status === 'fulfilled' && c.value.command !== 'COMMIT') {
+        broken = new Error(`COMMIT answered ${c.value.command}`);
+        return { committed: false, failed: undefined, error: broken };
+      }
+      return {
+        committed: true,
+        rows: batchRows(writes, s?.status === 'fulfilled' ? s.value.rows : []),
+      };
+    } finally {
+      client.release(broken);
+    }
   }
 
   /**
