@@ -231,7 +231,7 @@ const schema = z.object({
   WEBHOOK_UNREAD_AFTER_SECONDS: seconds(600, 0, 30 * 86_400),
   WEBHOOK_TIMEOUT_MS: int(10_000, 100, 60_000),
   WEBHOOK_POLL_MS: int(1000, 10, 60_000),
-  WEBHOOK_CONCURRENCY: int(8, 1, 256),
+  WEBHOOK_CONCURRENCY: int(32, 1, 256),
   // Request chat desk: edits, typing, attachments, unread (protocol section 8)
   REQUEST_EDIT_WINDOW_SECONDS: int(900, 1, 31_536_000),
   TYPING_INTERVAL_MS: int(2000, 1, 3_600_000),

@@ -152,7 +152,7 @@ describe('webhook configuration', () => {
         unreadAfterMs: 600_000,
         timeoutMs: 10_000,
         pollMs: 1000,
-        concurrency: 8,
+        concurrency: 32,
       },
     );
   });
