@@ -18,7 +18,9 @@
  * Cost: a node claims rows ahead, up to `concurrency` beyond those it is
  * sending, so that a send that ends is followed by the next one in the same
  * turn, and claims only once it holds `concurrency` rows or fewer, so each
- * claim takes at least that many. Delivered rows leave the outbox together,
+ * claim takes at least that many; while sends are under way, claims come at
+ * most every `CLAIM_GAP_MS`, so that the events of several commits go in one.
+ * Delivered rows leave the outbox together,
  * once `concurrency` of them are waiting or the oldest has waited
  * `REMOVE_AFTER_MS`, in one statement (the next claim's, when one is due
  * then): a removal is a commit, which on SQLite cost more than the send when
@@ -63,6 +65,14 @@ const LEASE_MARGIN_MS = 5_000;
 
 /** Longest a delivered row waits for others to be removed with. */
 export const REMOVE_AFTER_MS = 100;
+
+/**
+ * Least time between two claims while sends are under way: a busy node
+ * commits events every few milliseconds, and claiming on each commit took a
+ * few rows per claim, each claim costing about as much as a whole batch.
+ * A node with nothing to send claims at once.
+ */
+export const CLAIM_GAP_MS = 5;
 
 /** Most failed events one `GET /api/webhooks/failed` lists. */
 export const FAILED_PAGE_MAX = 500;
@@ -160,7 +170,18 @@ export class Webhooks {
   /** Looks for due events now rather than at the next poll: one was just committed here. */
   nudge(): void {
     if (!this.started || this.stopping || !this.worthClaiming()) return;
-    this.schedule(0);
+    this.claimSoon();
+  }
+
+  /**
+   * A claim now when no send is under way, else `CLAIM_GAP_MS` after the
+   * last one, so that the events committed meanwhile go in one claim.
+   */
+  private claimSoon(): void {
+    const wait = this.inFlight.size > 0 ? this.lastClaimAt + CLAIM_GAP_MS - Date.now() : 0;
+    if (wait <= 0) this.schedule(0);
+    else if (this.polling) this.again = true;
+    else if (!this.immediate && Date.now() + wait < this.timerAt) this.schedule(wait);
   }
 
   /** Rows this node has yet to send or is sending. */
@@ -265,6 +286,7 @@ export class Webhooks {
    */
   private async poll(): Promise<void> {
     this.immediate = undefined;
+    this.timerAt = Number.POSITIVE_INFINITY;
     this.polling = true;
     this.again = false;
     let full = false;
@@ -301,8 +323,9 @@ export class Webhooks {
     // More may be due when the batch was full, and delivered rows may be
     // due for removal; otherwise wait for the poll, a nudge, this node's next
     // retry or the removal of delivered rows, whichever comes first.
-    if (this.again || this.removalDue()) this.schedule(0);
+    if (this.removalDue()) this.schedule(0);
     else if (full && this.worthClaiming()) this.schedule(0);
+    else if (this.again && this.worthClaiming()) this.claimSoon();
     else this.schedule(this.untilNextPoll());
   }
 
@@ -351,7 +374,8 @@ export class Webhooks {
       if (this.stopping) return;
       // The slot is free: the next ready row goes out in this same turn.
       this.pump();
-      if (this.removalDue() || this.worthClaiming()) this.schedule(0);
+      if (this.removalDue()) this.schedule(0);
+      else if (this.worthClaiming()) this.claimSoon();
       else {
         // A retry this send just recorded, or the removal of the row it
         // delivered, may be due before the pending poll.
