@@ -41,7 +41,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
@@ -228,6 +228,8 @@ interface NativeReport {
   latencies: number[];
   received: Record<string, number>;
   readingViewers: Record<string, number>;
+  /** Median latency at each tenth of the viewers in join order. */
+  p50ByJoinTenth: number[];
 }
 
 /**
@@ -306,6 +308,8 @@ async function slowConsumers(server: { kind: ServerKind; port: number }): Promis
 }
 
 async function fanout(kind: BenchKind, spec: FanoutSpec) {
+  // On a shared machine the figures mean little without what else was running.
+  const load1 = loadavg()[0] as number;
   const server = await launch(kind, spec.nodeFlags, spec.env);
   let native: Awaited<ReturnType<typeof startNativeViewers>> | undefined;
   try {
@@ -361,7 +365,7 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
       ...(nv ? { onEdge: (edge) => nv.command(edge === 'start' ? 'open' : 'close') } : {}),
     };
     const generated = runGenerators(jobs, server.pid, serverWindow).then(async (r) => {
-      if (!nv) return { reports: r as FanoutReport[], viewerCpu: Number.NaN };
+      if (!nv) return { reports: r as FanoutReport[], viewerCpu: Number.NaN, byJoin: [] };
       const posts = r[0] as FanoutReport;
       const seen = await nv.report();
       // One report as the Node generator's: the posters' counts, the native viewers' frames,
@@ -372,10 +376,10 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
         accepted: posts.accepted,
         cpuPercent: posts.cpuPercent + seen.cpuPercent,
       };
-      return { reports: [merged], viewerCpu: seen.cpuPercent };
+      return { reports: [merged], viewerCpu: seen.cpuPercent, byJoin: seen.p50ByJoinTenth };
     });
     const {
-      value: { reports, viewerCpu },
+      value: { reports, viewerCpu, byJoin },
       peak,
     } = await peakRss(server.pid, generated);
     const windowMs = median(reports.map((r) => r.windowMs));
@@ -401,6 +405,10 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
       genCpu: Math.max(...reports.map((r) => r.cpuPercent)),
       // The native viewers' own share of genCpu (NaN with the Node generator).
       viewerCpu,
+      // The first and the last tenth of the viewers to join (native only): the time a chat
+      // waits before its fan-out starts, and that plus the fan-out itself.
+      p50FirstTenth: byJoin[0] ?? Number.NaN,
+      p50LastTenth: byJoin.at(-1) ?? Number.NaN,
       serverCpu: serverWindow.cpuPercent,
       // Server CPU time per delivery: comparable across runs on a loaded machine,
       // where a server that is not scheduled shows as latency, not as CPU.
@@ -410,6 +418,7 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
       refused: reports[0]?.posterErrors ?? 0,
       refusedSent: reports[0]?.refusedSent ?? 0,
       refusedAnswers: reports.reduce((n, r) => n + r.refusedAnswers, 0),
+      load1,
     };
   } finally {
     native?.kill();
@@ -1762,6 +1771,8 @@ function renderTables(): string {
             fmt(n(r, 'rssMB')),
             `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%` +
               (Number.isFinite(viewerCpu) ? ` (viewers ${fmt(viewerCpu)}%)` : ''),
+            `${fmt(n(r, 'p50FirstTenth'), 1)} / ${fmt(n(r, 'p50LastTenth'), 1)}`,
+            fmt(n(r, 'load1'), 1),
           ];
         }),
       );
@@ -1782,6 +1793,8 @@ function renderTables(): string {
           'server CPU µs / delivery',
           'peak RSS MB',
           'CPU server / generator',
+          'p50 ms, first / last tenth to join',
+          'load average',
         ],
         rows,
       ),

@@ -65,6 +65,8 @@ static char **addresses;
 static int naddresses;
 
 static double *samples;
+/* Which viewer took each sample, for latency by join order. */
+static uint32_t *sample_conn;
 static size_t nsamples, max_samples = 200000;
 static int measuring;
 static uint64_t others_total, closed_total;
@@ -178,6 +180,7 @@ static size_t frames_of(struct conn *c, const unsigned char *buf, size_t len, do
         if (c->sampled && measuring && kind == 'c' && nsamples < max_samples) {
           double t;
           if (stamp_of(buf + off + head, size < 256 ? size : 256, &t)) {
+            sample_conn[nsamples] = (uint32_t)(c - conns);
             samples[nsamples++] = now - t;
           }
         }
@@ -358,6 +361,11 @@ static const char *turn(int timeout) {
   return cmd;
 }
 
+static int by_value(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
 static uint64_t total_frames(void) {
   uint64_t n = 0;
   for (int i = 0; i < nconns; i++) n += conns[i].frames;
@@ -397,6 +405,7 @@ int main(int argc, char **argv) {
   nconns = nstreams * per_stream;
   conns = calloc(nconns, sizeof *conns);
   samples = malloc(max_samples * sizeof *samples);
+  sample_conn = malloc(max_samples * sizeof *sample_conn);
   epfd = epoll_create1(0);
   if (epfd < 0) die("epoll_create1");
   fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
@@ -469,7 +478,19 @@ int main(int argc, char **argv) {
   /* loadgen's name for the non-chat frames every viewer received. */
   printf("},\"refusedAnswers\":%llu,\"readingViewers\":{", (unsigned long long)others);
   for (int s = 0; s < nstreams; s++) printf("%s\"%s\":%d", s ? "," : "", streams[s], per_stream);
-  printf("},\"latencies\":[");
+  /* p50 by tenth of the join order: a chat reaching the first viewers late waited before its
+   * fan-out began; one reaching the last ones later than the first waited in the fan-out. */
+  printf("},\"p50ByJoinTenth\":[");
+  double *part = malloc((nsamples + 1) * sizeof *part);
+  for (int d = 0; d < 10; d++) {
+    size_t m = 0;
+    for (size_t i = 0; i < nsamples; i++)
+      if ((int)((uint64_t)sample_conn[i] * 10 / nconns) == d) part[m++] = samples[i];
+    qsort(part, m, sizeof *part, by_value);
+    printf("%s%.3f", d ? "," : "", m ? part[(m - 1) / 2] : -1.0);
+  }
+  free(part);
+  printf("],\"latencies\":[");
   for (size_t i = 0; i < nsamples; i++) printf("%s%.3f", i ? "," : "", samples[i]);
   printf("]}\n");
   fflush(stdout);
