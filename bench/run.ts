@@ -38,7 +38,7 @@
  */
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { cpus, loadavg, totalmem } from 'node:os';
@@ -208,10 +208,13 @@ function nativeViewers(): string | undefined {
   if (viewersBinary !== undefined) return viewersBinary || undefined;
   const out = join(srcBench, 'out', 'viewers');
   mkdirSync(join(srcBench, 'out'), { recursive: true });
+  // Built aside and renamed: another bench run may be executing the previous binary.
+  const built = `${out}.${process.pid}`;
   try {
-    execFileSync('gcc', ['-O2', '-o', out, join(srcBench, 'native', 'viewers.c')], {
+    execFileSync('gcc', ['-O2', '-o', built, join(srcBench, 'native', 'viewers.c')], {
       stdio: ['ignore', 'ignore', 'pipe'],
     });
+    renameSync(built, out);
     viewersBinary = out;
   } catch (err) {
     process.stderr.write(`  gcc could not build the native viewers: ${String(err)}\n`);

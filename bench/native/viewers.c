@@ -323,17 +323,9 @@ static void start_connect(struct conn *c, int i) {
 static char line[256];
 static size_t line_len;
 
-/* Reads the parent's lines; returns the last complete command seen, or NULL. */
-static const char *read_command(void) {
+/* The next complete line the parent wrote, or NULL. */
+static const char *pop_line(void) {
   static char cmd[256];
-  ssize_t n = read(0, line + line_len, sizeof line - 1 - line_len);
-  if (n == 0) {
-    /* The parent is gone: stop watching a descriptor that stays readable. */
-    epoll_ctl(epfd, EPOLL_CTL_DEL, 0, NULL);
-    return "eof";
-  }
-  if (n < 0) return NULL;
-  line_len += n;
   char *nl = memchr(line, '\n', line_len);
   if (!nl) return NULL;
   size_t l = nl - line;
@@ -342,6 +334,21 @@ static const char *read_command(void) {
   memmove(line, nl + 1, line_len - l - 1);
   line_len -= l + 1;
   return cmd;
+}
+
+static int stdin_done;
+
+/* Reads what the parent wrote; returns its first complete line, or NULL. */
+static const char *read_command(void) {
+  ssize_t n = read(0, line + line_len, sizeof line - 1 - line_len);
+  if (n == 0) {
+    /* The parent is gone: stop watching a descriptor that stays readable. */
+    epoll_ctl(epfd, EPOLL_CTL_DEL, 0, NULL);
+    stdin_done = 1;
+  }
+  if (n > 0) line_len += n;
+  const char *cmd = pop_line();
+  return cmd ? cmd : stdin_done ? "eof" : NULL;
 }
 
 static struct epoll_event events[1024];
@@ -437,22 +444,26 @@ int main(int argc, char **argv) {
   for (;;) {
     const char *cmd = turn(-1);
     if (!cmd) continue;
-    if (!strcmp(cmd, "open")) {
-      nsamples = 0;
-      others_total = 0;
-      measuring = 1;
-      frames0 = total_frames();
-      t0 = mono_ms();
-      cpu0 = cpu_ms();
-    } else if (!strcmp(cmd, "close")) {
-      measuring = 0;
-      frames_in_window = total_frames() - frames0;
-      window_ms = mono_ms() - t0;
-      cpu_percent = (cpu_ms() - cpu0) / window_ms * 100;
-    } else if (!strcmp(cmd, "drain") || !strcmp(cmd, "eof")) {
-      break;
+    /* Lines that came in one read are taken in order. */
+    for (; cmd; cmd = pop_line()) {
+      if (!strcmp(cmd, "open")) {
+        nsamples = 0;
+        others_total = 0;
+        measuring = 1;
+        frames0 = total_frames();
+        t0 = mono_ms();
+        cpu0 = cpu_ms();
+      } else if (!strcmp(cmd, "close")) {
+        measuring = 0;
+        frames_in_window = total_frames() - frames0;
+        window_ms = mono_ms() - t0;
+        cpu_percent = (cpu_ms() - cpu0) / window_ms * 100;
+      } else if (!strcmp(cmd, "drain") || !strcmp(cmd, "eof")) {
+        goto drain;
+      }
     }
   }
+drain:;
   /* Drain: until the frames stop coming (250 ms without one), at most 10 s. */
   uint64_t last = (uint64_t)-1;
   for (int i = 0; i < 40; i++) {
