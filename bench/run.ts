@@ -20,7 +20,7 @@
  *   npm run bench -- --only bigroom --bigroom-points 10000x50,10000x200   (chosen points)
  *       (--bigroom-generator native|node|node,native: the big room's viewers read by
  *        bench/native/viewers.c, built here with gcc -O2, or by the Node generator; native when
- *        gcc builds it)
+ *        gcc builds it; --bigroom-nap-us N: its pause after a small batch of reads, 0 for none)
  *   npm run bench -- --only churn --servers bare,charla,charla-nocache   (history on join from memory or the store)
  *   npm run bench -- --only join --join-rate 5000   (history on join alone, in-process, memory against store)
  *   npm run bench -- --only startup   (spawn to listening on SQLite, against node's own start)
@@ -202,6 +202,8 @@ interface FanoutSpec {
 
 type Generator = 'node' | 'native';
 
+/** The native reader's pause after a small batch of events (its default: 200 µs). */
+const napUs = option('bigroom-nap-us');
 let viewersBinary: string | undefined;
 /** Builds bench/native/viewers.c once per bench run; undefined when gcc cannot. */
 function nativeViewers(): string | undefined {
@@ -257,6 +259,7 @@ async function startNativeViewers(
       ...['--port', String(port), '--streams', streams.join(',')],
       ...['--per-stream', String(perStream), '--sample-every', String(sampleEvery)],
       ...['--addresses', LOCAL_ADDRESSES.join(',')],
+      ...(napUs === undefined ? [] : ['--nap-us', napUs]),
     ],
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
