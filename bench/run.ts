@@ -302,6 +302,15 @@ function launch(kind: BenchKind, nodeFlags: string[] = [], extra: Record<string,
   return startServer(kind, { ...extra, ...env }, nodeFlags);
 }
 
+/** Time a thread has waited on a run queue, ready to run (schedstat's second field), in ms. */
+function runqueueWaitMs(pid: number): number {
+  try {
+    return Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[1]) / 1e6;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 /** Viewers charla closed for not reading (NaN for the references): tells drops from a backlog. */
 async function slowConsumers(server: { kind: ServerKind; port: number }): Promise<number> {
   if (server.kind !== 'charla') return Number.NaN;
@@ -366,9 +375,14 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
           : {}),
       });
     }
+    const waitAt = { start: 0, end: 0, startAt: 0, endAt: 0 };
     const serverWindow: ServerWindow = {
       cpuPercent: Number.NaN,
-      ...(nv ? { onEdge: (edge) => nv.command(edge === 'start' ? 'open' : 'close') } : {}),
+      onEdge: (edge) => {
+        if (nv) nv.command(edge === 'start' ? 'open' : 'close');
+        waitAt[edge] = runqueueWaitMs(server.pid);
+        waitAt[`${edge}At`] = performance.now();
+      },
     };
     const generated = runGenerators(jobs, server.pid, serverWindow).then(async (r) => {
       if (!nv) return { reports: r as FanoutReport[], viewerCpu: Number.NaN, byJoin: [] };
@@ -416,6 +430,9 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
       p50FirstTenth: byJoin[0] ?? Number.NaN,
       p50LastTenth: byJoin.at(-1) ?? Number.NaN,
       serverCpu: serverWindow.cpuPercent,
+      // Share of the window the server's event loop was ready to run but another process had
+      // its core: on a shared machine, latency that is neither the server's work nor its waits.
+      serverRunqueue: ((waitAt.end - waitAt.start) / (waitAt.endAt - waitAt.startAt)) * 100,
       // Server CPU time per delivery: comparable across runs on a loaded machine,
       // where a server that is not scheduled shows as latency, not as CPU.
       cpuUsPerDelivery: (serverWindow.cpuPercent * 10_000) / deliveries,
@@ -1779,6 +1796,7 @@ function renderTables(): string {
             fmt(n(r, 'rssMB')),
             `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%` +
               (Number.isFinite(viewerCpu) ? ` (viewers ${fmt(viewerCpu)}%)` : ''),
+            `${fmt(n(r, 'serverRunqueue'))}%`,
             `${fmt(n(r, 'p50FirstTenth'), 1)} / ${fmt(n(r, 'p50LastTenth'), 1)}`,
             fmt(n(r, 'load1'), 1),
           ];
@@ -1801,6 +1819,7 @@ function renderTables(): string {
           'server CPU µs / delivery',
           'peak RSS MB',
           'CPU server / generator',
+          'server waiting for its core',
           'p50 ms, first / last tenth to join',
           'load average',
         ],
