@@ -286,6 +286,7 @@ async function startNativeViewers(
       if (code !== 0) throw new Error(`native viewers exited with ${code}`);
       return JSON.parse(out.slice('ready\n'.length)) as NativeReport;
     },
+    pid: child.pid as number,
     kill: () => child.kill(),
   };
 }
@@ -375,13 +376,14 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
           : {}),
       });
     }
-    const waitAt = { start: 0, end: 0, startAt: 0, endAt: 0 };
+    const waitAt = { start: 0, end: 0, startAt: 0, endAt: 0, viewersstart: 0, viewersend: 0 };
     const serverWindow: ServerWindow = {
       cpuPercent: Number.NaN,
       onEdge: (edge) => {
         if (nv) nv.command(edge === 'start' ? 'open' : 'close');
         waitAt[edge] = runqueueWaitMs(server.pid);
         waitAt[`${edge}At`] = performance.now();
+        waitAt[`viewers${edge}`] = nv ? runqueueWaitMs(nv.pid) : Number.NaN;
       },
     };
     const generated = runGenerators(jobs, server.pid, serverWindow).then(async (r) => {
@@ -433,6 +435,9 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
       // Share of the window the server's event loop was ready to run but another process had
       // its core: on a shared machine, latency that is neither the server's work nor its waits.
       serverRunqueue: ((waitAt.end - waitAt.start) / (waitAt.endAt - waitAt.startAt)) * 100,
+      // The same of the native viewers: a frame they are ready to read but cannot is late too.
+      viewerRunqueue:
+        ((waitAt.viewersend - waitAt.viewersstart) / (waitAt.endAt - waitAt.startAt)) * 100,
       // Server CPU time per delivery: comparable across runs on a loaded machine,
       // where a server that is not scheduled shows as latency, not as CPU.
       cpuUsPerDelivery: (serverWindow.cpuPercent * 10_000) / deliveries,
@@ -1796,7 +1801,8 @@ function renderTables(): string {
             fmt(n(r, 'rssMB')),
             `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%` +
               (Number.isFinite(viewerCpu) ? ` (viewers ${fmt(viewerCpu)}%)` : ''),
-            `${fmt(n(r, 'serverRunqueue'))}%`,
+            `${fmt(n(r, 'serverRunqueue'))}%` +
+              (Number.isFinite(n(r, 'viewerRunqueue')) ? ` / ${fmt(n(r, 'viewerRunqueue'))}%` : ''),
             `${fmt(n(r, 'p50FirstTenth'), 1)} / ${fmt(n(r, 'p50LastTenth'), 1)}`,
             fmt(n(r, 'load1'), 1),
           ];
@@ -1819,7 +1825,7 @@ function renderTables(): string {
           'server CPU µs / delivery',
           'peak RSS MB',
           'CPU server / generator',
-          'server waiting for its core',
+          'waiting for a core: server / viewers',
           'p50 ms, first / last tenth to join',
           'load average',
         ],
