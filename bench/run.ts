@@ -377,11 +377,13 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
       });
     }
     const waitAt = { start: 0, end: 0, startAt: 0, endAt: 0, viewersstart: 0, viewersend: 0 };
+    const writesAt = { start: 0, end: 0 };
     const serverWindow: ServerWindow = {
       cpuPercent: Number.NaN,
       onEdge: (edge) => {
         if (nv) nv.command(edge === 'start' ? 'open' : 'close');
         waitAt[edge] = runqueueWaitMs(server.pid);
+        writesAt[edge] = writeCallsOf(server.pid);
         waitAt[`${edge}At`] = performance.now();
         waitAt[`viewers${edge}`] = nv ? runqueueWaitMs(nv.pid) : Number.NaN;
       },
@@ -438,6 +440,10 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
       // The same of the native viewers: a frame they are ready to read but cannot is late too.
       viewerRunqueue:
         ((waitAt.viewersend - waitAt.viewersstart) / (waitAt.endAt - waitAt.startAt)) * 100,
+      // write(2)-family calls of the server per second: with one stream, about viewers × writes
+      // per viewer, so their ratio to the viewers tells how often each viewer is written to.
+      serverWritesPerSec:
+        ((writesAt.end - writesAt.start) * 1000) / (waitAt.endAt - waitAt.startAt),
       // Server CPU time per delivery: comparable across runs on a loaded machine,
       // where a server that is not scheduled shows as latency, not as CPU.
       cpuUsPerDelivery: (serverWindow.cpuPercent * 10_000) / deliveries,
