@@ -18,6 +18,9 @@
  *   npm run bench -- --only inbox --requests 100000 --messages 10000000   (the inbox at scale)
  *   npm run bench -- --only bigroom --servers bare,charla,charla-off --flush-ms 25 --cpu-prof
  *   npm run bench -- --only bigroom --bigroom-points 10000x50,10000x200   (chosen points)
+ *       (--bigroom-generator native|node|node,native: the big room's viewers read by
+ *        bench/native/viewers.c, built here with gcc -O2, or by the Node generator; native when
+ *        gcc builds it; --bigroom-nap-us N: its pause after a small batch of reads, 0 for none)
  *   npm run bench -- --only churn --servers bare,charla,charla-nocache   (history on join from memory or the store)
  *   npm run bench -- --only join --join-rate 5000   (history on join alone, in-process, memory against store)
  *   npm run bench -- --only startup   (spawn to listening on SQLite, against node's own start)
@@ -33,12 +36,12 @@
  *        --cpu-prof writes a CPU profile of charla at the largest big-room point, and of the
  *        plain and moderated streams with --only moderated)
  */
-import { spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { cpus, totalmem } from 'node:os';
+import { cpus, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
@@ -193,6 +196,99 @@ interface FanoutSpec {
   refusedPosters?: { count: number; rate: number };
   /** Extra flags for the server's node (a CPU profile). */
   nodeFlags?: string[];
+  /** Who reads the viewers: the Node generator (default) or bench/native/viewers.c. */
+  generator?: Generator;
+}
+
+type Generator = 'node' | 'native';
+
+/** The native reader's pause after a small batch of events (its default: 200 µs). */
+const napUs = option('bigroom-nap-us');
+let viewersBinary: string | undefined;
+/** Builds bench/native/viewers.c once per bench run; undefined when gcc cannot. */
+function nativeViewers(): string | undefined {
+  if (viewersBinary !== undefined) return viewersBinary || undefined;
+  const out = join(srcBench, 'out', 'viewers');
+  mkdirSync(join(srcBench, 'out'), { recursive: true });
+  // Built aside and renamed: another bench run may be executing the previous binary.
+  const built = `${out}.${process.pid}`;
+  try {
+    execFileSync('gcc', ['-O2', '-o', built, join(srcBench, 'native', 'viewers.c')], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    renameSync(built, out);
+    viewersBinary = out;
+  } catch (err) {
+    process.stderr.write(`  gcc could not build the native viewers: ${String(err)}\n`);
+    viewersBinary = '';
+  }
+  return viewersBinary || undefined;
+}
+
+interface NativeReport {
+  viewers: number;
+  framesInWindow: number;
+  windowMs: number;
+  cpuPercent: number;
+  latencies: number[];
+  received: Record<string, number>;
+  readingViewers: Record<string, number>;
+  /** Median latency at each tenth of the viewers in join order. */
+  p50ByJoinTenth: number[];
+}
+
+/**
+ * Every viewer of a fan-out in one native process pinned to the generators'
+ * core: connected once `ready`, the window's edges are relayed to it on stdin,
+ * and `report()` has it drain and answer with its counts.
+ */
+async function startNativeViewers(
+  port: number,
+  streams: string[],
+  perStream: number,
+  sampleEvery: number,
+) {
+  const binary = nativeViewers();
+  if (!binary) throw new Error('no native viewers binary');
+  const child: ChildProcess = spawn(
+    'taskset',
+    [
+      '-c',
+      LOADGEN_CORE,
+      binary,
+      ...['--port', String(port), '--streams', streams.join(',')],
+      ...['--per-stream', String(perStream), '--sample-every', String(sampleEvery)],
+      ...['--addresses', LOCAL_ADDRESSES.join(',')],
+      ...(napUs === undefined ? [] : ['--nap-us', napUs]),
+    ],
+    { stdio: ['pipe', 'pipe', 'inherit'] },
+  );
+  let out = '';
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  child.stdout?.on('data', (c: Buffer) => {
+    out += c.toString();
+  });
+  await new Promise<void>((resolve, reject) => {
+    const check = () => {
+      if (out.startsWith('ready\n')) {
+        child.stdout?.off('data', check);
+        resolve();
+      }
+    };
+    child.stdout?.on('data', check);
+    exited.then((code) => reject(new Error(`native viewers exited with ${code}`)));
+  });
+  return {
+    command: (line: string) => child.stdin?.write(`${line}\n`),
+    async report(): Promise<NativeReport> {
+      child.stdin?.end('drain\n');
+      const code = await exited;
+      if (code !== 0) throw new Error(`native viewers exited with ${code}`);
+      return JSON.parse(out.slice('ready\n'.length)) as NativeReport;
+    },
+    pid: child.pid as number,
+    kill: () => child.kill(),
+  };
 }
 
 function launch(kind: BenchKind, nodeFlags: string[] = [], extra: Record<string, string> = {}) {
@@ -207,6 +303,15 @@ function launch(kind: BenchKind, nodeFlags: string[] = [], extra: Record<string,
   return startServer(kind, { ...extra, ...env }, nodeFlags);
 }
 
+/** Time a thread has waited on a run queue, ready to run (schedstat's second field), in ms. */
+function runqueueWaitMs(pid: number): number {
+  try {
+    return Number(readFileSync(`/proc/${pid}/schedstat`, 'utf8').split(' ')[1]) / 1e6;
+  } catch {
+    return Number.NaN;
+  }
+}
+
 /** Viewers charla closed for not reading (NaN for the references): tells drops from a backlog. */
 async function slowConsumers(server: { kind: ServerKind; port: number }): Promise<number> {
   if (server.kind !== 'charla') return Number.NaN;
@@ -219,7 +324,10 @@ async function slowConsumers(server: { kind: ServerKind; port: number }): Promis
 }
 
 async function fanout(kind: BenchKind, spec: FanoutSpec) {
+  // On a shared machine the figures mean little without what else was running.
+  const load1 = loadavg()[0] as number;
   const server = await launch(kind, spec.nodeFlags, spec.env);
+  let native: Awaited<ReturnType<typeof startNativeViewers>> | undefined;
   try {
     const keys = Array.from({ length: spec.streams }, (_, i) => `s${i}`);
     await putStreams(server, keys);
@@ -231,7 +339,13 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
       Array.from({ length: spec.refusedPosters?.count ?? 0 }, (_, i) => token(`banned${i}`)),
     );
     const total = spec.streams * spec.viewersPerStream;
-    const generators = Math.ceil(total / MAX_CONNS_PER_GENERATOR);
+    const nv =
+      spec.generator === 'native'
+        ? await startNativeViewers(server.port, keys, spec.viewersPerStream, spec.sampleEvery ?? 50)
+        : undefined;
+    native = nv;
+    // With native viewers the Node generator keeps only the posters.
+    const generators = nv ? 1 : Math.ceil(total / MAX_CONNS_PER_GENERATOR);
     const streamsPer = Math.ceil(spec.streams / generators);
     const jobs: FanoutJob[] = [];
     for (let g = 0; g < generators; g++) {
@@ -239,9 +353,10 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
       jobs.push({
         mode: 'fanout',
         port: server.port,
-        streams: mine,
-        viewersPerStream:
-          spec.streams === 1
+        streams: nv ? [] : mine,
+        viewersPerStream: nv
+          ? 0
+          : spec.streams === 1
             ? Math.ceil(spec.viewersPerStream / generators)
             : spec.viewersPerStream,
         slowFraction: spec.slowFraction ?? 0,
@@ -261,11 +376,36 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
           : {}),
       });
     }
-    const serverWindow: ServerWindow = { cpuPercent: Number.NaN };
-    const { value: reports, peak } = await peakRss(
-      server.pid,
-      runGenerators(jobs, server.pid, serverWindow) as Promise<FanoutReport[]>,
-    );
+    const waitAt = { start: 0, end: 0, startAt: 0, endAt: 0, viewersstart: 0, viewersend: 0 };
+    const writesAt = { start: 0, end: 0 };
+    const serverWindow: ServerWindow = {
+      cpuPercent: Number.NaN,
+      onEdge: (edge) => {
+        if (nv) nv.command(edge === 'start' ? 'open' : 'close');
+        waitAt[edge] = runqueueWaitMs(server.pid);
+        writesAt[edge] = writeCallsOf(server.pid);
+        waitAt[`${edge}At`] = performance.now();
+        waitAt[`viewers${edge}`] = nv ? runqueueWaitMs(nv.pid) : Number.NaN;
+      },
+    };
+    const generated = runGenerators(jobs, server.pid, serverWindow).then(async (r) => {
+      if (!nv) return { reports: r as FanoutReport[], viewerCpu: Number.NaN, byJoin: [] };
+      const posts = r[0] as FanoutReport;
+      const seen = await nv.report();
+      // One report as the Node generator's: the posters' counts, the native viewers' frames,
+      // and the CPU of both (they share the generators' core).
+      const merged: FanoutReport = {
+        ...posts,
+        ...seen,
+        accepted: posts.accepted,
+        cpuPercent: posts.cpuPercent + seen.cpuPercent,
+      };
+      return { reports: [merged], viewerCpu: seen.cpuPercent, byJoin: seen.p50ByJoinTenth };
+    });
+    const {
+      value: { reports, viewerCpu, byJoin },
+      peak,
+    } = await peakRss(server.pid, generated);
     const windowMs = median(reports.map((r) => r.windowMs));
     const deliveries = reports.reduce((n, r) => n + r.framesInWindow, 0) / (windowMs / 1000);
     const lat = latencyStats(reports.flatMap((r) => r.latencies));
@@ -287,7 +427,23 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
       lost,
       rssMB: peak / 2 ** 20,
       genCpu: Math.max(...reports.map((r) => r.cpuPercent)),
+      // The native viewers' own share of genCpu (NaN with the Node generator).
+      viewerCpu,
+      // The first and the last tenth of the viewers to join (native only): the time a chat
+      // waits before its fan-out starts, and that plus the fan-out itself.
+      p50FirstTenth: byJoin[0] ?? Number.NaN,
+      p50LastTenth: byJoin.at(-1) ?? Number.NaN,
       serverCpu: serverWindow.cpuPercent,
+      // Share of the window the server's event loop was ready to run but another process had
+      // its core: on a shared machine, latency that is neither the server's work nor its waits.
+      serverRunqueue: ((waitAt.end - waitAt.start) / (waitAt.endAt - waitAt.startAt)) * 100,
+      // The same of the native viewers: a frame they are ready to read but cannot is late too.
+      viewerRunqueue:
+        ((waitAt.viewersend - waitAt.viewersstart) / (waitAt.endAt - waitAt.startAt)) * 100,
+      // write(2)-family calls of the server per second: with one stream, about viewers × writes
+      // per viewer, so their ratio to the viewers tells how often each viewer is written to.
+      serverWritesPerSec:
+        ((writesAt.end - writesAt.start) * 1000) / (waitAt.endAt - waitAt.startAt),
       // Server CPU time per delivery: comparable across runs on a loaded machine,
       // where a server that is not scheduled shows as latency, not as CPU.
       cpuUsPerDelivery: (serverWindow.cpuPercent * 10_000) / deliveries,
@@ -296,8 +452,10 @@ async function fanout(kind: BenchKind, spec: FanoutSpec) {
       refused: reports[0]?.posterErrors ?? 0,
       refusedSent: reports[0]?.refusedSent ?? 0,
       refusedAnswers: reports.reduce((n, r) => n + r.refusedAnswers, 0),
+      load1,
     };
   } finally {
+    native?.kill();
     await server.stop();
   }
 }
@@ -1230,9 +1388,23 @@ async function bigroom(): Promise<void> {
     // About 150,000 latency samples per run, spread over the whole window.
     sampleEvery: Math.max(1, Math.ceil((viewers * rate * durationMs) / 1000 / 150_000)),
   });
+  // A Node generator cannot read 10,000 sockets fast enough on a small machine: by default
+  // the viewers are read natively, where gcc can build the reader.
+  const asked = option('bigroom-generator')?.split(',') as Generator[] | undefined;
+  const generators: Generator[] = asked ?? [nativeViewers() ? 'native' : 'node'];
+  if (generators.includes('native') && !nativeViewers()) {
+    throw new Error('gcc could not build bench/native/viewers.c');
+  }
+  // Generators inner: on a shared machine a noisy moment hits both alike.
   for (const [viewers, rate] of points) {
-    const m = await compare(`bigroom ${viewers}x${rate}/s`, (k) => fanout(k, spec(viewers, rate)));
-    for (const kind of KINDS) record('bigroom', { viewers, rate, server: kind, ...m[kind] });
+    for (const generator of generators) {
+      const m = await compare(`bigroom ${viewers}x${rate}/s ${generator}`, (k) =>
+        fanout(k, { ...spec(viewers, rate), generator }),
+      );
+      for (const kind of KINDS) {
+        record('bigroom', { viewers, rate, generator, server: kind, ...m[kind] });
+      }
+    }
   }
   if (flag('cpu-prof')) {
     // Where charla's time goes at the heaviest point: 10,000 viewers × the highest rate.
@@ -1242,6 +1414,7 @@ async function bigroom(): Promise<void> {
     mkdirSync(dir, { recursive: true });
     const res = await fanout('charla', {
       ...spec(10_000, rate),
+      generator: generators.at(-1) as Generator,
       nodeFlags: ['--cpu-prof', `--cpu-prof-dir=${dir}`],
     });
     process.stderr.write(`  bigroom profile run 10000x${rate}/s: ${JSON.stringify(res)}\n`);
@@ -1614,11 +1787,15 @@ function renderTables(): string {
       .filter((r) => r.server === KINDS[0])
       .flatMap((p) =>
         KINDS.map((kind) => {
-          const r = by('bigroom', kind, (x) => x.viewers === p.viewers && x.rate === p.rate);
-          const bare = by('bigroom', 'bare', (x) => x.viewers === p.viewers && x.rate === p.rate);
+          const same = (x: Row) =>
+            x.viewers === p.viewers && x.rate === p.rate && x.generator === p.generator;
+          const r = by('bigroom', kind, same);
+          const bare = by('bigroom', 'bare', same);
+          const viewerCpu = n(r, 'viewerCpu');
           return [
             String(p.viewers),
             String(p.rate),
+            String(p.generator ?? 'node'),
             kind,
             fmt(n(r, 'deliveries')),
             fmt(n(r, 'p50'), 1),
@@ -1628,7 +1805,12 @@ function renderTables(): string {
             ratio(n(r, 'p99'), n(bare, 'p99')),
             fmt(n(r, 'cpuUsPerDelivery'), 2),
             fmt(n(r, 'rssMB')),
-            `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%`,
+            `${fmt(n(r, 'serverCpu'))}% / ${fmt(n(r, 'genCpu'))}%` +
+              (Number.isFinite(viewerCpu) ? ` (viewers ${fmt(viewerCpu)}%)` : ''),
+            `${fmt(n(r, 'serverRunqueue'))}%` +
+              (Number.isFinite(n(r, 'viewerRunqueue')) ? ` / ${fmt(n(r, 'viewerRunqueue'))}%` : ''),
+            `${fmt(n(r, 'p50FirstTenth'), 1)} / ${fmt(n(r, 'p50LastTenth'), 1)}`,
+            fmt(n(r, 'load1'), 1),
           ];
         }),
       );
@@ -1638,6 +1820,7 @@ function renderTables(): string {
         [
           'viewers',
           'chats/s',
+          'viewers read by',
           'server',
           'deliveries/s',
           'p50 ms',
@@ -1648,6 +1831,9 @@ function renderTables(): string {
           'server CPU µs / delivery',
           'peak RSS MB',
           'CPU server / generator',
+          'waiting for a core: server / viewers',
+          'p50 ms, first / last tenth to join',
+          'load average',
         ],
         rows,
       ),
@@ -1658,12 +1844,14 @@ function renderTables(): string {
 
 function writeBigroomCharts(outDir: string): void {
   if (!results.bigroom) return;
+  // One generator's figures: the last one run (native when both were).
+  const generator = results.bigroom.at(-1)?.generator;
   const series = (match: (r: Row) => boolean, x: string): Series[] =>
     KINDS.map((kind) => ({
       name: NAMES[kind],
       color: COLORS[kind],
       points: (results.bigroom ?? [])
-        .filter((r) => r.server === kind && match(r))
+        .filter((r) => r.server === kind && r.generator === generator && match(r))
         .map((r) => [Number(r[x]), Number(r.p99)] as [number, number]),
     }));
   writeFileSync(
