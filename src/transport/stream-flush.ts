@@ -16,7 +16,8 @@
  *   a window): the flow flushes at most every `flushMs`. It is quiet again
  *   below half that share (hysteresis, so a room at the edge does not flap).
  * - A room so big that one flush costs more than half of `flushMs` (10,000
- *   viewers take about 15 ms of CPU) waits twice as long as its last flush
+ *   viewers take 15 to 100 ms of CPU by machine, nearly all of it the kernel's
+ *   work for one write each) waits twice as long as its last flush
  *   took: its writes then never take more than half of the core, where a
  *   fixed window would let them take all of it and every chat would queue
  *   behind the last. The wait grows with the room, not with the load.
