@@ -21,11 +21,11 @@ import {
 
 type Behaviour = 'reset' | 'garbage' | 'redirect' | 'hang' | 'trickle' | 'hugeHeaders' | 'hugeBody';
 
-/** Every failure, one per connection in turn. */
+/** Every failure, one per request in turn. */
 const FAILURES: Behaviour[] = ['reset', 'garbage', 'redirect', 'hang', 'trickle', 'hugeHeaders'];
 
 class HostileReceiver {
-  /** What the next connection does; null: the failures in turn. */
+  /** What the next request gets; null: the failures in turn. */
   mode: Behaviour | null = null;
   /** The `webhook-id` of every request whose head arrived, with what it got. */
   readonly seen: Array<{ id: string; got: Behaviour }> = [];
@@ -56,19 +56,37 @@ class HostileReceiver {
     this.sockets.add(socket);
     socket.on('error', () => {});
     socket.once('close', () => this.sockets.delete(socket));
-    let head = '';
-    const onData = (chunk: Buffer) => {
-      head += chunk.toString('latin1');
-      if (!head.includes('\r\n\r\n')) return;
-      socket.off('data', onData);
-      const id = /webhook-id: (\S+)/i.exec(head)?.[1] ?? '?';
-      const got = this.mode ?? (FAILURES[this.turn++ % FAILURES.length] as Behaviour);
-      this.seen.push({ id, got });
-      this.answer(socket, got);
-      // The rest of the request (its body) is read and dropped.
-      socket.resume();
-    };
-    socket.on('data', onData);
+    // A redirect is a complete answer, so the sender keeps its connection
+    // alive and may send its next attempt on it: every request on a
+    // connection is read and answered in turn, else that attempt would go
+    // unseen and end as a timeout.
+    let buffered = '';
+    // Body bytes of the last request not yet read.
+    let skip = 0;
+    let answering = true;
+    socket.on('data', (chunk: Buffer) => {
+      // After an answer that never completes, the rest is read and dropped.
+      if (!answering) return;
+      buffered += chunk.toString('latin1');
+      for (;;) {
+        const dropped = Math.min(skip, buffered.length);
+        buffered = buffered.slice(dropped);
+        skip -= dropped;
+        const end = buffered.indexOf('\r\n\r\n');
+        if (skip > 0 || end < 0) return;
+        const head = buffered.slice(0, end);
+        buffered = buffered.slice(end + 4);
+        skip = Number(/content-length: *(\d+)/i.exec(head)?.[1] ?? 0);
+        const id = /webhook-id: (\S+)/i.exec(head)?.[1] ?? '?';
+        const got = this.mode ?? (FAILURES[this.turn++ % FAILURES.length] as Behaviour);
+        this.seen.push({ id, got });
+        this.answer(socket, got);
+        if (got !== 'redirect') {
+          answering = false;
+          return;
+        }
+      }
+    });
   }
 
   private answer(socket: Socket, how: Behaviour): void {
@@ -191,5 +209,29 @@ describe('webhooks to a hostile receiver', () => {
       .split('\n')
       .filter((line) => /"level":(50|60)/.test(line));
     assert.deepEqual(errors, [], 'a hostile receiver is not a server error');
+  });
+
+  test('a connection kept alive after a redirect carries the next attempts, each one counted', async () => {
+    // A 307 is a complete answer: the next attempt may go on the same connection.
+    receiver.mode = 'redirect';
+    assert.equal((await api(s.url, 'PUT', '/api/streams/wh-d', {})).status, 201);
+    assert.equal((await api(s.url, 'DELETE', '/api/streams/wh-d')).status, 200);
+    type Failed = { id: string; attempts: number; lastError: string; payload: any };
+    let event: Failed | undefined;
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
+      const events: Failed[] = (await api(s.url, 'GET', '/api/webhooks/failed')).body.events;
+      event = events.find((e) => e.payload.data.key === 'wh-d');
+      if (event) break;
+      await sleep(100);
+    }
+    assert.ok(event, 'the event failed');
+    assert.equal(event.attempts, FAILURES.length);
+    assert.equal(event.lastError, 'HTTP 307');
+    const id = event.id;
+    assert.deepEqual(
+      receiver.seen.filter((a) => a.id === id).map((a) => a.got),
+      FAILURES.map(() => 'redirect'),
+    );
   });
 });
