@@ -835,6 +835,19 @@ const WRITER_CONNECTIONS = 2;
  * first: its triggers update that row and the readers' counters in different
  * orders, and would otherwise meet another writer's locks the other way round.
  */
+/** The unread counters of a batch's requests and senders, locked in their order. */
+function lockUnread(
+  client: pg.PoolClient,
+  requestIds: string[],
+  writes: readonly RequestMessageWrite[],
+): Promise<unknown> {
+  return client.query({
+    name: 'charla_lock_unread',
+    text: LOCK_UNREAD_SQL,
+    values: [requestIds, [...new Set(writes.map((w) => w.message.sender.id))]],
+  });
+}
+
 async function lockRequest(client: pg.PoolClient, requestId: string): Promise<void> {
   await client.query('SELECT 1 FROM requests WHERE id = $1 FOR NO KEY UPDATE', [requestId]);
 }
@@ -1424,53 +1437,27 @@ export class PostgresStore implements Store {
    * `BATCH_SQL` names the first write (`failed: 0`): the caller then finds
    * the culprit with `pipelineBatch`.
    */
-  private async statementBatch(writes: readonly RequestMessageWrite[]): Promise<BatchOutcome> {
-    const client = await this.writer.connect();
-    let broken: Error | undefined;
-    try {
-      const requestIds = [...new Set(writes.map((w) => w.message.requestId))];
-      const begin = client.query('BEGIN');
-      const locked = client.query({
-        name: 'charla_lock_unread',
-        text: LOCK_UNREAD_SQL,
-        values: [requestIds, [...new Set(writes.map((w) => w.message.sender.id))]],
-      });
-      const requests = client.query({
-        name: 'charla_lock_requests',
-        text: LOCK_REQUESTS_SQL,
-        values: [requestIds],
-      });
-      const batch = client.query<BatchRow>({
-        name: 'charla_add_messages',
-        text: BATCH_SQL,
-        values: batchParams(writes),
-      });
-      const commit = client.query('COMMIT');
-      const [b, c, l, r, s] = await Promise.allSettled([begin, commit, locked, requests, batch]);
-      // Waiting for the counters or the requests can end in a deadlock with
-      // a single-statement writer: worth another try, like the whole batch.
-      for (const x of [l, r]) {
-        if (b?.status === 'fulfilled' && x?.status === 'rejected') {
-          return { committed: false, failed: undefined, error: x.reason, retry: true };
-        }
-      }
-      if (b?.status === 'rejected' || c?.status === 'rejected') {
-        const error = b?.status === 'rejected' ? b.reason : (c as PromiseRejectedResult).reason;
-        broken = error instanceof Error ? error : new Error(String(error));
-        return { committed: false, failed: undefined, error };
-      }
-      if (s?.status === 'rejected') return { committed: false, failed: 0, error: s.reason };
-      if (c?.status === 'fulfilled' && c.value.command !== 'COMMIT') {
-        broken = new Error(`COMMIT answered ${c.value.command}`);
-        return { committed: false, failed: undefined, error: broken };
-      }
-      return {
-        committed: true,
-        rows: batchRows(writes, s?.status === 'fulfilled' ? s.value.rows : []),
-      };
-    } finally {
-      client.release(broken);
-    }
+  private statementBatch(writes: readonly RequestMessageWrite[]): Promise<BatchOutcome> {
+    return this.pipelined(
+      (client) => {
+        const requestIds = [...new Set(writes.map((w) => w.message.requestId))];
+        const locks = [
+          lockUnread(client, requestIds, writes),
+          client.query({
+            name: 'charla_lock_requests',
+            text: LOCK_REQUESTS_SQL,
+            values: [requestIds],
+          }),
+        ];
+        const batch = client.query<BatchRow>({
+          name: 'charla_add_messages',
+          text: BATCH_SQL,
+          values: batchParams(writes),
+        });
+        return { locks, statements: [batch] };
+      },
+      ([batch]) => batchRows(writes, batch?.rows ?? []),
+    );
   }
 
   /**
@@ -1478,58 +1465,74 @@ export class PostgresStore implements Store {
    * one round trip and one WAL flush for the batch. A statement that fails
    * aborts the transaction, which COMMIT then rolls back.
    */
-  private async pipelineBatch(writes: readonly RequestMessageWrite[]): Promise<BatchOutcome> {
+  private pipelineBatch(writes: readonly RequestMessageWrite[]): Promise<BatchOutcome> {
+    return this.pipelined(
+      (client) => {
+        // Sent in the order made: the lock goes before the writes.
+        const locks = [
+          lockUnread(client, [...new Set(writes.map((w) => w.message.requestId))], writes),
+        ];
+        const statements = writes.map((w) => {
+          const outbox = w.outbox ?? [];
+          const shape = outboxShape(outbox);
+          return client.query<AddedRow>({
+            name: ADD_MESSAGE_STATEMENT[shape],
+            text: addMessageSql(shape),
+            values: addMessageParams(w.message, outbox, shape),
+          });
+        });
+        return { locks, statements };
+      },
+      (results) => results.map((r) => r.rows[0]),
+    );
+  }
+
+  /**
+   * BEGIN, the locks, the statements and COMMIT sent at once on one writer
+   * connection, and their outcome: a lock that failed (a deadlock with a
+   * single-statement writer) is worth another try of the whole batch; BEGIN
+   * or COMMIT failing is the connection's problem, not a message's; a
+   * statement that fails aborts the transaction (those after it fail too,
+   * and COMMIT answers ROLLBACK), so the first failure is the culprit.
+   */
+  private async pipelined<R extends pg.QueryResultRow>(
+    queue: (client: pg.PoolClient) => {
+      locks: Array<Promise<unknown>>;
+      statements: Array<Promise<pg.QueryResult<R>>>;
+    },
+    rowsOf: (results: Array<pg.QueryResult<R>>) => Array<AddedRow | undefined>,
+  ): Promise<BatchOutcome> {
     const client = await this.writer.connect();
     let broken: Error | undefined;
     try {
       const begin = client.query('BEGIN');
-      const locked = client.query({
-        name: 'charla_lock_unread',
-        text: LOCK_UNREAD_SQL,
-        values: [
-          [...new Set(writes.map((w) => w.message.requestId))],
-          [...new Set(writes.map((w) => w.message.sender.id))],
-        ],
-      });
-      const statements = writes.map((w) => {
-        const outbox = w.outbox ?? [];
-        const shape = outboxShape(outbox);
-        return client.query<AddedRow>({
-          name: ADD_MESSAGE_STATEMENT[shape],
-          text: addMessageSql(shape),
-          values: addMessageParams(w.message, outbox, shape),
-        });
-      });
+      const { locks, statements } = queue(client);
       const commit = client.query('COMMIT');
-      const [b, c, l, ...s] = await Promise.allSettled([begin, commit, locked, ...statements]);
-      // Waiting for the counters can end in a deadlock with a single-statement
-      // writer: worth another try, like a failure of the batch as a whole.
-      if (b?.status === 'fulfilled' && l?.status === 'rejected') {
-        return { committed: false, failed: undefined, error: l.reason, retry: true };
+      // Settled together: a statement refused before COMMIT answers would
+      // otherwise be a rejection nobody handles yet.
+      const [b, c, ...rest] = await Promise.allSettled([begin, commit, ...locks, ...statements]);
+      const l = rest.slice(0, locks.length);
+      const s = rest.slice(locks.length) as Array<PromiseSettledResult<pg.QueryResult<R>>>;
+      const lockFailed = l.find((x) => x.status === 'rejected');
+      if (b.status === 'fulfilled' && lockFailed) {
+        return { committed: false, failed: undefined, error: lockFailed.reason, retry: true };
       }
-      // BEGIN or COMMIT itself failing is the connection's problem, not a message's.
-      if (b?.status === 'rejected' || c?.status === 'rejected') {
-        const error = b?.status === 'rejected' ? b.reason : (c as PromiseRejectedResult).reason;
+      if (b.status === 'rejected' || c.status === 'rejected') {
+        const error = b.status === 'rejected' ? b.reason : (c as PromiseRejectedResult).reason;
         broken = error instanceof Error ? error : new Error(String(error));
         return { committed: false, failed: undefined, error };
       }
-      // A statement that fails aborts the transaction: those after it fail
-      // too, and COMMIT answers ROLLBACK. The first failure is the culprit.
       const failed = s.findIndex((r) => r.status === 'rejected');
       if (failed >= 0) {
-        return {
-          committed: false,
-          failed,
-          error: (s[failed] as PromiseRejectedResult).reason,
-        };
+        return { committed: false, failed, error: (s[failed] as PromiseRejectedResult).reason };
       }
-      if (c?.status === 'fulfilled' && c.value.command !== 'COMMIT') {
+      if (c.value.command !== 'COMMIT') {
         broken = new Error(`COMMIT answered ${c.value.command}`);
         return { committed: false, failed: undefined, error: broken };
       }
       return {
         committed: true,
-        rows: s.map((r) => (r.status === 'fulfilled' ? r.value.rows[0] : undefined)),
+        rows: rowsOf(s.map((r) => (r as PromiseFulfilledResult<pg.QueryResult<R>>).value)),
       };
     } finally {
       client.release(broken);
