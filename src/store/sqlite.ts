@@ -742,12 +742,6 @@ export class SqliteStore implements Store {
         `INSERT INTO webhook_outbox (id, type, payload, created_at, next_attempt_at, unless_read)
          VALUES (@id, @type, @data, @createdAt, @dueAt, @unlessRead)`,
       ),
-      // A request message's pair (created, unread) in one statement, its
-      // values bound by position: about a fifth less CPU than two named inserts.
-      insertOutboxPair: db.prepare(
-        `INSERT INTO webhook_outbox (id, type, payload, created_at, next_attempt_at, unless_read)
-         VALUES (?, ?, ?, ?, ?, ?), (?, ?, ?, ?, ?, ?)`,
-      ),
       dueOutbox: db.prepare<[string, string, number], OutboxRow>(
         `SELECT id, type, payload, created_at, attempts, last_error, last_attempt_at, unless_read,
            lease_until
@@ -1330,24 +1324,6 @@ export class SqliteStore implements Store {
   }
 
   private insertOutbox(entries: readonly OutboxEntry[]): void {
-    const [a, b] = entries;
-    if (entries.length === 2 && a && b) {
-      this.q.insertOutboxPair.run(
-        a.id,
-        a.type,
-        a.data,
-        a.createdAt,
-        a.dueAt,
-        a.unlessRead,
-        b.id,
-        b.type,
-        b.data,
-        b.createdAt,
-        b.dueAt,
-        b.unlessRead,
-      );
-      return;
-    }
     for (const e of entries) this.q.insertOutbox.run(e);
   }
 
