@@ -190,13 +190,14 @@ export class RequestUpdates {
 
   /** Sends `update` to the sockets of `target` on every node. */
   publish(target: UpdateTarget, update: RequestUpdate): void {
-    this.send(target, update, JSON.stringify(update.requestId), JSON.stringify(update.lastMessage));
+    this.publishCounts(update.requestId, update.lastMessage, [[target, update.unread]]);
   }
 
   /**
    * Sends one update of a request to each target, all with the same last
    * message and each with its own unread count. The last message is the
-   * bulk of every payload: it is encoded once for all of them.
+   * bulk of every payload: it is encoded once for all of them, and each
+   * payload is `JSON.stringify` of its frame built around it.
    */
   publishCounts(
     requestId: string,
@@ -206,21 +207,15 @@ export class RequestUpdates {
     const idJson = JSON.stringify(requestId);
     const lastJson = JSON.stringify(lastMessage);
     for (const [target, unread] of counts) {
-      this.send(target, { requestId, lastMessage, unread }, idJson, lastJson);
+      const frame: Frame = {
+        rooms: target.rooms,
+        except: target.except,
+        update: { requestId, lastMessage, unread },
+      };
+      const payload = `{"rooms":${JSON.stringify(target.rooms)},"except":${JSON.stringify(target.except)},"update":{"requestId":${idJson},"lastMessage":${lastJson},"unread":${JSON.stringify(unread)}}}`;
+      this.last = { payload, frame };
+      this.broker.publish(INBOX_TOPIC, payload);
     }
-  }
-
-  /** `JSON.stringify(frame)`, with the update's request id and last message given already encoded. */
-  private send(
-    target: UpdateTarget,
-    update: RequestUpdate,
-    idJson: string,
-    lastJson: string,
-  ): void {
-    const frame: Frame = { rooms: target.rooms, except: target.except, update };
-    const payload = `{"rooms":${JSON.stringify(target.rooms)},"except":${JSON.stringify(target.except)},"update":{"requestId":${idJson},"lastMessage":${lastJson},"unread":${JSON.stringify(update.unread)}}}`;
-    this.last = { payload, frame };
-    this.broker.publish(INBOX_TOPIC, payload);
   }
 
   close(): void {
