@@ -4,7 +4,9 @@
  * same turn, sends answered together leave the outbox in one statement (the
  * next claim's, when one is due), claims come in batches rather than one per
  * send, a stop hands every unsent row back, and a retry due before the next
- * poll still goes out on time while the other slots are busy. Answers are
+ * poll still goes out on time while the other slots are busy, and events
+ * committed while sends are under way are claimed together, once
+ * CLAIM_GAP_MS after the last claim. Answers are
  * removed once as many as the slots wait, or after REMOVE_AFTER_MS. The sender
  * here answers when the test says, so that "together" is exact.
  */
@@ -218,6 +220,37 @@ describe('webhook worker', () => {
       await until('the outbox to empty', () => w.calls.completes.flat().length === 8);
       assert.equal(await w.pending(), 0);
     } finally {
+      await w.close();
+    }
+  });
+  it('claims at once when idle, and events committed within CLAIM_GAP_MS of the last claim together while busy', async () => {
+    const w = await setup(0);
+    /** Commits one event and nudges, as a store call with its outbox row does. */
+    const commit = async (i: number) => {
+      await w.store.enqueueWebhooks([outboxEntry('stream.ended', { key: `gap${i}` })]);
+      w.webhooks.nudge();
+    };
+    try {
+      w.webhooks.start();
+      await until('the first, empty claim', () => w.calls.claims.length === 1);
+      // Nothing under way: the nudge claims at once.
+      await commit(0);
+      await until('the first send', () => w.sender.held.length === 1);
+      assert.deepEqual(w.calls.claims, [0, 1]);
+      // One commit per turn, as a busy node's group commits come, the first send still held.
+      for (let i = 1; i <= 4; i++) {
+        await commit(i);
+        await new Promise((r) => setImmediate(r));
+      }
+      await until('the four sends', () => w.sender.held.length === 5);
+      const busy = w.calls.claims.slice(2);
+      assert.equal(
+        busy.reduce((a, b) => a + b, 0),
+        4,
+      );
+      assert.ok(busy.length < 4, `fewer claims than commits: ${JSON.stringify(busy)}`);
+    } finally {
+      w.sender.answer(w.sender.held.length);
       await w.close();
     }
   });
