@@ -10,6 +10,7 @@ import type { Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { newId } from '../src/core/ids.js';
 import { api, sleep, startServer, type TestServer, userToken } from './helpers.js';
+import { metricValue } from './hostile.js';
 import { RequestClient, settle } from './request-client.js';
 
 const TEACHER = { username: 'ana', role: 'TEACHER' };
@@ -23,11 +24,8 @@ async function register(server: TestServer): Promise<string> {
   return id;
 }
 
-async function slowConsumerDrops(server: TestServer): Promise<number> {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
-  const m = /charla_disconnects_total\{reason="slow_consumer"\} (\d+)/.exec(text);
-  return m ? Number(m[1]) : 0;
-}
+const slowConsumerDrops = (server: TestServer) =>
+  metricValue(server.url, 'charla_disconnects_total{reason="slow_consumer"}');
 
 /** The client's own TCP socket, under socket.io-client's WebSocket. */
 function clientTcp(c: RequestClient): Socket {
