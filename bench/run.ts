@@ -225,17 +225,20 @@ function nativeViewers(): string | undefined {
   return viewersBinary || undefined;
 }
 
-interface NativeReport {
-  viewers: number;
-  framesInWindow: number;
-  windowMs: number;
-  cpuPercent: number;
-  latencies: number[];
-  received: Record<string, number>;
-  readingViewers: Record<string, number>;
+/** What the native viewers print: the viewers' part of a fan-out report, and more. */
+type NativeReport = Pick<
+  FanoutReport,
+  | 'viewers'
+  | 'framesInWindow'
+  | 'windowMs'
+  | 'cpuPercent'
+  | 'latencies'
+  | 'received'
+  | 'readingViewers'
+> & {
   /** Median latency at each tenth of the viewers in join order. */
   p50ByJoinTenth: number[];
-}
+};
 
 /**
  * Every viewer of a fan-out in one native process pinned to the generators'
