@@ -12,7 +12,7 @@ import { ChatError, pageAt } from './errors.js';
 import { GroupCommit } from './group-commit.js';
 import { hasRole, type Identity } from './identity.js';
 import { newId } from './ids.js';
-import { checkMessageText, RateLimiter } from './limits.js';
+import { checkMessageText } from './limits.js';
 import type {
   Attachment,
   Page,
@@ -23,7 +23,7 @@ import type {
   RequestSummary,
   UnreadTotals,
 } from './messages.js';
-import type { SharedCounterOptions } from './stream-limits.js';
+import { type SharedCounterOptions, StreamLimits } from './stream-limits.js';
 import { SharedTypingThrottle, TypingThrottle } from './typing.js';
 import type { Webhooks } from './webhooks.js';
 
@@ -35,7 +35,7 @@ export interface RequestsDeps {
   log: Logger;
   /** When set, messages and reads commit their webhook events with them. */
   webhooks?: Webhooks | undefined;
-  /** When set, the typing throttle holds across nodes. */
+  /** When set, the rate limit and the typing throttle hold across nodes. */
   redis?: SharedCounterOptions['redis'];
 }
 
@@ -83,7 +83,8 @@ export interface Receipts {
 }
 
 export class Requests {
-  private readonly rate: RateLimiter;
+  /** REQUEST_RATE_LIMIT per user and request, counted in Redis when there is one. */
+  private readonly rate: StreamLimits;
   private readonly typingThrottle: SharedTypingThrottle;
   /** Writes under way, so that shutdown waits for them before closing the store. */
   private readonly inFlight = new Set<Promise<unknown>>();
@@ -96,7 +97,7 @@ export class Requests {
       metrics: deps.metrics,
       maxBatch: deps.limits.requestBatchMax,
     });
-    this.rate = new RateLimiter(deps.limits.requestRate);
+    this.rate = new StreamLimits(deps.limits.requestRate, { redis: deps.redis });
     this.typingThrottle = new SharedTypingThrottle(
       new TypingThrottle(deps.desk.typingIntervalMs, deps.desk.typingTrackedMax),
       deps.desk.typingIntervalMs,
@@ -176,7 +177,7 @@ export class Requests {
         checkMessageText(text, this.deps.limits.requestMessageMaxChars);
       }
       const role = await this.authorize(identity, requestId);
-      this.rate.take(`${identity.userId}\u0000${requestId}`);
+      await this.takeRate(identity, requestId);
       const message = {
         _id: newId(),
         requestId,
@@ -216,7 +217,7 @@ export class Requests {
         checkMessageText(text, this.deps.limits.requestMessageMaxChars);
       }
       // A change is a write delivered to the room, as a message is: same budget.
-      this.rate.take(`${identity.userId}\u0000${requestId}`);
+      await this.takeRate(identity, requestId);
       const editedAt = new Date().toISOString();
       const changed = await this.deps.store.changeRequestMessage(
         requestId,
@@ -233,7 +234,7 @@ export class Requests {
   remove(identity: Identity, requestId: string, messageId: string): Promise<Changed> {
     return this.track(async () => {
       await this.ownMessage(identity, requestId, messageId);
-      this.rate.take(`${identity.userId}\u0000${requestId}`);
+      await this.takeRate(identity, requestId);
       const changed = await this.deps.store.changeRequestMessage(
         requestId,
         messageId,
@@ -244,6 +245,15 @@ export class Requests {
       const { activity, message } = changed;
       return activity ? { message, updates: inboxUpdates(activity) } : { message };
     });
+  }
+
+  /**
+   * Counts one write of `identity` in the request against REQUEST_RATE_LIMIT,
+   * on every node together: the counter's key cannot be a stream key's (no
+   * `:` in those), so the two chats never share a budget.
+   */
+  private takeRate(identity: Identity, requestId: string): Promise<void> {
+    return this.rate.take(`request:${requestId}`, identity.userId);
   }
 
   /** True when `identity`'s typing in the request is to be forwarded now; never stored. */
