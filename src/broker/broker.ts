@@ -39,6 +39,14 @@ export interface Broker {
    * this call, is then heard already, never after the read's result is used.
    */
   caughtUp(): Promise<void>;
+  /**
+   * Calls `listener` whenever publications may have been missed here: this
+   * node, or another node of the deployment, was cut off from the broker and
+   * is back, its subscriptions in effect again. What nodes keep in memory
+   * from publications (a stream's rules, who is in a room) is to be read
+   * again from the store then. Never called by a broker that loses nothing.
+   */
+  onMissed(listener: () => void): Unsubscribe;
   /** Socket.IO's adapter on the same backend; undefined keeps Socket.IO's in-process rooms. */
   roomAdapter(): RoomAdapter | undefined;
   /** Resolves when the broker is reachable; for readiness. */

@@ -40,6 +40,11 @@ export class MemoryBroker implements Broker {
   /** Delivery is synchronous: nothing is ever on its way. */
   async caughtUp(): Promise<void> {}
 
+  /** Nothing is ever missed in one process. */
+  onMissed(_listener: () => void): Unsubscribe {
+    return () => {};
+  }
+
   roomAdapter(): RoomAdapter | undefined {
     return undefined;
   }

@@ -28,6 +28,14 @@ export interface RedisBrokerOptions {
   log: Logger;
 }
 
+/**
+ * A node back in touch with Redis says so here, once its subscriptions are in
+ * effect again: every node, itself included, then knows that publications
+ * made meanwhile may have been missed (its own were dropped, and it missed
+ * the others'), and reads again what it keeps of them.
+ */
+const RECOVERED_TOPIC = 'broker:recovered';
+
 /** How long `ping()` waits for PONG before calling Redis unreachable. */
 const PING_TIMEOUT_MS = 2_000;
 
@@ -45,6 +53,7 @@ export class RedisBroker implements Broker {
   /** Publications dropped during the current outage; reported on recovery. */
   private dropped = 0;
   private closed = false;
+  private readonly missedListeners = new Set<() => void>();
 
   constructor(options: RedisBrokerOptions) {
     this.prefix = options.prefix;
@@ -68,6 +77,9 @@ export class RedisBroker implements Broker {
       conn.on('error', (err: Error) => this.onLost(err));
       conn.on('close', () => this.onLost());
     }
+    this.subscribe(RECOVERED_TOPIC, () => {
+      for (const listener of this.missedListeners) listener();
+    });
   }
 
   publish(topic: string, payload: string): void {
@@ -137,6 +149,11 @@ export class RedisBroker implements Broker {
     await this.sub.ping();
   }
 
+  onMissed(listener: () => void): Unsubscribe {
+    this.missedListeners.add(listener);
+    return () => this.missedListeners.delete(listener);
+  }
+
   /**
    * Socket.IO's official Redis adapter on this broker's two connections, its
    * channels under the same prefix. Room broadcasts inherit the broker's
@@ -187,6 +204,15 @@ export class RedisBroker implements Broker {
     if (this.pub.status !== 'ready' || this.sub.status !== 'ready' || this.health === 'up') return;
     if (this.health === 'down') {
       this.log.info({ dropped: this.dropped }, 'redis connection recovered');
+      // ioredis sends the SUBSCRIBEs again before 'ready' is emitted: once
+      // this PING is answered they are in effect, and the announcement comes
+      // back here too.
+      this.sub.ping().then(
+        () => {
+          if (!this.closed) this.publish(RECOVERED_TOPIC, '');
+        },
+        (err: unknown) => this.onLost(err as Error),
+      );
     }
     this.health = 'up';
     this.dropped = 0;

@@ -188,6 +188,7 @@ export class Streams<F> {
   private readonly node = newId();
   private readonly viewersTimer: NodeJS.Timeout;
   private readonly unsubscribeViewers: Unsubscribe;
+  private readonly unsubscribeMissed: Unsubscribe;
   /** Other nodes' latest reports, by node: when heard and the counts. */
   private readonly remote = new Map<string, { at: number; counts: Map<string, number> }>();
   private pending: StreamMessage[] = [];
@@ -216,6 +217,7 @@ export class Streams<F> {
     this.unsubscribeViewers = deps.broker.subscribe(VIEWERS_TOPIC, (payload) =>
       this.onViewers(payload),
     );
+    this.unsubscribeMissed = deps.broker.onMissed(() => this.resync());
     this.settle = new StoreSettle({
       broker: deps.broker,
       log: deps.log,
@@ -584,6 +586,7 @@ export class Streams<F> {
   close(): void {
     clearInterval(this.viewersTimer);
     this.unsubscribeViewers();
+    this.unsubscribeMissed();
     this.settle.close();
   }
 
@@ -1037,11 +1040,7 @@ export class Streams<F> {
         return;
       }
       case 'ended': {
-        this.rooms.delete(key);
-        this.recent.drop(key);
-        room.unsubscribe();
-        for (const viewer of room.viewers) viewer.streamEnded();
-        for (const viewer of room.joining.keys()) viewer.streamEnded();
+        this.closeEnded(key, room);
         return;
       }
       case 'delete': {
@@ -1068,6 +1067,53 @@ export class Streams<F> {
         return;
       }
     }
+  }
+
+  /** The stream ended: its viewers here are told and closed, and the node forgets it. */
+  private closeEnded(key: string, room: Room<F>): void {
+    this.rooms.delete(key);
+    this.recent.drop(key);
+    room.unsubscribe();
+    for (const viewer of room.viewers) viewer.streamEnded();
+    for (const viewer of room.joining.keys()) viewer.streamEnded();
+  }
+
+  /**
+   * Some node was cut off from the broker and is back, so rule changes, ends
+   * and chats published meanwhile may not have been heard here (its own were
+   * dropped; it missed everyone else's). What this node keeps of the streams
+   * watched here is read again from the store: their rules (a `stream` frame
+   * goes out where what it shows changed), whether they ended, and their
+   * newest chats (forgotten, so the next join reads its history from the store).
+   */
+  private resync(): void {
+    for (const [key, room] of this.rooms) {
+      this.recent.drop(key);
+      this.reload(key, room).catch((err: unknown) =>
+        this.deps.log.error({ err, key }, 'reading stream rules again failed'),
+      );
+    }
+  }
+
+  private async reload(key: string, room: Room<F>): Promise<void> {
+    const shown = room.rules && settingsShown(this.infoOf(key, room));
+    const stream = await this.deps.store.getStream(key);
+    if (this.rooms.get(key) !== room) return;
+    if (stream?.endedAt != null) {
+      this.closeEnded(key, room);
+      return;
+    }
+    // Read as on a first join: changes heard during the read are applied after it.
+    room.rules = undefined;
+    room.loading = undefined;
+    room.queued = [];
+    await this.rulesOf(key, room);
+    // Left meanwhile, or another read (a later recovery's) took over.
+    if (this.rooms.get(key) !== room || shown === undefined || room.rules === undefined) return;
+    const info = this.infoOf(key, room);
+    if (settingsShown(info) === shown) return;
+    room.sentViewers = info.viewers;
+    this.send(room, { type: 'stream', data: info });
   }
 
   /**
@@ -1110,6 +1156,12 @@ export class Streams<F> {
       joining.held.push({ id, frame });
     }
   }
+}
+
+/** What a `stream` frame shows of a stream's settings, title and pin, to tell a change. */
+function settingsShown(info: StreamInfo): string {
+  const { viewers: _, ...shown } = info;
+  return JSON.stringify(shown);
 }
 
 /** How many of the frames held for a joining viewer are chats. */

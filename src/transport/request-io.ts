@@ -81,7 +81,8 @@ interface ServerEvents {
 
 type ChatSocket = Socket<Record<string, never>, ServerEvents, Record<string, never>, SocketData>;
 
-export const roomOf = (requestId: string) => `request:${requestId}`;
+const REQUEST_ROOM = 'request:';
+export const roomOf = (requestId: string) => `${REQUEST_ROOM}${requestId}`;
 /**
  * Every socket of a user who acts as a TEACHER only (not also LAB), so that
  * an owner change can take all of them out of the request's room at once, on
@@ -123,6 +124,7 @@ export class RequestChat {
   private readonly wires = new WeakMap<Conn, Wire>();
   private readonly sessions = new WeakMap<ChatSocket, Session>();
   private readonly stopOwnerChanges: () => void;
+  private readonly stopMissed: () => void;
   private readonly updates: RequestUpdates;
   /**
    * The most a history page may weigh, as JSON: half the send buffer, so a
@@ -202,11 +204,59 @@ export class RequestChat {
       // access and is not in the teacher room.
       this.io.in(teacherRoomOf(previousOwnerId)).socketsLeave(roomOf(requestId));
     });
+    this.stopMissed = deps.broker.onMissed(() => {
+      this.recheckRooms().catch((err: unknown) =>
+        deps.log.error({ err }, 'checking request rooms again failed'),
+      );
+    });
+  }
+
+  /**
+   * A node was cut off from Redis and is back: an owner change made while it
+   * was away may not have taken the previous owner's sockets out of the room
+   * on every node. Each teacher socket here is asked again, from the store,
+   * whether it may stay in each request room it is in; one that may not leaves.
+   */
+  private async recheckRooms(): Promise<void> {
+    const asked = new Map<string, Promise<boolean>>();
+    const allowed = (identity: Identity, requestId: string) => {
+      const key = `${identity.userId}\u0000${requestId}`;
+      let answer = asked.get(key);
+      if (answer === undefined) {
+        answer = this.deps.requests.authorize(identity, requestId).then(
+          () => true,
+          (err: unknown) => {
+            const code = asChatError(err).code;
+            if (code === 'forbidden' || code === 'not_found') return false;
+            throw err;
+          },
+        );
+        asked.set(key, answer);
+      }
+      return answer;
+    };
+    const leaving: Array<Promise<void>> = [];
+    for (const socket of this.io.of('/').sockets.values()) {
+      const identity = socket.data.identity;
+      // Lab staff may act in every request; only teachers lose access.
+      if (hasRole(identity, 'LAB')) continue;
+      for (const room of socket.rooms) {
+        if (!room.startsWith(REQUEST_ROOM)) continue;
+        const requestId = room.slice(REQUEST_ROOM.length);
+        leaving.push(
+          allowed(identity, requestId).then(async (ok) => {
+            if (!ok) await socket.leave(room);
+          }),
+        );
+      }
+    }
+    await Promise.all(leaving);
   }
 
   /** Disconnects every local socket (clients reconnect elsewhere) and stops. */
   async close(): Promise<void> {
     this.stopOwnerChanges();
+    this.stopMissed();
     this.updates.close();
     await this.io.close();
   }

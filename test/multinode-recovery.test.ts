@@ -1,0 +1,192 @@
+/**
+ * A node cut off from Redis misses what other nodes publish meanwhile, and
+ * what it publishes itself reaches nobody. Once it is back, what every node
+ * keeps in memory of those publications (a stream's rules, whether it ended,
+ * who is in a request's room) agrees with the store again, without a restart.
+ *
+ * Each of the two nodes reaches Redis through its own TCP proxy, so the test
+ * can cut one node off while the other stays connected.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { io, type Socket } from 'socket.io-client';
+import {
+  API_KEY,
+  api,
+  type ChildServer,
+  type Frame,
+  SECRET,
+  StreamClient,
+  sleep,
+  spawnServer,
+  until,
+  userToken,
+} from './helpers.js';
+import { REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
+import { TcpProxy } from './tcp-proxy.js';
+
+const ws = (node: ChildServer) => node.url.replace(/^http/, 'ws');
+const ready = async (node: ChildServer) => (await fetch(`${node.url}/readyz`)).status === 200;
+const OWNER = '100';
+
+async function viewer(node: ChildServer, key: string, userId: string): Promise<StreamClient> {
+  const c = await StreamClient.connect(ws(node), key, { token: await userToken(userId) });
+  await c.next('history');
+  return c;
+}
+
+/** The answer to `c`'s chat `text`: its echo, or the error refusing it. */
+async function answerTo(c: StreamClient, text: string): Promise<Frame> {
+  c.chat(text);
+  for (;;) {
+    const f = await c.next(undefined, 5_000);
+    if (f.type === 'error' || (f.type === 'chat' && f.data.message === text)) return f;
+  }
+}
+
+async function requestSocket(node: ChildServer, token: string) {
+  const socket = io(node.url, { auth: { token }, transports: ['websocket'], reconnection: false });
+  const events: Array<[string, any]> = [];
+  socket.onAny((event: string, payload: unknown) => events.push([event, payload]));
+  await new Promise<void>((resolve, reject) => {
+    socket.once('connect', resolve);
+    socket.once('connect_error', reject);
+  });
+  const of = (event: string) => events.filter(([e]) => e === event).map(([, p]) => p);
+  return { socket, of };
+}
+
+const ask = (socket: Socket, event: string, payload: unknown): Promise<any> =>
+  socket.timeout(5_000).emitWithAck(event, payload);
+
+if (await requireServices('postgres', 'redis')) {
+  describe('a node back from a Redis outage catches up with what it missed', () => {
+    let schema: Awaited<ReturnType<typeof tempSchema>>;
+    const redisPort = Number(new URL(REDIS_URL).port || 6379);
+    const proxyA = new TcpProxy('127.0.0.1', redisPort);
+    const proxyB = new TcpProxy('127.0.0.1', redisPort);
+    let A: ChildServer;
+    let B: ChildServer;
+    let n = 0;
+
+    /** Runs `meanwhile` while B is cut off from Redis, and waits until B is back. */
+    async function whileBIsCutOff(meanwhile: () => Promise<void>) {
+      await proxyB.cut();
+      await until(async () => !(await ready(B)), 'B to notice the outage');
+      await meanwhile();
+      await proxyB.start();
+      await until(() => ready(B), 'B to be back');
+    }
+
+    const newStream = async () => {
+      const key = `rc-${++n}`;
+      const put = await api(A.url, 'PUT', `/api/streams/${key}`, { ownerId: OWNER });
+      assert.equal(put.status, 201);
+      return key;
+    };
+
+    before(async () => {
+      schema = await tempSchema();
+      await proxyA.start();
+      await proxyB.start();
+      const env = {
+        DATABASE_URL: schema.url,
+        REDIS_PREFIX: tempRedisPrefix(),
+        JWT_SECRET: SECRET,
+        API_KEY,
+        STREAM_VIEWERS_INTERVAL_MS: '200',
+      };
+      A = await spawnServer({ ...env, REDIS_URL: `redis://127.0.0.1:${proxyA.port}` });
+      B = await spawnServer({ ...env, REDIS_URL: `redis://127.0.0.1:${proxyB.port}` });
+      for (const node of [A, B]) await until(() => ready(node), 'nodes to be ready');
+    });
+
+    after(async () => {
+      const codes = await Promise.all([A, B].map((node) => node?.stop('SIGTERM')));
+      await proxyA.stop();
+      await proxyB.stop();
+      await schema.drop();
+      assert.deepEqual(codes, [0, 0], 'every node shut down cleanly');
+    });
+
+    it('a ban and settings made on A during the outage hold on B once it is back', async () => {
+      const key = await newStream();
+      const owner = await viewer(A, key, OWNER);
+      const onB = await viewer(B, key, '7');
+      await whileBIsCutOff(async () => {
+        owner.send({ type: 'ban', data: { userId: '7' } });
+        assert.equal((await owner.next('moderation')).data.action, 'ban');
+        assert.equal(
+          (await api(A.url, 'PATCH', `/api/streams/${key}`, { paused: true })).status,
+          200,
+        );
+      });
+      await until(
+        () => onB.all.some((f) => f.type === 'stream' && f.data.paused === true),
+        'B to show the pause it missed',
+      );
+      assert.equal((await answerTo(onB, 'still here?')).data.error_code, 'banned');
+      owner.close();
+      onB.close();
+    });
+
+    it('a ban made on B during the outage holds on A once B is back', async () => {
+      const key = await newStream();
+      const onA = await viewer(A, key, '8');
+      const onB = await viewer(B, key, '9');
+      await whileBIsCutOff(async () => {
+        const ban = await api(B.url, 'PUT', `/api/streams/${key}/bans/8`, {});
+        assert.equal(ban.status, 200);
+      });
+      await sleep(500);
+      assert.equal((await answerTo(onA, 'still here?')).data.error_code, 'banned');
+      onA.close();
+      onB.close();
+    });
+
+    it('a stream ended on A during the outage closes its viewers on B once it is back', async () => {
+      const key = await newStream();
+      const onB = await viewer(B, key, '10');
+      await whileBIsCutOff(async () => {
+        assert.equal((await api(A.url, 'DELETE', `/api/streams/${key}`)).status, 200);
+      });
+      const closed = await Promise.race([onB.closed, sleep(5_000).then(() => undefined)]);
+      assert.deepEqual(closed, { code: 4410, reason: 'stream_ended' });
+    });
+
+    it("an owner change made on A during the outage takes the previous owner's sockets on B out of the room", async () => {
+      const request = '6751b6df1ad14eaa13a0bb01';
+      assert.equal(
+        (await api(A.url, 'PUT', `/api/requests/${request}`, { ownerId: '1' })).status,
+        201,
+      );
+      const previous = await requestSocket(B, await userToken('1', { role: 'TEACHER' }));
+      const lab = await requestSocket(A, await userToken('7', { role: 'LAB' }));
+      assert.equal((await ask(previous.socket, 'joinRoom', { requestId: request })).ok, true);
+      assert.equal((await ask(lab.socket, 'joinRoom', { requestId: request })).ok, true);
+      await ask(lab.socket, 'message', { requestId: request, message: 'before' });
+      await until(() => previous.of('message').length === 1, 'the first message on B');
+
+      await whileBIsCutOff(async () => {
+        const put = await api(A.url, 'PUT', `/api/requests/${request}`, { ownerId: '2' });
+        assert.equal(put.status, 200);
+      });
+      await sleep(500);
+      assert.equal(
+        (await ask(lab.socket, 'message', { requestId: request, message: 'after' })).ok,
+        true,
+      );
+      lab.socket.emit('typing', { requestId: request });
+      await sleep(500);
+      assert.deepEqual(
+        previous.of('message').map((m) => m.message),
+        ['before'],
+      );
+      assert.deepEqual(previous.of('userTyping'), []);
+      const refused = await ask(previous.socket, 'message', { requestId: request, message: 'x' });
+      assert.equal(refused.error_code, 'not_in_room');
+      previous.socket.close();
+      lab.socket.close();
+    });
+  });
+}
