@@ -154,6 +154,29 @@ if (await requireServices('postgres', 'redis')) {
       assert.deepEqual(closed, { code: 4410, reason: 'stream_ended' });
     });
 
+    it('a join on B after the outage gets, in its history, the chats and deletions it missed', async () => {
+      const key = await newStream();
+      const poster = await viewer(A, key, '11');
+      const owner = await viewer(A, key, OWNER);
+      // B watches throughout: its memory of the stream's newest chats is warm.
+      const onB = await viewer(B, key, '12');
+      const first = await answerTo(poster, 'before');
+      await until(() => onB.frames.some((f) => f.data.id === first.data.id), 'the chat on B');
+      await viewer(B, key, '13');
+      await whileBIsCutOff(async () => {
+        await answerTo(poster, 'during');
+        owner.send({ type: 'delete', data: { id: first.data.id } });
+        await owner.next('delete');
+      });
+      const late = await StreamClient.connect(ws(B), key, { token: await userToken('14') });
+      const history = await late.next('history');
+      assert.deepEqual(
+        history.data.messages.map((m: { message: string }) => m.message),
+        ['during'],
+      );
+      for (const c of [poster, owner, onB, late]) c.close();
+    });
+
     it("an owner change made on A during the outage takes the previous owner's sockets on B out of the room", async () => {
       const request = '6751b6df1ad14eaa13a0bb01';
       assert.equal(

@@ -13,6 +13,7 @@
  * loss and the recovery are logged once each.
  */
 
+import { randomUUID } from 'node:crypto';
 import { createAdapter } from '@socket.io/redis-adapter';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../observability/log.js';
@@ -54,6 +55,10 @@ export class RedisBroker implements Broker {
   private dropped = 0;
   private closed = false;
   private readonly missedListeners = new Set<() => void>();
+  /** This node, in its announcements of a recovery, so that it does not act on its own twice. */
+  private readonly node = randomUUID();
+  /** Back from an outage, and not yet told its listeners: not ready until then. */
+  private catchingUp = false;
 
   constructor(options: RedisBrokerOptions) {
     this.prefix = options.prefix;
@@ -77,8 +82,8 @@ export class RedisBroker implements Broker {
       conn.on('error', (err: Error) => this.onLost(err));
       conn.on('close', () => this.onLost());
     }
-    this.subscribe(RECOVERED_TOPIC, () => {
-      for (const listener of this.missedListeners) listener();
+    this.subscribe(RECOVERED_TOPIC, (node) => {
+      if (node !== this.node) this.missed();
     });
   }
 
@@ -172,6 +177,7 @@ export class RedisBroker implements Broker {
         `redis is ${this.pub.status === 'ready' ? this.sub.status : this.pub.status}`,
       );
     }
+    if (this.catchingUp) throw new Error('redis is back; resubscribing');
     let timer: NodeJS.Timeout | undefined;
     try {
       await Promise.race([
@@ -205,17 +211,25 @@ export class RedisBroker implements Broker {
     if (this.health === 'down') {
       this.log.info({ dropped: this.dropped }, 'redis connection recovered');
       // ioredis sends the SUBSCRIBEs again before 'ready' is emitted: once
-      // this PING is answered they are in effect, and the announcement comes
-      // back here too.
+      // this PING is answered they are in effect. This node catches up then
+      // (and reports ready only after that), and tells the others to.
+      this.catchingUp = true;
       this.sub.ping().then(
         () => {
-          if (!this.closed) this.publish(RECOVERED_TOPIC, '');
+          if (this.closed) return;
+          this.catchingUp = false;
+          this.missed();
+          this.publish(RECOVERED_TOPIC, this.node);
         },
         (err: unknown) => this.onLost(err as Error),
       );
     }
     this.health = 'up';
     this.dropped = 0;
+  }
+
+  private missed(): void {
+    for (const listener of this.missedListeners) listener();
   }
 
   private onLost(err?: Error): void {

@@ -1089,27 +1089,31 @@ export class Streams<F> {
   private resync(): void {
     for (const [key, room] of this.rooms) {
       this.recent.drop(key);
-      this.reload(key, room).catch((err: unknown) =>
+      const shown = room.rules && settingsShown(this.infoOf(key, room));
+      // Read again as on a first join: chats and joins wait for the read, and
+      // changes heard during it are applied after it.
+      room.rules = undefined;
+      room.loading = undefined;
+      room.queued = [];
+      this.reload(key, room, shown).catch((err: unknown) =>
         this.deps.log.error({ err, key }, 'reading stream rules again failed'),
       );
     }
   }
 
-  private async reload(key: string, room: Room<F>): Promise<void> {
-    const shown = room.rules && settingsShown(this.infoOf(key, room));
-    const stream = await this.deps.store.getStream(key);
+  private async reload(key: string, room: Room<F>, shown: string | undefined): Promise<void> {
+    const [stream] = await Promise.all([
+      this.deps.store.getStream(key),
+      // A failed read is logged there; the next chat or join reads again.
+      this.rulesOf(key, room).catch(() => {}),
+    ]);
     if (this.rooms.get(key) !== room) return;
     if (stream?.endedAt != null) {
       this.closeEnded(key, room);
       return;
     }
-    // Read as on a first join: changes heard during the read are applied after it.
-    room.rules = undefined;
-    room.loading = undefined;
-    room.queued = [];
-    await this.rulesOf(key, room);
-    // Left meanwhile, or another read (a later recovery's) took over.
-    if (this.rooms.get(key) !== room || shown === undefined || room.rules === undefined) return;
+    // Another read (a later recovery's) took over, or none was shown yet.
+    if (shown === undefined || room.rules === undefined) return;
     const info = this.infoOf(key, room);
     if (settingsShown(info) === shown) return;
     room.sentViewers = info.viewers;
