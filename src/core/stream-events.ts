@@ -8,10 +8,19 @@
 import type { StreamMessage } from './messages.js';
 import type { StreamControl } from './stream-rules.js';
 
-/** What flows on a stream's broker topic. */
+/**
+ * What flows on a stream's broker topic. A change other than a chat may carry
+ * `ack`: every node that hears it answers that token on `appliedTopicOf` the
+ * node that made the change, once it applied it.
+ */
 export type StreamEvent =
   /** `at`: when the chat was accepted (epoch ms, sub-millisecond), for the delivery latency metric. */
-  | { kind: 'chat'; message: StreamMessage; at?: number }
+  { kind: 'chat'; message: StreamMessage; at?: number } | StreamChange;
+
+/** A change of a stream other than a chat, as published. */
+export type StreamChange = Change & { ack?: string };
+
+type Change =
   | { kind: 'ended' }
   | { kind: 'delete'; id: string; by: string }
   | {
@@ -30,6 +39,18 @@ export type StreamEvent =
 export interface ViewersReport {
   node: string;
   counts: Record<string, number>;
+}
+
+/** `<node id>:<sequence>`: which node awaits the answers, and for which change. */
+const ACK_TOKEN = /^([0-9a-f]{24}):\d{1,15}$/;
+
+/** Where the nodes answer the `ack` tokens of a node's changes. */
+export const appliedTopicOf = (node: string) => `streams:applied:${node}`;
+
+/** The topic on which `token`'s answers are awaited, or undefined for a malformed token. */
+export function ackTopicOf(token: string): string | undefined {
+  const m = ACK_TOKEN.exec(token);
+  return m ? appliedTopicOf(m[1] as string) : undefined;
 }
 
 /** A stream's topic. */
@@ -77,7 +98,20 @@ export function parseEvent(payload: string): StreamEvent | undefined {
     return undefined;
   }
   if (!isObject(value)) return undefined;
-  const e = value;
+  const event = parseBody(value);
+  if (event === undefined || event.kind === 'chat') return event;
+  // A malformed token is dropped: the change still applies, unanswered.
+  const { ack } = value;
+  if (isString(ack) && ackTopicOf(ack) !== undefined) return { ...event, ack };
+  if ('ack' in event) {
+    const { ack: _, ...rest } = event;
+    return rest as StreamChange;
+  }
+  return event;
+}
+
+function parseBody(e: Record<string, unknown>): StreamEvent | undefined {
+  const value = e;
   switch (e.kind) {
     case 'ended':
       return { kind: 'ended' };

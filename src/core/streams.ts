@@ -35,8 +35,11 @@ import { isObjectId, newId } from './ids.js';
 import { checkMessageText } from './limits.js';
 import type { Page, PageQuery, StreamMessage } from './messages.js';
 import {
+  ackTopicOf,
+  appliedTopicOf,
   parseEvent,
   parseViewersReport,
+  type StreamChange,
   type StreamEvent,
   topicOf,
   VIEWERS_TOPIC,
@@ -189,6 +192,10 @@ export class Streams<F> {
   private readonly viewersTimer: NodeJS.Timeout;
   private readonly unsubscribeViewers: Unsubscribe;
   private readonly unsubscribeMissed: Unsubscribe;
+  private readonly unsubscribeApplied: Unsubscribe;
+  /** This node's changes whose answers it awaits, by token. */
+  private readonly applying = new Map<string, Applying>();
+  private changes = 0;
   /** Other nodes' latest reports, by node: when heard and the counts. */
   private readonly remote = new Map<string, { at: number; counts: Map<string, number> }>();
   private pending: StreamMessage[] = [];
@@ -218,6 +225,9 @@ export class Streams<F> {
       this.onViewers(payload),
     );
     this.unsubscribeMissed = deps.broker.onMissed(() => this.resync());
+    this.unsubscribeApplied = deps.broker.subscribe(appliedTopicOf(this.node), (token) =>
+      this.onApplied(token),
+    );
     this.settle = new StoreSettle({
       broker: deps.broker,
       log: deps.log,
@@ -252,7 +262,7 @@ export class Streams<F> {
     const { webhooks } = this.deps;
     const ended = await this.deps.store.endStream(key, webhooks && [streamEvents.ended(key)]);
     if (ended) {
-      this.publish(key, { kind: 'ended' });
+      await this.publish(key, { kind: 'ended' });
       webhooks?.nudge();
     }
     return ended;
@@ -294,7 +304,8 @@ export class Streams<F> {
     const message = await this.accepted(key, identity, text);
     this.deps.metrics.messagesIn.inc({ chat: 'stream' });
     this.enqueue(message);
-    this.publish(key, { kind: 'chat', message, at: preciseNow() });
+    const chat: StreamEvent = { kind: 'chat', message, at: preciseNow() };
+    this.deps.broker.publish(topicOf(key), JSON.stringify(chat));
     return message;
   }
 
@@ -438,7 +449,7 @@ export class Streams<F> {
           streamEvents.messageDeleted({ key, id: request.id, by }),
           { kind: 'delete', id: request.id, by, at },
         );
-        this.publish(key, { kind: 'delete', id: request.id, by });
+        await this.publish(key, { kind: 'delete', id: request.id, by });
         const control = await store.getStreamControl(key);
         if (control?.pinnedId === request.id) {
           await store.updateStreamControl(key, { pinnedId: null });
@@ -471,7 +482,7 @@ export class Streams<F> {
             : streamEvents.userTimedOut({ ...data, seconds }),
           { kind: 'ban', ban },
         );
-        this.publish(key, {
+        await this.publish(key, {
           kind: 'moderation',
           action: request.type,
           userId: request.userId,
@@ -487,7 +498,12 @@ export class Streams<F> {
           kind: 'unban',
           userId: request.userId,
         });
-        this.publish(key, { kind: 'moderation', action: 'unban', userId: request.userId, by });
+        await this.publish(key, {
+          kind: 'moderation',
+          action: 'unban',
+          userId: request.userId,
+          by,
+        });
         return;
       }
       case 'settings': {
@@ -548,7 +564,7 @@ export class Streams<F> {
       at: new Date().toISOString(),
       reason: null,
     });
-    this.publish(key, { kind: 'members', userIds: unique });
+    await this.publish(key, { kind: 'members', userIds: unique });
   }
 
   async bans(key: string): Promise<StreamBan[]> {
@@ -587,6 +603,8 @@ export class Streams<F> {
     clearInterval(this.viewersTimer);
     this.unsubscribeViewers();
     this.unsubscribeMissed();
+    this.unsubscribeApplied();
+    for (const applying of this.applying.values()) applying.done();
     this.settle.close();
   }
 
@@ -983,14 +1001,51 @@ export class Streams<F> {
     }
   }
 
-  private publish(key: string, event: StreamEvent): void {
+  /**
+   * Publishes a change (anything but a chat) and resolves once every node
+   * that serves the stream has applied it, so the call that made it answers
+   * after that: the next chat of a user just banned, sent through any node,
+   * is refused. Every node that hears the change answers its token; PUBLISH
+   * says how many heard it. Bounded by STREAM_HISTORY_SETTLE_MS (a node
+   * stalled or gone); while the broker is away the change is stored all the
+   * same, and every node reads it again once the broker is back.
+   */
+  private publish(key: string, change: StreamChange): Promise<void> {
     // A rule change holds on this node as soon as the call that made it returns;
     // it is applied again, in the broker's order, when it comes back.
-    if (event.kind === 'moderation' || event.kind === 'members' || event.kind === 'control') {
+    if (change.kind === 'moderation' || change.kind === 'members' || change.kind === 'control') {
       const rules = this.rooms.get(key)?.rules;
-      if (rules) applyRule(rules, event);
+      if (rules) applyRule(rules, change);
     }
-    this.deps.broker.publish(topicOf(key), JSON.stringify(event));
+    const ack = `${this.node}:${++this.changes}`;
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(() => applying.done(), this.deps.limits.streamHistorySettleMs);
+      timer.unref();
+      const applying: Applying = {
+        nodes: undefined,
+        answers: 0,
+        done: () => {
+          clearTimeout(timer);
+          this.applying.delete(ack);
+          resolve();
+        },
+      };
+      this.applying.set(ack, applying);
+      this.deps.broker.publishCounted(topicOf(key), JSON.stringify({ ...change, ack })).then(
+        (nodes) => {
+          applying.nodes = nodes;
+          if (applying.answers >= nodes) applying.done();
+        },
+        () => applying.done(),
+      );
+    });
+  }
+
+  private onApplied(token: string): void {
+    const applying = this.applying.get(token);
+    if (applying === undefined) return;
+    applying.answers++;
+    if (applying.nodes !== undefined && applying.answers >= applying.nodes) applying.done();
   }
 
   /** Tells every node the stream's current settings, title, owner and pin. */
@@ -1001,7 +1056,7 @@ export class Streams<F> {
       control.pinnedId === null
         ? null
         : ((await this.deps.store.getStreamMessage(key, control.pinnedId)) ?? null);
-    this.publish(key, { kind: 'control', control, pinned });
+    await this.publish(key, { kind: 'control', control, pinned });
   }
 
   /** Each node reports its own count; the `stream` frame goes out again when the sum changed. */
@@ -1020,13 +1075,23 @@ export class Streams<F> {
   }
 
   private onEvent(key: string, room: Room<F>, payload: string): void {
-    if (this.rooms.get(key) !== room) return;
     const event = parseEvent(payload);
     if (event === undefined) {
       // Another deployment's prefix, or a node of another version: never fatal here.
       this.deps.log.warn({ key, bytes: payload.length }, 'ignored a malformed stream event');
       return;
     }
+    this.apply(key, room, event);
+    // Answered once applied, also by a node that no longer serves the stream:
+    // the node that made the change counted every subscriber.
+    const answerTo =
+      event.kind === 'chat' || event.ack === undefined ? undefined : ackTopicOf(event.ack);
+    if (answerTo !== undefined)
+      this.deps.broker.publish(answerTo, (event as StreamChange).ack as string);
+  }
+
+  private apply(key: string, room: Room<F>, event: StreamEvent): void {
+    if (this.rooms.get(key) !== room) return;
     switch (event.kind) {
       case 'chat': {
         this.recent.get(key)?.add(event.message);
@@ -1160,6 +1225,14 @@ export class Streams<F> {
       joining.held.push({ id, frame });
     }
   }
+}
+
+/** A change this node published, waiting for every node that heard it to apply it. */
+interface Applying {
+  /** How many nodes heard it; undefined until PUBLISH has answered. */
+  nodes: number | undefined;
+  answers: number;
+  done: () => void;
 }
 
 /** What a `stream` frame shows of a stream's settings, title and pin, to tell a change. */
