@@ -24,7 +24,7 @@ import {
   type RoomEvent,
 } from './request-codec.js';
 import { type RequestUpdate, RequestUpdates, type UpdateTarget } from './request-updates.js';
-import { type Conn, Wire } from './request-wire.js';
+import { type Conn, type EngineLike, guardWebSockets, Wire } from './request-wire.js';
 
 export const SOCKET_IO_PATH = '/socket.io';
 /** setTimeout's ceiling; longer token lifetimes re-arm the timer. */
@@ -178,6 +178,9 @@ export class RequestChat {
       );
     });
     this.historyBytes = Math.floor(deps.limits.sendBufferMaxBytes / 2);
+    guardWebSockets(this.io.engine as unknown as EngineLike, deps.limits, (reason) =>
+      deps.metrics.disconnects.inc({ reason }),
+    );
     // Watched from the Engine.IO handshake on, before any namespace is joined.
     this.io.engine.on('connection', (conn: Conn) => {
       this.wires.set(
