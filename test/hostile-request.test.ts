@@ -296,6 +296,23 @@ describe('dead peers, floods and unfinished handshakes', () => {
     await assertRecovered(server, baseline, { fdSlack: 0 });
   });
 
+  test('a burst of CONNECTs on one connection opens one socket at most', async () => {
+    const baseline = await baselineOf(server);
+    const token = await userToken('7', LAB);
+    const chat = await RawChat.open(server);
+    // All sent before the first token check is done: Socket.IO would add a socket for each.
+    chat.socket.write(
+      Buffer.concat(
+        Array.from({ length: 20 }, () => clientFrame(Op.text, `40${JSON.stringify({ token })}`)),
+      ),
+    );
+    await sleep(1_000);
+    const sockets = chat.frames.filter((f) => f.text.startsWith('40{"sid"')).length;
+    assert.ok(sockets <= 1, `${sockets} sockets opened on one connection`);
+    chat.socket.destroy();
+    await assertRecovered(server, baseline, { fdSlack: 0 });
+  });
+
   test('a client that stops answering pings is dropped after about two intervals', async () => {
     const baseline = await baselineOf(server);
     const alive = await RequestClient.connect(server.url, await userToken('8', LAB));
