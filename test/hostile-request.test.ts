@@ -354,6 +354,33 @@ describe('dead peers, floods and unfinished handshakes', () => {
   });
 });
 
+describe('a long-polling handshake that never polls (PING_INTERVAL_SECONDS as by default)', () => {
+  let server: WatchedServer;
+
+  before(async () => {
+    server = await startWatched({ HANDSHAKE_TIMEOUT_SECONDS: '1' });
+  });
+  after(() => server.close());
+
+  test('a long-polling handshake that never polls is let go within seconds of HANDSHAKE_TIMEOUT_SECONDS, not 30 s', async () => {
+    // Cheap for a client (one request on a kept-alive connection), a few KB
+    // each for the server: they must not pile up for Engine.IO's 30 s.
+    const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+    const open = await fetch(base);
+    const sid = JSON.parse((await open.text()).slice(1)).sid as string;
+    const openedAt = Date.now();
+    let gone: number | undefined;
+    while (gone === undefined && Date.now() - openedAt < 10_000) {
+      await sleep(250);
+      // A noop packet: accepted while the session lives, 400 once it is gone.
+      const probe = await fetch(`${base}&sid=${sid}`, { method: 'POST', body: '6' });
+      await probe.text();
+      if (probe.status === 400) gone = Date.now() - openedAt;
+    }
+    assert.ok(gone !== undefined && gone <= 5_000, `the session lived ${gone ?? '> 10000'} ms`);
+  });
+});
+
 /**
  * The old owner's socket must hear nothing in the request after the change.
  * Barrier: the LAB sender posts the message, then a marker in a second

@@ -52,6 +52,12 @@ export interface EngineLike {
   init(): void;
 }
 
+/** Makes a long-polling transport give up on its next poll after `CLOSE_GRACE_MS` once closed. */
+function limitPollingClose(transport: unknown): void {
+  const t = transport as { name?: string; closeTimeout?: number };
+  if (t.name === 'polling' && typeof t.closeTimeout === 'number') t.closeTimeout = CLOSE_GRACE_MS;
+}
+
 /** Counts one frame of a WebSocket; the Wire of its connection, once it has one. */
 interface FrameCounter {
   frame(): void;
@@ -246,6 +252,11 @@ export class Wire {
       this.corkForTurn();
     });
     conn.once('close', () => this.scheduleCut());
+    // A long-polling connection is closed by answering its waiting poll; with
+    // none waiting, Engine.IO holds it (and all it keeps) 30 s for the next
+    // poll. A client that polls has one waiting: only one that stopped, or
+    // never polled (a bare handshake whose namespace never came), waits here.
+    limitPollingClose(conn.transport);
   }
 
   /** One frame from the client: an Engine.IO packet, or a ping or pong of its WebSocket. */
