@@ -296,6 +296,23 @@ describe('dead peers, floods and unfinished handshakes', () => {
     await assertRecovered(server, baseline, { fdSlack: 0 });
   });
 
+  test('a burst of CONNECTs on one connection opens one socket at most', async () => {
+    const baseline = await baselineOf(server);
+    const token = await userToken('7', LAB);
+    const chat = await RawChat.open(server);
+    // All sent before the first token check is done: Socket.IO would add a socket for each.
+    chat.socket.write(
+      Buffer.concat(
+        Array.from({ length: 20 }, () => clientFrame(Op.text, `40${JSON.stringify({ token })}`)),
+      ),
+    );
+    await sleep(1_000);
+    const sockets = chat.frames.filter((f) => f.text.startsWith('40{"sid"')).length;
+    assert.ok(sockets <= 1, `${sockets} sockets opened on one connection`);
+    chat.socket.destroy();
+    await assertRecovered(server, baseline, { fdSlack: 0 });
+  });
+
   test('a client that stops answering pings is dropped after about two intervals', async () => {
     const baseline = await baselineOf(server);
     const alive = await RequestClient.connect(server.url, await userToken('8', LAB));
@@ -334,6 +351,33 @@ describe('dead peers, floods and unfinished handshakes', () => {
     }
     chat.socket.destroy();
     await assertRecovered(server, baseline, { fdSlack: 0 });
+  });
+});
+
+describe('a long-polling handshake that never polls (PING_INTERVAL_SECONDS as by default)', () => {
+  let server: WatchedServer;
+
+  before(async () => {
+    server = await startWatched({ HANDSHAKE_TIMEOUT_SECONDS: '1' });
+  });
+  after(() => server.close());
+
+  test('a long-polling handshake that never polls is let go within seconds of HANDSHAKE_TIMEOUT_SECONDS, not 30 s', async () => {
+    // Cheap for a client (one request on a kept-alive connection), a few KB
+    // each for the server: they must not pile up for Engine.IO's 30 s.
+    const base = `${server.url}/socket.io/?EIO=4&transport=polling`;
+    const open = await fetch(base);
+    const sid = JSON.parse((await open.text()).slice(1)).sid as string;
+    const openedAt = Date.now();
+    let gone: number | undefined;
+    while (gone === undefined && Date.now() - openedAt < 10_000) {
+      await sleep(250);
+      // A noop packet: accepted while the session lives, 400 once it is gone.
+      const probe = await fetch(`${base}&sid=${sid}`, { method: 'POST', body: '6' });
+      await probe.text();
+      if (probe.status === 400) gone = Date.now() - openedAt;
+    }
+    assert.ok(gone !== undefined && gone <= 5_000, `the session lived ${gone ?? '> 10000'} ms`);
   });
 });
 

@@ -534,6 +534,46 @@ describe('heartbeat against a charla process (PING_INTERVAL_SECONDS=1)', () => {
   });
 });
 
+describe('pings from a viewer that never reads (FLOOD_LIMIT out of the way)', () => {
+  let t: Target;
+
+  before(async () => {
+    t = await target({ FLOOD_LIMIT: '100000000', SEND_BUFFER_MAX_BYTES: '65536' }, 'pinger');
+  });
+  after(() => shutdown(t));
+
+  it('drops it once its unread pongs pass SEND_BUFFER_MAX_BYTES; memory stays bounded', async () => {
+    const slow = await metricValue(
+      t.server.url,
+      'charla_disconnects_total{reason="slow_consumer"}',
+    );
+    const socket = await rawStream(t.server, 'pinger');
+    socket.pause();
+    const ping = clientFrame(Op.ping, Buffer.alloc(125, 0x61));
+    const chunk = Buffer.concat(Array.from({ length: 8_000 }, () => ping)); // ~1 MB of pings
+    let sent = 0;
+    let peak = t.server.rss();
+    let dropped = slow;
+    const deadline = Date.now() + 10_000;
+    while (sent < 64 * 1024 * 1024 && Date.now() < deadline) {
+      const written = await Promise.race([
+        writeDrained(socket, chunk),
+        sleep(1_000).then(() => true),
+      ]);
+      if (!written) break;
+      sent += chunk.length;
+      peak = Math.max(peak, t.server.rss());
+      dropped = await metricValue(t.server.url, 'charla_disconnects_total{reason="slow_consumer"}');
+      if (dropped > slow) break;
+    }
+    console.log(`# ${mb(sent)} of pings, RSS ${mb(t.baseline.rss)} -> peak ${mb(peak)}`);
+    assert.equal(dropped, slow + 1, `not dropped after ${mb(sent)} of pings`);
+    assert.ok(peak <= t.baseline.rss + RSS_SLACK, `RSS peaked at ${mb(peak)}`);
+    socket.destroy();
+    await assertUndisturbed(t, 'unread pongs');
+  });
+});
+
 describe('stalled token check on the upgrade (JWKS that never answers)', () => {
   let server: WatchedServer | undefined;
   let jwks: Server;

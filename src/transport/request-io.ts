@@ -24,7 +24,7 @@ import {
   type RoomEvent,
 } from './request-codec.js';
 import { type RequestUpdate, RequestUpdates, type UpdateTarget } from './request-updates.js';
-import { type Conn, Wire } from './request-wire.js';
+import { type Conn, type EngineLike, guardWebSockets, Wire } from './request-wire.js';
 
 export const SOCKET_IO_PATH = '/socket.io';
 /** setTimeout's ceiling; longer token lifetimes re-arm the timer. */
@@ -123,6 +123,8 @@ export class RequestChat {
   readonly io: Server<Record<string, never>, ServerEvents, Record<string, never>, SocketData>;
   private readonly wires = new WeakMap<Conn, Wire>();
   private readonly sessions = new WeakMap<ChatSocket, Session>();
+  /** Engine.IO connections with a socket, connected or having its token checked. */
+  private readonly claimed = new WeakSet<Conn>();
   private readonly stopOwnerChanges: () => void;
   private readonly stopMissed: () => void;
   private readonly updates: RequestUpdates;
@@ -165,14 +167,28 @@ export class RequestChat {
     };
     encoder.encode = (packet) => [encoder.encodeAsString(packet)];
     this.io.use((socket, next) => {
+      // One socket per connection. Socket.IO closes a connection that sends a
+      // second CONNECT once the first is done, but not while the first one's
+      // token is being checked: a burst of CONNECTs would open as many
+      // sockets, each in the user's rooms, on one connection.
+      const { conn } = socket;
+      if (this.claimed.has(conn)) {
+        conn.close();
+        return next(refusal(new ChatError('invalid_payload', 'One socket per connection.')));
+      }
+      this.claimed.add(conn);
       const token = handshakeToken(socket);
-      if (token === undefined) return next(refusal(new ChatError('unauthorized')));
+      if (token === undefined) {
+        this.claimed.delete(conn);
+        return next(refusal(new ChatError('unauthorized')));
+      }
       deps.verifier.verify(token).then(
         (identity) => {
           socket.data.identity = identity;
           next();
         },
         (err: unknown) => {
+          this.claimed.delete(conn);
           const e = asChatError(err);
           deps.metrics.error(e.code);
           next(refusal(e.code === 'token_expired' ? e : new ChatError('unauthorized')));
@@ -180,6 +196,9 @@ export class RequestChat {
       );
     });
     this.historyBytes = Math.floor(deps.limits.sendBufferMaxBytes / 2);
+    guardWebSockets(this.io.engine as unknown as EngineLike, deps.limits, (reason) =>
+      deps.metrics.disconnects.inc({ reason }),
+    );
     // Watched from the Engine.IO handshake on, before any namespace is joined.
     this.io.engine.on('connection', (conn: Conn) => {
       this.wires.set(
@@ -300,6 +319,7 @@ export class RequestChat {
     armExpiry();
     deps.metrics.connections.inc({ chat: 'request' });
     socket.on('disconnect', () => {
+      this.claimed.delete(socket.conn);
       clearTimeout(expiry);
       deps.metrics.connections.dec({ chat: 'request' });
     });

@@ -29,6 +29,113 @@ interface WsLike {
   terminate(): void;
 }
 
+/** A `ws` WebSocket of Engine.IO's WebSocket transport, as the guard below uses it. */
+interface GuardedWs extends WsLike {
+  on(event: 'ping' | 'pong', listener: (this: GuardedWs, data: Buffer) => void): unknown;
+  pong(data: Buffer): void;
+  close(code?: number, reason?: string): void;
+}
+
+type UpgradeCallback = (ws: GuardedWs, req: unknown) => void;
+
+/** The `ws` server class under Engine.IO: every WebSocket of the request chat comes out of its `handleUpgrade`. */
+type WsServerClass = new (
+  options: Record<string, unknown>,
+) => {
+  handleUpgrade(req: unknown, socket: unknown, head: unknown, cb: UpgradeCallback): void;
+};
+
+/** What of Engine.IO's server the guard needs: its `ws` server, the class it builds it with, and its `init`. */
+export interface EngineLike {
+  ws?: object;
+  opts: { wsEngine?: unknown };
+  init(): void;
+}
+
+/** Makes a long-polling transport give up on its next poll after `CLOSE_GRACE_MS` once closed. */
+function limitPollingClose(transport: unknown): void {
+  const t = transport as { name?: string; closeTimeout?: number };
+  if (t.name === 'polling' && typeof t.closeTimeout === 'number') t.closeTimeout = CLOSE_GRACE_MS;
+}
+
+/** Counts one frame of a WebSocket; the Wire of its connection, once it has one. */
+interface FrameCounter {
+  frame(): void;
+}
+
+/** Who counts the control frames of each WebSocket: its own counter until a Wire takes it over. */
+const frameCounters = new WeakMap<object, FrameCounter>();
+
+function onWsControl(this: GuardedWs): void {
+  frameCounters.get(this)?.frame();
+}
+
+/**
+ * Takes every WebSocket of Engine.IO's transport in hand as `ws` hands it
+ * over, before Engine.IO sees it, the probes of polling sessions that upgrade
+ * included. `ws` would answer each ping with a pong that nobody checks
+ * against the send buffer, and count none of them: a client that pings
+ * without reading grows the process by the size of its pings. Here pings
+ * and pongs count toward FLOOD_LIMIT (with the connection's packets, once it
+ * has a Wire), and a pong is queued only while what waits for the client
+ * stays within SEND_BUFFER_MAX_BYTES. A close that Engine.IO starts (a
+ * refused upgrade, a failed probe, a closed connection) releases the socket
+ * within `CLOSE_GRACE_MS`, not the 30 s `ws` would wait for the peer.
+ */
+export function guardWebSockets(
+  engine: EngineLike,
+  limits: { floodLimit: number; sendBufferMaxBytes: number; maxFragments: number },
+  onDrop: (reason: DropReason) => void,
+): void {
+  if (!engine.ws) return;
+  const Base = engine.ws.constructor as WsServerClass;
+  const max = limits.sendBufferMaxBytes;
+  const watch = (ws: GuardedWs) => {
+    const flood = new FloodCounter(limits.floodLimit);
+    let dropped = false;
+    frameCounters.set(ws, {
+      frame() {
+        if (dropped || !flood.hit(Date.now())) return;
+        dropped = true;
+        onDrop('flood');
+        ws.close(1008, 'flood');
+      },
+    });
+    ws.on('ping', function answer(data) {
+      if (this.readyState !== OPEN) return;
+      if (this.bufferedAmount + data.length > max) {
+        onDrop('slow_consumer');
+        this.terminate();
+        return;
+      }
+      this.pong(data);
+    });
+    ws.on('ping', onWsControl);
+    ws.on('pong', onWsControl);
+  };
+  class GuardedServer extends Base {
+    constructor(options: Record<string, unknown>) {
+      super({
+        ...options,
+        autoPong: false,
+        closeTimeout: CLOSE_GRACE_MS,
+        maxFragments: limits.maxFragments,
+      });
+    }
+
+    override handleUpgrade(req: unknown, socket: unknown, head: unknown, cb: UpgradeCallback) {
+      super.handleUpgrade(req, socket, head, (ws, request) => {
+        watch(ws);
+        cb(ws, request);
+      });
+    }
+  }
+  // Engine.IO builds its `ws` server again when the HTTP server starts
+  // listening, from `wsEngine`: set, it holds from then on.
+  engine.opts.wsEngine = GuardedServer;
+  engine.init();
+}
+
 interface EnginePacket {
   type: string;
   data?: unknown;
@@ -118,9 +225,10 @@ export class Wire {
   ) {
     this.flood = new FloodCounter(limits.floodLimit);
     const max = limits.sendBufferMaxBytes;
-    conn.on('packet', () => {
-      if (!this.dropped && this.flood.hit(Date.now())) this.dropFlooder();
-    });
+    conn.on('packet', () => this.frame());
+    this.countFramesOf(wsOf(conn));
+    // The WebSocket a polling connection upgrades to: its pings count with the packets.
+    conn.on('upgrade', () => this.countFramesOf(wsOf(conn)));
     // Emitted before the packet is queued: a client over its bound is cut
     // there, and the packet dies with the discarded queue.
     conn.on('packetCreate', (packet: EnginePacket) => {
@@ -144,6 +252,20 @@ export class Wire {
       this.corkForTurn();
     });
     conn.once('close', () => this.scheduleCut());
+    // A long-polling connection is closed by answering its waiting poll; with
+    // none waiting, Engine.IO holds it (and all it keeps) 30 s for the next
+    // poll. A client that polls has one waiting: only one that stopped, or
+    // never polled (a bare handshake whose namespace never came), waits here.
+    limitPollingClose(conn.transport);
+  }
+
+  /** One frame from the client: an Engine.IO packet, or a ping or pong of its WebSocket. */
+  frame(): void {
+    if (!this.dropped && this.flood.hit(Date.now())) this.dropFlooder();
+  }
+
+  private countFramesOf(ws: WsLike | undefined): void {
+    if (ws) frameCounters.set(ws, this);
   }
 
   /**

@@ -405,6 +405,10 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
    * the same bytes). Once written, whatever of them the reader has not taken
    * counts.
    */
+  protected override admits(frame: Buffer): boolean {
+    return this.fits(frame);
+  }
+
   private fits(frame: Buffer): boolean {
     // A peer that hung up stays in the audience until its socket closes; writing
     // to it would only build a write-after-end error.

@@ -145,9 +145,20 @@ export abstract class WebSocketConnection implements FrameSink {
     else this.onText(payload.toString('utf8'));
   }
 
-  /** @internal FrameSink */
+  /**
+   * Whether `bytes` more may be queued for the peer; the endpoint's bound on
+   * its send buffer, which closes a peer that does not read. Every frame is
+   * welcome here.
+   */
+  protected admits(_bytes: Buffer): boolean {
+    return true;
+  }
+
+  /** @internal FrameSink: a pong is output like any other, held to the endpoint's bound. */
   onPing(payload: Buffer): void {
-    if (this.state === 'open') this.write(frame(Opcode.pong, payload));
+    if (this.state !== 'open') return;
+    const pong = frame(Opcode.pong, payload);
+    if (this.admits(pong)) this.write(pong);
   }
 
   /** @internal FrameSink: being heard is all a pong is for. */

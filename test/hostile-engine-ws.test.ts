@@ -1,0 +1,178 @@
+/**
+ * The WebSocket under the request chat's Engine.IO transport against hostile
+ * peers (README "Security"): its control frames count toward FLOOD_LIMIT,
+ * the pongs it answers with are held to SEND_BUFFER_MAX_BYTES like any other
+ * output, and an upgrade Engine.IO refuses after the 101 (a second upgrade of
+ * one session) releases its socket within 5 s even when the peer never
+ * answers the close. Raw TCP sockets, no token: none of this needs one.
+ */
+import assert from 'node:assert/strict';
+import { get } from 'node:http';
+import type { Socket } from 'node:net';
+import { after, before, describe, test } from 'node:test';
+import { sleep } from './helpers.js';
+import {
+  assertRecovered,
+  baselineOf,
+  clientFrame,
+  closedOf,
+  mb,
+  Op,
+  rawSocket,
+  startWatched,
+  upgradeRequest,
+  type WatchedServer,
+  waitFor,
+  writeDrained,
+} from './hostile.js';
+
+/** The server's disconnect count for `reason`, over a connection of its own that is closed after. */
+function disconnects(server: { url: string }, reason: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    get(`${server.url}/metrics`, { agent: false }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        text += c;
+      });
+      res.on('end', () => {
+        const m = new RegExp(`charla_disconnects_total\\{reason="${reason}"\\} (\\d+)`).exec(text);
+        resolve(m ? Number(m[1]) : 0);
+      });
+    }).on('error', reject);
+  });
+}
+
+/** An Engine.IO WebSocket on a raw socket, upgraded (101) and not yet read from. */
+async function engineSocket(
+  server: WatchedServer,
+  query = '',
+  opts: { allowHalfOpen?: boolean } = {},
+): Promise<Socket> {
+  const socket = await rawSocket(server, opts);
+  socket.write(upgradeRequest(`/socket.io/?EIO=4&transport=websocket${query}`));
+  const head = await waitFor(socket, '\r\n\r\n');
+  assert.match(head, /^HTTP\/1\.1 101/);
+  return socket;
+}
+
+/** Resolves once the server has ended or cut `socket` (its FIN or RST has arrived). */
+function endedOf(socket: Socket): Promise<void> {
+  if (socket.destroyed || socket.readableEnded) return Promise.resolve();
+  return new Promise((resolve) => {
+    socket.once('end', () => resolve());
+    socket.once('close', () => resolve());
+  });
+}
+
+describe('pings on the Engine.IO WebSocket count toward FLOOD_LIMIT', () => {
+  let server: WatchedServer;
+  const FLOOD = 50;
+
+  before(async () => {
+    server = await startWatched({ FLOOD_LIMIT: String(FLOOD) });
+  });
+  after(() => server.close());
+
+  for (const [name, opcode] of [
+    ['ping', Op.ping],
+    ['pong', Op.pong],
+  ] as const) {
+    test(`a ${name} flood is closed as a flood`, async () => {
+      const baseline = await baselineOf(server);
+      const floods = await disconnects(server, 'flood');
+      const socket = await engineSocket(server);
+      const closed = closedOf(socket);
+      socket.on('data', () => {});
+      const one = clientFrame(opcode, 'x');
+      socket.write(Buffer.concat(Array.from({ length: FLOOD * 4 }, () => one)));
+      const cut = await Promise.race([closed.then(() => true), sleep(5_000).then(() => false)]);
+      assert.ok(cut, `the connection is still open after ${FLOOD * 4} ${name} frames`);
+      assert.equal(await disconnects(server, 'flood'), floods + 1);
+      await assertRecovered(server, baseline);
+    });
+  }
+});
+
+describe('the Engine.IO WebSocket of a client that pings and never reads', () => {
+  let server: WatchedServer;
+
+  before(async () => {
+    server = await startWatched({
+      FLOOD_LIMIT: '100000000',
+      SEND_BUFFER_MAX_BYTES: '65536',
+    });
+  });
+  after(() => server.close());
+
+  test('is dropped once its unread pongs pass SEND_BUFFER_MAX_BYTES; memory stays bounded', async () => {
+    const baseline = await baselineOf(server);
+    const slow = await disconnects(server, 'slow_consumer');
+    const socket = await engineSocket(server);
+    socket.pause();
+    const ping = clientFrame(Op.ping, Buffer.alloc(125, 0x61));
+    const chunk = Buffer.concat(Array.from({ length: 8_000 }, () => ping)); // ~1 MB of pings
+    let sent = 0;
+    let peak = server.rss();
+    const deadline = Date.now() + 10_000;
+    while (sent < 64 * 1024 * 1024 && Date.now() < deadline) {
+      const written = await Promise.race([
+        writeDrained(socket, chunk),
+        sleep(1_000).then(() => true),
+      ]);
+      if (!written) break;
+      sent += chunk.length;
+      peak = Math.max(peak, server.rss());
+      if ((await disconnects(server, 'slow_consumer')) > slow) break;
+    }
+    console.log(`# ${mb(sent)} of pings, RSS ${mb(baseline.rss)} -> peak ${mb(peak)}`);
+    assert.equal(
+      await disconnects(server, 'slow_consumer'),
+      slow + 1,
+      `not dropped after ${mb(sent)} of pings it never read the answers to`,
+    );
+    assert.ok(
+      peak <= baseline.rss + 64 * 1024 * 1024,
+      `RSS peaked at ${mb(peak)} (baseline ${mb(baseline.rss)})`,
+    );
+    socket.destroy();
+    await assertRecovered(server, baseline);
+  });
+});
+
+describe('an upgrade Engine.IO refuses after the 101', () => {
+  let server: WatchedServer;
+
+  before(async () => {
+    server = await startWatched({});
+  });
+  after(() => server.close());
+
+  test('releases its socket within 5 s while the peer keeps TCP open', async () => {
+    const baseline = await baselineOf(server);
+    const polling = await fetch(`${server.url}/socket.io/?EIO=4&transport=polling`);
+    const sid = JSON.parse((await polling.text()).slice(1)).sid as string;
+    // The first upgrade of the session is its probe; the next ones are refused
+    // with a close frame, which these peers never answer.
+    const probe = await engineSocket(server, `&sid=${sid}`, { allowHalfOpen: true });
+    probe.on('data', () => {});
+    const refused: Socket[] = [];
+    for (let i = 0; i < 10; i++) {
+      const s = await engineSocket(server, `&sid=${sid}`, { allowHalfOpen: true });
+      s.on('data', () => {});
+      refused.push(s);
+    }
+    const start = Date.now();
+    const released = await Promise.race([
+      Promise.all(refused.map(endedOf)).then(() => Date.now() - start),
+      sleep(8_000).then(() => undefined),
+    ]);
+    try {
+      assert.ok(released !== undefined && released <= 5_000, `released after ${released} ms`);
+    } finally {
+      probe.destroy();
+      for (const s of refused) s.destroy();
+    }
+    await assertRecovered(server, baseline);
+  });
+});
