@@ -333,7 +333,7 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
    * turn leaves in one write.
    */
   deliver(frame: StreamFrame): boolean {
-    if (!this.fits(frame)) return false;
+    if (!this.admits(frame)) return false;
     if (this.flow) {
       this.flow.queue(this, frame);
       return true;
@@ -386,7 +386,7 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
 
   sendText(text: string): void {
     const bytes = frameText(text);
-    if (!this.fits(bytes)) return;
+    if (!this.admits(bytes)) return;
     // Behind chats queued for this viewer, it waits for them and goes out in the
     // same write at the flow's next flush: its frames keep their order, and a
     // refused chat in a busy room costs no system call of its own.
@@ -406,10 +406,6 @@ class StreamConnection extends WebSocketConnection implements StreamViewer<Strea
    * counts.
    */
   protected override admits(frame: Buffer): boolean {
-    return this.fits(frame);
-  }
-
-  private fits(frame: Buffer): boolean {
     // A peer that hung up stays in the audience until its socket closes; writing
     // to it would only build a write-after-end error.
     if (this.state !== 'open' || !this.socket.writable) return false;
