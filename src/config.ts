@@ -22,6 +22,8 @@ export interface Limits {
   pingIntervalMs: number;
   /** An upgrade or Socket.IO handshake not completed in this time is cut. */
   handshakeTimeoutMs: number;
+  /** Socket.IO handshakes open but not yet joined to the namespace, at most, per node. */
+  handshakesPendingMax: number;
   /** History reads one Socket.IO connection may have running, and queued behind those. */
   historyReadsRunning: number;
   historyReadsWaiting: number;
@@ -202,6 +204,7 @@ const schema = z.object({
   MAX_FRAGMENTS: int(128),
   PING_INTERVAL_SECONDS: int(25, 1, 3600),
   HANDSHAKE_TIMEOUT_SECONDS: int(10, 1, 300),
+  HANDSHAKES_PENDING_MAX: int(10_000, 1, 10_000_000),
   METRICS_TOKEN: optionalString,
   HISTORY_READS_RUNNING: int(2, 1, 100),
   HISTORY_READS_WAITING: int(16, 0, 10_000),
@@ -356,6 +359,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxFragments: e.MAX_FRAGMENTS,
       pingIntervalMs: e.PING_INTERVAL_SECONDS * 1000,
       handshakeTimeoutMs: e.HANDSHAKE_TIMEOUT_SECONDS * 1000,
+      handshakesPendingMax: e.HANDSHAKES_PENDING_MAX,
       historyReadsRunning: e.HISTORY_READS_RUNNING,
       historyReadsWaiting: e.HISTORY_READS_WAITING,
       streamHistoryOnJoin: e.STREAM_HISTORY_ON_JOIN,

@@ -381,6 +381,44 @@ describe('a long-polling handshake that never polls (PING_INTERVAL_SECONDS as by
   });
 });
 
+describe('a flood of handshakes (HANDSHAKES_PENDING_MAX=3)', () => {
+  let server: WatchedServer;
+
+  before(async () => {
+    server = await startWatched({ HANDSHAKES_PENDING_MAX: '3', HANDSHAKE_TIMEOUT_SECONDS: '1' });
+  });
+  after(() => server.close());
+
+  const handshake = async () => {
+    const res = await fetch(`${server.url}/socket.io/?EIO=4&transport=polling`);
+    await res.text();
+    return res.status;
+  };
+
+  test('past the bound new handshakes are refused until the pending ones go; connected clients never count', async () => {
+    // Connected sockets have joined the namespace: they do not count.
+    const token = await userToken('7', LAB);
+    const connected = [];
+    for (let i = 0; i < 3; i++) connected.push(await RequestClient.connect(server.url, token));
+    try {
+      assert.deepEqual([await handshake(), await handshake(), await handshake()], [200, 200, 200]);
+      assert.equal(await handshake(), 403, 'a fourth pending handshake');
+      await assert.rejects(RequestClient.connect(server.url, token), /websocket error/);
+      // The connected ones carry on meanwhile.
+      assert.equal((await connected[0]?.ask('listRequests', {}))?.ok, true);
+      // The pending ones are cut after HANDSHAKE_TIMEOUT_SECONDS and let go.
+      const deadline = Date.now() + 8_000;
+      while ((await handshake()) !== 200) {
+        assert.ok(Date.now() < deadline, 'handshakes are allowed again');
+        await sleep(250);
+      }
+      (await RequestClient.connect(server.url, token)).close();
+    } finally {
+      for (const c of connected) c.close();
+    }
+  });
+});
+
 /**
  * The old owner's socket must hear nothing in the request after the change.
  * Barrier: the LAB sender posts the message, then a marker in a second

@@ -123,6 +123,14 @@ export class RequestChat {
   readonly io: Server<Record<string, never>, ServerEvents, Record<string, never>, SocketData>;
   private readonly wires = new WeakMap<Conn, Wire>();
   private readonly sessions = new WeakMap<ChatSocket, Session>();
+  /**
+   * Engine.IO connections not yet joined to the namespace. Each costs a few KB
+   * for up to HANDSHAKE_TIMEOUT_SECONDS, and a long-polling handshake costs its
+   * client one request on a kept-alive connection: past HANDSHAKES_PENDING_MAX
+   * new handshakes are refused (403) until some join or go, so a flood of them
+   * is bounded in memory. Connected clients are not affected.
+   */
+  private readonly pending = new Set<Conn>();
   /** Engine.IO connections with a socket, connected or having its token checked. */
   private readonly claimed = new WeakSet<Conn>();
   private readonly stopOwnerChanges: () => void;
@@ -154,6 +162,12 @@ export class RequestChat {
       upgradeTimeout: deps.limits.handshakeTimeoutMs,
       // Tokens, not cookies, authenticate: any origin may connect with one.
       cors: { origin: '*' },
+      // Asked for handshakes only, never for a connection's later requests.
+      allowRequest: (_req, answer) =>
+        answer(
+          'too many handshakes under way',
+          this.pending.size < deps.limits.handshakesPendingMax,
+        ),
       ...(deps.adapter ? { adapter: deps.adapter } : {}),
     });
     // Everything the request chat sends is JSON (attachments are links, never
@@ -201,6 +215,8 @@ export class RequestChat {
     );
     // Watched from the Engine.IO handshake on, before any namespace is joined.
     this.io.engine.on('connection', (conn: Conn) => {
+      this.pending.add(conn);
+      conn.once('close', () => this.pending.delete(conn));
       this.wires.set(
         conn,
         new Wire(conn, deps.limits, (reason) => deps.metrics.disconnects.inc({ reason })),
@@ -282,6 +298,7 @@ export class RequestChat {
 
   private open(socket: ChatSocket): void {
     const { deps } = this;
+    this.pending.delete(socket.conn);
     const wire =
       this.wires.get(socket.conn) ??
       new Wire(socket.conn, deps.limits, (reason) => deps.metrics.disconnects.inc({ reason }));
