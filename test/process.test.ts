@@ -1,7 +1,7 @@
 /** charla as its own process: start-up, dev mode, configuration errors, logs, shutdown, restart. */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { SignJWT } from 'jose';
@@ -170,6 +170,20 @@ describe('logs', () => {
 });
 
 describe('shutdown and restart', () => {
+  it('a SIGTERM as soon as it listens, while dev mode is still being set up, exits 0', async () => {
+    // Dev mode registers its demo stream and request after listening; clients
+    // may already be connected then, and the signal must be handled as later.
+    const cwd = join(dir, 'early-signal');
+    mkdirSync(cwd);
+    for (let i = 0; i < 3; i++) {
+      const server = await spawnServer(
+        { DATABASE_URL: `sqlite:${join(cwd, 'dev.db')}`, LOG_LEVEL: 'info' },
+        { cwd },
+      );
+      assert.equal(await server.stop('SIGTERM'), 0, server.output());
+    }
+  });
+
   it('closes clients with 1001, stores every accepted chat, exits 0, and the chats survive', async () => {
     const env = baseEnv('restart');
     const first = await spawnServer(env);
