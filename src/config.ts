@@ -203,7 +203,16 @@ const schema = z.object({
   REDIS_PREFIX: z.preprocess(blankAsUnset, z.string().default('charla:')),
   JWT_SECRET: optionalString,
   JWT_PUBLIC_KEY: optionalString,
-  JWKS_URL: z.preprocess(blankAsUnset, z.url().optional()),
+  // jose fetches the key set over HTTP only: any other scheme would refuse every token.
+  JWKS_URL: z.preprocess(
+    blankAsUnset,
+    z
+      .string()
+      .refine((v) => /^https?:\/\/.+/i.test(v) && URL.canParse(v), {
+        message: 'expected an http:// or https:// URL',
+      })
+      .optional(),
+  ),
   JWT_ISSUER: optionalString,
   JWT_AUDIENCE: optionalString,
   JWT_USER_ID_CLAIM: z.preprocess(blankAsUnset, z.string().default('user_id')),

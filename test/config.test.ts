@@ -64,6 +64,8 @@ describe('loadConfig', () => {
       [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
       [{ SEND_BUFFER_MAX_BYTES: '1.5' }, 'SEND_BUFFER_MAX_BYTES'],
       [{ JWKS_URL: 'not a url' }, 'JWKS_URL'],
+      [{ JWKS_URL: 'ftp://keys.example/jwks' }, 'JWKS_URL'],
+      [{ JWKS_URL: 'file:///etc/jwks.json' }, 'JWKS_URL'],
       [{ STREAM_HISTORY_ON_JOIN: '-1' }, 'STREAM_HISTORY_ON_JOIN'],
       [{ STREAM_HISTORY_ON_JOIN: '501' }, 'STREAM_HISTORY_ON_JOIN'],
       [{ STREAM_VIEWERS_INTERVAL_MS: '10' }, 'STREAM_VIEWERS_INTERVAL_MS'],
@@ -83,6 +85,14 @@ describe('loadConfig', () => {
           e instanceof ConfigError && e.message.includes(name) && !e.message.includes('\n'),
         name,
       );
+    }
+  });
+  it('takes an http(s) JWKS_URL', () => {
+    for (const url of [
+      'https://keys.example/.well-known/jwks.json',
+      'http://127.0.0.1:8080/jwks',
+    ]) {
+      assert.equal(loadConfig({ JWKS_URL: url, API_KEY: 'k' }).jwt.jwksUrl, url);
     }
   });
   it('stops on a JWT_PUBLIC_KEY that cannot verify tokens, in one line naming it', () => {
