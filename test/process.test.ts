@@ -69,6 +69,31 @@ describe('start-up', () => {
     assert.match(lines[0] as string, /STREAM_RATE_LIMIT/);
   });
 
+  it('names the variable when the storage or the listening address fails at start', async () => {
+    const busy = await spawnServer(baseEnv('busy-port'));
+    try {
+      const port = new URL(busy.url).port;
+      const cases: Array<[Record<string, string>, RegExp]> = [
+        [{ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/test' }, /DATABASE_URL/],
+        [{ HOST: '999.1.1.1' }, /HOST=999\.1\.1\.1/],
+        [{ PORT: port }, new RegExp(`PORT=${port}`)],
+      ];
+      for (const [env, name] of cases) {
+        const r = spawnSync(process.execPath, [MAIN], {
+          env: { PATH: process.env.PATH, LOG_LEVEL: 'silent', ...baseEnv('bad-start'), ...env },
+          encoding: 'utf8',
+          timeout: 10_000,
+        });
+        assert.equal(r.status, 1, r.stderr);
+        const lines = r.stderr.trim().split('\n');
+        assert.equal(lines.length, 1, r.stderr);
+        assert.match(lines[0] as string, name);
+      }
+    } finally {
+      assert.equal(await busy.stop(), 0);
+    }
+  });
+
   it('refuses production without a JWT key and an API key', () => {
     for (const env of [{ API_KEY: 'k' }, { JWT_SECRET: SECRET }]) {
       const r = spawnSync(process.execPath, [MAIN], {
