@@ -24,9 +24,12 @@ async function main(): Promise<void> {
       process.exit(1);
     }
   }
-  // Signals are handled from here on: one that comes while charla starts (the
-  // store opening, dev mode registering its demo stream and request, clients
-  // already connecting) stops it as cleanly as one that comes later.
+  const created = await createApp(config);
+  // Signals are handled from here on, before listening: one that comes while
+  // dev mode registers its demo stream and request (clients may already be
+  // connected) stops charla as cleanly as one that comes later. Until the app
+  // exists a signal still ends the process outright: nothing is accepted yet,
+  // and a start-up stuck in synchronous work stays killable.
   let app: App | undefined;
   let signalled: NodeJS.Signals | undefined;
   const shutdown = (running: App, signal: NodeJS.Signals) => {
@@ -54,8 +57,6 @@ async function main(): Promise<void> {
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
 
-  const created = await createApp(config);
-  if (signalled !== undefined) return shutdown(created, signalled);
   for (const warning of config.warnings) created.log.warn(warning);
   const url = await created.listen();
   app = created;
