@@ -75,7 +75,7 @@ describe('start-up', () => {
       const port = new URL(busy.url).port;
       const cases: Array<[Record<string, string>, RegExp]> = [
         [{ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/test' }, /DATABASE_URL/],
-        [{ HOST: '999.1.1.1' }, /HOST=999\.1\.1\.1/],
+        [{ HOST: '192.0.2.1' }, /HOST=192\.0\.2\.1/], // TEST-NET-1: on no machine
         [{ PORT: port }, new RegExp(`PORT=${port}`)],
       ];
       for (const [env, name] of cases) {
