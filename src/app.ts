@@ -68,6 +68,10 @@ function clientErrorResponse(code: string | undefined): string {
 // PostgreSQL's and Redis's clients are loaded only when configured: on SQLite
 // alone they would be a quarter of the start-up time, for nothing.
 
+function errorText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
 export async function createStore(config: Config, log: Logger): Promise<Store> {
   if (config.databaseUrl.startsWith('sqlite:'))
     return new SqliteStore(sqlitePath(config.databaseUrl));
@@ -254,12 +258,21 @@ export async function createApp(config: Config, options: { log?: Logger } = {}):
     async listen() {
       // Storage must answer (and PostgreSQL be migrated) before the first client:
       // a node that cannot store fails its start instead of refusing every write.
-      await store.ping();
+      // Failures name the variable to fix, as a bad configuration value does.
+      await store.ping().catch((err: unknown) => {
+        throw new Error(`the storage at DATABASE_URL does not answer: ${errorText(err)}`);
+      });
       webhooks?.start();
       return new Promise((resolve, reject) => {
-        server.once('error', reject);
+        const failed = (err: Error) =>
+          reject(
+            new Error(
+              `cannot listen on HOST=${config.host} PORT=${config.port}: ${errorText(err)}`,
+            ),
+          );
+        server.once('error', failed);
         server.listen(config.port, config.host, () => {
-          server.off('error', reject);
+          server.off('error', failed);
           const { address, port } = server.address() as AddressInfo;
           const host = address.includes(':') ? `[${address}]` : address;
           resolve(`http://${host}:${port}`);

@@ -2,7 +2,7 @@
  * The environment schema: README "Configuration", and the limits of protocol section 6.
  * A bad value stops start-up with one line naming the variable.
  */
-import { randomBytes } from 'node:crypto';
+import { createPublicKey, randomBytes } from 'node:crypto';
 import { z } from 'zod';
 import { parseRate, type Rate } from './core/limits.js';
 
@@ -132,6 +132,31 @@ function isWebhookSecret(v: string): boolean {
   return m !== null && Buffer.from(m[1] as string, 'base64').length >= MIN_WEBHOOK_SECRET_BYTES;
 }
 
+/** The EC curves of ES256, ES384 and ES512, as `createPublicKey` names them. */
+const JWT_EC_CURVES = new Set(['prime256v1', 'secp384r1', 'secp521r1']);
+
+/**
+ * Why JWT_PUBLIC_KEY cannot verify tokens, or undefined when it can: a PEM
+ * public key (literal "\n" allowed for newlines, as identity.ts reads it) of
+ * RSA, or EC on one of the JOSE curves.
+ */
+function publicKeyProblem(pem: string): string | undefined {
+  let key: ReturnType<typeof createPublicKey>;
+  try {
+    key = createPublicKey(pem.replace(/\\n/g, '\n'));
+  } catch {
+    return 'expected a PEM public key (-----BEGIN PUBLIC KEY-----)';
+  }
+  if (key.asymmetricKeyType === 'rsa') return undefined;
+  if (key.asymmetricKeyType === 'ec') {
+    const curve = key.asymmetricKeyDetails?.namedCurve;
+    return curve !== undefined && JWT_EC_CURVES.has(curve)
+      ? undefined
+      : `an EC key on ${curve ?? 'an unknown curve'}; expected P-256, P-384 or P-521`;
+  }
+  return `a ${key.asymmetricKeyType ?? 'unknown'} key; expected an RSA or EC key`;
+}
+
 const blankAsUnset = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
 const optionalString = z.preprocess(blankAsUnset, z.string().optional());
 const int = (def: number, min = 1, max = Number.MAX_SAFE_INTEGER) =>
@@ -180,7 +205,16 @@ const schema = z.object({
   REDIS_PREFIX: z.preprocess(blankAsUnset, z.string().default('charla:')),
   JWT_SECRET: optionalString,
   JWT_PUBLIC_KEY: optionalString,
-  JWKS_URL: z.preprocess(blankAsUnset, z.url().optional()),
+  // jose fetches the key set over HTTP only: any other scheme would refuse every token.
+  JWKS_URL: z.preprocess(
+    blankAsUnset,
+    z
+      .string()
+      .refine((v) => /^https?:\/\/.+/i.test(v) && URL.canParse(v), {
+        message: 'expected an http:// or https:// URL',
+      })
+      .optional(),
+  ),
   JWT_ISSUER: optionalString,
   JWT_AUDIENCE: optionalString,
   JWT_USER_ID_CLAIM: z.preprocess(blankAsUnset, z.string().default('user_id')),
@@ -297,6 +331,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       'invalid JWT_SECRET: set only one of JWT_SECRET, JWT_PUBLIC_KEY and JWKS_URL',
     );
   }
+  const keyProblem =
+    e.JWT_PUBLIC_KEY === undefined ? undefined : publicKeyProblem(e.JWT_PUBLIC_KEY);
+  if (keyProblem !== undefined) throw new ConfigError(`invalid JWT_PUBLIC_KEY: ${keyProblem}`);
   if (production && keys === 0) {
     throw new ConfigError(
       'missing JWT_SECRET: NODE_ENV=production needs JWT_SECRET, JWT_PUBLIC_KEY or JWKS_URL',

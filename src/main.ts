@@ -1,5 +1,5 @@
 /** Entry point: read config, build the app, listen, stop gracefully on a signal. */
-import { createApp } from './app.js';
+import { type App, createApp } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
 import { DEV_STATE_FILE, devBanner, loadDevState, prepareDevMode, withDevState } from './dev.js';
 
@@ -24,41 +24,63 @@ async function main(): Promise<void> {
       process.exit(1);
     }
   }
-  const app = await createApp(config);
-  for (const warning of config.warnings) app.log.warn(warning);
-  const url = await app.listen();
-  app.log.info(
+  const created = await createApp(config);
+  // Signals are handled from here on, before listening: one that comes while
+  // dev mode registers its demo stream and request (clients may already be
+  // connected) stops charla as cleanly as one that comes later. Until the app
+  // exists a signal still ends the process outright: nothing is accepted yet,
+  // and a start-up stuck in synchronous work stays killable.
+  let app: App | undefined;
+  let signalled: NodeJS.Signals | undefined;
+  const shutdown = (running: App, signal: NodeJS.Signals) => {
+    running.log.info({ signal }, 'shutting down');
+    running.close().then(
+      () => {
+        running.log.info('stopped');
+        process.exit(0);
+      },
+      (err: unknown) => {
+        running.log.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  const stop = (signal: NodeJS.Signals) => {
+    if (signalled !== undefined) return;
+    signalled = signal;
+    setTimeout(() => {
+      process.stderr.write('charla: shutdown took too long; exiting\n');
+      process.exit(1);
+    }, SHUTDOWN_DEADLINE_MS).unref();
+    if (app !== undefined) shutdown(app, signal);
+  };
+  process.once('SIGTERM', stop);
+  process.once('SIGINT', stop);
+
+  for (const warning of config.warnings) created.log.warn(warning);
+  const url = await created.listen();
+  app = created;
+  if (signalled !== undefined) return shutdown(created, signalled);
+  created.log.info(
     { url, store: config.databaseUrl.split(':')[0], devMode: config.devMode },
     'listening',
   );
   if (config.devMode) {
-    process.stdout.write(`${devBanner(url, config.apiKey, await prepareDevMode(app))}\n`);
+    let tokens: Awaited<ReturnType<typeof prepareDevMode>>;
+    try {
+      tokens = await prepareDevMode(created);
+    } catch (err) {
+      // The store closing under it: the shutdown under way says how it went.
+      if (signalled !== undefined) return;
+      throw err;
+    }
+    if (signalled === undefined) process.stdout.write(`${devBanner(url, config.apiKey, tokens)}\n`);
   } else if (config.apiKeyGenerated) {
     // On stdout for whoever started it, never in the JSON logs that get shipped elsewhere.
     process.stdout.write(
       `charla: API_KEY is not set; generated API key (changes at every start): ${config.apiKey}\n`,
     );
   }
-
-  const stop = (signal: NodeJS.Signals) => {
-    app.log.info({ signal }, 'shutting down');
-    setTimeout(() => {
-      app.log.error('shutdown took too long; exiting');
-      process.exit(1);
-    }, SHUTDOWN_DEADLINE_MS).unref();
-    app.close().then(
-      () => {
-        app.log.info('stopped');
-        process.exit(0);
-      },
-      (err: unknown) => {
-        app.log.error({ err }, 'shutdown failed');
-        process.exit(1);
-      },
-    );
-  };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
 }
 
 main().catch((err: unknown) => {

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { ConfigError, loadConfig } from '../src/config.js';
 
@@ -63,6 +64,8 @@ describe('loadConfig', () => {
       [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
       [{ SEND_BUFFER_MAX_BYTES: '1.5' }, 'SEND_BUFFER_MAX_BYTES'],
       [{ JWKS_URL: 'not a url' }, 'JWKS_URL'],
+      [{ JWKS_URL: 'ftp://keys.example/jwks' }, 'JWKS_URL'],
+      [{ JWKS_URL: 'file:///etc/jwks.json' }, 'JWKS_URL'],
       [{ STREAM_HISTORY_ON_JOIN: '-1' }, 'STREAM_HISTORY_ON_JOIN'],
       [{ STREAM_HISTORY_ON_JOIN: '501' }, 'STREAM_HISTORY_ON_JOIN'],
       [{ STREAM_VIEWERS_INTERVAL_MS: '10' }, 'STREAM_VIEWERS_INTERVAL_MS'],
@@ -83,6 +86,38 @@ describe('loadConfig', () => {
         name,
       );
     }
+  });
+  it('takes an http(s) JWKS_URL', () => {
+    for (const url of [
+      'https://keys.example/.well-known/jwks.json',
+      'http://127.0.0.1:8080/jwks',
+    ]) {
+      assert.equal(loadConfig({ JWKS_URL: url, API_KEY: 'k' }).jwt.jwksUrl, url);
+    }
+  });
+  it('stops on a JWT_PUBLIC_KEY that cannot verify tokens, in one line naming it', () => {
+    const pem = (type: 'ed25519' | 'rsa' | 'ec', curve?: string) =>
+      (type === 'rsa'
+        ? generateKeyPairSync('rsa', { modulusLength: 2048 })
+        : type === 'ec'
+          ? generateKeyPairSync('ec', { namedCurve: curve as string })
+          : generateKeyPairSync('ed25519')
+      ).publicKey.export({ type: 'spki', format: 'pem' }) as string;
+    for (const bad of ['garbage', pem('ed25519'), pem('ec', 'secp256k1')]) {
+      assert.throws(
+        () => loadConfig({ JWT_PUBLIC_KEY: bad, API_KEY: 'k' }),
+        (e: unknown) =>
+          e instanceof ConfigError &&
+          e.message.startsWith('invalid JWT_PUBLIC_KEY: ') &&
+          !e.message.includes('\n'),
+        bad.slice(0, 40),
+      );
+    }
+    const rsa = pem('rsa');
+    assert.equal(loadConfig({ JWT_PUBLIC_KEY: rsa, API_KEY: 'k' }).jwt.publicKey, rsa);
+    // As environment files often carry it: one line with literal "\n".
+    const oneLine = pem('ec', 'prime256v1').replace(/\n/g, '\\n');
+    assert.equal(loadConfig({ JWT_PUBLIC_KEY: oneLine, API_KEY: 'k' }).devMode, false);
   });
   it('refuses production without a JWT key or an API key', () => {
     assert.throws(() => loadConfig({ NODE_ENV: 'production', API_KEY: 'k' }), /JWT_SECRET/);

@@ -1,7 +1,7 @@
 /** charla as its own process: start-up, dev mode, configuration errors, logs, shutdown, restart. */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { rmSync } from 'node:fs';
+import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { SignJWT } from 'jose';
@@ -67,6 +67,31 @@ describe('start-up', () => {
     const lines = r.stderr.trim().split('\n');
     assert.equal(lines.length, 1, r.stderr);
     assert.match(lines[0] as string, /STREAM_RATE_LIMIT/);
+  });
+
+  it('names the variable when the storage or the listening address fails at start', async () => {
+    const busy = await spawnServer(baseEnv('busy-port'));
+    try {
+      const port = new URL(busy.url).port;
+      const cases: Array<[Record<string, string>, RegExp]> = [
+        [{ DATABASE_URL: 'postgres://postgres@127.0.0.1:1/test' }, /DATABASE_URL/],
+        [{ HOST: '192.0.2.1' }, /HOST=192\.0\.2\.1/], // TEST-NET-1: on no machine
+        [{ PORT: port }, new RegExp(`PORT=${port}`)],
+      ];
+      for (const [env, name] of cases) {
+        const r = spawnSync(process.execPath, [MAIN], {
+          env: { PATH: process.env.PATH, LOG_LEVEL: 'silent', ...baseEnv('bad-start'), ...env },
+          encoding: 'utf8',
+          timeout: 10_000,
+        });
+        assert.equal(r.status, 1, r.stderr);
+        const lines = r.stderr.trim().split('\n');
+        assert.equal(lines.length, 1, r.stderr);
+        assert.match(lines[0] as string, name);
+      }
+    } finally {
+      assert.equal(await busy.stop(), 0);
+    }
   });
 
   it('refuses production without a JWT key and an API key', () => {
@@ -170,6 +195,20 @@ describe('logs', () => {
 });
 
 describe('shutdown and restart', () => {
+  it('a SIGTERM as soon as it listens, while dev mode is still being set up, exits 0', async () => {
+    // Dev mode registers its demo stream and request after listening; clients
+    // may already be connected then, and the signal must be handled as later.
+    const cwd = join(dir, 'early-signal');
+    mkdirSync(cwd);
+    for (let i = 0; i < 3; i++) {
+      const server = await spawnServer(
+        { DATABASE_URL: `sqlite:${join(cwd, 'dev.db')}`, LOG_LEVEL: 'info' },
+        { cwd },
+      );
+      assert.equal(await server.stop('SIGTERM'), 0, server.output());
+    }
+  });
+
   it('closes clients with 1001, stores every accepted chat, exits 0, and the chats survive', async () => {
     const env = baseEnv('restart');
     const first = await spawnServer(env);
