@@ -66,7 +66,8 @@ export function mountRequestView(root) {
   const composer = root.querySelector('.composer');
   const input = composer.elements.message;
   const sendButton = composer.querySelector('button');
-  const say = notice(root.querySelector('.notice'));
+  const noticeLine = root.querySelector('.notice');
+  const say = notice(noticeLine);
   const typingLine = root.querySelector('.typing');
   const editingBar = root.querySelector('.editing');
   const inbox = mountInbox(root.querySelector('.inbox'), { onOpen: (id) => switchTo(id) });
@@ -82,6 +83,8 @@ export function mountRequestView(root) {
   /** The id of my message being edited in the composer, if any. */
   let editing = null;
   let typingTimer;
+  /** Counts down the wait of a `rate_limited` refusal. */
+  let rateTimer;
 
   /** True while the answer to a call made on `c` for `room` still concerns what is on screen. */
   const stillOn = (c, room) => c === chat && room === requestId;
@@ -201,7 +204,32 @@ export function mountRequestView(root) {
     }, TYPING_SHOWN_MS);
   }
 
+  /**
+   * A message refused for going too fast waits in the library, which sends it
+   * again once the server's wait is over: the notice counts that wait down
+   * and goes with it, unless another notice has taken its place meanwhile.
+   */
+  function rateLimited(e) {
+    const until = Date.now() + (Number(e.retry_after_ms) || 1000);
+    clearInterval(rateTimer);
+    let shown = '';
+    const tick = () => {
+      if (shown !== '' && noticeLine.textContent !== shown) return clearInterval(rateTimer);
+      const left = until - Date.now();
+      if (left <= 0) {
+        clearInterval(rateTimer);
+        say.clear();
+        return;
+      }
+      shown = friendly({ code: 'rate_limited', retryAfterMs: left });
+      say.show(shown, 'warn');
+    };
+    tick();
+    rateTimer = setInterval(tick, 250);
+  }
+
   function resetConversation() {
+    clearInterval(rateTimer);
     receipts.reset();
     conversation.reset();
     empty.hidden = false;
@@ -280,7 +308,7 @@ export function mountRequestView(root) {
     c.on('requestUpdated', (u) => inbox.updated(u));
     // A send refused for going too fast is retried by the library; say why it waits.
     c.on('exception', (e) => {
-      if (e?.error_code === 'rate_limited' && e.event === 'message') say.show(friendly(e), 'warn');
+      if (e?.error_code === 'rate_limited' && e.event === 'message') rateLimited(e);
     });
     // The first `connect` happened before these listeners: this one is a reconnect.
     c.on('connect', () => {

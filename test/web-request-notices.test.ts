@@ -1,0 +1,64 @@
+/**
+ * The request view in a real browser, where timing matters: a "sending too
+ * fast" notice counts down and goes once the wait is over.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { Browser } from 'playwright-core';
+import { newId } from '../src/core/ids.js';
+import { browserSkip, launch, openPage } from './browser.js';
+import { api, startServer, type TestServer, userToken } from './helpers.js';
+import type { RequestClient } from './request-client.js';
+
+const skip = browserSkip();
+const PREFIX = 'https://files.example.com/';
+
+describe('web client: request view notices and attachments', { skip }, () => {
+  let server: TestServer;
+  let browser: Browser;
+  const clients: RequestClient[] = [];
+
+  before(async () => {
+    server = await startServer({ ATTACHMENT_URL_PREFIXES: PREFIX, REQUEST_RATE_LIMIT: '3/4s' });
+    browser = await launch();
+  });
+  after(async () => {
+    for (const c of clients) c.close();
+    await browser?.close();
+    await server?.close();
+  });
+
+  async function registered(): Promise<string> {
+    const id = newId();
+    assert.equal(
+      (await api(server.url, 'PUT', `/api/requests/${id}`, { ownerId: '1' })).status,
+      201,
+    );
+    return id;
+  }
+
+  test('the "sending too fast" notice counts down and goes once the messages leave', async () => {
+    const id = await registered();
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const { page, context, problems } = await openPage(
+      browser,
+      `${server.url}/#view=request&request=${id}&token=${token}`,
+    );
+    await page.locator('#request-view .status[data-state="live"]').waitFor();
+    const input = page.locator('#request-view .composer input');
+    for (let i = 1; i <= 5; i++) {
+      await input.fill(`mensaje ${i}`);
+      await input.press('Enter');
+    }
+    const notice = page.locator('#request-view .notice');
+    await notice.getByText(/sending too fast/).waitFor();
+    const first = await notice.textContent();
+    // All five are stored once the library has retried them after the wait.
+    await page.locator('#request-view .msg.mine .tick[data-state="sent"]').nth(4).waitFor();
+    // The wait is over: the notice does not go on saying how long to wait.
+    await notice.waitFor({ state: 'hidden', timeout: 3_000 });
+    assert.match(String(first), /\d+ s/);
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+});
