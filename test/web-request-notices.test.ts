@@ -1,6 +1,7 @@
 /**
  * The request view in a real browser, where timing matters: a "sending too
- * fast" notice counts down and goes once the wait is over.
+ * fast" notice counts down and goes once the wait is over, and attachments
+ * in a history that arrives before `/client-config.json` still become links.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -8,7 +9,7 @@ import type { Browser } from 'playwright-core';
 import { newId } from '../src/core/ids.js';
 import { browserSkip, launch, openPage } from './browser.js';
 import { api, startServer, type TestServer, userToken } from './helpers.js';
-import type { RequestClient } from './request-client.js';
+import { RequestClient } from './request-client.js';
 
 const skip = browserSkip();
 const PREFIX = 'https://files.example.com/';
@@ -59,6 +60,43 @@ describe('web client: request view notices and attachments', { skip }, () => {
     await notice.waitFor({ state: 'hidden', timeout: 3_000 });
     assert.match(String(first), /\d+ s/);
     assert.deepEqual(problems, []);
+    await context.close();
+  });
+
+  test('attachments in a history that arrives before the client configuration are links', async () => {
+    const id = await registered();
+    const lab = await RequestClient.connect(
+      server.url,
+      await userToken('2', { username: 'lab', role: 'LAB' }),
+    );
+    clients.push(lab);
+    await lab.ask('joinRoom', { requestId: id });
+    const sent = await lab.ask('message', {
+      requestId: id,
+      message: 'Informe',
+      attachments: [
+        { url: `${PREFIX}report.pdf`, name: 'report.pdf', contentType: 'application/pdf', size: 9 },
+      ],
+    });
+    assert.equal(sent.ok, true, JSON.stringify(sent));
+
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.setDefaultTimeout(10_000);
+    // A slow network: the configuration arrives well after the history could.
+    let answered = false;
+    await page.route('**/client-config.json', async (route) => {
+      await new Promise((r) => setTimeout(r, 1_500));
+      answered = true;
+      await route.continue();
+    });
+    await page.goto(`${server.url}/#view=request&request=${id}&token=${token}`);
+    const link = page.locator('#request-view .attachments a', { hasText: 'report.pdf' });
+    await link.waitFor();
+    assert.equal(answered, true);
+    assert.equal(await link.getAttribute('href'), `${PREFIX}report.pdf`);
+    assert.equal(await page.locator('#request-view .attachments .blocked').count(), 0);
     await context.close();
   });
 });

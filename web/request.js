@@ -9,6 +9,7 @@
 // The bubbles and their ticks are drawn by conversation.js.
 import { RequestChat } from '/client/index.js';
 import { io } from '/vendor/socket.io.esm.min.js';
+import { attachmentsReady } from './attachments.js';
 import { mountConversation } from './conversation.js';
 import { atBottom, h, notice, setStatus, whoIs } from './dom.js';
 import { t } from './i18n.js';
@@ -343,6 +344,8 @@ export function mountRequestView(root) {
     setStatus(status, 'connecting');
     let c;
     try {
+      await attachmentsReady;
+      if (mine !== generation) return;
       c = await RequestChat.connect(location.origin, { token, io, autoDeliver: false });
     } catch (err) {
       if (mine !== generation) return;
