@@ -100,3 +100,53 @@ describe('web client: request view notices and attachments', { skip }, () => {
     await context.close();
   });
 });
+
+describe('web client: an edit the server refuses', { skip }, () => {
+  let server: TestServer;
+  let browser: Browser;
+
+  before(async () => {
+    server = await startServer({ REQUEST_EDIT_WINDOW_SECONDS: '1' });
+    browser = await launch();
+  });
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  test('keeps the new text in the box, to send as a new message', async () => {
+    const id = newId();
+    assert.equal(
+      (await api(server.url, 'PUT', `/api/requests/${id}`, { ownerId: '1' })).status,
+      201,
+    );
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const { page, context, problems } = await openPage(
+      browser,
+      `${server.url}/#view=request&request=${id}&token=${token}`,
+    );
+    await page.locator('#request-view .status[data-state="live"]').waitFor();
+    const input = page.locator('#request-view .composer input');
+    await input.fill('El pH es 7');
+    await input.press('Enter');
+    const mine = page.locator('#request-view .msg.mine', { hasText: 'El pH es 7' });
+    await mine.locator('.tick[data-state="sent"]').waitFor();
+    // The edit window (1 s) passes while the correction is being written.
+    await new Promise((r) => setTimeout(r, 1_500));
+    await mine.getByRole('button', { name: 'Edit' }).click();
+    await input.fill('El pH es 7.2, medido dos veces');
+    await input.press('Enter');
+    await page.locator('#request-view .notice', { hasText: 'can no longer be changed' }).waitFor();
+    assert.equal(await input.inputValue(), 'El pH es 7.2, medido dos veces');
+    // Not an edit any more: Enter sends it as a message of its own.
+    assert.equal(await page.locator('#request-view .editing').isHidden(), true);
+    await input.press('Enter');
+    await page
+      .locator('#request-view .msg.mine', { hasText: 'medido dos veces' })
+      .locator('.tick[data-state="sent"]')
+      .waitFor();
+    assert.equal(await mine.first().locator('.text').textContent(), 'El pH es 7');
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+});

@@ -424,7 +424,10 @@ export function mountRequestView(root) {
           if (stillOn(c, room)) conversation.changed(msg);
         },
         (err) => {
-          if (stillOn(c, room)) say.show(friendly(err), 'error');
+          if (!stillOn(c, room)) return;
+          say.show(friendly(err), 'error');
+          // What was written is not lost: it comes back to the box, as a new message to send.
+          if (input.value === '' && !editing) input.value = text;
         },
       );
       stopEditing();
