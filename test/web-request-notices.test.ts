@@ -63,6 +63,32 @@ describe('web client: request view notices and attachments', { skip }, () => {
     await context.close();
   });
 
+  test('a message still being sent has no Edit or Delete; once stored it has both', async () => {
+    const id = await registered();
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const { page, context, problems } = await openPage(
+      browser,
+      `${server.url}/#view=request&request=${id}&token=${token}`,
+    );
+    await page.locator('#request-view .status[data-state="live"]').waitFor();
+    const input = page.locator('#request-view .composer input');
+    for (let i = 1; i <= 5; i++) {
+      await input.fill(`espera ${i}`);
+      await input.press('Enter');
+    }
+    // The fifth waits out the rate limit: it has no id the server knows yet.
+    const waiting = page.locator('#request-view .msg.mine', { hasText: 'espera 5' });
+    await waiting.locator('.tick[data-state="pending"]').waitFor();
+    assert.equal(await waiting.locator('button').count(), 0);
+    await waiting.locator('.tick[data-state="sent"]').waitFor();
+    await waiting.getByRole('button', { name: 'Delete' }).waitFor();
+    await waiting.getByRole('button', { name: 'Edit' }).click();
+    assert.equal(await input.inputValue(), 'espera 5');
+    await page.locator('#request-view .editing').waitFor();
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
   test('attachments in a history that arrives before the client configuration are links', async () => {
     const id = await registered();
     const lab = await RequestClient.connect(
