@@ -16,7 +16,7 @@ describe('README: client library', () => {
     const codes = [...union.matchAll(/'([a-z_]+)'/g)].map((m) => m[1]);
     assert.ok(codes.length >= 5, `ClientErrorCode read from errors.ts: ${codes.join(', ')}`);
     const readme = readFileSync(new URL('README.md', root), 'utf8');
-    const paragraph = /Client codes besides the server's:[^]*?\n\n/.exec(readme)?.[0] ?? '';
+    const paragraph = /Client codes besides the server's:[\s\S]*?\n\n/.exec(readme)?.[0] ?? '';
     for (const code of codes) assert.match(paragraph, new RegExp(`\`${code}\``), code);
   });
 });
