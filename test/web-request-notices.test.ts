@@ -125,6 +125,16 @@ describe('web client: request view notices and attachments', { skip }, () => {
     assert.equal(await page.locator('#request-view .attachments .blocked').count(), 0);
     await context.close();
   });
+  test('a configuration that never comes does not keep the view from connecting', async () => {
+    const id = await registered();
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.route('**/client-config.json', () => {});
+    await page.goto(`${server.url}/#view=request&request=${id}&token=${token}`);
+    await page.locator('#request-view .status[data-state="live"]').waitFor({ timeout: 9_000 });
+    await context.close();
+  });
 });
 
 describe('web client: an edit the server refuses', { skip }, () => {
