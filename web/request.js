@@ -78,6 +78,8 @@ export function mountRequestView(root) {
   /** Bumped on every new connection, so a late answer for an old one is dropped. */
   let generation = 0;
   let requestId = '';
+  /** The token of the current connection. */
+  let token = '';
   let me = whoIs('');
   /** The open request's history has arrived: the composer may write (sends wait while offline). */
   let ready = false;
@@ -366,7 +368,8 @@ export function mountRequestView(root) {
     inbox.select(requestId);
   }
 
-  function start(newRequest, token) {
+  function start(newRequest, newToken) {
+    token = newToken;
     generation++;
     chat?.close();
     chat = null;
@@ -374,12 +377,12 @@ export function mountRequestView(root) {
     inbox.clear();
     say.clear();
     requestId = newRequest.toLowerCase();
-    me = whoIs(token);
+    me = whoIs(newToken);
     root.classList.add('joined');
     showTitle();
     updateComposer();
     showWho();
-    void connect(token);
+    void connect(newToken);
   }
 
   function send(text, clientMessageId) {
@@ -469,11 +472,11 @@ export function mountRequestView(root) {
 
   return {
     root,
-    open({ request, token }) {
-      if (token && !form.elements.token.value) form.elements.token.value = token;
+    open({ request, token: linked, fromLink }) {
+      if (linked && (fromLink || !form.elements.token.value)) form.elements.token.value = linked;
       if (request) form.elements.request.value = request;
       const saved = form.elements.token.value.trim();
-      if (saved && generation === 0) start(request ?? '', saved);
+      if (saved && (generation === 0 || (fromLink && saved !== token))) start(request ?? '', saved);
       else if (request && saved && request.toLowerCase() !== requestId) switchTo(request);
     },
   };

@@ -475,10 +475,11 @@ export function mountStreamView(root) {
 
   return {
     root,
-    open({ stream, token: tk }) {
-      if (tk && !form.elements.token.value) form.elements.token.value = tk;
+    open({ stream, token: tk, fromLink }) {
+      if (tk && (fromLink || !form.elements.token.value)) form.elements.token.value = tk;
       if (stream) form.elements.key.value = stream;
-      if (stream && stream !== key) start(stream, form.elements.token.value.trim());
+      const newToken = form.elements.token.value.trim();
+      if (stream && (stream !== key || (fromLink && newToken !== token))) start(stream, newToken);
     },
   };
 }
