@@ -85,4 +85,40 @@ describe('web client: a link with another token in the same tab', { skip }, () =
     assert.deepEqual(problems, []);
     await context.close();
   });
+
+  test('a request opened from the inbox, or a stream picked in the form, is still open after a reload', async () => {
+    const [first, second] = [newId(), newId()];
+    for (const id of [first, second]) {
+      assert.equal(
+        (await api(server.url, 'PUT', `/api/requests/${id}`, { ownerId: '1' })).status,
+        201,
+      );
+    }
+    const teacher = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const { page, context, problems } = await openPage(
+      browser,
+      `${server.url}/#view=request&request=${first}&token=${teacher}`,
+    );
+    await page.locator('#request-view .status[data-state="live"]').waitFor();
+    await page.locator(`#request-view .inbox-list li[data-request-id="${second}"] button`).click();
+    await page.locator('#request-view .who-value', { hasText: second.slice(0, 6) }).waitFor();
+    await page.reload();
+    await page.locator('#request-view .status[data-state="live"]').waitFor();
+    assert.equal(await page.locator('#request-view .who-value.mono').getAttribute('title'), second);
+    // Never the token: it stays out of the address bar.
+    assert.doesNotMatch(page.url(), /token/);
+
+    const key = 'reloaded';
+    assert.equal((await api(server.url, 'PUT', `/api/streams/${key}`, {})).status, 201);
+    await page.locator('.tabs a[data-view="stream"]').click();
+    await page.locator('#stream-view input[name="key"]').fill(key);
+    await page.locator('#stream-view .connect button[type="submit"]').click();
+    await page.locator('#stream-view .status[data-state="live"]').waitFor();
+    await page.reload();
+    await page.locator('#stream-view .status[data-state="live"]').waitFor();
+    assert.equal(await page.locator('#stream-view .who-value').first().textContent(), key);
+    assert.doesNotMatch(page.url(), /token/);
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
 });

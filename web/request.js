@@ -249,6 +249,13 @@ export function mountRequestView(root) {
     subtitle.textContent = requestId ? t('request.subtitleOpen') : t('request.subtitleInbox');
   }
 
+  /** The open request in the address bar (never the token), so that a reload comes back to it. */
+  function showInUrl() {
+    const params = new URLSearchParams({ view: 'request' });
+    if (requestId) params.set('request', requestId);
+    history.replaceState(null, '', `#${params}`);
+  }
+
   /** Opens another request on the same connection. */
   function switchTo(id) {
     if (id.toLowerCase() === requestId) return;
@@ -258,6 +265,7 @@ export function mountRequestView(root) {
     say.clear();
     requestId = id.toLowerCase();
     form.elements.request.value = requestId;
+    showInUrl();
     showTitle();
     inbox.select(requestId);
     updateComposer();
@@ -378,6 +386,7 @@ export function mountRequestView(root) {
     say.clear();
     requestId = newRequest.toLowerCase();
     me = whoIs(newToken);
+    showInUrl();
     root.classList.add('joined');
     showTitle();
     updateComposer();
@@ -478,6 +487,8 @@ export function mountRequestView(root) {
       const saved = form.elements.token.value.trim();
       if (saved && (generation === 0 || (fromLink && saved !== token))) start(request ?? '', saved);
       else if (request && saved && request.toLowerCase() !== requestId) switchTo(request);
+      // Back from the other view (its tab links to `#view=request`): the address names what is open.
+      if (requestId) showInUrl();
     },
   };
 }
