@@ -89,6 +89,9 @@ export function mountRequestView(root) {
   /** Counts down the wait of a `rate_limited` refusal. */
   let rateTimer;
 
+  /** Sends not yet settled, per request: a request is left only once its own are. */
+  const unsettled = new Map();
+
   /** True while the answer to a call made on `c` for `room` still concerns what is on screen. */
   const stillOn = (c, room) => c === chat && room === requestId;
 
@@ -184,14 +187,35 @@ export function mountRequestView(root) {
     );
   }
 
-  /** Joins the open request; the `history` event draws it. */
+  /**
+   * Joins the open request; the `history` event draws it. A request still
+   * joined (left while its messages were being sent) has no new `history`:
+   * what the join resolves with draws it.
+   */
   function join() {
     if (!requestId || !chat) return;
     const [c, room] = [chat, requestId];
-    c.join(room).catch((err) => {
-      if (!stillOn(c, room)) return;
-      setStatus(status, 'live', t('status.connected'));
-      say.show(friendly(err), 'error');
+    c.join(room).then(
+      (history) => {
+        if (stillOn(c, room) && !ready) onHistory(history);
+      },
+      (err) => {
+        if (!stillOn(c, room)) return;
+        setStatus(status, 'live', t('status.connected'));
+        say.show(friendly(err), 'error');
+      },
+    );
+  }
+
+  /**
+   * Leaves `room` once the messages sent in it have settled: leaving rejects
+   * what still waits, and a message written offline must still go out.
+   */
+  function leaveWhenSent(c, room) {
+    Promise.allSettled([...(unsettled.get(room) ?? [])]).then(() => {
+      // Opened again meanwhile: it stays joined.
+      if (c !== chat || room === requestId) return;
+      c.leave(room).catch(() => {});
     });
   }
 
@@ -260,7 +284,7 @@ export function mountRequestView(root) {
   function switchTo(id) {
     if (id.toLowerCase() === requestId) return;
     // While the connection is being made, `connect` joins whatever is open by then.
-    if (chat && requestId) chat.leave(requestId).catch(() => {});
+    if (chat && requestId) leaveWhenSent(chat, requestId);
     resetConversation();
     say.clear();
     requestId = id.toLowerCase();
@@ -379,6 +403,7 @@ export function mountRequestView(root) {
   function start(newRequest, newToken) {
     token = newToken;
     generation++;
+    unsettled.clear();
     chat?.close();
     chat = null;
     resetConversation();
@@ -403,7 +428,15 @@ export function mountRequestView(root) {
       message: text,
       createdAt: new Date().toISOString(),
     });
-    c.send(room, text, { clientMessageId }).then(
+    const sent = c.send(room, text, { clientMessageId });
+    const waiting = unsettled.get(room) ?? new Set();
+    unsettled.set(room, waiting.add(sent));
+    const settled = () => {
+      waiting.delete(sent);
+      if (waiting.size === 0 && unsettled.get(room) === waiting) unsettled.delete(room);
+    };
+    sent.then(settled, settled);
+    sent.then(
       (stored) => {
         if (!stillOn(c, room)) return;
         if (me.id === undefined) me.id = stored.sender?.id;
