@@ -25,11 +25,11 @@ function readFragment() {
     params.delete('token');
     history.replaceState(null, '', `#${params}`);
   }
-  return { view, params };
+  return { view, params, fromLink: token !== null };
 }
 
 function show() {
-  const { view, params } = readFragment();
+  const { view, params, fromLink } = readFragment();
   for (const [name, v] of Object.entries(views)) {
     v.root.hidden = name !== view;
   }
@@ -39,6 +39,8 @@ function show() {
   }
   views[view].open({
     token: sessionStorage.getItem(`charla.${view}.token`) ?? '',
+    // A link that carries a token signs in as that token, even in a tab signed in as someone else.
+    fromLink,
     stream: params.get('stream') ?? '',
     request: params.get('request') ?? '',
   });

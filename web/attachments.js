@@ -7,7 +7,12 @@ import { lang, t } from './i18n.js';
 
 /** Attachment URL prefixes the server accepts, from `/client-config.json`. */
 let allowedPrefixes = [];
-fetch('/client-config.json')
+/**
+ * Settles once the prefixes are known (or could not be loaded). A message
+ * drawn before then would show its attachments as names only, for good: the
+ * request view connects after it (at most 5 s later: without them, attachments show as names).
+ */
+export const attachmentsReady = fetch('/client-config.json', { signal: AbortSignal.timeout(5000) })
   .then((r) => (r.ok ? r.json() : {}))
   .then((c) => {
     if (Array.isArray(c.attachmentUrlPrefixes)) allowedPrefixes = c.attachmentUrlPrefixes;

@@ -8,6 +8,8 @@ import { t } from './i18n.js';
 import { tickState } from './receipts.js';
 
 const TICK = { pending: '◷', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' };
+/** A stored message's id; mine carries its clientMessageId until the server has it. */
+const STORED_ID = /^[0-9a-f]{24}$/;
 
 /**
  * `list` is the `<ol>` to draw in; `me()` the signed-in user; `receipts` the
@@ -36,7 +38,8 @@ export function mountConversation(list, { me, receipts, onEdit, onDelete, onShow
     const deleted = Boolean(msg.deletedAt);
     const foot = h('div', { class: 'bubble-foot' }, timeEl(msg.createdAt));
     if (msg.editedAt && !deleted) foot.append(h('span', { class: 'edited' }, t('message.edited')));
-    if (mine && !deleted) {
+    // Edit and Delete need the server's id: a message still being sent (or failed) has none.
+    if (mine && !deleted && STORED_ID.test(String(msg._id))) {
       foot.append(
         h(
           'span',
@@ -217,6 +220,8 @@ export function mountConversation(list, { me, receipts, onEdit, onDelete, onShow
       entry.li.dataset.at = message.createdAt;
       entry.state = tickState(message, me().id);
       shown.set(message._id, entry);
+      // Now that it has its id, it gets its Edit and Delete.
+      entry.li.querySelector('.bubble')?.replaceWith(bubble(message, true));
       paintTick(entry);
       // Stored after whatever reached the server first (say, while it waited offline).
       place(entry.li);

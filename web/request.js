@@ -9,6 +9,7 @@
 // The bubbles and their ticks are drawn by conversation.js.
 import { RequestChat } from '/client/index.js';
 import { io } from '/vendor/socket.io.esm.min.js';
+import { attachmentsReady } from './attachments.js';
 import { mountConversation } from './conversation.js';
 import { atBottom, h, notice, setStatus, whoIs } from './dom.js';
 import { t } from './i18n.js';
@@ -66,7 +67,8 @@ export function mountRequestView(root) {
   const composer = root.querySelector('.composer');
   const input = composer.elements.message;
   const sendButton = composer.querySelector('button');
-  const say = notice(root.querySelector('.notice'));
+  const noticeLine = root.querySelector('.notice');
+  const say = notice(noticeLine);
   const typingLine = root.querySelector('.typing');
   const editingBar = root.querySelector('.editing');
   const inbox = mountInbox(root.querySelector('.inbox'), { onOpen: (id) => switchTo(id) });
@@ -76,12 +78,19 @@ export function mountRequestView(root) {
   /** Bumped on every new connection, so a late answer for an old one is dropped. */
   let generation = 0;
   let requestId = '';
+  /** The token of the current connection. */
+  let token = '';
   let me = whoIs('');
   /** The open request's history has arrived: the composer may write (sends wait while offline). */
   let ready = false;
   /** The id of my message being edited in the composer, if any. */
   let editing = null;
   let typingTimer;
+  /** Counts down the wait of a `rate_limited` refusal. */
+  let rateTimer;
+
+  /** Sends not yet settled, per request: a request is left only once its own are. */
+  const unsettled = new Map();
 
   /** True while the answer to a call made on `c` for `room` still concerns what is on screen. */
   const stillOn = (c, room) => c === chat && room === requestId;
@@ -178,14 +187,35 @@ export function mountRequestView(root) {
     );
   }
 
-  /** Joins the open request; the `history` event draws it. */
+  /**
+   * Joins the open request; the `history` event draws it. A request still
+   * joined (left while its messages were being sent) has no new `history`:
+   * what the join resolves with draws it.
+   */
   function join() {
     if (!requestId || !chat) return;
     const [c, room] = [chat, requestId];
-    c.join(room).catch((err) => {
-      if (!stillOn(c, room)) return;
-      setStatus(status, 'live', t('status.connected'));
-      say.show(friendly(err), 'error');
+    c.join(room).then(
+      (history) => {
+        if (stillOn(c, room) && !ready) onHistory(history);
+      },
+      (err) => {
+        if (!stillOn(c, room)) return;
+        setStatus(status, 'live', t('status.connected'));
+        say.show(friendly(err), 'error');
+      },
+    );
+  }
+
+  /**
+   * Leaves `room` once the messages sent in it have settled: leaving rejects
+   * what still waits, and a message written offline must still go out.
+   */
+  function leaveWhenSent(c, room) {
+    Promise.allSettled([...(unsettled.get(room) ?? [])]).then(() => {
+      // Opened again meanwhile: it stays joined.
+      if (c !== chat || room === requestId) return;
+      c.leave(room).catch(() => {});
     });
   }
 
@@ -201,7 +231,32 @@ export function mountRequestView(root) {
     }, TYPING_SHOWN_MS);
   }
 
+  /**
+   * A message refused for going too fast waits in the library, which sends it
+   * again once the server's wait is over: the notice counts that wait down
+   * and goes with it, unless another notice has taken its place meanwhile.
+   */
+  function rateLimited(e) {
+    const until = Date.now() + (Number(e.retry_after_ms) || 1000);
+    clearInterval(rateTimer);
+    let shown = '';
+    const tick = () => {
+      if (shown !== '' && noticeLine.textContent !== shown) return clearInterval(rateTimer);
+      const left = until - Date.now();
+      if (left <= 0) {
+        clearInterval(rateTimer);
+        say.clear();
+        return;
+      }
+      shown = friendly({ code: 'rate_limited', retryAfterMs: left });
+      say.show(shown, 'warn');
+    };
+    tick();
+    rateTimer = setInterval(tick, 250);
+  }
+
   function resetConversation() {
+    clearInterval(rateTimer);
     receipts.reset();
     conversation.reset();
     empty.hidden = false;
@@ -218,15 +273,23 @@ export function mountRequestView(root) {
     subtitle.textContent = requestId ? t('request.subtitleOpen') : t('request.subtitleInbox');
   }
 
+  /** The open request in the address bar (never the token), so that a reload comes back to it. */
+  function showInUrl() {
+    const params = new URLSearchParams({ view: 'request' });
+    if (requestId) params.set('request', requestId);
+    history.replaceState(null, '', `#${params}`);
+  }
+
   /** Opens another request on the same connection. */
   function switchTo(id) {
     if (id.toLowerCase() === requestId) return;
     // While the connection is being made, `connect` joins whatever is open by then.
-    if (chat && requestId) chat.leave(requestId).catch(() => {});
+    if (chat && requestId) leaveWhenSent(chat, requestId);
     resetConversation();
     say.clear();
     requestId = id.toLowerCase();
     form.elements.request.value = requestId;
+    showInUrl();
     showTitle();
     inbox.select(requestId);
     updateComposer();
@@ -280,7 +343,7 @@ export function mountRequestView(root) {
     c.on('requestUpdated', (u) => inbox.updated(u));
     // A send refused for going too fast is retried by the library; say why it waits.
     c.on('exception', (e) => {
-      if (e?.error_code === 'rate_limited' && e.event === 'message') say.show(friendly(e), 'warn');
+      if (e?.error_code === 'rate_limited' && e.event === 'message') rateLimited(e);
     });
     // The first `connect` happened before these listeners: this one is a reconnect.
     c.on('connect', () => {
@@ -315,6 +378,8 @@ export function mountRequestView(root) {
     setStatus(status, 'connecting');
     let c;
     try {
+      await attachmentsReady;
+      if (mine !== generation) return;
       c = await RequestChat.connect(location.origin, { token, io, autoDeliver: false });
     } catch (err) {
       if (mine !== generation) return;
@@ -335,20 +400,23 @@ export function mountRequestView(root) {
     inbox.select(requestId);
   }
 
-  function start(newRequest, token) {
+  function start(newRequest, newToken) {
+    token = newToken;
     generation++;
+    unsettled.clear();
     chat?.close();
     chat = null;
     resetConversation();
     inbox.clear();
     say.clear();
     requestId = newRequest.toLowerCase();
-    me = whoIs(token);
+    me = whoIs(newToken);
+    showInUrl();
     root.classList.add('joined');
     showTitle();
     updateComposer();
     showWho();
-    void connect(token);
+    void connect(newToken);
   }
 
   function send(text, clientMessageId) {
@@ -360,7 +428,15 @@ export function mountRequestView(root) {
       message: text,
       createdAt: new Date().toISOString(),
     });
-    c.send(room, text, { clientMessageId }).then(
+    const sent = c.send(room, text, { clientMessageId });
+    const waiting = unsettled.get(room) ?? new Set();
+    unsettled.set(room, waiting.add(sent));
+    const settled = () => {
+      waiting.delete(sent);
+      if (waiting.size === 0 && unsettled.get(room) === waiting) unsettled.delete(room);
+    };
+    sent.then(settled, settled);
+    sent.then(
       (stored) => {
         if (!stillOn(c, room)) return;
         if (me.id === undefined) me.id = stored.sender?.id;
@@ -393,7 +469,10 @@ export function mountRequestView(root) {
           if (stillOn(c, room)) conversation.changed(msg);
         },
         (err) => {
-          if (stillOn(c, room)) say.show(friendly(err), 'error');
+          if (!stillOn(c, room)) return;
+          say.show(friendly(err), 'error');
+          // What was written is not lost: it comes back to the box, as a new message to send.
+          if (input.value === '' && !editing) input.value = text;
         },
       );
       stopEditing();
@@ -435,12 +514,14 @@ export function mountRequestView(root) {
 
   return {
     root,
-    open({ request, token }) {
-      if (token && !form.elements.token.value) form.elements.token.value = token;
+    open({ request, token: linked, fromLink }) {
+      if (linked && (fromLink || !form.elements.token.value)) form.elements.token.value = linked;
       if (request) form.elements.request.value = request;
       const saved = form.elements.token.value.trim();
-      if (saved && generation === 0) start(request ?? '', saved);
+      if (saved && (generation === 0 || (fromLink && saved !== token))) start(request ?? '', saved);
       else if (request && saved && request.toLowerCase() !== requestId) switchTo(request);
+      // Back from the other view (its tab links to `#view=request`): the address names what is open.
+      if (requestId) showInUrl();
     },
   };
 }

@@ -414,6 +414,11 @@ export function mountStreamView(root) {
     });
   }
 
+  /** The stream in the address bar (never the token), so that a reload comes back to it. */
+  function showInUrl() {
+    history.replaceState(null, '', `#${new URLSearchParams({ view: 'stream', stream: key })}`);
+  }
+
   function start(newKey, newToken) {
     const old = chat;
     chat = null;
@@ -424,6 +429,7 @@ export function mountStreamView(root) {
     key = newKey;
     token = newToken;
     me = whoIs(token);
+    showInUrl();
     authenticated = false;
     probing = false;
     setModerator(false);
@@ -475,10 +481,13 @@ export function mountStreamView(root) {
 
   return {
     root,
-    open({ stream, token: tk }) {
-      if (tk && !form.elements.token.value) form.elements.token.value = tk;
+    open({ stream, token: tk, fromLink }) {
+      if (tk && (fromLink || !form.elements.token.value)) form.elements.token.value = tk;
       if (stream) form.elements.key.value = stream;
-      if (stream && stream !== key) start(stream, form.elements.token.value.trim());
+      const newToken = form.elements.token.value.trim();
+      if (stream && (stream !== key || (fromLink && newToken !== token))) start(stream, newToken);
+      // Back from the other view (its tab links to `#view=stream`): the address names what is open.
+      if (key) showInUrl();
     },
   };
 }

@@ -9,6 +9,17 @@ import type { RequestChatOptions } from './request-types.js';
 import type { TokenSource } from './stream.js';
 
 /**
+ * Where Socket.IO connects for charla at the base URL `url`: its origin, and
+ * `socket.io/` under the URL's path. Socket.IO would take that path for a
+ * namespace (charla has only `/`); as for StreamChat, a path is where a
+ * reverse proxy serves charla (`https://example.com/chat` → `/chat/socket.io/`).
+ */
+export function socketTarget(url: string): { origin: string; path: string } {
+  const u = new URL(url);
+  return { origin: u.origin, path: `${u.pathname.replace(/\/+$/, '')}/socket.io/` };
+}
+
+/**
  * Opens the socket to `url`. `token()` is the token source in force at each
  * (re)connect, so `auth()` and token functions take effect on the next one.
  */
@@ -19,7 +30,9 @@ export async function openSocket(
 ): Promise<Socket> {
   const io = opts.io ?? (await import('socket.io-client')).io;
   const r = opts.reconnect ?? {};
-  return io(url, {
+  const { origin, path } = socketTarget(url);
+  return io(origin, {
+    path,
     transports: ['websocket'],
     forceNew: true,
     reconnection: true,

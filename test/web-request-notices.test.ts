@@ -1,0 +1,188 @@
+/**
+ * The request view in a real browser, where timing matters: a "sending too
+ * fast" notice counts down and goes once the wait is over, and attachments
+ * in a history that arrives before `/client-config.json` still become links.
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import type { Browser } from 'playwright-core';
+import { newId } from '../src/core/ids.js';
+import { browserSkip, launch, openPage } from './browser.js';
+import { api, startServer, type TestServer, userToken } from './helpers.js';
+import { RequestClient } from './request-client.js';
+
+const skip = browserSkip();
+const PREFIX = 'https://files.example.com/';
+
+describe('web client: request view notices and attachments', { skip }, () => {
+  let server: TestServer;
+  let browser: Browser;
+  const clients: RequestClient[] = [];
+
+  before(async () => {
+    server = await startServer({ ATTACHMENT_URL_PREFIXES: PREFIX, REQUEST_RATE_LIMIT: '3/4s' });
+    browser = await launch();
+  });
+  after(async () => {
+    for (const c of clients) c.close();
+    await browser?.close();
+    await server?.close();
+  });
+
+  async function registered(): Promise<string> {
+    const id = newId();
+    assert.equal(
+      (await api(server.url, 'PUT', `/api/requests/${id}`, { ownerId: '1' })).status,
+      201,
+    );
+    return id;
+  }
+
+  test('the "sending too fast" notice counts down and goes once the messages leave', async () => {
+    const id = await registered();
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const { page, context, problems } = await openPage(
+      browser,
+      `${server.url}/#view=request&request=${id}&token=${token}`,
+    );
+    await page.locator('#request-view .status[data-state="live"]').waitFor();
+    const input = page.locator('#request-view .composer input');
+    for (let i = 1; i <= 5; i++) {
+      await input.fill(`mensaje ${i}`);
+      await input.press('Enter');
+    }
+    const notice = page.locator('#request-view .notice');
+    await notice.getByText(/sending too fast/).waitFor();
+    const first = await notice.textContent();
+    // All five are stored once the library has retried them after the wait.
+    await page.locator('#request-view .msg.mine .tick[data-state="sent"]').nth(4).waitFor();
+    // The wait is over: the notice does not go on saying how long to wait.
+    await notice.waitFor({ state: 'hidden', timeout: 3_000 });
+    assert.match(String(first), /\d+ s/);
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
+  test('a message still being sent has no Edit or Delete; once stored it has both', async () => {
+    const id = await registered();
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const { page, context, problems } = await openPage(
+      browser,
+      `${server.url}/#view=request&request=${id}&token=${token}`,
+    );
+    await page.locator('#request-view .status[data-state="live"]').waitFor();
+    const input = page.locator('#request-view .composer input');
+    for (let i = 1; i <= 5; i++) {
+      await input.fill(`espera ${i}`);
+      await input.press('Enter');
+    }
+    // The fifth waits out the rate limit: it has no id the server knows yet.
+    const waiting = page.locator('#request-view .msg.mine', { hasText: 'espera 5' });
+    await waiting.locator('.tick[data-state="pending"]').waitFor();
+    assert.equal(await waiting.locator('button').count(), 0);
+    await waiting.locator('.tick[data-state="sent"]').waitFor();
+    await waiting.getByRole('button', { name: 'Delete' }).waitFor();
+    await waiting.getByRole('button', { name: 'Edit' }).click();
+    assert.equal(await input.inputValue(), 'espera 5');
+    await page.locator('#request-view .editing').waitFor();
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
+  test('attachments in a history that arrives before the client configuration are links', async () => {
+    const id = await registered();
+    const lab = await RequestClient.connect(
+      server.url,
+      await userToken('2', { username: 'lab', role: 'LAB' }),
+    );
+    clients.push(lab);
+    await lab.ask('joinRoom', { requestId: id });
+    const sent = await lab.ask('message', {
+      requestId: id,
+      message: 'Informe',
+      attachments: [
+        { url: `${PREFIX}report.pdf`, name: 'report.pdf', contentType: 'application/pdf', size: 9 },
+      ],
+    });
+    assert.equal(sent.ok, true, JSON.stringify(sent));
+
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.setDefaultTimeout(10_000);
+    // A slow network: the configuration arrives well after the history could.
+    let answered = false;
+    await page.route('**/client-config.json', async (route) => {
+      await new Promise((r) => setTimeout(r, 1_500));
+      answered = true;
+      await route.continue();
+    });
+    await page.goto(`${server.url}/#view=request&request=${id}&token=${token}`);
+    const link = page.locator('#request-view .attachments a', { hasText: 'report.pdf' });
+    await link.waitFor();
+    assert.equal(answered, true);
+    assert.equal(await link.getAttribute('href'), `${PREFIX}report.pdf`);
+    assert.equal(await page.locator('#request-view .attachments .blocked').count(), 0);
+    await context.close();
+  });
+  test('a configuration that never comes does not keep the view from connecting', async () => {
+    const id = await registered();
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.route('**/client-config.json', () => {});
+    await page.goto(`${server.url}/#view=request&request=${id}&token=${token}`);
+    await page.locator('#request-view .status[data-state="live"]').waitFor({ timeout: 9_000 });
+    await context.close();
+  });
+});
+
+describe('web client: an edit the server refuses', { skip }, () => {
+  let server: TestServer;
+  let browser: Browser;
+
+  before(async () => {
+    server = await startServer({ REQUEST_EDIT_WINDOW_SECONDS: '1' });
+    browser = await launch();
+  });
+  after(async () => {
+    await browser?.close();
+    await server?.close();
+  });
+
+  test('keeps the new text in the box, to send as a new message', async () => {
+    const id = newId();
+    assert.equal(
+      (await api(server.url, 'PUT', `/api/requests/${id}`, { ownerId: '1' })).status,
+      201,
+    );
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const { page, context, problems } = await openPage(
+      browser,
+      `${server.url}/#view=request&request=${id}&token=${token}`,
+    );
+    await page.locator('#request-view .status[data-state="live"]').waitFor();
+    const input = page.locator('#request-view .composer input');
+    await input.fill('El pH es 7');
+    await input.press('Enter');
+    const mine = page.locator('#request-view .msg.mine', { hasText: 'El pH es 7' });
+    await mine.locator('.tick[data-state="sent"]').waitFor();
+    // The edit window (1 s) passes while the correction is being written.
+    await new Promise((r) => setTimeout(r, 1_500));
+    await mine.getByRole('button', { name: 'Edit' }).click();
+    await input.fill('El pH es 7.2, medido dos veces');
+    await input.press('Enter');
+    await page.locator('#request-view .notice', { hasText: 'can no longer be changed' }).waitFor();
+    assert.equal(await input.inputValue(), 'El pH es 7.2, medido dos veces');
+    // Not an edit any more: Enter sends it as a message of its own.
+    assert.equal(await page.locator('#request-view .editing').isHidden(), true);
+    await input.press('Enter');
+    await page
+      .locator('#request-view .msg.mine', { hasText: 'medido dos veces' })
+      .locator('.tick[data-state="sent"]')
+      .waitFor();
+    assert.equal(await mine.first().locator('.text').textContent(), 'El pH es 7');
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+});
