@@ -37,11 +37,17 @@ export function signDevToken(secret: string, claims: Record<string, unknown>): P
     .sign(new TextEncoder().encode(secret));
 }
 
-/** Registers the demo stream and request; returns a token per demo user. */
+/**
+ * Registers the demo stream and request, both owned by the demo TEACHER (who
+ * so moderates the stream); returns a token per demo user.
+ */
 export async function prepareDevMode(app: App): Promise<Record<DemoUser, string>> {
   const secret = app.config.jwt.secret;
   if (secret === undefined) throw new Error('dev mode needs the generated JWT secret');
-  await app.streams.put(DEMO_STREAM, { title: 'Demo stream' });
+  await app.streams.put(DEMO_STREAM, {
+    title: 'Demo stream',
+    ownerId: DEMO_USERS.teacher.user_id,
+  });
   await app.requests.put(DEMO_REQUEST, DEMO_USERS.teacher.user_id);
   const [teacher, lab, viewer] = await Promise.all([
     signDevToken(secret, { ...DEMO_USERS.teacher }),
@@ -69,6 +75,7 @@ export function devBanner(url: string, apiKey: string, tokens: Record<DemoUser, 
     `  kept in ${DEV_STATE_FILE} (JWT secret, API key), so these survive restarts; more: npx charla token --user 4`,
     `  web client       ${url}/`,
     `    stream, as viewer   ${clientLink(url, 'stream', tokens.viewer)}`,
+    `    stream, as TEACHER  ${clientLink(url, 'stream', tokens.teacher)}  (its owner: moderates)`,
     `    request, as TEACHER ${clientLink(url, 'request', tokens.teacher)}`,
     `    request, as LAB     ${clientLink(url, 'request', tokens.lab)}`,
     '',

@@ -40,16 +40,18 @@ describe('start-up', () => {
       const apiKey = /API key\s+(\S+)/.exec(out)?.[1] ?? '';
       assert.ok(out.includes(server.url));
       const wsUrl = server.url.replace(/^http/, 'ws');
-      for (const [label, name] of [
-        ['TEACHER', 'ana'],
-        ['LAB', 'lab'],
-        ['viewer', 'viewer'],
+      // The demo TEACHER owns the demo stream: their chats carry the owner badge.
+      for (const [label, name, badges] of [
+        ['TEACHER', 'ana', ['owner']],
+        ['LAB', 'lab', []],
+        ['viewer', 'viewer', []],
       ] as const) {
         const c = await StreamClient.connect(wsUrl, 'demo', { query: `?token=${token(label)}` });
         assert.deepEqual(await c.next(), { type: 'auth', data: { authenticated: true } });
         c.chat(`hola from ${label}`);
         const chat = await c.next('chat');
         assert.equal(chat.data.user, name);
+        assert.deepEqual(chat.data.badges, badges);
         c.close();
       }
       assert.equal((await api(server.url, 'PUT', '/api/streams/new', {}, apiKey)).status, 201);
