@@ -1346,6 +1346,9 @@ describe('8 request chat: inbox', () => {
     const res = await api(s.url, 'GET', '/api/users/980/unread?role=TEACHER');
     assert.equal(res.status, 200);
     assert.deepEqual(res.body, { total: 2, requests: [{ requestId: rid, unread: 2 }] });
+    // The role is compared upper-case, as roles in tokens are.
+    const lower = await api(s.url, 'GET', '/api/users/980/unread?role=teacher');
+    assert.deepEqual(lower.body, res.body);
     const none = await api(s.url, 'GET', '/api/users/989/unread?role=TEACHER');
     assert.deepEqual(none.body, { total: 0, requests: [] });
     isInvalid(await api(s.url, 'GET', '/api/users/980/unread'));

@@ -424,7 +424,8 @@ function userRoutes(deps: HttpDeps): Route[] {
         if (userId === '' || !isStorableText(userId)) {
           throw new ChatError('invalid_payload', 'The user id is not valid.', { httpStatus: 400 });
         }
-        const role = query.get('role');
+        // Compared upper-case, as roles in tokens are.
+        const role = query.get('role')?.toUpperCase();
         if (role !== 'LAB' && role !== 'TEACHER') {
           throw new ChatError('invalid_payload', '"role" must be TEACHER or LAB.', {
             httpStatus: 400,
