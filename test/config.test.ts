@@ -25,6 +25,7 @@ describe('loadConfig', () => {
       maxFragments: 128,
       pingIntervalMs: 25_000,
       handshakeTimeoutMs: 10_000,
+      handshakesPendingMax: 10_000,
       historyReadsRunning: 2,
       historyReadsWaiting: 16,
       streamHistoryOnJoin: 50,
