@@ -429,7 +429,10 @@ describe('request chat desk', () => {
       const fresh = await api(server.url, 'GET', `/api/users/${freshUser()}/unread?role=LAB`);
       assert.equal(fresh.status, 200);
       assert.ok(fresh.body.total >= 6, 'a new lab user has every message unread');
-      for (const q of ['', '?role=STUDENT', '?role=lab']) {
+      // Compared upper-case, as roles in tokens are.
+      const lower = await api(server.url, 'GET', `/api/users/${freshUser()}/unread?role=lab`);
+      assert.equal(lower.status, 200);
+      for (const q of ['', '?role=STUDENT', '?role=LABS']) {
         const bad = await api(server.url, 'GET', `/api/users/${teacherId}/unread${q}`);
         assert.equal(bad.status, 400, q);
         assert.equal(bad.body.error_code, 'invalid_payload');
