@@ -1,10 +1,10 @@
 /**
  * The WebSocket under the request chat's Engine.IO transport against hostile
- * peers (README "Security"): its control frames count toward FLOOD_LIMIT,
- * the pongs it answers with are held to SEND_BUFFER_MAX_BYTES like any other
- * output, and an upgrade Engine.IO refuses after the 101 (a second upgrade of
- * one session) releases its socket within 5 s even when the peer never
- * answers the close. Raw TCP sockets, no token: none of this needs one.
+ * peers (README "Security"): its control frames and the continuation frames
+ * of its messages count toward FLOOD_LIMIT, the pongs it answers with are
+ * held to SEND_BUFFER_MAX_BYTES like any other output, and an upgrade
+ * Engine.IO refuses after the 101 (a second upgrade of one session) releases
+ * its socket within 5 s even when the peer never answers the close. Raw TCP sockets, no token: none of this needs one.
  */
 import assert from 'node:assert/strict';
 import { get } from 'node:http';
@@ -92,6 +92,49 @@ describe('pings on the Engine.IO WebSocket count toward FLOOD_LIMIT', () => {
       await assertRecovered(server, baseline);
     });
   }
+  test('continuation frames count one by one, not one per message', async () => {
+    const baseline = await baselineOf(server);
+    const floods = await disconnects(server, 'flood');
+    const socket = await engineSocket(server);
+    const closed = closedOf(socket);
+    socket.on('data', () => {});
+    // A noop packet ("6") in 11 frames: its first, 9 empty continuations, an
+    // empty last one. 30 of them are 30 packets, within FLOOD_LIMIT, in 330
+    // frames, well past it; each message stays within MAX_FRAGMENTS.
+    const message = Buffer.concat([
+      clientFrame(Op.text, '6', { fin: false }),
+      ...Array.from({ length: 9 }, () => clientFrame(Op.continuation, '', { fin: false })),
+      clientFrame(Op.continuation, ''),
+    ]);
+    socket.write(Buffer.concat(Array.from({ length: 30 }, () => message)));
+    const cut = await Promise.race([closed.then(() => true), sleep(5_000).then(() => false)]);
+    assert.ok(cut, 'the connection is still open after 330 frames in 30 messages');
+    assert.equal(await disconnects(server, 'flood'), floods + 1);
+    await assertRecovered(server, baseline);
+  });
+
+  test('a fragmented message within FLOOD_LIMIT is taken', async () => {
+    const socket = await engineSocket(server);
+    let seen = '';
+    socket.on('data', (chunk: Buffer) => {
+      seen += chunk.toString('latin1');
+    });
+    // Socket.IO's CONNECT ("40") in 3 frames, counted as 3: answered (a
+    // connect or a connect error, "40{…}" or "44{…}"), not cut.
+    socket.write(
+      Buffer.concat([
+        clientFrame(Op.text, '4', { fin: false }),
+        clientFrame(Op.continuation, '', { fin: false }),
+        clientFrame(Op.continuation, '0'),
+      ]),
+    );
+    const answered = () => /4[04]\{/.test(seen);
+    const deadline = Date.now() + 5_000;
+    while (!answered() && Date.now() < deadline) await sleep(20);
+    assert.ok(answered(), `no answer to the fragmented CONNECT: ${JSON.stringify(seen)}`);
+    assert.ok(!socket.destroyed);
+    socket.destroy();
+  });
 });
 
 describe('the Engine.IO WebSocket of a client that pings and never reads', () => {

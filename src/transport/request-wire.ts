@@ -31,6 +31,7 @@ interface WsLike {
 
 /** A `ws` WebSocket of Engine.IO's WebSocket transport, as the guard below uses it. */
 interface GuardedWs extends WsLike {
+  _receiver?: unknown;
   on(event: 'ping' | 'pong', listener: (this: GuardedWs, data: Buffer) => void): unknown;
   pong(data: Buffer): void;
   close(code?: number, reason?: string): void;
@@ -70,14 +71,40 @@ function onWsControl(this: GuardedWs): void {
   frameCounters.get(this)?.frame();
 }
 
+/** `ws`'s frame parser: `getInfo` reads each frame's header from the unread `_buffers`. */
+interface WsReceiver {
+  _bufferedBytes: number;
+  _buffers: Buffer[];
+  getInfo(this: WsReceiver, cb: unknown): void;
+}
+
+/**
+ * Counts the continuation frames of `ws`'s messages, which `ws` joins without
+ * a word: Engine.IO then sees one packet, however many frames it came in.
+ * Each header is looked at as `ws` starts on it (a continuation's opcode is 0),
+ * once its first two bytes are there.
+ */
+function countContinuations(ws: GuardedWs): void {
+  const receiver = (ws as { _receiver?: Partial<WsReceiver> })._receiver;
+  const getInfo = receiver?.getInfo;
+  // Another `ws` than the one this was written for: test/hostile-engine-ws.test.ts says so.
+  if (!receiver || typeof getInfo !== 'function' || !Array.isArray(receiver._buffers)) return;
+  receiver.getInfo = function (this: WsReceiver, cb: unknown) {
+    if (this._bufferedBytes >= 2 && ((this._buffers[0]?.[0] ?? 1) & 0x0f) === 0) {
+      frameCounters.get(ws)?.frame();
+    }
+    getInfo.call(this, cb);
+  };
+}
+
 /**
  * Takes every WebSocket of Engine.IO's transport in hand as `ws` hands it
  * over, before Engine.IO sees it, the probes of polling sessions that upgrade
  * included. `ws` would answer each ping with a pong that nobody checks
  * against the send buffer, and count none of them: a client that pings
- * without reading grows the process by the size of its pings. Here pings
- * and pongs count toward FLOOD_LIMIT (with the connection's packets, once it
- * has a Wire), and a pong is queued only while what waits for the client
+ * without reading grows the process by the size of its pings. Here pings,
+ * pongs and continuation frames count toward FLOOD_LIMIT (with the
+ * connection's packets, once it has a Wire), and a pong is queued only while what waits for the client
  * stays within SEND_BUFFER_MAX_BYTES. A close that Engine.IO starts (a
  * refused upgrade, a failed probe, a closed connection) releases the socket
  * within `CLOSE_GRACE_MS`, not the 30 s `ws` would wait for the peer.
@@ -112,6 +139,7 @@ export function guardWebSockets(
     });
     ws.on('ping', onWsControl);
     ws.on('pong', onWsControl);
+    countContinuations(ws);
   };
   class GuardedServer extends Base {
     constructor(options: Record<string, unknown>) {
