@@ -54,6 +54,21 @@ const CLIENT_CLOSE_MS = 3_000;
 /** How often Node looks for requests past their header or request timeout. */
 const CONNECTIONS_CHECK_MS = 1_000;
 
+/**
+ * Cuts the connection of a response the peer has not taken within `ms` of
+ * its request. Node reads no further requests of a connection while a
+ * response waits to be written, and times nothing out then: a client that
+ * pipelines requests and never reads would otherwise hold its connection,
+ * and what its response left in memory, for as long as it likes.
+ */
+function cutUntaken(res: ServerResponse, ms: number): void {
+  const timer = setTimeout(() => res.destroy(), ms);
+  timer.unref();
+  const done = () => clearTimeout(timer);
+  res.once('finish', done);
+  res.once('close', done);
+}
+
 /** The answer to a request Node's parser refused, before any handler saw it. */
 function clientErrorResponse(code: string | undefined): string {
   const status =
@@ -196,6 +211,7 @@ export async function createApp(config: Config, options: { log?: Logger } = {}):
       connectionsCheckingInterval: CONNECTIONS_CHECK_MS,
     },
     (req, res) => {
+      cutUntaken(res, config.limits.httpResponseTimeoutMs);
       // Whatever a request does, it must not become an unhandled rejection,
       // which would end the process for everyone.
       onRequest(req, res).catch((err: unknown) => {

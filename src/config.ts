@@ -24,6 +24,8 @@ export interface Limits {
   handshakeTimeoutMs: number;
   /** Socket.IO handshakes open but not yet joined to the namespace, at most, per node. */
   handshakesPendingMax: number;
+  /** An HTTP response (server API, web client) not taken by the peer in this time is cut. */
+  httpResponseTimeoutMs: number;
   /** History reads one Socket.IO connection may have running, and queued behind those. */
   historyReadsRunning: number;
   historyReadsWaiting: number;
@@ -239,6 +241,7 @@ const schema = z.object({
   PING_INTERVAL_SECONDS: int(25, 1, 3600),
   HANDSHAKE_TIMEOUT_SECONDS: int(10, 1, 300),
   HANDSHAKES_PENDING_MAX: int(10_000, 1, 10_000_000),
+  HTTP_RESPONSE_TIMEOUT_SECONDS: int(30, 1, 3600),
   METRICS_TOKEN: optionalString,
   HISTORY_READS_RUNNING: int(2, 1, 100),
   HISTORY_READS_WAITING: int(16, 0, 10_000),
@@ -397,6 +400,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       pingIntervalMs: e.PING_INTERVAL_SECONDS * 1000,
       handshakeTimeoutMs: e.HANDSHAKE_TIMEOUT_SECONDS * 1000,
       handshakesPendingMax: e.HANDSHAKES_PENDING_MAX,
+      httpResponseTimeoutMs: e.HTTP_RESPONSE_TIMEOUT_SECONDS * 1000,
       historyReadsRunning: e.HISTORY_READS_RUNNING,
       historyReadsWaiting: e.HISTORY_READS_WAITING,
       streamHistoryOnJoin: e.STREAM_HISTORY_ON_JOIN,

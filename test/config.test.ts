@@ -26,6 +26,7 @@ describe('loadConfig', () => {
       pingIntervalMs: 25_000,
       handshakeTimeoutMs: 10_000,
       handshakesPendingMax: 10_000,
+      httpResponseTimeoutMs: 30_000,
       historyReadsRunning: 2,
       historyReadsWaiting: 16,
       streamHistoryOnJoin: 50,

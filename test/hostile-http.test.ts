@@ -233,6 +233,35 @@ describe('slow peers', () => {
   });
 });
 
+describe('a client that never reads its answers', () => {
+  const RESPONSE_S = 2;
+  let reader: WatchedServer;
+
+  // The default handshake time (10 s), well past this test: only
+  // HTTP_RESPONSE_TIMEOUT_SECONDS can cut the connection here.
+  before(async () => {
+    reader = await startWatched({ HTTP_RESPONSE_TIMEOUT_SECONDS: String(RESPONSE_S) });
+  });
+  after(() => reader.close());
+
+  it('is cut HTTP_RESPONSE_TIMEOUT_SECONDS after the answer it does not take', async () => {
+    // What the first answers open for good comes before the baseline.
+    assert.equal((await api(reader.url, 'GET', '/api/openapi.json', undefined, null)).status, 200);
+    const before = await baselineOf(reader);
+    const socket = await rawSocket(reader);
+    socket.pause();
+    // Far more answers (30 KB each) than the socket buffers hold: the server
+    // is left with one it cannot write, and reads no further request meanwhile.
+    const request = get('/api/openapi.json').replace('Connection: close', 'Connection: keep-alive');
+    socket.write(request.repeat(400));
+    await sleep(RESPONSE_S * 1000 - 500);
+    assert.ok(reader.fds() > before.fds, 'cut before HTTP_RESPONSE_TIMEOUT_SECONDS');
+    // The peer, never reading, does not see the cut: the server's descriptors tell.
+    await assertRecovered(reader, before, { fdSlack: 0, ms: 3_000 });
+    socket.destroy();
+  });
+});
+
 describe('resets', () => {
   it('a reset right after a request, or in its headers or body, costs nothing', async () => {
     const body = '{"title":"reset"}';
