@@ -198,6 +198,7 @@ export async function createApp(config: Config, options: { log?: Logger } = {}):
 
   const serveWeb = createWebHandler(undefined, {
     attachmentUrlPrefixes: config.desk.attachmentUrlPrefixes.map((u) => u.href),
+    editWindowSeconds: config.desk.editWindowMs / 1000,
   });
   const onRequest = async (req: IncomingMessage, res: ServerResponse) => {
     if (!serveWeb(req, res)) await handler(req, res);

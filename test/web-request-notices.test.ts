@@ -1,7 +1,8 @@
 /**
  * The request view in a real browser, where timing matters: a "sending too
- * fast" notice counts down and goes once the wait is over, and attachments
- * in a history that arrives before `/client-config.json` still become links.
+ * fast" notice counts down and goes once the wait is over, attachments in a
+ * history that arrives before `/client-config.json` still become links, and
+ * Edit and Delete are offered only within the edit window.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -142,7 +143,7 @@ describe('web client: an edit the server refuses', { skip }, () => {
   let browser: Browser;
 
   before(async () => {
-    server = await startServer({ REQUEST_EDIT_WINDOW_SECONDS: '1' });
+    server = await startServer({ REQUEST_EDIT_WINDOW_SECONDS: '2' });
     browser = await launch();
   });
   after(async () => {
@@ -167,9 +168,9 @@ describe('web client: an edit the server refuses', { skip }, () => {
     await input.press('Enter');
     const mine = page.locator('#request-view .msg.mine', { hasText: 'El pH es 7' });
     await mine.locator('.tick[data-state="sent"]').waitFor();
-    // The edit window (1 s) passes while the correction is being written.
-    await new Promise((r) => setTimeout(r, 1_500));
     await mine.getByRole('button', { name: 'Edit' }).click();
+    // The edit window (2 s) passes while the correction is being written.
+    await new Promise((r) => setTimeout(r, 2_500));
     await input.fill('El pH es 7.2, medido dos veces');
     await input.press('Enter');
     await page.locator('#request-view .notice', { hasText: 'can no longer be changed' }).waitFor();
@@ -182,6 +183,87 @@ describe('web client: an edit the server refuses', { skip }, () => {
       .locator('.tick[data-state="sent"]')
       .waitFor();
     assert.equal(await mine.first().locator('.text').textContent(), 'El pH es 7');
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+});
+
+describe('web client: Edit and Delete only within the edit window', { skip }, () => {
+  const WINDOW_MS = 3_000;
+  let server: TestServer;
+  let browser: Browser;
+  const clients: RequestClient[] = [];
+
+  before(async () => {
+    server = await startServer({ REQUEST_EDIT_WINDOW_SECONDS: String(WINDOW_MS / 1000) });
+    browser = await launch();
+  });
+  after(async () => {
+    for (const c of clients) c.close();
+    await browser?.close();
+    await server?.close();
+  });
+
+  async function registered(): Promise<string> {
+    const id = newId();
+    assert.equal(
+      (await api(server.url, 'PUT', `/api/requests/${id}`, { ownerId: '1' })).status,
+      201,
+    );
+    return id;
+  }
+
+  test('a message just sent has Edit and Delete, and loses them once the window passes', async () => {
+    const id = await registered();
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const { page, context, problems } = await openPage(
+      browser,
+      `${server.url}/#view=request&request=${id}&token=${token}`,
+    );
+    await page.locator('#request-view .status[data-state="live"]').waitFor();
+    const input = page.locator('#request-view .composer input');
+    await input.fill('Muestra 12 lista');
+    const sentAt = Date.now();
+    await input.press('Enter');
+    const mine = page.locator('#request-view .msg.mine', { hasText: 'Muestra 12 lista' });
+    await mine.locator('.tick[data-state="sent"]').waitFor();
+    await mine.getByRole('button', { name: 'Edit' }).waitFor();
+    await mine.getByRole('button', { name: 'Delete' }).waitFor();
+    // Within a second of the window's end, both are gone.
+    await mine.locator('.actions').waitFor({ state: 'detached', timeout: WINDOW_MS + 2_000 });
+    assert.ok(Date.now() - sentAt >= WINDOW_MS - 500, 'not before the window has passed');
+    assert.equal(await mine.locator('button').count(), 0);
+    assert.equal(await mine.locator('.text').textContent(), 'Muestra 12 lista');
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
+  test('a message from the history older than the window has neither', async () => {
+    const id = await registered();
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const ana = await RequestClient.connect(server.url, token);
+    clients.push(ana);
+    await ana.ask('joinRoom', { requestId: id });
+    const sent = await ana.ask('message', { requestId: id, message: 'Resultado de ayer' });
+    assert.equal(sent.ok, true, JSON.stringify(sent));
+    await new Promise((r) => setTimeout(r, WINDOW_MS + 500));
+
+    const { page, context, problems } = await openPage(
+      browser,
+      `${server.url}/#view=request&request=${id}&token=${token}`,
+    );
+    await page.locator('#request-view .status[data-state="live"]').waitFor();
+    const old = page.locator('#request-view .msg.mine', { hasText: 'Resultado de ayer' });
+    await old.locator('.tick').waitFor();
+    assert.equal(await old.locator('.actions').count(), 0);
+    assert.equal(await old.locator('button').count(), 0);
+    // A message sent now, in the same view, still has both.
+    const input = page.locator('#request-view .composer input');
+    await input.fill('Resultado de hoy');
+    await input.press('Enter');
+    const fresh = page.locator('#request-view .msg.mine', { hasText: 'Resultado de hoy' });
+    await fresh.getByRole('button', { name: 'Delete' }).waitFor();
+    assert.equal(await old.locator('button').count(), 0);
     assert.deepEqual(problems, []);
     await context.close();
   });

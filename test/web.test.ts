@@ -95,3 +95,25 @@ test('charla/client is served as the browser loads it: /client/index.js and its 
   }
   assert.equal((await fetch(`${server.url}/client/index.d.ts`)).status, 404);
 });
+
+test('/client-config.json carries the attachment prefixes and the edit window', async () => {
+  const res = await fetch(`${server.url}/client-config.json`);
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get('content-type'), 'application/json; charset=utf-8');
+  assert.equal(res.headers.get('cache-control'), 'no-cache');
+  assert.deepEqual(await res.json(), { attachmentUrlPrefixes: [], editWindowSeconds: 900 });
+
+  const other = await startServer({
+    REQUEST_EDIT_WINDOW_SECONDS: '42',
+    ATTACHMENT_URL_PREFIXES: 'https://files.example/',
+  });
+  try {
+    const config = await (await fetch(`${other.url}/client-config.json`)).json();
+    assert.deepEqual(config, {
+      attachmentUrlPrefixes: ['https://files.example/'],
+      editWindowSeconds: 42,
+    });
+  } finally {
+    await other.close();
+  }
+});

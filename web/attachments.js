@@ -1,23 +1,13 @@
 // Attachments as the request view shows them: links that open in a new tab,
 // images as thumbnails, and only for URLs under the prefixes the server
 // accepts (the Content-Security-Policy lets exactly those images in);
-// anything else shows as its name only.
+// anything else shows as its name only. The prefixes come from
+// `/client-config.json` (client-config.js): a message drawn before they are
+// known would show its attachments as names only, for good, so the request
+// view connects only once that file has arrived (or has not, after 5 s).
+import { clientConfig } from './client-config.js';
 import { h } from './dom.js';
 import { lang, t } from './i18n.js';
-
-/** Attachment URL prefixes the server accepts, from `/client-config.json`. */
-let allowedPrefixes = [];
-/**
- * Settles once the prefixes are known (or could not be loaded). A message
- * drawn before then would show its attachments as names only, for good: the
- * request view connects after it (at most 5 s later: without them, attachments show as names).
- */
-export const attachmentsReady = fetch('/client-config.json', { signal: AbortSignal.timeout(5000) })
-  .then((r) => (r.ok ? r.json() : {}))
-  .then((c) => {
-    if (Array.isArray(c.attachmentUrlPrefixes)) allowedPrefixes = c.attachmentUrlPrefixes;
-  })
-  .catch(() => {});
 
 /** An http(s) URL under an allowed prefix, compared after parsing; otherwise undefined. */
 function safeUrl(raw) {
@@ -28,7 +18,7 @@ function safeUrl(raw) {
     return undefined;
   }
   if (!/^https?:$/.test(url.protocol) || url.username || url.password) return undefined;
-  const ok = allowedPrefixes.some((p) => {
+  const ok = clientConfig.attachmentUrlPrefixes.some((p) => {
     try {
       return (
         url.origin === new URL(p).origin && url.href.startsWith(p) && String(raw).startsWith(p)

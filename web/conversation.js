@@ -1,8 +1,11 @@
 // The conversation of the request view: one bubble per message, in time
 // order, with the ticks of my messages and their Edit and Delete. A message is
 // drawn once, keyed by its id (by its clientMessageId while mine is being
-// sent); a change to it is redrawn in place.
+// sent); a change to it is redrawn in place. Edit and Delete are offered only
+// while charla still takes them: within the edit window (`editWindowSeconds`
+// of `/client-config.json`) of the message's `createdAt`.
 import { attachmentList } from './attachments.js';
+import { clientConfig } from './client-config.js';
 import { h, timeEl } from './dom.js';
 import { t } from './i18n.js';
 import { tickState } from './receipts.js';
@@ -10,6 +13,19 @@ import { tickState } from './receipts.js';
 const TICK = { pending: '◷', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' };
 /** A stored message's id; mine carries its clientMessageId until the server has it. */
 const STORED_ID = /^[0-9a-f]{24}$/;
+/** How often the bubbles whose edit window has passed lose their Edit and Delete. */
+const SWEEP_MS = 1000;
+
+/**
+ * True while charla still takes an edit or a deletion of `msg`: within the
+ * edit window of its `createdAt` (always, while the window is not known).
+ */
+function withinEditWindow(msg) {
+  const seconds = clientConfig.editWindowSeconds;
+  if (seconds === undefined) return true;
+  const at = Date.parse(msg.createdAt);
+  return !Number.isFinite(at) || Date.now() - at < seconds * 1000;
+}
 
 /**
  * `list` is the `<ol>` to draw in; `me()` the signed-in user; `receipts` the
@@ -22,6 +38,30 @@ export function mountConversation(list, { me, receipts, onEdit, onDelete, onShow
   const isMine = (msg) => me().id !== undefined && msg.sender?.id === me().id;
   const edit = (entry) => onEdit(entry.msg);
   const del = (entry) => onDelete(entry.msg);
+  /** One timer for the whole view, running only while some bubble shows Edit and Delete. */
+  let sweep;
+
+  /** Takes Edit and Delete off the bubbles whose edit window has passed. */
+  function sweepActions() {
+    const left = [...list.querySelectorAll('.msg .actions')].filter((actions) => {
+      const entry = shown.get(actions.closest('.msg')?.dataset.id);
+      if (entry && withinEditWindow(entry.msg)) return true;
+      actions.remove();
+      return false;
+    });
+    if (left.length === 0) stopSweep();
+  }
+
+  function startSweep() {
+    if (sweep === undefined && clientConfig.editWindowSeconds !== undefined) {
+      sweep = setInterval(sweepActions, SWEEP_MS);
+    }
+  }
+
+  function stopSweep() {
+    clearInterval(sweep);
+    sweep = undefined;
+  }
 
   function paintTick(entry) {
     const tick = entry.li.querySelector('.tick');
@@ -39,7 +79,9 @@ export function mountConversation(list, { me, receipts, onEdit, onDelete, onShow
     const foot = h('div', { class: 'bubble-foot' }, timeEl(msg.createdAt));
     if (msg.editedAt && !deleted) foot.append(h('span', { class: 'edited' }, t('message.edited')));
     // Edit and Delete need the server's id: a message still being sent (or failed) has none.
-    if (mine && !deleted && STORED_ID.test(String(msg._id))) {
+    // Past the edit window charla refuses both, so they are not offered.
+    if (mine && !deleted && STORED_ID.test(String(msg._id)) && withinEditWindow(msg)) {
+      startSweep();
       foot.append(
         h(
           'span',
@@ -231,6 +273,7 @@ export function mountConversation(list, { me, receipts, onEdit, onDelete, onShow
       paintTick(entry);
     },
     reset() {
+      stopSweep();
       shown.clear();
       list.replaceChildren();
     },

@@ -5,11 +5,12 @@
 // draws. Messages that arrive are acked at once (`ackMessages`); they count as
 // read (`readMessages`) only once they are on screen in a visible tab. Beside
 // it, the inbox with live unread counts (inbox.js); in it, typing, edits and
-// deletions of one's own messages, and attachments as links (attachments.js).
+// deletions of one's own messages while the edit window lasts, and
+// attachments as links (attachments.js).
 // The bubbles and their ticks are drawn by conversation.js.
 import { RequestChat } from '/client/index.js';
 import { io } from '/vendor/socket.io.esm.min.js';
-import { attachmentsReady } from './attachments.js';
+import { clientConfigReady } from './client-config.js';
 import { mountConversation } from './conversation.js';
 import { atBottom, h, notice, setStatus, whoIs } from './dom.js';
 import { t } from './i18n.js';
@@ -378,7 +379,8 @@ export function mountRequestView(root) {
     setStatus(status, 'connecting');
     let c;
     try {
-      await attachmentsReady;
+      // Attachment prefixes and the edit window must be known before a message is drawn.
+      await clientConfigReady;
       if (mine !== generation) return;
       c = await RequestChat.connect(location.origin, { token, io, autoDeliver: false });
     } catch (err) {

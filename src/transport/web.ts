@@ -118,13 +118,21 @@ export interface WebOptions {
    * (the CSP allows them, and the client reads them from `/client-config.json`).
    */
   attachmentUrlPrefixes?: readonly string[];
+  /**
+   * How long after `createdAt` the sender may still edit or delete a request
+   * chat message: the client offers Edit and Delete only within it.
+   */
+  editWindowSeconds?: number;
 }
 
 export function createWebHandler(assets = loadAssets(), options: WebOptions = {}) {
   // A CSP source list is split on spaces and `;`: a prefix holding either is left out.
   const prefixes = (options.attachmentUrlPrefixes ?? []).filter((p) => !/[\s;,']/.test(p));
   const securityHeaders = { ...SECURITY_HEADERS, 'content-security-policy': csp(prefixes) };
-  const config = JSON.stringify({ attachmentUrlPrefixes: prefixes });
+  const config = JSON.stringify({
+    attachmentUrlPrefixes: prefixes,
+    editWindowSeconds: options.editWindowSeconds,
+  });
   assets = new Map(assets);
   assets.set('/client-config.json', {
     body: Buffer.from(config),
