@@ -12,6 +12,9 @@
  * Redis is away, they are counted in this process: the same fixed window in
  * `limits.ts` for the rate, RateLimiterMemory for slow mode. Slow mode allows
  * one chat per `slowModeSeconds`.
+ *
+ * The request chat's REQUEST_RATE_LIMIT is counted by this same class, under
+ * `request:<id>` keys, so it is one budget across nodes too.
  */
 import type { ClientContext, Redis, Result } from 'ioredis';
 import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRes } from 'rate-limiter-flexible';
