@@ -177,6 +177,98 @@ if (await requireServices('postgres', 'redis')) {
       for (const c of [poster, owner, onB, late]) c.close();
     });
 
+    it("a chat deleted on A during the outage is deleted for B's viewers once B is back", async () => {
+      const key = await newStream();
+      const poster = await viewer(A, key, '15');
+      const owner = await viewer(A, key, OWNER);
+      const onB = await viewer(B, key, '16');
+      const doomed = await answerTo(poster, 'doomed');
+      const kept = await answerTo(poster, 'kept');
+      await until(() => onB.frames.some((f) => f.data.id === kept.data.id), 'the chats on B');
+      await whileBIsCutOff(async () => {
+        owner.send({ type: 'delete', data: { id: doomed.data.id } });
+        assert.deepEqual((await owner.next('delete')).data, { id: doomed.data.id, by: OWNER });
+      });
+      await until(
+        () => onB.frames.some((f) => f.type === 'delete'),
+        "B's viewer to get the deletion it missed",
+      );
+      // The same frame a live deletion sends, for the deleted chat only.
+      assert.deepEqual(
+        onB.frames.filter((f) => f.type === 'delete').map((f) => f.data),
+        [{ id: doomed.data.id, by: OWNER }],
+      );
+      for (const c of [poster, owner, onB]) c.close();
+    });
+
+    it("a chat deleted through B's API during its outage is deleted for A's viewers once B is back", async () => {
+      const key = await newStream();
+      const onA = await viewer(A, key, '17');
+      const chat = await answerTo(onA, 'doomed');
+      const onB = await viewer(B, key, '18');
+      await whileBIsCutOff(async () => {
+        const del = await api(B.url, 'DELETE', `/api/streams/${key}/messages/${chat.data.id}`);
+        assert.equal(del.status, 200);
+      });
+      await until(
+        () => onA.frames.some((f) => f.type === 'delete'),
+        "A's viewer to get the deletion it missed",
+      );
+      assert.deepEqual(onA.frames.find((f) => f.type === 'delete')?.data, {
+        id: chat.data.id,
+        by: 'api',
+      });
+      onA.close();
+      onB.close();
+    });
+
+    it("a request message edited and one deleted on A during the outage change for B's room members once B is back", async () => {
+      const request = '6751b6df1ad14eaa13a0bb02';
+      assert.equal(
+        (await api(A.url, 'PUT', `/api/requests/${request}`, { ownerId: '3' })).status,
+        201,
+      );
+      const teacher = await requestSocket(A, await userToken('3', { role: 'TEACHER' }));
+      const lab = await requestSocket(B, await userToken('19', { role: 'LAB' }));
+      assert.equal((await ask(teacher.socket, 'joinRoom', { requestId: request })).ok, true);
+      assert.equal((await ask(lab.socket, 'joinRoom', { requestId: request })).ok, true);
+      const first = await ask(teacher.socket, 'message', { requestId: request, message: 'first' });
+      const second = await ask(teacher.socket, 'message', {
+        requestId: request,
+        message: 'second',
+      });
+      const third = await ask(teacher.socket, 'message', { requestId: request, message: 'third' });
+      await until(() => lab.of('message').length === 3, 'the messages on B');
+
+      let edited: any;
+      let deleted: any;
+      await whileBIsCutOff(async () => {
+        edited = await ask(teacher.socket, 'editMessage', {
+          requestId: request,
+          messageId: first.message._id,
+          message: 'first, edited',
+        });
+        assert.equal(edited.ok, true);
+        deleted = await ask(teacher.socket, 'deleteMessage', {
+          requestId: request,
+          messageId: second.message._id,
+        });
+        assert.equal(deleted.ok, true);
+      });
+      await until(
+        () => lab.of('messageUpdated').length > 0 && lab.of('messageDeleted').length > 0,
+        'B to send the edit and the deletion it missed',
+      );
+      // As the live events: the whole edited Message, and the deletion's three fields.
+      assert.deepEqual(lab.of('messageUpdated'), [edited.message]);
+      assert.deepEqual(lab.of('messageDeleted'), [
+        { requestId: request, messageId: second.message._id, deletedAt: deleted.deletedAt },
+      ]);
+      assert.ok(!lab.of('messageUpdated').some((m) => m._id === third.message._id));
+      teacher.socket.close();
+      lab.socket.close();
+    });
+
     it("an owner change made on A during the outage takes the previous owner's sockets on B out of the room", async () => {
       const request = '6751b6df1ad14eaa13a0bb01';
       assert.equal(

@@ -156,6 +156,21 @@ interface Room<F> {
   sentViewers: number;
   /** The read that seeds the stream's cache of recent chats. */
   seeding: { recent: RecentChats; done: Promise<Seeded> } | undefined;
+  /** What the viewers here were shown, kept from a recovery until the store is read again. */
+  resyncing: Shown | undefined;
+}
+
+/**
+ * What a stream's viewers on this node had been shown when publications may
+ * have been missed, to be compared with the store once it is read again.
+ */
+interface Shown {
+  /** `settingsShown` of the last `stream` frame; undefined when none went out yet. */
+  settings: string | undefined;
+  /** The chats held in memory (sent, and not deleted as far as this node heard); undefined when it was cold. */
+  chats: Set<string> | undefined;
+  /** From when publications may have been missed (epoch ms), when known. */
+  since: number | undefined;
 }
 
 /**
@@ -224,7 +239,7 @@ export class Streams<F> {
     this.unsubscribeViewers = deps.broker.subscribe(VIEWERS_TOPIC, (payload) =>
       this.onViewers(payload),
     );
-    this.unsubscribeMissed = deps.broker.onMissed(() => this.resync());
+    this.unsubscribeMissed = deps.broker.onMissed((since) => this.resync(since));
     this.unsubscribeApplied = deps.broker.subscribe(appliedTopicOf(this.node), (token) =>
       this.onApplied(token),
     );
@@ -665,6 +680,7 @@ export class Streams<F> {
         queued: [],
         sentViewers: -1,
         seeding: undefined,
+        resyncing: undefined,
       };
       room = created;
       this.rooms.set(key, room);
@@ -1144,29 +1160,40 @@ export class Streams<F> {
   }
 
   /**
-   * Some node was cut off from the broker and is back, so rule changes, ends
-   * and chats published meanwhile may not have been heard here (its own were
-   * dropped; it missed everyone else's). What this node keeps of the streams
-   * watched here is read again from the store: their rules (a `stream` frame
-   * goes out where what it shows changed), whether they ended, and their
-   * newest chats (forgotten, so the next join reads its history from the store).
+   * Some node was cut off from the broker and is back, so rule changes, ends,
+   * deletions and chats published meanwhile may not have been heard here (its
+   * own were dropped; it missed everyone else's). What this node keeps of the
+   * streams watched here is read again from the store: their rules (a
+   * `stream` frame goes out where what it shows changed), whether they ended,
+   * and their newest chats (forgotten, so the next join reads its history
+   * from the store). Chats its viewers were sent and that are deleted now get
+   * their `delete` frame.
    */
-  private resync(): void {
+  private resync(since: number | undefined): void {
     for (const [key, room] of this.rooms) {
+      const recent = this.recent.get(key);
+      const chats = recent?.ready ? recent.ids() : undefined;
       this.recent.drop(key);
-      const shown = room.rules && settingsShown(this.infoOf(key, room));
+      // A recovery while the last one's read is under way: what was shown
+      // before that one still holds, and the earlier `since`.
+      const earlier = room.resyncing;
+      room.resyncing = {
+        settings: room.rules ? settingsShown(this.infoOf(key, room)) : earlier?.settings,
+        chats: earlier?.chats ?? chats,
+        since: earliest(earlier?.since, since),
+      };
       // Read again as on a first join: chats and joins wait for the read, and
       // changes heard during it are applied after it.
       room.rules = undefined;
       room.loading = undefined;
       room.queued = [];
-      this.reload(key, room, shown).catch((err: unknown) =>
+      this.reload(key, room).catch((err: unknown) =>
         this.deps.log.error({ err, key }, 'reading stream rules again failed'),
       );
     }
   }
 
-  private async reload(key: string, room: Room<F>, shown: string | undefined): Promise<void> {
+  private async reload(key: string, room: Room<F>): Promise<void> {
     const [stream] = await Promise.all([
       this.deps.store.getStream(key),
       // A failed read is logged there; the next chat or join reads again.
@@ -1177,12 +1204,42 @@ export class Streams<F> {
       this.closeEnded(key, room);
       return;
     }
-    // Another read (a later recovery's) took over, or none was shown yet.
+    const shown = room.resyncing;
+    // Another read (a later recovery's) took over, and compares when it is done.
     if (shown === undefined || room.rules === undefined) return;
+    room.resyncing = undefined;
     const info = this.infoOf(key, room);
-    if (settingsShown(info) === shown) return;
-    room.sentViewers = info.viewers;
-    this.send(room, { type: 'stream', data: info });
+    if (shown.settings !== undefined && settingsShown(info) !== shown.settings) {
+      room.sentViewers = info.viewers;
+      this.send(room, { type: 'stream', data: info });
+    }
+    await this.resendDeletions(key, room, shown);
+  }
+
+  /**
+   * Sends `delete` for the chats deleted while publications were missed: of
+   * the newest HISTORY_MAX_PAGE chats in the store, each deleted one that
+   * this node's memory of the stream still held (its viewers were sent it,
+   * and no deletion of it was heard). With that memory cold, each one deleted
+   * since `shown.since` (some may have been heard already; a `delete` frame
+   * repeated removes nothing more).
+   */
+  private async resendDeletions(key: string, room: Room<F>, shown: Shown): Promise<void> {
+    const { chats, since } = shown;
+    if (chats === undefined && since === undefined) return;
+    if (chats !== undefined && chats.size === 0) return;
+    const page = await this.deps.store.streamHistory(key, {
+      limit: this.deps.limits.historyMaxPage,
+    });
+    if (this.rooms.get(key) !== room) return;
+    for (const m of page.messages) {
+      if (m.deletedAt === undefined) continue;
+      const missed =
+        chats !== undefined
+          ? chats.has(m.id)
+          : since !== undefined && Date.parse(m.deletedAt) >= since;
+      if (missed) this.send(room, { type: 'delete', data: { id: m.id, by: m.deletedBy ?? '' } });
+    }
   }
 
   /**
@@ -1239,6 +1296,12 @@ interface Applying {
 function settingsShown(info: StreamInfo): string {
   const { viewers: _, ...shown } = info;
   return JSON.stringify(shown);
+}
+
+/** The earlier of two times, either of which may be unknown. */
+function earliest(a: number | undefined, b: number | undefined): number | undefined {
+  if (a === undefined) return b;
+  return b === undefined ? a : Math.min(a, b);
 }
 
 /** How many of the frames held for a joining viewer are chats. */
