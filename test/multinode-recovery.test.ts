@@ -222,6 +222,45 @@ if (await requireServices('postgres', 'redis')) {
       onB.close();
     });
 
+    it('bans, timeouts and unbans made during the outage reach the other side as moderation frames', async () => {
+      const key = await newStream();
+      const owner = await viewer(A, key, OWNER);
+      const onA = await viewer(A, key, '29');
+      const onB = await viewer(B, key, '28');
+      const ban = (userId: string, body: object = {}) =>
+        api(A.url, 'PUT', `/api/streams/${key}/bans/${userId}`, body);
+      assert.equal((await ban('32')).status, 200);
+      const before = (c: StreamClient) => c.frames.filter((f) => f.type === 'moderation').length;
+      await until(() => before(onB) === 1, 'the first ban on B');
+      await whileBIsCutOff(async () => {
+        owner.send({ type: 'ban', data: { userId: '30' } });
+        owner.send({ type: 'timeout', data: { userId: '31', seconds: 600 } });
+        owner.send({ type: 'unban', data: { userId: '32' } });
+        for (let i = 0; i < 3; i++) await owner.next('moderation');
+        const onBsApi = await api(B.url, 'PUT', `/api/streams/${key}/bans/33`, {});
+        assert.equal(onBsApi.status, 200);
+      });
+      const told = (c: StreamClient) =>
+        c.frames
+          .filter((f) => f.type === 'moderation')
+          .slice(1)
+          .map((f) => f.data)
+          .sort((x, y) => x.userId.localeCompare(y.userId));
+      await until(() => told(onB).length >= 4, "B's viewer to be told what it missed");
+      await until(() => told(onA).length >= 4, "A's viewer to be told what it missed");
+      await sleep(300);
+      // B's viewer missed all four; A's missed only B's own ban, and hears nothing twice.
+      const expected = [
+        { action: 'ban', userId: '30', by: OWNER },
+        { action: 'timeout', userId: '31', seconds: 600, by: OWNER },
+        { action: 'unban', userId: '32', by: OWNER },
+        { action: 'ban', userId: '33', by: 'api' },
+      ];
+      assert.deepEqual(told(onB), expected);
+      assert.deepEqual(told(onA), expected);
+      for (const c of [owner, onA, onB]) c.close();
+    });
+
     it("a request message edited and one deleted on A during the outage change for B's room members once B is back", async () => {
       const request = '6751b6df1ad14eaa13a0bb02';
       assert.equal(

@@ -158,6 +158,12 @@ interface Room<F> {
   seeding: { recent: RecentChats; done: Promise<Seeded> } | undefined;
   /** What the viewers here were shown, kept from a recovery until the store is read again. */
   resyncing: Shown | undefined;
+  /**
+   * The bans and timeouts as the viewers here were told them: the rules first
+   * read, then every `moderation` frame sent. Unlike the rules, not changed
+   * by this node's own changes until they come back from the broker.
+   */
+  toldBans: Map<string, number | null> | undefined;
 }
 
 /**
@@ -681,6 +687,7 @@ export class Streams<F> {
         sentViewers: -1,
         seeding: undefined,
         resyncing: undefined,
+        toldBans: undefined,
       };
       room = created;
       this.rooms.set(key, room);
@@ -710,6 +717,7 @@ export class Streams<F> {
           for (const event of room.queued) applyRule(rules, event);
           room.queued = [];
           room.rules = rules;
+          room.toldBans ??= new Map(rules.bans);
         }
         return rules;
       },
@@ -1137,6 +1145,10 @@ export class Streams<F> {
         else if (room.loading) room.queued.push(event);
         if (event.kind === 'moderation') {
           const { action, userId, seconds, by } = event;
+          if (room.toldBans) {
+            if (action === 'unban') room.toldBans.delete(userId);
+            else recordBan(room.toldBans, userId, event.until ?? null);
+          }
           this.send(room, {
             type: 'moderation',
             data: seconds === undefined ? { action, userId, by } : { action, userId, seconds, by },
@@ -1214,6 +1226,72 @@ export class Streams<F> {
       this.send(room, { type: 'stream', data: info });
     }
     await this.resendDeletions(key, room, shown);
+    await this.resendBans(key, room);
+  }
+
+  /**
+   * Sends a `moderation` frame for each user whose ban or timeout in the
+   * store differs from what the viewers here were told: `ban` or `timeout`
+   * (its `seconds` and `by` from the store) for one in force, `unban` (its
+   * `by` from the moderation log) for one lifted. A timeout that ran out
+   * meanwhile sends nothing, as it sends nothing live.
+   */
+  private async resendBans(key: string, room: Room<F>): Promise<void> {
+    const told = room.toldBans;
+    const rules = room.rules;
+    if (told === undefined || rules === undefined) return;
+    const now = Date.now();
+    const inForce = (until: number | null | undefined) =>
+      until !== undefined && (until === null || until > now);
+    const put = new Set<string>();
+    const lifted: string[] = [];
+    for (const [userId, until] of rules.bans) {
+      if (inForce(until) && told.get(userId) !== until) put.add(userId);
+    }
+    for (const [userId, until] of told) {
+      if (inForce(until) && !inForce(rules.bans.get(userId))) lifted.push(userId);
+    }
+    if (put.size === 0 && lifted.length === 0) return;
+    const store = this.deps.store;
+    const [bans, log] = await Promise.all([
+      put.size > 0 ? store.streamBans(key, new Date(now).toISOString()) : [],
+      lifted.length > 0
+        ? store.moderationLog(key, { limit: this.deps.limits.historyPage })
+        : undefined,
+    ]);
+    // A later recovery's read took over (it compares again), or nobody watches here now.
+    if (this.rooms.get(key) !== room || room.rules !== rules || room.toldBans !== told) return;
+    for (const ban of bans) {
+      const until = ban.until === null ? null : Date.parse(ban.until);
+      // Changed again since the comparison, or told live meanwhile.
+      const current = rules.bans.get(ban.userId);
+      if (!put.has(ban.userId) || current !== until || told.get(ban.userId) === until) {
+        continue;
+      }
+      const { userId, by } = ban;
+      this.send(room, {
+        type: 'moderation',
+        data:
+          until === null
+            ? { action: 'ban', userId, by }
+            : {
+                action: 'timeout',
+                userId,
+                seconds: Math.round((until - Date.parse(ban.at)) / 1000),
+                by,
+              },
+      });
+      recordBan(told, userId, until);
+    }
+    for (const userId of lifted) {
+      if (!inForce(told.get(userId)) || inForce(rules.bans.get(userId))) continue;
+      const unban = log?.actions.find((a) => a.action === 'unban' && a.userId === userId);
+      this.send(room, {
+        type: 'moderation',
+        data: { action: 'unban', userId, by: unban?.by ?? '' },
+      });
+      told.delete(userId);
+    }
   }
 
   /**
