@@ -67,6 +67,7 @@ if (await requireServices('postgres', 'redis')) {
     const proxyB = new TcpProxy('127.0.0.1', redisPort);
     let A: ChildServer;
     let B: ChildServer;
+    let env: Record<string, string>;
     let n = 0;
 
     /** Runs `meanwhile` while B is cut off from Redis, and waits until B is back. */
@@ -89,7 +90,7 @@ if (await requireServices('postgres', 'redis')) {
       schema = await tempSchema();
       await proxyA.start();
       await proxyB.start();
-      const env = {
+      env = {
         DATABASE_URL: schema.url,
         REDIS_PREFIX: tempRedisPrefix(),
         JWT_SECRET: SECRET,
@@ -220,6 +221,39 @@ if (await requireServices('postgres', 'redis')) {
       });
       onA.close();
       onB.close();
+    });
+
+    it('a node whose memory of chats is off sends the deletions made since the outage began', async () => {
+      // C keeps no chats in memory (it cannot tell which it sent), and reaches Redis directly.
+      const C = await spawnServer({ ...env, REDIS_URL, STREAM_HISTORY_CACHE_STREAMS: '0' });
+      try {
+        await until(() => ready(C), 'C to be ready');
+        const key = await newStream();
+        const onC = await viewer(C, key, '24');
+        const early = await answerTo(onC, 'deleted before');
+        const late = await answerTo(onC, 'deleted during');
+        const del = (id: string) => api(B.url, 'DELETE', `/api/streams/${key}/messages/${id}`);
+        assert.equal((await del(early.data.id)).status, 200);
+        await until(() => onC.frames.some((f) => f.type === 'delete'), 'the first deletion on C');
+        await whileBIsCutOff(async () => {
+          assert.equal((await del(late.data.id)).status, 200);
+        });
+        const deletes = () => onC.frames.filter((f) => f.type === 'delete').map((f) => f.data);
+        await until(
+          () => deletes().some((d) => d.id === late.data.id),
+          "C's viewer to get the deletion it missed",
+        );
+        // The window starts a little before the outage (clocks, and changes
+        // stamped before they are published): a deletion just before it may
+        // come again, as a repeat of the same frame.
+        for (const d of deletes()) {
+          assert.ok([early.data.id, late.data.id].includes(d.id));
+          assert.equal(d.by, 'api');
+        }
+        onC.close();
+      } finally {
+        assert.equal(await C.stop('SIGTERM'), 0);
+      }
     });
 
     it('bans, timeouts and unbans made during the outage reach the other side as moderation frames', async () => {
