@@ -31,9 +31,10 @@ export interface RedisBrokerOptions {
 
 /**
  * A node back in touch with Redis says so here, once its subscriptions are in
- * effect again: every node, itself included, then knows that publications
- * made meanwhile may have been missed (its own were dropped, and it missed
- * the others'), and reads again what it keeps of them.
+ * effect again, as JSON `{node, since}`: every node, itself included, then
+ * knows that publications made from `since` on may have been missed (its own
+ * were dropped, and it missed the others'), reads again what it keeps of
+ * them, and sends its clients the changes stored since then.
  */
 const RECOVERED_TOPIC = 'broker:recovered';
 
