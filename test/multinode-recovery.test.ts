@@ -67,6 +67,7 @@ if (await requireServices('postgres', 'redis')) {
     const proxyB = new TcpProxy('127.0.0.1', redisPort);
     let A: ChildServer;
     let B: ChildServer;
+    let env: Record<string, string>;
     let n = 0;
 
     /** Runs `meanwhile` while B is cut off from Redis, and waits until B is back. */
@@ -89,7 +90,7 @@ if (await requireServices('postgres', 'redis')) {
       schema = await tempSchema();
       await proxyA.start();
       await proxyB.start();
-      const env = {
+      env = {
         DATABASE_URL: schema.url,
         REDIS_PREFIX: tempRedisPrefix(),
         JWT_SECRET: SECRET,
@@ -175,6 +176,170 @@ if (await requireServices('postgres', 'redis')) {
         ['during'],
       );
       for (const c of [poster, owner, onB, late]) c.close();
+    });
+
+    it("a chat deleted on A during the outage is deleted for B's viewers once B is back", async () => {
+      const key = await newStream();
+      const poster = await viewer(A, key, '15');
+      const owner = await viewer(A, key, OWNER);
+      const onB = await viewer(B, key, '16');
+      const doomed = await answerTo(poster, 'doomed');
+      const kept = await answerTo(poster, 'kept');
+      await until(() => onB.frames.some((f) => f.data.id === kept.data.id), 'the chats on B');
+      await whileBIsCutOff(async () => {
+        owner.send({ type: 'delete', data: { id: doomed.data.id } });
+        assert.deepEqual((await owner.next('delete')).data, { id: doomed.data.id, by: OWNER });
+      });
+      await until(
+        () => onB.frames.some((f) => f.type === 'delete'),
+        "B's viewer to get the deletion it missed",
+      );
+      // The same frame a live deletion sends, for the deleted chat only.
+      assert.deepEqual(
+        onB.frames.filter((f) => f.type === 'delete').map((f) => f.data),
+        [{ id: doomed.data.id, by: OWNER }],
+      );
+      for (const c of [poster, owner, onB]) c.close();
+    });
+
+    it("a chat deleted through B's API during its outage is deleted for A's viewers once B is back", async () => {
+      const key = await newStream();
+      const onA = await viewer(A, key, '17');
+      const chat = await answerTo(onA, 'doomed');
+      const onB = await viewer(B, key, '18');
+      await whileBIsCutOff(async () => {
+        const del = await api(B.url, 'DELETE', `/api/streams/${key}/messages/${chat.data.id}`);
+        assert.equal(del.status, 200);
+      });
+      await until(
+        () => onA.frames.some((f) => f.type === 'delete'),
+        "A's viewer to get the deletion it missed",
+      );
+      assert.deepEqual(onA.frames.find((f) => f.type === 'delete')?.data, {
+        id: chat.data.id,
+        by: 'api',
+      });
+      onA.close();
+      onB.close();
+    });
+
+    it('a node whose memory of chats is off sends the deletions made since the outage began', async () => {
+      // C keeps no chats in memory (it cannot tell which it sent), and reaches Redis directly.
+      const C = await spawnServer({ ...env, REDIS_URL, STREAM_HISTORY_CACHE_STREAMS: '0' });
+      try {
+        await until(() => ready(C), 'C to be ready');
+        const key = await newStream();
+        const onC = await viewer(C, key, '24');
+        const early = await answerTo(onC, 'deleted before');
+        const late = await answerTo(onC, 'deleted during');
+        const del = (id: string) => api(B.url, 'DELETE', `/api/streams/${key}/messages/${id}`);
+        assert.equal((await del(early.data.id)).status, 200);
+        await until(() => onC.frames.some((f) => f.type === 'delete'), 'the first deletion on C');
+        await whileBIsCutOff(async () => {
+          assert.equal((await del(late.data.id)).status, 200);
+        });
+        const deletes = () => onC.frames.filter((f) => f.type === 'delete').map((f) => f.data);
+        await until(
+          () => deletes().some((d) => d.id === late.data.id),
+          "C's viewer to get the deletion it missed",
+        );
+        // The window starts a little before the outage (clocks, and changes
+        // stamped before they are published): a deletion just before it may
+        // come again, as a repeat of the same frame.
+        for (const d of deletes()) {
+          assert.ok([early.data.id, late.data.id].includes(d.id));
+          assert.equal(d.by, 'api');
+        }
+        onC.close();
+      } finally {
+        assert.equal(await C.stop('SIGTERM'), 0);
+      }
+    });
+
+    it('bans, timeouts and unbans made during the outage reach the other side as moderation frames', async () => {
+      const key = await newStream();
+      const owner = await viewer(A, key, OWNER);
+      const onA = await viewer(A, key, '29');
+      const onB = await viewer(B, key, '28');
+      const ban = (userId: string, body: object = {}) =>
+        api(A.url, 'PUT', `/api/streams/${key}/bans/${userId}`, body);
+      assert.equal((await ban('32')).status, 200);
+      const before = (c: StreamClient) => c.frames.filter((f) => f.type === 'moderation').length;
+      await until(() => before(onB) === 1, 'the first ban on B');
+      await whileBIsCutOff(async () => {
+        owner.send({ type: 'ban', data: { userId: '30' } });
+        owner.send({ type: 'timeout', data: { userId: '31', seconds: 600 } });
+        owner.send({ type: 'unban', data: { userId: '32' } });
+        for (let i = 0; i < 3; i++) await owner.next('moderation');
+        const onBsApi = await api(B.url, 'PUT', `/api/streams/${key}/bans/33`, {});
+        assert.equal(onBsApi.status, 200);
+      });
+      const told = (c: StreamClient) =>
+        c.frames
+          .filter((f) => f.type === 'moderation')
+          .slice(1)
+          .map((f) => f.data)
+          .sort((x, y) => x.userId.localeCompare(y.userId));
+      await until(() => told(onB).length >= 4, "B's viewer to be told what it missed");
+      await until(() => told(onA).length >= 4, "A's viewer to be told what it missed");
+      await sleep(300);
+      // B's viewer missed all four; A's missed only B's own ban, and hears nothing twice.
+      const expected = [
+        { action: 'ban', userId: '30', by: OWNER },
+        { action: 'timeout', userId: '31', seconds: 600, by: OWNER },
+        { action: 'unban', userId: '32', by: OWNER },
+        { action: 'ban', userId: '33', by: 'api' },
+      ];
+      assert.deepEqual(told(onB), expected);
+      assert.deepEqual(told(onA), expected);
+      for (const c of [owner, onA, onB]) c.close();
+    });
+
+    it("a request message edited and one deleted on A during the outage change for B's room members once B is back", async () => {
+      const request = '6751b6df1ad14eaa13a0bb02';
+      assert.equal(
+        (await api(A.url, 'PUT', `/api/requests/${request}`, { ownerId: '3' })).status,
+        201,
+      );
+      const teacher = await requestSocket(A, await userToken('3', { role: 'TEACHER' }));
+      const lab = await requestSocket(B, await userToken('19', { role: 'LAB' }));
+      assert.equal((await ask(teacher.socket, 'joinRoom', { requestId: request })).ok, true);
+      assert.equal((await ask(lab.socket, 'joinRoom', { requestId: request })).ok, true);
+      const first = await ask(teacher.socket, 'message', { requestId: request, message: 'first' });
+      const second = await ask(teacher.socket, 'message', {
+        requestId: request,
+        message: 'second',
+      });
+      const third = await ask(teacher.socket, 'message', { requestId: request, message: 'third' });
+      await until(() => lab.of('message').length === 3, 'the messages on B');
+
+      let edited: any;
+      let deleted: any;
+      await whileBIsCutOff(async () => {
+        edited = await ask(teacher.socket, 'editMessage', {
+          requestId: request,
+          messageId: first.message._id,
+          message: 'first, edited',
+        });
+        assert.equal(edited.ok, true);
+        deleted = await ask(teacher.socket, 'deleteMessage', {
+          requestId: request,
+          messageId: second.message._id,
+        });
+        assert.equal(deleted.ok, true);
+      });
+      await until(
+        () => lab.of('messageUpdated').length > 0 && lab.of('messageDeleted').length > 0,
+        'B to send the edit and the deletion it missed',
+      );
+      // As the live events: the whole edited Message, and the deletion's three fields.
+      assert.deepEqual(lab.of('messageUpdated'), [edited.message]);
+      assert.deepEqual(lab.of('messageDeleted'), [
+        { requestId: request, messageId: second.message._id, deletedAt: deleted.deletedAt },
+      ]);
+      assert.ok(!lab.of('messageUpdated').some((m) => m._id === third.message._id));
+      teacher.socket.close();
+      lab.socket.close();
     });
 
     it("an owner change made on A during the outage takes the previous owner's sockets on B out of the room", async () => {

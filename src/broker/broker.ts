@@ -15,6 +15,9 @@ import type { ServerOptions } from 'socket.io';
 
 export type Unsubscribe = () => void;
 
+/** Called when publications may have been missed; see `Broker.onMissed`. */
+export type MissedListener = (since: number | undefined) => void;
+
 /** A Socket.IO adapter: how the request chat's rooms reach the sockets of every node. */
 export type RoomAdapter = ServerOptions['adapter'];
 
@@ -45,8 +48,14 @@ export interface Broker {
    * is back, its subscriptions in effect again. What nodes keep in memory
    * from publications (a stream's rules, who is in a room) is to be read
    * again from the store then. Never called by a broker that loses nothing.
+   *
+   * `since` (epoch ms, undefined when not known) is when that node last knew
+   * its publications and subscriptions in effect, less a margin for clocks
+   * and for changes stamped a moment before they were published: what was
+   * stored from then on may have been missed, to be sent again from the
+   * store (edits, deletions), bounded by that time.
    */
-  onMissed(listener: () => void): Unsubscribe;
+  onMissed(listener: MissedListener): Unsubscribe;
   /** Socket.IO's adapter on the same backend; undefined keeps Socket.IO's in-process rooms. */
   roomAdapter(): RoomAdapter | undefined;
   /** Resolves when the broker is reachable; for readiness. */

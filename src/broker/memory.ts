@@ -2,7 +2,7 @@
  * The single-node Broker: delivery is a synchronous call, so the order of
  * `publish` calls is the order every subscriber sees.
  */
-import type { Broker, RoomAdapter, Unsubscribe } from './broker.js';
+import type { Broker, MissedListener, RoomAdapter, Unsubscribe } from './broker.js';
 
 type Handler = (payload: string) => void;
 
@@ -41,7 +41,7 @@ export class MemoryBroker implements Broker {
   async caughtUp(): Promise<void> {}
 
   /** Nothing is ever missed in one process. */
-  onMissed(_listener: () => void): Unsubscribe {
+  onMissed(_listener: MissedListener): Unsubscribe {
     return () => {};
   }
 

@@ -17,7 +17,7 @@ import { randomUUID } from 'node:crypto';
 import { createAdapter } from '@socket.io/redis-adapter';
 import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../observability/log.js';
-import type { Broker, RoomAdapter, Unsubscribe } from './broker.js';
+import type { Broker, MissedListener, RoomAdapter, Unsubscribe } from './broker.js';
 import { endConnection } from './redis-connection.js';
 
 type Handler = (payload: string) => void;
@@ -31,11 +31,39 @@ export interface RedisBrokerOptions {
 
 /**
  * A node back in touch with Redis says so here, once its subscriptions are in
- * effect again: every node, itself included, then knows that publications
- * made meanwhile may have been missed (its own were dropped, and it missed
- * the others'), and reads again what it keeps of them.
+ * effect again, as JSON `{node, since}`: every node, itself included, then
+ * knows that publications made from `since` on may have been missed (its own
+ * were dropped, and it missed the others'), reads again what it keeps of
+ * them, and sends its clients the changes stored since then.
  */
 const RECOVERED_TOPIC = 'broker:recovered';
+
+/**
+ * How much earlier than the last sign of a working connection publications
+ * may have been missed: a change is stamped (and stored) a moment before it
+ * is published, and the nodes' clocks differ by a little.
+ */
+const MISSED_MARGIN_MS = 10_000;
+
+/** A recovery announced on RECOVERED_TOPIC: which node, and since when it may have missed publications. */
+interface Recovery {
+  node: string;
+  since: number | undefined;
+}
+
+/** What another node announced; a bare node id (no `since`) is understood too. */
+function parseRecovery(payload: string): Recovery {
+  try {
+    const r: unknown = JSON.parse(payload);
+    if (typeof r === 'object' && r !== null && typeof (r as Recovery).node === 'string') {
+      const since = (r as Recovery).since;
+      return { node: (r as Recovery).node, since: Number.isFinite(since) ? since : undefined };
+    }
+  } catch {
+    // Not JSON: a bare node id.
+  }
+  return { node: payload, since: undefined };
+}
 
 /** How long `ping()` waits for PONG before calling Redis unreachable. */
 const PING_TIMEOUT_MS = 2_000;
@@ -54,7 +82,12 @@ export class RedisBroker implements Broker {
   /** Publications dropped during the current outage; reported on recovery. */
   private dropped = 0;
   private closed = false;
-  private readonly missedListeners = new Set<() => void>();
+  private readonly missedListeners = new Set<MissedListener>();
+  /** When the subscriber last heard a message, and the publisher last had an answer (epoch ms). */
+  private heardAt = Date.now();
+  private answeredAt = Date.now();
+  /** While cut off: from when publications may have been missed (see `onMissed`). */
+  private missedSince: number | undefined;
   /** This node, in its announcements of a recovery, so that it does not act on its own twice. */
   private readonly node = randomUUID();
   /** Back from an outage, and not yet told its listeners: not ready until then. */
@@ -82,8 +115,9 @@ export class RedisBroker implements Broker {
       conn.on('error', (err: Error) => this.onLost(err));
       conn.on('close', () => this.onLost());
     }
-    this.subscribe(RECOVERED_TOPIC, (node) => {
-      if (node !== this.node) this.missed();
+    this.subscribe(RECOVERED_TOPIC, (payload) => {
+      const recovery = parseRecovery(payload);
+      if (recovery.node !== this.node) this.missed(recovery.since);
     });
   }
 
@@ -94,7 +128,7 @@ export class RedisBroker implements Broker {
       this.dropped++;
       return;
     }
-    this.pub.publish(this.prefix + topic, payload).catch((err: unknown) => {
+    this.pub.publish(this.prefix + topic, payload).then(this.answered, (err: unknown) => {
       this.dropped++;
       this.onLost(err as Error);
     });
@@ -107,7 +141,9 @@ export class RedisBroker implements Broker {
     }
     try {
       // PUBLISH answers how many connections received it: one per subscribed node.
-      return await this.pub.publish(this.prefix + topic, payload);
+      const count = await this.pub.publish(this.prefix + topic, payload);
+      this.answered();
+      return count;
     } catch (err) {
       this.dropped++;
       this.onLost(err as Error);
@@ -154,7 +190,7 @@ export class RedisBroker implements Broker {
     await this.sub.ping();
   }
 
-  onMissed(listener: () => void): Unsubscribe {
+  onMissed(listener: MissedListener): Unsubscribe {
     this.missedListeners.add(listener);
     return () => this.missedListeners.delete(listener);
   }
@@ -200,6 +236,7 @@ export class RedisBroker implements Broker {
   }
 
   private onMessage(channel: string, payload: string): void {
+    this.heardAt = Date.now();
     if (!channel.startsWith(this.prefix)) return;
     const handlers = this.topics.get(channel.slice(this.prefix.length));
     if (!handlers) return;
@@ -218,8 +255,13 @@ export class RedisBroker implements Broker {
         () => {
           if (this.closed) return;
           this.catchingUp = false;
-          this.missed();
-          this.publish(RECOVERED_TOPIC, this.node);
+          const since = this.missedSince;
+          this.missedSince = undefined;
+          this.heardAt = Date.now();
+          this.answeredAt = this.heardAt;
+          this.missed(since);
+          const recovery: Recovery = { node: this.node, since };
+          this.publish(RECOVERED_TOPIC, JSON.stringify(recovery));
         },
         (err: unknown) => this.onLost(err as Error),
       );
@@ -228,14 +270,20 @@ export class RedisBroker implements Broker {
     this.dropped = 0;
   }
 
-  private missed(): void {
-    for (const listener of this.missedListeners) listener();
+  private missed(since: number | undefined): void {
+    for (const listener of this.missedListeners) listener(since);
   }
+
+  private readonly answered = (): void => {
+    this.answeredAt = Date.now();
+  };
 
   private onLost(err?: Error): void {
     if (this.closed || this.health === 'down') return;
     if (this.health === 'up' && this.pub.status === 'ready' && this.sub.status === 'ready') return;
     this.health = 'down';
+    // Kept from an earlier loss whose recovery was not announced yet.
+    this.missedSince ??= Math.min(this.heardAt, this.answeredAt) - MISSED_MARGIN_MS;
     this.log.warn(
       { err: err?.message },
       'redis connection lost; serving local clients, fan-out paused',

@@ -342,6 +342,21 @@ export class Requests {
     return maxBytes === undefined ? page : fitPage(page, maxBytes);
   }
 
+  /**
+   * The messages of the request's newest history page (HISTORY_PAGE) edited
+   * or deleted at `since` (epoch ms) or later, oldest first: what a room's
+   * sockets are sent again when they may have missed those changes.
+   */
+  async changedSince(requestId: string, since: number): Promise<RequestMessage[]> {
+    const page = await this.deps.store.requestHistory(requestId, {
+      limit: this.deps.limits.historyPage,
+    });
+    return page.messages.filter((m) => {
+      const changed = m.deletedAt ?? m.editedAt;
+      return changed !== undefined && Date.parse(changed) >= since;
+    });
+  }
+
   /** A page size from a client: the default page, or `limit` within the maximum. */
   pageLimit(limit: number | undefined): number {
     if (limit === undefined) return this.deps.limits.historyPage;

@@ -136,6 +136,11 @@ export class RecentChats {
     return this.chats.length;
   }
 
+  /** The ids of the chats held, for telling which of them were deleted meanwhile. */
+  ids(): Set<string> {
+    return new Set(this.chats.map((m) => m.id));
+  }
+
   private push(message: StreamMessage): void {
     this.chats.push(message);
     this.bytes += sizeOf(message);

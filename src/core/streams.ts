@@ -156,6 +156,27 @@ interface Room<F> {
   sentViewers: number;
   /** The read that seeds the stream's cache of recent chats. */
   seeding: { recent: RecentChats; done: Promise<Seeded> } | undefined;
+  /** What the viewers here were shown, kept from a recovery until the store is read again. */
+  resyncing: Shown | undefined;
+  /**
+   * The bans and timeouts as the viewers here were told them: the rules first
+   * read, then every `moderation` frame sent. Unlike the rules, not changed
+   * by this node's own changes until they come back from the broker.
+   */
+  toldBans: Map<string, number | null> | undefined;
+}
+
+/**
+ * What a stream's viewers on this node had been shown when publications may
+ * have been missed, to be compared with the store once it is read again.
+ */
+interface Shown {
+  /** `settingsShown` of the last `stream` frame; undefined when none went out yet. */
+  settings: string | undefined;
+  /** The chats held in memory (sent, and not deleted as far as this node heard); undefined when it was cold. */
+  chats: Set<string> | undefined;
+  /** From when publications may have been missed (epoch ms), when known. */
+  since: number | undefined;
 }
 
 /**
@@ -224,7 +245,7 @@ export class Streams<F> {
     this.unsubscribeViewers = deps.broker.subscribe(VIEWERS_TOPIC, (payload) =>
       this.onViewers(payload),
     );
-    this.unsubscribeMissed = deps.broker.onMissed(() => this.resync());
+    this.unsubscribeMissed = deps.broker.onMissed((since) => this.resync(since));
     this.unsubscribeApplied = deps.broker.subscribe(appliedTopicOf(this.node), (token) =>
       this.onApplied(token),
     );
@@ -665,6 +686,8 @@ export class Streams<F> {
         queued: [],
         sentViewers: -1,
         seeding: undefined,
+        resyncing: undefined,
+        toldBans: undefined,
       };
       room = created;
       this.rooms.set(key, room);
@@ -694,6 +717,7 @@ export class Streams<F> {
           for (const event of room.queued) applyRule(rules, event);
           room.queued = [];
           room.rules = rules;
+          room.toldBans ??= new Map(rules.bans);
         }
         return rules;
       },
@@ -1121,6 +1145,10 @@ export class Streams<F> {
         else if (room.loading) room.queued.push(event);
         if (event.kind === 'moderation') {
           const { action, userId, seconds, by } = event;
+          if (room.toldBans) {
+            if (action === 'unban') room.toldBans.delete(userId);
+            else recordBan(room.toldBans, userId, event.until ?? null);
+          }
           this.send(room, {
             type: 'moderation',
             data: seconds === undefined ? { action, userId, by } : { action, userId, seconds, by },
@@ -1144,29 +1172,40 @@ export class Streams<F> {
   }
 
   /**
-   * Some node was cut off from the broker and is back, so rule changes, ends
-   * and chats published meanwhile may not have been heard here (its own were
-   * dropped; it missed everyone else's). What this node keeps of the streams
-   * watched here is read again from the store: their rules (a `stream` frame
-   * goes out where what it shows changed), whether they ended, and their
-   * newest chats (forgotten, so the next join reads its history from the store).
+   * Some node was cut off from the broker and is back, so rule changes, ends,
+   * deletions and chats published meanwhile may not have been heard here (its
+   * own were dropped; it missed everyone else's). What this node keeps of the
+   * streams watched here is read again from the store: their rules (a
+   * `stream` frame goes out where what it shows changed), whether they ended,
+   * and their newest chats (forgotten, so the next join reads its history
+   * from the store). Chats its viewers were sent and that are deleted now get
+   * their `delete` frame.
    */
-  private resync(): void {
+  private resync(since: number | undefined): void {
     for (const [key, room] of this.rooms) {
+      const recent = this.recent.get(key);
+      const chats = recent?.ready ? recent.ids() : undefined;
       this.recent.drop(key);
-      const shown = room.rules && settingsShown(this.infoOf(key, room));
+      // A recovery while the last one's read is under way: what was shown
+      // before that one still holds, and the earlier `since`.
+      const earlier = room.resyncing;
+      room.resyncing = {
+        settings: room.rules ? settingsShown(this.infoOf(key, room)) : earlier?.settings,
+        chats: earlier?.chats ?? chats,
+        since: earliest(earlier?.since, since),
+      };
       // Read again as on a first join: chats and joins wait for the read, and
       // changes heard during it are applied after it.
       room.rules = undefined;
       room.loading = undefined;
       room.queued = [];
-      this.reload(key, room, shown).catch((err: unknown) =>
+      this.reload(key, room).catch((err: unknown) =>
         this.deps.log.error({ err, key }, 'reading stream rules again failed'),
       );
     }
   }
 
-  private async reload(key: string, room: Room<F>, shown: string | undefined): Promise<void> {
+  private async reload(key: string, room: Room<F>): Promise<void> {
     const [stream] = await Promise.all([
       this.deps.store.getStream(key),
       // A failed read is logged there; the next chat or join reads again.
@@ -1177,12 +1216,108 @@ export class Streams<F> {
       this.closeEnded(key, room);
       return;
     }
-    // Another read (a later recovery's) took over, or none was shown yet.
+    const shown = room.resyncing;
+    // Another read (a later recovery's) took over, and compares when it is done.
     if (shown === undefined || room.rules === undefined) return;
+    room.resyncing = undefined;
     const info = this.infoOf(key, room);
-    if (settingsShown(info) === shown) return;
-    room.sentViewers = info.viewers;
-    this.send(room, { type: 'stream', data: info });
+    if (shown.settings !== undefined && settingsShown(info) !== shown.settings) {
+      room.sentViewers = info.viewers;
+      this.send(room, { type: 'stream', data: info });
+    }
+    await this.resendDeletions(key, room, shown);
+    await this.resendBans(key, room);
+  }
+
+  /**
+   * Sends a `moderation` frame for each user whose ban or timeout in the
+   * store differs from what the viewers here were told: `ban` or `timeout`
+   * (its `seconds` and `by` from the store) for one in force, `unban` (its
+   * `by` from the moderation log) for one lifted. A timeout that ran out
+   * meanwhile sends nothing, as it sends nothing live.
+   */
+  private async resendBans(key: string, room: Room<F>): Promise<void> {
+    const told = room.toldBans;
+    const rules = room.rules;
+    if (told === undefined || rules === undefined) return;
+    const now = Date.now();
+    const inForce = (until: number | null | undefined) =>
+      until !== undefined && (until === null || until > now);
+    const put = new Set<string>();
+    const lifted: string[] = [];
+    for (const [userId, until] of rules.bans) {
+      if (inForce(until) && told.get(userId) !== until) put.add(userId);
+    }
+    for (const [userId, until] of told) {
+      if (inForce(until) && !inForce(rules.bans.get(userId))) lifted.push(userId);
+    }
+    if (put.size === 0 && lifted.length === 0) return;
+    const store = this.deps.store;
+    const [bans, log] = await Promise.all([
+      put.size > 0 ? store.streamBans(key, new Date(now).toISOString()) : [],
+      lifted.length > 0
+        ? store.moderationLog(key, { limit: this.deps.limits.historyPage })
+        : undefined,
+    ]);
+    // A later recovery's read took over (it compares again), or nobody watches here now.
+    if (this.rooms.get(key) !== room || room.rules !== rules || room.toldBans !== told) return;
+    for (const ban of bans) {
+      const until = ban.until === null ? null : Date.parse(ban.until);
+      // Changed again since the comparison, or told live meanwhile.
+      const current = rules.bans.get(ban.userId);
+      if (!put.has(ban.userId) || current !== until || told.get(ban.userId) === until) {
+        continue;
+      }
+      const { userId, by } = ban;
+      this.send(room, {
+        type: 'moderation',
+        data:
+          until === null
+            ? { action: 'ban', userId, by }
+            : {
+                action: 'timeout',
+                userId,
+                seconds: Math.round((until - Date.parse(ban.at)) / 1000),
+                by,
+              },
+      });
+      recordBan(told, userId, until);
+    }
+    for (const userId of lifted) {
+      if (!inForce(told.get(userId)) || inForce(rules.bans.get(userId))) continue;
+      const unban = log?.actions.find((a) => a.action === 'unban' && a.userId === userId);
+      this.send(room, {
+        type: 'moderation',
+        data: { action: 'unban', userId, by: unban?.by ?? '' },
+      });
+      told.delete(userId);
+    }
+  }
+
+  /**
+   * Sends `delete` for the chats deleted while publications were missed: of
+   * the newest HISTORY_MAX_PAGE chats in the store, each deleted one that
+   * this node's memory of the stream still held (its viewers were sent it,
+   * and no deletion of it was heard). With that memory cold, each one deleted
+   * since `shown.since` (some may have been heard already; a `delete` frame
+   * repeated removes nothing more).
+   */
+  private async resendDeletions(key: string, room: Room<F>, shown: Shown): Promise<void> {
+    const { chats, since } = shown;
+    if (chats === undefined && since === undefined) return;
+    if (chats !== undefined && chats.size === 0) return;
+    const page = await this.deps.store.streamHistory(key, {
+      limit: this.deps.limits.historyMaxPage,
+    });
+    if (this.rooms.get(key) !== room) return;
+    for (const m of page.messages) {
+      if (m.deletedAt === undefined) continue;
+      const missed =
+        chats !== undefined
+          ? chats.has(m.id)
+          : since !== undefined && Date.parse(m.deletedAt) >= since;
+      if (missed) this.send(room, { type: 'delete', data: { id: m.id, by: m.deletedBy ?? '' } });
+    }
   }
 
   /**
@@ -1239,6 +1374,12 @@ interface Applying {
 function settingsShown(info: StreamInfo): string {
   const { viewers: _, ...shown } = info;
   return JSON.stringify(shown);
+}
+
+/** The earlier of two times, either of which may be unknown. */
+function earliest(a: number | undefined, b: number | undefined): number | undefined {
+  if (a === undefined) return b;
+  return b === undefined ? a : Math.min(a, b);
 }
 
 /** How many of the frames held for a joining viewer are chats. */

@@ -239,11 +239,50 @@ export class RequestChat {
       // access and is not in the teacher room.
       this.io.in(teacherRoomOf(previousOwnerId)).socketsLeave(roomOf(requestId));
     });
-    this.stopMissed = deps.broker.onMissed(() => {
-      this.recheckRooms().catch((err: unknown) =>
-        deps.log.error({ err }, 'checking request rooms again failed'),
-      );
-    });
+    this.stopMissed = deps.broker.onMissed((since) => void this.resync(since));
+  }
+
+  /**
+   * A node was cut off from Redis and is back: room broadcasts made meanwhile
+   * may not have reached the sockets here. Rooms are checked first (a socket
+   * that may no longer be in one leaves it), then the changes it missed are
+   * sent again.
+   */
+  private async resync(since: number | undefined): Promise<void> {
+    try {
+      await this.recheckRooms();
+    } catch (err) {
+      this.deps.log.error({ err }, 'checking request rooms again failed');
+    }
+    if (since !== undefined) await this.resendChanges(since);
+  }
+
+  /**
+   * Sends the sockets of each request room here, and only here (every node
+   * does the same for its own), `messageUpdated` or `messageDeleted` for each
+   * message of the room's newest history page edited or deleted since
+   * `since`: as the edit or deletion sent them live. A socket that heard one
+   * live hears it again; both carry the message's state, so nothing changes.
+   * One room at a time, so that a recovery does not crowd the store.
+   */
+  private async resendChanges(since: number): Promise<void> {
+    const rooms = [...this.io.of('/').adapter.rooms.keys()].filter((r) =>
+      r.startsWith(REQUEST_ROOM),
+    );
+    for (const room of rooms) {
+      const requestId = room.slice(REQUEST_ROOM.length);
+      try {
+        const changed = await this.deps.requests.changedSince(requestId, since);
+        const local = this.io.local.to(room);
+        for (const m of changed) {
+          if (m.deletedAt !== undefined) {
+            local.emit('messageDeleted', { requestId, messageId: m._id, deletedAt: m.deletedAt });
+          } else local.emit('messageUpdated', m);
+        }
+      } catch (err) {
+        this.deps.log.error({ err, requestId }, 'sending missed request changes failed');
+      }
+    }
   }
 
   /**
