@@ -51,7 +51,7 @@ export interface App {
 /** Time given to clients to finish their close handshake on shutdown. */
 const CLIENT_CLOSE_MS = 3_000;
 
-/** How often Node looks for requests past their header or request timeout. */
+/** How often Node looks for requests past their header or request timeout, at most. */
 const CONNECTIONS_CHECK_MS = 1_000;
 
 /**
@@ -203,13 +203,17 @@ export async function createApp(config: Config, options: { log?: Logger } = {}):
   const onRequest = async (req: IncomingMessage, res: ServerResponse) => {
     if (!serveWeb(req, res)) await handler(req, res);
   };
+  // A peer that trickles its headers (an upgrade's too) or its body is cut
+  // once the handshake time is up. Node looks for such peers every
+  // `checkMs` (not every 30 s), so the time it is given is that much
+  // shorter: the cut comes within HANDSHAKE_TIMEOUT_SECONDS, not up to a
+  // check later.
+  const checkMs = Math.min(CONNECTIONS_CHECK_MS, config.limits.handshakeTimeoutMs / 2);
   const server = createServer(
     {
-      // A peer that trickles its headers (an upgrade's too) or its body is cut
-      // once the handshake time is up, checked every second, not every 30 s.
-      headersTimeout: config.limits.handshakeTimeoutMs,
-      requestTimeout: config.limits.handshakeTimeoutMs,
-      connectionsCheckingInterval: CONNECTIONS_CHECK_MS,
+      headersTimeout: config.limits.handshakeTimeoutMs - checkMs,
+      requestTimeout: config.limits.handshakeTimeoutMs - checkMs,
+      connectionsCheckingInterval: checkMs,
     },
     (req, res) => {
       cutUntaken(res, config.limits.httpResponseTimeoutMs);

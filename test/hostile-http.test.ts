@@ -15,6 +15,7 @@ import {
   readAll,
   reset,
   startWatched,
+  upgradeRequest,
   type WatchedServer,
   waitFor,
 } from './hostile.js';
@@ -259,6 +260,60 @@ describe('a client that never reads its answers', () => {
     // The peer, never reading, does not see the cut: the server's descriptors tell.
     await assertRecovered(reader, before, { fdSlack: 0, ms: 3_000 });
     socket.destroy();
+  });
+});
+
+describe('unfinished handshakes are gone within HANDSHAKE_TIMEOUT_SECONDS', () => {
+  const HANDSHAKE_MS = 4_000;
+  /** How late after the handshake time a cut may still come: scheduling only. */
+  const LATE_MS = 250;
+  let server: WatchedServer;
+
+  before(async () => {
+    server = await startWatched({ HANDSHAKE_TIMEOUT_SECONDS: String(HANDSHAKE_MS / 1000) });
+  });
+  after(() => server.close());
+
+  /** Milliseconds from the connection's opening until the server closed it. */
+  async function cutAfter(send: string, opts: { waitFor?: string } = {}): Promise<number> {
+    // Half-open allowed: the peer never closes its side, even after the server's FIN.
+    const socket = await rawSocket(server, { allowHalfOpen: true });
+    const since = Date.now();
+    const closed = new Promise<number>((resolve) => {
+      socket.once('end', () => resolve(Date.now() - since));
+      socket.once('close', () => resolve(Date.now() - since));
+    });
+    socket.write(send);
+    if (opts.waitFor !== undefined) await waitFor(socket, opts.waitFor);
+    // Read whatever comes, answer nothing (not even a close frame).
+    socket.on('data', () => {});
+    const took = await Promise.race([closed, sleep(HANDSHAKE_MS + 5_000).then(() => -1)]);
+    socket.destroy();
+    return took;
+  }
+
+  it('a connection that sends nothing, or headers that never end', async () => {
+    const [nothing, partial] = await Promise.all([
+      cutAfter(''),
+      cutAfter('GET /ws/streams/open/ HTTP/1.1\r\nHost: x\r\n'),
+    ]);
+    for (const [name, took] of [
+      ['nothing', nothing],
+      ['partial headers', partial],
+    ] as const) {
+      assert.ok(took > 0, `${name}: still open`);
+      assert.ok(took <= HANDSHAKE_MS + LATE_MS, `${name}: cut after ${took} ms`);
+      assert.ok(took >= HANDSHAKE_MS / 2, `${name}: cut after ${took} ms, long before its time`);
+    }
+  });
+
+  it('a Socket.IO WebSocket that never joins, and ignores the close', async () => {
+    const took = await cutAfter(upgradeRequest('/socket.io/?EIO=4&transport=websocket'), {
+      waitFor: '\r\n\r\n',
+    });
+    assert.ok(took > 0, 'still open');
+    assert.ok(took <= HANDSHAKE_MS + LATE_MS, `cut after ${took} ms`);
+    assert.ok(took >= HANDSHAKE_MS / 2, `cut after ${took} ms, long before its time`);
   });
 });
 

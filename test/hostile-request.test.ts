@@ -345,7 +345,9 @@ describe('dead peers, floods and unfinished handshakes', () => {
     try {
       const endedAt = await chat.ended(5_000);
       const took = endedAt - openedAt;
-      assert.ok(took >= 700 && took <= 2_500, `cut after ${took} ms`);
+      // Its close starts early enough for a peer that ignores it to be gone
+      // within the handshake time (1 s here), and never before half of it.
+      assert.ok(took >= 400 && took <= 1_500, `cut after ${took} ms`);
     } finally {
       clearInterval(pong);
     }

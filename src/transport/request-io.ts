@@ -24,7 +24,13 @@ import {
   type RoomEvent,
 } from './request-codec.js';
 import { type RequestUpdate, RequestUpdates, type UpdateTarget } from './request-updates.js';
-import { type Conn, type EngineLike, guardWebSockets, Wire } from './request-wire.js';
+import {
+  CLOSE_GRACE_MS,
+  type Conn,
+  type EngineLike,
+  guardWebSockets,
+  Wire,
+} from './request-wire.js';
 
 export const SOCKET_IO_PATH = '/socket.io';
 /** setTimeout's ceiling; longer token lifetimes re-arm the timer. */
@@ -119,6 +125,11 @@ function refusal(err: ChatError): ExtendedError {
   return e;
 }
 
+/** When to start closing a connection that must be gone `ms` after it opened (never before half of it). */
+function closeStartFor(ms: number): number {
+  return Math.max(ms / 2, ms - CLOSE_GRACE_MS);
+}
+
 export class RequestChat {
   readonly io: Server<Record<string, never>, ServerEvents, Record<string, never>, SocketData>;
   private readonly wires = new WeakMap<Conn, Wire>();
@@ -157,9 +168,12 @@ export class RequestChat {
       // interval and the pong is awaited for one more.
       pingInterval: deps.limits.pingIntervalMs,
       pingTimeout: deps.limits.pingIntervalMs,
-      // Engine.IO open but no namespace joined, or a transport upgrade left half done.
-      connectTimeout: deps.limits.handshakeTimeoutMs,
-      upgradeTimeout: deps.limits.handshakeTimeoutMs,
+      // Engine.IO open but no namespace joined, or a transport upgrade left
+      // half done. The close then starts, and a peer that does not answer it
+      // is cut CLOSE_GRACE_MS later: it starts early enough for the cut to
+      // come within the handshake time.
+      connectTimeout: closeStartFor(deps.limits.handshakeTimeoutMs),
+      upgradeTimeout: closeStartFor(deps.limits.handshakeTimeoutMs),
       // Tokens, not cookies, authenticate: any origin may connect with one.
       cors: { origin: '*' },
       // Asked for handshakes only, never for a connection's later requests.
