@@ -11,6 +11,7 @@ import { endConnection } from './broker/redis-connection.js';
 import type { Config } from './config.js';
 import { ChatError } from './core/errors.js';
 import { createVerifier, type TokenVerifier } from './core/identity.js';
+import { startEarly } from './core/limits.js';
 import { Requests } from './core/requests.js';
 import { Streams } from './core/streams.js';
 import { Webhooks } from './core/webhooks.js';
@@ -56,12 +57,14 @@ const CONNECTIONS_CHECK_MS = 1_000;
 
 /**
  * Cuts the connection of a response the peer has not taken within `ms` of
- * its request. Node reads no further requests of a connection while a
- * response waits to be written, and times nothing out then: a client that
- * pipelines requests and never reads would otherwise hold its connection,
- * and what its response left in memory, for as long as it likes.
+ * its end (called once the handler is done with it). Node reads no further
+ * requests of a connection while a response waits to be written, and times
+ * nothing out then: a client that pipelines requests and never reads would
+ * otherwise hold its connection, and what its response left in memory, for
+ * as long as it likes. The handler's own time (a slow store) does not count.
  */
 function cutUntaken(res: ServerResponse, ms: number): void {
+  if (res.writableFinished || res.destroyed) return;
   const timer = setTimeout(() => res.destroy(), ms);
   timer.unref();
   const done = () => clearTimeout(timer);
@@ -204,30 +207,31 @@ export async function createApp(config: Config, options: { log?: Logger } = {}):
     if (!serveWeb(req, res)) await handler(req, res);
   };
   // A peer that trickles its headers (an upgrade's too) or its body is cut
-  // once the handshake time is up. Node looks for such peers every
-  // `checkMs` (not every 30 s), so the time it is given is that much
-  // shorter: the cut comes within HANDSHAKE_TIMEOUT_SECONDS, not up to a
-  // check later.
-  const checkMs = Math.min(CONNECTIONS_CHECK_MS, config.limits.handshakeTimeoutMs / 2);
+  // once the handshake time is up. Node looks for such peers every check
+  // interval (here at most 1 s, not every 30 s), so the time it is given is
+  // one interval shorter: the cut comes within HANDSHAKE_TIMEOUT_SECONDS.
+  const handshakeMs = config.limits.handshakeTimeoutMs;
+  const checkMs = handshakeMs - startEarly(handshakeMs, CONNECTIONS_CHECK_MS);
   const server = createServer(
     {
-      headersTimeout: config.limits.handshakeTimeoutMs - checkMs,
-      requestTimeout: config.limits.handshakeTimeoutMs - checkMs,
+      headersTimeout: handshakeMs - checkMs,
+      requestTimeout: handshakeMs - checkMs,
       connectionsCheckingInterval: checkMs,
     },
     (req, res) => {
-      cutUntaken(res, config.limits.httpResponseTimeoutMs);
       // Whatever a request does, it must not become an unhandled rejection,
       // which would end the process for everyone.
-      onRequest(req, res).catch((err: unknown) => {
-        log.error({ err, method: req.method, path: safePath(req.url) }, 'http request failed');
-        if (res.headersSent) {
-          res.destroy();
-          return;
-        }
-        res.writeHead(500, { 'content-type': 'application/json; charset=utf-8' });
-        res.end(JSON.stringify(new ChatError('internal_error').toPayload()));
-      });
+      onRequest(req, res)
+        .catch((err: unknown) => {
+          log.error({ err, method: req.method, path: safePath(req.url) }, 'http request failed');
+          if (res.headersSent) {
+            res.destroy();
+            return;
+          }
+          res.writeHead(500, { 'content-type': 'application/json; charset=utf-8' });
+          res.end(JSON.stringify(new ChatError('internal_error').toPayload()));
+        })
+        .finally(() => cutUntaken(res, config.limits.httpResponseTimeoutMs));
     },
   );
   // Socket.IO answers its own requests and upgrades, ahead of these listeners.

@@ -261,6 +261,22 @@ describe('a client that never reads its answers', () => {
     await assertRecovered(reader, before, { fdSlack: 0, ms: 3_000 });
     socket.destroy();
   });
+
+  it('is not cut while its request is still coming in (within the handshake time)', async () => {
+    const socket = await rawSocket(reader);
+    const body = '{"title":"slow"}';
+    socket.write(
+      `PUT /api/streams/trickled HTTP/1.1\r\nHost: x\r\nX-API-Key: ${API_KEY}\r\n` +
+        `Content-Type: application/json\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n`,
+    );
+    // The body takes longer than HTTP_RESPONSE_TIMEOUT_SECONDS to arrive.
+    for (const ch of body) {
+      socket.write(ch);
+      await sleep(((RESPONSE_S + 1) * 1000) / body.length);
+    }
+    const reply = parseReply(await readAll(socket, 5_000));
+    assert.equal(reply.status, 201, reply.headers);
+  });
 });
 
 describe('unfinished handshakes are gone within HANDSHAKE_TIMEOUT_SECONDS', () => {

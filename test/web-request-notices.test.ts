@@ -238,6 +238,27 @@ describe('web client: Edit and Delete only within the edit window', { skip }, ()
     await context.close();
   });
 
+  test("a browser whose clock is 20 minutes ahead still offers them, by the server's clock", async () => {
+    const id = await registered();
+    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    page.setDefaultTimeout(10_000);
+    const problems: string[] = [];
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    await page.clock.install({ time: Date.now() + 20 * 60_000 });
+    await page.goto(`${server.url}/#view=request&request=${id}&token=${token}`);
+    await page.locator('#request-view .status[data-state="live"]').waitFor();
+    const input = page.locator('#request-view .composer input');
+    await input.fill('Con el reloj adelantado');
+    await input.press('Enter');
+    const mine = page.locator('#request-view .msg.mine', { hasText: 'Con el reloj adelantado' });
+    await mine.locator('.tick[data-state="sent"]').waitFor();
+    assert.equal(await mine.getByRole('button', { name: 'Edit' }).count(), 1);
+    assert.deepEqual(problems, []);
+    await context.close();
+  });
+
   test('a message from the history older than the window has neither', async () => {
     const id = await registered();
     const token = await userToken('1', { username: 'ana', role: 'TEACHER' });

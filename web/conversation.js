@@ -5,7 +5,7 @@
 // while charla still takes them: within the edit window (`editWindowSeconds`
 // of `/client-config.json`) of the message's `createdAt`.
 import { attachmentList } from './attachments.js';
-import { clientConfig } from './client-config.js';
+import { clientConfig, serverNow } from './client-config.js';
 import { h, timeEl } from './dom.js';
 import { t } from './i18n.js';
 import { tickState } from './receipts.js';
@@ -24,7 +24,7 @@ function withinEditWindow(msg) {
   const seconds = clientConfig.editWindowSeconds;
   if (seconds === undefined) return true;
   const at = Date.parse(msg.createdAt);
-  return !Number.isFinite(at) || Date.now() - at < seconds * 1000;
+  return !Number.isFinite(at) || serverNow() - at < seconds * 1000;
 }
 
 /**

@@ -18,6 +18,12 @@ export type Unsubscribe = () => void;
 /** Called when publications may have been missed; see `Broker.onMissed`. */
 export type MissedListener = (since: number | undefined) => void;
 
+/** The earlier of two `since` times of missed publications, either of which may be unknown. */
+export function earliestSince(a: number | undefined, b: number | undefined): number | undefined {
+  if (a === undefined) return b;
+  return b === undefined ? a : Math.min(a, b);
+}
+
 /** A Socket.IO adapter: how the request chat's rooms reach the sockets of every node. */
 export type RoomAdapter = ServerOptions['adapter'];
 

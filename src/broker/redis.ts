@@ -253,7 +253,8 @@ export class RedisBroker implements Broker {
       this.catchingUp = true;
       this.sub.ping().then(
         () => {
-          if (this.closed) return;
+          // Lost again meanwhile: the next recovery announces, from the same `since`.
+          if (this.closed || this.health !== 'up') return;
           this.catchingUp = false;
           const since = this.missedSince;
           this.missedSince = undefined;

@@ -16,6 +16,15 @@ export function parseRate(text: string): Rate | undefined {
   return { count, windowMs };
 }
 
+/**
+ * When to act on a peer that must be gone `deadlineMs` after it came, when
+ * the act itself takes up to `leadMs` more (a periodic check, a close
+ * handshake): that much earlier, but never before half the deadline.
+ */
+export function startEarly(deadlineMs: number, leadMs: number): number {
+  return deadlineMs - Math.min(leadMs, deadlineMs / 2);
+}
+
 interface Window {
   /** When this key's current window began (its first message in it). */
   start: number;

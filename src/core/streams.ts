@@ -24,7 +24,7 @@
  * history (the cache's seed, or a join the cache cannot answer) first waits
  * until every node has stored what it published (`stream-settle.ts`).
  */
-import type { Broker, Unsubscribe } from '../broker/broker.js';
+import { type Broker, earliestSince, type Unsubscribe } from '../broker/broker.js';
 import type { Limits } from '../config.js';
 import type { Logger } from '../observability/log.js';
 import { type Metrics, preciseNow } from '../observability/metrics.js';
@@ -213,6 +213,8 @@ export class Streams<F> {
   private readonly viewersTimer: NodeJS.Timeout;
   private readonly unsubscribeViewers: Unsubscribe;
   private readonly unsubscribeMissed: Unsubscribe;
+  /** Recoveries' reads of each room's missed deletions and bans, one room after the other. */
+  private resending: Promise<void> = Promise.resolve();
   private readonly unsubscribeApplied: Unsubscribe;
   /** This node's changes whose answers it awaits, by token. */
   private readonly applying = new Map<string, Applying>();
@@ -1188,12 +1190,15 @@ export class Streams<F> {
       this.recent.drop(key);
       // A recovery while the last one's read is under way: what was shown
       // before that one still holds, and the earlier `since`.
+      // (Rules or chats read since then come from that read: not what was shown.)
       const earlier = room.resyncing;
-      room.resyncing = {
-        settings: room.rules ? settingsShown(this.infoOf(key, room)) : earlier?.settings,
-        chats: earlier?.chats ?? chats,
-        since: earliest(earlier?.since, since),
-      };
+      room.resyncing = earlier
+        ? { ...earlier, since: earliestSince(earlier.since, since) }
+        : {
+            settings: room.rules ? settingsShown(this.infoOf(key, room)) : undefined,
+            chats,
+            since,
+          };
       // Read again as on a first join: chats and joins wait for the read, and
       // changes heard during it are applied after it.
       room.rules = undefined;
@@ -1225,8 +1230,22 @@ export class Streams<F> {
       room.sentViewers = info.viewers;
       this.send(room, { type: 'stream', data: info });
     }
-    await this.resendDeletions(key, room, shown);
-    await this.resendBans(key, room);
+    // One room at a time, so that a recovery does not crowd the store; each
+    // part on its own, so that a failed read does not keep back the other.
+    const resend = async () => {
+      if (this.rooms.get(key) !== room) return;
+      const done = await Promise.allSettled([
+        this.resendDeletions(key, room, shown),
+        this.resendBans(key, room),
+      ]);
+      for (const r of done) {
+        if (r.status === 'rejected') {
+          this.deps.log.error({ err: r.reason, key }, 'sending missed stream changes failed');
+        }
+      }
+    };
+    this.resending = this.resending.then(resend);
+    await this.resending;
   }
 
   /**
@@ -1374,12 +1393,6 @@ interface Applying {
 function settingsShown(info: StreamInfo): string {
   const { viewers: _, ...shown } = info;
   return JSON.stringify(shown);
-}
-
-/** The earlier of two times, either of which may be unknown. */
-function earliest(a: number | undefined, b: number | undefined): number | undefined {
-  if (a === undefined) return b;
-  return b === undefined ? a : Math.min(a, b);
 }
 
 /** How many of the frames held for a joining viewer are chats. */

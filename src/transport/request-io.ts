@@ -6,12 +6,13 @@
  */
 import type { Server as HttpServer } from 'node:http';
 import { type ExtendedError, Server, type Socket } from 'socket.io';
-import type { Broker, RoomAdapter } from '../broker/broker.js';
+import { type Broker, earliestSince, type RoomAdapter } from '../broker/broker.js';
 import type { Limits } from '../config.js';
 import { asChatError, ChatError } from '../core/errors.js';
 import { Gate } from '../core/gate.js';
 import { bearerToken, hasRole, type Identity, type TokenVerifier } from '../core/identity.js';
 import { isObjectId, normalizeId } from '../core/ids.js';
+import { startEarly } from '../core/limits.js';
 import type { Page, RequestMessage, RequestSummary } from '../core/messages.js';
 import type { InboxUpdates, Requests } from '../core/requests.js';
 import type { Logger } from '../observability/log.js';
@@ -125,11 +126,6 @@ function refusal(err: ChatError): ExtendedError {
   return e;
 }
 
-/** When to start closing a connection that must be gone `ms` after it opened (never before half of it). */
-function closeStartFor(ms: number): number {
-  return Math.max(ms / 2, ms - CLOSE_GRACE_MS);
-}
-
 export class RequestChat {
   readonly io: Server<Record<string, never>, ServerEvents, Record<string, never>, SocketData>;
   private readonly wires = new WeakMap<Conn, Wire>();
@@ -146,6 +142,14 @@ export class RequestChat {
   private readonly claimed = new WeakSet<Conn>();
   private readonly stopOwnerChanges: () => void;
   private readonly stopMissed: () => void;
+  /**
+   * The recovery pass under way (rooms checked, missed changes sent), and
+   * what recoveries announced during it ask of one more pass after it: one
+   * at a time, however many nodes recover at once.
+   */
+  private resyncing: Promise<void> | undefined;
+  private resyncAgain: { since: number | undefined } | undefined;
+  private closed = false;
   private readonly updates: RequestUpdates;
   /**
    * The most a history page may weigh, as JSON: half the send buffer, so a
@@ -171,9 +175,9 @@ export class RequestChat {
       // Engine.IO open but no namespace joined, or a transport upgrade left
       // half done. The close then starts, and a peer that does not answer it
       // is cut CLOSE_GRACE_MS later: it starts early enough for the cut to
-      // come within the handshake time.
-      connectTimeout: closeStartFor(deps.limits.handshakeTimeoutMs),
-      upgradeTimeout: closeStartFor(deps.limits.handshakeTimeoutMs),
+      // come within the handshake time (when that is 4 s or more).
+      connectTimeout: startEarly(deps.limits.handshakeTimeoutMs, CLOSE_GRACE_MS),
+      upgradeTimeout: startEarly(deps.limits.handshakeTimeoutMs, CLOSE_GRACE_MS),
       // Tokens, not cookies, authenticate: any origin may connect with one.
       cors: { origin: '*' },
       // Asked for handshakes only, never for a connection's later requests.
@@ -253,7 +257,7 @@ export class RequestChat {
       // access and is not in the teacher room.
       this.io.in(teacherRoomOf(previousOwnerId)).socketsLeave(roomOf(requestId));
     });
-    this.stopMissed = deps.broker.onMissed((since) => void this.resync(since));
+    this.stopMissed = deps.broker.onMissed((since) => this.resync(since));
   }
 
   /**
@@ -262,7 +266,20 @@ export class RequestChat {
    * that may no longer be in one leaves it), then the changes it missed are
    * sent again.
    */
-  private async resync(since: number | undefined): Promise<void> {
+  private resync(since: number | undefined): void {
+    if (this.resyncing) {
+      this.resyncAgain = { since: earliestSince(this.resyncAgain?.since, since) };
+      return;
+    }
+    this.resyncing = this.resyncPass(since).finally(() => {
+      this.resyncing = undefined;
+      const again = this.resyncAgain;
+      this.resyncAgain = undefined;
+      if (again && !this.closed) this.resync(again.since);
+    });
+  }
+
+  private async resyncPass(since: number | undefined): Promise<void> {
     try {
       await this.recheckRooms();
     } catch (err) {
@@ -284,6 +301,7 @@ export class RequestChat {
       r.startsWith(REQUEST_ROOM),
     );
     for (const room of rooms) {
+      if (this.closed) return;
       const requestId = room.slice(REQUEST_ROOM.length);
       try {
         const changed = await this.deps.requests.changedSince(requestId, since);
@@ -343,6 +361,7 @@ export class RequestChat {
 
   /** Disconnects every local socket (clients reconnect elsewhere) and stops. */
   async close(): Promise<void> {
+    this.closed = true;
     this.stopOwnerChanges();
     this.stopMissed();
     this.updates.close();
