@@ -200,6 +200,16 @@ describe('charla migrate', () => {
     assert.equal(charla(['migrate'], { DATABASE_URL: `sqlite:${file}` }).status, 0);
   });
 
+  it('fails at once, saying why, when the SQLite file cannot be made', () => {
+    for (const file of ['/proc/charla-none/charla.db', '/dev/null/charla.db']) {
+      const started = Date.now();
+      const r = charla(['migrate'], { DATABASE_URL: `sqlite:${file}`, LOG_LEVEL: 'silent' });
+      assert.equal(r.status, 1, `${file}: ${r.stderr}`);
+      assert.match(r.stderr, /^charla: failed.*(ENOENT|not a directory)/, file);
+      assert.ok(Date.now() - started < 20_000, `${file}: took ${Date.now() - started} ms`);
+    }
+  });
+
   it('fails with exit code 1 when the database cannot be reached', () => {
     const r = charla(['migrate'], {
       DATABASE_URL: 'postgres://postgres@127.0.0.1:1/none',

@@ -7,7 +7,7 @@
  * loss can drop the last commits. PostgreSQL is the choice when that matters.
  */
 import { once } from 'node:events';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
@@ -482,7 +482,7 @@ export class SqliteStore implements Store {
   private readonly checkpointer: Worker | undefined;
 
   constructor(path: string) {
-    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    if (path !== ':memory:') makeDirs(dirname(path));
     this.db = new Database(path);
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
@@ -1415,5 +1415,23 @@ export class SqliteStore implements Store {
       if (m) (r.kind === 'read' ? m.readBy : m.deliveredTo).push(receipt);
     }
     return messages;
+  }
+}
+
+/**
+ * Creates `dir` and its missing parents, one level at a time. Node's own
+ * `mkdirSync(dir, { recursive: true })` never returns for some paths that
+ * cannot be made (under /proc), where start-up must fail with the reason.
+ */
+function makeDirs(dir: string): void {
+  const found = statSync(dir, { throwIfNoEntry: false });
+  if (found?.isDirectory()) return;
+  if (found) throw new Error(`${dir} is not a directory`);
+  const parent = dirname(dir);
+  if (parent !== dir) makeDirs(parent);
+  try {
+    mkdirSync(dir);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
   }
 }
