@@ -248,6 +248,35 @@ describe('hostile WebSocket clients against a charla process', () => {
     await assertUndisturbed(t, 'half-open peers');
   });
 
+  it('releases within 5 s upgrades whose peer sends its FIN right after, and keeps its side open', async () => {
+    const tokens = await Promise.all(
+      Array.from({ length: 200 }, (_, i) => userToken(String(1_000 + i))),
+    );
+    const peers: Socket[] = [];
+    try {
+      await Promise.all(
+        tokens.map(async (token, i) => {
+          const socket = await rawSocket(t.server, { allowHalfOpen: true });
+          peers.push(socket);
+          socket.on('data', () => {});
+          // Half of them authenticated in the URL, half anonymous: the FIN
+          // arrives while the server checks the stream (and the token).
+          const query = i % 2 === 0 ? `?token=${token}` : '';
+          socket.end(upgradeRequest(`/ws/streams/${KEY}/${query}`));
+        }),
+      );
+      await eventually(
+        `descriptors back near ${t.baseline.fds} (now ${t.server.fds()}) with peers half-open`,
+        () => t.server.fds() <= t.baseline.fds + 3,
+        5_500,
+      );
+      assert.equal(await metricValue(t.server.url, STREAM_GAUGE), 2, 'only the normal clients');
+    } finally {
+      for (const p of peers) p.destroy();
+    }
+    await assertUndisturbed(t, 'upgrades ended at once');
+  });
+
   it('closes a fragment flood of empty continuation frames with bounded memory', async () => {
     const socket = await rawStream(t.server, KEY);
     const got: Buffer[] = [];

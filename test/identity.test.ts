@@ -126,6 +126,18 @@ const forever = (claims: Record<string, unknown>) =>
   new SignJWT(claims).setProtectedHeader({ alg: 'HS256' }).sign(new TextEncoder().encode(SECRET));
 
 describe('verified-token cache', () => {
+  it('keeps ordinary tokens, and verifies long ones every time (its bytes stay bounded)', async () => {
+    const verifier = createVerifier(hsConfig);
+    const small = await sign({ user_id: 1 }, { expiresIn: '1h' });
+    // A cached answer is the very identity first made for the token.
+    assert.equal(await verifier.verify(small), await verifier.verify(small));
+    const long = await sign({ user_id: 2, extra: 'x'.repeat(4_000) }, { expiresIn: '1h' });
+    const first = await verifier.verify(long);
+    const again = await verifier.verify(long);
+    assert.equal(again.userId, '2');
+    assert.notEqual(again, first, 'a 4 KB token is not kept');
+  });
+
   it('keeps an entry at most VERIFIED_TOKEN_TTL_MS, and never past exp', () => {
     const id = identityFromClaims({ user_id: 1 }, names);
     assert.equal(VERIFIED_TOKEN_TTL_MS, 300_000);

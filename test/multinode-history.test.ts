@@ -381,6 +381,26 @@ if (await requireServices('postgres', 'redis')) {
       });
     }
 
+    it("a chat deleted through another node's API before its own node stored it is found", async () => {
+      const key = await newStream();
+      const { c: poster } = await join(A, key, OWNER);
+      const lock = await holdStreamWrites();
+      let released = false;
+      try {
+        const [chat] = await postInOrder(poster, ['not stored yet']);
+        const id = chat?.data.id as string;
+        const deleting = api(B.url, 'DELETE', `/api/streams/${key}/messages/${id}`);
+        // B asks every node to store what it published, and waits for A.
+        await sleep(300);
+        await lock.release();
+        released = true;
+        assert.deepEqual(await deleting, { status: 200, body: { id, deleted: true } });
+        assert.deepEqual((await poster.next('delete', 5_000)).data, { id, by: 'api' });
+      } finally {
+        if (!released) await lock.release();
+      }
+    });
+
     it('a node that does not store within STREAM_HISTORY_SETTLE_MS makes the history a gap', async () => {
       const key = await newStream();
       const { c: poster } = await join(A, key, OWNER);

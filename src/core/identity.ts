@@ -150,6 +150,11 @@ function keyAndAlgorithms(
  * then (against a rotated key, say) rather than trusted for the process's life.
  */
 const VERIFIED_TOKENS = 10_000;
+/**
+ * Longer tokens are verified every time, not kept: the cache's bytes stay
+ * bounded (about VERIFIED_TOKENS × this) whatever claims tokens carry.
+ */
+const CACHED_TOKEN_MAX_CHARS = 2_048;
 export const VERIFIED_TOKEN_TTL_MS = 5 * 60_000;
 
 /** When a cache entry made at `now` must be verified again: never past `exp`. */
@@ -204,6 +209,7 @@ export function createVerifier(cfg: JwtConfig, opts: VerifierOptions = {}): Toke
         throw new ChatError('invalid_token');
       }
       const identity = identityFromClaims(payload, cfg);
+      if (token.length > CACHED_TOKEN_MAX_CHARS) return identity;
       if (verified.size >= VERIFIED_TOKENS) verified.delete(verified.keys().next().value as string);
       verified.set(token, { identity, until: cachedUntil(identity, now()) });
       return identity;

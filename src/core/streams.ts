@@ -460,9 +460,12 @@ export class Streams<F> {
     };
     switch (request.type) {
       case 'delete': {
-        // A chat seen a moment ago may still wait for its batch on this node.
+        // A chat seen a moment ago may still wait for its batch on this node,
+        // or on the node that took it: wait for every node's store once.
         await this.flush();
-        const chat = await store.getStreamMessage(key, request.id);
+        let chat = await store.getStreamMessage(key, request.id);
+        if (!chat && (await this.settle.settled()))
+          chat = await store.getStreamMessage(key, request.id);
         if (!chat) throw new ChatError('not_found', 'There is no such chat in this stream.');
         // Deleting a deleted chat again stores nothing (no log entry, no event),
         // but is still answered with its broadcast, as every moderator frame is.

@@ -174,7 +174,9 @@ export class StreamGateway {
     } finally {
       clearTimeout(timer);
     }
-    if (socket.destroyed || !socket.writable) {
+    // Gone during the checks: reset, or ended (its FIN came while only
+    // `guard`'s listener was on it, so the connection would never hear it).
+    if (socket.destroyed || !socket.writable || socket.readableEnded) {
       socket.destroy();
       return;
     }
