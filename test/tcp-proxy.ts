@@ -15,6 +15,16 @@ interface Way {
   waiting: Buffer[];
   /** The sender ended while some of it waited: the end goes after it. */
   ended: boolean;
+  /** Paused on its own, by `pauseAt`: the other connections go on. */
+  held: boolean;
+}
+
+/** What `pauseAt` looks for, and how often it has passed (or stopped) so far. */
+interface Mark {
+  side: Side;
+  text: Buffer;
+  /** Chunks that carried it: the first one stopped, the rest went on. */
+  seen: number;
 }
 
 export class TcpProxy {
@@ -23,6 +33,7 @@ export class TcpProxy {
   private held: Array<() => void> | undefined;
   private readonly ways = new Set<Way>();
   private readonly paused = { client: false, service: false };
+  private mark: Mark | undefined;
   port = 0;
 
   constructor(
@@ -82,10 +93,26 @@ export class TcpProxy {
     this.paused[side] = true;
   }
 
+  /**
+   * The first connection on which `side` sends `text` from now on (a query,
+   * say) waits from that chunk on, in the proxy, until `resume(side)`; the
+   * other connections go on, the same text on them too. `seen()` counts
+   * the chunks that carried it.
+   */
+  pauseAt(side: Side, text: string): void {
+    this.mark = { side, text: Buffer.from(text), seen: 0 };
+  }
+
+  /** How many chunks carried the text of the last `pauseAt`. */
+  seen(): number {
+    return this.mark?.seen ?? 0;
+  }
+
   resume(side: Side): void {
     this.paused[side] = false;
     for (const way of this.ways) {
       if (way.from !== side) continue;
+      way.held = false;
       for (const chunk of way.waiting.splice(0)) if (!way.to.destroyed) way.to.write(chunk);
       if (way.ended) way.to.end();
     }
@@ -99,10 +126,14 @@ export class TcpProxy {
   }
 
   private carry(from: Socket, to: Socket, side: Side): void {
-    const way: Way = { from: side, to, waiting: [], ended: false };
+    const way: Way = { from: side, to, waiting: [], ended: false, held: false };
     this.ways.add(way);
     from.on('data', (chunk: Buffer) => {
-      if (this.paused[side]) way.waiting.push(chunk);
+      const mark = this.mark;
+      if (mark?.side === side && chunk.includes(mark.text)) {
+        if (mark.seen++ === 0) way.held = true;
+      }
+      if (this.paused[side] || way.held) way.waiting.push(chunk);
       else if (!to.destroyed) to.write(chunk);
     });
     from.on('end', () => {
