@@ -434,6 +434,45 @@ describe('moderator frames', () => {
     for (const c of [teacher, student, mod.c]) c.close();
   });
 
+  it('rules heard in another order than they were stored end as stored: the node reads them again', async () => {
+    const key = await newStream();
+    const { c: teacher } = await join(key, OWNER);
+    const { c: student } = await join(key, '5');
+    assert.equal((await api(s.url, 'PUT', `/api/streams/${key}/bans/5`, {})).status, 200);
+    assert.equal((await student.next('moderation')).data.action, 'ban');
+    // Another moderator's unban, stored after the ban but heard before it:
+    // here the store takes it and the node never hears it at all.
+    await s.app.store.addModerationAction(
+      key,
+      {
+        action: 'unban',
+        userId: '5',
+        messageId: null,
+        by: MOD,
+        at: new Date().toISOString(),
+        reason: null,
+      },
+      [],
+      { kind: 'unban', userId: '5' },
+    );
+    // The next change heard makes the node compare with the store.
+    assert.equal(
+      (await api(s.url, 'PATCH', `/api/streams/${key}`, { title: 'Álgebra II' })).status,
+      200,
+    );
+    assert.deepEqual((await student.next('moderation', 5_000)).data, {
+      action: 'unban',
+      userId: '5',
+      by: MOD,
+    });
+    await postInOrder(student, ['de vuelta']);
+    assert.deepEqual(
+      (await stored(key)).map((m) => m.message),
+      ['de vuelta'],
+    );
+    for (const c of [teacher, student]) c.close();
+  });
+
   it('settings: slow mode, members-only and pause, each broadcast as a stream frame; moderators exempt', async () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);

@@ -494,6 +494,14 @@ describe('request desk settings and rules', () => {
       'https://x@files.test/uploads/a',
       'http://files.test/uploads/a',
       'not a url',
+      // Stored as sent: what the parser strips or tolerates is refused.
+      'https://files.test/uploads/a\r\nX-Injected: 1',
+      'https://files.test/uploads/a\nb',
+      'https://files.test/uploads/a\tb',
+      'https://files.test/uploads/ ',
+      ' https://files.test/uploads/a',
+      'https://files.test/uploads/a\u0000',
+      'https://files.test/uploads/a\u0085',
     ]) {
       assert.equal(allowedUrl(url, prefixes), false, url);
     }

@@ -445,10 +445,12 @@ export function inboxOwner(identity: Identity): string | undefined {
 /**
  * A URL under one of the prefixes, compared after parsing: `..` segments,
  * credentials (`https://cdn@evil`) and look-alike hosts cannot slip past a
- * plain string comparison.
+ * plain string comparison. Whitespace and control characters, which the
+ * parser strips or tolerates, are refused: the URL is stored as sent.
  */
 export function allowedUrl(raw: string, prefixes: readonly URL[]): boolean {
-  if (!URL.canParse(raw)) return false;
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is refused.
+  if (/[\u0000-\u0020\u007f-\u009f]/.test(raw) || !URL.canParse(raw)) return false;
   const url = new URL(raw);
   if (url.username !== '' || url.password !== '') return false;
   return prefixes.some(

@@ -164,6 +164,10 @@ interface Room<F> {
    * by this node's own changes until they come back from the broker.
    */
   toldBans: Map<string, number | null> | undefined;
+  /** The read of the rules that checks them against the store (`verifyRules`), while under way. */
+  verifying: Promise<void> | undefined;
+  /** A rules event came during that read: read once more after it. */
+  verifyAgain: boolean;
 }
 
 /**
@@ -547,6 +551,14 @@ export class Streams<F> {
         if (!(await store.updateStreamControl(key, { pinnedId: request.id }))) {
           throw new ChatError('stream_not_found');
         }
+        // A deletion that committed meanwhile may have found the chat not
+        // pinned yet, and left it so: then it is unpinned here. (A deletion
+        // after this read finds it pinned, and unpins it itself.)
+        if (request.id !== null && (await store.getStreamMessage(key, request.id))?.deletedAt) {
+          await store.updateStreamControl(key, { pinnedId: null });
+          await this.publishControl(key);
+          throw new ChatError('not_found', 'There is no such chat in this stream.');
+        }
         await log(request.id === null ? 'unpin' : 'pin', { messageId: request.id });
         await this.publishControl(key);
         return;
@@ -693,6 +705,8 @@ export class Streams<F> {
         seeding: undefined,
         resyncing: undefined,
         toldBans: undefined,
+        verifying: undefined,
+        verifyAgain: false,
       };
       room = created;
       this.rooms.set(key, room);
@@ -1162,6 +1176,7 @@ export class Streams<F> {
           room.sentViewers = this.viewersOf(key);
           this.send(room, { type: 'stream', data: this.infoOf(key, room) });
         }
+        this.verifyRules(key, room);
         return;
       }
     }
@@ -1249,6 +1264,49 @@ export class Streams<F> {
     };
     this.resending = this.resending.then(resend);
     await this.resending;
+  }
+
+  /**
+   * Reads the stream's rules again after a change to them was heard, and
+   * corrects what this node holds where the store differs, telling its
+   * viewers (a `stream` frame, `moderation` frames) as after a Redis outage.
+   * Each change is published after it commits, so two moderators' changes
+   * (a ban and an unban of one user, two settings) can be heard in the other
+   * order than they were stored, and every node would go on enforcing the
+   * older one. One read at a time per room; a change heard during a read
+   * asks for one more after it, so the last read begins after every change
+   * heard and what is held ends as what is stored.
+   */
+  private verifyRules(key: string, room: Room<F>): void {
+    if (room.verifying) {
+      room.verifyAgain = true;
+      return;
+    }
+    room.verifying = (async () => {
+      do {
+        room.verifyAgain = false;
+        try {
+          await this.correctRules(key, room);
+        } catch (err) {
+          this.deps.log.error({ err, key }, 'checking stream rules against the store failed');
+        }
+      } while (room.verifyAgain && this.rooms.get(key) === room);
+      room.verifying = undefined;
+    })();
+  }
+
+  private async correctRules(key: string, room: Room<F>): Promise<void> {
+    const fresh = await this.loadRules(key);
+    // Gone, being read anew, or changed during the read (the next read compares).
+    if (this.rooms.get(key) !== room || room.rules === undefined || room.verifyAgain) return;
+    const shown = settingsShown(this.infoOf(key, room));
+    room.rules = fresh;
+    const info = this.infoOf(key, room);
+    if (settingsShown(info) !== shown) {
+      room.sentViewers = info.viewers;
+      this.send(room, { type: 'stream', data: info });
+    }
+    await this.resendBans(key, room);
   }
 
   /**
