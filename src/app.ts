@@ -20,6 +20,7 @@ import { Metrics } from './observability/metrics.js';
 import { SqliteStore, sqlitePath } from './store/sqlite.js';
 import type { Store } from './store/store.js';
 import { createHttpHandler } from './transport/http.js';
+import { inTurn } from './transport/http-turns.js';
 import { RequestChat, SOCKET_IO_PATH } from './transport/request-io.js';
 import {
   encodeStreamBroadcast,
@@ -54,23 +55,6 @@ const CLIENT_CLOSE_MS = 3_000;
 
 /** How often Node looks for requests past their header or request timeout, at most. */
 const CONNECTIONS_CHECK_MS = 1_000;
-
-/**
- * Cuts the connection of a response the peer has not taken within `ms` of
- * its end (called once the handler is done with it). Node reads no further
- * requests of a connection while a response waits to be written, and times
- * nothing out then: a client that pipelines requests and never reads would
- * otherwise hold its connection, and what its response left in memory, for
- * as long as it likes. The handler's own time (a slow store) does not count.
- */
-function cutUntaken(res: ServerResponse, ms: number): void {
-  if (res.writableFinished || res.destroyed) return;
-  const timer = setTimeout(() => res.destroy(), ms);
-  timer.unref();
-  const done = () => clearTimeout(timer);
-  res.once('finish', done);
-  res.once('close', done);
-}
 
 /** The answer to a request Node's parser refused, before any handler saw it. */
 function clientErrorResponse(code: string | undefined): string {
@@ -218,21 +202,24 @@ export async function createApp(config: Config, options: { log?: Logger } = {}):
       requestTimeout: handshakeMs - checkMs,
       connectionsCheckingInterval: checkMs,
     },
-    (req, res) => {
-      // Whatever a request does, it must not become an unhandled rejection,
-      // which would end the process for everyone.
-      onRequest(req, res)
-        .catch((err: unknown) => {
-          log.error({ err, method: req.method, path: safePath(req.url) }, 'http request failed');
-          if (res.headersSent) {
-            res.destroy();
-            return;
-          }
-          res.writeHead(500, { 'content-type': 'application/json; charset=utf-8' });
-          res.end(JSON.stringify(new ChatError('internal_error').toPayload()));
-        })
-        .finally(() => cutUntaken(res, config.limits.httpResponseTimeoutMs));
-    },
+    (req, res) =>
+      inTurn(
+        req,
+        res,
+        // Whatever a request does, it must not become an unhandled rejection,
+        // which would end the process for everyone.
+        () =>
+          onRequest(req, res).catch((err: unknown) => {
+            log.error({ err, method: req.method, path: safePath(req.url) }, 'http request failed');
+            if (res.headersSent) {
+              res.destroy();
+              return;
+            }
+            res.writeHead(500, { 'content-type': 'application/json; charset=utf-8' });
+            res.end(JSON.stringify(new ChatError('internal_error').toPayload()));
+          }),
+        config.limits.httpResponseTimeoutMs,
+      ),
   );
   // Socket.IO answers its own requests and upgrades, ahead of these listeners.
   const requestChat = new RequestChat(server, {

@@ -11,6 +11,7 @@ import { API_KEY, api, StreamClient, sleep, userToken } from './helpers.js';
 import {
   assertRecovered,
   baselineOf,
+  mb,
   rawSocket,
   readAll,
   reset,
@@ -236,25 +237,71 @@ describe('slow peers', () => {
 
 describe('a client that never reads its answers', () => {
   const RESPONSE_S = 2;
+  const BIG = '6751b6df1ad14eaa13a0ee77';
+  const PAGE = `/api/requests/${BIG}/messages?limit=500`;
+  const pageRequest = `GET ${PAGE} HTTP/1.1\r\nHost: x\r\nX-API-Key: ${API_KEY}\r\n\r\n`;
   let reader: WatchedServer;
 
   // The default handshake time (10 s), well past this test: only
   // HTTP_RESPONSE_TIMEOUT_SECONDS can cut the connection here.
   before(async () => {
-    reader = await startWatched({ HTTP_RESPONSE_TIMEOUT_SECONDS: String(RESPONSE_S) });
+    reader = await startWatched({
+      HTTP_RESPONSE_TIMEOUT_SECONDS: String(RESPONSE_S),
+      REQUEST_RATE_LIMIT: '100000/1s',
+      FLOOD_LIMIT: '100000',
+    });
+    // A request whose history page (200 messages of 5,000 characters) is about 1 MB.
+    assert.equal(
+      (await api(reader.url, 'PUT', `/api/requests/${BIG}`, { ownerId: '1' })).status,
+      201,
+    );
+    const lab = await RequestClient.connect(reader.url, await userToken('9', { role: 'LAB' }));
+    assert.equal((await lab.ask('joinRoom', { requestId: BIG })).ok, true);
+    for (let i = 0; i < 200; i++) {
+      const text = `${i} ${'x'.repeat(4_990)}`;
+      assert.equal((await lab.ask('message', { requestId: BIG, message: text })).ok, true);
+    }
+    lab.close();
   });
   after(() => reader.close());
 
-  it('is cut HTTP_RESPONSE_TIMEOUT_SECONDS after the answer it does not take', async () => {
-    // What the first answers open for good comes before the baseline.
-    assert.equal((await api(reader.url, 'GET', '/api/openapi.json', undefined, null)).status, 200);
+  it('has its pipelined requests answered one at a time: the server holds one answer, not all', async () => {
+    assert.equal((await api(reader.url, 'GET', PAGE)).status, 200);
     const before = await baselineOf(reader);
     const socket = await rawSocket(reader);
     socket.pause();
-    // Far more answers (30 KB each) than the socket buffers hold: the server
-    // is left with one it cannot write, and reads no further request meanwhile.
-    const request = get('/api/openapi.json').replace('Connection: close', 'Connection: keep-alive');
-    socket.write(request.repeat(400));
+    socket.write(pageRequest.repeat(30));
+    await sleep(1_000);
+    const grown = reader.rss() - before.rss;
+    socket.resetAndDestroy();
+    // 30 pages built at once would be 30 MB and more.
+    assert.ok(grown < 20 * 1024 * 1024, `RSS grew by ${mb(grown)} for one connection`);
+    await assertRecovered(reader, before, { fdSlack: 1 });
+  });
+
+  it('is cut when it has more than 32 requests waiting for their turn', async () => {
+    const socket = await rawSocket(reader);
+    socket.pause();
+    const closed = new Promise<void>((resolve) => socket.once('close', () => resolve()));
+    socket.write(
+      get('/api/openapi.json').replace('Connection: close', 'Connection: keep-alive').repeat(100),
+    );
+    // The server's reset reaches a peer that does not read only once it writes.
+    await sleep(500);
+    socket.resume();
+    socket.on('data', () => {});
+    await Promise.race([closed, sleep(5_000).then(() => assert.fail('still open'))]);
+  });
+
+  it('is cut HTTP_RESPONSE_TIMEOUT_SECONDS after the answer it does not take', async () => {
+    // What the first answers open for good comes before the baseline.
+    assert.equal((await api(reader.url, 'GET', PAGE)).status, 200);
+    const before = await baselineOf(reader);
+    const socket = await rawSocket(reader);
+    socket.pause();
+    // More answers (1 MB each) than the socket buffers hold: the server is
+    // left with one it cannot write, and answers no further request meanwhile.
+    socket.write(pageRequest.repeat(12));
     await sleep(RESPONSE_S * 1000 - 500);
     assert.ok(reader.fds() > before.fds, 'cut before HTTP_RESPONSE_TIMEOUT_SECONDS');
     // The peer, never reading, does not see the cut: the server's descriptors tell.
