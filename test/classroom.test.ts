@@ -514,6 +514,31 @@ describe('moderator frames', () => {
     for (const c of [teacher, student, member]) c.close();
   });
 
+  it('a pinned chat deleted in the store is never shown again by a read of the rules', async () => {
+    const key = await newStream();
+    const { c: teacher } = await join(key, OWNER);
+    const { c: student } = await join(key, '5');
+    const [chat] = await postInOrder(teacher, ['spam']);
+    const id = chat?.data.id as string;
+    teacher.send({ type: 'pin', data: { id } });
+    await nextStream(student, (d) => d.pinned?.id === id);
+    // The deletion is stored; its unpin has not come yet (it follows a moment later).
+    const at = new Date().toISOString();
+    await s.app.store.addModerationAction(
+      key,
+      { action: 'delete', userId: OWNER, messageId: id, by: MOD, at, reason: null },
+      [],
+      { kind: 'delete', id, by: MOD, at },
+    );
+    // A change heard meanwhile makes the node read the rules again.
+    assert.equal((await api(s.url, 'PUT', `/api/streams/${key}/bans/6`, {})).status, 200);
+    const shown = await nextStream(student, (d) => d.pinned?.id !== id);
+    assert.equal(shown.pinned, null, 'the deleted chat is not pinned for the viewers');
+    const { stream } = await join(key);
+    assert.equal(stream.data.pinned, null, 'nor for a joiner');
+    for (const c of [teacher, student]) c.close();
+  });
+
   it('pin and unpin: the stream frame carries the pinned chat', async () => {
     const key = await newStream();
     const { c: teacher } = await join(key, OWNER);

@@ -24,6 +24,7 @@
  * history (the cache's seed, or a join the cache cannot answer) first waits
  * until every node has stored what it published (`stream-settle.ts`).
  */
+import { setTimeout as sleep } from 'node:timers/promises';
 import { type Broker, earliestSince, type Unsubscribe } from '../broker/broker.js';
 import type { Limits } from '../config.js';
 import type { Logger } from '../observability/log.js';
@@ -71,6 +72,9 @@ export const MAX_TIMEOUT_SECONDS = 1_209_600;
 export const MAX_SLOW_MODE_SECONDS = 3_600;
 /** How long a chat refused while the store catches up is told to wait. */
 const STORE_BUSY_RETRY_MS = 1_000;
+
+/** How long after a rules change a node reads the rules again to check them (`verifyRules`). */
+const RULES_CHECK_DELAY_MS = 250;
 
 export type StreamStatus = 'open' | 'ended' | 'unknown';
 
@@ -164,10 +168,16 @@ interface Room<F> {
    * by this node's own changes until they come back from the broker.
    */
   toldBans: Map<string, number | null> | undefined;
-  /** The read of the rules that checks them against the store (`verifyRules`), while under way. */
+  /** The read of the rules that checks them against the store (`verifyRules`), while due or under way. */
   verifying: Promise<void> | undefined;
   /** A rules event came during that read: read once more after it. */
   verifyAgain: boolean;
+  /**
+   * Counts every change made to `rules` in memory (heard, made here, a
+   * deletion's unpin, a read after a recovery): a read begun before one is
+   * older than what is held, and is not taken.
+   */
+  rulesChanges: number;
 }
 
 /**
@@ -707,6 +717,7 @@ export class Streams<F> {
         toldBans: undefined,
         verifying: undefined,
         verifyAgain: false,
+        rulesChanges: 0,
       };
       room = created;
       this.rooms.set(key, room);
@@ -733,10 +744,13 @@ export class Streams<F> {
       (rules) => {
         if (room.loading === loading) {
           room.loading = undefined;
+          const heard = room.queued.length;
           for (const event of room.queued) applyRule(rules, event);
           room.queued = [];
           room.rules = rules;
           room.toldBans ??= new Map(rules.bans);
+          // Changes heard during the read, applied in the order heard: checked as any change is.
+          if (heard > 0) this.verifyRules(key, room);
         }
         return rules;
       },
@@ -761,10 +775,7 @@ export class Streams<F> {
       store.streamMembers(key),
       store.streamBans(key, new Date().toISOString()),
     ]);
-    const pinned =
-      control?.pinnedId == null
-        ? null
-        : ((await store.getStreamMessage(key, control.pinnedId)) ?? null);
+    const pinned = control?.pinnedId == null ? null : await this.pinnedChat(key, control.pinnedId);
     return {
       title: control?.title ?? null,
       ownerId: control?.ownerId ?? null,
@@ -1057,8 +1068,11 @@ export class Streams<F> {
     // A rule change holds on this node as soon as the call that made it returns;
     // it is applied again, in the broker's order, when it comes back.
     if (change.kind === 'moderation' || change.kind === 'members' || change.kind === 'control') {
-      const rules = this.rooms.get(key)?.rules;
-      if (rules) applyRule(rules, change);
+      const room = this.rooms.get(key);
+      if (room?.rules) {
+        applyRule(room.rules, change);
+        room.rulesChanges++;
+      }
     }
     const ack = `${this.node}:${++this.changes}`;
     return new Promise<void>((resolve) => {
@@ -1095,11 +1109,18 @@ export class Streams<F> {
   private async publishControl(key: string): Promise<void> {
     const control = await this.deps.store.getStreamControl(key);
     if (!control) return;
-    const pinned =
-      control.pinnedId === null
-        ? null
-        : ((await this.deps.store.getStreamMessage(key, control.pinnedId)) ?? null);
+    const pinned = control.pinnedId === null ? null : await this.pinnedChat(key, control.pinnedId);
     await this.publish(key, { kind: 'control', control, pinned });
+  }
+
+  /**
+   * The pinned chat, as viewers are shown it: none when it is deleted (its
+   * deletion unpins it a moment after it is stored, and a read in between
+   * must not show it again).
+   */
+  private async pinnedChat(key: string, id: string): Promise<StreamMessage | null> {
+    const chat = await this.deps.store.getStreamMessage(key, id);
+    return chat && chat.deletedAt === undefined ? chat : null;
   }
 
   /** Each node reports its own count; the `stream` frame goes out again when the sum changed. */
@@ -1153,13 +1174,17 @@ export class Streams<F> {
       }
       case 'delete': {
         this.recent.get(key)?.remove(event.id);
-        if (room.rules?.pinned?.id === event.id) room.rules.pinned = null;
+        if (room.rules?.pinned?.id === event.id) {
+          room.rules.pinned = null;
+          room.rulesChanges++;
+        }
         this.send(room, { type: 'delete', data: { id: event.id, by: event.by } });
         return;
       }
       case 'moderation':
       case 'control':
       case 'members': {
+        room.rulesChanges++;
         if (room.rules) applyRule(room.rules, event);
         else if (room.loading) room.queued.push(event);
         if (event.kind === 'moderation') {
@@ -1222,6 +1247,7 @@ export class Streams<F> {
       room.rules = undefined;
       room.loading = undefined;
       room.queued = [];
+      room.rulesChanges++;
       this.reload(key, room).catch((err: unknown) =>
         this.deps.log.error({ err, key }, 'reading stream rules again failed'),
       );
@@ -1285,6 +1311,10 @@ export class Streams<F> {
     room.verifying = (async () => {
       do {
         room.verifyAgain = false;
+        // A moment after the change: the changes of a burst (a raid's bans)
+        // are read once, and one stored with it is heard by then, not only read.
+        await sleep(RULES_CHECK_DELAY_MS);
+        if (this.rooms.get(key) !== room) break;
         try {
           await this.correctRules(key, room);
         } catch (err) {
@@ -1296,9 +1326,14 @@ export class Streams<F> {
   }
 
   private async correctRules(key: string, room: Room<F>): Promise<void> {
+    const changes = room.rulesChanges;
     const fresh = await this.loadRules(key);
-    // Gone, being read anew, or changed during the read (the next read compares).
-    if (this.rooms.get(key) !== room || room.rules === undefined || room.verifyAgain) return;
+    if (this.rooms.get(key) !== room || room.rules === undefined) return;
+    // Changed in memory during the read: what was read may be older; read again.
+    if (room.rulesChanges !== changes) {
+      room.verifyAgain = true;
+      return;
+    }
     const shown = settingsShown(this.infoOf(key, room));
     room.rules = fresh;
     const info = this.infoOf(key, room);
