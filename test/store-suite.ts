@@ -1326,6 +1326,12 @@ export function storeSuite(name: string, harness: () => Promise<StoreHarness>): 
             paused: true,
             pinnedId: chat.id,
           });
+          // Unpinning a chat that is no longer the pinned one leaves the pin.
+          assert.equal(await s.unpinStreamMessage('class', 'another-chat'), false);
+          assert.equal((await s.getStreamControl('class'))?.pinnedId, chat.id);
+          assert.equal(await s.unpinStreamMessage('class', chat.id), true);
+          assert.equal((await s.getStreamControl('class'))?.pinnedId, null);
+          assert.equal(await s.unpinStreamMessage('class', chat.id), false);
           await s.updateStreamControl('class', { pinnedId: null, membersOnly: false });
           const after = await s.getStreamControl('class');
           assert.equal(after?.pinnedId, null);

@@ -490,11 +490,7 @@ export class Streams<F> {
           { kind: 'delete', id: request.id, by, at },
         );
         await this.publish(key, { kind: 'delete', id: request.id, by });
-        const control = await store.getStreamControl(key);
-        if (control?.pinnedId === request.id) {
-          await store.updateStreamControl(key, { pinnedId: null });
-          await this.publishControl(key);
-        }
+        if (await store.unpinStreamMessage(key, request.id)) await this.publishControl(key);
         return;
       }
       case 'timeout':
@@ -565,8 +561,7 @@ export class Streams<F> {
         // pinned yet, and left it so: then it is unpinned here. (A deletion
         // after this read finds it pinned, and unpins it itself.)
         if (request.id !== null && (await store.getStreamMessage(key, request.id))?.deletedAt) {
-          await store.updateStreamControl(key, { pinnedId: null });
-          await this.publishControl(key);
+          if (await store.unpinStreamMessage(key, request.id)) await this.publishControl(key);
           throw new ChatError('not_found', 'There is no such chat in this stream.');
         }
         await log(request.id === null ? 'unpin' : 'pin', { messageId: request.id });

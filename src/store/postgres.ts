@@ -1161,6 +1161,14 @@ export class PostgresStore implements Store {
     return rows.length > 0;
   }
 
+  async unpinStreamMessage(key: string, id: string): Promise<boolean> {
+    const rows = await this.query(
+      'UPDATE streams SET pinned_id = NULL, updated_at = $2 WHERE key = $1 AND pinned_id = $3 RETURNING key',
+      [key, new Date(), id],
+    );
+    return rows.length > 0;
+  }
+
   async setStreamMembers(key: string, userIds: readonly string[]): Promise<void> {
     // One statement is one transaction: the old list is replaced whole or not at all.
     await this.query(

@@ -889,6 +889,12 @@ export class SqliteStore implements Store {
     return this.db.prepare(sql).run(values).changes > 0;
   }
 
+  async unpinStreamMessage(key: string, id: string): Promise<boolean> {
+    const sql =
+      'UPDATE streams SET pinned_id = NULL, updated_at = ? WHERE key = ? AND pinned_id = ?';
+    return this.db.prepare(sql).run(new Date().toISOString(), key, id).changes > 0;
+  }
+
   async setStreamMembers(key: string, userIds: readonly string[]): Promise<void> {
     this.db.transaction(() => {
       this.q.clearMembers.run(key);

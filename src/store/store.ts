@@ -254,6 +254,11 @@ export interface Store {
       pinnedId?: string | null;
     },
   ): Promise<boolean>;
+  /**
+   * Unpins the chat `id` if it is still the pinned one (a pin of another
+   * chat made meanwhile stays); true when it was unpinned.
+   */
+  unpinStreamMessage(key: string, id: string): Promise<boolean>;
   /** Replaces the members-only allowlist. */
   setStreamMembers(key: string, userIds: readonly string[]): Promise<void>;
   streamMembers(key: string): Promise<string[]>;
