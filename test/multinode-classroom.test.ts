@@ -18,10 +18,9 @@ import {
   until,
   userToken,
 } from './helpers.js';
+import { ready, ws } from './nodes.js';
 import { REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
 
-const ws = (node: ChildServer) => node.url.replace(/^http/, 'ws');
-const ready = async (node: ChildServer) => (await fetch(`${node.url}/readyz`)).status === 200;
 const OWNER = '100';
 
 async function connect(node: ChildServer, key: string, userId?: string): Promise<StreamClient> {

@@ -6,37 +6,11 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import {
-  API_KEY,
-  api,
-  type ChildServer,
-  type Frame,
-  SECRET,
-  StreamClient,
-  spawnServers,
-  until,
-  userToken,
-} from './helpers.js';
+import { API_KEY, api, type ChildServer, SECRET, spawnServers, until } from './helpers.js';
+import { answerTo, ready, viewer } from './nodes.js';
 import { REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
 
-const ws = (node: ChildServer) => node.url.replace(/^http/, 'ws');
-const ready = async (node: ChildServer) => (await fetch(`${node.url}/readyz`)).status === 200;
 const ROUNDS = 30;
-
-async function viewer(node: ChildServer, key: string, userId: string): Promise<StreamClient> {
-  const c = await StreamClient.connect(ws(node), key, { token: await userToken(userId) });
-  await c.next('history');
-  return c;
-}
-
-/** The answer to `c`'s chat `text`: its echo, or the error refusing it. */
-async function answerTo(c: StreamClient, text: string): Promise<Frame> {
-  c.chat(text);
-  for (;;) {
-    const f = await c.next(undefined, 5_000);
-    if (f.type === 'error' || (f.type === 'chat' && f.data.message === text)) return f;
-  }
-}
 
 if (await requireServices('postgres', 'redis')) {
   describe('API changes hold on every node once answered', () => {

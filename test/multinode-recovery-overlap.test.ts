@@ -13,7 +13,6 @@ import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { Redis } from 'ioredis';
-import { io, type Socket } from 'socket.io-client';
 import {
   API_KEY,
   api,
@@ -25,29 +24,13 @@ import {
   until,
   userToken,
 } from './helpers.js';
+import { ask, ready, requestSocket, ws } from './nodes.js';
 import { PG_URL, REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
 import { TcpProxy } from './tcp-proxy.js';
 
-const ws = (node: ChildServer) => node.url.replace(/^http/, 'ws');
-const ready = async (node: ChildServer) => (await fetch(`${node.url}/readyz`)).status === 200;
 const OWNER = '100';
 /** The store's read of a stream's record (`getStream`), which a recovery makes for each stream. */
 const STREAM_READ = 'SELECT key, title, owner_id, ended_at FROM streams';
-
-async function requestSocket(node: ChildServer, token: string) {
-  const socket = io(node.url, { auth: { token }, transports: ['websocket'], reconnection: false });
-  const events: Array<[string, any]> = [];
-  socket.onAny((event: string, payload: unknown) => events.push([event, payload]));
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve);
-    socket.once('connect_error', reject);
-  });
-  const of = (event: string) => events.filter(([e]) => e === event).map(([, p]) => p);
-  return { socket, of };
-}
-
-const ask = (socket: Socket, event: string, payload: unknown): Promise<any> =>
-  socket.timeout(5_000).emitWithAck(event, payload);
 
 if (await requireServices('postgres', 'redis')) {
   describe('recoveries announced while a node still catches up with one', () => {

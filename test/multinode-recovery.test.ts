@@ -9,12 +9,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { io, type Socket } from 'socket.io-client';
 import {
   API_KEY,
   api,
   type ChildServer,
-  type Frame,
   SECRET,
   StreamClient,
   sleep,
@@ -22,42 +20,11 @@ import {
   until,
   userToken,
 } from './helpers.js';
+import { answerTo, ask, ready, requestSocket, viewer, ws } from './nodes.js';
 import { REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
 import { TcpProxy } from './tcp-proxy.js';
 
-const ws = (node: ChildServer) => node.url.replace(/^http/, 'ws');
-const ready = async (node: ChildServer) => (await fetch(`${node.url}/readyz`)).status === 200;
 const OWNER = '100';
-
-async function viewer(node: ChildServer, key: string, userId: string): Promise<StreamClient> {
-  const c = await StreamClient.connect(ws(node), key, { token: await userToken(userId) });
-  await c.next('history');
-  return c;
-}
-
-/** The answer to `c`'s chat `text`: its echo, or the error refusing it. */
-async function answerTo(c: StreamClient, text: string): Promise<Frame> {
-  c.chat(text);
-  for (;;) {
-    const f = await c.next(undefined, 5_000);
-    if (f.type === 'error' || (f.type === 'chat' && f.data.message === text)) return f;
-  }
-}
-
-async function requestSocket(node: ChildServer, token: string) {
-  const socket = io(node.url, { auth: { token }, transports: ['websocket'], reconnection: false });
-  const events: Array<[string, any]> = [];
-  socket.onAny((event: string, payload: unknown) => events.push([event, payload]));
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve);
-    socket.once('connect_error', reject);
-  });
-  const of = (event: string) => events.filter(([e]) => e === event).map(([, p]) => p);
-  return { socket, of };
-}
-
-const ask = (socket: Socket, event: string, payload: unknown): Promise<any> =>
-  socket.timeout(5_000).emitWithAck(event, payload);
 
 if (await requireServices('postgres', 'redis')) {
   describe('a node back from a Redis outage catches up with what it missed', () => {

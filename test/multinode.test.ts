@@ -9,7 +9,6 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { io, type Socket } from 'socket.io-client';
 import {
   API_KEY,
   api,
@@ -22,12 +21,11 @@ import {
   until,
   userToken,
 } from './helpers.js';
+import { ask, ready, requestSocket, ws } from './nodes.js';
 import { PG_URL, REDIS_URL, requireServices, tempRedisPrefix, tempSchema } from './services.js';
 import { TcpProxy } from './tcp-proxy.js';
 
-const ws = (node: ChildServer) => node.url.replace(/^http/, 'ws');
 const chats = (c: StreamClient) => c.frames.filter((f) => f.type === 'chat').map((f) => f.data);
-const ready = async (node: ChildServer) => (await fetch(`${node.url}/readyz`)).status === 200;
 
 /** Receipt times of chats on one client, by message text: for latency figures. */
 function timeChats(c: StreamClient): Map<string, number> {
@@ -57,22 +55,6 @@ const percentile = (sorted: number[], p: number) =>
 const figures = (sorted: number[]) =>
   `p50 ${percentile(sorted, 50).toFixed(1)} ms, p99 ${percentile(sorted, 99).toFixed(1)} ms, ` +
   `max ${percentile(sorted, 100).toFixed(1)} ms`;
-
-/** A request-chat socket on `node`, connected, recording every event it receives. */
-async function requestSocket(node: ChildServer, token: string) {
-  const socket = io(node.url, { auth: { token }, transports: ['websocket'], reconnection: false });
-  const events: Array<[string, any]> = [];
-  socket.onAny((event: string, payload: unknown) => events.push([event, payload]));
-  await new Promise<void>((resolve, reject) => {
-    socket.once('connect', resolve);
-    socket.once('connect_error', reject);
-  });
-  const of = (event: string) => events.filter(([e]) => e === event).map(([, p]) => p);
-  return { socket, events, of };
-}
-
-const ask = (socket: Socket, event: string, payload: unknown): Promise<any> =>
-  socket.timeout(5_000).emitWithAck(event, payload);
 
 if (await requireServices('postgres', 'redis')) {
   describe('three nodes, one PostgreSQL, one Redis', () => {
