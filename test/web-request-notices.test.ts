@@ -13,6 +13,22 @@ import { api, startServer, type TestServer, userToken } from './helpers.js';
 import { RequestClient } from './request-client.js';
 
 const skip = browserSkip();
+const ANA = { username: 'ana', role: 'TEACHER' };
+
+/** A new request owned by user 1 on the server at `url`. */
+async function registered(url: string): Promise<string> {
+  const id = newId();
+  assert.equal((await api(url, 'PUT', `/api/requests/${id}`, { ownerId: '1' })).status, 201);
+  return id;
+}
+
+/** Request `id`'s view, opened by its owner (user 1, "ana") and live, with its composer. */
+async function openOwnRequest(browser: Browser, url: string, id: string) {
+  const token = await userToken('1', ANA);
+  const opened = await openPage(browser, `${url}/#view=request&request=${id}&token=${token}`);
+  await opened.page.locator('#request-view .status[data-state="live"]').waitFor();
+  return { ...opened, input: opened.page.locator('#request-view .composer input') };
+}
 const PREFIX = 'https://files.example.com/';
 
 describe('web client: request view notices and attachments', { skip }, () => {
@@ -30,24 +46,9 @@ describe('web client: request view notices and attachments', { skip }, () => {
     await server?.close();
   });
 
-  async function registered(): Promise<string> {
-    const id = newId();
-    assert.equal(
-      (await api(server.url, 'PUT', `/api/requests/${id}`, { ownerId: '1' })).status,
-      201,
-    );
-    return id;
-  }
-
   test('the "sending too fast" notice counts down and goes once the messages leave', async () => {
-    const id = await registered();
-    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
-    const { page, context, problems } = await openPage(
-      browser,
-      `${server.url}/#view=request&request=${id}&token=${token}`,
-    );
-    await page.locator('#request-view .status[data-state="live"]').waitFor();
-    const input = page.locator('#request-view .composer input');
+    const id = await registered(server.url);
+    const { page, context, problems, input } = await openOwnRequest(browser, server.url, id);
     for (let i = 1; i <= 5; i++) {
       await input.fill(`mensaje ${i}`);
       await input.press('Enter');
@@ -65,14 +66,8 @@ describe('web client: request view notices and attachments', { skip }, () => {
   });
 
   test('a message still being sent has no Edit or Delete; once stored it has both', async () => {
-    const id = await registered();
-    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
-    const { page, context, problems } = await openPage(
-      browser,
-      `${server.url}/#view=request&request=${id}&token=${token}`,
-    );
-    await page.locator('#request-view .status[data-state="live"]').waitFor();
-    const input = page.locator('#request-view .composer input');
+    const id = await registered(server.url);
+    const { page, context, problems, input } = await openOwnRequest(browser, server.url, id);
     for (let i = 1; i <= 5; i++) {
       await input.fill(`espera ${i}`);
       await input.press('Enter');
@@ -91,7 +86,7 @@ describe('web client: request view notices and attachments', { skip }, () => {
   });
 
   test('attachments in a history that arrives before the client configuration are links', async () => {
-    const id = await registered();
+    const id = await registered(server.url);
     const lab = await RequestClient.connect(
       server.url,
       await userToken('2', { username: 'lab', role: 'LAB' }),
@@ -107,7 +102,7 @@ describe('web client: request view notices and attachments', { skip }, () => {
     });
     assert.equal(sent.ok, true, JSON.stringify(sent));
 
-    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const token = await userToken('1', ANA);
     const context = await browser.newContext();
     const page = await context.newPage();
     page.setDefaultTimeout(10_000);
@@ -127,8 +122,8 @@ describe('web client: request view notices and attachments', { skip }, () => {
     await context.close();
   });
   test('a configuration that never comes does not keep the view from connecting', async () => {
-    const id = await registered();
-    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const id = await registered(server.url);
+    const token = await userToken('1', ANA);
     const context = await browser.newContext();
     const page = await context.newPage();
     await page.route('**/client-config.json', () => {});
@@ -152,18 +147,8 @@ describe('web client: an edit the server refuses', { skip }, () => {
   });
 
   test('keeps the new text in the box, to send as a new message', async () => {
-    const id = newId();
-    assert.equal(
-      (await api(server.url, 'PUT', `/api/requests/${id}`, { ownerId: '1' })).status,
-      201,
-    );
-    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
-    const { page, context, problems } = await openPage(
-      browser,
-      `${server.url}/#view=request&request=${id}&token=${token}`,
-    );
-    await page.locator('#request-view .status[data-state="live"]').waitFor();
-    const input = page.locator('#request-view .composer input');
+    const id = await registered(server.url);
+    const { page, context, problems, input } = await openOwnRequest(browser, server.url, id);
     await input.fill('El pH es 7');
     await input.press('Enter');
     const mine = page.locator('#request-view .msg.mine', { hasText: 'El pH es 7' });
@@ -204,24 +189,9 @@ describe('web client: Edit and Delete only within the edit window', { skip }, ()
     await server?.close();
   });
 
-  async function registered(): Promise<string> {
-    const id = newId();
-    assert.equal(
-      (await api(server.url, 'PUT', `/api/requests/${id}`, { ownerId: '1' })).status,
-      201,
-    );
-    return id;
-  }
-
   test('a message just sent has Edit and Delete, and loses them once the window passes', async () => {
-    const id = await registered();
-    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
-    const { page, context, problems } = await openPage(
-      browser,
-      `${server.url}/#view=request&request=${id}&token=${token}`,
-    );
-    await page.locator('#request-view .status[data-state="live"]').waitFor();
-    const input = page.locator('#request-view .composer input');
+    const id = await registered(server.url);
+    const { page, context, problems, input } = await openOwnRequest(browser, server.url, id);
     await input.fill('Muestra 12 lista');
     const sentAt = Date.now();
     await input.press('Enter');
@@ -239,8 +209,8 @@ describe('web client: Edit and Delete only within the edit window', { skip }, ()
   });
 
   test("a browser whose clock is 20 minutes ahead still offers them, by the server's clock", async () => {
-    const id = await registered();
-    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const id = await registered(server.url);
+    const token = await userToken('1', ANA);
     const context = await browser.newContext();
     const page = await context.newPage();
     page.setDefaultTimeout(10_000);
@@ -260,8 +230,8 @@ describe('web client: Edit and Delete only within the edit window', { skip }, ()
   });
 
   test('a message from the history older than the window has neither', async () => {
-    const id = await registered();
-    const token = await userToken('1', { username: 'ana', role: 'TEACHER' });
+    const id = await registered(server.url);
+    const token = await userToken('1', ANA);
     const ana = await RequestClient.connect(server.url, token);
     clients.push(ana);
     await ana.ask('joinRoom', { requestId: id });
