@@ -1184,10 +1184,7 @@ export class Streams<F> {
         else if (room.loading) room.queued.push(event);
         if (event.kind === 'moderation') {
           const { action, userId, seconds, by } = event;
-          if (room.toldBans) {
-            if (action === 'unban') room.toldBans.delete(userId);
-            else recordBan(room.toldBans, userId, event.until ?? null);
-          }
+          if (room.toldBans) applyModeration(room.toldBans, event);
           this.send(room, {
             type: 'moderation',
             data: seconds === undefined ? { action, userId, by } : { action, userId, seconds, by },
@@ -1264,11 +1261,7 @@ export class Streams<F> {
     // Another read (a later recovery's) took over, and compares when it is done.
     if (shown === undefined || room.rules === undefined) return;
     room.resyncing = undefined;
-    const info = this.infoOf(key, room);
-    if (shown.settings !== undefined && settingsShown(info) !== shown.settings) {
-      room.sentViewers = info.viewers;
-      this.send(room, { type: 'stream', data: info });
-    }
+    if (shown.settings !== undefined) this.announceIfChanged(key, room, shown.settings);
     // One room at a time, so that a recovery does not crowd the store; each
     // part on its own, so that a failed read does not keep back the other.
     const resend = async () => {
@@ -1331,12 +1324,16 @@ export class Streams<F> {
     }
     const shown = settingsShown(this.infoOf(key, room));
     room.rules = fresh;
-    const info = this.infoOf(key, room);
-    if (settingsShown(info) !== shown) {
-      room.sentViewers = info.viewers;
-      this.send(room, { type: 'stream', data: info });
-    }
+    this.announceIfChanged(key, room, shown);
     await this.resendBans(key, room);
+  }
+
+  /** Sends the `stream` frame when what it shows is no longer `shown` (see `settingsShown`). */
+  private announceIfChanged(key: string, room: Room<F>, shown: string): void {
+    const info = this.infoOf(key, room);
+    if (settingsShown(info) === shown) return;
+    room.sentViewers = info.viewers;
+    this.send(room, { type: 'stream', data: info });
   }
 
   /**
@@ -1494,10 +1491,18 @@ function heldChats(joining: Joining<unknown> | undefined): number {
 }
 
 /** Applies a rule change heard on the broker to a node's cached rules. */
+/** A ban, timeout or unban heard, in a map of bans: the rules', or what viewers were told. */
+function applyModeration(
+  bans: Map<string, number | null>,
+  event: Extract<StreamEvent, { kind: 'moderation' }>,
+): void {
+  if (event.action === 'unban') bans.delete(event.userId);
+  else recordBan(bans, event.userId, event.until ?? null);
+}
+
 function applyRule(rules: RoomRules, event: StreamEvent): void {
   if (event.kind === 'moderation') {
-    if (event.action === 'unban') rules.bans.delete(event.userId);
-    else recordBan(rules.bans, event.userId, event.until ?? null);
+    applyModeration(rules.bans, event);
   } else if (event.kind === 'members') {
     rules.members = new Set(event.userIds);
   } else if (event.kind === 'control') {
