@@ -7,7 +7,6 @@
  * its socket within 5 s even when the peer never answers the close. Raw TCP sockets, no token: none of this needs one.
  */
 import assert from 'node:assert/strict';
-import { get } from 'node:http';
 import type { Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import { sleep } from './helpers.js';
@@ -16,6 +15,7 @@ import {
   baselineOf,
   clientFrame,
   closedOf,
+  disconnects,
   mb,
   Op,
   rawSocket,
@@ -25,23 +25,6 @@ import {
   waitFor,
   writeDrained,
 } from './hostile.js';
-
-/** The server's disconnect count for `reason`, over a connection of its own that is closed after. */
-function disconnects(server: { url: string }, reason: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    get(`${server.url}/metrics`, { agent: false }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => {
-        text += c;
-      });
-      res.on('end', () => {
-        const m = new RegExp(`charla_disconnects_total\\{reason="${reason}"\\} (\\d+)`).exec(text);
-        resolve(m ? Number(m[1]) : 0);
-      });
-    }).on('error', reject);
-  });
-}
 
 /** An Engine.IO WebSocket on a raw socket, upgraded (101) and not yet read from. */
 async function engineSocket(

@@ -8,7 +8,6 @@
  * check that everyone else is unaffected.
  */
 import assert from 'node:assert/strict';
-import { get } from 'node:http';
 import type { Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
@@ -28,6 +27,7 @@ import {
   assertRecovered,
   baselineOf,
   clientFrame,
+  disconnects,
   eventually,
   mb,
   Op,
@@ -135,24 +135,6 @@ class RawChat {
       this.buf = this.buf.subarray(offset + len);
     }
   }
-}
-
-/** The server's disconnect count for `reason`, over a connection of its own that is closed after. */
-function disconnects(server: { url: string }, reason: string): Promise<number> {
-  // No keep-alive: a pooled connection would hold a descriptor the fd checks count.
-  return new Promise((resolve, reject) => {
-    get(`${server.url}/metrics`, { agent: false }, (res) => {
-      let text = '';
-      res.setEncoding('utf8');
-      res.on('data', (c: string) => {
-        text += c;
-      });
-      res.on('end', () => {
-        const m = new RegExp(`charla_disconnects_total\\{reason="${reason}"\\} (\\d+)`).exec(text);
-        resolve(m ? Number(m[1]) : 0);
-      });
-    }).on('error', reject);
-  });
 }
 
 async function register(base: string, ownerId: string): Promise<string> {

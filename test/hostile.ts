@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync, rmSync } from 'node:fs';
+import { get } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { API_KEY, type ChildServer, SECRET, sleep, spawnServer, tempDir } from './helpers.js';
@@ -353,4 +354,22 @@ export async function metricValue(base: string, sample: string): Promise<number>
     if (line.startsWith(`${sample} `)) return Number(line.slice(sample.length + 1));
   }
   return 0;
+}
+
+/** The server's disconnect count for `reason`, over a connection of its own that is closed after. */
+export function disconnects(server: { url: string }, reason: string): Promise<number> {
+  // No keep-alive: a pooled connection would hold a descriptor the fd checks count.
+  return new Promise((resolve, reject) => {
+    get(`${server.url}/metrics`, { agent: false }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (c: string) => {
+        text += c;
+      });
+      res.on('end', () => {
+        const m = new RegExp(`charla_disconnects_total\\{reason="${reason}"\\} (\\d+)`).exec(text);
+        resolve(m ? Number(m[1]) : 0);
+      });
+    }).on('error', reject);
+  });
 }
