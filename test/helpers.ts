@@ -13,6 +13,7 @@ import { pino } from 'pino';
 import { WebSocket } from 'ws';
 import { type App, createApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
+import { newId } from '../src/core/ids.js';
 
 export const SECRET = 'test-secret-that-is-long-enough-for-hs256';
 export const API_KEY = 'test-api-key';
@@ -381,4 +382,11 @@ export function storeCalls(store: object): { names: string[]; reset(): void } {
       names.length = 0;
     },
   };
+}
+
+/** Registers a new request owned by `ownerId` through the server API; its id. */
+export async function registerRequest(url: string, ownerId = '1'): Promise<string> {
+  const id = newId();
+  assert.equal((await api(url, 'PUT', `/api/requests/${id}`, { ownerId })).status, 201);
+  return id;
 }

@@ -8,7 +8,7 @@ import { after, before, describe, test } from 'node:test';
 import type { Browser } from 'playwright-core';
 import { newId } from '../src/core/ids.js';
 import { browserSkip, launch, openPage } from './browser.js';
-import { api, startServer, type TestServer, userToken } from './helpers.js';
+import { api, registerRequest, startServer, type TestServer, userToken } from './helpers.js';
 
 const skip = browserSkip();
 
@@ -26,11 +26,7 @@ describe('web client: a link with another token in the same tab', { skip }, () =
   });
 
   test('request view: the link signs in as its token', async () => {
-    const id = newId();
-    assert.equal(
-      (await api(server.url, 'PUT', `/api/requests/${id}`, { ownerId: '1' })).status,
-      201,
-    );
+    const id = await registerRequest(server.url);
     const teacher = await userToken('1', { username: 'ana', role: 'TEACHER' });
     const lab = await userToken('2', { username: 'lab', role: 'LAB' });
     const { page, context, problems } = await openPage(

@@ -7,20 +7,12 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { Browser } from 'playwright-core';
-import { newId } from '../src/core/ids.js';
 import { browserSkip, launch, openPage } from './browser.js';
-import { api, startServer, type TestServer, userToken } from './helpers.js';
+import { registerRequest, startServer, type TestServer, userToken } from './helpers.js';
 import { RequestClient } from './request-client.js';
 
 const skip = browserSkip();
 const ANA = { username: 'ana', role: 'TEACHER' };
-
-/** A new request owned by user 1 on the server at `url`. */
-async function registered(url: string): Promise<string> {
-  const id = newId();
-  assert.equal((await api(url, 'PUT', `/api/requests/${id}`, { ownerId: '1' })).status, 201);
-  return id;
-}
 
 /** Request `id`'s view, opened by its owner (user 1, "ana") and live, with its composer. */
 async function openOwnRequest(browser: Browser, url: string, id: string) {
@@ -47,7 +39,7 @@ describe('web client: request view notices and attachments', { skip }, () => {
   });
 
   test('the "sending too fast" notice counts down and goes once the messages leave', async () => {
-    const id = await registered(server.url);
+    const id = await registerRequest(server.url);
     const { page, context, problems, input } = await openOwnRequest(browser, server.url, id);
     for (let i = 1; i <= 5; i++) {
       await input.fill(`mensaje ${i}`);
@@ -66,7 +58,7 @@ describe('web client: request view notices and attachments', { skip }, () => {
   });
 
   test('a message still being sent has no Edit or Delete; once stored it has both', async () => {
-    const id = await registered(server.url);
+    const id = await registerRequest(server.url);
     const { page, context, problems, input } = await openOwnRequest(browser, server.url, id);
     for (let i = 1; i <= 5; i++) {
       await input.fill(`espera ${i}`);
@@ -86,7 +78,7 @@ describe('web client: request view notices and attachments', { skip }, () => {
   });
 
   test('attachments in a history that arrives before the client configuration are links', async () => {
-    const id = await registered(server.url);
+    const id = await registerRequest(server.url);
     const lab = await RequestClient.connect(
       server.url,
       await userToken('2', { username: 'lab', role: 'LAB' }),
@@ -122,7 +114,7 @@ describe('web client: request view notices and attachments', { skip }, () => {
     await context.close();
   });
   test('a configuration that never comes does not keep the view from connecting', async () => {
-    const id = await registered(server.url);
+    const id = await registerRequest(server.url);
     const token = await userToken('1', ANA);
     const context = await browser.newContext();
     const page = await context.newPage();
@@ -147,7 +139,7 @@ describe('web client: an edit the server refuses', { skip }, () => {
   });
 
   test('keeps the new text in the box, to send as a new message', async () => {
-    const id = await registered(server.url);
+    const id = await registerRequest(server.url);
     const { page, context, problems, input } = await openOwnRequest(browser, server.url, id);
     await input.fill('El pH es 7');
     await input.press('Enter');
@@ -190,7 +182,7 @@ describe('web client: Edit and Delete only within the edit window', { skip }, ()
   });
 
   test('a message just sent has Edit and Delete, and loses them once the window passes', async () => {
-    const id = await registered(server.url);
+    const id = await registerRequest(server.url);
     const { page, context, problems, input } = await openOwnRequest(browser, server.url, id);
     await input.fill('Muestra 12 lista');
     const sentAt = Date.now();
@@ -209,7 +201,7 @@ describe('web client: Edit and Delete only within the edit window', { skip }, ()
   });
 
   test("a browser whose clock is 20 minutes ahead still offers them, by the server's clock", async () => {
-    const id = await registered(server.url);
+    const id = await registerRequest(server.url);
     const token = await userToken('1', ANA);
     const context = await browser.newContext();
     const page = await context.newPage();
@@ -230,7 +222,7 @@ describe('web client: Edit and Delete only within the edit window', { skip }, ()
   });
 
   test('a message from the history older than the window has neither', async () => {
-    const id = await registered(server.url);
+    const id = await registerRequest(server.url);
     const token = await userToken('1', ANA);
     const ana = await RequestClient.connect(server.url, token);
     clients.push(ana);
