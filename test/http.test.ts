@@ -48,6 +48,40 @@ describe('stream API', () => {
     assert.equal(await s.app.streams.status('k2'), 'unknown');
   });
 
+  it('refuses a body that is not UTF-8 as invalid_json, and stores nothing', async () => {
+    // {"title":"<FF FE C0 AF>"}: without the check, stored as four U+FFFD.
+    const body = Buffer.concat([
+      Buffer.from('{"title":"'),
+      Buffer.from([0xff, 0xfe, 0xc0, 0xaf]),
+      Buffer.from('"}'),
+    ]);
+    const r = await fetch(`${s.url}/api/streams/k-utf8`, {
+      method: 'PUT',
+      headers: { 'x-api-key': API_KEY, 'content-type': 'application/json' },
+      body,
+    });
+    assert.equal(r.status, 400);
+    assert.equal(((await r.json()) as { error_code: string }).error_code, 'invalid_json');
+    assert.equal(await s.app.streams.status('k-utf8'), 'unknown');
+  });
+
+  it('refuses a user id over 256 characters in a path as invalid_payload', async () => {
+    const long = encodeURIComponent('漢'.repeat(257));
+    const unread = await api(s.url, 'GET', `/api/users/${long}/unread?role=LAB`);
+    assert.equal(unread.status, 400);
+    assert.equal(unread.body.error_code, 'invalid_payload');
+    assert.equal(
+      (
+        await api(
+          s.url,
+          'GET',
+          `/api/users/${encodeURIComponent('漢'.repeat(256))}/unread?role=LAB`,
+        )
+      ).status,
+      200,
+    );
+  });
+
   it('ends a stream (200) and answers 404 for an unknown one', async () => {
     await api(s.url, 'PUT', '/api/streams/k3', {});
     assert.deepEqual((await api(s.url, 'DELETE', '/api/streams/k3')).body, {

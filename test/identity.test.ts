@@ -59,6 +59,21 @@ describe('identityFromClaims', () => {
       { userId: '9', username: 'zoe', roles: ['LAB'] },
     );
   });
+  it('refuses a user id over 256 characters, which no store index could take', () => {
+    assert.equal(identityFromClaims({ user_id: 'u'.repeat(256) }, names).userId.length, 256);
+    // 900 CJK characters: 2.7 KB of UTF-8, past PostgreSQL's largest index entry.
+    assert.throws(() => identityFromClaims({ user_id: '漢'.repeat(900) }, names), {
+      code: 'invalid_token',
+    });
+    assert.throws(() => identityFromClaims({ sub: 'x'.repeat(257) }, names), {
+      code: 'invalid_token',
+    });
+  });
+  it('cuts a username to 256 code points, never inside a surrogate pair', () => {
+    const id = identityFromClaims({ user_id: 1, username: `a${'😀'.repeat(400)}` }, names);
+    assert.equal([...id.username].length, 256);
+    assert.equal(id.username, `a${'😀'.repeat(255)}`);
+  });
   it('keeps exp in milliseconds', () => {
     assert.equal(identityFromClaims({ user_id: 1, exp: 100 }, names).expiresAt, 100_000);
   });

@@ -93,6 +93,31 @@ describe('checkMessageText', () => {
     assert.throws(() => checkMessageText('', 10), { code: 'empty_message' });
     assert.throws(() => checkMessageText(' \n\t ', 10), { code: 'empty_message' });
   });
+  it('refuses text that shows as nothing: invisible format characters and blank glyphs', () => {
+    for (const blank of [
+      '\u200b',
+      '\u200d\u200c',
+      '\u2060\ufeff',
+      '\u180e',
+      '\u3164',
+      '\u2800',
+      '\u00ad',
+      ' \u200f ',
+    ]) {
+      assert.throws(
+        () => checkMessageText(blank, 10),
+        { code: 'empty_message' },
+        JSON.stringify(blank),
+      );
+    }
+    // Emoji joined by U+200D and text with a zero-width space are not blank.
+    assert.equal(checkMessageText('👩\u200d💻', 10), '👩\u200d💻');
+    assert.equal(checkMessageText('a\u200b', 10), 'a\u200b');
+  });
+  it('lets blank text through when asked (a message with attachments), but never too long', () => {
+    assert.equal(checkMessageText('', 10, true), '');
+    assert.throws(() => checkMessageText(' '.repeat(11), 10, true), { code: 'message_too_long' });
+  });
   it('refuses text with an unpaired surrogate', () => {
     assert.throws(() => checkMessageText('a\ud800b', 10), { code: 'invalid_payload' });
     assert.equal(checkMessageText('a\ud83d\ude00', 10), 'a😀');

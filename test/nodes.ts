@@ -33,7 +33,14 @@ export async function answerTo(c: StreamClient, text: string): Promise<Frame> {
 }
 
 /** A request-chat socket on `node`, connected, recording every event it receives. */
-export async function requestSocket(node: ChildServer, token: string) {
+export async function requestSocket(
+  node: ChildServer,
+  token: string,
+): Promise<{
+  socket: Socket;
+  events: Array<[string, any]>;
+  of: (event: string) => any[];
+}> {
   const socket = io(node.url, { auth: { token }, transports: ['websocket'], reconnection: false });
   const events: Array<[string, any]> = [];
   socket.onAny((event: string, payload: unknown) => events.push([event, payload]));

@@ -502,10 +502,19 @@ describe('request desk settings and rules', () => {
       ' https://files.test/uploads/a',
       'https://files.test/uploads/a\u0000',
       'https://files.test/uploads/a\u0085',
+      // An encoded slash or backslash climbs out on a file server that decodes it.
+      'https://files.test/uploads/..%2fsecret',
+      'https://files.test/uploads/..%2F..%2Fsecret',
+      'https://files.test/uploads/..%5csecret',
     ]) {
       assert.equal(allowedUrl(url, prefixes), false, url);
     }
     assert.equal(allowedUrl('https://files.test/uploads/a', []), false, 'no prefix, no URL');
+    assert.equal(
+      allowedUrl('https://files.test/uploads/a.pdf?path=x%2Fy', prefixes),
+      true,
+      "the query is the file server's own business",
+    );
   });
 
   test('the typing throttle forwards once per interval and stays bounded', () => {

@@ -18,6 +18,8 @@ function safeUrl(raw) {
     return undefined;
   }
   if (!/^https?:$/.test(url.protocol) || url.username || url.password) return undefined;
+  // As the server: an encoded slash could climb out of the prefix on the file server.
+  if (/%2f|%5c/i.test(url.pathname)) return undefined;
   const ok = clientConfig.attachmentUrlPrefixes.some((p) => {
     try {
       return (

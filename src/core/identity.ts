@@ -8,7 +8,12 @@ import { createRemoteJWKSet, errors, type JWTPayload, type JWTVerifyGetKey, jwtV
 import type { JwtConfig } from '../config.js';
 import type { Logger } from '../observability/log.js';
 import { ChatError } from './errors.js';
-import { isStorableText, UNSTORABLE_TEXT } from './limits.js';
+import {
+  isStorableText,
+  UNSTORABLE_TEXT,
+  USER_ID_MAX_CHARS,
+  USERNAME_MAX_CHARS,
+} from './limits.js';
 
 export type Role = 'TEACHER' | 'LAB' | (string & {});
 
@@ -52,14 +57,26 @@ function rolesOf(value: unknown): string[] {
   return [];
 }
 
+/** A name for display, cut to USERNAME_MAX_CHARS code points (never inside a surrogate pair). */
+function displayName(name: string): string {
+  return name.length > USERNAME_MAX_CHARS ? [...name].slice(0, USERNAME_MAX_CHARS).join('') : name;
+}
+
 /** Maps verified claims to an identity; throws `invalid_token` when there is no user id. */
 export function identityFromClaims(claims: JWTPayload, names: ClaimNames): Identity {
   const userId = claimAsId(claims[names.userIdClaim]) ?? claimAsId(claims.sub);
   if (userId === undefined) throw new ChatError('invalid_token', 'The token names no user.');
-  const username =
+  if (userId.length > USER_ID_MAX_CHARS) {
+    throw new ChatError(
+      'invalid_token',
+      `The user id is longer than ${USER_ID_MAX_CHARS} characters.`,
+    );
+  }
+  const username = displayName(
     [claims[names.usernameClaim], claims.name].find(
       (v): v is string => typeof v === 'string' && v.length > 0,
-    ) ?? userId;
+    ) ?? userId,
+  );
   // Both are stored with every message: a value no store can keep would fail
   // the batch it is written with, other users' messages included.
   if (!isStorableText(userId) || !isStorableText(username)) {

@@ -120,15 +120,38 @@ export function isStorableText(text: string): boolean {
   return !text.includes('\u0000') && !LONE_SURROGATE.test(text);
 }
 
+/**
+ * The longest user id, in UTF-16 units, from a token or the API alike: ids are
+ * keys of the stores' indexes, whose entries PostgreSQL caps at about 2.7 KB.
+ */
+export const USER_ID_MAX_CHARS = 256;
+
+/** The longest username kept from a token; a longer one is cut to this many code points. */
+export const USERNAME_MAX_CHARS = 256;
+
 /** The refusal of a field that `isStorableText` rejects, for every surface alike. */
 export const UNSTORABLE_TEXT = 'must be valid Unicode text without U+0000';
 
 /**
- * Validates chat text: not empty once trimmed, well-formed Unicode, at most `maxChars` characters
+ * Text that shows as nothing: whitespace, invisible format characters
+ * (zero-width space and joiners, direction marks, soft hyphen, tags) and the
+ * characters fonts draw empty (Hangul fillers, Braille blank), which
+ * `String.prototype.trim` keeps.
+ */
+const BLANK = /^[\s\p{Cf}\u115F\u1160\u2800\u3164\uFFA0]*$/u;
+
+/** Whether `text` would show as nothing (empty, whitespace or invisible characters only). */
+export function isBlank(text: string): boolean {
+  return BLANK.test(text);
+}
+
+/**
+ * Validates chat text: not blank (`isBlank`) unless `blankAllowed` (a message
+ * with attachments), well-formed Unicode, at most `maxChars` characters
  * (Unicode code points, so an emoji counts once). Returns the text unchanged.
  */
-export function checkMessageText(text: string, maxChars: number): string {
-  if (text.trim().length === 0) throw new ChatError('empty_message');
+export function checkMessageText(text: string, maxChars: number, blankAllowed = false): string {
+  if (!blankAllowed && isBlank(text)) throw new ChatError('empty_message');
   if (!isStorableText(text)) {
     throw new ChatError('invalid_payload', 'The message is not valid Unicode text.');
   }

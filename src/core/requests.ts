@@ -173,9 +173,7 @@ export class Requests {
     return this.track(async () => {
       this.checkAttachments(attachments);
       // With attachments the text may be empty, never too long or malformed.
-      if (attachments.length === 0 || text.trim() !== '') {
-        checkMessageText(text, this.deps.limits.requestMessageMaxChars);
-      }
+      checkMessageText(text, this.deps.limits.requestMessageMaxChars, attachments.length > 0);
       const role = await this.authorize(identity, requestId);
       await this.takeRate(identity, requestId);
       const message = {
@@ -213,9 +211,11 @@ export class Requests {
   edit(identity: Identity, requestId: string, messageId: string, text: string): Promise<Changed> {
     return this.track(async () => {
       const original = await this.ownMessage(identity, requestId, messageId);
-      if (original.attachments.length === 0 || text.trim() !== '') {
-        checkMessageText(text, this.deps.limits.requestMessageMaxChars);
-      }
+      checkMessageText(
+        text,
+        this.deps.limits.requestMessageMaxChars,
+        original.attachments.length > 0,
+      );
       // A change is a write delivered to the room, as a message is: same budget.
       await this.takeRate(identity, requestId);
       const editedAt = new Date().toISOString();
@@ -446,13 +446,15 @@ export function inboxOwner(identity: Identity): string | undefined {
  * A URL under one of the prefixes, compared after parsing: `..` segments,
  * credentials (`https://cdn@evil`) and look-alike hosts cannot slip past a
  * plain string comparison. Whitespace and control characters, which the
- * parser strips or tolerates, are refused: the URL is stored as sent.
+ * parser strips or tolerates, are refused: the URL is stored as sent. So is
+ * an encoded slash or backslash in the path (`%2f`, `%5c`): the parser keeps it,
+ * but a file server that decodes it would see a path that climbs out of the prefix.
  */
 export function allowedUrl(raw: string, prefixes: readonly URL[]): boolean {
   // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what is refused.
   if (/[\u0000-\u0020\u007f-\u009f]/.test(raw) || !URL.canParse(raw)) return false;
   const url = new URL(raw);
-  if (url.username !== '' || url.password !== '') return false;
+  if (url.username !== '' || url.password !== '' || /%2f|%5c/i.test(url.pathname)) return false;
   return prefixes.some(
     (p) => url.origin === p.origin && raw.startsWith(p.href) && url.href.startsWith(p.href),
   );

@@ -11,7 +11,7 @@ import type { Limits } from '../config.js';
 import { asChatError, ChatError } from '../core/errors.js';
 import { bearerToken } from '../core/identity.js';
 import { isObjectId, normalizeId } from '../core/ids.js';
-import { isStorableText, UNSTORABLE_TEXT } from '../core/limits.js';
+import { isStorableText, UNSTORABLE_TEXT, USER_ID_MAX_CHARS } from '../core/limits.js';
 import type { PageQuery, StreamMessage } from '../core/messages.js';
 import type { Requests } from '../core/requests.js';
 import type { ModerationAction } from '../core/stream-rules.js';
@@ -62,7 +62,7 @@ interface Route {
   handle(ctx: RouteContext): Promise<{ status: number; body: unknown }>;
 }
 
-const idLike = z.union([storable(1, 256), z.number().finite()]).transform(String);
+const idLike = z.union([storable(1, USER_ID_MAX_CHARS), z.number().finite()]).transform(String);
 
 const requestBody = z.object({ ownerId: idLike });
 
@@ -208,24 +208,27 @@ function streamRoutes(deps: HttpDeps): Route[] {
   ];
 }
 
+/** A user id from a path segment, as a token or a body may carry it. */
+function userIdParam(raw: string): string {
+  let id = '';
+  try {
+    id = decodeURIComponent(raw);
+  } catch {}
+  if (id.length === 0 || id.length > USER_ID_MAX_CHARS || !isStorableText(id)) {
+    throw new ChatError(
+      'invalid_payload',
+      `The user id must be 1 to ${USER_ID_MAX_CHARS} characters and ${UNSTORABLE_TEXT}.`,
+      { httpStatus: 400 },
+    );
+  }
+  return id;
+}
+
 /** protocol section 7: the server API of the live classroom. */
 function classroomRoutes(deps: HttpDeps): Route[] {
   const base = '^\\/api\\/streams\\/([^/]+)';
   const path = (rest: string) => new RegExp(`${base}${rest}$`);
-  const userId = (raw: string) => {
-    let id = '';
-    try {
-      id = decodeURIComponent(raw);
-    } catch {}
-    if (id.length === 0 || id.length > 256 || !isStorableText(id)) {
-      throw new ChatError(
-        'invalid_payload',
-        `The user id must be 1 to 256 characters and ${UNSTORABLE_TEXT}.`,
-        { httpStatus: 400 },
-      );
-    }
-    return id;
-  };
+  const userId = userIdParam;
   return [
     {
       method: 'GET',
@@ -414,16 +417,10 @@ function userRoutes(deps: HttpDeps): Route[] {
   return [
     {
       method: 'GET',
-      path: /^\/api\/users\/([^/]{1,256})\/unread$/,
+      path: /^\/api\/users\/([^/]+)\/unread$/,
       apiKey: true,
       async handle({ params, query }) {
-        let userId = '';
-        try {
-          userId = decodeURIComponent(params[0] as string);
-        } catch {}
-        if (userId === '' || !isStorableText(userId)) {
-          throw new ChatError('invalid_payload', 'The user id is not valid.', { httpStatus: 400 });
-        }
+        const userId = userIdParam(params[0] as string);
         // Compared upper-case, as roles in tokens are.
         const role = query.get('role')?.toUpperCase();
         if (role !== 'LAB' && role !== 'TEACHER') {
@@ -496,6 +493,8 @@ function openApiDocument(): Promise<unknown> {
   return openApi;
 }
 
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
 const digest = (value: string) => createHash('sha256').update(value).digest();
 
 /**
@@ -524,12 +523,13 @@ function readBody(req: IncomingMessage, maxBytes: number): Promise<unknown> {
     });
     req.on('end', () => {
       if (size > maxBytes) return;
-      const text = Buffer.concat(chunks).toString('utf8');
-      if (text.trim() === '') return resolve({});
       try {
+        // Fatal: bytes that are not UTF-8 would otherwise be stored as U+FFFD.
+        const text = utf8.decode(Buffer.concat(chunks));
+        if (text.trim() === '') return resolve({});
         resolve(JSON.parse(text));
       } catch {
-        reject(new ChatError('invalid_json', 'The body is not valid JSON.'));
+        reject(new ChatError('invalid_json', 'The body is not valid JSON in UTF-8.'));
       }
     });
     // A peer that resets mid-body is gone, not a server fault: no error log.

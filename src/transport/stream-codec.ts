@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { ChatError } from '../core/errors.js';
+import { USER_ID_MAX_CHARS } from '../core/limits.js';
 import type { StreamMessage } from '../core/messages.js';
 import {
   MAX_SLOW_MODE_SECONDS,
@@ -16,7 +17,9 @@ import { storable } from './fields.js';
 
 const chatId = z.string().regex(/^[0-9a-fA-F]{24}$/);
 /** A user id; a number is taken as its decimal string, as in tokens (protocol section 1). */
-const userId = z.union([storable(1, 256), z.number().int().safe()]).transform((v) => String(v));
+const userId = z
+  .union([storable(1, USER_ID_MAX_CHARS), z.number().int().safe()])
+  .transform((v) => String(v));
 const reason = storable(0, 500).optional();
 
 /** Payload schemas of the client frames, by `type`. */
