@@ -356,6 +356,56 @@ if (await requireServices('postgres')) {
       }
     });
 
+    it('a connection lost mid-call fails that call, never the process', async () => {
+      // Calls in flight hold their connections out of the pool, where the pool
+      // no longer listens for their errors: an abrupt loss (network, proxy,
+      // host) then raised an 'error' event nobody handled, ending the node.
+      const schema = await tempSchema();
+      const target = new URL(PG_URL);
+      const proxy = new TcpProxy(target.hostname, Number(target.port || 5432));
+      await proxy.start();
+      const url = new URL(schema.url);
+      url.host = `127.0.0.1:${proxy.port}`;
+      const s = new PostgresStore({ url: url.toString(), max: 2 });
+      const r = '6751b6df1ad14eaa13a03314';
+      const message = (i: number) => ({
+        _id: newId(),
+        requestId: r,
+        sender: { id: '1', username: 'ana', role: 'TEACHER' },
+        message: `m${i}`,
+        createdAt: new Date().toISOString(),
+        clientMessageId: null,
+      });
+      try {
+        await s.putRequest(r, '1');
+        await s.requestHistory(r, { limit: 1 });
+        // The answers wait in the proxy: every call below holds its connection.
+        proxy.pause('service');
+        const calls = [
+          ...Array.from({ length: 20 }, (_, i) => s.addRequestMessage(message(i))),
+          s.putRequest('6751b6df1ad14eaa13a03315', '2'),
+          s.requestHistory(r, { limit: 10 }),
+        ].map((p) =>
+          p.then(
+            () => 'stored',
+            () => 'failed',
+          ),
+        );
+        await new Promise((resolve) => setTimeout(resolve, 300));
+        await proxy.cut();
+        proxy.resume('service');
+        const results = await Promise.all(calls);
+        assert.ok(results.includes('failed'), results.join());
+        await proxy.start();
+        await s.ping();
+        assert.equal((await s.addRequestMessage(message(99))).duplicate, false);
+      } finally {
+        await s.close();
+        await proxy.stop();
+        await schema.drop();
+      }
+    });
+
     it('concurrent webhook claims from several nodes never share an event', async () => {
       const schema = await tempSchema();
       const nodes = Array.from({ length: 3 }, () => new PostgresStore({ url: schema.url, max: 4 }));

@@ -75,6 +75,13 @@ describe('RecentChats', () => {
     assert.equal(ids(r.newest(1))?.[0], 'g');
   });
 
+  it('counts the user id toward `bytes` too', () => {
+    const r = new RecentChats({ ...LIMITS, bytes: 2_500 });
+    r.seed({ messages: [], more: false });
+    for (const id of ['a', 'b', 'c']) r.add({ ...chat(id, 'hi'), userId: 'u'.repeat(900) });
+    assert.equal(r.size, 2, 'three chats of 900-character ids weigh more than 2,500');
+  });
+
   it('gives up a seed when more deletions arrive during the read than it holds chats', () => {
     const r = new RecentChats(LIMITS);
     for (let i = 0; i < 6; i++) r.remove(`x${i}`);

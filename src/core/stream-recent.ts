@@ -41,10 +41,13 @@ export interface Seed {
   more: boolean;
 }
 
-/** Room for the fields around the text and name in a chat's encoded data. */
+/** Room for the fields around the text, name and user id in a chat's encoded data. */
 const CHAT_OVERHEAD_BYTES = 128;
 
-const sizeOf = (m: StreamMessage) => m.message.length + m.username.length + CHAT_OVERHEAD_BYTES;
+// Each chat heard from the broker is parsed on its own, so each holds its own
+// copy of the strings: every one of them counts.
+const sizeOf = (m: StreamMessage) =>
+  m.message.length + m.username.length + m.userId.length + CHAT_OVERHEAD_BYTES;
 
 /** One stream's newest chats, oldest first. */
 export class RecentChats {

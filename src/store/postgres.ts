@@ -1004,8 +1004,16 @@ export class PostgresStore implements Store {
     } as pg.PoolConfig);
     // An idle client loses its server (restart, failover): the pool drops it and
     // the next call connects again. Without a listener this would crash the node.
+    // A client checked out for a call is not listened to by the pool: its loss
+    // fails the call (which says so), and this listener keeps it from also
+    // raising an 'error' event nobody handles.
     for (const pool of [this.pool, this.writer]) {
       pool.on('error', (err) => options.log?.warn({ err }, 'postgres connection lost'));
+      pool.on('connect', (client) =>
+        client.on('error', (err) =>
+          options.log?.debug({ err }, 'postgres connection lost during a call'),
+        ),
+      );
     }
     this.migrated = this.migrate();
     // Surfaced by the first call (and by ping at start-up), not as an unhandled rejection.
