@@ -295,7 +295,12 @@ export async function createApp(config: Config, options: { log?: Logger } = {}):
       closing ??= (async () => {
         server.close();
         server.closeIdleConnections();
+        // Socket.IO's close waits for the HTTP server's, which waits for every
+        // connection to end: one that never finished its request (a
+        // preconnect, a slowloris) would hold the exit to the deadline.
+        const cut = setTimeout(() => server.closeAllConnections(), CLIENT_CLOSE_MS);
         await Promise.all([streamGateway.closeAll(CLIENT_CLOSE_MS), requestChat.close()]);
+        clearTimeout(cut);
         server.closeAllConnections();
         streams.close();
         await Promise.all([streams.flush(), requests.flush()]);

@@ -54,8 +54,10 @@ async function main(): Promise<void> {
     }, SHUTDOWN_DEADLINE_MS).unref();
     if (app !== undefined) shutdown(app, signal);
   };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  // Kept for the whole shutdown: a second signal (Ctrl-C twice, a supervisor
+  // repeating itself) must not end the process before what it holds is stored.
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
 
   for (const warning of config.warnings) created.log.warn(warning);
   const url = await created.listen();

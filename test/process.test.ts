@@ -1,9 +1,12 @@
 /** charla as its own process: start-up, dev mode, configuration errors, logs, shutdown, restart. */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdirSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { SignJWT } from 'jose';
 import {
   API_KEY,
@@ -234,6 +237,36 @@ describe('shutdown and restart', () => {
     } finally {
       assert.equal(await second.stop('SIGINT'), 0);
     }
+  });
+
+  it('a connection that never finished its request holds the exit at most a few seconds, and a second signal does not cut the shutdown short', async () => {
+    const server = await spawnServer(baseEnv('half-request'));
+    const { port } = new URL(server.url);
+    // A preconnect with nothing sent, and one with half its headers.
+    const silent = connect(Number(port), '127.0.0.1');
+    const partial = connect(Number(port), '127.0.0.1');
+    for (const socket of [silent, partial]) {
+      socket.on('error', () => {});
+      await once(socket, 'connect');
+    }
+    partial.write('GET /healthz HTTP/1.1\r\nHost: x\r\n');
+    const teacher = await RequestClient.connect(
+      server.url,
+      await userToken('1', { role: 'TEACHER' }),
+    );
+    const told = new Promise<string>((resolve) => teacher.socket.once('disconnect', resolve));
+    const started = Date.now();
+    const exit = server.stop('SIGTERM');
+    await sleep(200);
+    server.child.kill('SIGTERM');
+    assert.equal(await exit, 0, server.output());
+    const took = Date.now() - started;
+    assert.ok(took < 6_000, `exited after ${took} ms`);
+    // Told as a server disconnect, not a lost transport.
+    assert.equal(await told, 'io server disconnect');
+    teacher.close();
+    silent.destroy();
+    partial.destroy();
   });
 
   it('request chat: messages in flight at SIGTERM are stored and acknowledged, or refused', async (t) => {

@@ -365,6 +365,9 @@ export class RequestChat {
     this.stopOwnerChanges();
     this.stopMissed();
     this.updates.close();
+    // Told, as a server disconnect (not a lost transport): this node's sockets
+    // only, never the other nodes' through the adapter.
+    this.io.local.disconnectSockets(true);
     await this.io.close();
   }
 
