@@ -161,6 +161,21 @@ function publicKeyProblem(pem: string): string | undefined {
 
 const blankAsUnset = (v: unknown) => (typeof v === 'string' && v.trim() === '' ? undefined : v);
 const optionalString = z.preprocess(blankAsUnset, z.string().optional());
+/**
+ * A secret clients send in an HTTP header: printable ASCII, with no space at
+ * either end, which HTTP trims from header values (a key read from a file
+ * with its newline would never match).
+ */
+const headerSecret = z.preprocess(
+  blankAsUnset,
+  z
+    .string()
+    .refine((v) => /^[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?$/.test(v), {
+      message:
+        'expected printable ASCII with no space or line break at either end (it is sent in an HTTP header, which is trimmed)',
+    })
+    .optional(),
+);
 const int = (def: number, min = 1, max = Number.MAX_SAFE_INTEGER) =>
   z.preprocess(blankAsUnset, z.coerce.number().int().min(min).max(max).default(def));
 /** A duration in seconds; fractions allowed, so tests can run a schedule in milliseconds. */
@@ -201,7 +216,9 @@ const schema = z.object({
     blankAsUnset,
     z
       .string()
-      .refine((v) => /^rediss?:\/\/.+/.test(v), { message: 'expected redis://…' })
+      .refine((v) => /^rediss?:\/\/.+/.test(v) && URL.canParse(v) && new URL(v).hostname !== '', {
+        message: 'expected redis://host[:port]… or rediss://…',
+      })
       .optional(),
   ),
   REDIS_PREFIX: z.preprocess(blankAsUnset, z.string().default('charla:')),
@@ -222,7 +239,7 @@ const schema = z.object({
   JWT_USER_ID_CLAIM: z.preprocess(blankAsUnset, z.string().default('user_id')),
   JWT_USERNAME_CLAIM: z.preprocess(blankAsUnset, z.string().default('username')),
   JWT_ROLE_CLAIM: z.preprocess(blankAsUnset, z.string().default('role')),
-  API_KEY: optionalString,
+  API_KEY: headerSecret,
   NODE_ENV: optionalString,
   LOG_LEVEL: z.preprocess(
     blankAsUnset,
@@ -242,7 +259,7 @@ const schema = z.object({
   HANDSHAKE_TIMEOUT_SECONDS: int(10, 1, 300),
   HANDSHAKES_PENDING_MAX: int(1_000, 1, 10_000_000),
   HTTP_RESPONSE_TIMEOUT_SECONDS: int(30, 1, 3600),
-  METRICS_TOKEN: optionalString,
+  METRICS_TOKEN: headerSecret,
   HISTORY_READS_RUNNING: int(2, 1, 100),
   HISTORY_READS_WAITING: int(16, 0, 10_000),
   // Webhooks to the platform (protocol section 9).
@@ -327,7 +344,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`invalid ${name}: ${issue?.message ?? 'bad value'}`);
   }
   const e = parsed.data;
-  const production = e.NODE_ENV === 'production';
+  // `Production` is meant as production: never dev mode's demo tokens by a capital letter.
+  const production = e.NODE_ENV?.trim().toLowerCase() === 'production';
   const keys = [e.JWT_SECRET, e.JWT_PUBLIC_KEY, e.JWKS_URL].filter(Boolean).length;
   if (keys > 1) {
     throw new ConfigError(

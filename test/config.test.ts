@@ -63,6 +63,12 @@ describe('loadConfig', () => {
       [{ REQUEST_RATE_LIMIT: '5/0s' }, 'REQUEST_RATE_LIMIT'],
       [{ DATABASE_URL: 'mysql://x' }, 'DATABASE_URL'],
       [{ REDIS_URL: 'http://x' }, 'REDIS_URL'],
+      [{ REDIS_URL: 'redis://127.0.0.1:notaport' }, 'REDIS_URL'],
+      [{ REDIS_URL: 'redis:// ' }, 'REDIS_URL'],
+      [{ API_KEY: ' k2 ' }, 'API_KEY'],
+      [{ API_KEY: 'key\n' }, 'API_KEY'],
+      [{ API_KEY: 'clé' }, 'API_KEY'],
+      [{ METRICS_TOKEN: ' mt' }, 'METRICS_TOKEN'],
       [{ LOG_LEVEL: 'loud' }, 'LOG_LEVEL'],
       [{ SEND_BUFFER_MAX_BYTES: '1.5' }, 'SEND_BUFFER_MAX_BYTES'],
       [{ JWKS_URL: 'not a url' }, 'JWKS_URL'],
@@ -127,6 +133,12 @@ describe('loadConfig', () => {
     const c = loadConfig({ NODE_ENV: 'production', JWT_SECRET: LONG, API_KEY: 'k' });
     assert.equal(c.production, true);
     assert.equal(c.devMode, false);
+    // Spelled another way, still production: never dev mode's demo tokens.
+    assert.throws(() => loadConfig({ NODE_ENV: 'Production', API_KEY: 'k' }), /JWT_SECRET/);
+    assert.equal(
+      loadConfig({ NODE_ENV: 'PRODUCTION ', JWT_SECRET: LONG, API_KEY: 'a key' }).production,
+      true,
+    );
   });
   it('refuses a JWT_SECRET under 32 bytes in production, in one line naming it', () => {
     for (const secret of ['s', 'x'.repeat(31), 'ñ'.repeat(15)]) {
