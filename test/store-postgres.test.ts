@@ -321,14 +321,19 @@ if (await requireServices('postgres')) {
       await s.close();
     });
 
-    it('fails calls while PostgreSQL is away and serves again when it is back', async () => {
+    /** A store of 2 connections in a schema of its own, reaching PostgreSQL through a proxy. */
+    async function storeBehindProxy() {
       const schema = await tempSchema();
       const target = new URL(PG_URL);
       const proxy = new TcpProxy(target.hostname, Number(target.port || 5432));
       await proxy.start();
       const url = new URL(schema.url);
       url.host = `127.0.0.1:${proxy.port}`;
-      const s = new PostgresStore({ url: url.toString(), max: 2 });
+      return { schema, proxy, s: new PostgresStore({ url: url.toString(), max: 2 }) };
+    }
+
+    it('fails calls while PostgreSQL is away and serves again when it is back', async () => {
+      const { schema, proxy, s } = await storeBehindProxy();
       const r = '6751b6df1ad14eaa13a03313';
       const message = (text: string, clientMessageId: string) => ({
         _id: newId(),
@@ -360,13 +365,7 @@ if (await requireServices('postgres')) {
       // Calls in flight hold their connections out of the pool, where the pool
       // no longer listens for their errors: an abrupt loss (network, proxy,
       // host) then raised an 'error' event nobody handled, ending the node.
-      const schema = await tempSchema();
-      const target = new URL(PG_URL);
-      const proxy = new TcpProxy(target.hostname, Number(target.port || 5432));
-      await proxy.start();
-      const url = new URL(schema.url);
-      url.host = `127.0.0.1:${proxy.port}`;
-      const s = new PostgresStore({ url: url.toString(), max: 2 });
+      const { schema, proxy, s } = await storeBehindProxy();
       const r = '6751b6df1ad14eaa13a03314';
       const message = (i: number) => ({
         _id: newId(),
