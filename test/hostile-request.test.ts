@@ -396,7 +396,17 @@ describe('a flood of handshakes (HANDSHAKES_PENDING_MAX=3)', () => {
         assert.ok(Date.now() < deadline, 'handshakes are allowed again');
         await sleep(250);
       }
-      (await RequestClient.connect(server.url, token)).close();
+      // That probe is pending itself, with any of the first three not cut yet
+      // on a busy machine: a client gets in once they go.
+      for (;;) {
+        const client = await RequestClient.connect(server.url, token).catch(() => undefined);
+        if (client) {
+          client.close();
+          break;
+        }
+        assert.ok(Date.now() < deadline, 'a client connects again');
+        await sleep(250);
+      }
     } finally {
       for (const c of connected) c.close();
     }
