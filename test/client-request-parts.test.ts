@@ -15,6 +15,7 @@ import {
   Outbox,
   OutboxBudget,
   type OutboxHost,
+  packetBytes,
 } from '../src/client/request-outbox.js';
 
 const R = 'a'.repeat(24);
@@ -112,11 +113,12 @@ describe('RoomMessages', () => {
     };
     const newest = { messages: [msg('d', 4), msg('e', 5)], hasMore: true };
     room.messages.merge(newest.messages);
-    const added = await catchUp(ask, room, newest, held, 5);
+    const { added, gap } = await catchUp(ask, room, newest, held, 5);
     assert.deepEqual(
       added.map((m) => m._id),
       ['b', 'c'],
     );
+    assert.equal(gap, false);
     // It stopped at the page that holds `a`, the message it already had.
     assert.deepEqual(asked, [
       ['loadHistory', { requestId: R, before: 'd' }],
@@ -126,6 +128,51 @@ describe('RoomMessages', () => {
       room.messages.all().map((m) => m._id),
       ['a', 'b', 'c', 'd', 'e'],
     );
+  });
+
+  it('says gap when more were missed than maxPages pages, and records edits and deletions of held ones', async () => {
+    const room = { requestId: R, messages: new RoomMessages(50, new BoundedSet(100)) };
+    room.messages.merge([msg('a', 1), msg('b', 2), msg('c', 3)]);
+    const held = room.messages.ids();
+    const ask = async (_event: string, payload: object): Promise<Answer> => {
+      const before = (payload as { before: string }).before;
+      return before === 'g'
+        ? { ok: true, messages: [msg('e', 5), msg('f', 6)], hasMore: true }
+        : { ok: true, messages: [msg('d', 4)], hasMore: true };
+    };
+    const newest = { messages: [msg('g', 7), msg('h', 8)], hasMore: true };
+    room.messages.merge(newest.messages);
+    const short = await catchUp(ask, room, newest, held, 1);
+    assert.deepEqual(
+      short.added.map((m) => m._id),
+      ['e', 'f'],
+    );
+    assert.equal(short.gap, true, 'd was never fetched');
+
+    const changes = { edited: [] as RequestMessage[], deleted: [] as RequestMessage[] };
+    const added = room.messages.merge(
+      [
+        { ...msg('a', 1, 'edited'), editedAt: 'T1' },
+        { ...msg('b', 2, ''), deletedAt: 'T2' },
+        msg('c', 3),
+      ],
+      changes,
+    );
+    assert.deepEqual(added, []);
+    assert.deepEqual(
+      changes.edited.map((m) => m.message),
+      ['edited'],
+    );
+    assert.deepEqual(
+      changes.deleted.map((m) => m._id),
+      ['b'],
+    );
+    room.messages.drop(held);
+    assert.deepEqual(
+      room.messages.all().map((m) => m._id),
+      ['e', 'f', 'g', 'h'],
+    );
+    assert.equal(room.messages.hasMore, true);
   });
 });
 
@@ -162,6 +209,12 @@ const payload = (id: string): MessagePayload => ({
   clientMessageId: `cm-${id}`,
 });
 const turn = () => new Promise((r) => setImmediate(r));
+const limits = (budget: OutboxBudget) => ({
+  budget,
+  maxAttempts: 3,
+  timeoutMs: 60_000,
+  maxPacketBytes: 65_536,
+});
 
 describe('Outbox', () => {
   it('sends one message at a time, in order, and resolves each with the stored copy', async () => {
@@ -170,6 +223,7 @@ describe('Outbox', () => {
       budget: new OutboxBudget(10),
       maxAttempts: 3,
       timeoutMs: 60_000,
+      maxPacketBytes: 65_536,
     });
     const first = box.add(payload('1'));
     const second = box.add(payload('2'));
@@ -193,6 +247,7 @@ describe('Outbox', () => {
       budget: new OutboxBudget(10),
       maxAttempts: 5,
       timeoutMs: 60_000,
+      maxPacketBytes: 65_536,
     });
     const sent = box.add(payload('1'));
     calls[0]?.answer(undefined);
@@ -213,6 +268,7 @@ describe('Outbox', () => {
       budget: new OutboxBudget(10),
       maxAttempts: 2,
       timeoutMs: 60_000,
+      maxPacketBytes: 65_536,
     });
     const empty = box.add(payload('1'));
     const slow = box.add(payload('2'));
@@ -232,6 +288,7 @@ describe('Outbox', () => {
       budget: new OutboxBudget(10),
       maxAttempts: 3,
       timeoutMs: 60_000,
+      maxPacketBytes: 65_536,
     });
     const sent = box.add(payload('1'));
     calls[0]?.answer({ ok: false, error_code: 'not_in_room', message: 'join' });
@@ -243,32 +300,57 @@ describe('Outbox', () => {
     assert.equal((await sent)._id, 'm1');
   });
 
-  it('does not count an attempt lost with the connection', async () => {
+  it('counts an attempt lost with the connection, and gives up with not_connected after maxAttempts', async () => {
     let up = true;
     const { host, calls } = scriptedHost({ connected: () => up, canSend: () => up });
     const box = new Outbox(host, {
       budget: new OutboxBudget(10),
       maxAttempts: 2,
       timeoutMs: 60_000,
+      maxPacketBytes: 65_536,
     });
-    const sent = box.add(payload('1'));
-    for (const i of [0, 1]) {
-      up = false;
-      calls[i]?.answer(undefined);
-      await turn();
-      assert.equal(calls.length, i + 1, 'nothing goes while offline');
-      up = true;
-      box.pump();
-    }
-    calls[2]?.answer({ ok: true, message: msg('m1', 1) });
-    assert.equal((await sent)._id, 'm1');
+    // The server closes the connection each time this one is sent (a packet over its MAX_FRAME_BYTES).
+    const doomed = box.add(payload('1'));
+    const next = box.add(payload('2'));
+    up = false;
+    calls[0]?.answer(undefined);
+    await turn();
+    assert.equal(calls.length, 1, 'nothing goes while offline');
+    up = true;
+    box.pump();
+    assert.equal(calls[1]?.payload.clientMessageId, 'cm-1', 'sent again after the reconnect');
+    up = false;
+    calls[1]?.answer(undefined);
+    await assert.rejects(doomed, (e: ChatClientError) => e.code === 'not_connected');
+    up = true;
+    box.pump();
+    assert.equal(calls[2]?.payload.clientMessageId, 'cm-2', 'the next one goes');
+    calls[2]?.answer({ ok: true, message: msg('m2', 2) });
+    assert.equal((await next)._id, 'm2');
+  });
+
+  it('refuses a packet over maxPacketBytes at once, with message_too_long', async () => {
+    const budget = new OutboxBudget(5);
+    const { host, calls } = scriptedHost();
+    const box = new Outbox(host, { ...limits(budget), maxPacketBytes: 1_000 });
+    assert.throws(
+      () => box.add({ ...payload('1'), message: 'é'.repeat(500) }),
+      (e: ChatClientError) => e.code === 'message_too_long',
+    );
+    assert.equal(budget.queued, 0);
+    assert.equal(calls.length, 0);
+    assert.ok(packetBytes({ ...payload('1'), message: 'é'.repeat(500) }) > 1_000);
+    const fits = box.add({ ...payload('2'), message: 'x'.repeat(500) });
+    assert.equal(calls.length, 1);
+    box.rejectAll(new ChatClientError('closed'));
+    await assert.rejects(fits, (e: ChatClientError) => e.code === 'closed');
   });
 
   it('bounds what waits over every room, and rejects all that wait when told to', async () => {
     const budget = new OutboxBudget(2);
     const { host } = scriptedHost({ canSend: () => false });
-    const a = new Outbox(host, { budget, maxAttempts: 3, timeoutMs: 60_000 });
-    const b = new Outbox(host, { budget, maxAttempts: 3, timeoutMs: 60_000 });
+    const a = new Outbox(host, limits(budget));
+    const b = new Outbox(host, limits(budget));
     const waiting = [a.add(payload('1')), b.add(payload('2'))];
     assert.throws(
       () => b.add(payload('3')),
@@ -284,7 +366,7 @@ describe('Outbox', () => {
   it('gives up a message that waited longer than timeoutMs', async () => {
     const { host } = scriptedHost({ canSend: () => false });
     const budget = new OutboxBudget(5);
-    const box = new Outbox(host, { budget, maxAttempts: 3, timeoutMs: 20 });
+    const box = new Outbox(host, { ...limits(budget), timeoutMs: 20 });
     await assert.rejects(box.add(payload('1')), (e: ChatClientError) => e.code === 'timeout');
     assert.equal(budget.queued, 0);
   });

@@ -3,7 +3,10 @@
  * a `clientMessageId` and is sent again, with the same id, until the server
  * acknowledges it (the server stores a repeat once and answers with the
  * original): after an acknowledgement timeout, on a retryable refusal, and
- * after a reconnect. One message of a room is in flight at a time, so the
+ * after a reconnect (a connection that drops while the message is in flight
+ * uses up an attempt: the server closes the connection for a packet over its
+ * MAX_FRAME_BYTES, and that packet must not be sent forever). One message of
+ * a room is in flight at a time, so the
  * room's messages are stored in the order they were sent. Every room's queue
  * draws on one `OutboxBudget`, so the messages waiting over all rooms are
  * bounded.
@@ -59,6 +62,13 @@ export interface OutboxOptions {
   maxAttempts: number;
   /** The longest a message may wait in all, offline time included, in ms. */
   timeoutMs: number;
+  /** The largest `message` packet that may leave, in bytes (the server's MAX_FRAME_BYTES). */
+  maxPacketBytes: number;
+}
+
+/** Bytes of the Socket.IO packet that carries `payload`: `42<ack id>["message",{…}]`. */
+export function packetBytes(payload: MessagePayload): number {
+  return new TextEncoder().encode(JSON.stringify(['message', payload])).length + 12;
 }
 
 export class Outbox {
@@ -72,12 +82,21 @@ export class Outbox {
 
   /**
    * Queues `payload` and resolves with the message as stored. Throws
-   * `queue_full` (synchronously, nothing queued) when the budget is spent.
+   * (synchronously, nothing queued) `queue_full` when the budget is spent, and
+   * `message_too_long` when its packet is over `maxPacketBytes`.
    */
   add(payload: MessagePayload): Promise<RequestMessage> {
-    const { budget } = this.opts;
+    const { budget, maxPacketBytes } = this.opts;
     if (budget.queued >= budget.size) {
       throw new ChatClientError('queue_full', `At most ${budget.size} messages may wait.`);
+    }
+    const bytes = packetBytes(payload);
+    if (bytes > maxPacketBytes) {
+      throw new ChatClientError(
+        'message_too_long',
+        `The message is ${bytes} bytes as sent; at most ${maxPacketBytes} (maxPacketBytes).`,
+        { event: 'message' },
+      );
     }
     return new Promise<RequestMessage>((resolve, reject) => {
       const p: Pending = {
@@ -133,9 +152,16 @@ export class Outbox {
       this.pump();
       return;
     }
+    const dropped = answer === undefined && !this.host.connected();
     const err =
       answer === undefined
-        ? new ChatClientError('timeout', 'The message was not acknowledged in time.')
+        ? dropped
+          ? new ChatClientError(
+              'not_connected',
+              `The connection dropped while the message was in flight (attempt ${p.attempts}; the server closes it for a packet over its MAX_FRAME_BYTES).`,
+              { event: 'message' },
+            )
+          : new ChatClientError('timeout', 'The message was not acknowledged in time.')
         : answerError(answer, 'message');
     const retryable = answer === undefined || RETRYABLE.has(err.code);
     if (p.expired || !retryable || p.attempts >= this.opts.maxAttempts) {
@@ -148,11 +174,8 @@ export class Outbox {
       this.host.rejoin();
       return;
     }
-    // Lost with the connection: it goes again after the re-join, without using up an attempt.
-    if (answer === undefined && !this.host.connected()) {
-      p.attempts--;
-      return;
-    }
+    // Lost with the connection: it goes again after the re-join (the attempt counts).
+    if (dropped) return;
     this.host.later(err.retryAfterMs ?? backoffDelay(p.attempts - 1, { initialDelayMs: 250 }), () =>
       this.pump(),
     );

@@ -97,6 +97,12 @@ export interface RoomHistory {
   added: RequestMessage[];
   /** True when the room was joined again after a reconnect. */
   rejoined: boolean;
+  /**
+   * RequestChat: true when more messages were missed than the re-join's
+   * catch-up fetched (`catchUpPages`). The messages held from before are then
+   * dropped, so `messages` has no hole; older ones come with `loadHistory`.
+   */
+  gap: boolean;
 }
 
 export interface TypingEvent {
