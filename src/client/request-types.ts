@@ -60,7 +60,7 @@ export interface RequestChatOptions {
   catchUpPages?: number;
   /** Acknowledge incoming messages as delivered. Default true. */
   autoDeliver?: boolean;
-  /** Extra Socket.IO options (the transport defaults to WebSocket only). */
+  /** Extra Socket.IO options (the transport defaults to WebSocket only; the manager's own `reconnection` stays off). */
   socket?: Partial<ManagerOptions & SocketOptions>;
 }
 
