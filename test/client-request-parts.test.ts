@@ -329,6 +329,29 @@ describe('Outbox', () => {
     assert.equal((await next)._id, 'm2');
   });
 
+  it('gives a message up after the third drop while it is in flight, whatever maxAttempts says', async () => {
+    let up = true;
+    const { host, calls } = scriptedHost({ connected: () => up, canSend: () => up });
+    const box = new Outbox(host, { ...limits(new OutboxBudget(10)), maxAttempts: 10 });
+    const doomed = box.add(payload('1'));
+    let settled = false;
+    doomed
+      .catch(() => undefined)
+      .finally(() => {
+        settled = true;
+      });
+    for (const i of [0, 1, 2]) {
+      assert.equal(settled, false);
+      up = false;
+      calls[i]?.answer(undefined);
+      await turn();
+      up = true;
+      box.pump();
+    }
+    assert.equal(calls.length, 3, 'not sent a fourth time');
+    await assert.rejects(doomed, (e: ChatClientError) => e.code === 'not_connected');
+  });
+
   it('refuses a packet over maxPacketBytes at once, with message_too_long', async () => {
     const budget = new OutboxBudget(5);
     const { host, calls } = scriptedHost();

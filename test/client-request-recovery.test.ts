@@ -54,12 +54,11 @@ describe('RequestChat against a packet the server closes the connection for', ()
   });
   after(() => s.close());
 
-  it('gives the message up with not_connected after maxSendAttempts; the next one goes', async () => {
+  it('gives the message up with not_connected after the third drop; the next one goes', async () => {
     const requestId = await register(s.url);
     const teacher = await RequestChat.connect(s.url, {
       token: await teacherToken(),
       reconnect: fast,
-      maxSendAttempts: 3,
       sendTimeoutMs: 8_000,
       maxPacketBytes: 1_000_000,
     });

@@ -3,9 +3,10 @@
  * a `clientMessageId` and is sent again, with the same id, until the server
  * acknowledges it (the server stores a repeat once and answers with the
  * original): after an acknowledgement timeout, on a retryable refusal, and
- * after a reconnect (a connection that drops while the message is in flight
- * uses up an attempt: the server closes the connection for a packet over its
- * MAX_FRAME_BYTES, and that packet must not be sent forever). One message of
+ * after a reconnect. A connection that drops while the message is in flight
+ * uses up an attempt, and the third such drop gives the message up: the
+ * server closes the connection for a packet over its MAX_FRAME_BYTES, and that
+ * packet must not be sent forever, nor hold up the room's later ones. One message of
  * a room is in flight at a time, so the
  * room's messages are stored in the order they were sent. Every room's queue
  * draws on one `OutboxBudget`, so the messages waiting over all rooms are
@@ -15,6 +16,9 @@ import { backoffDelay } from './bounded.js';
 import { ChatClientError } from './errors.js';
 import { type Answer, type Ask, answerError } from './request-answer.js';
 import type { Attachment, RequestMessage } from './types.js';
+
+/** Drops of the connection while one message is in flight before it is given up. */
+const MAX_DROPS = 3;
 
 /** Refusals that a later attempt may get past. */
 const RETRYABLE = new Set(['rate_limited', 'internal_error', 'not_in_room']);
@@ -29,6 +33,8 @@ export interface MessagePayload {
 interface Pending {
   payload: MessagePayload;
   attempts: number;
+  /** Times the connection dropped while this message was in flight. */
+  drops: number;
   inFlight: boolean;
   expired: boolean;
   timer: ReturnType<typeof setTimeout>;
@@ -102,6 +108,7 @@ export class Outbox {
       const p: Pending = {
         payload,
         attempts: 0,
+        drops: 0,
         inFlight: false,
         expired: false,
         resolve,
@@ -153,18 +160,19 @@ export class Outbox {
       return;
     }
     const dropped = answer === undefined && !this.host.connected();
+    if (dropped) p.drops++;
     const err =
       answer === undefined
         ? dropped
           ? new ChatClientError(
               'not_connected',
-              `The connection dropped while the message was in flight (attempt ${p.attempts}; the server closes it for a packet over its MAX_FRAME_BYTES).`,
+              `The connection dropped while the message was in flight, ${p.drops} times (the server closes it for a packet over its MAX_FRAME_BYTES).`,
               { event: 'message' },
             )
           : new ChatClientError('timeout', 'The message was not acknowledged in time.')
         : answerError(answer, 'message');
     const retryable = answer === undefined || RETRYABLE.has(err.code);
-    if (p.expired || !retryable || p.attempts >= this.opts.maxAttempts) {
+    if (p.expired || !retryable || p.attempts >= this.opts.maxAttempts || p.drops >= MAX_DROPS) {
       this.settle(p, err);
       this.pump();
       return;

@@ -34,7 +34,8 @@ export interface RequestChatOptions {
   ackTimeoutMs?: number;
   /**
    * Attempts per message (or join) before `send` gives up, a connection that
-   * drops while the message is in flight included. Default 10.
+   * drops while the message is in flight included (and the third such drop
+   * gives it up). Default 10.
    */
   maxSendAttempts?: number;
   /** The longest a message or a `join` may wait in all, offline time included, in ms. Default 120 000. */
