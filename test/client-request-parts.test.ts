@@ -112,13 +112,22 @@ describe('RoomMessages', () => {
       return { ok: true, messages: pages[before] ?? [], hasMore: true };
     };
     const newest = { messages: [msg('d', 4), msg('e', 5)], hasMore: true };
-    room.messages.merge(newest.messages);
-    const { added, gap } = await catchUp(ask, room, newest, held, 5);
+    const { older, gap } = await catchUp(ask, R, newest, held, 5);
     assert.deepEqual(
-      added.map((m) => m._id),
-      ['b', 'c'],
+      older.map((m) => m._id),
+      ['a', 'b', 'c'],
     );
     assert.equal(gap, false);
+    // Nothing is merged by the catch-up itself: one cut short leaves what is held as it was.
+    assert.deepEqual(
+      room.messages.all().map((m) => m._id),
+      ['a'],
+    );
+    const added = room.messages.merge(older.concat(newest.messages));
+    assert.deepEqual(
+      added.map((m) => m._id),
+      ['b', 'c', 'd', 'e'],
+    );
     // It stopped at the page that holds `a`, the message it already had.
     assert.deepEqual(asked, [
       ['loadHistory', { requestId: R, before: 'd' }],
@@ -141,10 +150,10 @@ describe('RoomMessages', () => {
         : { ok: true, messages: [msg('d', 4)], hasMore: true };
     };
     const newest = { messages: [msg('g', 7), msg('h', 8)], hasMore: true };
-    room.messages.merge(newest.messages);
-    const short = await catchUp(ask, room, newest, held, 1);
+    const short = await catchUp(ask, R, newest, held, 1);
+    room.messages.merge(short.older.concat(newest.messages));
     assert.deepEqual(
-      short.added.map((m) => m._id),
+      short.older.map((m) => m._id),
       ['e', 'f'],
     );
     assert.equal(short.gap, true, 'd was never fetched');

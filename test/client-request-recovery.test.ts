@@ -7,6 +7,7 @@
  * Socket.IO server where the test needs a misbehaving one).
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { Server } from 'socket.io';
@@ -148,6 +149,41 @@ describe('RequestChat connecting and reconnecting', () => {
     }
   });
 
+  it('a join that settled leaves no timer: a process that drops its connection without close() ends', async () => {
+    const s = await startServer({ REQUEST_RATE_LIMIT: '1000/1s' });
+    try {
+      const requestId = await register(s.url);
+      const client = new URL('../src/client/index.js', import.meta.url).href;
+      const script = `
+        const { RequestChat } = await import(${JSON.stringify(client)});
+        const chat = await RequestChat.connect(process.env.URL, {
+          token: process.env.TOKEN, sendTimeoutMs: 60000, autoDeliver: false,
+        });
+        await chat.join(process.env.ROOM);
+        chat.socket.disconnect();
+      `;
+      const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+        env: {
+          PATH: process.env.PATH ?? '',
+          URL: s.url,
+          TOKEN: await teacherToken(),
+          ROOM: requestId,
+        },
+        stdio: ['ignore', 'ignore', 'inherit'],
+      });
+      const started = Date.now();
+      const code = await within(
+        new Promise((resolve) => child.once('exit', resolve)),
+        15_000,
+        'the exit',
+      ).finally(() => child.kill());
+      assert.equal(code, 0);
+      assert.ok(Date.now() - started < 15_000);
+    } finally {
+      await s.close();
+    }
+  });
+
   it('backs off from a server that accepts and then drops, and gives up after maxAttempts', async () => {
     const io = new Server(0, { transports: ['websocket'] });
     const opened: number[] = [];
@@ -285,8 +321,10 @@ describe('RequestChat re-join after an absence', () => {
       lab.on('messageUpdated', (m) => updated.push(m));
       lab.on('messageDeleted', (e) => deleted.push(e.messageId));
       let rejoined = false;
-      lab.on('history', () => {
+      const added: string[] = [];
+      lab.on('history', (h) => {
         rejoined = true;
+        added.push(...h.added.map((m) => m._id));
       });
       await proxy.start();
       await until(() => rejoined, 'the re-join');
@@ -300,6 +338,7 @@ describe('RequestChat re-join after an absence', () => {
         ['a', 'b'],
         'c was deleted before the lab saw it',
       );
+      assert.deepEqual(added, [], 'nor is it in history.added');
       const c = lab.messages(requestId).find((m) => m._id === gone._id);
       assert.ok(c?.deletedAt);
     } finally {
@@ -332,6 +371,114 @@ describe('RequestChat re-join after an absence', () => {
       assert.deepEqual(
         atLab.map((m) => m.message),
         ['seen', ...Array.from({ length: 8 }, (_, i) => `missed ${i}`), 'LIVE'],
+      );
+    } finally {
+      await done();
+    }
+  });
+
+  /**
+   * Runs `action` once, when the lab's first `event` (joinRoom or the first
+   * catch-up page) is under way, after the proxy lets the lab back in.
+   */
+  function onFirst(
+    lab: RequestChat,
+    event: string,
+    action: (answer: Promise<unknown>) => Promise<void>,
+  ): () => boolean {
+    const emitWithAck = lab.socket.emitWithAck.bind(lab.socket);
+    let fired = false;
+    lab.socket.emitWithAck = (async (ev: string, ...args: unknown[]) => {
+      if (ev !== event || fired) return emitWithAck(ev, ...args);
+      fired = true;
+      const answer = emitWithAck(ev, ...args);
+      await action(answer);
+      return answer;
+    }) as typeof lab.socket.emitWithAck;
+    return () => fired;
+  }
+
+  const missed = Array.from({ length: 8 }, (_, i) => `missed ${i}`);
+
+  it('a drop during the catch-up is no gap: the next re-join fetches every missed message', async () => {
+    const { requestId, teacher, lab, proxy, atLab, done } = await absence(['seen 0', 'seen 1']);
+    try {
+      for (const text of missed) await teacher.send(requestId, text);
+      const gaps: boolean[] = [];
+      lab.on('history', (h) => gaps.push(h.gap));
+      const fired = onFirst(lab, 'loadHistory', async () => proxy.dropConnections());
+      await proxy.start();
+      await until(() => gaps.length === 1, 'the re-join');
+      assert.ok(fired(), 'the catch-up paged back');
+      assert.deepEqual(gaps, [false], 'nothing emitted for the re-join the drop cut short');
+      assert.deepEqual(
+        atLab.map((m) => m.message),
+        ['seen 0', 'seen 1', ...missed],
+      );
+      assert.deepEqual(
+        lab.messages(requestId).map((m) => m.message),
+        ['seen 0', 'seen 1', ...missed],
+      );
+    } finally {
+      await done();
+    }
+  });
+
+  it('close() or leave() during the catch-up: no event after it', async () => {
+    for (const how of ['close', 'leave'] as const) {
+      const { requestId, teacher, lab, proxy, done } = await absence(['seen']);
+      try {
+        for (const text of missed) await teacher.send(requestId, text);
+        let after = false;
+        const events: string[] = [];
+        for (const ev of ['history', 'message', 'messageUpdated', 'messageDeleted'] as const) {
+          lab.on(ev, () => {
+            if (after) events.push(ev);
+          });
+        }
+        const fired = onFirst(lab, 'loadHistory', async () => {
+          after = true;
+          if (how === 'close') lab.close();
+          else await lab.leave(requestId);
+        });
+        await proxy.start();
+        await until(fired, 'the catch-up');
+        await new Promise((r) => setTimeout(r, 500));
+        assert.deepEqual(events, [], `no event after ${how}()`);
+        assert.deepEqual(lab.messages(requestId), []);
+      } finally {
+        await done();
+      }
+    }
+  });
+
+  it('a drop before the joinRoom answer is handled keeps the live message held for the next re-join', async () => {
+    const { requestId, teacher, lab, proxy, atLab, done } = await absence(['seen 0', 'seen 1']);
+    try {
+      for (const text of missed) await teacher.send(requestId, text);
+      let live = false;
+      lab.socket.onAny((event, m) => {
+        if (event === 'message' && m?.message === 'LIVE') live = true;
+      });
+      const gaps: boolean[] = [];
+      lab.on('history', (h) => gaps.push(h.gap));
+      onFirst(lab, 'joinRoom', async (answer) => {
+        await answer;
+        await teacher.send(requestId, 'LIVE');
+        await until(() => live, 'LIVE at the lab socket');
+        proxy.dropConnections();
+        await until(() => !lab.connected, 'the drop');
+      });
+      await proxy.start();
+      await until(() => atLab.some((m) => m.message === 'LIVE'), 'LIVE emitted');
+      assert.deepEqual(gaps, [false]);
+      assert.deepEqual(
+        atLab.map((m) => m.message),
+        ['seen 0', 'seen 1', ...missed, 'LIVE'],
+      );
+      assert.deepEqual(
+        lab.messages(requestId).map((m) => m.message),
+        ['seen 0', 'seen 1', ...missed, 'LIVE'],
       );
     } finally {
       await done();

@@ -100,35 +100,38 @@ export class RoomMessages {
 /**
  * After a re-join whose newest `page` does not reach what the client `held`
  * before, pages back until it does (at most `maxPages` pages), so what was
- * missed in between is merged too. Returns the messages it added, and `gap`
- * when it stopped before meeting what was held (more were missed than
- * `maxPages` pages, or a page failed).
+ * missed in between can be merged too. Returns the older pages' messages
+ * (nothing is merged here: a catch-up cut short by a drop leaves what is held
+ * as it was), and `gap` when it stopped before meeting what was held (more
+ * were missed than `maxPages` pages, or the server refused or did not answer
+ * a page; the caller tells a dropped connection apart).
  */
 export async function catchUp(
   ask: Ask,
-  room: { requestId: string; messages: RoomMessages },
+  requestId: string,
   page: { messages: RequestMessage[]; hasMore: boolean },
   held: Set<string>,
   maxPages: number,
-  changes?: HistoryChanges,
-): Promise<{ added: RequestMessage[]; gap: boolean }> {
-  const added: RequestMessage[] = [];
+): Promise<{ older: RequestMessage[]; gap: boolean }> {
+  const pages: RequestMessage[][] = [];
   let older = page.messages;
   let hasMore = page.hasMore;
   for (let i = 0; ; i++) {
     const oldest = older[0];
-    if (!oldest || !hasMore || older.some((m) => held.has(m._id))) return { added, gap: false };
+    if (!oldest || !hasMore || older.some((m) => held.has(m._id))) {
+      return { older: pages.reverse().flat(), gap: false };
+    }
     if (i === maxPages) break;
     let a: Answer;
     try {
-      a = await ask('loadHistory', { requestId: room.requestId, before: oldest._id });
+      a = await ask('loadHistory', { requestId, before: oldest._id });
     } catch {
       break;
     }
     if (a.ok !== true || !Array.isArray(a.messages)) break;
     older = a.messages as RequestMessage[];
     hasMore = a.hasMore === true;
-    added.push(...room.messages.merge(older, changes));
+    pages.push(older);
   }
-  return { added, gap: true };
+  return { older: pages.reverse().flat(), gap: true };
 }

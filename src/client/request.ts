@@ -63,7 +63,10 @@ interface Room {
   /** Ids waiting to be acknowledged as delivered. */
   deliver: Set<string>;
   typingAt: number;
-  /** Live messages held back while a re-join catches up, so the missed ones go first. */
+  /**
+   * Live messages held back while a re-join catches up, so the missed ones go
+   * first; kept across a re-join the connection cut short, for the next one.
+   */
   live: RequestMessage[] | undefined;
   /** The oldest message `loadHistory` returned: paging goes on from there. */
   pagedTo: RequestMessage | undefined;
@@ -100,6 +103,8 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   /** Reconnect attempts since the last connection that lasted STABLE_MS. */
   private attempt = 0;
   private connectedAt = 0;
+  /** Counts connections: a join that awaited across a drop and a reconnect sees it changed. */
+  private connection = 0;
   /** A reconnect is scheduled. */
   private retrying = false;
   private readonly signal: AbortSignal | undefined;
@@ -190,9 +195,19 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     }
     const r = room;
     const joined = new Promise<RoomHistory>((resolve, reject) => {
-      const waiter = { resolve, reject };
+      // Settled by the join or by the timer, whichever comes first; the other is then cancelled.
+      const waiter = {
+        resolve: (h: RoomHistory) => {
+          this.cancel(timer);
+          resolve(h);
+        },
+        reject: (e: ChatClientError) => {
+          this.cancel(timer);
+          reject(e);
+        },
+      };
       r.waiters.push(waiter);
-      this.later(this.sendTimeoutMs, () => {
+      const timer = this.later(this.sendTimeoutMs, () => {
         const i = r.waiters.indexOf(waiter);
         if (i === -1) return;
         r.waiters.splice(i, 1);
@@ -348,6 +363,7 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   private listen(): void {
     const s = this.socket;
     s.on('connect', () => {
+      this.connection++;
       this.connectedAt = Date.now();
       this.emit('connect');
       for (const room of this.rooms.values()) void this.joinRoom(room);
@@ -430,84 +446,82 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   /**
    * Joins (or re-joins) `room` on the current connection, then sends what
    * waits for it. During a re-join, live messages of the room wait (at most
-   * `historySize`) until the missed ones are emitted.
+   * `historySize`; later ones are emitted at once) until the missed ones are
+   * emitted. A re-join the connection cuts short changes nothing and emits
+   * nothing: the next connection's re-join starts again from what was held.
    */
   private async joinRoom(room: Room): Promise<void> {
     if (room.joined || room.joining || !this.socket.connected || this.closed) return;
     room.joining = true;
-    if (room.everJoined) room.live = [];
-    try {
-      await this.joinOnce(room);
-    } finally {
-      const live = room.live ?? [];
-      room.live = undefined;
-      for (const m of live) this.incoming(m);
-    }
-  }
-
-  private async joinOnce(room: Room): Promise<void> {
-    const socket = this.socket;
+    if (room.everJoined) room.live ??= [];
+    const connection = this.connection;
+    // Still this room's join: not closed, not left, and on the same connection.
+    const current = () =>
+      !this.closed &&
+      this.rooms.get(room.requestId) === room &&
+      this.connection === connection &&
+      this.socket.connected;
     for (let attempt = 0; ; attempt++) {
-      let answer: Answer;
+      let answer: Answer | undefined;
+      this.lastPage.delete(room);
       try {
         answer = await this.ask('joinRoom', { requestId: room.requestId });
       } catch {
         // No answer: the connection dropped (the next `connect` joins again) or the server is slow.
-        if (!socket.connected || this.rooms.get(room.requestId) !== room) {
-          room.joining = false;
-          return;
-        }
+      }
+      if (!current()) return;
+      if (answer === undefined) {
         if (attempt + 1 < this.maxSendAttempts) continue;
         room.joining = false;
         this.failRoom(room, new ChatClientError('timeout', 'joinRoom was not acknowledged.'));
-        return;
-      }
-      if (this.rooms.get(room.requestId) !== room || !socket.connected) {
-        room.joining = false;
         return;
       }
       if (answer.ok === true) break;
       const err = answerError(answer, 'joinRoom');
       if (err.code === 'rate_limited' && attempt + 1 < this.maxSendAttempts) {
         await this.wait(err.retryAfterMs ?? backoffDelay(attempt));
+        if (!current()) return;
         continue;
       }
       room.joining = false;
       this.failRoom(room, err);
       return;
     }
-    room.joining = false;
-    room.joined = true;
     const rejoined = room.everJoined;
-    room.everJoined = true;
     const page = this.lastPage.get(room) ?? { messages: [], hasMore: false };
     this.lastPage.delete(room);
     const held = room.messages.ids();
-    const changes: HistoryChanges = { edited: [], deleted: [] };
-    let added = room.messages.merge(page.messages, changes);
+    let older: RequestMessage[] = [];
     let gap = false;
     if (rejoined && held.size > 0 && page.hasMore) {
       const ask: Ask = (event, payload) => this.ask(event, payload);
-      const missed = await catchUp(ask, room, page, held, this.catchUpPages, changes);
-      added = added.concat(missed.added).sort(byTime);
+      const missed = await catchUp(ask, room.requestId, page, held, this.catchUpPages);
+      // Closed, left, or cut short by a drop: what is held stays as it was for the next re-join.
+      if (!current()) return;
+      older = missed.older;
       gap = missed.gap;
-      if (gap) {
-        // What was held before no longer meets what came after: drop it, so
-        // what is held has no hole and `loadHistory` pages back from here.
-        room.messages.drop(held);
-        room.pagedTo = undefined;
-      }
+    }
+    room.joining = false;
+    room.joined = true;
+    room.everJoined = true;
+    const changes: HistoryChanges = { edited: [], deleted: [] };
+    const added = room.messages.merge(older.concat(page.messages), changes);
+    if (gap) {
+      // What was held before no longer meets what came after: drop it, so
+      // what is held has no hole and `loadHistory` pages back from here.
+      room.messages.drop(held);
+      room.pagedTo = undefined;
     } else if (!rejoined || held.size === 0) {
       room.messages.hasMore = page.hasMore;
     }
-    const history = this.historyOf(room, added, rejoined, gap);
+    // A message deleted before this client saw it is held, not emitted, nor in `added`.
+    const shown = added.filter((m) => !m.deletedAt);
+    const history = this.historyOf(room, shown, rejoined, gap);
     const waiters = room.waiters;
     room.waiters = [];
     for (const w of waiters) w.resolve(history);
     this.emit('history', history);
     if (rejoined) {
-      // A message deleted before this client saw it is held, not emitted.
-      const shown = added.filter((m) => !m.deletedAt);
       for (const m of shown) this.emit('message', m);
       for (const m of changes.edited) this.emit('messageUpdated', m);
       for (const m of changes.deleted) {
@@ -519,7 +533,14 @@ export class RequestChat extends Emitter<RequestChatEvents> {
       }
       this.queueDelivered(room, shown);
     }
-    room.outbox.pump();
+    // The live messages held meanwhile, after the missed ones (if still in this room, on this connection).
+    const live = room.live ?? [];
+    room.live = undefined;
+    for (const m of live) {
+      if (!current()) break;
+      this.incoming(m);
+    }
+    if (current()) room.outbox.pump();
   }
 
   private failRoom(room: Room, err: ChatClientError): void {
@@ -532,6 +553,7 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   private forget(room: Room, err: ChatClientError): void {
     if (this.rooms.get(room.requestId) === room) this.rooms.delete(room.requestId);
     room.joined = false;
+    room.live = undefined;
     for (const w of room.waiters) w.reject(err);
     room.waiters = [];
     room.outbox.rejectAll(err);
@@ -581,7 +603,9 @@ export class RequestChat extends Emitter<RequestChatEvents> {
             room.joined = false;
             void this.joinRoom(room);
           },
-          later: (ms, fn) => this.later(ms, fn),
+          later: (ms, fn) => {
+            this.later(ms, fn);
+          },
         },
         {
           budget: this.budget,
@@ -672,12 +696,18 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     };
   }
 
-  private later(ms: number, fn: () => void): void {
+  private later(ms: number, fn: () => void): ReturnType<typeof setTimeout> {
     const t = setTimeout(() => {
       this.timers.delete(t);
       if (!this.closed) fn();
     }, ms);
     this.timers.add(t);
+    return t;
+  }
+
+  private cancel(t: ReturnType<typeof setTimeout>): void {
+    clearTimeout(t);
+    this.timers.delete(t);
   }
 
   private wait(ms: number): Promise<void> {

@@ -93,7 +93,11 @@ export interface RoomHistory {
   messages: RequestMessage[];
   /** Older messages exist before the first one. */
   hasMore: boolean;
-  /** Messages this history added that the client had not seen. */
+  /**
+   * Messages this history added that the client had not seen (after a
+   * re-join, those emitted as `message`); one deleted before the client saw
+   * it is held in `messages` but is not here.
+   */
   added: RequestMessage[];
   /** True when the room was joined again after a reconnect. */
   rejoined: boolean;
