@@ -83,6 +83,43 @@ describe('RequestChat against a packet the server closes the connection for', ()
     }
   });
 
+  it('a drop that comes long after the message left (its answer lost) does not give it up', async () => {
+    const requestId = await register(s.url);
+    const proxy = new BlackholeProxy(Number(new URL(s.url).port));
+    await proxy.start();
+    const teacher = await RequestChat.connect(`http://127.0.0.1:${proxy.port}`, {
+      token: await teacherToken(),
+      reconnect: fast,
+      sendTimeoutMs: 20_000,
+    });
+    try {
+      await teacher.join(requestId);
+      // Three times, the answer is lost and the connection drops 1.2 s after the message left.
+      let losses = 0;
+      const loseAnswer = () => {
+        if (losses++ === 3) return;
+        proxy.blackholeDownstream = true;
+        setTimeout(() => {
+          proxy.dropConnections();
+          proxy.blackholeDownstream = false;
+        }, 1_200);
+      };
+      teacher.on('history', loseAnswer);
+      loseAnswer();
+      const sent = await within(teacher.send(requestId, 'hello'), 15_000, 'the answer');
+      assert.equal(sent.message, 'hello');
+      assert.equal(losses, 4);
+      assert.deepEqual(
+        (await storedMessages(s.url, requestId)).map((m) => m.message),
+        ['hello'],
+        'stored once',
+      );
+    } finally {
+      teacher.close();
+      await proxy.stop();
+    }
+  });
+
   it('refuses a packet over maxPacketBytes (default 64 KiB) at once, with message_too_long', async () => {
     const requestId = await register(s.url);
     const teacher = await RequestChat.connect(s.url, {

@@ -4,9 +4,11 @@
  * acknowledges it (the server stores a repeat once and answers with the
  * original): after an acknowledgement timeout, on a retryable refusal, and
  * after a reconnect. A connection that drops while the message is in flight
- * uses up an attempt, and the third such drop gives the message up: the
- * server closes the connection for a packet over its MAX_FRAME_BYTES, and that
- * packet must not be sent forever, nor hold up the room's later ones. One message of
+ * uses up an attempt, and the third drop within DROP_SOON_MS of the message
+ * leaving gives it up: the server closes the connection at once for a packet
+ * over its MAX_FRAME_BYTES, and that packet must not be sent forever, nor hold
+ * up the room's later ones. A later drop is more likely a lost
+ * acknowledgement (the message may be stored) and counts only as an attempt. One message of
  * a room is in flight at a time, so the
  * room's messages are stored in the order they were sent. Every room's queue
  * draws on one `OutboxBudget`, so the messages waiting over all rooms are
@@ -17,8 +19,10 @@ import { ChatClientError } from './errors.js';
 import { type Answer, type Ask, answerError } from './request-answer.js';
 import type { Attachment, RequestMessage } from './types.js';
 
-/** Drops of the connection while one message is in flight before it is given up. */
+/** Drops of the connection soon after one message left before it is given up. */
 const MAX_DROPS = 3;
+/** A drop this soon after the message left may be the server's cut for its size. */
+const DROP_SOON_MS = 1_000;
 
 /** Refusals that a later attempt may get past. */
 const RETRYABLE = new Set(['rate_limited', 'internal_error', 'not_in_room']);
@@ -33,8 +37,10 @@ export interface MessagePayload {
 interface Pending {
   payload: MessagePayload;
   attempts: number;
-  /** Times the connection dropped while this message was in flight. */
+  /** Times the connection dropped within DROP_SOON_MS of this message leaving. */
   drops: number;
+  /** When the last attempt left. */
+  sentAt: number;
   inFlight: boolean;
   expired: boolean;
   timer: ReturnType<typeof setTimeout>;
@@ -109,6 +115,7 @@ export class Outbox {
         payload,
         attempts: 0,
         drops: 0,
+        sentAt: 0,
         inFlight: false,
         expired: false,
         resolve,
@@ -134,6 +141,7 @@ export class Outbox {
     this.sending = true;
     p.inFlight = true;
     p.attempts++;
+    p.sentAt = Date.now();
     this.host.ask('message', p.payload).then(
       (answer) => this.answered(p, answer),
       () => this.answered(p, undefined),
@@ -160,13 +168,13 @@ export class Outbox {
       return;
     }
     const dropped = answer === undefined && !this.host.connected();
-    if (dropped) p.drops++;
+    if (dropped && Date.now() - p.sentAt <= DROP_SOON_MS) p.drops++;
     const err =
       answer === undefined
         ? dropped
           ? new ChatClientError(
               'not_connected',
-              `The connection dropped while the message was in flight, ${p.drops} times (the server closes it for a packet over its MAX_FRAME_BYTES).`,
+              `The connection dropped while the message was in flight${p.drops >= MAX_DROPS ? `, ${p.drops} times right after it left (the server closes it for a packet over its MAX_FRAME_BYTES)` : ''}. It may have been stored: sending it again with the same clientMessageId is safe.`,
               { event: 'message' },
             )
           : new ChatClientError('timeout', 'The message was not acknowledged in time.')
