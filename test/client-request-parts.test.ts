@@ -15,6 +15,7 @@ import {
   Outbox,
   OutboxBudget,
   type OutboxHost,
+  packetBytes,
 } from '../src/client/request-outbox.js';
 
 const R = 'a'.repeat(24);
@@ -111,11 +112,21 @@ describe('RoomMessages', () => {
       return { ok: true, messages: pages[before] ?? [], hasMore: true };
     };
     const newest = { messages: [msg('d', 4), msg('e', 5)], hasMore: true };
-    room.messages.merge(newest.messages);
-    const added = await catchUp(ask, room, newest, held, 5);
+    const { older, gap } = await catchUp(ask, R, newest, held, 5);
+    assert.deepEqual(
+      older.map((m) => m._id),
+      ['a', 'b', 'c'],
+    );
+    assert.equal(gap, false);
+    // Nothing is merged by the catch-up itself: one cut short leaves what is held as it was.
+    assert.deepEqual(
+      room.messages.all().map((m) => m._id),
+      ['a'],
+    );
+    const added = room.messages.merge(older.concat(newest.messages));
     assert.deepEqual(
       added.map((m) => m._id),
-      ['b', 'c'],
+      ['b', 'c', 'd', 'e'],
     );
     // It stopped at the page that holds `a`, the message it already had.
     assert.deepEqual(asked, [
@@ -126,6 +137,51 @@ describe('RoomMessages', () => {
       room.messages.all().map((m) => m._id),
       ['a', 'b', 'c', 'd', 'e'],
     );
+  });
+
+  it('says gap when more were missed than maxPages pages, and records edits and deletions of held ones', async () => {
+    const room = { requestId: R, messages: new RoomMessages(50, new BoundedSet(100)) };
+    room.messages.merge([msg('a', 1), msg('b', 2), msg('c', 3)]);
+    const held = room.messages.ids();
+    const ask = async (_event: string, payload: object): Promise<Answer> => {
+      const before = (payload as { before: string }).before;
+      return before === 'g'
+        ? { ok: true, messages: [msg('e', 5), msg('f', 6)], hasMore: true }
+        : { ok: true, messages: [msg('d', 4)], hasMore: true };
+    };
+    const newest = { messages: [msg('g', 7), msg('h', 8)], hasMore: true };
+    const short = await catchUp(ask, R, newest, held, 1);
+    room.messages.merge(short.older.concat(newest.messages));
+    assert.deepEqual(
+      short.older.map((m) => m._id),
+      ['e', 'f'],
+    );
+    assert.equal(short.gap, true, 'd was never fetched');
+
+    const changes = { edited: [] as RequestMessage[], deleted: [] as RequestMessage[] };
+    const added = room.messages.merge(
+      [
+        { ...msg('a', 1, 'edited'), editedAt: 'T1' },
+        { ...msg('b', 2, ''), deletedAt: 'T2' },
+        msg('c', 3),
+      ],
+      changes,
+    );
+    assert.deepEqual(added, []);
+    assert.deepEqual(
+      changes.edited.map((m) => m.message),
+      ['edited'],
+    );
+    assert.deepEqual(
+      changes.deleted.map((m) => m._id),
+      ['b'],
+    );
+    room.messages.drop(held);
+    assert.deepEqual(
+      room.messages.all().map((m) => m._id),
+      ['e', 'f', 'g', 'h'],
+    );
+    assert.equal(room.messages.hasMore, true);
   });
 });
 
@@ -162,6 +218,12 @@ const payload = (id: string): MessagePayload => ({
   clientMessageId: `cm-${id}`,
 });
 const turn = () => new Promise((r) => setImmediate(r));
+const limits = (budget: OutboxBudget) => ({
+  budget,
+  maxAttempts: 3,
+  timeoutMs: 60_000,
+  maxPacketBytes: 65_536,
+});
 
 describe('Outbox', () => {
   it('sends one message at a time, in order, and resolves each with the stored copy', async () => {
@@ -170,6 +232,7 @@ describe('Outbox', () => {
       budget: new OutboxBudget(10),
       maxAttempts: 3,
       timeoutMs: 60_000,
+      maxPacketBytes: 65_536,
     });
     const first = box.add(payload('1'));
     const second = box.add(payload('2'));
@@ -193,6 +256,7 @@ describe('Outbox', () => {
       budget: new OutboxBudget(10),
       maxAttempts: 5,
       timeoutMs: 60_000,
+      maxPacketBytes: 65_536,
     });
     const sent = box.add(payload('1'));
     calls[0]?.answer(undefined);
@@ -213,6 +277,7 @@ describe('Outbox', () => {
       budget: new OutboxBudget(10),
       maxAttempts: 2,
       timeoutMs: 60_000,
+      maxPacketBytes: 65_536,
     });
     const empty = box.add(payload('1'));
     const slow = box.add(payload('2'));
@@ -232,6 +297,7 @@ describe('Outbox', () => {
       budget: new OutboxBudget(10),
       maxAttempts: 3,
       timeoutMs: 60_000,
+      maxPacketBytes: 65_536,
     });
     const sent = box.add(payload('1'));
     calls[0]?.answer({ ok: false, error_code: 'not_in_room', message: 'join' });
@@ -243,32 +309,80 @@ describe('Outbox', () => {
     assert.equal((await sent)._id, 'm1');
   });
 
-  it('does not count an attempt lost with the connection', async () => {
+  it('counts an attempt lost with the connection, and gives up with not_connected after maxAttempts', async () => {
     let up = true;
     const { host, calls } = scriptedHost({ connected: () => up, canSend: () => up });
     const box = new Outbox(host, {
       budget: new OutboxBudget(10),
       maxAttempts: 2,
       timeoutMs: 60_000,
+      maxPacketBytes: 65_536,
     });
-    const sent = box.add(payload('1'));
-    for (const i of [0, 1]) {
+    // The server closes the connection each time this one is sent (a packet over its MAX_FRAME_BYTES).
+    const doomed = box.add(payload('1'));
+    const next = box.add(payload('2'));
+    up = false;
+    calls[0]?.answer(undefined);
+    await turn();
+    assert.equal(calls.length, 1, 'nothing goes while offline');
+    up = true;
+    box.pump();
+    assert.equal(calls[1]?.payload.clientMessageId, 'cm-1', 'sent again after the reconnect');
+    up = false;
+    calls[1]?.answer(undefined);
+    await assert.rejects(doomed, (e: ChatClientError) => e.code === 'not_connected');
+    up = true;
+    box.pump();
+    assert.equal(calls[2]?.payload.clientMessageId, 'cm-2', 'the next one goes');
+    calls[2]?.answer({ ok: true, message: msg('m2', 2) });
+    assert.equal((await next)._id, 'm2');
+  });
+
+  it('gives a message up after the third drop while it is in flight, whatever maxAttempts says', async () => {
+    let up = true;
+    const { host, calls } = scriptedHost({ connected: () => up, canSend: () => up });
+    const box = new Outbox(host, { ...limits(new OutboxBudget(10)), maxAttempts: 10 });
+    const doomed = box.add(payload('1'));
+    let settled = false;
+    doomed
+      .catch(() => undefined)
+      .finally(() => {
+        settled = true;
+      });
+    for (const i of [0, 1, 2]) {
+      assert.equal(settled, false);
       up = false;
       calls[i]?.answer(undefined);
       await turn();
-      assert.equal(calls.length, i + 1, 'nothing goes while offline');
       up = true;
       box.pump();
     }
-    calls[2]?.answer({ ok: true, message: msg('m1', 1) });
-    assert.equal((await sent)._id, 'm1');
+    assert.equal(calls.length, 3, 'not sent a fourth time');
+    await assert.rejects(doomed, (e: ChatClientError) => e.code === 'not_connected');
+  });
+
+  it('refuses a packet over maxPacketBytes at once, with message_too_long', async () => {
+    const budget = new OutboxBudget(5);
+    const { host, calls } = scriptedHost();
+    const box = new Outbox(host, { ...limits(budget), maxPacketBytes: 1_000 });
+    assert.throws(
+      () => box.add({ ...payload('1'), message: 'é'.repeat(500) }),
+      (e: ChatClientError) => e.code === 'message_too_long',
+    );
+    assert.equal(budget.queued, 0);
+    assert.equal(calls.length, 0);
+    assert.ok(packetBytes({ ...payload('1'), message: 'é'.repeat(500) }) > 1_000);
+    const fits = box.add({ ...payload('2'), message: 'x'.repeat(500) });
+    assert.equal(calls.length, 1);
+    box.rejectAll(new ChatClientError('closed'));
+    await assert.rejects(fits, (e: ChatClientError) => e.code === 'closed');
   });
 
   it('bounds what waits over every room, and rejects all that wait when told to', async () => {
     const budget = new OutboxBudget(2);
     const { host } = scriptedHost({ canSend: () => false });
-    const a = new Outbox(host, { budget, maxAttempts: 3, timeoutMs: 60_000 });
-    const b = new Outbox(host, { budget, maxAttempts: 3, timeoutMs: 60_000 });
+    const a = new Outbox(host, limits(budget));
+    const b = new Outbox(host, limits(budget));
     const waiting = [a.add(payload('1')), b.add(payload('2'))];
     assert.throws(
       () => b.add(payload('3')),
@@ -284,7 +398,7 @@ describe('Outbox', () => {
   it('gives up a message that waited longer than timeoutMs', async () => {
     const { host } = scriptedHost({ canSend: () => false });
     const budget = new OutboxBudget(5);
-    const box = new Outbox(host, { budget, maxAttempts: 3, timeoutMs: 20 });
+    const box = new Outbox(host, { ...limits(budget), timeoutMs: 20 });
     await assert.rejects(box.add(payload('1')), (e: ChatClientError) => e.code === 'timeout');
     assert.equal(budget.queued, 0);
   });

@@ -272,6 +272,19 @@ export function mountConversation(list, { me, receipts, onEdit, onDelete, onShow
       entry.state = 'failed';
       paintTick(entry);
     },
+    /**
+     * Keeps only the messages whose ids are in `ids`, and mine still being
+     * sent or failed: after a gap, what is shown has no hole either.
+     */
+    keepOnly(ids) {
+      for (const [id, entry] of shown) {
+        if (ids.has(id) || entry.state === 'pending' || entry.state === 'failed') continue;
+        shown.delete(id);
+        const next = entry.li.nextElementSibling;
+        entry.li.remove();
+        markRun(next);
+      }
+    },
     reset() {
       stopSweep();
       shown.clear();

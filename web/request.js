@@ -301,11 +301,15 @@ export function mountRequestView(root) {
   function onHistory(history) {
     if (history?.requestId !== requestId) return;
     const follow = ready ? atBottom(scroller) : true;
+    // More were missed than the re-join fetched: the library dropped what it held from
+    // before, and so does the view, so "Load earlier messages" goes back from here.
+    if (history.gap) conversation.keepOnly(new Set(history.messages.map((m) => m._id)));
     for (const msg of history.messages) conversation.show(msg);
-    if (!history.rejoined) older.hidden = !history.hasMore;
+    if (!history.rejoined || history.gap) older.hidden = !history.hasMore;
     ready = true;
     // "Reconnected." stays its while; a warning or a refusal from before is over.
-    if (say.kind !== 'ok') say.clear();
+    if (history.gap) say.show(t('request.gap'), 'warn');
+    else if (say.kind !== 'ok') say.clear();
     setStatus(status, 'live');
     updateComposer();
     if (follow) scroller.scrollTop = scroller.scrollHeight;

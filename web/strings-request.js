@@ -17,6 +17,8 @@ export default {
     'request.subtitleOpen': 'Teacher and lab conversation',
     'request.subtitleInbox': 'Pick a request from your inbox',
     'request.older': 'Load earlier messages',
+    'request.gap':
+      'Some messages sent while you were away are not shown: load earlier messages to see them.',
     'request.empty.title': 'No conversation yet',
     'request.empty.text':
       'Join a request with your token. Ticks show when the other side got and read your messages.',
@@ -87,6 +89,8 @@ export default {
     'request.subtitleOpen': 'Conversación entre docente y laboratorio',
     'request.subtitleInbox': 'Elige una solicitud de tu bandeja',
     'request.older': 'Cargar mensajes anteriores',
+    'request.gap':
+      'No se muestran algunos mensajes enviados mientras no estabas: carga los mensajes anteriores para verlos.',
     'request.empty.title': 'Aún no hay conversación',
     'request.empty.text':
       'Entra a una solicitud con tu token. Las marcas ✓ muestran cuándo la otra parte recibió y leyó tus mensajes.',

@@ -14,6 +14,12 @@ export function byTime(a: RequestMessage, b: RequestMessage): number {
   return a._id < b._id ? -1 : a._id > b._id ? 1 : 0;
 }
 
+/** Held messages a history page showed edited or deleted since this client got them. */
+export interface HistoryChanges {
+  edited: RequestMessage[];
+  deleted: RequestMessage[];
+}
+
 export class RoomMessages {
   private readonly byId = new Map<string, RequestMessage>();
   /** Older messages exist on the server before the oldest held. */
@@ -39,12 +45,18 @@ export class RoomMessages {
     return new Set(this.byId.keys());
   }
 
-  /** Merges `messages`; returns those not held before, oldest first. */
-  merge(messages: RequestMessage[]): RequestMessage[] {
+  /**
+   * Merges `messages`; returns those not held before, oldest first. Held ones
+   * that come back edited or deleted are recorded in `changes`.
+   */
+  merge(messages: RequestMessage[], changes?: HistoryChanges): RequestMessage[] {
     const added: RequestMessage[] = [];
     for (const m of messages) {
       if (typeof m?._id !== 'string') continue;
-      if (!this.byId.has(m._id)) added.push(m);
+      const held = this.byId.get(m._id);
+      if (!held) added.push(m);
+      else if (m.deletedAt && !held.deletedAt) changes?.deleted.push(m);
+      else if (!m.deletedAt && m.editedAt && m.editedAt !== held.editedAt) changes?.edited.push(m);
       this.byId.set(m._id, m);
       this.seen.add(m._id);
     }
@@ -55,6 +67,12 @@ export class RoomMessages {
       this.hasMore = true;
     }
     return added.sort(byTime);
+  }
+
+  /** Forgets the messages with these ids; older ones exist from now on. */
+  drop(ids: Set<string>): void {
+    for (const id of ids) this.byId.delete(id);
+    this.hasMore = true;
   }
 
   /** An edited message replaces the copy held (a message not held stays out). */
@@ -82,31 +100,38 @@ export class RoomMessages {
 /**
  * After a re-join whose newest `page` does not reach what the client `held`
  * before, pages back until it does (at most `maxPages` pages), so what was
- * missed in between is merged too. Returns the messages it added.
+ * missed in between can be merged too. Returns the older pages' messages
+ * (nothing is merged here: a catch-up cut short by a drop leaves what is held
+ * as it was), and `gap` when it stopped before meeting what was held (more
+ * were missed than `maxPages` pages, or the server refused or did not answer
+ * a page; the caller tells a dropped connection apart).
  */
 export async function catchUp(
   ask: Ask,
-  room: { requestId: string; messages: RoomMessages },
+  requestId: string,
   page: { messages: RequestMessage[]; hasMore: boolean },
   held: Set<string>,
   maxPages: number,
-): Promise<RequestMessage[]> {
-  const added: RequestMessage[] = [];
+): Promise<{ older: RequestMessage[]; gap: boolean }> {
+  const pages: RequestMessage[][] = [];
   let older = page.messages;
   let hasMore = page.hasMore;
-  for (let i = 0; i < maxPages; i++) {
+  for (let i = 0; ; i++) {
     const oldest = older[0];
-    if (!oldest || !hasMore || older.some((m) => held.has(m._id))) break;
+    if (!oldest || !hasMore || older.some((m) => held.has(m._id))) {
+      return { older: pages.reverse().flat(), gap: false };
+    }
+    if (i === maxPages) break;
     let a: Answer;
     try {
-      a = await ask('loadHistory', { requestId: room.requestId, before: oldest._id });
+      a = await ask('loadHistory', { requestId, before: oldest._id });
     } catch {
       break;
     }
     if (a.ok !== true || !Array.isArray(a.messages)) break;
     older = a.messages as RequestMessage[];
     hasMore = a.hasMore === true;
-    added.push(...room.messages.merge(older));
+    pages.push(older);
   }
-  return added;
+  return { older: pages.reverse().flat(), gap: true };
 }

@@ -1,11 +1,14 @@
 /**
  * The Socket.IO connection under `RequestChat`: how it is opened (WebSocket
- * only, the reconnect backoff, the token asked again on every connect) and
- * the wait for its first connection.
+ * only, the token asked again on every connect) and the wait for its first
+ * connection. Reconnecting is `RequestChat`'s own job (request.ts), not the
+ * Socket.IO manager's: the manager resets its backoff on every connection, so
+ * a server that accepts and then drops would be hit again every half second.
  */
 import type { Socket } from 'socket.io-client';
+import type { Emitter } from './emitter.js';
 import { ChatClientError } from './errors.js';
-import type { RequestChatOptions } from './request-types.js';
+import type { RequestChatEvents, RequestChatOptions } from './request-types.js';
 import type { TokenSource } from './stream.js';
 
 /**
@@ -20,8 +23,9 @@ export function socketTarget(url: string): { origin: string; path: string } {
 }
 
 /**
- * Opens the socket to `url`. `token()` is the token source in force at each
- * (re)connect, so `auth()` and token functions take effect on the next one.
+ * Opens the socket to `url`, with the manager's own reconnection off.
+ * `token()` is the token source in force at each (re)connect, so `auth()` and
+ * token functions take effect on the next one.
  */
 export async function openSocket(
   url: string,
@@ -29,18 +33,13 @@ export async function openSocket(
   token: () => TokenSource,
 ): Promise<Socket> {
   const io = opts.io ?? (await import('socket.io-client')).io;
-  const r = opts.reconnect ?? {};
   const { origin, path } = socketTarget(url);
   return io(origin, {
     path,
     transports: ['websocket'],
     forceNew: true,
-    reconnection: true,
-    reconnectionDelay: r.initialDelayMs ?? 500,
-    reconnectionDelayMax: r.maxDelayMs ?? 10_000,
-    randomizationFactor: r.jitter ?? 0.5,
-    reconnectionAttempts: r.maxAttempts ?? Number.POSITIVE_INFINITY,
     ...opts.socket,
+    reconnection: false,
     // Called on every (re)connect: a token function gives a fresh token each time.
     auth: (cb: (data: object) => void) => {
       const source = token();
@@ -53,34 +52,34 @@ export async function openSocket(
 }
 
 /**
- * Resolves once `socket` is connected. Rejects with the server's refusal
- * (`unauthorized`, `token_expired`: retrying the same token cannot help), or
- * with `timeout` once `reconnect.maxAttempts` run out; a server that is not up
- * yet is retried meanwhile.
+ * Resolves once `chat` is connected. Rejects with its first `error` (the
+ * server's refusal, `unauthorized` or `token_expired`, or `timeout` once
+ * `reconnect.maxAttempts` run out), or with `closed` when `signal` aborts; a
+ * server that is not up yet is retried meanwhile.
  */
-export function firstConnect(socket: Socket): Promise<void> {
+export function firstConnect(
+  chat: Emitter<RequestChatEvents>,
+  signal: AbortSignal | undefined,
+): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     const done = () => {
-      socket.off('connect', onConnect);
-      socket.off('connect_error', onError);
-      socket.io.off('reconnect_failed', onGiveUp);
+      offConnect();
+      offError();
+      signal?.removeEventListener('abort', onAbort);
     };
-    const onConnect = () => {
+    const offConnect = chat.once('connect', () => {
       done();
       resolve();
-    };
-    const onError = (err: Error) => {
-      // `active` is false when the server refused the handshake.
-      if (socket.active) return;
+    });
+    const offError = chat.once('error', (err) => {
       done();
-      reject(new ChatClientError(err.message || 'unauthorized', err.message));
-    };
-    const onGiveUp = () => {
+      reject(err);
+    });
+    const onAbort = () => {
       done();
-      reject(new ChatClientError('timeout', 'Could not connect (reconnect.maxAttempts).'));
+      reject(new ChatClientError('closed', 'connect() was aborted.'));
     };
-    socket.once('connect', onConnect);
-    socket.on('connect_error', onError);
-    socket.io.once('reconnect_failed', onGiveUp);
+    if (signal?.aborted) onAbort();
+    else signal?.addEventListener('abort', onAbort);
   });
 }

@@ -21,14 +21,31 @@ export interface RequestChatOptions {
   token: TokenSource;
   /** `socket.io-client`'s `io`; imported on demand when absent (pass it in browsers without a bundler). */
   io?: typeof ioFunction;
-  /** Reconnect backoff of the Socket.IO manager; `maxAttempts` default: never give up. */
+  /**
+   * Reconnect backoff: 500 ms doubling to 30 s, half of it random, reset only
+   * by a connection that lasts 5 s. `maxAttempts`: attempts in a row before
+   * `connect` rejects (or, later, an `error` event) with `timeout`; default:
+   * never give up.
+   */
   reconnect?: BackoffOptions & { maxAttempts?: number };
+  /** Aborting it closes the client; `connect` still under way rejects with `closed`. */
+  signal?: AbortSignal;
   /** How long one acknowledgement may take before the event is retried, in ms. Default 5000. */
   ackTimeoutMs?: number;
-  /** Attempts per message (or join) that reach the server before `send` gives up. Default 10. */
+  /**
+   * Attempts per message (or join) before `send` gives up, a connection that
+   * drops while the message is in flight included (and the third such drop
+   * gives it up). Default 10.
+   */
   maxSendAttempts?: number;
-  /** The longest a message may wait in all, offline time included, in ms. Default 120 000. */
+  /** The longest a message or a `join` may wait in all, offline time included, in ms. Default 120 000. */
   sendTimeoutMs?: number;
+  /**
+   * The largest message packet `send` lets leave, in bytes; past it `send`
+   * rejects with `message_too_long`. The server closes the connection for a
+   * packet over its `MAX_FRAME_BYTES`: keep the two equal. Default 65 536.
+   */
+  maxPacketBytes?: number;
   /** Messages that may wait to be sent, over every room. Default 100. */
   outboxSize?: number;
   /** Rooms that may be joined at once. Default 100. */
@@ -37,11 +54,14 @@ export interface RequestChatOptions {
   historySize?: number;
   /** Message ids remembered for de-duplication. Default 5000. */
   dedupeSize?: number;
-  /** Pages of older history fetched after a re-join to close a gap. Default 5. */
+  /**
+   * Pages of older history fetched after a re-join to close a gap. Default 5;
+   * when more were missed, the history says `gap: true`.
+   */
   catchUpPages?: number;
   /** Acknowledge incoming messages as delivered. Default true. */
   autoDeliver?: boolean;
-  /** Extra Socket.IO options (the transport defaults to WebSocket only). */
+  /** Extra Socket.IO options (the transport defaults to WebSocket only; the manager's own `reconnection` stays off). */
   socket?: Partial<ManagerOptions & SocketOptions>;
 }
 
@@ -49,7 +69,7 @@ export interface RequestChatEvents {
   /** Connected (again): rooms are being re-joined. */
   connect: () => void;
   disconnect: (reason: string) => void;
-  reconnecting: (info: { attempt: number }) => void;
+  reconnecting: (info: { attempt: number; delayMs: number }) => void;
   /** A room's history after a join or re-join, merged with what the client held. */
   history: (history: RoomHistory) => void;
   /** A message from someone else (live, or found missing after a re-join), never twice. */
@@ -62,7 +82,10 @@ export interface RequestChatEvents {
   requestUpdated: (event: RequestUpdatedEvent) => void;
   /** Every `exception` the server sends, as it is. */
   exception: (event: RequestException) => void;
-  /** The connection was refused (`unauthorized`, `token_expired`), or a re-join failed. */
+  /**
+   * The connection was refused (`unauthorized`, `token_expired`), reconnecting
+   * gave up (`timeout`, after `reconnect.maxAttempts`), or a re-join failed.
+   */
   error: (error: ChatClientError) => void;
 }
 

@@ -6,19 +6,21 @@
  * is retried, with the same id, until the server acknowledges it (the server
  * stores a repeat once and returns the original), in order per room; sends
  * made while disconnected wait in a bounded queue (request-outbox.ts). After a
- * reconnect every joined room is joined again, the history is merged into what
- * the client holds (request-history.ts: de-duplicated by `_id`, ordered by
- * `createdAt`), and messages the client had missed are emitted as `message`.
- * Live messages are de-duplicated by `_id` and acknowledged as delivered. This
- * file holds the rooms, their joins and the events; the socket is opened in
- * request-socket.ts, and the options and events are in request-types.ts.
+ * reconnect (with backoff, here: see `reconnect()`) every joined room is
+ * joined again, the history is merged into what the client holds
+ * (request-history.ts: de-duplicated by `_id`, ordered by `createdAt`), and
+ * messages the client had missed are emitted as `message`, before the live
+ * ones that came meanwhile. Live messages are de-duplicated by `_id` and
+ * acknowledged as delivered. This file holds the rooms, their joins and the
+ * events; the socket is opened in request-socket.ts, and the options and
+ * events are in request-types.ts.
  */
 import type { Socket } from 'socket.io-client';
 import { type BackoffOptions, BoundedSet, backoffDelay, randomId } from './bounded.js';
 import { Emitter } from './emitter.js';
 import { ChatClientError } from './errors.js';
 import { type Answer, type Ask, answerError } from './request-answer.js';
-import { byTime, catchUp, RoomMessages } from './request-history.js';
+import { byTime, catchUp, type HistoryChanges, RoomMessages } from './request-history.js';
 import { type MessagePayload, Outbox, OutboxBudget } from './request-outbox.js';
 import { firstConnect, openSocket } from './request-socket.js';
 import type {
@@ -61,12 +63,23 @@ interface Room {
   /** Ids waiting to be acknowledged as delivered. */
   deliver: Set<string>;
   typingAt: number;
+  /**
+   * Live messages held back while a re-join catches up, so the missed ones go
+   * first; kept across a re-join the connection cut short, for the next one.
+   */
+  live: RequestMessage[] | undefined;
+  /** The oldest message `loadHistory` returned: paging goes on from there. */
+  pagedTo: RequestMessage | undefined;
 }
 
 /** The server forwards `typing` at most this often (protocol section 8). */
 const TYPING_EVERY_MS = 2_000;
-/** How long a server-side disconnect counts toward the next one's backoff. */
-const KICK_MEMORY_MS = 60_000;
+/**
+ * A connection that lasts this long resets the reconnect backoff; one that
+ * drops sooner (a server that accepts and then drops, a packet it closes the
+ * connection for) counts as a failed attempt.
+ */
+const STABLE_MS = 5_000;
 /** Ids per receipt event. */
 const RECEIPT_BATCH = 100;
 
@@ -83,11 +96,19 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   private readonly historySize: number;
   private readonly catchUpPages: number;
   private readonly autoDeliver: boolean;
+  private readonly maxPacketBytes: number;
   private readonly timers = new Set<ReturnType<typeof setTimeout>>();
   private readonly backoff: BackoffOptions;
-  /** Server-side disconnects in a row (each within KICK_MEMORY_MS of the last). */
-  private kicks = 0;
-  private lastKickAt = 0;
+  private readonly maxAttempts: number;
+  /** Reconnect attempts since the last connection that lasted STABLE_MS. */
+  private attempt = 0;
+  private connectedAt = 0;
+  /** Counts connections: a join that awaited across a drop and a reconnect sees it changed. */
+  private connection = 0;
+  /** A reconnect is scheduled. */
+  private retrying = false;
+  private readonly signal: AbortSignal | undefined;
+  private readonly onAbort = () => this.close();
   /** The `roomHistory` that precedes a `joinRoom` acknowledgement, per room. */
   private readonly lastPage = new WeakMap<Room, { messages: RequestMessage[]; hasMore: boolean }>();
 
@@ -106,14 +127,19 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     this.historySize = opts.historySize ?? 500;
     this.catchUpPages = opts.catchUpPages ?? 5;
     this.autoDeliver = opts.autoDeliver ?? true;
-    this.backoff = { initialDelayMs: 500, maxDelayMs: 10_000, ...opts.reconnect };
+    this.maxPacketBytes = opts.maxPacketBytes ?? 65_536;
+    this.backoff = { ...opts.reconnect };
+    this.maxAttempts = opts.reconnect?.maxAttempts ?? Number.POSITIVE_INFINITY;
+    this.signal = opts.signal;
+    this.signal?.addEventListener('abort', this.onAbort);
     this.listen();
   }
 
   /**
    * Connects to the charla at `url` and resolves once connected. Rejects with
-   * the server's refusal (`unauthorized`, `token_expired`); a server that is
-   * not up yet is retried with backoff.
+   * the server's refusal (`unauthorized`, `token_expired`), with `timeout`
+   * after `reconnect.maxAttempts`, or with `closed` when `signal` aborts; a
+   * server that is not up yet is retried with backoff meanwhile.
    */
   static async connect(url: string, opts: RequestChatOptions): Promise<RequestChat> {
     const holder: { chat?: RequestChat } = {};
@@ -121,7 +147,7 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     const chat = new RequestChat(socket, opts);
     holder.chat = chat;
     try {
-      await firstConnect(socket);
+      await firstConnect(chat, opts.signal);
     } catch (err) {
       chat.close();
       throw err;
@@ -133,16 +159,24 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     return this.socket.connected;
   }
 
-  /** Uses `token` from now on; reconnects at once when the last token was refused. */
+  /**
+   * Uses `token` for every later connection. A live connection keeps the
+   * identity it was opened with (Socket.IO authenticates a connection once);
+   * when the last token was refused, or reconnecting gave up, connects again
+   * at once.
+   */
   auth(token: TokenSource): void {
     this.token = token;
-    if (!this.closed && !this.socket.active) this.socket.connect();
+    if (this.closed || this.socket.active) return;
+    this.attempt = 0;
+    this.socket.connect();
   }
 
   /**
    * Joins the room of `requestId` (now, and again after every reconnect) and
    * resolves with its history. Rejects with the server's refusal
-   * (`forbidden`, `not_found`) and then forgets the room.
+   * (`forbidden`, `not_found`), or with `timeout` when not joined within
+   * `sendTimeoutMs` (offline time included), and then forgets the room.
    */
   join(requestId: string): Promise<RoomHistory> {
     if (this.closed) return Promise.reject(new ChatClientError('closed'));
@@ -160,9 +194,30 @@ export class RequestChat extends Emitter<RequestChatEvents> {
       return Promise.resolve(this.historyOf(room, [], false));
     }
     const r = room;
-    const joined = new Promise<RoomHistory>((resolve, reject) =>
-      r.waiters.push({ resolve, reject }),
-    );
+    const joined = new Promise<RoomHistory>((resolve, reject) => {
+      // Settled by the join or by the timer, whichever comes first; the other is then cancelled.
+      const waiter = {
+        resolve: (h: RoomHistory) => {
+          this.cancel(timer);
+          resolve(h);
+        },
+        reject: (e: ChatClientError) => {
+          this.cancel(timer);
+          reject(e);
+        },
+      };
+      r.waiters.push(waiter);
+      const timer = this.later(this.sendTimeoutMs, () => {
+        const i = r.waiters.indexOf(waiter);
+        if (i === -1) return;
+        r.waiters.splice(i, 1);
+        const err = new ChatClientError('timeout', 'The room was not joined in time.', {
+          event: 'joinRoom',
+        });
+        if (!r.everJoined && r.waiters.length === 0) this.forget(r, err);
+        reject(err);
+      });
+    });
     void this.joinRoom(r);
     return joined;
   }
@@ -262,13 +317,18 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     };
   }
 
-  /** Older messages of a joined room, merged into what the client holds; oldest first. */
+  /**
+   * Older messages of a joined room, oldest first: without `before`, the page
+   * before the oldest one held or returned so far, so each call goes further
+   * back. Merged into what the client holds while it holds fewer than
+   * `historySize` (the newest are kept).
+   */
   async loadHistory(
     requestId: string,
     opts: { before?: string; limit?: number } = {},
   ): Promise<{ messages: RequestMessage[]; hasMore: boolean }> {
     const room = this.rooms.get(requestId.toLowerCase());
-    const before = opts.before ?? room?.messages.oldest()?._id;
+    const before = opts.before ?? (room && this.pageFrom(room)?._id);
     const a = await this.request('loadHistory', {
       requestId,
       ...(before ? { before } : {}),
@@ -277,6 +337,8 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     const messages = Array.isArray(a.messages) ? (a.messages as RequestMessage[]) : [];
     const hasMore = a.hasMore === true;
     if (room) {
+      const oldest = messages[0];
+      if (oldest && (!room.pagedTo || byTime(oldest, room.pagedTo) < 0)) room.pagedTo = oldest;
       room.messages.merge(messages);
       if (before === undefined || before === room.messages.oldest()?._id) {
         room.messages.hasMore = hasMore;
@@ -294,12 +356,15 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     }
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
+    this.signal?.removeEventListener('abort', this.onAbort);
     this.socket.close();
   }
 
   private listen(): void {
     const s = this.socket;
     s.on('connect', () => {
+      this.connection++;
+      this.connectedAt = Date.now();
       this.emit('connect');
       for (const room of this.rooms.values()) void this.joinRoom(room);
     });
@@ -309,30 +374,18 @@ export class RequestChat extends Emitter<RequestChatEvents> {
         room.joining = false;
       }
       this.emit('disconnect', reason);
-      // A server-side disconnect (shutdown, flood, expired token) does not make
-      // Socket.IO reconnect by itself; a client that still wants its rooms does.
-      if (reason === 'io server disconnect' && !this.closed) {
-        // Kicked again soon after the last time: wait longer each time.
-        const now = Date.now();
-        this.kicks = now - this.lastKickAt < KICK_MEMORY_MS ? this.kicks + 1 : 0;
-        this.lastKickAt = now;
-        this.later(backoffDelay(this.kicks, this.backoff), () => {
-          if (!this.closed && !s.connected) s.connect();
-        });
-      }
+      if (reason === 'io client disconnect') return;
+      if (Date.now() - this.connectedAt >= STABLE_MS) this.attempt = 0;
+      this.reconnect();
     });
     s.on('connect_error', (err) => {
       // `active` is false when the server refused the handshake: retrying the same token cannot help.
-      if (s.active) return;
+      if (s.active) {
+        this.reconnect();
+        return;
+      }
       this.emit('error', new ChatClientError(err.message || 'unauthorized', err.message));
     });
-    s.io.on('reconnect_attempt', (attempt) => this.emit('reconnecting', { attempt }));
-    s.io.on('reconnect_failed', () =>
-      this.emit(
-        'error',
-        new ChatClientError('timeout', 'Gave up reconnecting (reconnect.maxAttempts).'),
-      ),
-    );
     s.on('message', (m: RequestMessage) => this.incoming(m));
     s.on('messagesDelivered', (e: ReceiptEvent) => {
       this.roomOf(e)?.messages.applyReceipts(e, 'deliveredTo');
@@ -364,65 +417,130 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     );
   }
 
-  /** Joins (or re-joins) `room` on the current connection, then sends what waits for it. */
+  /**
+   * Connects again after the backoff (doubling from `initialDelayMs`, reset
+   * only by a connection that lasts STABLE_MS), unless it was closed; after
+   * `reconnect.maxAttempts` in a row, gives up with an `error` (`timeout`)
+   * and leaves the socket inactive, so `auth()` starts again.
+   */
+  private reconnect(): void {
+    if (this.closed || this.retrying) return;
+    if (this.attempt >= this.maxAttempts) {
+      this.socket.disconnect();
+      this.emit(
+        'error',
+        new ChatClientError('timeout', 'Gave up reconnecting (reconnect.maxAttempts).'),
+      );
+      return;
+    }
+    const delayMs = backoffDelay(this.attempt, this.backoff);
+    this.attempt++;
+    this.retrying = true;
+    this.emit('reconnecting', { attempt: this.attempt, delayMs });
+    this.later(delayMs, () => {
+      this.retrying = false;
+      if (!this.socket.connected) this.socket.connect();
+    });
+  }
+
+  /**
+   * Joins (or re-joins) `room` on the current connection, then sends what
+   * waits for it. During a re-join, live messages of the room wait (at most
+   * `historySize`; later ones are emitted at once) until the missed ones are
+   * emitted. A re-join the connection cuts short changes nothing and emits
+   * nothing: the next connection's re-join starts again from what was held.
+   */
   private async joinRoom(room: Room): Promise<void> {
     if (room.joined || room.joining || !this.socket.connected || this.closed) return;
     room.joining = true;
-    const socket = this.socket;
+    if (room.everJoined) room.live ??= [];
+    const connection = this.connection;
+    // Still this room's join: not closed, not left, and on the same connection.
+    const current = () =>
+      !this.closed &&
+      this.rooms.get(room.requestId) === room &&
+      this.connection === connection &&
+      this.socket.connected;
     for (let attempt = 0; ; attempt++) {
-      let answer: Answer;
+      let answer: Answer | undefined;
+      this.lastPage.delete(room);
       try {
         answer = await this.ask('joinRoom', { requestId: room.requestId });
       } catch {
         // No answer: the connection dropped (the next `connect` joins again) or the server is slow.
-        if (!socket.connected || this.rooms.get(room.requestId) !== room) {
-          room.joining = false;
-          return;
-        }
+      }
+      if (!current()) return;
+      if (answer === undefined) {
         if (attempt + 1 < this.maxSendAttempts) continue;
         room.joining = false;
         this.failRoom(room, new ChatClientError('timeout', 'joinRoom was not acknowledged.'));
-        return;
-      }
-      if (this.rooms.get(room.requestId) !== room || !socket.connected) {
-        room.joining = false;
         return;
       }
       if (answer.ok === true) break;
       const err = answerError(answer, 'joinRoom');
       if (err.code === 'rate_limited' && attempt + 1 < this.maxSendAttempts) {
         await this.wait(err.retryAfterMs ?? backoffDelay(attempt));
+        if (!current()) return;
         continue;
       }
       room.joining = false;
       this.failRoom(room, err);
       return;
     }
-    room.joining = false;
-    room.joined = true;
     const rejoined = room.everJoined;
-    room.everJoined = true;
     const page = this.lastPage.get(room) ?? { messages: [], hasMore: false };
     this.lastPage.delete(room);
     const held = room.messages.ids();
-    let added = room.messages.merge(page.messages);
+    let older: RequestMessage[] = [];
+    let gap = false;
     if (rejoined && held.size > 0 && page.hasMore) {
       const ask: Ask = (event, payload) => this.ask(event, payload);
-      const missed = await catchUp(ask, room, page, held, this.catchUpPages);
-      added = added.concat(missed).sort(byTime);
+      const missed = await catchUp(ask, room.requestId, page, held, this.catchUpPages);
+      // Closed, left, or cut short by a drop: what is held stays as it was for the next re-join.
+      if (!current()) return;
+      older = missed.older;
+      gap = missed.gap;
+    }
+    room.joining = false;
+    room.joined = true;
+    room.everJoined = true;
+    const changes: HistoryChanges = { edited: [], deleted: [] };
+    const added = room.messages.merge(older.concat(page.messages), changes);
+    if (gap) {
+      // What was held before no longer meets what came after: drop it, so
+      // what is held has no hole and `loadHistory` pages back from here.
+      room.messages.drop(held);
+      room.pagedTo = undefined;
     } else if (!rejoined || held.size === 0) {
       room.messages.hasMore = page.hasMore;
     }
-    const history = this.historyOf(room, added, rejoined);
+    // A message deleted before this client saw it is held, not emitted, nor in `added`.
+    const shown = added.filter((m) => !m.deletedAt);
+    const history = this.historyOf(room, shown, rejoined, gap);
     const waiters = room.waiters;
     room.waiters = [];
     for (const w of waiters) w.resolve(history);
     this.emit('history', history);
     if (rejoined) {
-      for (const m of added) this.emit('message', m);
-      this.queueDelivered(room, added);
+      for (const m of shown) this.emit('message', m);
+      for (const m of changes.edited) this.emit('messageUpdated', m);
+      for (const m of changes.deleted) {
+        this.emit('messageDeleted', {
+          requestId: room.requestId,
+          messageId: m._id,
+          deletedAt: m.deletedAt as string,
+        });
+      }
+      this.queueDelivered(room, shown);
     }
-    room.outbox.pump();
+    // The live messages held meanwhile, after the missed ones (if still in this room, on this connection).
+    const live = room.live ?? [];
+    room.live = undefined;
+    for (const m of live) {
+      if (!current()) break;
+      this.incoming(m);
+    }
+    if (current()) room.outbox.pump();
   }
 
   private failRoom(room: Room, err: ChatClientError): void {
@@ -435,19 +553,32 @@ export class RequestChat extends Emitter<RequestChatEvents> {
   private forget(room: Room, err: ChatClientError): void {
     if (this.rooms.get(room.requestId) === room) this.rooms.delete(room.requestId);
     room.joined = false;
+    room.live = undefined;
     for (const w of room.waiters) w.reject(err);
     room.waiters = [];
     room.outbox.rejectAll(err);
   }
 
   private incoming(m: RequestMessage): void {
-    if (typeof m?._id !== 'string' || !this.seen.add(m._id)) return;
+    if (typeof m?._id !== 'string') return;
     const room = this.rooms.get(m.requestId);
+    if (room?.live && room.live.length < this.historySize) {
+      room.live.push(m);
+      return;
+    }
+    if (!this.seen.add(m._id)) return;
     if (room) {
       room.messages.merge([m]);
       this.queueDelivered(room, [m]);
     }
     this.emit('message', m);
+  }
+
+  /** Where `loadHistory` goes on from: the older of the oldest held and the oldest it returned. */
+  private pageFrom(room: Room): RequestMessage | undefined {
+    const held = room.messages.oldest();
+    if (!held || !room.pagedTo) return held ?? room.pagedTo;
+    return byTime(room.pagedTo, held) < 0 ? room.pagedTo : held;
   }
 
   /** The room an event names, if this client is in it. */
@@ -472,13 +603,22 @@ export class RequestChat extends Emitter<RequestChatEvents> {
             room.joined = false;
             void this.joinRoom(room);
           },
-          later: (ms, fn) => this.later(ms, fn),
+          later: (ms, fn) => {
+            this.later(ms, fn);
+          },
         },
-        { budget: this.budget, maxAttempts: this.maxSendAttempts, timeoutMs: this.sendTimeoutMs },
+        {
+          budget: this.budget,
+          maxAttempts: this.maxSendAttempts,
+          timeoutMs: this.sendTimeoutMs,
+          maxPacketBytes: this.maxPacketBytes,
+        },
       ),
       waiters: [],
       deliver: new Set(),
       typingAt: 0,
+      live: undefined,
+      pagedTo: undefined,
     };
     return room;
   }
@@ -520,8 +660,14 @@ export class RequestChat extends Emitter<RequestChatEvents> {
     let answer: Answer;
     try {
       answer = await this.ask(event, payload);
-    } catch {
-      throw new ChatClientError('timeout', `"${event}" was not acknowledged in time.`, { event });
+    } catch (err) {
+      if (err instanceof ChatClientError) throw err;
+      // The acknowledgement timed out, or the connection dropped while waiting for it.
+      throw this.socket.connected
+        ? new ChatClientError('timeout', `"${event}" was not acknowledged in time.`, { event })
+        : new ChatClientError('not_connected', `The connection dropped during "${event}".`, {
+            event,
+          });
     }
     if (answer.ok !== true) throw answerError(answer, event);
     return answer;
@@ -529,27 +675,39 @@ export class RequestChat extends Emitter<RequestChatEvents> {
 
   private ask(event: string, payload: object): Promise<Answer> {
     if (!this.socket.connected) {
-      return Promise.reject(new ChatClientError('timeout', 'Not connected.', { event }));
+      return Promise.reject(new ChatClientError('not_connected', 'Not connected.', { event }));
     }
     return this.socket.timeout(this.ackTimeoutMs).emitWithAck(event, payload) as Promise<Answer>;
   }
 
-  private historyOf(room: Room, added: RequestMessage[], rejoined: boolean): RoomHistory {
+  private historyOf(
+    room: Room,
+    added: RequestMessage[],
+    rejoined: boolean,
+    gap = false,
+  ): RoomHistory {
     return {
       requestId: room.requestId,
       messages: room.messages.all(),
       hasMore: room.messages.hasMore,
       added,
       rejoined,
+      gap,
     };
   }
 
-  private later(ms: number, fn: () => void): void {
+  private later(ms: number, fn: () => void): ReturnType<typeof setTimeout> {
     const t = setTimeout(() => {
       this.timers.delete(t);
       if (!this.closed) fn();
     }, ms);
     this.timers.add(t);
+    return t;
+  }
+
+  private cancel(t: ReturnType<typeof setTimeout>): void {
+    clearTimeout(t);
+    this.timers.delete(t);
   }
 
   private wait(ms: number): Promise<void> {

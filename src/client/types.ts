@@ -93,10 +93,20 @@ export interface RoomHistory {
   messages: RequestMessage[];
   /** Older messages exist before the first one. */
   hasMore: boolean;
-  /** Messages this history added that the client had not seen. */
+  /**
+   * Messages this history added that the client had not seen (after a
+   * re-join, those emitted as `message`); one deleted before the client saw
+   * it is held in `messages` but is not here.
+   */
   added: RequestMessage[];
   /** True when the room was joined again after a reconnect. */
   rejoined: boolean;
+  /**
+   * RequestChat: true when more messages were missed than the re-join's
+   * catch-up fetched (`catchUpPages`). The messages held from before are then
+   * dropped, so `messages` has no hole; older ones come with `loadHistory`.
+   */
+  gap: boolean;
 }
 
 export interface TypingEvent {
