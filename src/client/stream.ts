@@ -8,7 +8,8 @@
  * connection resumes with `?since=<last chat id>`, so a server that keeps
  * history sends what was missed in a `history` frame; chats are de-duplicated
  * by id; chats sent while the connection is down wait in a bounded outbox and
- * leave once, after the connection is authenticated again.
+ * leave once, after the connection is authenticated again; a server that goes
+ * silent is noticed (its pings stop) and left for a new connection.
  *
  * Delivery of a chat is at most once: a chat is written to a socket once and
  * never again, because the stream protocol has no idempotency key and a
@@ -37,8 +38,22 @@ interface WebSocketLike {
   onerror: ((ev: unknown) => void) | null;
 }
 
-/** A WebSocket constructor: the browser's, or `ws`'s `WebSocket` in Node. */
-export type WebSocketConstructor = new (url: string) => object;
+/**
+ * A WebSocket constructor: the browser's, or `ws`'s `WebSocket` in Node. It
+ * is given no subprotocols (`[]`) and `ws`'s options (`maxPayload`), which a
+ * browser ignores.
+ */
+export type WebSocketConstructor = new (
+  url: string,
+  protocols?: string | string[],
+  options?: { maxPayload?: number },
+) => object;
+
+/** `ws`'s events beyond the WHATWG ones: its pings are visible only through them. */
+interface PingEvents {
+  on(event: 'ping', listener: () => void): unknown;
+  terminate(): void;
+}
 
 /**
  * A token, or a function that returns a fresh one: called on every
@@ -51,6 +66,8 @@ const OPEN = 1;
 /** The server says the stream does not exist or has ended: reconnecting cannot help. */
 const TERMINAL_CLOSE_CODES = new Set([4404, 4410]);
 const TERMINAL_ERRORS = new Set(['stream_not_found', 'stream_ended']);
+/** A connection that stayed open this long was a success: the backoff starts again. */
+const STABLE_MS = 5_000;
 
 export interface StreamChatOptions {
   token?: TokenSource;
@@ -62,6 +79,20 @@ export interface StreamChatOptions {
   dedupeSize?: number;
   /** How many chats may wait while the connection is down. Default 100. */
   outboxSize?: number;
+  /**
+   * How long the server may stay silent (no frame, no ping) before the
+   * connection is taken for dead and replaced, in ms; 0: never. Default
+   * 60 000: charla pings every 25 s (`PING_INTERVAL_SECONDS`). Only where the
+   * socket shows pings (`ws` in Node); browsers hide them, so there it is off.
+   */
+  idleTimeoutMs?: number;
+  /**
+   * The largest frame accepted from the server, in bytes (`ws`'s
+   * `maxPayload`); a larger one closes the connection. Default 4 MiB:
+   * a `history` frame of HISTORY_MAX_PAGE (500) chats of
+   * STREAM_MESSAGE_MAX_CHARS (500) weighs up to about 2 MB. Browsers ignore it.
+   */
+  maxPayload?: number;
 }
 
 export interface StreamCloseEvent {
@@ -104,16 +135,28 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   private readonly outbox: string[] = [];
   private readonly outboxSize: number;
   private readonly reconnectOpts: (BackoffOptions & { maxAttempts?: number }) | false;
+  private readonly idleTimeoutMs: number;
+  private readonly maxPayload: number;
   private ws: WebSocketLike | undefined;
   private state: State = 'connecting';
   private attempt = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  /** When the current connection opened: one that stays up `STABLE_MS` resets the backoff. */
+  private openedAt: number | undefined;
+  /** Fires when the server has been silent for `idleTimeoutMs`. */
+  private idleTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Failed calls of the token function in a row, and the timer of the next one. */
+  private tokenAttempt = 0;
+  private tokenTimer: ReturnType<typeof setTimeout> | undefined;
   /** The server's first `auth` frame on this connection has arrived. */
   private greeted = false;
   /** `auth` frames sent on this connection whose answer has not arrived. */
   private authPending = 0;
-  /** The current connection asked to resume after a chat (`?since=`). */
+  /** The current connection follows a joined one; `since` is the chat id it resumes after. */
   private resuming = false;
+  private since: string | undefined;
+  /** A `history` frame has arrived on some connection: the later ones resume, since or not. */
+  private joined = false;
   /** The server refused the stream itself: no reconnect after this connection closes. */
   private terminal = false;
   /** The next `auth` frame is the server's notice of an expired token, not an answer. */
@@ -132,6 +175,10 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     this.seen = new BoundedSet(opts.dedupeSize ?? 1000);
     this.outboxSize = opts.outboxSize ?? 100;
     this.reconnectOpts = opts.reconnect ?? {};
+    const idle = opts.idleTimeoutMs ?? 60_000;
+    // setTimeout takes at most 2^31 - 1 ms; past it, it would fire at once.
+    this.idleTimeoutMs = idle > 0 ? Math.min(idle, 2 ** 31 - 1) : 0;
+    this.maxPayload = opts.maxPayload ?? 4 * 1024 * 1024;
   }
 
   /**
@@ -158,18 +205,21 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   /** Presents `token` now (when connected) and on every reconnect. */
   auth(token: TokenSource): void {
     this.token = token;
+    this.tokenAttempt = 0;
+    clearTimeout(this.tokenTimer);
+    this.tokenTimer = undefined;
     if (this.state === 'open') void this.presentToken();
   }
 
   /**
-   * Sends a chat. While the connection is down or not yet authenticated it
-   * waits in the outbox; throws `queue_full` when the outbox is full, and
-   * `closed` after `close()`.
+   * Sends a chat. While the connection is down or its token unanswered, or,
+   * with a token, not authenticated, it waits in the outbox; throws
+   * `queue_full` when the outbox is full, and `closed` after `close()`.
    */
   send(message: string): void {
     if (this.state === 'closed') throw new ChatClientError('closed', 'The client is closed.');
     const frame = JSON.stringify({ type: 'chat', data: { message } });
-    if (this.outbox.length === 0 && this.canWrite()) {
+    if (this.outbox.length === 0 && this.canChat()) {
       this.write(frame);
       return;
     }
@@ -224,14 +274,17 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     this.expiredNotice = false;
     this.authPending = 0;
     this.authenticated = false;
-    this.resuming = this.lastChatId !== undefined;
+    this.openedAt = undefined;
+    this.since = this.lastChatId;
+    this.resuming = this.joined || this.since !== undefined;
     const url =
-      this.lastChatId === undefined
+      this.since === undefined
         ? this.endpoint
-        : `${this.endpoint}?since=${encodeURIComponent(this.lastChatId)}`;
+        : `${this.endpoint}?since=${encodeURIComponent(this.since)}`;
     let ws: WebSocketLike;
     try {
-      ws = new this.WS(url) as unknown as WebSocketLike;
+      // No subprotocols: `[]`, as a browser would send `undefined` as one.
+      ws = new this.WS(url, [], { maxPayload: this.maxPayload }) as unknown as WebSocketLike;
     } catch {
       this.lost(1006, 'could not connect');
       return;
@@ -239,12 +292,20 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     this.ws = ws;
     ws.onopen = () => {
       this.state = 'open';
+      this.openedAt = Date.now();
+      this.heard();
       this.emit('open');
-      if (this.token !== undefined) void this.presentToken();
+      if (this.token !== undefined && this.ws === ws) void this.presentToken();
     };
     ws.onmessage = (ev) => {
+      this.heard();
       if (typeof ev.data === 'string') this.receive(ev.data);
     };
+    if (hasPings(ws)) {
+      ws.on('ping', () => {
+        if (this.ws === ws) this.heard();
+      });
+    }
     ws.onerror = () => {};
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
@@ -261,15 +322,60 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     let token: string;
     try {
       token = typeof source === 'function' ? await source() : source;
-    } catch {
+    } catch (err) {
       if (this.ws !== ws) return;
-      // No token now: the connection stays as it is, anonymous until a later auth().
+      this.authPending--;
+      if (this.token === source) this.retryToken(ws, err);
+      this.settle();
+      return;
+    }
+    if (this.ws !== ws) return;
+    if (this.token !== source || ws.readyState !== OPEN) {
+      // `auth()` gave another token meanwhile: this one would sign in the previous user.
       this.authPending--;
       this.settle();
       return;
     }
-    if (this.ws !== ws || ws.readyState !== OPEN) return;
+    this.tokenAttempt = 0;
     ws.send(JSON.stringify({ type: 'auth', data: { token } }));
+  }
+
+  /**
+   * No token now: the connection stays anonymous (chats wait in the outbox)
+   * and the token function is asked again after a backoff.
+   */
+  private retryToken(ws: WebSocketLike, cause: unknown): void {
+    const detail = cause instanceof Error ? cause.message : String(cause);
+    this.emit(
+      'error',
+      new ChatClientError('not_authenticated', `The token function failed: ${detail}`, {
+        event: 'auth',
+      }),
+    );
+    if (this.ws !== ws || this.tokenTimer !== undefined) return;
+    const opts = this.reconnectOpts === false ? {} : this.reconnectOpts;
+    const delayMs = backoffDelay(this.tokenAttempt++, opts);
+    this.tokenTimer = setTimeout(() => {
+      this.tokenTimer = undefined;
+      if (this.ws === ws && this.state === 'open') void this.presentToken();
+    }, delayMs);
+  }
+
+  /** The server spoke: the connection is alive for another `idleTimeoutMs`. */
+  private heard(): void {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    const ws = this.ws;
+    if (!ws || this.idleTimeoutMs <= 0 || !hasPings(ws)) return;
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined;
+      if (this.ws !== ws) return;
+      // A dead peer never answers a closing handshake: the socket goes at once.
+      this.ws = undefined;
+      detach(ws);
+      ws.terminate();
+      this.lost(1006, 'server silent');
+    }, this.idleTimeoutMs);
   }
 
   private receive(text: string): void {
@@ -303,9 +409,13 @@ export class StreamChat extends Emitter<StreamChatEvents> {
         const fresh = all.filter((m) => typeof m?.id === 'string' && this.seen.add(m.id));
         const last = all.at(-1);
         if (last && typeof last.id === 'string') this.lastChatId = newest(this.lastChatId, last.id);
+        // After a drop with no chat id to resume from, the server sends its
+        // usual newest chats: any missed before them would go unannounced.
+        const unanchored = this.resuming && this.since === undefined && all.length > 0;
+        this.joined = true;
         this.emit('history', {
           messages: fresh,
-          gap: data.gap === true,
+          gap: data.gap === true || unanchored,
           resumed: this.resuming,
         });
         return;
@@ -340,11 +450,13 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     return this.state === 'open' && this.greeted && this.authPending === 0;
   }
 
-  /** Once the auth state is known, the outbox leaves and `ready()` resolves. */
+  /**
+   * Once the auth state is known `ready()` resolves, and the outbox leaves
+   * if chats may: with a token, only on an authenticated connection.
+   */
   private settle(): void {
     if (!this.isSettled()) return;
-    this.attempt = 0;
-    while (this.outbox.length > 0 && this.canWrite()) {
+    while (this.outbox.length > 0 && this.canChat()) {
       this.write(this.outbox.shift() as string);
     }
     const waiters = this.readyWaiters;
@@ -356,6 +468,14 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     return this.isSettled() && this.ws?.readyState === OPEN;
   }
 
+  /**
+   * A chat written now would be taken as its sender's. Without a token it
+   * goes anonymous, and the server's `not_authenticated` says so.
+   */
+  private canChat(): boolean {
+    return this.canWrite() && (this.authenticated || this.token === undefined);
+  }
+
   private write(frame: string): void {
     this.ws?.send(frame);
   }
@@ -364,6 +484,11 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     if (this.state === 'closed') return;
     this.state = 'waiting';
     this.authenticated = false;
+    this.clearConnectionTimers();
+    // A connection that closes soon after its greeting is a failure too, or a
+    // server that accepts and drops would be retried without backoff.
+    if (this.openedAt !== undefined && Date.now() - this.openedAt >= STABLE_MS) this.attempt = 0;
+    this.openedAt = undefined;
     const opts = this.reconnectOpts;
     const max = opts === false ? 0 : (opts.maxAttempts ?? Number.POSITIVE_INFINITY);
     if (this.terminal || TERMINAL_CLOSE_CODES.has(code) || this.attempt >= max) {
@@ -371,25 +496,41 @@ export class StreamChat extends Emitter<StreamChatEvents> {
       return;
     }
     this.emit('close', { code, reason, willReconnect: true });
+    // A listener may have called close().
+    if (this.state !== 'waiting') return;
     const delayMs = backoffDelay(this.attempt, opts === false ? {} : opts);
     this.attempt++;
-    this.emit('reconnecting', { attempt: this.attempt, delayMs });
     this.timer = setTimeout(() => {
       this.timer = undefined;
       if (this.state === 'waiting') this.open();
     }, delayMs);
+    this.emit('reconnecting', { attempt: this.attempt, delayMs });
+  }
+
+  private clearConnectionTimers(): void {
+    clearTimeout(this.idleTimer);
+    clearTimeout(this.tokenTimer);
+    this.idleTimer = undefined;
+    this.tokenTimer = undefined;
+    this.tokenAttempt = 0;
   }
 
   private stop(event: StreamCloseEvent): void {
     this.state = 'closed';
     clearTimeout(this.timer);
     this.timer = undefined;
+    this.clearConnectionTimers();
     this.outbox.length = 0;
     const waiters = this.readyWaiters;
     this.readyWaiters = [];
     for (const w of waiters) w.reject(new ChatClientError('closed', 'The client stopped.'));
     this.emit('close', event);
   }
+}
+
+function hasPings(ws: WebSocketLike): ws is WebSocketLike & PingEvents {
+  const w = ws as Partial<PingEvents>;
+  return typeof w.on === 'function' && typeof w.terminate === 'function';
 }
 
 function detach(ws: WebSocketLike): void {
