@@ -1,8 +1,9 @@
 /**
- * `StreamChat` when things go wrong: a token that cannot be had or changes
- * while it is fetched, a server that goes silent, accepts and drops, or sends
- * frames too large, a drop before any chat, and `close()` from a listener.
- * Against a real charla where it serves the case, else a scripted `ws` server.
+ * `StreamChat` when things go wrong: a token that cannot be had, never comes,
+ * changes while it is fetched or is given up, a server that goes silent,
+ * accepts and drops, or sends frames too large, a drop before any chat, and
+ * `close()` from a listener. Against a real charla where it serves the case,
+ * else a scripted `ws` server.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -23,7 +24,7 @@ describe('StreamChat tokens against charla', () => {
   const chats: StreamChat[] = [];
   before(async () => {
     s = await startServer({ STREAM_RATE_LIMIT: '1000/1s' });
-    for (const key of ['blip', 'switch']) {
+    for (const key of ['blip', 'switch', 'signout', 'giveup']) {
       assert.equal((await api(s.url, 'PUT', `/api/streams/${key}`, {})).status, 201);
     }
   });
@@ -96,6 +97,53 @@ describe('StreamChat tokens against charla', () => {
     assert.equal(c.chats[0]?.userId, '9');
     assert.deepEqual(c.of('auth'), [false, true]);
   });
+
+  it('auth(undefined) on a signed-in connection: later chats leave anonymously and are refused', async () => {
+    const viewer = new Recorder(StreamChat.connect(s.url, 'signout', { WebSocket }));
+    const eva = new Recorder(
+      StreamChat.connect(s.url, 'signout', {
+        WebSocket,
+        reconnect: fast,
+        token: await userToken('7', { username: 'eva' }),
+      }),
+    );
+    chats.push(viewer.chat, eva.chat);
+    await Promise.all([viewer.chat.ready(), eva.chat.ready()]);
+    eva.chat.send('as eva');
+    await until(() => viewer.chats.length === 1, 'the signed-in chat');
+    eva.chat.auth(undefined);
+    assert.equal(eva.chat.authenticated, false);
+    eva.chat.send('signed out');
+    await until(() => eva.of('error').length === 1, 'the refusal');
+    assert.equal((eva.of('error')[0] as ChatClientError).code, 'not_authenticated');
+    await sleep(200);
+    assert.deepEqual(viewer.texts(), ['as eva']);
+    assert.equal(eva.chat.pending, 0);
+    assert.deepEqual(eva.of('close'), [{ code: 1000, reason: 'signed out', willReconnect: true }]);
+  });
+
+  it('auth(undefined) while chats wait for a token that never comes: they leave and are refused', async () => {
+    const c = new Recorder(
+      StreamChat.connect(s.url, 'giveup', {
+        WebSocket,
+        reconnect: fast,
+        token: () => Promise.reject(new Error('503')),
+      }),
+    );
+    chats.push(c.chat);
+    await c.chat.ready();
+    c.chat.send('one');
+    c.chat.send('two');
+    await sleep(100);
+    assert.equal(c.chat.pending, 2);
+    c.chat.auth(undefined);
+    await until(() => c.chat.pending === 0, 'the outbox to leave');
+    const refusals = () =>
+      (c.of('error') as ChatClientError[]).filter((e) => e.event !== 'auth').map((e) => e.code);
+    await until(() => refusals().length === 2, 'the refusals');
+    assert.deepEqual(refusals(), ['not_authenticated', 'not_authenticated']);
+    assert.deepEqual(c.of('close'), [], 'an anonymous connection is kept');
+  });
 });
 
 describe('StreamChat against a failing server', () => {
@@ -143,6 +191,69 @@ describe('StreamChat against a failing server', () => {
       assert.deepEqual(kept.of('close'), []);
     } finally {
       kept.chat.close();
+    }
+  });
+
+  it('a token function that never answers holds nothing up: auth() and tokenTimeoutMs take over', async () => {
+    reset((ws) => {
+      greet(ws);
+      ws.on('message', (d) => {
+        const f = JSON.parse(String(d));
+        if (f.type === 'auth') greet(ws, f.data.token === 'good');
+      });
+    });
+    let calls = 0;
+    const never = () => {
+      calls++;
+      return new Promise<string>(() => {});
+    };
+    const c = new Recorder(
+      StreamChat.connect(server.url, 'k', { WebSocket, reconnect: fast, token: never }),
+    );
+    try {
+      await until(() => calls === 1, 'the token function');
+      c.chat.auth('good');
+      c.chat.send('hello');
+      await c.chat.ready();
+      await until(() => server.received.length === 2, 'the token and the chat');
+      assert.deepEqual(server.received, [
+        { type: 'auth', data: { token: 'good' } },
+        { type: 'chat', data: { message: 'hello' } },
+      ]);
+    } finally {
+      c.chat.close();
+    }
+
+    // Alone, a call that never answers fails after tokenTimeoutMs, and the next one is made.
+    reset((ws) => {
+      greet(ws);
+      ws.on('message', (d) => {
+        const f = JSON.parse(String(d));
+        if (f.type === 'auth') greet(ws, f.data.token === 'good');
+      });
+    });
+    calls = 0;
+    const late = new Recorder(
+      StreamChat.connect(server.url, 'k', {
+        WebSocket,
+        reconnect: fast,
+        tokenTimeoutMs: 200,
+        token: () => (++calls === 1 ? new Promise<string>(() => {}) : 'good'),
+      }),
+    );
+    try {
+      late.chat.send('hello');
+      await late.chat.ready();
+      await until(() => server.received.length === 2, 'the token and the chat', 5_000);
+      assert.equal(calls, 2);
+      const errors = late.of('error') as ChatClientError[];
+      assert.deepEqual(
+        errors.map((e) => [e.code, e.event, e.message]),
+        [['not_authenticated', 'auth', 'The token function failed: no token after 200 ms']],
+      );
+      assert.equal(late.chat.authenticated, true);
+    } finally {
+      late.chat.close();
     }
   });
 

@@ -93,6 +93,12 @@ export interface StreamChatOptions {
    * STREAM_MESSAGE_MAX_CHARS (500) weighs up to about 2 MB. Browsers ignore it.
    */
   maxPayload?: number;
+  /**
+   * How long a call of the token function may take, in ms; 0: no limit.
+   * One that takes longer counts as failed: the connection stays anonymous
+   * and the function is asked again after a backoff. Default 30 000.
+   */
+  tokenTimeoutMs?: number;
 }
 
 export interface StreamCloseEvent {
@@ -137,6 +143,7 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   private readonly reconnectOpts: (BackoffOptions & { maxAttempts?: number }) | false;
   private readonly idleTimeoutMs: number;
   private readonly maxPayload: number;
+  private readonly tokenTimeoutMs: number;
   private ws: WebSocketLike | undefined;
   private state: State = 'connecting';
   private attempt = 0;
@@ -152,6 +159,16 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   private greeted = false;
   /** `auth` frames sent on this connection whose answer has not arrived. */
   private authPending = 0;
+  /**
+   * Bumped by every call of the token function, `auth()` and a new
+   * connection: a token fetched under an older number is dropped, so a call
+   * that never settles holds nothing up once it is superseded.
+   */
+  private tokenSeq = 0;
+  /** The token function's current call has not answered yet. */
+  private fetching = false;
+  /** Ends the token function's current call after `tokenTimeoutMs`. */
+  private fetchTimer: ReturnType<typeof setTimeout> | undefined;
   /** The current connection follows a joined one; `since` is the chat id it resumes after. */
   private resuming = false;
   private since: string | undefined;
@@ -179,6 +196,8 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     // setTimeout takes at most 2^31 - 1 ms; past it, it would fire at once.
     this.idleTimeoutMs = idle > 0 ? Math.min(idle, 2 ** 31 - 1) : 0;
     this.maxPayload = opts.maxPayload ?? 4 * 1024 * 1024;
+    const tokenTimeout = opts.tokenTimeoutMs ?? 30_000;
+    this.tokenTimeoutMs = tokenTimeout > 0 ? Math.min(tokenTimeout, 2 ** 31 - 1) : 0;
   }
 
   /**
@@ -202,13 +221,28 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     return new Promise((resolve, reject) => this.readyWaiters.push({ resolve, reject }));
   }
 
-  /** Presents `token` now (when connected) and on every reconnect. */
-  auth(token: TokenSource): void {
+  /**
+   * Presents `token` now (when connected) and on every reconnect; a token
+   * the token function is still fetching is dropped. `undefined` signs out:
+   * the stream protocol has no frame for it, so a connection that is (or may
+   * be about to be) authenticated is replaced by an anonymous one at once;
+   * chats waiting in the outbox then leave anonymously, and the server
+   * refuses them (`not_authenticated`).
+   */
+  auth(token: TokenSource | undefined): void {
     this.token = token;
     this.tokenAttempt = 0;
     clearTimeout(this.tokenTimer);
     this.tokenTimer = undefined;
-    if (this.state === 'open') void this.presentToken();
+    this.dropFetch();
+    if (this.state !== 'open') return;
+    if (token !== undefined) {
+      void this.presentToken();
+    } else if (this.authenticated || this.authPending > 0) {
+      this.signOut();
+    } else {
+      this.settle();
+    }
   }
 
   /**
@@ -273,6 +307,7 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     this.greeted = false;
     this.expiredNotice = false;
     this.authPending = 0;
+    this.dropFetch();
     this.authenticated = false;
     this.openedAt = undefined;
     this.since = this.lastChatId;
@@ -317,27 +352,70 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   private async presentToken(): Promise<void> {
     const ws = this.ws;
     const source = this.token;
+    this.dropFetch();
     if (!ws || source === undefined) return;
-    this.authPending++;
-    let token: string;
-    try {
-      token = typeof source === 'function' ? await source() : source;
-    } catch (err) {
-      if (this.ws !== ws) return;
-      this.authPending--;
-      if (this.token === source) this.retryToken(ws, err);
-      this.settle();
-      return;
+    let token = source;
+    if (typeof source === 'function') {
+      // A later call, `auth()` or connection bumps `tokenSeq`: this answer is
+      // then stale (it could sign in the previous user) and is dropped.
+      const seq = this.tokenSeq;
+      this.fetching = true;
+      try {
+        token = await this.fetchToken(source);
+      } catch (err) {
+        if (seq !== this.tokenSeq) return;
+        this.dropFetch();
+        if (this.ws === ws) this.retryToken(ws, err);
+        this.settle();
+        return;
+      }
+      if (seq !== this.tokenSeq) return;
+      this.dropFetch();
     }
-    if (this.ws !== ws) return;
-    if (this.token !== source || ws.readyState !== OPEN) {
-      // `auth()` gave another token meanwhile: this one would sign in the previous user.
-      this.authPending--;
-      this.settle();
-      return;
-    }
+    if (this.ws !== ws || ws.readyState !== OPEN) return;
     this.tokenAttempt = 0;
+    this.authPending++;
     ws.send(JSON.stringify({ type: 'auth', data: { token } }));
+  }
+
+  /** Calls the token function, failing it after `tokenTimeoutMs`. */
+  private fetchToken(source: () => string | Promise<string>): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      if (this.tokenTimeoutMs > 0) {
+        const ms = this.tokenTimeoutMs;
+        this.fetchTimer = setTimeout(() => reject(new Error(`no token after ${ms} ms`)), ms);
+      }
+      Promise.resolve().then(source).then(resolve, reject);
+    });
+  }
+
+  /** Forgets the token function's current call: its answer, if any, is dropped. */
+  private dropFetch(): void {
+    this.tokenSeq++;
+    this.fetching = false;
+    clearTimeout(this.fetchTimer);
+    this.fetchTimer = undefined;
+  }
+
+  /**
+   * `auth(undefined)` on a connection signed in (or about to be): the
+   * protocol cannot sign it out, so it is replaced by an anonymous one now,
+   * with no backoff; it is no failure.
+   */
+  private signOut(): void {
+    const ws = this.ws;
+    this.ws = undefined;
+    if (ws) {
+      detach(ws);
+      ws.close(1000);
+    }
+    this.state = 'waiting';
+    this.authenticated = false;
+    this.clearConnectionTimers();
+    this.openedAt = undefined;
+    this.emit('close', { code: 1000, reason: 'signed out', willReconnect: true });
+    // A listener may have called close().
+    if (this.state === 'waiting') this.open();
   }
 
   /**
@@ -434,7 +512,12 @@ export class StreamChat extends Emitter<StreamChatEvents> {
         const err = ChatClientError.fromPayload(data);
         if (TERMINAL_ERRORS.has(err.code)) this.terminal = true;
         this.emit('error', err);
-        if (err.code === 'token_expired' && this.authPending === 0 && this.greeted) {
+        if (
+          err.code === 'token_expired' &&
+          this.authPending === 0 &&
+          !this.fetching &&
+          this.greeted
+        ) {
           // The token ran out on an open connection: the server's `auth: false`
           // that follows is its notice, not an answer. A token function is
           // asked for a fresh token at once.
@@ -447,7 +530,7 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   }
 
   private isSettled(): boolean {
-    return this.state === 'open' && this.greeted && this.authPending === 0;
+    return this.state === 'open' && this.greeted && this.authPending === 0 && !this.fetching;
   }
 
   /**
@@ -513,6 +596,7 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     this.idleTimer = undefined;
     this.tokenTimer = undefined;
     this.tokenAttempt = 0;
+    this.dropFetch();
   }
 
   private stop(event: StreamCloseEvent): void {
