@@ -1,12 +1,13 @@
 /**
  * `StreamChat` when things go wrong: a token that cannot be had, never comes,
  * changes while it is fetched or is given up, a server that goes silent,
- * accepts and drops, or sends frames too large, a drop before any chat, and
- * `close()` from a listener. Against a real charla where it serves the case,
- * else a scripted `ws` server.
+ * never upgrades, accepts and drops, stops reading or sends frames too large,
+ * a drop before any chat, and `close()` from a listener. Against a real
+ * charla where it serves the case, else a scripted `ws` server.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createServer, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { WebSocket } from 'ws';
@@ -257,6 +258,33 @@ describe('StreamChat against a failing server', () => {
     }
   });
 
+  it('a server that accepts and never upgrades is left after idleTimeoutMs', async () => {
+    const held: Socket[] = [];
+    const tcp = createServer((sock) => held.push(sock));
+    await new Promise<void>((r) => tcp.listen(0, '127.0.0.1', () => r()));
+    const { port } = tcp.address() as { port: number };
+    const c = new Recorder(
+      StreamChat.connect(`http://127.0.0.1:${port}`, 'k', {
+        WebSocket,
+        reconnect: fast,
+        idleTimeoutMs: 300,
+      }),
+    );
+    try {
+      await until(() => held.length === 2, 'a new connection', 3_000);
+      assert.deepEqual(c.of('close')[0], {
+        code: 1006,
+        reason: 'no handshake',
+        willReconnect: true,
+      });
+      assert.deepEqual(c.of('open'), []);
+    } finally {
+      c.chat.close();
+      for (const sock of held) sock.destroy();
+      await new Promise((r) => tcp.close(r));
+    }
+  });
+
   it('a server that greets and drops is retried with backoff, and maxAttempts holds', async () => {
     reset((ws) => {
       greet(ws);
@@ -324,48 +352,82 @@ describe('StreamChat against a failing server', () => {
   });
 });
 
-describe('StreamChat close() from a listener', () => {
-  // In a process of its own: what is proven is that nothing keeps it alive.
-  const run = (listener: 'close' | 'reconnecting') =>
-    new Promise<{ out: string; ms: number }>((resolve, reject) => {
-      const client = new URL('../src/client/index.js', import.meta.url).href;
-      const script = `
-        import { createServer } from 'node:net';
-        import { WebSocket } from 'ws';
-        import { StreamChat } from ${JSON.stringify(client)};
-        // A port nothing listens on any more: every connection is refused.
-        const probe = createServer().listen(0, '127.0.0.1');
-        await new Promise((r) => probe.once('listening', r));
-        const { port } = probe.address();
-        await new Promise((r) => probe.close(r));
-        const chat = StreamChat.connect('http://127.0.0.1:' + port, 'k', {
-          WebSocket, reconnect: { initialDelayMs: 20000, jitter: 0 },
-        });
-        chat.on('close', (e) => {
-          console.log('close ' + e.willReconnect);
-          if (${JSON.stringify(listener)} === 'close') chat.close();
-        });
-        chat.on('reconnecting', () => {
-          console.log('reconnecting');
-          if (${JSON.stringify(listener)} === 'reconnecting') chat.close();
-        });
-      `;
-      const started = Date.now();
-      const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
-        cwd: fileURLToPath(new URL('../../', import.meta.url)),
-        stdio: ['ignore', 'pipe', 'inherit'],
-      });
-      let out = '';
-      child.stdout.on('data', (d: Buffer) => {
-        out += d.toString();
-      });
-      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      child.on('error', reject);
-      child.on('exit', () => {
-        clearTimeout(timer);
-        resolve({ out: out.trim().split('\n').join(','), ms: Date.now() - started });
-      });
+/**
+ * Runs `body` in a Node process of its own, with `WebSocket` (from `ws`) and
+ * `StreamChat` imported: what is proven is that nothing keeps it alive.
+ */
+const runClient = (body: string) =>
+  new Promise<{ out: string; ms: number }>((resolve, reject) => {
+    const client = new URL('../src/client/index.js', import.meta.url).href;
+    const script = `
+      import { WebSocket } from 'ws';
+      import { StreamChat } from ${JSON.stringify(client)};
+      ${body}
+    `;
+    const started = Date.now();
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: fileURLToPath(new URL('../../', import.meta.url)),
+      stdio: ['ignore', 'pipe', 'inherit'],
     });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    child.on('error', reject);
+    child.on('exit', () => {
+      clearTimeout(timer);
+      resolve({ out: out.trim().split('\n').join(','), ms: Date.now() - started });
+    });
+  });
+
+describe('StreamChat close() against a server that stopped reading', () => {
+  let server: ScriptedServer;
+  before(async () => {
+    server = new ScriptedServer();
+    await new Promise((r) => server.wss.once('listening', r));
+    server.onConnection = (ws) => {
+      greet(ws);
+      // A frozen server: the client's closing handshake is never read, never answered.
+      (ws as unknown as { _socket: Socket })._socket.pause();
+    };
+  });
+  after(() => server.close());
+
+  it('the socket is dropped after a short grace, and nothing is left running', async () => {
+    const { out } = await runClient(`
+      const chat = StreamChat.connect(${JSON.stringify(server.url)}, 'k', { WebSocket });
+      await chat.ready();
+      const t0 = Date.now();
+      chat.close();
+      process.on('exit', () => console.log('exited ' + (Date.now() - t0)));
+    `);
+    const ms = Number(/^exited (\d+)$/.exec(out)?.[1]);
+    assert.ok(ms >= 900 && ms < 5_000, `exited ${ms} ms after close() (${out})`);
+  });
+});
+
+describe('StreamChat close() from a listener', () => {
+  const run = (listener: 'close' | 'reconnecting') =>
+    runClient(`
+      import { createServer } from 'node:net';
+      // A port nothing listens on any more: every connection is refused.
+      const probe = createServer().listen(0, '127.0.0.1');
+      await new Promise((r) => probe.once('listening', r));
+      const { port } = probe.address();
+      await new Promise((r) => probe.close(r));
+      const chat = StreamChat.connect('http://127.0.0.1:' + port, 'k', {
+        WebSocket, reconnect: { initialDelayMs: 20000, jitter: 0 },
+      });
+      chat.on('close', (e) => {
+        console.log('close ' + e.willReconnect);
+        if (${JSON.stringify(listener)} === 'close') chat.close();
+      });
+      chat.on('reconnecting', () => {
+        console.log('reconnecting');
+        if (${JSON.stringify(listener)} === 'reconnecting') chat.close();
+      });
+    `);
 
   it('in a close listener: no reconnecting event, and nothing left running', async () => {
     const { out, ms } = await run('close');

@@ -41,7 +41,7 @@ interface WebSocketLike {
 /**
  * A WebSocket constructor: the browser's, or `ws`'s `WebSocket` in Node. It
  * is given no subprotocols (`[]`) and `ws`'s options (`maxPayload`), which a
- * browser ignores.
+ * browser and Node's built-in `WebSocket` ignore.
  */
 export type WebSocketConstructor = new (
   url: string,
@@ -49,7 +49,10 @@ export type WebSocketConstructor = new (
   options?: { maxPayload?: number },
 ) => object;
 
-/** `ws`'s events beyond the WHATWG ones: its pings are visible only through them. */
+/**
+ * `ws`'s events beyond the WHATWG ones: its pings are visible only through
+ * them, and `terminate()` drops a socket whose peer no longer answers.
+ */
 interface PingEvents {
   on(event: 'ping', listener: () => void): unknown;
   terminate(): void;
@@ -63,11 +66,14 @@ interface PingEvents {
 export type TokenSource = string | (() => string | Promise<string>);
 
 const OPEN = 1;
+const CLOSED = 3;
 /** The server says the stream does not exist or has ended: reconnecting cannot help. */
 const TERMINAL_CLOSE_CODES = new Set([4404, 4410]);
 const TERMINAL_ERRORS = new Set(['stream_not_found', 'stream_ended']);
 /** A connection that stayed open this long was a success: the backoff starts again. */
 const STABLE_MS = 5_000;
+/** How long `close()` waits for the server's closing handshake before dropping the socket. */
+const CLOSE_GRACE_MS = 1_000;
 
 export interface StreamChatOptions {
   token?: TokenSource;
@@ -81,16 +87,19 @@ export interface StreamChatOptions {
   outboxSize?: number;
   /**
    * How long the server may stay silent (no frame, no ping) before the
-   * connection is taken for dead and replaced, in ms; 0: never. Default
-   * 60 000: charla pings every 25 s (`PING_INTERVAL_SECONDS`). Only where the
-   * socket shows pings (`ws` in Node); browsers hide them, so there it is off.
+   * connection is taken for dead and replaced, in ms; 0: never. It covers
+   * the opening handshake too. Default 60 000: charla pings every 25 s
+   * (`PING_INTERVAL_SECONDS`). Only with the `ws` package, the one socket
+   * that shows pings: browsers and Node's built-in `WebSocket` hide them, so
+   * there it is off.
    */
   idleTimeoutMs?: number;
   /**
    * The largest frame accepted from the server, in bytes (`ws`'s
    * `maxPayload`); a larger one closes the connection. Default 4 MiB:
    * a `history` frame of HISTORY_MAX_PAGE (500) chats of
-   * STREAM_MESSAGE_MAX_CHARS (500) weighs up to about 2 MB. Browsers ignore it.
+   * STREAM_MESSAGE_MAX_CHARS (500) weighs up to about 2 MB. Only with the
+   * `ws` package: browsers and Node's built-in `WebSocket` ignore it.
    */
   maxPayload?: number;
   /**
@@ -296,10 +305,7 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     this.stop({ code: 1000, reason: 'closed by client', willReconnect: false });
     const ws = this.ws;
     this.ws = undefined;
-    if (ws) {
-      detach(ws);
-      ws.close(1000);
-    }
+    if (ws) closeSocket(ws);
   }
 
   private open(): void {
@@ -325,6 +331,8 @@ export class StreamChat extends Emitter<StreamChatEvents> {
       return;
     }
     this.ws = ws;
+    // The idle timer runs from now: a server that accepts and never upgrades is silent too.
+    this.heard();
     ws.onopen = () => {
       this.state = 'open';
       this.openedAt = Date.now();
@@ -405,10 +413,7 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   private signOut(): void {
     const ws = this.ws;
     this.ws = undefined;
-    if (ws) {
-      detach(ws);
-      ws.close(1000);
-    }
+    if (ws) closeSocket(ws);
     this.state = 'waiting';
     this.authenticated = false;
     this.clearConnectionTimers();
@@ -452,7 +457,7 @@ export class StreamChat extends Emitter<StreamChatEvents> {
       this.ws = undefined;
       detach(ws);
       ws.terminate();
-      this.lost(1006, 'server silent');
+      this.lost(1006, this.state === 'open' ? 'server silent' : 'no handshake');
     }, this.idleTimeoutMs);
   }
 
@@ -622,6 +627,19 @@ function detach(ws: WebSocketLike): void {
   ws.onmessage = null;
   ws.onclose = null;
   ws.onerror = () => {};
+}
+
+/**
+ * Closes a socket the client no longer listens to. A server that has stopped
+ * reading never answers the closing handshake, and `ws` would keep the socket
+ * (and Node) for 30 s: where it can, the socket is dropped after a grace.
+ */
+function closeSocket(ws: WebSocketLike): void {
+  detach(ws);
+  ws.close(1000);
+  if (!hasPings(ws) || ws.readyState === CLOSED) return;
+  const grace = setTimeout(() => ws.terminate(), CLOSE_GRACE_MS);
+  ws.onclose = () => clearTimeout(grace);
 }
 
 /**
