@@ -15,6 +15,7 @@ import {
   streamEndpoint,
 } from '../src/client/index.js';
 import { BlackholeProxy, Recorder, until } from './client-helpers.js';
+import { chatFrame, hex, ScriptedServer } from './client-stream-server.js';
 import { api, startServer, type TestServer, userToken } from './helpers.js';
 
 const fast = { initialDelayMs: 20, maxDelayMs: 200 };
@@ -181,39 +182,6 @@ describe('StreamChat against charla', () => {
     );
   });
 });
-
-/** A scripted stream server on `ws`, speaking the frames of protocol sections 2 and 7. */
-class ScriptedServer {
-  readonly wss: WebSocketServer;
-  readonly urls: string[] = [];
-  readonly received: unknown[] = [];
-  onConnection: (ws: WebSocket, url: string) => void = () => {};
-
-  constructor() {
-    this.wss = new WebSocketServer({ port: 0, host: '127.0.0.1' });
-    this.wss.on('connection', (ws, req) => {
-      this.urls.push(req.url ?? '');
-      ws.on('message', (d) => this.received.push(JSON.parse(String(d))));
-      this.onConnection(ws, req.url ?? '');
-    });
-  }
-
-  get url(): string {
-    return `http://127.0.0.1:${(this.wss.address() as AddressInfo).port}`;
-  }
-
-  close(): Promise<void> {
-    for (const c of this.wss.clients) c.terminate();
-    return new Promise((r) => this.wss.close(() => r()));
-  }
-}
-
-const chatFrame = (id: string, message = `m-${id}`) =>
-  JSON.stringify({
-    type: 'chat',
-    data: { id, user: 'u', userId: '1', message, sentAt: new Date().toISOString() },
-  });
-const hex = (n: number) => n.toString(16).padStart(24, '0');
 
 describe('StreamChat resume and de-duplication', () => {
   let server: ScriptedServer;

@@ -8,7 +8,8 @@
  * connection resumes with `?since=<last chat id>`, so a server that keeps
  * history sends what was missed in a `history` frame; chats are de-duplicated
  * by id; chats sent while the connection is down wait in a bounded outbox and
- * leave once, after the connection is authenticated again.
+ * leave once, after the connection is authenticated again; a server that goes
+ * silent is noticed (its pings stop) and left for a new connection.
  *
  * Delivery of a chat is at most once: a chat is written to a socket once and
  * never again, because the stream protocol has no idempotency key and a
@@ -37,8 +38,25 @@ interface WebSocketLike {
   onerror: ((ev: unknown) => void) | null;
 }
 
-/** A WebSocket constructor: the browser's, or `ws`'s `WebSocket` in Node. */
-export type WebSocketConstructor = new (url: string) => object;
+/**
+ * A WebSocket constructor: the browser's, or `ws`'s `WebSocket` in Node. It
+ * is given no subprotocols (`[]`) and `ws`'s options (`maxPayload`), which a
+ * browser and Node's built-in `WebSocket` ignore.
+ */
+export type WebSocketConstructor = new (
+  url: string,
+  protocols?: string | string[],
+  options?: { maxPayload?: number },
+) => object;
+
+/**
+ * `ws`'s events beyond the WHATWG ones: its pings are visible only through
+ * them, and `terminate()` drops a socket whose peer no longer answers.
+ */
+interface PingEvents {
+  on(event: 'ping', listener: () => void): unknown;
+  terminate(): void;
+}
 
 /**
  * A token, or a function that returns a fresh one: called on every
@@ -48,9 +66,14 @@ export type WebSocketConstructor = new (url: string) => object;
 export type TokenSource = string | (() => string | Promise<string>);
 
 const OPEN = 1;
+const CLOSED = 3;
 /** The server says the stream does not exist or has ended: reconnecting cannot help. */
 const TERMINAL_CLOSE_CODES = new Set([4404, 4410]);
 const TERMINAL_ERRORS = new Set(['stream_not_found', 'stream_ended']);
+/** A connection that stayed open this long was a success: the backoff starts again. */
+const STABLE_MS = 5_000;
+/** How long `close()` waits for the server's closing handshake before dropping the socket. */
+const CLOSE_GRACE_MS = 1_000;
 
 export interface StreamChatOptions {
   token?: TokenSource;
@@ -62,6 +85,29 @@ export interface StreamChatOptions {
   dedupeSize?: number;
   /** How many chats may wait while the connection is down. Default 100. */
   outboxSize?: number;
+  /**
+   * How long the server may stay silent (no frame, no ping) before the
+   * connection is taken for dead and replaced, in ms; 0: never. It covers
+   * the opening handshake too. Default 60 000: charla pings every 25 s
+   * (`PING_INTERVAL_SECONDS`). Only with the `ws` package, the one socket
+   * that shows pings: browsers and Node's built-in `WebSocket` hide them, so
+   * there it is off.
+   */
+  idleTimeoutMs?: number;
+  /**
+   * The largest frame accepted from the server, in bytes (`ws`'s
+   * `maxPayload`); a larger one closes the connection. Default 4 MiB:
+   * a `history` frame of HISTORY_MAX_PAGE (500) chats of
+   * STREAM_MESSAGE_MAX_CHARS (500) weighs up to about 2 MB. Only with the
+   * `ws` package: browsers and Node's built-in `WebSocket` ignore it.
+   */
+  maxPayload?: number;
+  /**
+   * How long a call of the token function may take, in ms; 0: no limit.
+   * One that takes longer counts as failed: the connection stays anonymous
+   * and the function is asked again after a backoff. Default 30 000.
+   */
+  tokenTimeoutMs?: number;
 }
 
 export interface StreamCloseEvent {
@@ -104,16 +150,39 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   private readonly outbox: string[] = [];
   private readonly outboxSize: number;
   private readonly reconnectOpts: (BackoffOptions & { maxAttempts?: number }) | false;
+  private readonly idleTimeoutMs: number;
+  private readonly maxPayload: number;
+  private readonly tokenTimeoutMs: number;
   private ws: WebSocketLike | undefined;
   private state: State = 'connecting';
   private attempt = 0;
   private timer: ReturnType<typeof setTimeout> | undefined;
+  /** When the current connection opened: one that stays up `STABLE_MS` resets the backoff. */
+  private openedAt: number | undefined;
+  /** Fires when the server has been silent for `idleTimeoutMs`. */
+  private idleTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Failed calls of the token function in a row, and the timer of the next one. */
+  private tokenAttempt = 0;
+  private tokenTimer: ReturnType<typeof setTimeout> | undefined;
   /** The server's first `auth` frame on this connection has arrived. */
   private greeted = false;
   /** `auth` frames sent on this connection whose answer has not arrived. */
   private authPending = 0;
-  /** The current connection asked to resume after a chat (`?since=`). */
+  /**
+   * Bumped by every call of the token function, `auth()` and a new
+   * connection: a token fetched under an older number is dropped, so a call
+   * that never settles holds nothing up once it is superseded.
+   */
+  private tokenSeq = 0;
+  /** The token function's current call has not answered yet. */
+  private fetching = false;
+  /** Ends the token function's current call after `tokenTimeoutMs`. */
+  private fetchTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The current connection follows a joined one; `since` is the chat id it resumes after. */
   private resuming = false;
+  private since: string | undefined;
+  /** A `history` frame has arrived on some connection: the later ones resume, since or not. */
+  private joined = false;
   /** The server refused the stream itself: no reconnect after this connection closes. */
   private terminal = false;
   /** The next `auth` frame is the server's notice of an expired token, not an answer. */
@@ -132,6 +201,12 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     this.seen = new BoundedSet(opts.dedupeSize ?? 1000);
     this.outboxSize = opts.outboxSize ?? 100;
     this.reconnectOpts = opts.reconnect ?? {};
+    const idle = opts.idleTimeoutMs ?? 60_000;
+    // setTimeout takes at most 2^31 - 1 ms; past it, it would fire at once.
+    this.idleTimeoutMs = idle > 0 ? Math.min(idle, 2 ** 31 - 1) : 0;
+    this.maxPayload = opts.maxPayload ?? 4 * 1024 * 1024;
+    const tokenTimeout = opts.tokenTimeoutMs ?? 30_000;
+    this.tokenTimeoutMs = tokenTimeout > 0 ? Math.min(tokenTimeout, 2 ** 31 - 1) : 0;
   }
 
   /**
@@ -155,21 +230,39 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     return new Promise((resolve, reject) => this.readyWaiters.push({ resolve, reject }));
   }
 
-  /** Presents `token` now (when connected) and on every reconnect. */
-  auth(token: TokenSource): void {
+  /**
+   * Presents `token` now (when connected) and on every reconnect; a token
+   * the token function is still fetching is dropped. `undefined` signs out:
+   * the stream protocol has no frame for it, so a connection that is (or may
+   * be about to be) authenticated is replaced by an anonymous one at once;
+   * chats waiting in the outbox then leave anonymously, and the server
+   * refuses them (`not_authenticated`).
+   */
+  auth(token: TokenSource | undefined): void {
     this.token = token;
-    if (this.state === 'open') void this.presentToken();
+    this.tokenAttempt = 0;
+    clearTimeout(this.tokenTimer);
+    this.tokenTimer = undefined;
+    this.dropFetch();
+    if (this.state !== 'open') return;
+    if (token !== undefined) {
+      void this.presentToken();
+    } else if (this.authenticated || this.authPending > 0) {
+      this.signOut();
+    } else {
+      this.settle();
+    }
   }
 
   /**
-   * Sends a chat. While the connection is down or not yet authenticated it
-   * waits in the outbox; throws `queue_full` when the outbox is full, and
-   * `closed` after `close()`.
+   * Sends a chat. While the connection is down or its token unanswered, or,
+   * with a token, not authenticated, it waits in the outbox; throws
+   * `queue_full` when the outbox is full, and `closed` after `close()`.
    */
   send(message: string): void {
     if (this.state === 'closed') throw new ChatClientError('closed', 'The client is closed.');
     const frame = JSON.stringify({ type: 'chat', data: { message } });
-    if (this.outbox.length === 0 && this.canWrite()) {
+    if (this.outbox.length === 0 && this.canChat()) {
       this.write(frame);
       return;
     }
@@ -212,10 +305,7 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     this.stop({ code: 1000, reason: 'closed by client', willReconnect: false });
     const ws = this.ws;
     this.ws = undefined;
-    if (ws) {
-      detach(ws);
-      ws.close(1000);
-    }
+    if (ws) closeSocket(ws);
   }
 
   private open(): void {
@@ -223,28 +313,42 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     this.greeted = false;
     this.expiredNotice = false;
     this.authPending = 0;
+    this.dropFetch();
     this.authenticated = false;
-    this.resuming = this.lastChatId !== undefined;
+    this.openedAt = undefined;
+    this.since = this.lastChatId;
+    this.resuming = this.joined || this.since !== undefined;
     const url =
-      this.lastChatId === undefined
+      this.since === undefined
         ? this.endpoint
-        : `${this.endpoint}?since=${encodeURIComponent(this.lastChatId)}`;
+        : `${this.endpoint}?since=${encodeURIComponent(this.since)}`;
     let ws: WebSocketLike;
     try {
-      ws = new this.WS(url) as unknown as WebSocketLike;
+      // No subprotocols: `[]`, as a browser would send `undefined` as one.
+      ws = new this.WS(url, [], { maxPayload: this.maxPayload }) as unknown as WebSocketLike;
     } catch {
       this.lost(1006, 'could not connect');
       return;
     }
     this.ws = ws;
+    // The idle timer runs from now: a server that accepts and never upgrades is silent too.
+    this.heard();
     ws.onopen = () => {
       this.state = 'open';
+      this.openedAt = Date.now();
+      this.heard();
       this.emit('open');
-      if (this.token !== undefined) void this.presentToken();
+      if (this.token !== undefined && this.ws === ws) void this.presentToken();
     };
     ws.onmessage = (ev) => {
+      this.heard();
       if (typeof ev.data === 'string') this.receive(ev.data);
     };
+    if (hasPings(ws)) {
+      ws.on('ping', () => {
+        if (this.ws === ws) this.heard();
+      });
+    }
     ws.onerror = () => {};
     ws.onclose = (ev) => {
       if (this.ws !== ws) return;
@@ -256,20 +360,105 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   private async presentToken(): Promise<void> {
     const ws = this.ws;
     const source = this.token;
+    this.dropFetch();
     if (!ws || source === undefined) return;
-    this.authPending++;
-    let token: string;
-    try {
-      token = typeof source === 'function' ? await source() : source;
-    } catch {
-      if (this.ws !== ws) return;
-      // No token now: the connection stays as it is, anonymous until a later auth().
-      this.authPending--;
-      this.settle();
-      return;
+    let token = source;
+    if (typeof source === 'function') {
+      // A later call, `auth()` or connection bumps `tokenSeq`: this answer is
+      // then stale (it could sign in the previous user) and is dropped.
+      const seq = this.tokenSeq;
+      this.fetching = true;
+      try {
+        token = await this.fetchToken(source);
+      } catch (err) {
+        if (seq !== this.tokenSeq) return;
+        this.dropFetch();
+        if (this.ws === ws) this.retryToken(ws, err);
+        this.settle();
+        return;
+      }
+      if (seq !== this.tokenSeq) return;
+      this.dropFetch();
     }
     if (this.ws !== ws || ws.readyState !== OPEN) return;
+    this.tokenAttempt = 0;
+    this.authPending++;
     ws.send(JSON.stringify({ type: 'auth', data: { token } }));
+  }
+
+  /** Calls the token function, failing it after `tokenTimeoutMs`. */
+  private fetchToken(source: () => string | Promise<string>): Promise<string> {
+    return new Promise<string>((resolve, reject) => {
+      if (this.tokenTimeoutMs > 0) {
+        const ms = this.tokenTimeoutMs;
+        this.fetchTimer = setTimeout(() => reject(new Error(`no token after ${ms} ms`)), ms);
+      }
+      Promise.resolve().then(source).then(resolve, reject);
+    });
+  }
+
+  /** Forgets the token function's current call: its answer, if any, is dropped. */
+  private dropFetch(): void {
+    this.tokenSeq++;
+    this.fetching = false;
+    clearTimeout(this.fetchTimer);
+    this.fetchTimer = undefined;
+  }
+
+  /**
+   * `auth(undefined)` on a connection signed in (or about to be): the
+   * protocol cannot sign it out, so it is replaced by an anonymous one now,
+   * with no backoff; it is no failure.
+   */
+  private signOut(): void {
+    const ws = this.ws;
+    this.ws = undefined;
+    if (ws) closeSocket(ws);
+    this.state = 'waiting';
+    this.authenticated = false;
+    this.clearConnectionTimers();
+    this.openedAt = undefined;
+    this.emit('close', { code: 1000, reason: 'signed out', willReconnect: true });
+    // A listener may have called close().
+    if (this.state === 'waiting') this.open();
+  }
+
+  /**
+   * No token now: the connection stays anonymous (chats wait in the outbox)
+   * and the token function is asked again after a backoff.
+   */
+  private retryToken(ws: WebSocketLike, cause: unknown): void {
+    const detail = cause instanceof Error ? cause.message : String(cause);
+    this.emit(
+      'error',
+      new ChatClientError('not_authenticated', `The token function failed: ${detail}`, {
+        event: 'auth',
+      }),
+    );
+    if (this.ws !== ws || this.tokenTimer !== undefined) return;
+    const opts = this.reconnectOpts === false ? {} : this.reconnectOpts;
+    const delayMs = backoffDelay(this.tokenAttempt++, opts);
+    this.tokenTimer = setTimeout(() => {
+      this.tokenTimer = undefined;
+      if (this.ws === ws && this.state === 'open') void this.presentToken();
+    }, delayMs);
+  }
+
+  /** The server spoke: the connection is alive for another `idleTimeoutMs`. */
+  private heard(): void {
+    clearTimeout(this.idleTimer);
+    this.idleTimer = undefined;
+    const ws = this.ws;
+    if (!ws || this.idleTimeoutMs <= 0 || !hasPings(ws)) return;
+    this.idleTimer = setTimeout(() => {
+      this.idleTimer = undefined;
+      if (this.ws !== ws) return;
+      // A dead peer never answers a closing handshake: the socket goes at once.
+      this.ws = undefined;
+      detach(ws);
+      ws.terminate();
+      this.lost(1006, this.state === 'open' ? 'server silent' : 'no handshake');
+    }, this.idleTimeoutMs);
   }
 
   private receive(text: string): void {
@@ -303,9 +492,13 @@ export class StreamChat extends Emitter<StreamChatEvents> {
         const fresh = all.filter((m) => typeof m?.id === 'string' && this.seen.add(m.id));
         const last = all.at(-1);
         if (last && typeof last.id === 'string') this.lastChatId = newest(this.lastChatId, last.id);
+        // After a drop with no chat id to resume from, the server sends its
+        // usual newest chats: any missed before them would go unannounced.
+        const unanchored = this.resuming && this.since === undefined && all.length > 0;
+        this.joined = true;
         this.emit('history', {
           messages: fresh,
-          gap: data.gap === true,
+          gap: data.gap === true || unanchored,
           resumed: this.resuming,
         });
         return;
@@ -324,7 +517,12 @@ export class StreamChat extends Emitter<StreamChatEvents> {
         const err = ChatClientError.fromPayload(data);
         if (TERMINAL_ERRORS.has(err.code)) this.terminal = true;
         this.emit('error', err);
-        if (err.code === 'token_expired' && this.authPending === 0 && this.greeted) {
+        if (
+          err.code === 'token_expired' &&
+          this.authPending === 0 &&
+          !this.fetching &&
+          this.greeted
+        ) {
           // The token ran out on an open connection: the server's `auth: false`
           // that follows is its notice, not an answer. A token function is
           // asked for a fresh token at once.
@@ -337,14 +535,16 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   }
 
   private isSettled(): boolean {
-    return this.state === 'open' && this.greeted && this.authPending === 0;
+    return this.state === 'open' && this.greeted && this.authPending === 0 && !this.fetching;
   }
 
-  /** Once the auth state is known, the outbox leaves and `ready()` resolves. */
+  /**
+   * Once the auth state is known `ready()` resolves, and the outbox leaves
+   * if chats may: with a token, only on an authenticated connection.
+   */
   private settle(): void {
     if (!this.isSettled()) return;
-    this.attempt = 0;
-    while (this.outbox.length > 0 && this.canWrite()) {
+    while (this.outbox.length > 0 && this.canChat()) {
       this.write(this.outbox.shift() as string);
     }
     const waiters = this.readyWaiters;
@@ -356,6 +556,14 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     return this.isSettled() && this.ws?.readyState === OPEN;
   }
 
+  /**
+   * A chat written now would be taken as its sender's. Without a token it
+   * goes anonymous, and the server's `not_authenticated` says so.
+   */
+  private canChat(): boolean {
+    return this.canWrite() && (this.authenticated || this.token === undefined);
+  }
+
   private write(frame: string): void {
     this.ws?.send(frame);
   }
@@ -364,6 +572,11 @@ export class StreamChat extends Emitter<StreamChatEvents> {
     if (this.state === 'closed') return;
     this.state = 'waiting';
     this.authenticated = false;
+    this.clearConnectionTimers();
+    // A connection that closes soon after its greeting is a failure too, or a
+    // server that accepts and drops would be retried without backoff.
+    if (this.openedAt !== undefined && Date.now() - this.openedAt >= STABLE_MS) this.attempt = 0;
+    this.openedAt = undefined;
     const opts = this.reconnectOpts;
     const max = opts === false ? 0 : (opts.maxAttempts ?? Number.POSITIVE_INFINITY);
     if (this.terminal || TERMINAL_CLOSE_CODES.has(code) || this.attempt >= max) {
@@ -371,19 +584,31 @@ export class StreamChat extends Emitter<StreamChatEvents> {
       return;
     }
     this.emit('close', { code, reason, willReconnect: true });
+    // A listener may have called close().
+    if (this.state !== 'waiting') return;
     const delayMs = backoffDelay(this.attempt, opts === false ? {} : opts);
     this.attempt++;
-    this.emit('reconnecting', { attempt: this.attempt, delayMs });
     this.timer = setTimeout(() => {
       this.timer = undefined;
       if (this.state === 'waiting') this.open();
     }, delayMs);
+    this.emit('reconnecting', { attempt: this.attempt, delayMs });
+  }
+
+  private clearConnectionTimers(): void {
+    clearTimeout(this.idleTimer);
+    clearTimeout(this.tokenTimer);
+    this.idleTimer = undefined;
+    this.tokenTimer = undefined;
+    this.tokenAttempt = 0;
+    this.dropFetch();
   }
 
   private stop(event: StreamCloseEvent): void {
     this.state = 'closed';
     clearTimeout(this.timer);
     this.timer = undefined;
+    this.clearConnectionTimers();
     this.outbox.length = 0;
     const waiters = this.readyWaiters;
     this.readyWaiters = [];
@@ -392,11 +617,29 @@ export class StreamChat extends Emitter<StreamChatEvents> {
   }
 }
 
+function hasPings(ws: WebSocketLike): ws is WebSocketLike & PingEvents {
+  const w = ws as Partial<PingEvents>;
+  return typeof w.on === 'function' && typeof w.terminate === 'function';
+}
+
 function detach(ws: WebSocketLike): void {
   ws.onopen = null;
   ws.onmessage = null;
   ws.onclose = null;
   ws.onerror = () => {};
+}
+
+/**
+ * Closes a socket the client no longer listens to. A server that has stopped
+ * reading never answers the closing handshake, and `ws` would keep the socket
+ * (and Node) for 30 s: where it can, the socket is dropped after a grace.
+ */
+function closeSocket(ws: WebSocketLike): void {
+  detach(ws);
+  ws.close(1000);
+  if (!hasPings(ws) || ws.readyState === CLOSED) return;
+  const grace = setTimeout(() => ws.terminate(), CLOSE_GRACE_MS);
+  ws.onclose = () => clearTimeout(grace);
 }
 
 /**

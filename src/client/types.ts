@@ -28,9 +28,13 @@ export interface StreamState {
 export interface StreamHistory {
   /** Chats not seen before on this client, oldest first. */
   messages: StreamChatMessage[];
-  /** More chats were missed than the server returns: some are lost to this client. */
+  /**
+   * More chats were missed than the server returns: some are lost to this
+   * client. Also set after a drop before any chat was seen (nothing to resume
+   * from): the server's newest chats may not be all that were missed.
+   */
   gap: boolean;
-  /** True when this history follows a reconnect (`?since=` resume), false on the first join. */
+  /** True when this history follows a reconnect, false on the first join. */
   resumed: boolean;
 }
 
