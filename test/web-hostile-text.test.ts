@@ -306,13 +306,15 @@ describe('web client: hostile names and text', { skip }, () => {
       ]);
       // The CSP lets the thumbnail in, though its prefix has no final '/'.
       const thumb = files.locator('img.thumb');
-      await thumb.waitFor();
+      // Loaded lazily: only once it is in view.
+      await thumb.scrollIntoViewIfNeeded();
       await thumb.evaluate((img: any) =>
         img.complete && img.naturalWidth > 0
           ? undefined
           : new Promise((resolve, reject) => {
               img.addEventListener('load', resolve);
               img.addEventListener('error', () => reject(new Error('thumbnail did not load')));
+              setTimeout(() => reject(new Error('thumbnail still loading')), 5000);
             }),
       );
       assert.equal(await thumb.evaluate((img: any) => img.naturalWidth), 1);
