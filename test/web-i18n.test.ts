@@ -35,3 +35,20 @@ test('Spanish for es and es-*, English for everything else', () => {
   assert.equal(pickLanguage(['fr-FR', 'de']), 'en');
   assert.equal(pickLanguage([]), 'en');
 });
+
+test('every string of the catalog is used by the client', async () => {
+  const { readdir, readFile } = await import('node:fs/promises');
+  const files = (await readdir(web)).filter(
+    (f) => /\.(js|html)$/.test(f) && !f.startsWith('strings-'),
+  );
+  const source = (await Promise.all(files.map((f) => readFile(new URL(f, web), 'utf8')))).join();
+  // Keys the client builds from a state or a code: `tick.${state}`, `status.${state}`, ….
+  const built = [...source.matchAll(/t\(`([\w.]+\.)\$\{/g)].map((m) => m[1] as string);
+  const unused = Object.keys(catalog.en as object).filter(
+    (key) =>
+      !source.includes(`'${key}'`) &&
+      !source.includes(`"${key}"`) &&
+      !built.some((prefix) => key.startsWith(prefix)),
+  );
+  assert.deepEqual(unused, []);
+});

@@ -117,3 +117,39 @@ test('/client-config.json carries the attachment prefixes and the edit window', 
     await other.close();
   }
 });
+
+test("img-src holds each attachment prefix up to its last '/', and no data: images", async () => {
+  const other = await startServer({
+    ATTACHMENT_URL_PREFIXES: [
+      'http://files.example/att',
+      'https://q.example/signed/?sig=abc#top',
+      'https://ok.example/thumbs/',
+      'https://ok.example/thumbs/small/',
+    ].join(','),
+  });
+  try {
+    const csp = (await fetch(`${other.url}/`)).headers.get('content-security-policy') ?? '';
+    const imgSrc = /(?:^|; )img-src ([^;]*)/.exec(csp)?.[1]?.split(' ');
+    // CSP reads a path without a final '/' as one file, and a source has no query:
+    // "http://files.example/att" as a source would let no thumbnail under it through.
+    assert.deepEqual(imgSrc, [
+      "'self'",
+      'http://files.example/',
+      'https://q.example/signed/',
+      'https://ok.example/thumbs/',
+      'https://ok.example/thumbs/small/',
+    ]);
+    // The client still holds URLs to the whole prefixes, as the server does.
+    const config = (await (await fetch(`${other.url}/client-config.json`)).json()) as {
+      attachmentUrlPrefixes: string[];
+    };
+    assert.deepEqual(config.attachmentUrlPrefixes, [
+      'http://files.example/att',
+      'https://q.example/signed/?sig=abc#top',
+      'https://ok.example/thumbs/',
+      'https://ok.example/thumbs/small/',
+    ]);
+  } finally {
+    await other.close();
+  }
+});

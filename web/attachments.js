@@ -6,7 +6,7 @@
 // known would show its attachments as names only, for good, so the request
 // view connects only once that file has arrived (or has not, after 5 s).
 import { clientConfig } from './client-config.js';
-import { h } from './dom.js';
+import { h, isolate } from './dom.js';
 import { lang, t } from './i18n.js';
 
 /** An http(s) URL under an allowed prefix, compared after parsing; otherwise undefined. */
@@ -32,19 +32,28 @@ function safeUrl(raw) {
   return ok ? url.href : undefined;
 }
 
-const sizeFormats = Object.fromEntries(
-  ['byte', 'kilobyte', 'megabyte'].map((unit) => [
-    unit,
-    new Intl.NumberFormat(lang, { style: 'unit', unit, maximumFractionDigits: 1 }),
-  ]),
+/** Units by powers of 1024; Intl writes each in the page's language and plural. */
+const SIZE_UNITS = ['byte', 'kilobyte', 'megabyte', 'gigabyte', 'terabyte'];
+const sizeFormats = SIZE_UNITS.map(
+  (unit, i) =>
+    new Intl.NumberFormat(lang, {
+      style: 'unit',
+      unit,
+      // "long" for bytes: "10 bytes", "1 byte" ("10 byte" is the short form's).
+      unitDisplay: i === 0 ? 'long' : 'short',
+      maximumFractionDigits: i < 2 ? 0 : 1,
+    }),
 );
 
-/** A file size in the page's language ("52 kB", "1,2 MB"). */
-function sizeText(bytes) {
-  const n = Number(bytes) || 0;
-  if (n >= 1024 * 1024) return sizeFormats.megabyte.format(n / 1024 / 1024);
-  if (n >= 1024) return sizeFormats.kilobyte.format(Math.round(n / 1024));
-  return sizeFormats.byte.format(n);
+/** A file size in the page's language ("10 bytes", "52 kB", "1,2 MB", "3.5 TB"). */
+export function sizeText(bytes) {
+  let n = Math.max(0, Number(bytes) || 0);
+  let i = 0;
+  while (n >= 1024 && i < SIZE_UNITS.length - 1) {
+    n /= 1024;
+    i++;
+  }
+  return sizeFormats[i].format(n);
 }
 
 /** Links to the files; images under an allowed prefix as thumbnails, anything else as text. */
@@ -56,7 +65,8 @@ export function attachmentList(attachments) {
     attachments.map((a) => {
       const name = String(a?.name ?? t('message.file'));
       const href = safeUrl(a?.url);
-      if (!href) return h('li', { class: 'file blocked' }, name);
+      // The file name is the sender's: isolated, its direction marks cannot turn the size after it.
+      if (!href) return h('li', { class: 'file blocked' }, isolate(name));
       const image = /^image\/(png|jpe?g|gif|webp|avif)$/i.test(String(a.contentType));
       const link = { href, target: '_blank', rel: 'noopener noreferrer' };
       return image
@@ -68,7 +78,7 @@ export function attachmentList(attachments) {
         : h(
             'li',
             { class: 'file' },
-            h('a', link, name),
+            h('a', link, isolate(name)),
             h('span', { class: 'size' }, ` ${sizeText(a.size)}`),
           );
     }),

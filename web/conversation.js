@@ -4,9 +4,13 @@
 // sent); a change to it is redrawn in place. Edit and Delete are offered only
 // while charla still takes them: within the edit window (`editWindowSeconds`
 // of `/client-config.json`) of the message's `createdAt`.
+//
+// As the stream view, it keeps a bounded number of bubbles: past
+// KEEP_MESSAGES the oldest leave the page (with their entry and their
+// read-receipt watch), and the "older" button pages them back.
 import { attachmentList } from './attachments.js';
 import { clientConfig, serverNow } from './client-config.js';
-import { h, timeEl } from './dom.js';
+import { h, isolate, timeEl } from './dom.js';
 import { t } from './i18n.js';
 import { tickState } from './receipts.js';
 
@@ -15,6 +19,8 @@ const TICK = { pending: '◷', sent: '✓', delivered: '✓✓', read: '✓✓',
 const STORED_ID = /^[0-9a-f]{24}$/;
 /** How often the bubbles whose edit window has passed lose their Edit and Delete. */
 const SWEEP_MS = 1000;
+/** Bubbles a tab keeps as messages arrive; the oldest past it go (the stream view keeps as many). */
+const KEEP_MESSAGES = 500;
 
 /**
  * True while charla still takes an edit or a deletion of `msg`: within the
@@ -30,9 +36,14 @@ function withinEditWindow(msg) {
 /**
  * `list` is the `<ol>` to draw in; `me()` the signed-in user; `receipts` the
  * batcher that acks and reads the messages of others; `onEdit(msg)` and
- * `onDelete(msg)` act on one of mine; `onShown()` runs when a message appears.
+ * `onDelete(msg)` act on one of mine; `onShown()` runs when a message appears;
+ * `older` is the button that loads earlier messages (by default the one
+ * beside `list`), shown once some have been dropped.
  */
-export function mountConversation(list, { me, receipts, onEdit, onDelete, onShown }) {
+export function mountConversation(
+  list,
+  { me, receipts, onEdit, onDelete, onShown, older = list.parentElement?.querySelector('.older') },
+) {
   /** Message id (or clientMessageId while pending) → {msg, li, state}. */
   const shown = new Map();
   const isMine = (msg) => me().id !== undefined && msg.sender?.id === me().id;
@@ -145,7 +156,7 @@ export function mountConversation(list, { me, receipts, onEdit, onDelete, onShow
       : h(
           'div',
           { class: 'msg-meta' },
-          h('span', { class: 'name' }, String(msg.sender?.username ?? '')),
+          isolate(msg.sender?.username ?? '', { class: 'name' }),
           msg.sender?.role ? h('span', { class: 'role' }, String(msg.sender.role)) : null,
         );
     return h(
@@ -218,7 +229,29 @@ export function mountConversation(list, { me, receipts, onEdit, onDelete, onShow
     paintTick(entry);
     onShown();
     if (!mine) receipts.arrived(msg, entry.li, me().id);
+    // A page of older messages was asked for: it stays whole until the next arrival.
+    if (where !== 'start') dropOldest();
     return entry;
+  }
+
+  /**
+   * Keeps KEEP_MESSAGES bubbles: the oldest go, with their entry and their
+   * read-receipt watch, and "older" can bring them back. My messages still
+   * being sent are the newest, so they never go.
+   */
+  function dropOldest() {
+    let dropped = false;
+    while (list.children.length > KEEP_MESSAGES) {
+      const li = list.firstElementChild;
+      const entry = shown.get(li.dataset.id);
+      if (entry?.li === li) shown.delete(li.dataset.id);
+      receipts.forget(li);
+      li.remove();
+      dropped = true;
+    }
+    if (!dropped) return;
+    markRun(list.firstElementChild);
+    if (older) older.hidden = false;
   }
 
   function receipt(kind, payload) {

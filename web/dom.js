@@ -23,6 +23,16 @@ export function h(tag, props = {}, ...children) {
   return el;
 }
 
+/**
+ * A string a peer chose (a name, a file name) as its own `<bdi>`: a U+202E
+ * (right-to-left override) or a right-to-left name inside it turns only
+ * itself, never the sentence or the row it is put in. For a sentence from the
+ * catalog: `tNodes('stream.bannedLine', { name: isolate(name) })` (i18n.js).
+ */
+export function isolate(text, props = {}) {
+  return h('bdi', props, String(text ?? ''));
+}
+
 const timeFormat = new Intl.DateTimeFormat(lang, { hour: '2-digit', minute: '2-digit' });
 const dayFormat = new Intl.DateTimeFormat(lang, { day: 'numeric', month: 'short' });
 const fullFormat = new Intl.DateTimeFormat(lang, { dateStyle: 'medium', timeStyle: 'medium' });

@@ -9,7 +9,9 @@
 // `data-i18n-placeholder`, `data-i18n-title`, `data-i18n-aria-label` set those
 // attributes. In code, `t('key', { name: 'Ana' })` fills `{name}`; a value of
 // the form `{ one: '…', other: '…' }` is chosen by `count` with the language's
-// plural rules.
+// plural rules. `tNodes` is the same sentence as a list of parts, so that a
+// value may be a node: a name isolated from the words around it (dom.js
+// `isolate`).
 import common from './strings-common.js';
 import request from './strings-request.js';
 import stream from './strings-stream.js';
@@ -37,12 +39,37 @@ export const lang = pickLanguage(
 
 const plural = new Intl.PluralRules(lang);
 
+/** The catalog's text for `key` in the page's language, its plural chosen by `count`. */
+function template(key, count) {
+  const value = catalog[lang][key] ?? catalog.en[key];
+  if (value === undefined) return key;
+  if (typeof value === 'object') return value[plural.select(count ?? 0)] ?? value.other;
+  return value;
+}
+
 /** The string for `key` in the page's language, with `{name}` placeholders filled from `vars`. */
 export function t(key, vars = {}) {
-  let value = catalog[lang][key] ?? catalog.en[key];
-  if (value === undefined) return key;
-  if (typeof value === 'object') value = value[plural.select(vars.count ?? 0)] ?? value.other;
-  return value.replace(/\{(\w+)\}/g, (m, name) => (name in vars ? String(vars[name]) : m));
+  return template(key, vars.count).replace(/\{(\w+)\}/g, (m, name) =>
+    name in vars ? String(vars[name]) : m,
+  );
+}
+
+/**
+ * As `t`, but the sentence comes as parts to append: strings, and each value
+ * that is a node kept as that node (a name in its own `<bdi>`, so that its
+ * direction marks cannot turn the words around it).
+ */
+export function tNodes(key, vars = {}) {
+  return template(key, vars.count)
+    .split(/(\{\w+\})/)
+    .map((part) => {
+      const name = /^\{(\w+)\}$/.exec(part)?.[1];
+      if (name === undefined || !(name in vars)) return part;
+      return typeof vars[name] === 'object' && vars[name] !== null
+        ? vars[name]
+        : String(vars[name]);
+    })
+    .filter((part) => part !== '');
 }
 
 const ATTRIBUTES = ['placeholder', 'title', 'aria-label'];

@@ -1,19 +1,23 @@
 // The inbox beside the request chat (protocol section 8): the user's requests,
 // most recent activity first, each with its unread count. `listRequests` fills
 // it; `requestUpdated` keeps it live, whether or not that request is open.
-import { h, timeEl } from './dom.js';
-import { t } from './i18n.js';
+import { h, isolate, timeEl } from './dom.js';
+import { t, tNodes } from './i18n.js';
 
 const shortId = (id) => `${id.slice(0, 6)}…${id.slice(-4)}`;
 
+/**
+ * The last message in a line, as parts to append: the sender's name and text
+ * are theirs, each isolated so that a direction mark in one turns nothing else.
+ */
 function preview(msg) {
-  if (!msg) return t('inbox.noMessages');
-  if (msg.deletedAt) return t('message.deleted');
+  if (!msg) return [t('inbox.noMessages')];
+  if (msg.deletedAt) return [t('message.deleted')];
   const files = msg.attachments?.length ?? 0;
-  const name = String(msg.sender?.username ?? '');
+  const name = isolate(msg.sender?.username ?? '');
   const text = String(msg.message ?? '').trim();
-  if (text) return `${name}: ${text}`;
-  return files > 0 ? t('inbox.attachments', { name, count: files }) : '';
+  if (text) return [name, ': ', isolate(text)];
+  return files > 0 ? tNodes('inbox.attachments', { name, count: files }) : [];
 }
 
 /**

@@ -65,6 +65,11 @@ export function receiptBatcher({ root, emit }) {
       if (myId === undefined || !has(msg.deliveredTo, myId)) queue('ackMessages', msg._id);
       if (myId === undefined || !has(msg.readBy, myId)) observer.observe(el);
     },
+    /** A message's bubble left the page: it is no longer watched (nor kept alive by the watch). */
+    forget(el) {
+      observer.unobserve(el);
+      if (inView.get(el.dataset.id) === el) inView.delete(el.dataset.id);
+    },
     reset() {
       observer.disconnect();
       inView.clear();

@@ -2,7 +2,7 @@
 // the slow-mode, members-only and paused indicators, the pinned chat, and for
 // moderators the menu on each chat and the stream's settings. Moderator actions
 // go out through `act`, which stream.js sends with StreamChat.moderate().
-import { h } from './dom.js';
+import { h, isolate } from './dom.js';
 import { t } from './i18n.js';
 
 const SLOW_MODE_CHOICES = [0, 5, 30, 60, 300];
@@ -19,6 +19,17 @@ export function duration(ms) {
   if (m === 60) return t('stream.hours', { n: hours + 1 });
   return m === 0 ? t('stream.hours', { n: hours }) : t('stream.hoursMinutes', { h: hours, m });
 }
+
+/** The slow-mode choices, in seconds: the standard ones, and `current` in its place among them. */
+const slowValues = (current) =>
+  SLOW_MODE_CHOICES.includes(current)
+    ? SLOW_MODE_CHOICES
+    : [...SLOW_MODE_CHOICES, current].sort((a, b) => a - b);
+
+const slowOptions = (current) =>
+  slowValues(current).map((s) =>
+    h('option', { value: String(s) }, s === 0 ? t('stream.off') : duration(s * 1000)),
+  );
 
 /**
  * The moderator's menu on one chat: a native <details>, so it needs no script
@@ -81,8 +92,9 @@ export function modMenu(data, { myId, scroller, act }) {
  * redraws the title, viewers, indicators, pin and the settings controls
  * (`state` null: nothing to show yet). The controls send their changes
  * through `act` and show what the server last said, not what was clicked.
+ * `untitled()` is the head's text for a stream without a title.
  */
-export function mountStreamState(root, { act }) {
+export function mountStreamState(root, { act, untitled }) {
   const title = root.querySelector('.title');
   const viewers = root.querySelector('.viewers');
   const bar = root.querySelector('.stream-bar');
@@ -90,11 +102,7 @@ export function mountStreamState(root, { act }) {
   const tools = root.querySelector('.mod-tools');
   const pinnedBox = root.querySelector('.pinned');
   const slowSelect = tools.querySelector('select[name="slowModeSeconds"]');
-  slowSelect.replaceChildren(
-    ...SLOW_MODE_CHOICES.map((s) =>
-      h('option', { value: String(s) }, s === 0 ? t('stream.off') : duration(s * 1000)),
-    ),
-  );
+  slowSelect.replaceChildren(...slowOptions(0));
 
   tools.addEventListener('change', (e) => {
     const el = e.target;
@@ -122,7 +130,7 @@ export function mountStreamState(root, { act }) {
     pinnedBox.hidden = false;
     pinnedBox.replaceChildren(
       h('span', { class: 'pinned-label' }, t('stream.pinned')),
-      h('span', { class: 'name' }, String(pin.user)),
+      isolate(pin.user, { class: 'name' }),
       h('span', { class: 'pinned-text' }, String(pin.message)),
     );
     if (moderator) {
@@ -145,7 +153,12 @@ export function mountStreamState(root, { act }) {
         showPin(null, false);
         return;
       }
-      if (typeof state.title === 'string' && state.title !== '') title.textContent = state.title;
+      // A title cleared through the API (null or "") gives the head back its default.
+      const named = typeof state.title === 'string' && state.title !== '';
+      title.textContent = named ? state.title : untitled();
+      // The head shows at most three lines of a long title; the whole of it is on hover.
+      if (named) title.title = state.title;
+      else title.removeAttribute('title');
       viewers.hidden = false;
       viewers.textContent = t('stream.viewers', { count: Number(state.viewers) || 0 });
 
@@ -160,10 +173,12 @@ export function mountStreamState(root, { act }) {
       );
       bar.hidden = on.length === 0 && !moderator;
 
-      // A value set elsewhere (the server API) gets its own choice, once.
-      if (![...slowSelect.options].some((o) => o.value === String(slow))) {
-        slowSelect.append(h('option', { value: String(slow) }, duration(slow * 1000)));
-      }
+      // A value set elsewhere (the server API) gets a choice of its own while it is
+      // the stream's: the standard choices and the current value, never more.
+      // Redrawn only when that changes: a frame comes with every viewer who joins,
+      // and must not close the list under a moderator's pointer.
+      const shown = [...slowSelect.options].map((o) => o.value).join();
+      if (shown !== slowValues(slow).join()) slowSelect.replaceChildren(...slowOptions(slow));
       slowSelect.value = String(slow);
       tools.querySelector('[name="membersOnly"]').checked = state.membersOnly === true;
       tools.querySelector('[name="paused"]').checked = state.paused === true;

@@ -8,8 +8,8 @@
 // moderators a menu on each chat (pin, delete, time out, ban) and the
 // stream's settings.
 import { StreamChat } from '/client/index.js';
-import { atBottom, avatar, h, notice, setStatus, timeEl, whoIs } from './dom.js';
-import { t, translate } from './i18n.js';
+import { atBottom, avatar, h, isolate, notice, setStatus, timeEl, whoIs } from './dom.js';
+import { t, tNodes, translate } from './i18n.js';
 import { duration, modMenu, mountStreamState } from './stream-moderation.js';
 
 /** A browser tab keeps this many messages; older ones scroll away for good. */
@@ -93,6 +93,14 @@ export function mountStreamView(root) {
   let state = null;
   /** userId → the name they last posted under. */
   const names = new Map();
+  /**
+   * Rows waiting for the next frame. A burst of chats (a busy stream sends
+   * over a hundred a second) is drawn as one append and one scroll, so one
+   * layout per frame, not one per chat.
+   */
+  let queued = [];
+  let queuedForce = false;
+  let frame = 0;
 
   const isOpen = () => chat?.connected === true;
 
@@ -183,7 +191,7 @@ export function mountStreamView(root) {
         h(
           'div',
           { class: 'msg-meta' },
-          h('span', { class: 'name' }, String(data.user)),
+          isolate(data.user, { class: 'name' }),
           mine && h('span', { class: 'chip you' }, t('stream.you')),
           badgesOf(data),
           timeEl(data.sentAt),
@@ -194,13 +202,31 @@ export function mountStreamView(root) {
     );
   }
 
+  /** Queues rows for the next frame; `force` scrolls to them even if the reader scrolled up. */
   function append(nodes, force = false) {
     if (nodes.length === 0) return;
-    const follow = atBottom(scroller);
-    list.append(...nodes);
+    queued.push(...nodes);
+    // A tab in the background gets no frames: what waits is bounded as the list is.
+    if (queued.length > KEEP_MESSAGES) queued = queued.slice(-KEEP_MESSAGES);
+    queuedForce ||= force;
+    if (frame === 0) frame = requestAnimationFrame(flush);
+  }
+
+  /** Draws the queued rows: one measurement of the scroll, one append, one scroll. */
+  function flush() {
+    frame = 0;
+    const nodes = queued;
+    const force = queuedForce;
+    queued = [];
+    queuedForce = false;
+    if (nodes.length === 0) return;
+    const follow = force || atBottom(scroller);
+    const fragment = document.createDocumentFragment();
+    fragment.append(...nodes);
+    list.append(fragment);
     while (list.children.length > KEEP_MESSAGES) list.firstElementChild.remove();
     empty.hidden = true;
-    if (follow || force) nodes.at(-1).scrollIntoView({ block: 'end' });
+    if (follow) scroller.scrollTop = scroller.scrollHeight;
   }
 
   function render(messages) {
@@ -220,7 +246,10 @@ export function mountStreamView(root) {
     append(nodes, mine);
   }
 
-  /** A line between chats; `undo`, when given, is a button only moderators see. */
+  /**
+   * A line between chats: `text` a string or the parts `tNodes` gives; `undo`,
+   * when given, is a button only moderators see.
+   */
   function line(text, kind = 'info', undo = undefined) {
     append([
       h(
@@ -242,10 +271,12 @@ export function mountStreamView(root) {
   }
 
   function removeWhere(test) {
-    for (const li of [...list.children]) if (li.classList.contains('msg') && test(li)) li.remove();
+    const gone = (li) => li.classList.contains('msg') && test(li);
+    queued = queued.filter((li) => !gone(li));
+    for (const li of [...list.children]) if (gone(li)) li.remove();
   }
 
-  const streamState = mountStreamState(root, { act });
+  const streamState = mountStreamState(root, { act, untitled: () => `#${key}` });
   /** Redraws the latest `stream` frame (and the moderator's controls on it). */
   const showState = () => streamState.show(state, moderator);
 
@@ -321,10 +352,11 @@ export function mountStreamView(root) {
 
   function onModeration(event) {
     const userId = String(event.userId);
-    const name = names.get(userId) ?? userId;
+    // The name is the sender's own choice: isolated, its direction marks stay inside it.
+    const name = isolate(names.get(userId) ?? userId);
     const mine = userId === me.id;
     if (event.action === 'unban') {
-      line(t('stream.unbannedLine', { name }));
+      line(tNodes('stream.unbannedLine', { name }));
       // The wait a timeout's refusal started is over too.
       if (mine) endWait();
       return;
@@ -333,13 +365,13 @@ export function mountStreamView(root) {
     removeWhere((li) => li.dataset.userId === userId);
     if (event.action === 'timeout') {
       const wait = duration((Number(event.seconds) || 0) * 1000);
-      line(t('stream.timedOutLine', { name, wait }), 'warn', {
+      line(tNodes('stream.timedOutLine', { name, wait }), 'warn', {
         label: t('stream.endTimeout'),
         action: { type: 'unban', userId },
       });
       if (mine) say.show(t('stream.youTimedOut', { wait }), 'warn');
     } else if (event.action === 'ban') {
-      line(t('stream.bannedLine', { name }), 'warn', {
+      line(tNodes('stream.bannedLine', { name }), 'warn', {
         label: t('stream.unban'),
         action: { type: 'unban', userId },
       });
@@ -436,6 +468,7 @@ export function mountStreamView(root) {
     wasConnected = false;
     state = null;
     names.clear();
+    queued = [];
     list.replaceChildren();
     showState();
     empty.hidden = false;

@@ -15,11 +15,9 @@ export default {
     'status.offline': 'Offline',
     'status.disconnected': 'Disconnected',
 
-    'notice.unreachable': 'Cannot reach charla. Retrying…',
     'notice.lost': 'Connection lost. Reconnecting…',
     'notice.lostAttempt': 'Connection lost. Reconnecting (attempt {attempt})…',
     'notice.reconnected': 'Reconnected.',
-    'notice.sessionEnded': 'The server ended this session; your token may have expired.',
     'notice.rateLimited': "You're sending too fast. You can send again in {seconds} s.",
 
     'time.yesterday': 'yesterday',
@@ -46,11 +44,9 @@ export default {
     'status.offline': 'Sin conexión',
     'status.disconnected': 'Desconectado',
 
-    'notice.unreachable': 'No se puede conectar con charla. Reintentando…',
     'notice.lost': 'Se perdió la conexión. Reconectando…',
     'notice.lostAttempt': 'Se perdió la conexión. Reconectando (intento {attempt})…',
     'notice.reconnected': 'Reconectado.',
-    'notice.sessionEnded': 'El servidor cerró esta sesión; puede que tu token haya vencido.',
     'notice.rateLimited': 'Estás enviando muy rápido. Podrás enviar de nuevo en {seconds} s.',
 
     'time.yesterday': 'ayer',

@@ -29,8 +29,8 @@ const csp = (imageSources: readonly string[]) =>
     "default-src 'none'",
     "script-src 'self'",
     "style-src 'self'",
-    // Attachment thumbnails: only from the prefixes attachments may use.
-    ['img-src', "'self'", 'data:', ...imageSources].join(' '),
+    // Attachment thumbnails: only from the prefixes attachments may use (see imageSource).
+    ['img-src', "'self'", ...imageSources].join(' '),
     "connect-src 'self'",
     "manifest-src 'self'",
     "base-uri 'none'",
@@ -39,6 +39,19 @@ const csp = (imageSources: readonly string[]) =>
   ].join('; ');
 
 const CSP = csp([]);
+
+/**
+ * The CSP source that lets in the images under an attachment prefix. CSP
+ * matches a source path ending in `/` as a directory and any other path
+ * exactly, and a source has no query: so it is the prefix's origin and path up
+ * to its last `/` (`http://h/files` gives `http://h/`, `https://h/q/?sig=1`
+ * gives `https://h/q/`). The server and the client still hold every URL to the
+ * whole prefix; the CSP is the browser's second line behind them.
+ */
+export function imageSource(prefix: string): string {
+  const url = new URL(prefix);
+  return url.origin + url.pathname.slice(0, url.pathname.lastIndexOf('/') + 1);
+}
 
 const SECURITY_HEADERS = {
   'content-security-policy': CSP,
@@ -126,9 +139,12 @@ export interface WebOptions {
 }
 
 export function createWebHandler(assets = loadAssets(), options: WebOptions = {}) {
-  // A CSP source list is split on spaces and `;`: a prefix holding either is left out.
-  const prefixes = (options.attachmentUrlPrefixes ?? []).filter((p) => !/[\s;,']/.test(p));
-  const securityHeaders = { ...SECURITY_HEADERS, 'content-security-policy': csp(prefixes) };
+  // A CSP source list is split on spaces and `;`: a prefix whose source holds either is left out.
+  const prefixes = (options.attachmentUrlPrefixes ?? []).filter(
+    (p) => URL.canParse(p) && !/[\s;,']/.test(imageSource(p)),
+  );
+  const sources = [...new Set(prefixes.map(imageSource))];
+  const securityHeaders = { ...SECURITY_HEADERS, 'content-security-policy': csp(sources) };
   const config = JSON.stringify({
     attachmentUrlPrefixes: prefixes,
     editWindowSeconds: options.editWindowSeconds,
