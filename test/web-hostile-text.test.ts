@@ -325,6 +325,12 @@ describe('web client: hostile names and text', { skip }, () => {
       );
       await preview.waitFor();
       assert.equal(await readsLeftToRight(preview, 'hola mundo'), true);
+
+      // The typing line: the override stays in the name, the sentence reads on.
+      lab.socket.emit('typing', { requestId });
+      const typing = page.locator('#request-view .typing');
+      await typing.waitFor();
+      assert.equal(await readsLeftToRight(typing, 'is typing'), true);
       assert.deepEqual(teacher.problems, []);
       await teacher.context.close();
     } finally {

@@ -12,8 +12,8 @@ import { RequestChat } from '/client/index.js';
 import { io } from '/vendor/socket.io.esm.min.js';
 import { clientConfigReady } from './client-config.js';
 import { mountConversation } from './conversation.js';
-import { atBottom, h, notice, setStatus, whoIs } from './dom.js';
-import { t } from './i18n.js';
+import { atBottom, h, isolate, notice, setStatus, whoIs } from './dom.js';
+import { t, tNodes } from './i18n.js';
 import { mountInbox } from './inbox.js';
 import { receiptBatcher } from './receipts.js';
 
@@ -222,9 +222,10 @@ export function mountRequestView(root) {
 
   function showTyping(p) {
     if (p?.requestId !== requestId || p.userId === me.id) return;
-    typingLine.textContent = t('request.typing', {
-      name: String(p.username ?? t('request.someone')),
-    });
+    // The name isolated: a right-to-left override in it must not turn the sentence.
+    typingLine.replaceChildren(
+      ...tNodes('request.typing', { name: isolate(String(p.username ?? t('request.someone'))) }),
+    );
     typingLine.hidden = false;
     clearTimeout(typingTimer);
     typingTimer = setTimeout(() => {
