@@ -5,7 +5,13 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
+import {
+  type Browser,
+  type BrowserContext,
+  chromium,
+  type Locator,
+  type Page,
+} from 'playwright-core';
 
 export const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 export const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url));
@@ -70,4 +76,22 @@ export async function openPage(
 export async function screenshot(page: Page, name: string): Promise<void> {
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`) });
+}
+
+/**
+ * Resolves once the image is decoded (so the page's CSP let it in), rejects
+ * when it fails or is still loading after `ms`.
+ */
+export async function imageLoaded(img: Locator, ms = 5_000): Promise<void> {
+  await img.evaluate(
+    (el: any, limit: number) =>
+      el.complete && el.naturalWidth > 0
+        ? undefined
+        : new Promise((resolve, reject) => {
+            el.addEventListener('load', resolve);
+            el.addEventListener('error', () => reject(new Error('the image did not load')));
+            setTimeout(() => reject(new Error('the image is still loading')), limit);
+          }),
+    ms,
+  );
 }

@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { deflateSync } from 'node:zlib';
 import type { Browser, Page } from 'playwright-core';
 import { newId } from '../src/core/ids.js';
-import { browserSkip, launch, openPage, screenshot } from './browser.js';
+import { browserSkip, imageLoaded, launch, openPage, screenshot } from './browser.js';
 import { api, startServer, type TestServer, userToken } from './helpers.js';
 import { RequestClient } from './request-client.js';
 
@@ -139,14 +139,7 @@ describe('web client: lab desk', { skip }, () => {
     await thumb.waitFor();
     assert.equal(await thumb.getAttribute('src'), `${prefix}sample.png`);
     // Decoded, so the CSP let it through from the allowed prefix.
-    await thumb.evaluate((img: any) =>
-      img.complete && img.naturalWidth > 0
-        ? undefined
-        : new Promise((resolve, reject) => {
-            img.addEventListener('load', resolve);
-            img.addEventListener('error', () => reject(new Error('thumbnail did not load')));
-          }),
-    );
+    await imageLoaded(thumb);
     assert.equal(await thumb.evaluate((img: any) => img.naturalWidth), 8);
     const pdf = messages(page).getByRole('link', { name: 'report.pdf' });
     assert.equal(await pdf.getAttribute('href'), `${prefix}report.pdf`);

@@ -11,7 +11,7 @@ import type { AddressInfo } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import type { Browser, Locator, Page } from 'playwright-core';
 import { newId } from '../src/core/ids.js';
-import { browserSkip, launch, openPage, PHONE } from './browser.js';
+import { browserSkip, imageLoaded, launch, openPage, PHONE } from './browser.js';
 import { api, StreamClient, startServer, type TestServer, userToken } from './helpers.js';
 import { RequestClient } from './request-client.js';
 
@@ -308,15 +308,7 @@ describe('web client: hostile names and text', { skip }, () => {
       const thumb = files.locator('img.thumb');
       // Loaded lazily: only once it is in view.
       await thumb.scrollIntoViewIfNeeded();
-      await thumb.evaluate((img: any) =>
-        img.complete && img.naturalWidth > 0
-          ? undefined
-          : new Promise((resolve, reject) => {
-              img.addEventListener('load', resolve);
-              img.addEventListener('error', () => reject(new Error('thumbnail did not load')));
-              setTimeout(() => reject(new Error('thumbnail still loading')), 5000);
-            }),
-      );
+      await imageLoaded(thumb);
       assert.equal(await thumb.evaluate((img: any) => img.naturalWidth), 1);
 
       // The inbox's preview: the sender's override stays in the sender's name.
