@@ -192,7 +192,7 @@ const rate = (def: string) =>
         if (!parsed) {
           ctx.addIssue({
             code: 'custom',
-            message: `expected N/<seconds>s such as ${def}, got "${v}"`,
+            message: `expected N/<seconds>s such as ${def}, with at most 86400 s, got "${v}"`,
           });
           return z.NEVER;
         }
@@ -368,6 +368,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     const why = `JWT_SECRET is shorter than ${MIN_SECRET_BYTES} bytes, so it can be guessed offline from one token`;
     if (production) throw new ConfigError(`invalid JWT_SECRET: ${why}`);
     warnings.push(`${why}; production refuses it`);
+  }
+  // A message of the longest text can be refused as a frame over the limit
+  // (closing the connection) before its length is checked: 4 bytes a
+  // character at most in UTF-8, and room for the rest of the frame.
+  for (const name of ['STREAM_MESSAGE_MAX_CHARS', 'REQUEST_MESSAGE_MAX_CHARS'] as const) {
+    if (e[name] * 4 + 1024 > e.MAX_FRAME_BYTES) {
+      warnings.push(
+        `${name} (${e[name]}) at 4 bytes a character may not fit in MAX_FRAME_BYTES (${e.MAX_FRAME_BYTES}): a long message would close the connection instead of getting message_too_long`,
+      );
+    }
   }
   if (e.STREAM_HISTORY_ON_JOIN > e.HISTORY_MAX_PAGE) {
     throw new ConfigError('invalid STREAM_HISTORY_ON_JOIN: must not exceed HISTORY_MAX_PAGE');

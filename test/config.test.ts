@@ -95,6 +95,12 @@ describe('loadConfig', () => {
       );
     }
   });
+  it('warns when the longest message may not fit in MAX_FRAME_BYTES', () => {
+    assert.deepEqual(loadConfig({}).warnings, []);
+    const warnings = loadConfig({ REQUEST_MESSAGE_MAX_CHARS: '20000' }).warnings;
+    assert.equal(warnings.length, 1);
+    assert.match(warnings[0] ?? '', /REQUEST_MESSAGE_MAX_CHARS.*MAX_FRAME_BYTES/);
+  });
   it('takes an http(s) JWKS_URL', () => {
     for (const url of [
       'https://keys.example/.well-known/jwks.json',

@@ -13,9 +13,21 @@ describe('parseRate', () => {
   it('reads N/<seconds>s', () => {
     assert.deepEqual(parseRate('20/30s'), { count: 20, windowMs: 30_000 });
     assert.deepEqual(parseRate(' 60 / 0.5s '), { count: 60, windowMs: 500 });
+    assert.deepEqual(parseRate('1/86400s'), { count: 1, windowMs: 86_400_000 });
   });
   it('refuses anything else', () => {
-    for (const bad of ['', '20', '20/30', '0/30s', '20/0s', 'a/30s', '20/30m', '-1/30s']) {
+    for (const bad of [
+      '',
+      '20',
+      '20/30',
+      '0/30s',
+      '20/0s',
+      'a/30s',
+      '20/30m',
+      '-1/30s',
+      '1/86401s',
+      '1/99999999999999999s',
+    ]) {
       assert.equal(parseRate(bad), undefined, bad);
     }
   });

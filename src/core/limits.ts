@@ -7,12 +7,16 @@ export interface Rate {
 }
 
 /** Parses the protocol section 6 format `N/<seconds>s`, e.g. `20/30s`. */
+/** The longest rate window: a day. Longer ones are typing mistakes, and `retry_after_ms` would say years. */
+export const MAX_RATE_WINDOW_MS = 86_400_000;
+
 export function parseRate(text: string): Rate | undefined {
   const m = /^\s*(\d+)\s*\/\s*(\d+(?:\.\d+)?)\s*s\s*$/.exec(text);
   if (!m) return undefined;
   const count = Number(m[1]);
   const windowMs = Math.round(Number(m[2]) * 1000);
   if (!Number.isSafeInteger(count) || count < 1 || windowMs < 1) return undefined;
+  if (windowMs > MAX_RATE_WINDOW_MS) return undefined;
   return { count, windowMs };
 }
 
