@@ -25,7 +25,7 @@ describe('loadConfig', () => {
       maxFragments: 128,
       pingIntervalMs: 25_000,
       handshakeTimeoutMs: 10_000,
-      handshakesPendingMax: 1_000,
+      handshakesPendingMax: 10_000,
       httpResponseTimeoutMs: 30_000,
       historyReadsRunning: 2,
       historyReadsWaiting: 16,
