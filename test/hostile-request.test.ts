@@ -424,7 +424,13 @@ describe('a flood of handshakes (HANDSHAKES_PENDING_MAX=3)', () => {
     // Connected sockets have joined the namespace: they do not count.
     const token = await userToken('7', LAB);
     const connected = [];
-    for (let i = 0; i < 3; i++) connected.push(await RequestClient.connect(server.url, token));
+    for (let i = 0; i < 3; i++) {
+      // Labelled: a refusal here would mean connected clients count.
+      const client = await RequestClient.connect(server.url, token).catch((err: Error) => {
+        throw new Error(`connected client ${i} refused: ${err.message}`);
+      });
+      connected.push(client);
+    }
     try {
       assert.deepEqual([await handshake(), await handshake(), await handshake()], [200, 200, 200]);
       assert.equal(await handshake(), 403, 'a fourth pending handshake');
