@@ -20,9 +20,11 @@ const bubbles = (page: Page) => page.locator('#request-view .messages > li');
 
 /** Waits for `n` rows in `selector` by reading the DOM only: no layout of its own. */
 async function rows(page: Page, selector: string, n: number): Promise<void> {
+  // A function, not a string: a string predicate is eval'd in the page, which
+  // the page's CSP (no 'unsafe-eval') refuses once the first check is false.
   await page.waitForFunction(
-    `document.querySelectorAll(${JSON.stringify(selector)}).length >= ${n}`,
-    null,
+    ([sel, count]) => (globalThis as any).document.querySelectorAll(sel).length >= count,
+    [selector, n] as const,
     { polling: 100, timeout: 30_000 },
   );
 }
