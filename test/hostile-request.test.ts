@@ -11,7 +11,6 @@ import assert from 'node:assert/strict';
 import type { Socket } from 'node:net';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
-import { io } from 'socket.io-client';
 import { newId } from '../src/core/ids.js';
 import {
   API_KEY,
@@ -366,51 +365,11 @@ describe('a long-polling handshake that never polls (PING_INTERVAL_SECONDS as by
   });
 });
 
-describe('a reconnect storm with the default HANDSHAKES_PENDING_MAX', () => {
-  let server: WatchedServer;
-
-  before(async () => {
-    server = await startWatched();
-  });
-  after(() => server.close());
-
-  test('2,500 clients connecting at once over long-polling all get in', async () => {
-    // The bound is for floods of handshakes that never join: every client of
-    // a node's restart reconnects at once, and their handshakes pile up while
-    // the node works through them. Refused, each would wait out its backoff.
-    const token = await userToken('7', LAB);
-    const clients = Array.from({ length: 2_500 }, () =>
-      io(server.url, {
-        auth: { token },
-        transports: ['polling'],
-        reconnection: false,
-        forceNew: true,
-        timeout: 30_000,
-      }),
-    );
-    try {
-      const refused = await Promise.all(
-        clients.map(
-          (c) =>
-            new Promise<string | undefined>((resolve) => {
-              c.once('connect', () => resolve(undefined));
-              c.once('connect_error', (e) => resolve(e.message));
-            }),
-        ),
-      );
-      const failed = refused.filter((r) => r !== undefined);
-      assert.equal(failed.length, 0, `${failed.length} refused: ${[...new Set(failed)]}`);
-    } finally {
-      for (const c of clients) c.close();
-    }
-  });
-});
-
 describe('a flood of handshakes (HANDSHAKES_PENDING_MAX=3)', () => {
   let server: WatchedServer;
 
   before(async () => {
-    server = await startWatched({ HANDSHAKES_PENDING_MAX: '3', HANDSHAKE_TIMEOUT_SECONDS: '1' });
+    server = await startWatched({ HANDSHAKES_PENDING_MAX: '3', HANDSHAKE_TIMEOUT_SECONDS: '2' });
   });
   after(() => server.close());
 
