@@ -195,6 +195,8 @@ describe('web client: the browser language', { skip }, () => {
       const composer = view(page).locator('.composer input');
       await composer.fill(c.conversation.teacher[0] as string);
       await composer.press('Enter');
+      // Stored (acknowledged) before the lab joins, so its history holds it.
+      await view(page).locator('.msg:not(.pending) .tick').first().waitFor();
       const lab = await RequestClient.connect(
         server.url,
         await userToken('2', { username: 'lab', role: 'LAB' }),
