@@ -228,7 +228,6 @@ function userIdParam(raw: string): string {
 function classroomRoutes(deps: HttpDeps): Route[] {
   const base = '^\\/api\\/streams\\/([^/]+)';
   const path = (rest: string) => new RegExp(`${base}${rest}$`);
-  const userId = userIdParam;
   return [
     {
       method: 'GET',
@@ -288,7 +287,7 @@ function classroomRoutes(deps: HttpDeps): Route[] {
       async handle({ params, body }) {
         const k = streamKey(params);
         const raw = params[1] as string;
-        const target = userId(raw);
+        const target = userIdParam(raw);
         const { seconds, reason } = parseBody(banBody, await body());
         const ban = await deps.streams.moderate(
           k,
@@ -307,7 +306,7 @@ function classroomRoutes(deps: HttpDeps): Route[] {
       async handle({ params }) {
         const k = streamKey(params);
         const raw = params[1] as string;
-        const target = userId(raw);
+        const target = userIdParam(raw);
         await deps.streams.moderate(k, 'api', { type: 'unban', userId: target });
         return { status: 200, body: { userId: target, banned: false } };
       },
