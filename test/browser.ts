@@ -73,6 +73,19 @@ export async function openPage(
   return { page, context, problems };
 }
 
+/**
+ * `problems` without what Chromium logs while the server cannot be reached:
+ * each refused reconnect attempt, and its fetch of the page's icon (again when
+ * the address changes). How many there are depends on how long that lasted.
+ */
+export function unlessRefused(problems: string[]): string[] {
+  return problems.filter(
+    (p) =>
+      !/WebSocket connection to .* net::ERR_CONNECTION_REFUSED/.test(p) &&
+      p !== 'console error: Failed to load resource: net::ERR_CONNECTION_REFUSED',
+  );
+}
+
 export async function screenshot(page: Page, name: string): Promise<void> {
   mkdirSync(ARTIFACTS, { recursive: true });
   await page.screenshot({ path: join(ARTIFACTS, `${name}.png`) });
